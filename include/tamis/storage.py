@@ -1,0 +1,103 @@
+"""Storage URLs (``file://``, ``s3://`` or plain paths) through fsspec.
+
+Every dataset write goes through :func:`publish`: bytes are written aside under
+``_tmp/`` and moved into place in one step, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return the filesystem for ``url`` and the path inside it."""
+    fs, path = url_to_fs(url, **storage_options(url))
+    return fs, path
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """Credentials and endpoint for S3 URLs, from the environment.
+
+    Airflow tasks export the ``aws_default`` connection into these variables, so
+    the library itself never needs Airflow.
+    """
+    if not url.startswith("s3://"):
+        return {}
+    options: dict[str, Any] = {}
+    endpoint = os.environ.get("TAMIS_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        options["key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        options["secret"] = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    return options
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_bytes(url))
+
+
+def tmp_url(dataset_url: str, name: str) -> str:
+    """A private path inside the dataset where a file is written before it is published."""
+    return join(dataset_url, "_tmp", f"{name}.{uuid.uuid4().hex}")
+
+
+def publish(tmp: str, final: str) -> None:
+    """Move a fully written file into place (atomic rename on local disks; one PUT-visible
+    copy on object stores, which never expose a partially written object)."""
+    fs, tmp_path = filesystem(tmp)
+    _, final_path = filesystem(final)
+    if fs.exists(final_path):
+        fs.rm(final_path)
+    parent = final_path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    if _is_local(fs):
+        os.replace(tmp_path, final_path)
+    else:
+        fs.mv(tmp_path, final_path)
+
+
+def write_bytes_atomic(url: str, data: bytes, dataset_url: str) -> None:
+    tmp = tmp_url(dataset_url, url.rsplit("/", 1)[-1])
+    fs, tmp_path = filesystem(tmp)
+    fs.makedirs(tmp_path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(tmp_path, "wb") as f:
+        f.write(data)
+    publish(tmp, url)
+
+
+def write_json_atomic(url: str, obj: Any, dataset_url: str) -> None:
+    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+    write_bytes_atomic(url, data, dataset_url)
+
+
+def remove_tree(url: str) -> None:
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
