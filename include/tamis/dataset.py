@@ -7,6 +7,7 @@ Layout under the dataset URL::
     _quarantine/<part>.parquet  bad input with its reason
     _commits/<part>.json      the shard's counters; written last, it commits the shard
     _manifest.json            written once every shard is committed
+    _gates/result.json        the quality gate's verdict on the dataset
     _tmp/                     files being written, never read
 """
 
@@ -22,6 +23,7 @@ from tamis import storage
 from tamis.stage import InputShard
 
 MANIFEST = "_manifest.json"
+GATE_RESULT = "_gates/result.json"
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -55,6 +57,10 @@ class Dataset:
         if not self.is_complete():
             raise DatasetNotFound(f"no committed dataset at {self.url} (missing {MANIFEST})")
         return storage.read_json(self.manifest_url)
+
+    def gate_result(self) -> dict[str, Any] | None:
+        url = storage.join(self.url, GATE_RESULT)
+        return storage.read_json(url) if storage.exists(url) else None
 
     def shards(self) -> list[InputShard]:
         """The committed parts, in manifest order: a stage only ever reads a finished dataset."""

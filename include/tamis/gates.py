@@ -18,10 +18,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from tamis import storage
-from tamis.dataset import Dataset
+from tamis.dataset import GATE_RESULT, Dataset
 
 log = logging.getLogger("tamis.gates")
-RESULT_FILE = "_gates/result.json"
 
 
 class GateConfig(BaseModel):
@@ -137,7 +136,7 @@ def validate(dataset_url: str, stage: str, config: GateConfig) -> dict[str, Any]
         "sample_rows": sample.num_rows,
         "suites": [r.describe_dict() for r in results],
     }
-    storage.write_json_atomic(storage.join(dataset_url, RESULT_FILE), summary, dataset_url)
+    storage.write_json_atomic(storage.join(dataset_url, GATE_RESULT), summary, dataset_url)
     return summary
 
 

@@ -1,0 +1,158 @@
+"""The stage runner: resume after a killed run, atomic parts, reconciling counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import REPO, write_jsonl
+from tamis.dataset import Dataset
+from tamis.runner import CountsDoNotReconcile, run_stage
+from tamis.stage import BatchResult, Stage
+
+WIKI = REPO / "include/sample/web/date=2026-11-20/wikipedia.jsonl"
+
+
+def build_corpus(root: Path, files: int, docs_per_file: int) -> None:
+    """Real Wikipedia paragraphs spread over many files, so a stage has many shards."""
+    paragraphs = [p for line in WIKI.read_text().splitlines() for p in json.loads(line)["text"].split("\n\n") if len(p) > 200]
+    k = 0
+    for f in range(files):
+        rows = []
+        for _ in range(docs_per_file):
+            rows.append({"text": paragraphs[k % len(paragraphs)] + f" ({k})"})
+            k += 1
+        write_jsonl(root / f"date=2026-11-20/part{f:03d}.jsonl", rows)
+
+
+def write_pipeline(path: Path, source: Path, store: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "resume", "storage_root": str(store), "workers": 2,
+        "sources": {"web": {"path": str(source)}},
+        "stages": {"ingest": {}, "normalize": {}},
+    }))
+    return path
+
+
+def tamis(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tamis.cli", *args], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def parts(dataset_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(dataset_dir.glob("*.parquet"))}
+
+
+def test_resume_after_sigkill_gives_byte_identical_output_and_never_shows_a_partial_part(tmp_path):
+    build_corpus(tmp_path / "web", files=40, docs_per_file=250)
+    config = write_pipeline(tmp_path / "p.yaml", tmp_path / "web", tmp_path / "store")
+    ingest = ["run", "ingest", "--pipeline", str(config)]
+    assert subprocess.run([sys.executable, "-m", "tamis.cli", *ingest, "--run-id", "base"], capture_output=True).returncode == 0
+    base_input = str(tmp_path / "store/runs/base/ingest")
+
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, "-m", "tamis.cli", "run", "normalize", "--pipeline", str(config),
+                    "--input", base_input, "--output", str(clean)], check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    normalize = ["run", "normalize", "--pipeline", str(config), "--input", base_input, "--output", str(killed)]
+    process = tamis(*normalize)
+    seen_parts = 0
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        for part in killed.glob("*.parquet"):  # every visible part must be a complete Parquet file
+            pq.read_metadata(part)
+            seen_parts += 1
+        commits = list((killed / "_commits").glob("*.json")) if (killed / "_commits").exists() else []
+        if len(commits) >= 3:
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait()
+    committed_at_kill = len(list((killed / "_commits").glob("*.json")))
+    assert process.returncode == -signal.SIGKILL
+    assert 3 <= committed_at_kill < 40, "the kill must land in the middle of the stage"
+    assert not (killed / "_manifest.json").exists()
+    for part in killed.glob("*.parquet"):
+        pq.read_metadata(part)
+
+    resumed = tamis(*normalize)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert f"resuming, {committed_at_kill} of 40 shards already committed" in err.decode()
+    assert parts(killed) == parts(clean)
+    assert len(parts(clean)) == 40
+    manifest = Dataset(str(killed)).manifest()
+    assert manifest["counts"] == Dataset(str(clean)).manifest()["counts"] == {"in": 10000, "kept": 10000, "dropped": 0, "quarantined": 0}
+    assert not (killed / "_tmp").exists()
+
+
+class _Halver(Stage):
+    """Keeps even rows, drops odd ones: a small stage to exercise the runner."""
+
+    name = "halver"
+
+    def process_batch(self, table: pa.Table) -> BatchResult:
+        reasons = ["odd" if i % 2 else None for i in range(table.num_rows)]
+        from tamis.stage import split_by_reason
+
+        kept, dropped = split_by_reason(table, reasons)
+        return BatchResult(kept=kept, dropped=dropped)
+
+
+class _Leaky(_Halver):
+    """Loses rows without a reason: the runner must refuse to commit."""
+
+    name = "leaky"
+
+    def process_batch(self, table: pa.Table) -> BatchResult:
+        result = super().process_batch(table)
+        return BatchResult(kept=result.kept, rows_in=table.num_rows)
+
+
+def _input_dataset(tmp_path, make_pipeline, n=10):
+    write_jsonl(tmp_path / "web/a.jsonl", [{"text": f"document {i}"} for i in range(n)])
+    from tamis.cli import run_one
+
+    return run_one(make_pipeline({"web": {"path": str(tmp_path / "web")}}), "ingest", "r")["output"]
+
+
+def test_manifest_counts_and_reasons_reconcile_with_the_side_tables(tmp_path, make_pipeline):
+    source = _input_dataset(tmp_path, make_pipeline)
+    manifest = run_stage(_Halver(), source, str(tmp_path / "out"))
+    assert manifest["counts"] == {"in": 10, "kept": 5, "dropped": 5, "quarantined": 0}
+    assert manifest["drop_reasons"] == {"odd": 5}
+    dataset = Dataset(str(tmp_path / "out"))
+    assert dataset.read().num_rows == 5
+    assert dataset.read_side("dropped").num_rows == 5
+    assert manifest["input_manifest_sha256"] is not None
+
+
+def test_rows_lost_without_a_reason_fail_the_stage_and_commit_nothing(tmp_path, make_pipeline):
+    source = _input_dataset(tmp_path, make_pipeline)
+    with pytest.raises(CountsDoNotReconcile, match="in=10 but kept\\+dropped\\+quarantined=5"):
+        run_stage(_Leaky(), source, str(tmp_path / "out"))
+    assert not (tmp_path / "out/_manifest.json").exists()
+    assert not list((tmp_path / "out").glob("*.parquet"))
+
+
+def test_a_completed_dataset_is_not_recomputed(tmp_path, make_pipeline):
+    source = _input_dataset(tmp_path, make_pipeline)
+    first = run_stage(_Halver(), source, str(tmp_path / "out"))
+    second = run_stage(_Leaky(), source, str(tmp_path / "out"))  # would fail if it ran
+    assert first == second
+
+
+def test_reading_a_dataset_without_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing _manifest.json"):
+        run_stage(_Halver(), str(tmp_path / "nothing"), str(tmp_path / "out"))
