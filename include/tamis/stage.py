@@ -107,9 +107,11 @@ class Stage:
     def check_ready(self) -> None:
         """Fail before any work starts when the configuration cannot work (missing files...)."""
 
-    def input_shards(self, input_url: str) -> list[InputShard]:
+    def input_shards(self, input_url: str | None) -> list[InputShard]:
         from tamis.dataset import Dataset
 
+        if input_url is None:
+            raise ValueError(f"stage {self.name!r} needs an input dataset (--input), and none was given")
         return Dataset(input_url).shards()
 
     def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
