@@ -156,3 +156,28 @@ def test_a_completed_dataset_is_not_recomputed(tmp_path, make_pipeline):
 def test_reading_a_dataset_without_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing _manifest.json"):
         run_stage(_Halver(), str(tmp_path / "nothing"), str(tmp_path / "out"))
+
+
+def test_shards_run_one_by_one_then_a_full_run_writes_the_manifest(tmp_path, make_pipeline):
+    write_jsonl(tmp_path / "web/a.jsonl", [{"text": "first file"}])
+    write_jsonl(tmp_path / "web/b.jsonl", [{"text": "second file"}, {"text": ""}])
+    from tamis.cli import run_one
+
+    pipeline = make_pipeline({"web": {"path": str(tmp_path / "web")}})
+    assert run_one(pipeline, "ingest", "r", only_shards=["undated_web_00001"]) is None
+    out = tmp_path / "store/runs/r/ingest"
+    assert [p.name for p in (out / "_commits").iterdir()] == ["undated_web_00001.json"]
+    assert not (out / "_manifest.json").exists()
+    manifest = run_one(pipeline, "ingest", "r")
+    assert manifest["counts"] == {"in": 3, "kept": 2, "dropped": 1, "quarantined": 0}
+
+
+def test_a_whole_dataset_stage_refuses_to_run_shard_by_shard(tmp_path, make_pipeline):
+    write_jsonl(tmp_path / "web/a.jsonl", [{"text": "x"}])
+    from tamis.cli import run_one
+    from tamis.runner import StageError
+
+    pipeline = make_pipeline({"web": {"path": str(tmp_path / "web")}}, stages={"ingest": {}, "exact_dedup": {}})
+    run_one(pipeline, "ingest", "r")
+    with pytest.raises(StageError, match="cannot run shard by shard"):
+        run_one(pipeline, "exact_dedup", "r", only_shards=["undated_web_00000"])

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from tamis import storage
+from tamis.storage import StorageError
 from tamis.dataset import Dataset
 from tamis.gates import validate
 from tamis.pipeline import ConfigError, Pipeline, load_pipeline
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args) or 0
-    except (ConfigError, StageError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, StageError, StorageError, FileNotFoundError, ValueError) as exc:
         print(f"tamis: error: {exc}", file=sys.stderr)
         return 2
 
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--input", help="input dataset URL (default: the previous stage of this run)")
     run.add_argument("--output", help="output dataset URL (default: <storage_root>/runs/<run-id>/<stage>)")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="override a stage parameter (YAML value)")
+    run.add_argument("--shard", action="append", metavar="NAME", help="process and commit only these input shards (no manifest)")
     run.set_defaults(func=_cmd_run)
 
     build = sub.add_parser("build", help="run every stage of a pipeline in order, on this machine")
@@ -78,17 +79,23 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def run_one(pipeline: Pipeline, stage: str, run_id: str, input_url: str | None = None, output_url: str | None = None,
-            workers: int | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+            workers: int | None = None, overrides: dict[str, Any] | None = None,
+            only_shards: list[str] | None = None) -> dict[str, Any] | None:
     if input_url is None and (previous := pipeline.previous_stage(stage)) is not None:
         input_url = pipeline.stage_url(run_id, previous)
     output_url = output_url or pipeline.stage_url(run_id, stage)
-    return run_stage(pipeline.stage(stage, overrides), input_url, output_url, workers or pipeline.workers)
+    return run_stage(pipeline.stage(stage, overrides), input_url, output_url, workers or pipeline.workers,
+                     only_shards=only_shards)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline)
-    manifest = run_one(pipeline, args.stage, args.run_id, args.input, args.output, args.workers, parse_params(args.param))
-    print(json.dumps({"stage": args.stage, "output": manifest["output"], "counts": manifest["counts"]}))
+    manifest = run_one(pipeline, args.stage, args.run_id, args.input, args.output, args.workers, parse_params(args.param),
+                       only_shards=args.shard)
+    if manifest is None:
+        print(json.dumps({"stage": args.stage, "committed_shards": args.shard}))
+    else:
+        print(json.dumps({"stage": args.stage, "output": manifest["output"], "counts": manifest["counts"]}))
     return 0
 
 

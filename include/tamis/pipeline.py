@@ -53,6 +53,8 @@ class Pipeline(_Strict):
     name: str
     path: str = Field(exclude=True)
     storage_root: str
+    # Airflow connection whose credentials reach an s3:// storage root (tasks export them).
+    storage_connection: str = "aws_default"
     workers: int = Field(default=2, ge=1)
     execution: dict[str, Any] = Field(default_factory=lambda: {"mode": "local"})
     sources: dict[str, SourceConfig]

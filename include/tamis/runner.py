@@ -44,9 +44,17 @@ def run_stage(
     output_url: str,
     workers: int = 1,
     progress_every_s: float = 10.0,
-) -> dict[str, Any]:
-    """Run ``stage`` over every shard of ``input_url`` into ``output_url`` and return the manifest."""
+    only_shards: list[str] | None = None,
+) -> dict[str, Any] | None:
+    """Run ``stage`` over every shard of ``input_url`` into ``output_url`` and return the manifest.
+
+    With ``only_shards`` (one mapped task per shard), just those shards are processed and
+    committed; a later run without it finds them committed and writes the manifest.
+    """
     started = time.time()
+    for url in (input_url, output_url):
+        if url:
+            storage.check_reachable(url)
     output = Dataset(output_url)
     if output.is_complete():
         log.info("%s: %s is already complete, nothing to do", stage.name, output_url)
@@ -68,6 +76,13 @@ def run_stage(
     if stats:
         log.info("%s: resuming, %d of %d shards already committed", stage.name, len(stats), len(shards))
 
+    if only_shards is not None:
+        if type(stage).prepare is not Stage.prepare:
+            raise StageError(f"{stage.name}: a whole-dataset stage cannot run shard by shard")
+        unknown = sorted(set(only_shards) - set(names))
+        if unknown:
+            raise StageError(f"{stage.name}: no input shards named {unknown}")
+        pending = [s for s in pending if s.name in set(only_shards)]
     stage.prepare(shards, storage.join(output_url, "_work"), workers)
     progress = _Progress(stage.name, shards, stats, progress_every_s)
     if workers <= 1 or len(pending) <= 1:
@@ -76,6 +91,9 @@ def run_stage(
             progress.shard_done(shard, stats[shard.name])
     else:
         _run_pool(stage, pending, output_url, workers, stats, progress)
+    if only_shards is not None:
+        log.info("%s: committed shards %s; the manifest is written by a run over all shards", stage.name, only_shards)
+        return None
 
     manifest = _manifest(stage, input_url, output_url, shards, stats, workers, started)
     storage.write_json_atomic(output.manifest_url, manifest, output_url)

@@ -21,6 +21,10 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+class StorageError(RuntimeError):
+    """The store cannot be used: nothing was read or written."""
+
+
 def storage_options(url: str) -> dict[str, Any]:
     """Credentials and endpoint for S3 URLs, from the environment.
 
@@ -29,14 +33,39 @@ def storage_options(url: str) -> dict[str, Any]:
     """
     if not url.startswith("s3://"):
         return {}
-    options: dict[str, Any] = {}
-    endpoint = os.environ.get("TAMIS_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    # Fail in seconds, not minutes, when the endpoint is down.
+    options: dict[str, Any] = {
+        "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2, "mode": "standard"}},
+    }
+    endpoint = s3_endpoint()
     if endpoint:
         options["client_kwargs"] = {"endpoint_url": endpoint}
     if os.environ.get("AWS_ACCESS_KEY_ID"):
         options["key"] = os.environ["AWS_ACCESS_KEY_ID"]
         options["secret"] = os.environ.get("AWS_SECRET_ACCESS_KEY")
     return options
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("TAMIS_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def check_reachable(url: str) -> None:
+    """Before any work: an S3 location whose endpoint, credentials or bucket are wrong
+    is a clear error, so that no stage starts and nothing is half-published."""
+    if not url.startswith("s3://"):
+        return
+    bucket = url[len("s3://"):].split("/", 1)[0]
+    endpoint = s3_endpoint() or "the default AWS endpoint"
+    fs, _ = filesystem(url)
+    try:
+        fs.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        raise StorageError(f"S3 bucket {bucket!r} does not exist at {endpoint}") from None
+    except PermissionError as exc:
+        raise StorageError(f"access to S3 bucket {bucket!r} at {endpoint} was denied; check the storage connection's credentials ({exc})") from None
+    except Exception as exc:  # botocore's connection and credential errors share no base class worth naming
+        raise StorageError(f"cannot use S3 bucket {bucket!r} at {endpoint}: {type(exc).__name__}: {exc}") from None
 
 
 def join(url: str, *parts: str) -> str:

@@ -10,7 +10,7 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Asset, Param, chain
 
 from tamis.pipeline import PIPELINES_DIR, Pipeline, load_pipeline
-from tamis_airflow import commands
+from tamis_airflow import commands, kubernetes
 
 START_DATE = pendulum.datetime(2026, 11, 1, tz="UTC")
 
@@ -30,12 +30,28 @@ def default_args(pipeline: Pipeline) -> dict:
     }
 
 
-def stage_operator(pipeline: Pipeline, task_id: str, argv: list[str], **kwargs) -> BashOperator:
-    mode = pipeline.execution.get("mode", "local")
-    if mode != "local":
-        raise ValueError(f"pipeline {pipeline.name}: execution mode {mode!r} is not available in this build")
+def storage_env(pipeline: Pipeline) -> dict[str, str]:
+    """Credentials of the storage connection, rendered when the task runs; a missing
+    connection fails the task before the command starts."""
+    if not pipeline.storage_root.startswith("s3://"):
+        return {}
+    conn = f"conn.{pipeline.storage_connection}"
+    return {
+        "AWS_ACCESS_KEY_ID": "{{ %s.login or '' }}" % conn,
+        "AWS_SECRET_ACCESS_KEY": "{{ %s.password or '' }}" % conn,
+        "AWS_DEFAULT_REGION": "{{ %s.extra_dejson.get('region_name', 'us-east-1') }}" % conn,
+        "TAMIS_S3_ENDPOINT_URL": "{{ %s.extra_dejson.get('endpoint_url', '') }}" % conn,
+    }
+
+
+def stage_operator(pipeline: Pipeline, task_id: str, argv: list[str], **kwargs):
+    """A task running ``tamis <argv>``: a local process, or a pod / Spark application."""
+    mode = kubernetes.execution_config(pipeline).mode
+    if mode == "kubernetes":
+        return kubernetes.execution_operator(pipeline, task_id, argv, **kwargs)
     command = commands.shell_command(commands.tamis_executable(mode), argv)
-    return BashOperator(task_id=task_id, bash_command=command, append_env=True, **kwargs)
+    return BashOperator(task_id=task_id, bash_command=command, env=storage_env(pipeline) or None,
+                        append_env=True, **kwargs)
 
 
 def build_corpus_dag(pipeline_name: str = "default", dag_id: str = "corpus_build") -> DAG:
