@@ -1,0 +1,182 @@
+"""Lookups through a dataset's index (``<dataset>/_index/``, written by the index stage),
+without scanning the corpus.
+
+* :func:`get` — one document by id: a row-group read of ``metadata.parquet`` (sorted by
+  id, so the row-group statistics name the single group to read), then one row group of
+  the document's part.
+* :func:`query` — the index rows matching a SQL predicate over the index columns,
+  through DuckDB, which skips row groups by their statistics.
+* :func:`sequence` — one packed sequence from ``tokens.bin`` by its offset index.
+
+The ``tamis get`` and ``tamis query`` commands call these.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tamis import storage
+from tamis.stages.index import (
+    BINARY_PREFIX,
+    DOCUMENTS_KEY,
+    DOCUMENTS_NAME_KEY,
+    INDEX_DIR,
+    METADATA_FILE,
+)
+
+
+class IndexLookupError(LookupError):
+    pass
+
+
+class NoIndex(IndexLookupError):
+    pass
+
+
+class QueryError(ValueError):
+    pass
+
+
+def metadata_url(dataset_url: str) -> str:
+    return storage.join(dataset_url, INDEX_DIR, METADATA_FILE)
+
+
+def get(dataset_url: str, doc_id: str, with_record: bool = True) -> dict[str, Any] | None:
+    """The index entry of ``doc_id`` merged with its full record (text and all), or None.
+
+    With ``with_record=False`` only the index entry is read (no document part is opened).
+    """
+    url = metadata_url(dataset_url)
+    fs, path = storage.filesystem(url)
+    if not fs.exists(path):
+        raise NoIndex(f"{dataset_url} has no index ({INDEX_DIR}/{METADATA_FILE}); run the index stage on it")
+    with fs.open(path, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        groups = _row_groups_holding(parquet, doc_id)
+        entry = None
+        for rg in groups:
+            table = parquet.read_row_group(rg)
+            hit = table.filter(pc.equal(table.column("id"), doc_id))
+            if hit.num_rows:
+                entry = hit.to_pylist()[0]
+                break
+        key_values = parquet.schema_arrow.metadata or {}
+    if entry is None or not with_record or entry.get("shard") is None:
+        return entry
+    documents_url = _documents_url(dataset_url, key_values)
+    part_url = storage.join(documents_url, f"{entry['shard']}.parquet")
+    fs, path = storage.filesystem(part_url)
+    with fs.open(path, "rb") as f:
+        group = pq.ParquetFile(f).read_row_group(int(entry["row_group"]))
+    record = group.slice(int(entry["row"]), 1).to_pylist()[0]
+    if record.get("id") != doc_id:
+        raise IndexLookupError(
+            f"index of {dataset_url} is stale: {part_url} row group {entry['row_group']} row {entry['row']} "
+            f"holds {record.get('id')!r}, not {doc_id!r}"
+        )
+    return {**record, **entry}
+
+
+def query(
+    dataset_url: str,
+    where: str,
+    columns: list[str] | None = None,
+    limit: int | None = None,
+) -> pa.Table:
+    """Index rows matching ``where`` (a DuckDB SQL predicate, e.g. ``source = 'code' and lang = 'en'``)."""
+    import duckdb  # only the query path needs it
+
+    if ";" in where:
+        raise QueryError(f"--where must be a single predicate, without ';': {where!r}")
+    url = metadata_url(dataset_url)
+    fs, path = storage.filesystem(url)
+    if not fs.exists(path):
+        raise NoIndex(f"{dataset_url} has no index ({INDEX_DIR}/{METADATA_FILE}); run the index stage on it")
+    if "://" in url and not url.startswith("file://"):
+        # Object stores go through this URL's own fsspec filesystem (its endpoint and
+        # credentials), registered on a connection of its own.
+        cursor = duckdb.connect()
+        cursor.register_filesystem(fs)
+        source = url
+    else:
+        cursor = _database().cursor()  # a cursor per call: the shared database is never used by two threads
+        source = path
+    select = ", ".join(_quote(c) for c in columns) if columns else "*"
+    sql = f"SELECT {select} FROM read_parquet($path) WHERE ({where})"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    try:
+        return cursor.sql(sql, params={"path": source}).to_arrow_table()
+    except duckdb.Error as exc:
+        raise QueryError(f"query {where!r} failed on {url}: {exc}") from exc
+    finally:
+        cursor.close()
+
+
+@functools.lru_cache(maxsize=1)
+def _database():
+    """One in-memory DuckDB per process for local indexes: opening one costs ~60 ms, a query a few."""
+    import duckdb
+
+    return duckdb.connect()
+
+
+def sequence(dataset_url: str, seq: int) -> np.ndarray:
+    """Token ids of packed sequence ``seq`` (local datasets: the binary is memory-mapped)."""
+    from tamis.export import TokenBinary
+
+    binary = TokenBinary(storage.join(dataset_url, INDEX_DIR, BINARY_PREFIX))
+    if not 0 <= seq < len(binary):
+        raise IndexLookupError(f"sequence {seq} is out of range: {dataset_url} has {len(binary)} sequences")
+    return np.array(binary[seq])
+
+
+def document_tokens(dataset_url: str, doc_id: str) -> np.ndarray | None:
+    """The tokens of ``doc_id`` as packed: read from ``tokens.bin`` when the document sits
+    in one sequence, else (a document cut into pieces) from its record's ``input_ids``."""
+    entry = get(dataset_url, doc_id, with_record=False)
+    if entry is None or entry.get("seq") is None:
+        return None
+    if entry.get("n_pieces", 1) > 1:
+        record = get(dataset_url, doc_id)
+        return np.array(record["input_ids"]) if record and "input_ids" in record else None
+    from tamis.export import TokenBinary
+
+    binary = TokenBinary(storage.join(dataset_url, INDEX_DIR, BINARY_PREFIX))
+    start = int(entry["seq_offset"])
+    return np.array(binary[int(entry["seq"])][start:start + int(entry["token_count"])])
+
+
+def _row_groups_holding(parquet: pq.ParquetFile, doc_id: str) -> list[int]:
+    """Row groups whose id statistics admit ``doc_id`` (one, for a sorted index)."""
+    meta = parquet.metadata
+    column = parquet.schema_arrow.get_field_index("id")
+    groups = []
+    for rg in range(meta.num_row_groups):
+        stats = meta.row_group(rg).column(column).statistics
+        if stats is None or not stats.has_min_max or stats.min <= doc_id <= stats.max:
+            groups.append(rg)
+    return groups
+
+
+def _documents_url(dataset_url: str, key_values: dict[bytes, bytes]) -> str:
+    # A sibling of the indexed dataset is found next to it even after the run folder moved.
+    name = key_values.get(DOCUMENTS_NAME_KEY)
+    if name:
+        sibling = storage.join(dataset_url.rstrip("/").rsplit("/", 1)[0], name.decode())
+        if storage.exists(sibling):
+            return sibling
+    stored = key_values.get(DOCUMENTS_KEY)
+    if not stored:
+        raise IndexLookupError(f"index of {dataset_url} does not name its document dataset")
+    return stored.decode()
+
+
+def _quote(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'

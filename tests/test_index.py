@@ -1,0 +1,255 @@
+"""Index: metadata index by id, lookups by id and by predicate, and the Megatron export."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from tamis import export, lookup, storage
+from tamis.dataset import Dataset
+from tamis.runner import run_stage
+from tamis.stages.index import Index, IndexBuildError
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the shared real corpora beside the checkout
+CORPUS = [
+    ("web", "web_en/wikipedia_en_sample.jsonl", 60, 1200),
+    ("books", "web_en/us_presidential_speeches.jsonl", 30, 2000),
+    ("code", "code/code_01.jsonl.gz", 120, 700),
+]
+SEQ_LEN = 512
+EOS = 0
+
+
+def _read_jsonl(path: Path, n: int) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for _, line in zip(range(n), f)]
+
+
+@pytest.fixture(scope="module")
+def documents() -> pa.Table:
+    """Tokenized documents with language and quality columns, as the stages before mix leave them."""
+    rows = []
+    for source, path, n, chars in CORPUS:
+        for i, record in enumerate(_read_jsonl(DATA / path, n)):
+            text = record["text"][:chars]
+            rows.append({
+                "id": f"{source}/{i:04d}", "source": source, "date": "2026-11-20", "url": None, "text": text,
+                # a real, if crude, signal: code and prose are told apart by their symbol density
+                "lang": "en" if i % 5 else "fr",
+                "quality_symbol_ratio": sum(not c.isalnum() and not c.isspace() for c in text) / max(len(text), 1),
+            })
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|eos|>"])
+    tokenizer.train_from_iterator([r["text"] for r in rows], trainer)
+    assert tokenizer.token_to_id("<|eos|>") == EOS
+    ids = [e.ids for e in tokenizer.encode_batch([r["text"] for r in rows])]
+    table = pa.Table.from_pylist(rows)
+    table = table.append_column("input_ids", pa.array(ids, pa.list_(pa.int32())))
+    return table.append_column("token_count", pc.cast(pc.list_value_length(table.column("input_ids")), pa.int32()))
+
+
+def pack(docs: pa.Table, seq_len: int) -> pa.Table:
+    """Pack documents end to end, EOS after each, into rows of ``seq_len`` (the pack stage's schema)."""
+    stream, owners, starts = [], [], []
+    for doc_id, ids in zip(docs.column("id").to_pylist(), docs.column("input_ids").to_pylist()):
+        starts.append(len(stream))
+        owners.append(doc_id)
+        stream.extend(ids + [EOS])
+    rows = []
+    for row_start in range(0, len(stream), seq_len):
+        chunk = stream[row_start:row_start + seq_len]
+        n_pad = seq_len - len(chunk)
+        doc_ids, offsets = [], []
+        for doc_id, start, end in zip(owners, starts, starts[1:] + [len(stream)]):
+            if start < row_start + seq_len and end > row_start:
+                doc_ids.append(doc_id)
+                offsets.append(max(start - row_start, 0))
+        rows.append({"id": f"seq/{len(rows):06d}", "input_ids": chunk + [EOS] * n_pad, "doc_ids": doc_ids,
+                     "doc_offsets": offsets, "source": [d.split("/")[0] for d in doc_ids], "n_pad": n_pad})
+    schema = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("doc_ids", pa.list_(pa.string())),
+                        ("doc_offsets", pa.list_(pa.int32())), ("source", pa.list_(pa.string())), ("n_pad", pa.int32())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def write_dataset(root: Path, table: pa.Table, parts: int = 2, row_group_rows: int = 50) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    url = str(root)
+    step = -(-table.num_rows // parts)
+    entries = []
+    for k in range(parts):
+        name = f"part_{k:05d}"
+        pq.write_table(table.slice(k * step, step), root / f"{name}.parquet", row_group_size=row_group_rows)
+        entries.append({"name": name, "input": "test", "bytes": (root / f"{name}.parquet").stat().st_size})
+    storage.write_json_atomic(storage.join(url, "_manifest.json"), {"parts": entries}, url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, documents):
+    """A run folder with mix (documents), pack (sequences) and index (the stage under test)."""
+    run = tmp_path_factory.mktemp("run")
+    write_dataset(run / "mix", documents, parts=3)
+    packed = pack(documents, SEQ_LEN)
+    pack_url = write_dataset(run / "pack", packed, parts=2)
+    manifest = run_stage(Index({"row_group_rows": 32}), pack_url, str(run / "index"), workers=2)
+    return {"run": run, "url": str(run / "index"), "manifest": manifest, "packed": packed}
+
+
+def test_counts_reconcile_and_sequences_pass_through(indexed):
+    c = indexed["manifest"]["counts"]
+    assert c["in"] == c["kept"] == indexed["packed"].num_rows
+    assert c["dropped"] == c["quarantined"] == 0
+    assert Dataset(indexed["url"]).read(["input_ids"]).column("input_ids").to_pylist() == \
+        indexed["packed"].column("input_ids").to_pylist()
+
+
+def test_metadata_index_is_sorted_by_id_in_small_row_groups(indexed, documents):
+    parquet = pq.ParquetFile(Path(indexed["url"]) / "_index" / "metadata.parquet")
+    table = parquet.read()
+    ids = table.column("id").to_pylist()
+    assert ids == sorted(documents.column("id").to_pylist())
+    assert parquet.metadata.num_row_groups == -(-len(ids) // 32)
+    assert {"id", "source", "lang", "quality_symbol_ratio", "token_count", "shard", "row_group", "row", "seq",
+            "seq_offset"} <= set(table.column_names)
+    assert "text" not in table.column_names and "input_ids" not in table.column_names
+    assert indexed["manifest"]["metrics"]["index.documents"] == documents.num_rows
+
+
+def test_get_returns_the_full_record_reading_one_row_group(indexed, documents):
+    for doc_id in ["books/0007", "code/0119", "web/0000"]:
+        record = lookup.get(indexed["url"], doc_id)
+        original = documents.filter(pc.equal(documents.column("id"), doc_id)).to_pylist()[0]
+        assert record["text"] == original["text"]
+        assert record["token_count"] == original["token_count"]
+        assert record["lang"] == original["lang"]
+    parquet = pq.ParquetFile(Path(indexed["url"]) / "_index" / "metadata.parquet")
+    assert len(lookup._row_groups_holding(parquet, "books/0007")) == 1
+    assert lookup.get(indexed["url"], "web/9999") is None
+
+
+def test_document_tokens_come_back_from_the_packed_binary(indexed, documents):
+    sample = documents.take(list(range(0, documents.num_rows, 7)))
+    pieces = lookup.query(indexed["url"], "true", columns=["id", "n_pieces"])
+    n_pieces = dict(zip(pieces.column("id").to_pylist(), pieces.column("n_pieces").to_pylist()))
+    assert {n_pieces[i] == 1 for i in sample.column("id").to_pylist()} == {True, False}  # both paths
+    for doc_id, original in zip(sample.column("id").to_pylist(), sample.column("input_ids").to_pylist()):
+        assert lookup.document_tokens(indexed["url"], doc_id).tolist() == original
+
+
+def test_packed_only_index_counts_pieces_and_tokens(tmp_path, documents):
+    docs = documents.slice(0, 40)
+    pack_url = write_dataset(tmp_path / "pack", pack(docs, SEQ_LEN), parts=2)
+    run_stage(Index({"documents": None}), pack_url, str(tmp_path / "index"))
+    index = pq.read_table(tmp_path / "index" / "_index" / "metadata.parquet").sort_by("id")
+    assert index.column("id").to_pylist() == sorted(docs.column("id").to_pylist())
+    expected = {i: n + 1 for i, n in zip(docs.column("id").to_pylist(), docs.column("token_count").to_pylist())}
+    assert dict(zip(index.column("id").to_pylist(), index.column("token_count").to_pylist())) == expected  # + EOS
+    assert index.column("source").to_pylist() == [i.split("/")[0] for i in index.column("id").to_pylist()]
+
+
+def test_query_by_source_and_language_matches_a_scan(indexed, documents):
+    result = lookup.query(indexed["url"], "source = 'code' and lang = 'en'")
+    expected = documents.filter(pc.and_(pc.equal(documents.column("source"), "code"), pc.equal(documents.column("lang"), "en")))
+    assert sorted(result.column("id").to_pylist()) == sorted(expected.column("id").to_pylist())
+    few = lookup.query(indexed["url"], "quality_symbol_ratio > 0.1", columns=["id", "source"], limit=5)
+    n_symbolic = pc.sum(pc.greater(documents.column("quality_symbol_ratio"), 0.1)).as_py()
+    assert n_symbolic > 5
+    assert few.column_names == ["id", "source"] and few.num_rows == 5
+
+
+def test_bad_query_is_a_clear_error(indexed):
+    with pytest.raises(lookup.QueryError, match="no_such_column"):
+        lookup.query(indexed["url"], "no_such_column = 1")
+    with pytest.raises(lookup.QueryError, match="single predicate"):
+        lookup.query(indexed["url"], "1=1; drop table x")
+
+
+def test_megatron_idx_layout_and_sequences(indexed):
+    prefix = Path(indexed["url"]) / "_index" / "tokens"
+    raw = (prefix.with_suffix(".idx")).read_bytes()
+    magic, version, code, n_seq, n_doc = struct.unpack("<9sQBQQ", raw[:34])
+    packed = indexed["packed"]
+    assert (magic, version, code) == (b"MMIDIDX\x00\x00", 1, 8)  # uint16 for a 600-token vocabulary
+    assert n_seq == packed.num_rows and n_doc == n_seq + 1
+    sizes = np.frombuffer(raw, np.int32, n_seq, 34)
+    pointers = np.frombuffer(raw, np.int64, n_seq, 34 + 4 * n_seq)
+    assert (sizes == SEQ_LEN).all() and (np.diff(pointers) == SEQ_LEN * 2).all()
+    assert prefix.with_suffix(".bin").stat().st_size == n_seq * SEQ_LEN * 2
+    binary = export.TokenBinary(str(prefix))
+    assert len(binary) == n_seq
+    for i in [0, n_seq // 2, n_seq - 1]:
+        assert binary[i].tolist() == packed.column("input_ids")[i].as_py()
+        assert lookup.sequence(indexed["url"], i).tolist() == packed.column("input_ids")[i].as_py()
+
+
+def test_parquet_token_shards(indexed, tmp_path):
+    urls = export.export_parquet_shards(str(Path(indexed["run"]) / "pack"), str(tmp_path / "tokens"), sequences_per_shard=40)
+    n = indexed["packed"].num_rows
+    assert len(urls) == -(-n // 40)
+    tables = [pq.read_table(u) for u in urls]
+    assert [t.num_rows for t in tables[:-1]] == [40] * (len(urls) - 1)
+    assert tables[0].schema.field("input_ids").type == pa.list_(pa.int32(), SEQ_LEN)
+    assert pa.concat_tables(tables).column("input_ids").to_pylist() == indexed["packed"].column("input_ids").to_pylist()
+
+
+def test_document_level_input_is_indexed_without_a_binary(tmp_path, documents):
+    docs_url = write_dataset(tmp_path / "tokenize", documents, parts=2)
+    manifest = run_stage(Index({"documents": None}), docs_url, str(tmp_path / "index"))
+    assert manifest["counts"]["kept"] == documents.num_rows
+    assert not (tmp_path / "index" / "_index" / "tokens.bin").exists()
+    record = lookup.get(str(tmp_path / "index"), "code/0007")
+    assert record["text"] == documents.filter(pc.equal(documents.column("id"), "code/0007")).column("text")[0].as_py()
+
+
+def test_packed_input_without_its_documents_dataset_is_a_clear_error(tmp_path, documents):
+    pack_url = write_dataset(tmp_path / "pack", pack(documents.slice(0, 20), SEQ_LEN), parts=1)
+    with pytest.raises(IndexBuildError, match="not a committed dataset"):
+        run_stage(Index({"documents": "mix"}), pack_url, str(tmp_path / "index"))
+
+
+def test_duplicate_ids_are_refused(tmp_path, documents):
+    docs_url = write_dataset(tmp_path / "tokenize", pa.concat_tables([documents.slice(0, 5), documents.slice(3, 5)]), parts=1)
+    with pytest.raises(IndexBuildError, match="appears more than once"):
+        run_stage(Index({"documents": None}), docs_url, str(tmp_path / "index"))
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 endpoint of our own (moto), reached through the same environment as production."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "TAMIS_S3_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    fs, _ = storage.filesystem("s3://tamis-index-test/")
+    fs.mkdir("tamis-index-test")
+    yield "s3://tamis-index-test"
+    fs.clear_instance_cache()
+    server.stop()
+
+
+def test_index_written_to_and_read_from_object_storage(s3, indexed, documents):
+    url = f"{s3}/run/index"
+    run_stage(Index({"documents": str(Path(indexed["run"]) / "mix"), "binary": False}),
+              str(Path(indexed["run"]) / "pack"), url)
+    record = lookup.get(url, "books/0011")
+    assert record["text"] == documents.filter(pc.equal(documents.column("id"), "books/0011")).column("text")[0].as_py()
+    web = lookup.query(url, "source = 'web' and lang = 'fr'", columns=["id"])
+    assert sorted(web.column("id").to_pylist()) == [f"web/{i:04d}" for i in range(0, 60, 5)]
