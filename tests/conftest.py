@@ -60,3 +60,45 @@ def airflow_env(home: Path, data_root: Path | None = None) -> dict[str, str]:
     if data_root is not None:
         env["TAMIS_DATA_ROOT"] = str(data_root)
     return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory):
+    """moto's S3 server on loopback, enforcing credentials: the first IAM calls make a
+    user and its key, after which every request must be signed with that key."""
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+    for _ in range(100):
+        try:
+            iam.create_user(UserName="tamis")
+            break
+        except Exception:
+            time.sleep(0.1)
+    iam.put_user_policy(UserName="tamis", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="tamis")["AccessKey"]
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+    s3.create_bucket(Bucket="lake")
+    yield {"endpoint": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "bucket": "lake", "client": s3}
+    server.terminate()
+    server.wait(timeout=10)
