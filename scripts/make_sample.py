@@ -4,6 +4,7 @@ development checkout). Deterministic: the same inputs give the same sample files
 Layout written (one folder per source, date partitions, every ingest format):
   web/date=2026-11-20/*.jsonl     Wikipedia, public-domain speeches, C4/RedPajama fixtures
   web/date=2026-11-21/*.jsonl.gz  movie reviews
+  web/date=2026-11-22/*.jsonl     more reviews, and Wikipedia pages crawled again
   code/date=2026-11-20/*.parquet  CPython stdlib, lingua-rs, go-trafilatura
   udhr/date=2026-11-20/*.txt      the UDHR in many languages, one file per document
 """
@@ -48,6 +49,11 @@ def main() -> None:
     write_jsonl(OUT / "web/date=2026-11-20/speeches.jsonl", speeches)
     write_jsonl(OUT / "web/date=2026-11-20/fixtures.jsonl", fixtures)
     write_jsonl(OUT / "web/date=2026-11-21/movie_reviews.jsonl.gz", reviews, compress=True)
+    # A later crawl: new reviews, plus pages fetched again under new record ids, which
+    # the nightly ingest must recognise as already in the corpus.
+    later = [{"id": r["id"], "text": r["text"]} for r in read(web / "movie_reviews_polarity_2000.jsonl.gz")[4::8][:20]]
+    recrawled = [{**r, "id": f"recrawl-{r['id']}"} for r in wiki[:5]]
+    write_jsonl(OUT / "web/date=2026-11-22/crawl.jsonl", later + recrawled)
 
     code = []
     for name in ["code_00", "code_01", "code_03"]:

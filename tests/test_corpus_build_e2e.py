@@ -58,7 +58,7 @@ def test_every_stage_reconciles_and_reads_what_the_previous_kept(corpus_run):
 
 def test_ingest_sees_the_whole_sample(corpus_run):
     counts = Dataset(corpus_run["pipeline"].stage_url(corpus_run["run_id"], "ingest")).manifest()["counts"]
-    assert counts["in"] == 40 + 21 + 201 + 250 + 160 + 40
+    assert counts["in"] == 40 + 21 + 201 + 250 + 25 + 160 + 40
 
 
 def test_every_gate_passed_and_recorded_its_result(corpus_run):
@@ -69,5 +69,5 @@ def test_every_gate_passed_and_recorded_its_result(corpus_run):
 
 
 def test_the_summary_task_printed_the_funnel(corpus_run):
-    assert re.search(r"ingest\s+712\s+\d+", corpus_run["log"])
+    assert re.search(r"ingest\s+737\s+\d+", corpus_run["log"])
     assert "output: " in corpus_run["log"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import sys
@@ -53,7 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("stage")
     _pipeline_args(gate)
     gate.add_argument("--dataset", help="dataset URL (default: the stage's output in this run)")
+    gate.add_argument("--allow-empty", action="store_true", help="an empty dataset passes (a day with no new data)")
     gate.set_defaults(func=_cmd_validate)
+
+    append = sub.add_parser("append", help="publish a run's last corpus stage as a date partition of the corpus")
+    _pipeline_args(append)
+    append.add_argument("--date", required=True, help="the partition, YYYY-MM-DD")
+    append.set_defaults(func=_cmd_append)
 
     summary = sub.add_parser("summary", help="print the per-stage counts of a run")
     _pipeline_args(summary)
@@ -74,7 +81,9 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--param expects KEY=VALUE, got {pair!r}")
-        params[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        # YAML reads 2026-11-20 as a date; stage parameters keep dates as ISO strings.
+        params[key] = parsed.isoformat() if isinstance(parsed, (datetime.date, datetime.datetime)) else parsed
     return params
 
 
@@ -99,8 +108,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def validate_one(pipeline: Pipeline, stage: str, run_id: str, dataset_url: str | None = None) -> dict[str, Any]:
-    result = validate(dataset_url or pipeline.stage_url(run_id, stage), stage, pipeline.gate(stage))
+def validate_one(pipeline: Pipeline, stage: str, run_id: str, dataset_url: str | None = None,
+                 allow_empty: bool = False) -> dict[str, Any]:
+    config = pipeline.gate(stage)
+    if allow_empty:
+        config = config.model_copy(update={"min_rows": 0})
+    result = validate(dataset_url or pipeline.stage_url(run_id, stage), stage, config)
     for failure in result["failed"]:
         log.error("gate %s failed: %s %s", stage, failure["expectation"], failure["kwargs"])
     log.info("gate %s: %s (%d expectations)", stage, "passed" if result["success"] else "FAILED", result["evaluated"])
@@ -108,8 +121,19 @@ def validate_one(pipeline: Pipeline, stage: str, run_id: str, dataset_url: str |
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    result = validate_one(load_pipeline(args.pipeline), args.stage, args.run_id, args.dataset)
+    result = validate_one(load_pipeline(args.pipeline), args.stage, args.run_id, args.dataset, args.allow_empty)
     return 0 if result["success"] else 1
+
+
+def _cmd_append(args: argparse.Namespace) -> int:
+    from tamis import corpus
+
+    pipeline = load_pipeline(args.pipeline)
+    last = pipeline.corpus_stages[-1]
+    key = pipeline.stages.get("exact_dedup", {}).get("key", "normalized")
+    manifest = corpus.append(pipeline.stage_url(args.run_id, last), pipeline.corpus_url, args.date, key)
+    print(json.dumps({"partition": manifest["output"], "documents": manifest["counts"]["kept"]}))
+    return 0
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

@@ -49,6 +49,16 @@ class Orchestration(_Strict):
     task_timeout_s: int = Field(default=3600, gt=0)
 
 
+class Nightly(_Strict):
+    """The incremental ingest: each day's partition is cleaned, deduplicated against the
+    corpus and appended to it."""
+
+    schedule: str = "@daily"
+    start_date: str = "2026-11-20"
+    # The last stage whose output joins the corpus; later stages (tokenize...) belong to releases.
+    until_stage: str = "exact_dedup"
+
+
 class Pipeline(_Strict):
     name: str
     path: str = Field(exclude=True)
@@ -61,6 +71,7 @@ class Pipeline(_Strict):
     stages: dict[str, dict[str, Any]]
     gates: dict[str, dict[str, Any]] = Field(default_factory=dict)
     orchestration: Orchestration = Field(default_factory=lambda: Orchestration())
+    nightly: Nightly = Field(default_factory=lambda: Nightly())
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -94,6 +105,18 @@ class Pipeline(_Strict):
 
     def stage_url(self, run_id: str, stage: str) -> str:
         return storage.join(self.run_url(run_id), stage)
+
+    @property
+    def corpus_url(self) -> str:
+        return storage.join(self.storage_root, "corpus", self.name)
+
+    @property
+    def corpus_stages(self) -> list[str]:
+        """The stages a nightly run goes through before appending to the corpus."""
+        names = self.stage_names
+        if self.nightly.until_stage not in names:
+            raise ConfigError(f"nightly.until_stage {self.nightly.until_stage!r} is not a stage of {self.path}")
+        return names[: names.index(self.nightly.until_stage) + 1]
 
     def previous_stage(self, stage: str) -> str | None:
         names = self.stage_names

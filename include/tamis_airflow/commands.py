@@ -31,3 +31,7 @@ def summary_argv(pipeline: str) -> list[str]:
 
 def shell_command(executable: str, argv: list[str]) -> str:
     return " ".join(shlex.quote(part) for part in [executable, *argv])
+
+
+def append_argv(pipeline: str, date: str) -> list[str]:
+    return ["append", "--pipeline", pipeline, "--run-id", RUN_ID, "--date", date]

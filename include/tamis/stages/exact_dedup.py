@@ -4,6 +4,9 @@
 then rows within a part, so the survivor of a duplicate group is the first ingested
 copy. Map: each worker hashes its shard. Reduce: one sort over 128-bit hashes finds
 the first occurrence of each. Apply: each worker drops its own duplicates.
+
+With ``corpus_url`` (the nightly ingest), the hashes of the existing corpus come first,
+so a document the corpus already holds is dropped without its text being read again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ _HASH_BYTES = 16
 class ExactDedupParams(StageParams):
     # "text": byte-identical text; "normalized": ignoring case and all whitespace differences
     key: Literal["text", "normalized"] = "normalized"
+    # Incremental: documents already in this corpus (tamis.corpus) count as earlier copies.
+    corpus_url: str | None = None
+    # The partition being replaced by this run is not compared against itself.
+    exclude_partition: str | None = None
 
 
 class ExactDedup(Stage):
@@ -45,7 +52,14 @@ class ExactDedup(Stage):
                 hashed = list(pool.map(_hash_shard, urls, [self.params.key] * len(urls)))
         else:
             hashed = [_hash_shard(url, self.params.key) for url in urls]
-        self._duplicates = _find_duplicates([s.name for s in shards], hashed)
+        names = [s.name for s in shards]
+        if self.params.corpus_url:
+            from tamis.corpus import known_hashes
+
+            # The corpus goes first: a document it already holds is the survivor.
+            hashed.insert(0, known_hashes(self.params.corpus_url, self.params.exclude_partition))
+            names.insert(0, "_corpus")
+        self._duplicates = _find_duplicates(names, hashed)
 
     def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
         rows, survivors = self._duplicates.get(shard.name, (np.empty(0, np.int64), []))

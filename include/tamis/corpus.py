@@ -1,0 +1,96 @@
+"""The growing corpus that nightly ingests append to, one date partition at a time.
+
+    <storage_root>/corpus/<pipeline>/date=YYYY-MM-DD/   a dataset (parts + _manifest.json)
+                                     date=.../_hashes.parquet  content hashes of its documents
+
+Appending a day replaces that day's partition whole, so re-running a day is
+idempotent; the partition's manifest is removed first and written last, so a reader
+never takes a half-replaced partition for a complete one. The hashes let the next
+day's exact dedup compare against the corpus without reading its text again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tamis import storage
+from tamis.dataset import MANIFEST, Dataset
+
+log = logging.getLogger("tamis.corpus")
+HASHES = "_hashes.parquet"
+_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2}|undated)$")
+
+
+def partition_url(corpus_url: str, date: str) -> str:
+    return storage.join(corpus_url, f"date={date}")
+
+
+def partitions(corpus_url: str) -> dict[str, str]:
+    """Complete partitions by date."""
+    fs, root = storage.filesystem(corpus_url)
+    if not fs.exists(root):
+        return {}
+    found = {}
+    for path in sorted(fs.ls(root, detail=False)):
+        match = _PARTITION.search(path.rstrip("/"))
+        if match:
+            url = partition_url(corpus_url, match.group(1))
+            if Dataset(url).is_complete():
+                found[match.group(1)] = url
+    return found
+
+
+def append(dataset_url: str, corpus_url: str, date: str, hash_key: str) -> dict[str, Any]:
+    """Publish ``dataset_url`` as the corpus partition of ``date``, replacing any earlier one."""
+    from tamis.stages.exact_dedup import content_hashes
+
+    source = Dataset(dataset_url)
+    manifest = source.manifest()
+    target = partition_url(corpus_url, date)
+    fs, target_path = storage.filesystem(target)
+    if fs.exists(target_path):
+        storage.remove_tree(storage.join(target, MANIFEST))  # from here on the old partition is not complete
+        storage.remove_tree(target)
+    hashes, ids = [], []
+    for shard in source.shards():
+        storage.write_bytes_atomic(storage.join(target, f"{shard.name}.parquet"), storage.read_bytes(shard.url), target)
+        fs_part, part_path = storage.filesystem(shard.url)
+        with fs_part.open(part_path, "rb") as f:
+            table = pq.read_table(f, columns=["id", "text"])
+        hashes.append(content_hashes(table.column("text"), hash_key))
+        ids.append(table.column("id"))
+    digests = np.concatenate(hashes) if hashes else np.empty((0, 16), np.uint8)
+    hash_table = pa.table({
+        "id": pa.chunked_array(ids, pa.string()) if ids else pa.array([], pa.string()),
+        "hash": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(digests), [None, pa.py_buffer(digests.tobytes())]),
+    })
+    sink = pa.BufferOutputStream()
+    pq.write_table(hash_table, sink, compression="zstd")
+    storage.write_bytes_atomic(storage.join(target, HASHES), sink.getvalue().to_pybytes(), target)
+    partition_manifest = {**manifest, "output": target, "appended_from": dataset_url, "date": date, "hash_key": hash_key}
+    storage.write_json_atomic(storage.join(target, MANIFEST), partition_manifest, target)
+    storage.remove_tree(storage.join(target, "_tmp"))
+    log.info("corpus %s: partition %s now holds %d documents", corpus_url, date, hash_table.num_rows)
+    return partition_manifest
+
+
+def known_hashes(corpus_url: str, exclude_date: str | None) -> tuple[np.ndarray, list[str]]:
+    """Content hashes and ids of every complete partition except ``exclude_date``."""
+    digests, ids = [], []
+    for date, url in partitions(corpus_url).items():
+        if date == exclude_date:
+            continue
+        fs, path = storage.filesystem(storage.join(url, HASHES))
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        column = table.column("hash").combine_chunks()
+        raw = np.frombuffer(column.buffers()[1], np.uint8)
+        digests.append(raw[column.offset * 16:(column.offset + len(column)) * 16].reshape(-1, 16))
+        ids.extend(table.column("id").to_pylist())
+    return (np.concatenate(digests) if digests else np.empty((0, 16), np.uint8)), ids
