@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from tamis import __version__, storage
 from tamis.dataset import Dataset
+from tamis.metrics import emit_stage_metrics
 from tamis.stage import DROPPED_SCHEMA, QUARANTINE_SCHEMA, InputShard, Stage
 
 log = logging.getLogger("tamis.runner")
@@ -98,6 +99,7 @@ def run_stage(
     manifest = _manifest(stage, input_url, output_url, shards, stats, workers, started)
     storage.write_json_atomic(output.manifest_url, manifest, output_url)
     storage.remove_tree(storage.join(output_url, "_tmp"))
+    emit_stage_metrics(manifest, stage.context.get("pipeline", ""))
     c = manifest["counts"]
     log.info(
         "%s: done in %.1fs: in=%d kept=%d dropped=%d quarantined=%d",

@@ -1,0 +1,122 @@
+"""Pipeline metrics of a finished stage, for the same monitoring that watches Airflow.
+
+Airflow sends its own metrics to StatsD when configured; a stage sends its figures to
+the same place: UDP StatsD lines with DogStatsD tags (``|#stage:...,pipeline:...``,
+which statsd_exporter turns into Prometheus labels) to ``TAMIS_STATSD_HOST`` and
+``TAMIS_STATSD_PORT`` (8125 when only the host is set). Where Prometheus scrapes a
+node_exporter textfile collector instead, ``TAMIS_PROMETHEUS_TEXTFILE_DIR`` names its
+local folder and each stage writes ``tamis_<pipeline>_<stage>.prom`` there.
+
+The figures, all labelled ``stage`` and ``pipeline``:
+
+- ``tamis_docs_processed_total`` (counter): documents read by the stage
+- ``tamis_docs_per_second`` (gauge): documents read per second of the stage's run
+- ``tamis_errors_total`` (counter): records quarantined as bad input
+- ``tamis_drop_rate`` (gauge): dropped / read
+- ``tamis_duplicate_rate`` (gauge, dedup stages): duplicates dropped / read
+- ``tamis_pii_detection_rate`` (gauge, stages that count ``pii.<TYPE>``): PII entities
+  found per document read
+
+Metrics never stop a stage: a failed send is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from typing import Any
+
+log = logging.getLogger("tamis.metrics")
+
+DEDUP_STAGES = ("exact_dedup", "near_dedup")
+COUNTERS = ("tamis_docs_processed_total", "tamis_errors_total")
+
+
+def stage_metrics(manifest: dict[str, Any]) -> dict[str, float]:
+    """The figures of one finished stage, by metric name."""
+    counts = manifest.get("counts", {})
+    n_in = int(counts.get("in", 0))
+    dropped = int(counts.get("dropped", 0))
+    stage = manifest.get("stage", "")
+    rate = manifest.get("docs_per_s")
+    if rate is None:
+        elapsed = manifest.get("elapsed_s") or 0
+        rate = n_in / elapsed if elapsed else 0.0
+    figures = {
+        "tamis_docs_processed_total": float(n_in),
+        "tamis_docs_per_second": float(rate),
+        "tamis_errors_total": float(counts.get("quarantined", 0)),
+        "tamis_drop_rate": dropped / n_in if n_in else 0.0,
+    }
+    if stage in DEDUP_STAGES:
+        figures["tamis_duplicate_rate"] = dropped / n_in if n_in else 0.0
+    pii = [v for k, v in manifest.get("metrics", {}).items() if k.startswith("pii.") and isinstance(v, (int, float))]
+    if pii or stage == "pii":
+        figures["tamis_pii_detection_rate"] = sum(pii) / n_in if n_in else 0.0
+    return figures
+
+
+def statsd_lines(figures: dict[str, float], stage: str, pipeline: str) -> list[str]:
+    tags = f"#stage:{_tag(stage)},pipeline:{_tag(pipeline)}"
+    return [f"{name}:{_number(value)}|{'c' if name in COUNTERS else 'g'}|{tags}" for name, value in figures.items()]
+
+
+def prometheus_text(figures: dict[str, float], stage: str, pipeline: str) -> str:
+    labels = f'stage="{_label(stage)}",pipeline="{_label(pipeline)}"'
+    lines = []
+    for name, value in figures.items():
+        lines.append(f"# TYPE {name} {'counter' if name in COUNTERS else 'gauge'}")
+        lines.append(f"{name}{{{labels}}} {_number(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def emit_stage_metrics(manifest: dict[str, Any], pipeline: str) -> dict[str, float]:
+    """Send a finished stage's figures to StatsD and/or a Prometheus textfile, as configured
+    by the environment; return the figures (also when nothing is configured)."""
+    stage = manifest.get("stage", "unknown")
+    figures = stage_metrics(manifest)
+    host = os.environ.get("TAMIS_STATSD_HOST")
+    if host:
+        port = int(os.environ.get("TAMIS_STATSD_PORT") or 8125)
+        try:
+            # One datagram per line: every StatsD server accepts that, whatever its packet size limit.
+            with socket.socket(_family(host), socket.SOCK_DGRAM) as sock:
+                for line in statsd_lines(figures, stage, pipeline):
+                    sock.sendto(line.encode(), (host, port))
+        except OSError as exc:
+            log.warning("metrics: could not send to StatsD at %s:%s: %s", host, port, exc)
+    folder = os.environ.get("TAMIS_PROMETHEUS_TEXTFILE_DIR")
+    if folder:
+        name = f"tamis_{_file_part(pipeline)}_{_file_part(stage)}.prom"
+        try:
+            # Written aside and renamed: the collector reads only *.prom and never half a file.
+            os.makedirs(folder, exist_ok=True)
+            final = os.path.join(folder, name)
+            with open(final + f".{os.getpid()}.tmp", "w") as f:
+                f.write(prometheus_text(figures, stage, pipeline))
+            os.replace(f.name, final)
+        except OSError as exc:
+            log.warning("metrics: could not write %s in %s: %s", name, folder, exc)
+    return figures
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
+
+
+def _tag(value: str) -> str:
+    return re.sub(r"[,|#:\s]", "_", value)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _file_part(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", value)

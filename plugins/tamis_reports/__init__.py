@@ -1,0 +1,1 @@
+"""Data-quality report pages of tamis runs, served by the Airflow api-server."""

@@ -1,0 +1,337 @@
+"""The report pages as a person sees them: the Airflow api-server with the report plugin,
+SimpleAuthManager users, a corpus_build run, and headless Chromium signing in through
+Airflow's login form. Screenshots of the pages go to docs/.
+
+Per-DAG access is the auth manager's: with multi-team on, the DAG bundle belongs to team
+``data``; ``analyst`` is a viewer in that team, ``outsider`` a viewer in another team.
+
+The DAG runs are real runs in Airflow's database, triggered through its REST API; their data
+is written by ``tamis build``, the command the run's tasks call one stage at a time,
+while Airflow sets up. The first run is then marked successful through Airflow's REST
+API; the second stops in ``normalize`` before its manifest was written.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import websocket
+
+from conftest import REPO, airflow_env
+from tamis.dataset import Dataset
+from tamis.pipeline import load_pipeline, safe_run_id
+
+BIN = Path(sys.executable).parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DOCS = REPO / "docs"
+RUN_ID = "manual__2026-11-22T09:00:00+00:00"
+STOPPED_RUN_ID = "manual__2026-11-22T10:00:00+00:00"
+USERS = {"analyst": ("viewer:data", "analyst-pw"), "outsider": ("viewer:other", "outsider-pw"),
+         "operator": ("user:data", "operator-pw")}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _airflow(env: dict, *args: str) -> None:
+    result = subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"airflow {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui")
+    home, data = root / "home", root / "data"
+    home.mkdir()
+    passwords = root / "passwords.json"
+    passwords.write_text(json.dumps({name: pw for name, (_, pw) in USERS.items()}))
+    port = _free_port()
+    env = {
+        **os.environ, **airflow_env(home, data),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW__CORE__MULTI_TEAM": "True",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{n}:{r}" for n, (r, _) in USERS.items()),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
+            "name": "tamis", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(REPO / "dags")}, "team_name": "data"}]),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    }
+    # The data and Airflow's database are prepared side by side: neither needs the other.
+    build = subprocess.Popen([str(BIN / "tamis"), "build", "--run-id", RUN_ID, "--workers", "1"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _airflow(env, "db", "migrate")
+    _airflow(env, "teams", "create", "data")  # the auth manager refuses to start with users of unknown teams
+    _airflow(env, "teams", "create", "other")
+    server = subprocess.Popen([str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=(root / "api-server.log").open("w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        _airflow(env, "dags", "reserialize")
+        output, _ = build.communicate(timeout=300)
+        assert build.returncode == 0, output[-3000:]
+        os.environ["TAMIS_DATA_ROOT"] = str(data)
+        try:
+            pipeline = load_pipeline("default")
+        finally:
+            del os.environ["TAMIS_DATA_ROOT"]
+        # The second run stopped while normalize was writing: ingest finished, normalize
+        # committed its shards but has no manifest, the later stages never started.
+        stopped = data / "runs" / safe_run_id(STOPPED_RUN_ID)
+        stopped.mkdir(parents=True)
+        for stage in pipeline.stage_names[:2]:
+            shutil.copytree(data / "runs" / safe_run_id(RUN_ID) / stage, stopped / stage)
+        (stopped / pipeline.stage_names[1] / "_manifest.json").unlink()
+
+        base = f"http://127.0.0.1:{port}"
+        _wait_for(f"{base}/api/v2/monitor/health", server, root / "api-server.log")
+        tokens = {name: _token(base, name, pw) for name, (_, pw) in USERS.items()}
+        runs = f"{base}/api/v2/dags/corpus_build/dagRuns"
+        for run_id in (RUN_ID, STOPPED_RUN_ID):
+            status, answer = _request(runs, tokens["operator"], method="POST", body={"dag_run_id": run_id, "logical_date": None})
+            assert status == 200, answer
+        status, answer = _request(f"{runs}/{urllib.parse.quote(RUN_ID, safe='')}", tokens["operator"], method="PATCH",
+                                  body={"state": "success"})
+        assert status == 200, answer
+        yield {"base": base, "pipeline": pipeline, "tokens": tokens, "log": root / "api-server.log"}
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: the group this test started
+            server.wait(30)
+        if build.poll() is None:
+            build.kill()
+            build.wait(30)
+
+
+def _wait_for(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        assert server.poll() is None, f"the api-server exited:\n{log.read_text()[-3000:]}"
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def _token(base: str, username: str, password: str) -> str:
+    return _request(f"{base}/auth/token", None, method="POST", body={"username": username, "password": password})[1]["access_token"]
+
+
+def _request(url: str, token: str | None, method: str = "GET", body: dict | None = None, cookie: bool = False):
+    """(status, JSON or text) of one request, with the token as bearer header or as the UI's cookie."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Cookie" if cookie else "Authorization"] = f"_token={token}" if cookie else f"Bearer {token}"
+    request = urllib.request.Request(url, method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(request, timeout=60) as response:
+            status, raw, location = response.status, response.read().decode(), response.headers.get("location")
+    except urllib.error.HTTPError as exc:
+        status, raw, location = exc.code, exc.read().decode(), exc.headers.get("location")
+    if location:
+        return status, location
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol."""
+
+    def __init__(self, width: int = 1200, height: int = 800):
+        self.profile = tempfile.mkdtemp(prefix="tamis-chromium-")
+        self.process = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
+             f"--window-size={width},{height}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = Path(self.profile) / "DevToolsActivePort"
+        end = time.time() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert time.time() < end and self.process.poll() is None, "Chromium did not start"
+            time.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10))
+        page = next(t for t in targets if t["type"] == "page")
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+        self.ids = itertools.count(1)
+        self.call("Page.enable")
+        self.resize(width, height)
+
+    def call(self, method: str, **params):
+        message_id = next(self.ids)
+        self.ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == message_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def resize(self, width: int, height: int) -> None:
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
+    def js(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait(self, condition: str, timeout: float = 30) -> None:
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.js(f"!!({condition})"):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{condition!r} at {self.js('location.href')}: {self.js('document.body.innerText')[:1500]}")
+
+    def open(self, url: str, ready: str = "document.readyState === 'complete'") -> None:
+        self.call("Page.navigate", url=url)
+        time.sleep(0.2)
+        self.wait(ready)
+
+    def type(self, selector: str, text: str) -> None:
+        self.js(f"document.querySelector({json.dumps(selector)}).focus()")
+        self.call("Input.insertText", text=text)
+
+    def sign_in(self, base: str, page: str, username: str) -> None:
+        """Open ``page``, land on Airflow's login form, sign in and come back."""
+        self.call("Network.clearBrowserCookies")
+        self.open(base + page, "document.querySelector('input[name=password]')")
+        self.type("input[name=username]", username)
+        self.type("input[name=password]", USERS[username][1])
+        self.wait("!document.querySelector('button[type=submit]').disabled")
+        self.js("document.querySelector('button[type=submit]').click()")
+        self.wait(f"location.pathname === {json.dumps(page)} && document.readyState === 'complete'")
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self) -> None:
+        self.ws.close()
+        self.process.terminate()
+        self.process.wait(10)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser(site):
+    chromium = Chromium()
+    chromium.sign_in(site["base"], "/tamis/", "analyst")
+    yield chromium
+    chromium.close()
+
+
+def run_href(run_id: str) -> str:
+    return f"/tamis/dags/corpus_build/runs/{urllib.parse.quote(run_id, safe='')}"
+
+
+def test_pages_need_a_signed_in_user(site):
+    status, location = _request(site["base"] + "/tamis/", None)
+    assert status == 303 and location.startswith("/auth/login?next=")
+
+
+def test_runs_page_lists_both_runs_with_their_state(site, browser):
+    browser.open(site["base"] + "/tamis/")
+    rows = browser.js("Array.from(document.querySelectorAll('#runs tbody tr')).map(r => [r.dataset.run, r.children[2].textContent])")
+    assert dict(rows) == {RUN_ID: "success", STOPPED_RUN_ID: "queued"}
+    browser.open(site["base"] + "/plugin/tamis_reports")  # the nav entry: the page inside the Airflow UI
+    browser.wait("document.querySelector('iframe') && document.querySelector('iframe').contentDocument"
+                 " && document.querySelector('iframe').contentDocument.querySelector('#runs')")
+    browser.screenshot(DOCS / "report_runs.png")
+
+
+def test_run_report_funnel_equals_the_manifests(site, browser):
+    pipeline = site["pipeline"]
+    browser.open(site["base"] + run_href(RUN_ID))
+    shown = browser.js("""Object.fromEntries(Array.from(document.querySelectorAll('#funnel tbody tr')).map(r =>
+        [r.dataset.stage, Object.fromEntries(Array.from(r.querySelectorAll('td[data-count]')).map(
+            c => [c.dataset.count, Number(c.textContent.replaceAll(',', ''))]))]))""")
+    assert list(shown) == pipeline.stage_names
+    for stage in pipeline.stage_names:
+        assert shown[stage] == Dataset(pipeline.stage_url(RUN_ID, stage)).manifest()["counts"], stage
+    bars = browser.js("document.querySelectorAll('svg.funnel rect').length")
+    assert bars >= len(pipeline.stage_names)
+    histogram = browser.js("Array.from(document.querySelectorAll('#lengths svg rect title')).map(t => t.textContent)")
+    final = Dataset(pipeline.stage_url(RUN_ID, pipeline.stage_names[-1])).manifest()["counts"]["kept"]
+    assert sum(int(t.rsplit(": ", 1)[1].replace(",", "")) for t in histogram) == final
+    gates = browser.js("Object.fromEntries(Array.from(document.querySelectorAll('#gates details.gate')).map(d => [d.dataset.stage, d.dataset.success]))")
+    assert gates == {s: str(Dataset(pipeline.stage_url(RUN_ID, s)).gate_result()["success"]).lower() for s in pipeline.stage_names}
+    browser.resize(1200, min(browser.js("document.documentElement.scrollHeight"), 2400))
+    browser.screenshot(DOCS / "report_run.png")
+    browser.resize(1200, 800)
+
+
+def test_run_report_is_a_tab_of_the_dag_run_in_the_airflow_ui(site, browser):
+    browser.open(f"{site['base']}/dags/corpus_build/runs/{RUN_ID}/plugin/tamis_run_report")
+    frame = "document.querySelector('iframe') && document.querySelector('iframe').contentDocument"
+    browser.wait(f"{frame} && {frame}.querySelector('#funnel')")
+    assert browser.js(f"{frame}.querySelector('h1').textContent") == f"corpus_build / {RUN_ID}"
+    browser.screenshot(DOCS / "report_in_dag_run.png")
+
+
+def test_record_browser_finds_a_record_by_id(site, browser):
+    pipeline = site["pipeline"]
+    final = pipeline.stage_url(RUN_ID, pipeline.stage_names[-1])
+    wanted = Dataset(final).read(columns=["id", "source"]).slice(3, 1).to_pylist()[0]
+    query = urllib.parse.urlencode({"id": wanted["id"]})
+    browser.open(f"{site['base']}{run_href(RUN_ID)}/records?{query}")
+    assert browser.js("Array.from(document.querySelectorAll('#records td.id')).map(c => c.textContent)") == [wanted["id"]]
+    browser.open(f"{site['base']}{run_href(RUN_ID)}/records?source=web")
+    sources = browser.js("Array.from(document.querySelectorAll('#records td.source')).map(c => c.textContent)")
+    assert sources and set(sources) == {"web"}
+    browser.screenshot(DOCS / "report_records.png")
+
+
+def test_stopped_run_shows_which_stages_finished(site, browser):
+    names = site["pipeline"].stage_names
+    browser.open(site["base"] + run_href(STOPPED_RUN_ID))
+    status = browser.js("Object.fromEntries(Array.from(document.querySelectorAll('#funnel tbody tr')).map(r => [r.dataset.stage, r.dataset.status]))")
+    assert status == {names[0]: "done", names[1]: "incomplete", **{n: "not run" for n in names[2:]}}
+    assert "no _manifest.json yet" in browser.js("document.querySelector('#funnel').innerText")
+
+
+def test_unknown_run_is_a_clear_404(site, browser):
+    status, body = _request(site["base"] + run_href("manual__1999-01-01T00:00:00+00:00"), site["tokens"]["analyst"], cookie=True)
+    assert status == 404 and "has no run" in body and "Traceback" not in body
+    browser.open(site["base"] + run_href("manual__1999-01-01T00:00:00+00:00"))
+    assert "has no run" in browser.js("document.querySelector('.error').textContent")
+
+
+def test_user_without_access_to_the_dag_sees_no_report(site):
+    token = site["tokens"]["outsider"]
+    status, body = _request(site["base"] + "/tamis/", token, cookie=True)
+    assert status == 200 and RUN_ID not in body and "do not have access" in body
+    status, body = _request(site["base"] + run_href(RUN_ID), token)
+    assert status == 403 and "Funnel" not in body
