@@ -1,0 +1,106 @@
+"""Tokenize: add ``input_ids`` and ``token_count`` to every document.
+
+Encoding runs in the tokenizer's Rust code (``encode_batch_fast``, threaded); the ids
+of a batch are flattened into one numpy array and the Arrow list column is built from
+offsets, so no Python code runs per token. The end-of-text token, when asked for, is
+inserted with numpy on the flat values. Documents that produce no tokens, and
+documents longer than ``max_chars`` (a guard against a pathological input stalling a
+worker), are dropped with their reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import chain
+from operator import attrgetter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from tamis.stage import BatchResult, Stage, StageParams, split_by_reason
+from tamis.tokenizer import TokenizerError, eos_id, load_tokenizer
+
+_IDS = attrgetter("ids")
+
+
+class TokenizeParams(StageParams):
+    # A tokenizer.json file, a folder holding one, or a Hugging Face hub name; relative to include/pipelines.
+    tokenizer: str = "../sample/tokenizer.json"
+    add_eos: bool = True  # end every document with the end-of-text token, so packed documents stay separated
+    eos_token: str | None = None  # None: the first of <|endoftext|>, <|end_of_text|>, </s>, <eos> the vocabulary holds
+    add_special_tokens: bool = False  # the tokenizer's own post-processor (BOS, [CLS]...); off for pretraining text
+    max_chars: int = Field(default=1_000_000, ge=1)
+    batch_size: int = Field(default=1024, ge=1)  # documents per encode call
+
+
+class Tokenize(Stage):
+    name = "tokenize"
+    Params = TokenizeParams
+
+    def __init__(self, params=None, context=None):
+        super().__init__(params, context)
+        self._tokenizer = None
+        self._eos_id: int | None = None
+
+    def __getstate__(self):
+        # Workers load the tokenizer themselves; it is cheap and keeps the pickle small.
+        state = self.__dict__.copy()
+        state["_tokenizer"] = None
+        return state
+
+    def check_ready(self) -> None:
+        self._load()
+
+    def _load(self):
+        if self._tokenizer is None:
+            tokenizer = load_tokenizer(self.params.tokenizer)
+            if self.params.add_eos:
+                self._eos_id = eos_id(tokenizer, self.params.tokenizer, self.params.eos_token)
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    def process_batch(self, table: pa.Table) -> BatchResult:
+        if "text" not in table.column_names:
+            raise TokenizerError(f"tokenize: input has no 'text' column (columns: {', '.join(table.column_names)})")
+        tokenizer = self._load()
+        table = table.drop_columns([c for c in ("input_ids", "token_count") if c in table.column_names])
+        text = pc.fill_null(table.column("text"), "")
+        chars = pc.utf8_length(text).to_numpy(zero_copy_only=False)
+        too_long = chars > self.params.max_chars
+
+        texts = text.to_pylist()
+        for i in np.flatnonzero(too_long):
+            texts[i] = ""  # not encoded; dropped below
+        flat_parts, count_parts = [], []
+        for start in range(0, len(texts), self.params.batch_size):
+            encodings = tokenizer.encode_batch_fast(
+                texts[start : start + self.params.batch_size], add_special_tokens=self.params.add_special_tokens
+            )
+            ids = list(map(_IDS, encodings))
+            counts = np.fromiter(map(len, ids), np.int64, len(ids))
+            flat_parts.append(np.fromiter(chain.from_iterable(ids), np.int32, int(counts.sum())))
+            count_parts.append(counts)
+        flat = np.concatenate(flat_parts) if flat_parts else np.empty(0, np.int32)
+        counts = np.concatenate(count_parts) if count_parts else np.empty(0, np.int64)
+        if self.params.add_eos:
+            flat = np.insert(flat, np.cumsum(counts)[counts > 0], np.int32(self._eos_id))
+            counts = counts + (counts > 0)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32()))
+
+        no_tokens = (counts == 0) & ~too_long
+        reasons = np.full(table.num_rows, None, dtype=object)
+        detail = np.full(table.num_rows, None, dtype=object)
+        reasons[no_tokens] = "no_tokens"
+        reasons[too_long] = "too_many_chars"
+        detail[too_long] = [f"{int(n)} chars > max_chars {self.params.max_chars}" for n in chars[too_long]]
+        table = table.append_column("input_ids", ids).append_column("token_count", pa.array(counts.astype(np.int32)))
+        kept, dropped = split_by_reason(table, reasons.tolist(), detail.tolist())
+        kept_mask = ~(no_tokens | too_long)
+        metrics = Counter(
+            {"tokenize.tokens": int(counts[kept_mask].sum()), "tokenize.chars": int(chars[kept_mask].sum())}
+        )
+        return BatchResult(kept=kept, dropped=dropped, metrics=metrics)
+
