@@ -1,0 +1,310 @@
+"""The PII stage: Presidio findings masked, removed or flagged, counted by type, never leaked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SHARED_DATA
+from pydantic import ValidationError
+
+from tamis.dataset import Dataset
+from tamis.pii_recognizers import cn_resident_id_is_valid
+from tamis.runner import run_stage
+from tamis.stages import stage_class
+from tamis.stages.pii import PiiMask
+
+PRESIDIO_SYNTH = SHARED_DATA / "pii" / "presidio_synth_v2.jsonl"
+# One real sentence of Presidio's synthetic set per entity type the stage covers.
+SENTENCE_IDS = {
+    "EMAIL_ADDRESS": "presidio-00034",
+    "PHONE_NUMBER": "presidio-00084",
+    "CREDIT_CARD": "presidio-00005",
+    "IP_ADDRESS": "presidio-00422",
+    "IBAN_CODE": "presidio-00155",
+    "US_SSN": "presidio-00007",
+}
+VALID_CN_ID = "11010519491231002X"  # the worked example of GB 11643-1999
+INVALID_CN_ID = "110105194912310021"  # same number, wrong check character
+CN_MOBILES = ("138 0013 8000", "+86 138-0013-8000", "13912345678")
+
+
+@pytest.fixture(scope="module")
+def synth() -> dict[str, dict]:
+    records = [json.loads(line) for line in PRESIDIO_SYNTH.open(encoding="utf-8")]
+    return {r["id"]: r for r in records}
+
+
+@pytest.fixture(scope="module")
+def masker() -> PiiMask:
+    return PiiMask()
+
+
+def records(texts: list, source: str = "web") -> pa.Table:
+    return pa.table(
+        {
+            "id": [f"{source}/{i}" for i in range(len(texts))],
+            "source": [source] * len(texts),
+            "date": ["2026-11-20"] * len(texts),
+            "url": [None] * len(texts),
+            "text": pa.array(texts, pa.string()),
+        }
+    )
+
+
+def write_dataset(url, table: pa.Table) -> None:
+    """A committed one-part dataset laid out as the runner lays it out."""
+    url.mkdir(parents=True)
+    pq.write_table(table, url / "part0.parquet")
+    manifest = {"parts": [{"name": "part0", "bytes": (url / "part0.parquet").stat().st_size}]}
+    (url / "_manifest.json").write_text(json.dumps(manifest))
+
+
+def gold_values(record: dict, label: str) -> list[str]:
+    return [s["value"] for s in record["spans"] if s["label"] == label]
+
+
+def test_registry_names_the_stage_and_yaml_params_build_it(make_pipeline):
+    assert stage_class("pii") is PiiMask
+    pipeline = make_pipeline({"web": {"path": "web"}}, stages={"pii": {"action": "remove", "phone_regions": ["CN"]}})
+    stage = pipeline.stage("pii")
+    assert isinstance(stage, PiiMask)
+    assert (stage.params.action, stage.params.phone_regions) == ("remove", ["CN"])
+
+
+@pytest.mark.parametrize("entity", sorted(SENTENCE_IDS))
+def test_each_entity_type_is_masked_in_a_real_sentence(masker, synth, entity):
+    record = synth[SENTENCE_IDS[entity]]
+    result = masker.process_batch(records([record["text"]]))
+    text = result.kept.column("text")[0].as_py()
+    assert f"<{entity}>" in text
+    for value in gold_values(record, entity):
+        assert value not in text
+    assert result.metrics[f"pii.{entity}"] == len(gold_values(record, entity))
+    assert result.kept.column("pii_count")[0].as_py() >= 1
+
+
+def test_chinese_mobile_numbers_are_masked(masker):
+    texts = [f"请拨打{m}联系我" for m in CN_MOBILES] + [f"Call me on {m} tomorrow." for m in CN_MOBILES]
+    result = masker.process_batch(records(texts))
+    for original, masked in zip(texts, result.kept.column("text").to_pylist()):
+        assert "<PHONE_NUMBER>" in masked, original
+        assert not any(m in masked for m in CN_MOBILES)
+    assert result.metrics["pii.PHONE_NUMBER"] == len(texts)
+
+
+def test_cn_resident_id_checksum_decides():
+    assert cn_resident_id_is_valid(VALID_CN_ID)
+    assert cn_resident_id_is_valid(VALID_CN_ID.lower())
+    assert not cn_resident_id_is_valid(INVALID_CN_ID)
+    assert not cn_resident_id_is_valid("110105194902301234")  # 30 February
+
+
+def test_cn_resident_id_masked_only_with_a_valid_checksum():
+    stage = PiiMask({"entities": ["CN_RESIDENT_ID"]})
+    texts = [f"身份证号{VALID_CN_ID}，请核对。", f"身份证号{INVALID_CN_ID}，请核对。", f"ID {VALID_CN_ID}0 is too long"]
+    result = stage.process_batch(records(texts))
+    masked = result.kept.column("text").to_pylist()
+    assert masked[0] == "身份证号<CN_RESIDENT_ID>，请核对。"
+    assert masked[1] == texts[1]
+    assert masked[2] == texts[2]
+    assert result.metrics["pii.CN_RESIDENT_ID"] == 1
+
+
+def test_mask_template_is_configurable(synth):
+    record = synth[SENTENCE_IDS["EMAIL_ADDRESS"]]
+    result = PiiMask({"mask": "[{entity}-REDACTED]"}).process_batch(records([record["text"]]))
+    assert "[EMAIL_ADDRESS-REDACTED]" in result.kept.column("text")[0].as_py()
+
+
+def test_remove_drops_documents_with_pii_and_keeps_the_rest(synth):
+    clean = "What are my options?"
+    texts = [synth[SENTENCE_IDS["CREDIT_CARD"]]["text"], clean, synth[SENTENCE_IDS["US_SSN"]]["text"]]
+    result = PiiMask({"action": "remove"}).process_batch(records(texts))
+    assert result.kept.column("text").to_pylist() == [clean]
+    assert result.dropped.column("reason").to_pylist() == ["pii_found", "pii_found"]
+    assert result.dropped.column("detail").to_pylist() == ["CREDIT_CARD=1", "US_SSN=1"]
+    assert result.kept.column("pii_count").to_pylist() == [0]
+
+
+def test_flag_keeps_text_and_points_at_each_finding(synth):
+    record = synth["presidio-00032"]  # a card number and an e-mail address
+    result = PiiMask({"action": "flag"}).process_batch(records([record["text"]]))
+    row = result.kept.to_pylist()[0]
+    assert row["text"] == record["text"]
+    assert row["pii_count"] == 2
+    assert row["pii_types"] == "CREDIT_CARD,EMAIL_ADDRESS"
+    flagged = {(s["entity"], record["text"][s["start"] : s["end"]]) for s in row["pii_spans"]}
+    gold = {(s["label"], s["value"]) for s in record["spans"] if s["label"] in ("CREDIT_CARD", "EMAIL_ADDRESS")}
+    assert flagged == gold
+
+
+def test_private_ip_addresses_are_kept_unless_asked(synth):
+    text = "the build server 192.168.0.12 and the public host 41.173.96.26"
+    default = PiiMask({"entities": ["IP_ADDRESS"]}).process_batch(records([text]))
+    assert default.kept.column("text")[0].as_py() == "the build server 192.168.0.12 and the public host <IP_ADDRESS>"
+    every = PiiMask({"entities": ["IP_ADDRESS"], "ip_public_only": False}).process_batch(records([text]))
+    assert every.kept.column("text")[0].as_py() == "the build server <IP_ADDRESS> and the public host <IP_ADDRESS>"
+
+
+def test_numbers_that_are_not_phones_are_left_alone(masker):
+    texts = [
+        "ISBN 0-393-02895-5 (paperback)",
+        "the coefficients were 0.235  -0.685 and 1.173  -1.205",
+        "lat -12.0033292770385 lon -77.0323486328125",
+        "digits 0 3 4 5 1 6 2 7 2 5 3 4",
+    ]
+    result = masker.process_batch(records(texts))
+    assert result.kept.column("text").to_pylist() == texts
+    assert result.metrics["pii.findings"] == 0
+
+
+def test_bad_input_has_a_clear_outcome(masker):
+    texts = ["", "   \n\t ", "😀🎉🙈", None, "ሰላም ለዓለም፤ ኢሜል፦ abebe.kebede@example.com ነው።"]
+    result = masker.process_batch(records(texts))
+    assert result.kept.num_rows == len(texts)
+    out = result.kept.to_pylist()
+    assert [r["text"] for r in out[:4]] == texts[:4]
+    assert [r["pii_count"] for r in out] == [0, 0, 0, 0, 1]
+    assert out[4]["text"] == "ሰላም ለዓለም፤ ኢሜል፦ <EMAIL_ADDRESS> ነው።"
+    assert result.metrics["pii.docs_screened_out"] == 4
+
+
+def test_one_megabyte_single_line_is_scanned_in_chunks():
+    words = ("lorem ipsum dolor sit amet " * 40_000)[:1_000_000]
+    stage = PiiMask({"chunk_chars": 100_000, "chunk_overlap": 256})
+    boundary = 100_000 - 256 - 10  # an address that straddles the first chunk's end
+    text = "a.b@example.com " + words[:boundary] + " straddle.me@example.org " + words[boundary:] + " end@example.net"
+    assert "\n" not in text and len(text) > 1_000_000
+    result = stage.process_batch(records([text]))
+    masked = result.kept.column("text")[0].as_py()
+    assert "@" not in masked
+    assert masked.count("<EMAIL_ADDRESS>") == 3
+    assert result.metrics["pii.EMAIL_ADDRESS"] == 3
+
+
+def test_text_over_max_chars_is_dropped_unscanned():
+    text = "reach me at someone@example.com " * 10
+    result = PiiMask({"max_chars": 100}).process_batch(records([text, "short and clean"]))
+    assert result.kept.column("text").to_pylist() == ["short and clean"]
+    assert result.dropped.column("reason").to_pylist() == ["pii_too_long"]
+    assert "someone" not in result.dropped.column("detail")[0].as_py()
+
+
+NETWORK_PROBE = """
+import socket, sys
+attempts = []
+def refuse(*args, **kwargs):
+    attempts.append(1)
+    raise OSError("network access attempted")
+socket.getaddrinfo = socket.create_connection = refuse
+import pyarrow as pa
+from tamis.stages.pii import PiiMask
+table = pa.table({"id": ["a"], "source": ["web"], "text": [sys.argv[1]]})
+result = PiiMask({"entities": ["EMAIL_ADDRESS"]}).process_batch(table)
+print(result.metrics["pii.EMAIL_ADDRESS"], len(attempts))
+"""
+
+
+def test_detection_never_touches_the_network(tmp_path, synth):
+    # A fresh process with an empty tldextract cache: Presidio's own e-mail validator
+    # would try to download the public suffix list here.
+    env = {**os.environ, "TLDEXTRACT_CACHE": str(tmp_path / "tldextract"), "XDG_CACHE_HOME": str(tmp_path)}
+    text = synth[SENTENCE_IDS["EMAIL_ADDRESS"]]["text"]
+    out = subprocess.run([sys.executable, "-c", NETWORK_PROBE, text], env=env, capture_output=True, text=True, check=True)
+    found, attempts = out.stdout.split()
+    assert (found, attempts) == ("1", "0")
+
+
+def test_params_are_checked():
+    with pytest.raises(ValidationError, match="unknown PII entity types"):
+        PiiMask({"entities": ["EMAIL", "PHONE_NUMBER"]})
+    with pytest.raises(ValidationError, match="need a spaCy NER model"):
+        PiiMask({"entities": ["PERSON"]})
+    with pytest.raises(ValidationError, match="not a valid template"):
+        PiiMask({"mask": "<{kind}>"})
+    stage = PiiMask({"entities": ["PERSON", "EMAIL_ADDRESS"], "ner_model": "xx_no_such_spacy_model"})
+    with pytest.raises(ValueError, match="neither an installed spaCy package"):
+        stage.check_ready()
+
+
+@pytest.mark.parametrize("action", ["mask", "remove", "flag"])
+def test_counts_reconcile_and_no_pii_value_leaks(tmp_path, synth, caplog, action):
+    chosen = [synth[i] for i in sorted(SENTENCE_IDS.values())] + [synth["presidio-00001"], synth["presidio-00032"]]
+    texts = [r["text"] for r in chosen] + [f"手机 {CN_MOBILES[0]}，身份证 {VALID_CN_ID}", ""]
+    secrets = [s["value"] for r in chosen for s in r["spans"] if s["label"] in SENTENCE_IDS]
+    secrets += [CN_MOBILES[0], VALID_CN_ID]
+    write_dataset(tmp_path / "in", records(texts))
+
+    caplog.set_level(logging.DEBUG)
+    manifest = run_stage(PiiMask({"action": action}), str(tmp_path / "in"), str(tmp_path / "out"), workers=1)
+
+    counts = manifest["counts"]
+    assert counts["in"] == len(texts) == counts["kept"] + counts["dropped"] + counts["quarantined"]
+    out = Dataset(str(tmp_path / "out"))
+    kept = out.read()
+    assert kept.num_rows == counts["kept"]
+    metrics = manifest["metrics"]
+    by_type = {k: v for k, v in metrics.items() if k.startswith("pii.") and k.removeprefix("pii.").isupper()}
+    assert sum(by_type.values()) == metrics["pii.findings"] >= len(secrets)
+    if action == "remove":
+        assert counts["dropped"] == metrics["pii.docs_with_pii"] == manifest["drop_reasons"]["pii_found"]
+        assert set(kept.column("pii_count").to_pylist()) == {0}
+    else:
+        assert counts["kept"] == len(texts)
+        assert sum(kept.column("pii_count").to_pylist()) == metrics["pii.findings"]
+
+    side_tables = [out.read_side("dropped").to_pylist(), out.read_side("quarantine").to_pylist()]
+    commits = [p.read_text(encoding="utf-8") for p in (tmp_path / "out").rglob("*.json")]
+    exposed = [json.dumps([manifest, side_tables], ensure_ascii=False), caplog.text, *commits]
+    if action != "flag":
+        exposed.append(json.dumps(kept.column("text").to_pylist(), ensure_ascii=False))
+    for secret in secrets:
+        for where in exposed:
+            assert secret not in where
+
+
+def test_a_used_stage_pickles_for_worker_processes(masker, synth):
+    import pickle
+
+    text = synth[SENTENCE_IDS["IBAN_CODE"]]["text"]
+    masker.process_batch(records([text]))  # builds the Presidio engines
+    clone = pickle.loads(pickle.dumps(masker))
+    assert "_engines" not in clone.__dict__
+    assert "<IBAN_CODE>" in clone.process_batch(records([text])).kept.column("text")[0].as_py()
+
+
+def test_presidio_messages_never_carry_their_arguments(masker, caplog):
+    masker.process_batch(records(["mail a.b@example.com"]))  # sets up Presidio's loggers
+    caplog.set_level(logging.DEBUG)
+    # The message Presidio's IBAN validator logs when a candidate fails to parse.
+    logging.getLogger("presidio-analyzer").error("Failed to validate text %s", "GB59IFUE40226315499137")
+    assert "presidio-analyzer ERROR" in caplog.text
+    assert "GB59IFUE40226315499137" not in caplog.text
+
+
+def test_ner_entities_come_from_a_local_spacy_pipeline(tmp_path, synth):
+    import spacy
+
+    record = synth["presidio-00002"]  # two people's names
+    names = gold_values(record, "PERSON")
+    # A rule-based English pipeline saved on disk: the NER path runs with nothing downloaded.
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns([{"label": "PERSON", "pattern": name} for name in names])
+    nlp.to_disk(tmp_path / "ner")
+    stage = PiiMask({"entities": ["PERSON", "EMAIL_ADDRESS"], "ner_model": str(tmp_path / "ner")})
+    stage.check_ready()
+    texts = [record["text"], "no names here, write to team@example.org"]
+    result = stage.process_batch(records(texts))
+    masked = result.kept.column("text").to_pylist()
+    assert masked[0].count("<PERSON>") == len(names) == 2
+    assert not any(name in masked[0] for name in names)
+    assert masked[1] == "no names here, write to <EMAIL_ADDRESS>"
+    assert (result.metrics["pii.PERSON"], result.metrics["pii.EMAIL_ADDRESS"]) == (2, 1)
