@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     _pipeline_args(summary)
     summary.add_argument("--json", action="store_true")
     summary.set_defaults(func=_cmd_summary)
+
+    from tamis.release import add_release_commands
+
+    add_release_commands(sub)
     return parser
 
 

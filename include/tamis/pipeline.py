@@ -72,6 +72,7 @@ class Pipeline(_Strict):
     gates: dict[str, dict[str, Any]] = Field(default_factory=dict)
     orchestration: Orchestration = Field(default_factory=lambda: Orchestration())
     nightly: Nightly = Field(default_factory=lambda: Nightly())
+    release: dict[str, Any] = Field(default_factory=dict)  # validated by tamis.release.ReleaseConfig
 
     @field_validator("stages", mode="before")
     @classmethod

@@ -1,0 +1,582 @@
+"""Releases: a pipeline's datasets versioned with DVC, with lineage back to the raw files.
+
+A release workspace is a DVC repository of its own (``dvc init --no-scm``), apart from
+the project checkout::
+
+    <workspace>/
+      pipeline.yaml           the pipeline config, rewritten to run inside the workspace:
+                              sources under sources/, every stage's effective params spelled out
+      dvc.yaml                one DVC stage per pipeline stage, in pipeline order
+      dvc.lock                written by ``dvc repro``: the hash of every input, param and output
+      sources/<name>/         a snapshot of each raw source, tracked by sources/<name>.dvc
+      data/<stage>/           each stage's output dataset (a DVC out)
+      timings/<stage>.json    the run's timings, kept out of the outs (see :func:`seal`)
+      release.json            the last release manifest
+
+The remote (a folder by default, S3 by config) receives the DVC cache objects and, under
+``releases/<version>/``, the release manifest with the dvc.yaml, dvc.lock and pipeline.yaml
+that restore that version (``dvc pull`` with that lock).
+
+Reproducibility: a stage's output folder must hash the same whenever the same inputs and
+params are processed, or DVC would see a new version on every run and rerun everything
+downstream. The runner's manifests carry the run's timings; :func:`seal` (the second command
+of every DVC stage) moves them to ``timings/`` and writes paths relative to the workspace,
+so the sealed outs are byte-identical across runs and across workspaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from tamis import __version__
+
+# Imported where used: ``seal`` runs once per DVC stage in a fresh interpreter, and should
+# not pay for the stage registry, Arrow or DVC.
+if TYPE_CHECKING:
+    from tamis.pipeline import Pipeline
+
+log = logging.getLogger("tamis.release")
+
+PIPELINE_FILE = "pipeline.yaml"
+DVC_FILE = "dvc.yaml"
+LOCK_FILE = "dvc.lock"
+RELEASE_FILE = "release.json"
+SOURCES_DIR = "sources"
+DATA_DIR = "data"
+TIMINGS_DIR = "timings"
+MANIFEST = "_manifest.json"
+COMMITS_DIR = "_commits"
+# Manifest and commit fields that describe one run rather than the data it produced.
+VOLATILE_MANIFEST_KEYS = ("finished_at", "elapsed_s", "docs_per_s", "workers")
+VOLATILE_COMMIT_KEYS = ("elapsed_s",)
+
+
+class ReleaseError(RuntimeError):
+    pass
+
+
+class ReleaseConfig(BaseModel):
+    """The pipeline YAML's ``release:`` block."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Local folder of the DVC repository; default <storage_root>/releases/<pipeline>/workspace.
+    workspace: str | None = None
+    # DVC remote: a folder or s3://bucket/prefix; default <storage_root>/releases/<pipeline>/remote.
+    remote: str | None = None
+    # S3-compatible endpoint of an s3:// remote; default TAMIS_S3_ENDPOINT_URL / AWS_ENDPOINT_URL.
+    endpoint_url: str | None = None
+    remote_name: str = "storage"
+    push_jobs: int = Field(default=4, ge=1)
+
+
+def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) -> ReleaseConfig:
+    """The ``release:`` block of the pipeline config, relative paths resolved against its folder."""
+    from tamis import storage
+    from tamis.pipeline import ConfigError, _expand_env, _resolve
+
+    block = getattr(pipeline, "release", None)
+    if block is None:  # the Pipeline model does not carry the block: read it from the file
+        raw = yaml.safe_load(_expand_env(Path(pipeline.path).read_text())) or {}
+        block = raw.get("release") or {}
+    block = {**dict(block), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    base = Path(pipeline.path).parent
+    for key in ("workspace", "remote"):
+        if block.get(key):
+            block[key] = _resolve(str(block[key]), base)
+    try:
+        config = ReleaseConfig(**block)
+    except ValueError as exc:
+        raise ConfigError(f"invalid release block in {pipeline.path}: {exc}") from exc
+    default_root = storage.join(pipeline.storage_root, "releases", pipeline.name)
+    workspace = config.workspace
+    if workspace is None:
+        if "://" in pipeline.storage_root:
+            raise ConfigError(f"{pipeline.path}: the storage root is {pipeline.storage_root}; "
+                              "set release.workspace to a local folder for the DVC repository")
+        workspace = storage.join(default_root, "workspace")
+    if "://" in workspace:
+        raise ConfigError(f"{pipeline.path}: release.workspace must be a local folder, got {workspace}")
+    return config.model_copy(update={"workspace": workspace, "remote": config.remote or storage.join(default_root, "remote")})
+
+
+# --- dvc.yaml --------------------------------------------------------------------------------
+
+def stage_out(stage: str) -> str:
+    return f"{DATA_DIR}/{stage}"
+
+
+def dvc_stages(pipeline: Pipeline) -> dict[str, Any]:
+    """The ``dvc.yaml`` content: one DVC stage per pipeline stage, in pipeline order.
+
+    Each stage depends on the previous stage's output (the first on the source snapshots)
+    and on its own params in pipeline.yaml, so a changed param reruns that stage, and the
+    stages after it only if its output changed.
+    """
+    stages: dict[str, Any] = {}
+    previous: str | None = None
+    for name in pipeline.stage_names:
+        run = ["tamis", "run", name, "--pipeline", PIPELINE_FILE]
+        if previous is not None:
+            run += ["--input", stage_out(previous)]
+        run += ["--output", stage_out(name)]
+        seal_cmd = ["python", "-m", "tamis.release", "seal", stage_out(name)]
+        params = [f"stages.{name}"]
+        if previous is None:
+            deps = [f"{SOURCES_DIR}/{source}" for source in sorted(pipeline.sources)]
+            params.append("sources")  # formats and field names decide what ingest reads
+        else:
+            deps = [stage_out(previous)]
+        stages[name] = {
+            "cmd": [shlex.join(run), shlex.join(seal_cmd)],
+            "deps": deps,
+            "params": [{PIPELINE_FILE: params}],
+            "outs": [stage_out(name)],
+        }
+        previous = name
+    return {"stages": stages}
+
+
+def workspace_pipeline(pipeline: Pipeline) -> dict[str, Any]:
+    """The pipeline config as it runs inside the workspace (paths relative to it)."""
+    config = pipeline.model_dump(mode="json", exclude={"release"})
+    config["storage_root"] = DATA_DIR
+    config["sources"] = {name: {**source, "path": f"{SOURCES_DIR}/{name}"}
+                         for name, source in sorted(config["sources"].items())}
+    # Effective params, defaults included: dvc.lock then pins every value the stage used.
+    config["stages"] = {name: pipeline.stage(name).params.model_dump(mode="json") for name in pipeline.stage_names}
+    return config
+
+
+# --- the workspace ---------------------------------------------------------------------------
+
+def prepare_workspace(pipeline: Pipeline, config: ReleaseConfig) -> Path:
+    """Create or update the workspace: DVC repo, remote, source snapshots, pipeline.yaml, dvc.yaml."""
+    from tamis import storage
+
+    workspace = Path(config.workspace)
+    workspace.mkdir(parents=True, exist_ok=True)
+    names = sorted(pipeline.sources)
+    for name in names:
+        snapshot_source(pipeline.sources[name].path, workspace / SOURCES_DIR / name)
+    _write_if_changed(workspace / PIPELINE_FILE, yaml.safe_dump(workspace_pipeline(pipeline), sort_keys=False))
+    _write_if_changed(workspace / DVC_FILE, yaml.safe_dump(dvc_stages(pipeline), sort_keys=False))
+    remote: dict[str, str] = {"url": _dvc_remote_url(config.remote)}
+    endpoint = config.endpoint_url or (storage.s3_endpoint() if config.remote.startswith("s3://") else None)
+    if endpoint:
+        remote["endpointurl"] = endpoint
+    with _dvc_repo(workspace, "prepare", create=True) as repo:
+        with repo.config.edit() as conf:  # credentials stay in the environment, never in the config
+            conf["remote"][config.remote_name] = remote
+            conf["core"]["remote"] = config.remote_name
+        repo.add([f"{SOURCES_DIR}/{name}" for name in names])
+    log.info("release workspace %s ready: %d sources, stages %s, remote %s",
+             workspace, len(names), ", ".join(pipeline.stage_names), config.remote)
+    return workspace
+
+
+def snapshot_source(source_url: str, dest: Path) -> None:
+    """Mirror a raw source into the workspace; unchanged files (same size and mtime) are kept,
+    so DVC does not rehash them."""
+    from tamis import storage
+
+    fs, root = storage.filesystem(source_url)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"release: source path {source_url} does not exist")
+    root = root.rstrip("/")
+    wanted: dict[str, dict[str, Any]] = {}
+    for path, info in fs.find(root, detail=True).items():
+        if info["type"] == "file":
+            wanted[path[len(root) + 1:]] = info
+    if dest.exists():
+        for path in sorted(dest.rglob("*"), reverse=True):
+            rel = path.relative_to(dest).as_posix()
+            if path.is_file() and rel not in wanted:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    local = storage._is_local(fs)
+    for rel, info in sorted(wanted.items()):
+        target = dest / rel
+        src = f"{root}/{rel}"
+        if local:
+            stat = os.stat(src)
+            if target.exists() and target.stat().st_size == stat.st_size and target.stat().st_mtime == stat.st_mtime:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target.unlink()  # DVC may have linked it read-only to its cache
+            shutil.copy2(src, target)
+        else:
+            if target.exists() and target.stat().st_size == info["size"]:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get(src, str(target))
+
+
+def repro(workspace: Path, force: bool = False) -> dict[str, Any]:
+    """``dvc repro``: run the stages whose deps or params changed; returns which ran."""
+    from dvc.stage import PipelineStage
+
+    with _dvc_repo(workspace, "repro") as repo:
+        stages = repo.reproduce(force=force)
+    ran = [stage.name for stage in stages if isinstance(stage, PipelineStage)]
+    log.info("dvc repro in %s: %s", workspace, f"ran {', '.join(ran)}" if ran else "every stage is up to date")
+    return {"ran": ran, "up_to_date": not ran}
+
+
+def push(workspace: Path, config: ReleaseConfig) -> dict[str, Any]:
+    """``dvc push`` to the remote, then check that the remote holds every object of the lock."""
+    with _dvc_repo(workspace, "push") as repo:
+        pushed = repo.push(remote=config.remote_name, jobs=config.push_jobs)
+        missing = repo.status(cloud=True, remote=config.remote_name)
+    if missing:
+        raise ReleaseError(f"release: after dvc push, the remote {config.remote} still lacks: {missing}")
+    log.info("dvc push: %d files sent to %s", pushed, config.remote)
+    return {"remote": config.remote, "pushed": pushed}
+
+
+@contextlib.contextmanager
+def _dvc_repo(workspace: Path, step: str, create: bool = False) -> Iterator[Any]:
+    """The workspace's DVC repository, opened in this process with the workspace as the working
+    directory. Stage commands find this interpreter's ``tamis`` and ``python`` first on PATH;
+    DVC's errors become ReleaseErrors."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    workspace = Path(workspace)
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), path])
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    try:
+        if create and not (workspace / ".dvc").is_dir():
+            Repo.init(str(workspace), no_scm=True).close()
+        # DVC resolves targets against the working directory, as its command line does.
+        with contextlib.chdir(workspace), Repo(str(workspace)) as repo, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # raised inside DVC's own modules
+            yield repo
+    except DvcException as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise ReleaseError(f"release: dvc {step} failed in {workspace}: {exc}{cause}") from exc
+    finally:
+        os.environ["PATH"] = path
+
+
+def _dvc_remote_url(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Leave the file (and its mtime) alone when the content is the same."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+# --- sealing a stage's output ----------------------------------------------------------------
+
+def seal(dataset_dir: str | Path, workspace: str | Path = ".") -> dict[str, Any]:
+    """Make a stage's output depend only on its inputs and params: move the run's timings from
+    ``_manifest.json`` and ``_commits/*.json`` to ``timings/<stage>.json`` (outside the out),
+    and write workspace paths relative to the workspace. Runs after ``tamis run`` in each
+    DVC stage; downstream stages then hash a manifest that is the same on every run."""
+    workspace = Path(workspace).resolve()
+    dataset = Path(dataset_dir)
+    if not dataset.is_absolute():
+        dataset = workspace / dataset
+    manifest_path = dataset / MANIFEST
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"release: no {MANIFEST} in {dataset}; the stage did not finish")
+    prefixes = [f"file://{workspace}/", f"{workspace}/"]
+    manifest = json.loads(manifest_path.read_text())
+    timings: dict[str, Any] = {"stage": manifest.get("stage"),
+                               **{k: manifest.pop(k) for k in VOLATILE_MANIFEST_KEYS if k in manifest}, "parts": {}}
+    for commit_path in sorted((dataset / COMMITS_DIR).glob("*.json")):
+        commit = json.loads(commit_path.read_text())
+        timings["parts"][commit_path.stem] = {k: commit.pop(k) for k in VOLATILE_COMMIT_KEYS if k in commit}
+        _write_json(commit_path, _relative_paths(commit, prefixes))
+    _write_json(manifest_path, _relative_paths(manifest, prefixes))
+    timings_path = workspace / TIMINGS_DIR / f"{dataset.name}.json"
+    timings_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(timings_path, timings)
+    return timings
+
+
+def _relative_paths(value: Any, prefixes: list[str]) -> Any:
+    if isinstance(value, str):
+        for prefix in prefixes:
+            if value.startswith(prefix):
+                return value[len(prefix):]
+        return value
+    if isinstance(value, list):
+        return [_relative_paths(v, prefixes) for v in value]
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, prefixes) for k, v in value.items()}
+    return value
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    # The same layout as the runner's manifests: sorted keys, two-space indent.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+# --- the release manifest --------------------------------------------------------------------
+
+def file_entries(root: Path, relative_to: Path) -> list[dict[str, Any]]:
+    """Every file under ``root`` with its size and sha256, paths relative to ``relative_to``."""
+    entries = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        entries.append({"path": path.relative_to(relative_to).as_posix(), "bytes": path.stat().st_size,
+                        "sha256": sha256_file(path)})
+    return entries
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: str | None = None,
+                     run_id: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Lineage of the workspace's current state: raw files -> every stage -> the final files.
+
+    Raises if the chain is broken: a stage whose recorded input manifest is not the previous
+    stage's, an ingest part whose input is not a snapshotted raw file, or an out whose hash
+    differs from dvc.lock (the workspace was changed after ``dvc repro``).
+    """
+    workspace = Path(config.workspace)
+    lock_path = workspace / LOCK_FILE
+    if not lock_path.exists():
+        raise ReleaseError(f"release: no {LOCK_FILE} in {workspace}; run `dvc repro` first")
+    lock_bytes = lock_path.read_bytes()
+    lock = yaml.safe_load(lock_bytes)
+    lock_sha256 = hashlib.sha256(lock_bytes).hexdigest()
+    with _dvc_repo(workspace, "status") as repo:
+        status = repo.status()
+    if status:
+        raise ReleaseError(f"release: the workspace {workspace} differs from {LOCK_FILE}: {status}")
+    now = now or datetime.now(timezone.utc)
+    version = f"{pipeline.name}-{now:%Y%m%d}-{lock_sha256[:8]}"
+
+    sources = {}
+    raw_files: dict[str, dict[str, Any]] = {}
+    for name in sorted(pipeline.sources):
+        files = file_entries(workspace / SOURCES_DIR / name, workspace)
+        tracked = yaml.safe_load((workspace / SOURCES_DIR / f"{name}.dvc").read_text())["outs"][0]
+        sources[name] = {"origin": pipeline.sources[name].path, "path": f"{SOURCES_DIR}/{name}",
+                         "dvc_md5": tracked["md5"], "files": files}
+        raw_files.update({f["path"]: f for f in files})
+
+    stages = []
+    previous_manifest_sha = None
+    for index, name in enumerate(pipeline.stage_names):
+        locked = lock["stages"].get(name)
+        if locked is None:
+            raise ReleaseError(f"release: stage {name!r} is not in {LOCK_FILE}; run `dvc repro`")
+        out_dir = workspace / stage_out(name)
+        manifest_bytes = (out_dir / MANIFEST).read_bytes()
+        manifest = json.loads(manifest_bytes)
+        manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+        if index > 0 and manifest.get("input_manifest_sha256") != previous_manifest_sha:
+            raise ReleaseError(f"release: stage {name!r} read an input manifest "
+                               f"{manifest.get('input_manifest_sha256')} but {pipeline.stage_names[index - 1]!r} "
+                               f"has {previous_manifest_sha}")
+        if index == 0:
+            unknown = [p["input"] for p in manifest["parts"] if p["input"] not in raw_files]
+            if unknown:
+                raise ReleaseError(f"release: stage {name!r} read files that are not in the source snapshot: {unknown[:5]}")
+        timings_path = workspace / TIMINGS_DIR / f"{name}.json"
+        stages.append({
+            "stage": name,
+            "cmd": locked["cmd"],
+            "deps": [{"path": d["path"], "md5": d["md5"]} for d in locked.get("deps", [])],
+            "params": manifest["params"],
+            "input": manifest["input"],
+            "input_manifest_sha256": manifest.get("input_manifest_sha256"),
+            "output": stage_out(name),
+            "dvc_md5": locked["outs"][0]["md5"],
+            "manifest_sha256": manifest_sha,
+            "counts": manifest["counts"],
+            "drop_reasons": manifest["drop_reasons"],
+            "quarantine_reasons": manifest["quarantine_reasons"],
+            "metrics": manifest.get("metrics", {}),
+            "parts": manifest["parts"],
+            "timings": json.loads(timings_path.read_text()) if timings_path.exists() else None,
+        })
+        previous_manifest_sha = manifest_sha
+
+    final = pipeline.stage_names[-1]
+    return {
+        "version": version,
+        "pipeline": pipeline.name,
+        "pipeline_config": pipeline.path,
+        "created_at": now.isoformat(timespec="seconds"),
+        "tamis_version": __version__,
+        "run_id": run_id,
+        "source_run_id": source_run_id,
+        "dvc": {"remote": config.remote, "lock_sha256": lock_sha256, "lock": lock,
+                "pipeline_yaml_sha256": sha256_file(workspace / PIPELINE_FILE)},
+        "sources": sources,
+        "stages": stages,
+        "source_run": compare_with_run(pipeline, source_run_id, stages) if source_run_id else None,
+        "final": {"stage": final, "path": stage_out(final), "files": file_entries(workspace / stage_out(final), workspace)},
+    }
+
+
+def compare_with_run(pipeline: Pipeline, run_id: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether each stage of the release holds the same data parts (names and sha256) as the
+    corpus run that triggered it; null for a stage that run did not finish. A run built with
+    other parameters (a sample, a subset of sources) differs, and this record shows where."""
+    from tamis.dataset import Dataset
+
+    identical: dict[str, bool | None] = {}
+    for entry in stages:
+        dataset = Dataset(pipeline.stage_url(run_id, entry["stage"]))
+        if not dataset.is_complete():
+            identical[entry["stage"]] = None
+            continue
+        theirs = [(p["name"], p["sha256"]) for p in dataset.manifest()["parts"]]
+        identical[entry["stage"]] = theirs == [(p["name"], p["sha256"]) for p in entry["parts"]]
+    return {"run": pipeline.run_url(run_id), "identical_parts": identical}
+
+
+def write_release(pipeline: Pipeline, config: ReleaseConfig, source_run_id: str | None = None,
+                  run_id: str | None = None) -> dict[str, Any]:
+    """Write the release manifest into the workspace and, with the files that restore the
+    version, to ``<remote>/releases/<version>/``."""
+    from tamis import storage
+
+    manifest = release_manifest(pipeline, config, source_run_id, run_id)
+    workspace = Path(config.workspace)
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    (workspace / RELEASE_FILE).write_bytes(body)
+    target = storage.join(config.remote, "releases", manifest["version"])
+    fs, root = _remote_filesystem(config, target)
+    fs.makedirs(root, exist_ok=True)
+    fs.pipe({f"{root}/{RELEASE_FILE}": body,
+             **{f"{root}/{name}": (workspace / name).read_bytes() for name in (DVC_FILE, LOCK_FILE, PIPELINE_FILE)}})
+    log.info("release %s: %d stages, final %s (%d files), manifest at %s", manifest["version"], len(manifest["stages"]),
+             manifest["final"]["path"], len(manifest["final"]["files"]), target)
+    return manifest
+
+
+def _remote_filesystem(config: ReleaseConfig, url: str):
+    """The remote's filesystem, reached through the release's own endpoint when it names one."""
+    from fsspec.core import url_to_fs
+
+    from tamis import storage
+
+    if not url.startswith("s3://") or not config.endpoint_url:
+        return storage.filesystem(url)
+    options = storage.storage_options(url)
+    options["client_kwargs"] = {**options.get("client_kwargs", {}), "endpoint_url": config.endpoint_url}
+    return url_to_fs(url, **options)
+
+
+def release(pipeline: Pipeline, config: ReleaseConfig, force: bool = False,
+            source_run_id: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """Every step in order: prepare the workspace, ``dvc repro``, ``dvc push``, the manifest."""
+    workspace = prepare_workspace(pipeline, config)
+    repro(workspace, force=force)
+    push(workspace, config)
+    return write_release(pipeline, config, source_run_id, run_id)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def add_release_commands(subparsers: argparse._SubParsersAction) -> None:
+    """``tamis release <step>``: the steps of the dataset_release DAG, and ``all`` of them."""
+    parser = subparsers.add_parser("release", help="version a pipeline's datasets with DVC and write a release manifest")
+    steps = parser.add_subparsers(required=True, dest="release_step")
+    for step, help_text in (("prepare", "create or update the DVC workspace: sources, pipeline.yaml, dvc.yaml"),
+                            ("repro", "dvc repro: rerun the stages whose inputs or params changed"),
+                            ("push", "dvc push to the release remote"),
+                            ("manifest", "write the release manifest (lineage, dvc.lock) to the workspace and remote"),
+                            ("all", "prepare, repro, push and manifest in one go")):
+        sub = steps.add_parser(step, help=help_text)
+        sub.add_argument("--pipeline", default="default", help="pipeline name under include/pipelines or a YAML path")
+        sub.add_argument("--workspace", help="local folder of the DVC repository (default: release.workspace)")
+        sub.add_argument("--remote", help="DVC remote, a folder or s3://... (default: release.remote)")
+        if step in ("repro", "all"):
+            sub.add_argument("--force", action="store_true", help="rerun every stage")
+        if step in ("manifest", "all"):
+            sub.add_argument("--source-run-id", help="the corpus run whose update triggered this release, for the record")
+            sub.add_argument("--run-id", help="the orchestrator run making this release, for the record")
+        sub.set_defaults(func=_cmd_release)
+    seal_parser = steps.add_parser("seal", help="move a stage output's timings out of it (run by dvc.yaml)")
+    seal_parser.add_argument("dataset", help="the stage's output folder")
+    seal_parser.add_argument("--workspace", default=".", help="the release workspace (default: the current folder)")
+    seal_parser.set_defaults(func=_cmd_seal)
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from tamis.pipeline import load_pipeline
+
+    pipeline = load_pipeline(args.pipeline)
+    config = release_config(pipeline, {"workspace": args.workspace, "remote": args.remote})
+    step = args.release_step
+    try:
+        _run_step(step, args, pipeline, config)
+    except ReleaseError as exc:  # DVC's own message says what failed; no traceback needed
+        print(f"tamis: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_step(step: str, args: argparse.Namespace, pipeline: Pipeline, config: ReleaseConfig) -> None:
+    if step == "prepare":
+        prepare_workspace(pipeline, config)
+    elif step == "repro":
+        result = repro(Path(config.workspace), force=args.force)
+        print(json.dumps({"ran": result["ran"], "up_to_date": result["up_to_date"]}))
+    elif step == "push":
+        print(json.dumps({"remote": push(Path(config.workspace), config)["remote"]}))
+    else:
+        if step == "all":
+            manifest = release(pipeline, config, force=args.force, source_run_id=args.source_run_id or None,
+                               run_id=args.run_id or None)
+        else:
+            manifest = write_release(pipeline, config, args.source_run_id or None, args.run_id or None)
+        print(json.dumps({"version": manifest["version"], "remote": config.remote,
+                          "final": manifest["final"]["path"], "lock_sha256": manifest["dvc"]["lock_sha256"]}))
+
+
+def _cmd_seal(args: argparse.Namespace) -> int:
+    seal(args.dataset, args.workspace)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tamis.release``: the release commands without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m tamis.release")
+    add_release_commands(parser.add_subparsers(required=True, dest="command"))
+    args = parser.parse_args(["release", *(argv if argv is not None else sys.argv[1:])])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args) or 0
+    except (ReleaseError, FileNotFoundError, ValueError) as exc:  # ConfigError is a ValueError
+        print(f"tamis: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
