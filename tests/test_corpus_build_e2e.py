@@ -43,17 +43,32 @@ def test_the_run_succeeds_and_writes_under_the_run_folder(corpus_run):
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(corpus_run["pipeline"].stage_names)
 
 
+# Documents a stage read from the previous one. Mix adds repeated rows (upsampling) and
+# pack counts the sequences it makes, so their own metrics say how many documents came in.
+DOCUMENTS_READ = {"mix": "mix.input_docs", "pack": "pack.docs_packed"}
+
+
 def test_every_stage_reconciles_and_reads_what_the_previous_kept(corpus_run):
     pipeline, run_id = corpus_run["pipeline"], corpus_run["run_id"]
     previous_kept = None
     for stage in pipeline.stage_names:
         dataset = Dataset(pipeline.stage_url(run_id, stage))
-        counts = dataset.manifest()["counts"]
+        manifest = dataset.manifest()
+        counts = manifest["counts"]
         assert counts["in"] == counts["kept"] + counts["dropped"] + counts["quarantined"], stage
         if previous_kept is not None:
-            assert counts["in"] == previous_kept, stage
+            read = manifest["metrics"][DOCUMENTS_READ[stage]] if stage in DOCUMENTS_READ else counts["in"]
+            assert read == previous_kept, stage
         assert dataset.read(columns=["id"]).num_rows == counts["kept"], stage
         previous_kept = counts["kept"]
+
+
+def test_the_released_sequences_are_full_and_barely_padded(corpus_run):
+    pipeline, run_id = corpus_run["pipeline"], corpus_run["run_id"]
+    metrics = Dataset(pipeline.stage_url(run_id, "pack")).manifest()["metrics"]
+    seq_len = pipeline.stages["pack"]["seq_len"]
+    assert metrics["pack.sequences"] * seq_len == metrics["pack.tokens"] + metrics["pack.pad_tokens"]
+    assert metrics["pack.pad_tokens"] / (metrics["pack.tokens"] + metrics["pack.pad_tokens"]) <= 0.01
 
 
 def test_ingest_sees_the_whole_sample(corpus_run):

@@ -112,6 +112,11 @@ class Pipeline(_Strict):
         return storage.join(self.storage_root, "corpus", self.name)
 
     @property
+    def near_dedup_index_url(self) -> str:
+        """Signatures of every document in the corpus, for incremental near dedup."""
+        return storage.join(self.corpus_url, "_index", "near_dedup")
+
+    @property
     def corpus_stages(self) -> list[str]:
         """The stages a nightly run goes through before appending to the corpus."""
         names = self.stage_names

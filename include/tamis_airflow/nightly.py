@@ -35,6 +35,9 @@ def build_nightly_dag(pipeline_name: str = "default", dag_id: str = "nightly_ing
                 extra = ["--param", f"date={DATE}"]
             elif stage == "exact_dedup":
                 extra = ["--param", f"corpus_url={pipeline.corpus_url}", "--param", f"exclude_partition={DATE}"]
+            elif stage == "near_dedup":
+                # The day's part of the index is named after the day: a re-run replaces it.
+                extra = ["--param", f"index_url={pipeline.near_dedup_index_url}", "--param", f"index_part=date={DATE}"]
             tasks.append(stage_operator(pipeline, stage, commands.stage_argv(stage, pipeline.name, extra)))
             tasks.append(stage_operator(pipeline, f"{stage}_gate", [*commands.gate_argv(stage, pipeline.name), "--allow-empty"]))
         tasks.append(stage_operator(pipeline, "append", commands.append_argv(pipeline.name, DATE), outlets=[corpus_asset(pipeline)]))

@@ -1,0 +1,138 @@
+"""Airflow as in production: PostgreSQL as the metadata database, the scheduler with the
+LocalExecutor, the dag-processor and the api-server (the tasks' execution API), all real
+processes. A corpus_build run, a 3-day nightly_ingest backfill, and a re-run day."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from conftest import airflow_env, free_port
+from tamis.corpus import partitions
+from tamis.dataset import Dataset
+
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+DAYS = ["2026-11-20", "2026-11-21", "2026-11-22"]
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; CI runs as root.
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+    root = tempfile.mkdtemp(prefix="tamis-pg-")
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    data, port = os.path.join(root, "data"), free_port()
+    subprocess.run(_as_postgres([f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"]), check=True, capture_output=True)
+    subprocess.run(_as_postgres([f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "start",
+                                 "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1"]), check=True, capture_output=True)
+    subprocess.run([f"{bindir}/psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE airflow"],
+                   check=True, capture_output=True)
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/airflow"
+    subprocess.run(_as_postgres([f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "stop"]), capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def airflow(postgres, tmp_path_factory):
+    home = tmp_path_factory.mktemp("pg_airflow")
+    data = tmp_path_factory.mktemp("pg_data")
+    port = free_port()
+    env = {
+        **os.environ, **airflow_env(home, data),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres,
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "TAMIS_WORKERS": "1",
+    }
+    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    services = [
+        subprocess.Popen([AIRFLOW, *command], env=env, stdout=(logs / f"{command[0]}.out").open("w"), stderr=subprocess.STDOUT)
+        for command in (["api-server", "--port", str(port), "--host", "127.0.0.1"], ["scheduler"], ["dag-processor"])
+    ]
+
+    def cli(*args: str) -> str:
+        return subprocess.run([AIRFLOW, *args], env=env, check=True, capture_output=True, text=True).stdout
+
+    deadline = time.time() + 180
+    while "nightly_ingest" not in cli("dags", "list", "-o", "plain"):
+        assert time.time() < deadline, "the dag-processor did not parse the DAGs"
+        time.sleep(3)
+    yield {"cli": cli, "data": data, "logs": logs}
+    for service in services:
+        service.terminate()
+    for service in services:
+        try:
+            service.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            service.kill()
+
+
+def wait_for_runs(cli, dag_id: str, count: int, timeout: float = 600) -> list[dict]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        # The JSON is the one line that is a list; warnings may come before it, and
+        # "No data found" comes instead of it before the first run.
+        lines = [line for line in cli("dags", "list-runs", dag_id, "-o", "json").splitlines() if line.startswith("[")]
+        runs = json.loads(lines[-1]) if lines else []
+        finished = [r for r in runs if r["state"] in ("success", "failed")]
+        if len(finished) >= count and len(finished) == len(runs):
+            return runs
+        time.sleep(5)
+    raise AssertionError(f"{dag_id}: runs did not finish in {timeout}s: {runs}")
+
+
+def test_corpus_build_completes_under_the_scheduler_on_postgres(airflow):
+    cli = airflow["cli"]
+    cli("dags", "unpause", "corpus_build")
+    cli("dags", "trigger", "corpus_build")
+    (run,) = wait_for_runs(cli, "corpus_build", 1)
+    assert run["state"] == "success", (airflow["logs"] / "scheduler.out").read_text()[-3000:]
+
+
+def test_a_three_day_backfill_builds_the_corpus_and_a_rerun_day_changes_nothing(airflow):
+    cli, corpus = airflow["cli"], str(airflow["data"] / "corpus" / "default")
+    cli("backfill", "create", "--dag-id", "nightly_ingest", "--from-date", DAYS[0], "--to-date", DAYS[-1])
+    runs = wait_for_runs(cli, "nightly_ingest", 3)
+    assert sorted(r["logical_date"][:10] for r in runs) == DAYS
+    assert {r["state"] for r in runs} == {"success"}
+
+    assert sorted(partitions(corpus)) == DAYS
+    counts = {day: Dataset(url).manifest()["counts"] for day, url in partitions(corpus).items()}
+    assert counts["2026-11-22"]["dropped"] == 5  # the re-crawled pages were already in the corpus
+    ids = [i for url in partitions(corpus).values() for i in Dataset(url).read(columns=["id"]).column("id").to_pylist()]
+    texts = [t for url in partitions(corpus).values() for t in Dataset(url).read(columns=["text"]).column("text").to_pylist()]
+    assert len(ids) == len(set(ids)) and len(texts) == len(set(texts))
+
+    before = Dataset(partitions(corpus)["2026-11-21"]).manifest()["parts"]
+    appended_at = (Path(partitions(corpus)["2026-11-21"]) / "_manifest.json").stat().st_mtime
+    cli("backfill", "create", "--dag-id", "nightly_ingest", "--from-date", DAYS[1], "--to-date", DAYS[1],
+        "--reprocess-behavior", "completed")
+    time.sleep(5)
+    wait_for_runs(cli, "nightly_ingest", 3)
+    after = Dataset(partitions(corpus)["2026-11-21"]).manifest()
+    assert (Path(partitions(corpus)["2026-11-21"]) / "_manifest.json").stat().st_mtime > appended_at, "the day was not re-run"
+    assert [p["sha256"] for p in after["parts"]] == [p["sha256"] for p in before]
+    all_ids = pc.count_distinct(Dataset(partitions(corpus)["2026-11-21"]).read(columns=["id"]).column("id")).as_py()
+    assert all_ids == after["counts"]["kept"]
