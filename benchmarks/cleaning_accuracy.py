@@ -1,6 +1,6 @@
 """Accuracy of the language and quality stages on labelled real data.
 
-    .venv/bin/python benchmarks/cleaning_accuracy.py [--data /work/shared/data] [--per-lang 600]
+    .venv/bin/python benchmarks/cleaning_accuracy.py [--data ../shared/data] [--per-lang 600]
 
 Language: the stage's ``lang`` against the labels of the lingua test sentences
 (30 languages) and of the UDHR translations whose language the detector knows; langid.py

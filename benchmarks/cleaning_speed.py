@@ -1,6 +1,6 @@
 """Speed of the language and quality stages against datatrove's filters, same documents.
 
-    .venv/bin/python benchmarks/cleaning_speed.py [--data /work/shared/data] [--peer-python /work/bench-venv/bin/python]
+    .venv/bin/python benchmarks/cleaning_speed.py [--data ../shared/data] [--peer-python PYTHON]  (default: benchmarks/.peer-venv, made by benchmarks/peer_venv.sh)
 
 All documents of data/web_en are read once and written to a temporary JSONL file; our
 stages run in this process (one core), datatrove 0.10.1 runs in its own virtualenv as a
@@ -76,7 +76,7 @@ def time_stage(stage, texts: list[str]) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--peer-python", default="/work/bench-venv/bin/python")
+    parser.add_argument("--peer-python", default=str(Path(__file__).resolve().parent / ".peer-venv" / "bin" / "python"))
     args = parser.parse_args()
 
     texts = read_web_en(args.data / "web_en")

@@ -12,7 +12,7 @@ leaves them), indexes it with the index stage, then measures
 Bytes read are the process's ``rchar`` from /proc/self/io (every read syscall,
 DuckDB's and Arrow's threads included); times are warm-cache medians.
 
-    .venv/bin/python benchmarks/index_lookup.py [--data /work/shared/data] [--work /tmp/tamis_bench_index]
+    .venv/bin/python benchmarks/index_lookup.py [--data ../shared/data] [--work /tmp/tamis_bench_index]
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def write_documents(table: pa.Table, url: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/work/shared/data")
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--work", default="/tmp/tamis_bench_index")
     args = parser.parse_args()
     work = Path(args.work)

@@ -3,7 +3,7 @@
 Peer: the seeds' approach, datasketch MinHash (num_perm 128, one ``update`` per
 whitespace word) with MinHashLSH at threshold 0.8, run in the same process.
 
-Accuracy (/work/shared/data/near_dup), duplicate-pair detection, precision/recall/F1:
+Accuracy (../shared/data/near_dup), duplicate-pair detection, precision/recall/F1:
   cpython   the same stdlib file in 3.11.2 and 3.11.7 = positive; any other pair negative
   license   same (normalised) declared licence = positive; different licences negative
   readme    consecutive README versions = positive; versions of different repos negative
@@ -12,7 +12,7 @@ A pair is predicted duplicate when both documents land in one cluster (tamis) or
 is returned by the LSH query of the other (peer).
 
 Speed and memory: a corpus of >= --corpus-mb MB is built in a temp dir from
-/work/shared/data plus perturbed copies; the whole stage (signatures, LSH, components,
+../shared/data plus perturbed copies; the whole stage (signatures, LSH, components,
 filtering, writing) runs through the runner in a fresh process with 1 and 2 workers, and
 at --rss-scale times the corpus for peak RSS. The peer runs on a --peer-mb MB subset and
 is extrapolated (it is too slow for the whole corpus in a few minutes).
@@ -40,8 +40,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.exists():
-    DATA = Path("/work/shared/data")
 NEAR_DUP = DATA / "near_dup"
 THRESHOLD = 0.8
 NUM_PERM = 128
@@ -191,7 +189,7 @@ def accuracy(variants: dict[str, dict]) -> None:
 # --------------------------------------------------------------------------- speed corpus
 
 def corpus_texts() -> list[tuple[str, str]]:
-    """(source, text) of every real document under /work/shared/data (research-only files excluded)."""
+    """(source, text) of every real document under ../shared/data (research-only files excluded)."""
     out = []
     for path in sorted(DATA.glob("*/*.jsonl*")):
         if "abc_news" in path.name:

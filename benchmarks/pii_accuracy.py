@@ -1,6 +1,6 @@
 """Span-level precision and recall of the PII stage on labelled sets.
 
-Sets: /work/shared/data/pii/presidio_synth_v2.jsonl (Presidio's synthetic sentences) and
+Sets: ../shared/data/pii/presidio_synth_v2.jsonl (Presidio's synthetic sentences) and
 nemo_curator_pii_tests.jsonl (NeMo Curator's PII test lines); their labels are mapped to
 the stage's entity types below, and labels the stage does not cover are listed apart.
 The peer is Presidio's stock AnalyzerEngine with its stock recognizers for the same
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tamis.stages.pii import PiiMask
 
-DATA_DIR = Path("/work/shared/data/pii")
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "pii"
 LABELS = {
     "presidio_synth_v2.jsonl": {
         "PERSON": "PERSON",

@@ -1,6 +1,6 @@
 """Throughput of the PII stage against datatrove's PIIFormatter, on the same documents.
 
-Documents: every text of /work/shared/data/web_en, cut at whitespace into pieces of about
+Documents: every text of ../shared/data/web_en, cut at whitespace into pieces of about
 2 KB (the size the target is stated for). Each side runs in one process and is timed in
 CPU seconds of that process, so the figures are docs/s per core.
 
@@ -10,7 +10,7 @@ Sides:
 - Presidio's stock AnalyzerEngine with its own recognizers for the same 6 types (no
   screens, model-free NLP engine): what the screens save;
 - datatrove 0.10.1 PIIFormatter (e-mail and public IPv4 only), run as a subprocess with
-  the Python of a separate virtualenv (default /work/bench-venv-pii, which has datatrove).
+  the Python of a separate virtualenv (default benchmarks/.peer-venv, made by benchmarks/peer_venv.sh).
 
     python benchmarks/pii_speed.py [--peer-python PATH] [--piece-chars 2048]
 """
@@ -35,7 +35,7 @@ from pii_accuracy import stock_presidio_analyzer  # benchmarks/ is on the path w
 from tamis.pii_recognizers import _phone_matches
 from tamis.stages.pii import PiiMask
 
-WEB_EN = "/work/shared/data/web_en"
+WEB_EN = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "web_en")
 BATCH = 2048
 
 PEER_SCRIPT = r"""
@@ -96,7 +96,7 @@ def time_stock_presidio(texts: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--peer-python", default="/work/bench-venv-pii/bin/python")
+    parser.add_argument("--peer-python", default=str(Path(__file__).resolve().parent / ".peer-venv" / "bin" / "python"))
     parser.add_argument("--piece-chars", type=int, default=2048)
     args = parser.parse_args()
 
