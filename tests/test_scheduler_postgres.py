@@ -113,7 +113,9 @@ def test_corpus_build_completes_under_the_scheduler_on_postgres(airflow):
 
 def test_a_three_day_backfill_builds_the_corpus_and_a_rerun_day_changes_nothing(airflow):
     cli, corpus = airflow["cli"], str(airflow["data"] / "corpus" / "default")
+    # The backfill's runs exist before the DAG is unpaused, so catchup finds those days taken.
     cli("backfill", "create", "--dag-id", "nightly_ingest", "--from-date", DAYS[0], "--to-date", DAYS[-1])
+    cli("dags", "unpause", "nightly_ingest")
     runs = wait_for_runs(cli, "nightly_ingest", 3)
     assert sorted(r["logical_date"][:10] for r in runs) == DAYS
     assert {r["state"] for r in runs} == {"success"}

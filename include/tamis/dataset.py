@@ -74,6 +74,15 @@ class Dataset:
         url = self.commit_url(name)
         return storage.read_json(url) if storage.exists(url) else None
 
+    def column_names(self) -> list[str]:
+        """The columns of the parts (read from the first part's footer); none for an empty dataset."""
+        shards = self.shards()
+        if not shards:
+            return []
+        fs, path = storage.filesystem(shards[0].url)
+        with fs.open(path, "rb") as f:
+            return pq.read_schema(f).names
+
     def iter_batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         for shard in self.shards():
             fs, path = storage.filesystem(shard.url)

@@ -14,7 +14,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from tamis import storage
@@ -45,7 +44,7 @@ def gate_config(gates: dict[str, Any], stage: str) -> GateConfig:
 
 def dataset_facts(dataset: Dataset, manifest: dict[str, Any]) -> dict[str, float]:
     counts = manifest["counts"]
-    ids = dataset.read(columns=["id"]).column("id") if "id" in _columns(dataset) else pa.chunked_array([], pa.string())
+    ids = dataset.read(columns=["id"]).column("id") if "id" in dataset.column_names() else pa.chunked_array([], pa.string())
     lost = counts["dropped"] + counts["quarantined"]
     return {
         "rows": float(counts["kept"]),
@@ -54,15 +53,6 @@ def dataset_facts(dataset: Dataset, manifest: dict[str, Any]) -> dict[str, float
         "drop_rate": lost / counts["in"] if counts["in"] else 0.0,
         "reconcile_difference": float(counts["in"] - counts["kept"] - lost),
     }
-
-
-def _columns(dataset: Dataset) -> list[str]:
-    shards = dataset.shards()
-    if not shards:
-        return []
-    fs, path = storage.filesystem(shards[0].url)
-    with fs.open(path, "rb") as f:
-        return pq.read_schema(f).names
 
 
 def _sample(dataset: Dataset, rows: int) -> pa.Table:

@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from tamis import storage
 from tamis.dataset import GATE_RESULT, MANIFEST, Dataset
@@ -164,13 +163,7 @@ def _scalar(value: Any) -> Any:
 
 
 def dataset_columns(stage_url: str) -> list[str]:
-    dataset = Dataset(stage_url)
-    shards = dataset.shards()
-    if not shards:
-        return []
-    fs, path = storage.filesystem(shards[0].url)
-    with fs.open(path, "rb") as f:
-        return pq.read_schema(f).names
+    return Dataset(stage_url).column_names()
 
 
 def records_stage(report: dict[str, Any], column: str = "text") -> str | None:

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -88,6 +89,28 @@ def split_by_reason(table: pa.Table, reasons: pa.Array | list, detail: pa.Array 
         schema=DROPPED_SCHEMA,
     )
     return kept, dropped
+
+
+def drop_listed_rows(shard: InputShard, rows: np.ndarray, details: list, reason: str) -> Iterator[tuple[pa.Table, BatchResult]]:
+    """Read ``shard`` batch by batch and drop the rows numbered ``rows`` (sorted, counted over
+    the whole shard), each with its detail (e.g. the id of the copy that survives). Yields
+    every input batch with its result; an empty shard yields one empty result."""
+    with _open(shard.url) as f:
+        parquet = pq.ParquetFile(f)
+        offset = 0
+        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS):
+            table = pa.Table.from_batches([batch])
+            lo, hi = np.searchsorted(rows, [offset, offset + table.num_rows])
+            reasons = np.full(table.num_rows, None, dtype=object)
+            detail = np.full(table.num_rows, None, dtype=object)
+            reasons[rows[lo:hi] - offset] = reason
+            detail[rows[lo:hi] - offset] = details[lo:hi]
+            kept, dropped = split_by_reason(table, reasons.tolist(), detail.tolist())
+            yield table, BatchResult(kept=kept, dropped=dropped)
+            offset += table.num_rows
+        if offset == 0:
+            empty = parquet.schema_arrow.empty_table()
+            yield empty, BatchResult(kept=empty)
 
 
 class Stage:

@@ -201,7 +201,8 @@ def records_page(dag_id: str, run_id: str, stage: str = "", id: str = "", source
     done = [s for s in stages if report.stage_status(storage.join(run_url, s))["status"] == "done"]
     if not done:
         raise HTTPException(404, f"run {run_id!r} of {dag_id} has no finished stage to browse yet")
-    stage = stage or done[-1]
+    # By default the last documents with text: later stages (pack, index) hold sequences.
+    stage = stage or next((s for s in reversed(done) if "text" in report.dataset_columns(storage.join(run_url, s))), done[-1])
     if stage not in done:
         raise HTTPException(404, f"stage {stage!r} has no finished dataset in run {run_id!r}; finished: {', '.join(done)}")
     stage_url = storage.join(run_url, stage)

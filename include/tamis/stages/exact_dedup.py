@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tamis import storage
-from tamis.stage import READ_BATCH_ROWS, BatchResult, InputShard, Stage, StageParams, split_by_reason
+from tamis.stage import BatchResult, InputShard, Stage, StageParams, drop_listed_rows
 
 _HASH_BYTES = 16
 
@@ -63,22 +63,11 @@ class ExactDedup(Stage):
 
     def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
         rows, survivors = self._duplicates.get(shard.name, (np.empty(0, np.int64), []))
-        fs, path = storage.filesystem(shard.url)
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            offset = 0
-            for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS):
-                table = pa.Table.from_batches([batch])
-                lo, hi = np.searchsorted(rows, [offset, offset + table.num_rows])
-                reasons = np.full(table.num_rows, None, dtype=object)
-                detail = np.full(table.num_rows, None, dtype=object)
-                reasons[rows[lo:hi] - offset] = "exact_duplicate"
-                detail[rows[lo:hi] - offset] = survivors[lo:hi]
-                kept, dropped = split_by_reason(table, reasons.tolist(), detail.tolist())
-                yield BatchResult(kept=kept, dropped=dropped)
-                offset += table.num_rows
-            if offset == 0:
-                yield BatchResult(kept=parquet.schema_arrow.empty_table())
+        for _, result in drop_listed_rows(shard, rows, survivors, "exact_duplicate"):
+            yield result
+
+    def process_batch(self, table: pa.Table) -> BatchResult:
+        raise AssertionError("exact_dedup filters in run_shard")
 
 
 def _hash_shard(url: str, key: str) -> tuple[np.ndarray, list[str]]:

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from tamis import minhash, storage
-from tamis.stage import READ_BATCH_ROWS, BatchResult, InputShard, Stage, StageParams, split_by_reason
+from tamis.stage import READ_BATCH_ROWS, BatchResult, InputShard, Stage, StageParams, drop_listed_rows
 
 REASON = "near_duplicate"
 INDEX_META = "_index.json"
@@ -130,28 +130,13 @@ class NearDedup(Stage):
 
     def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
         rows, survivors = self._drops.get(shard.name, (np.empty(0, np.int64), []))
-        fs, path = storage.filesystem(shard.url)
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            offset = 0
-            for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS):
-                table = pa.Table.from_batches([batch])
-                lo, hi = np.searchsorted(rows, [offset, offset + table.num_rows])
-                reasons = np.full(table.num_rows, None, dtype=object)
-                detail = np.full(table.num_rows, None, dtype=object)
-                reasons[rows[lo:hi] - offset] = REASON
-                detail[rows[lo:hi] - offset] = survivors[lo:hi]
-                kept, dropped = split_by_reason(table, reasons.tolist(), detail.tolist())
-                metrics = _source_metrics(table, dropped)
-                if offset == 0 and shard.name == self._first_shard:
-                    # Dataset-wide figures are counted once, on the first shard, so that the
-                    # manifest's sum over shards states them exactly.
-                    metrics.update(self._summary)
-                yield BatchResult(kept=kept, dropped=dropped, metrics=metrics)
-                offset += table.num_rows
-            if offset == 0:
-                metrics = Counter(self._summary) if shard.name == self._first_shard else Counter()
-                yield BatchResult(kept=parquet.schema_arrow.empty_table(), metrics=metrics)
+        for i, (table, result) in enumerate(drop_listed_rows(shard, rows, survivors, REASON)):
+            result.metrics = _source_metrics(table, result.dropped)
+            if i == 0 and shard.name == self._first_shard:
+                # Dataset-wide figures are counted once, on the first shard, so that the
+                # manifest's sum over shards states them exactly.
+                result.metrics.update(self._summary)
+            yield result
 
 
 def _source_metrics(table: pa.Table, dropped: pa.Table) -> Counter:
