@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from conftest import airflow_env, free_port
+from conftest import REPO, airflow_env, free_port
 from tamis.corpus import partitions
 from tamis.dataset import Dataset
 
@@ -114,23 +114,28 @@ def test_corpus_build_completes_under_the_scheduler_on_postgres(airflow):
 def test_a_three_day_backfill_builds_the_corpus_and_a_rerun_day_changes_nothing(airflow):
     cli, corpus = airflow["cli"], str(airflow["data"] / "corpus" / "default")
     # The backfill's runs exist before the DAG is unpaused, so catchup finds those days taken.
-    cli("backfill", "create", "--dag-id", "nightly_ingest", "--from-date", DAYS[0], "--to-date", DAYS[-1])
+    cli("backfill", "create", "--dag-id", "nightly_ingest", "--from-date", DAYS[0], "--to-date", DAYS[-1],
+        "--max-active-runs", "1")
     cli("dags", "unpause", "nightly_ingest")
     runs = wait_for_runs(cli, "nightly_ingest", 3)
     assert sorted(r["logical_date"][:10] for r in runs) == DAYS
     assert {r["state"] for r in runs} == {"success"}
 
     assert sorted(partitions(corpus)) == DAYS
-    counts = {day: Dataset(url).manifest()["counts"] for day, url in partitions(corpus).items()}
-    assert counts["2026-11-22"]["dropped"] == 5  # the re-crawled pages were already in the corpus
     ids = [i for url in partitions(corpus).values() for i in Dataset(url).read(columns=["id"]).column("id").to_pylist()]
+    # The pages crawled again on the 22nd were already in the corpus from the 20th.
+    crawl = REPO / "include/sample/web/date=2026-11-22/crawl.jsonl"
+    recrawled = [json.loads(line)["id"] for line in crawl.read_text().splitlines() if '"recrawl-' in line]
+    assert len(recrawled) == 5
+    assert not {f"web/{i}" for i in recrawled} & set(ids)
+    assert {f"web/{i.removeprefix('recrawl-')}" for i in recrawled} <= set(ids)
     texts = [t for url in partitions(corpus).values() for t in Dataset(url).read(columns=["text"]).column("text").to_pylist()]
     assert len(ids) == len(set(ids)) and len(texts) == len(set(texts))
 
     before = Dataset(partitions(corpus)["2026-11-21"]).manifest()["parts"]
     appended_at = (Path(partitions(corpus)["2026-11-21"]) / "_manifest.json").stat().st_mtime
     cli("backfill", "create", "--dag-id", "nightly_ingest", "--from-date", DAYS[1], "--to-date", DAYS[1],
-        "--reprocess-behavior", "completed")
+        "--reprocess-behavior", "completed", "--max-active-runs", "1")
     time.sleep(5)
     wait_for_runs(cli, "nightly_ingest", 3)
     after = Dataset(partitions(corpus)["2026-11-21"]).manifest()

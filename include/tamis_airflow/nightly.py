@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import DAG, chain
+from airflow.sdk import DAG, CronDataIntervalTimetable, chain
 
 from tamis.pipeline import load_pipeline
 from tamis_airflow import commands
@@ -19,7 +19,9 @@ def build_nightly_dag(pipeline_name: str = "default", dag_id: str = "nightly_ing
     with DAG(
         dag_id=dag_id,
         description=f"Append each day's new data of pipeline {pipeline.name!r} to its corpus",
-        schedule=pipeline.nightly.schedule,
+        # A data interval, not a trigger time: the run for day D starts once D is over and
+        # its logical date (ds) is D, the partition it reads.
+        schedule=CronDataIntervalTimetable(pipeline.nightly.schedule, timezone="UTC"),
         start_date=pendulum.parse(pipeline.nightly.start_date, tz="UTC"),
         catchup=True,
         # Days are appended in order: each one is deduplicated against all before it.
