@@ -35,6 +35,28 @@ def make_pipeline(tmp_path):
     return make
 
 
+def write_dataset(root: Path, parts, row_group_size: int | None = None) -> str:
+    """A committed dataset laid out as the runner leaves one: a Parquet file per part and
+    the manifest that lists them. ``parts``: a table, a list of tables, or
+    {part name: table or list of rows}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(parts, pa.Table):
+        parts = [parts]
+    if isinstance(parts, list):
+        parts = {f"part_{i:05d}": table for i, table in enumerate(parts)}
+    root.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, table in parts.items():
+        if isinstance(table, list):
+            table = pa.Table.from_pylist(table)
+        pq.write_table(table, root / f"{name}.parquet", row_group_size=row_group_size)
+        entries.append({"name": name, "bytes": (root / f"{name}.parquet").stat().st_size})
+    (root / "_manifest.json").write_text(json.dumps({"parts": entries}))
+    return str(root)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, airflow_env
+from conftest import airflow_env
 from tamis.dataset import Dataset
 from tamis.pipeline import load_pipeline, safe_run_id
 

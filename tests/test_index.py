@@ -18,6 +18,7 @@ from tamis import export, lookup, storage
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.index import Index, IndexBuildError
+from conftest import write_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the shared real corpora beside the checkout
 CORPUS = [
@@ -84,26 +85,17 @@ def pack(docs: pa.Table, seq_len: int) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def write_dataset(root: Path, table: pa.Table, parts: int = 2, row_group_rows: int = 50) -> str:
-    root.mkdir(parents=True, exist_ok=True)
-    url = str(root)
+def write_parts(root: Path, table: pa.Table, parts: int = 2, row_group_rows: int = 50) -> str:
     step = -(-table.num_rows // parts)
-    entries = []
-    for k in range(parts):
-        name = f"part_{k:05d}"
-        pq.write_table(table.slice(k * step, step), root / f"{name}.parquet", row_group_size=row_group_rows)
-        entries.append({"name": name, "input": "test", "bytes": (root / f"{name}.parquet").stat().st_size})
-    storage.write_json_atomic(storage.join(url, "_manifest.json"), {"parts": entries}, url)
-    return url
-
+    return write_dataset(root, [table.slice(k * step, step) for k in range(parts)], row_group_size=row_group_rows)
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory, documents):
     """A run folder with mix (documents), pack (sequences) and index (the stage under test)."""
     run = tmp_path_factory.mktemp("run")
-    write_dataset(run / "mix", documents, parts=3)
+    write_parts(run / "mix", documents, parts=3)
     packed = pack(documents, SEQ_LEN)
-    pack_url = write_dataset(run / "pack", packed, parts=2)
+    pack_url = write_parts(run / "pack", packed, parts=2)
     manifest = run_stage(Index({"row_group_rows": 32}), pack_url, str(run / "index"), workers=2)
     return {"run": run, "url": str(run / "index"), "manifest": manifest, "packed": packed}
 
@@ -151,7 +143,7 @@ def test_document_tokens_come_back_from_the_packed_binary(indexed, documents):
 
 def test_packed_only_index_counts_pieces_and_tokens(tmp_path, documents):
     docs = documents.slice(0, 40)
-    pack_url = write_dataset(tmp_path / "pack", pack(docs, SEQ_LEN), parts=2)
+    pack_url = write_parts(tmp_path / "pack", pack(docs, SEQ_LEN), parts=2)
     run_stage(Index({"documents": None}), pack_url, str(tmp_path / "index"))
     index = pq.read_table(tmp_path / "index" / "_index" / "metadata.parquet").sort_by("id")
     assert index.column("id").to_pylist() == sorted(docs.column("id").to_pylist())
@@ -206,7 +198,7 @@ def test_parquet_token_shards(indexed, tmp_path):
 
 
 def test_document_level_input_is_indexed_without_a_binary(tmp_path, documents):
-    docs_url = write_dataset(tmp_path / "tokenize", documents, parts=2)
+    docs_url = write_parts(tmp_path / "tokenize", documents, parts=2)
     manifest = run_stage(Index({"documents": None}), docs_url, str(tmp_path / "index"))
     assert manifest["counts"]["kept"] == documents.num_rows
     assert not (tmp_path / "index" / "_index" / "tokens.bin").exists()
@@ -215,13 +207,13 @@ def test_document_level_input_is_indexed_without_a_binary(tmp_path, documents):
 
 
 def test_packed_input_without_its_documents_dataset_is_a_clear_error(tmp_path, documents):
-    pack_url = write_dataset(tmp_path / "pack", pack(documents.slice(0, 20), SEQ_LEN), parts=1)
+    pack_url = write_parts(tmp_path / "pack", pack(documents.slice(0, 20), SEQ_LEN), parts=1)
     with pytest.raises(IndexBuildError, match="not a committed dataset"):
         run_stage(Index({"documents": "mix"}), pack_url, str(tmp_path / "index"))
 
 
 def test_duplicate_ids_are_refused(tmp_path, documents):
-    docs_url = write_dataset(tmp_path / "tokenize", pa.concat_tables([documents.slice(0, 5), documents.slice(3, 5)]), parts=1)
+    docs_url = write_parts(tmp_path / "tokenize", pa.concat_tables([documents.slice(0, 5), documents.slice(3, 5)]), parts=1)
     with pytest.raises(IndexBuildError, match="appears more than once"):
         run_stage(Index({"documents": None}), docs_url, str(tmp_path / "index"))
 

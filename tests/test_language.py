@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tamis.dataset import Dataset
 from tamis.pipeline import SourceConfig
 from tamis.runner import run_stage
 from tamis.stages.language import LanguageFilter
+from conftest import write_dataset
 
 UDHR = Path(__file__).resolve().parent.parent / "include" / "sample" / "udhr" / "date=2026-11-20"
 
@@ -102,13 +101,6 @@ def test_unknown_language_codes_are_rejected():
     with pytest.raises(ValueError, match="xx"):
         LanguageFilter({"allowed_languages": ["en", "xx"]})
 
-
-def write_dataset(url: Path, table: pa.Table) -> None:
-    """A committed one-part dataset laid out as the runner lays it out."""
-    url.mkdir(parents=True)
-    pq.write_table(table, url / "part0.parquet")
-    manifest = {"parts": [{"name": "part0", "bytes": (url / "part0.parquet").stat().st_size}]}
-    (url / "_manifest.json").write_text(json.dumps(manifest))
 
 
 def test_counts_reconcile_through_the_runner(tmp_path):

@@ -19,6 +19,7 @@ from tamis import minhash
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.near_dedup import CLUSTERS_FILE, IndexMismatch, NearDedup, NearDedupParams
+from conftest import write_dataset
 
 SAMPLE = Path(__file__).resolve().parents[1] / "include" / "sample" / "web" / "date=2026-11-20"
 
@@ -40,16 +41,6 @@ def perturb(text: str, seed: int, rate: float = 0.004) -> str:
 def record(id_: str, text: str, source: str = "wiki", date: str = "2026-11-20", **extra) -> dict:
     return {"id": id_, "source": source, "date": date, "url": None, "text": text, **extra}
 
-
-def write_dataset(root: Path, parts: dict[str, list[dict]]) -> str:
-    """A committed input dataset: one Parquet part per entry plus its manifest."""
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = []
-    for name, rows in parts.items():
-        pq.write_table(pa.Table.from_pylist(rows), root / f"{name}.parquet")
-        manifest.append({"name": name, "bytes": (root / f"{name}.parquet").stat().st_size})
-    (root / "_manifest.json").write_text(json.dumps({"parts": manifest}))
-    return str(root)
 
 
 def dropped_pairs(url: str) -> dict[str, str]:

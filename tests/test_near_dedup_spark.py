@@ -7,7 +7,6 @@ import random
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -20,6 +19,7 @@ SAMPLE = REPO / "include" / "sample" / "web" / "date=2026-11-20"
 sys.path.insert(0, str(REPO))
 
 from spark_jobs import near_dedup as spark_near_dedup  # noqa: E402
+from conftest import write_dataset
 
 
 def perturb(text: str, seed: int, rate: float = 0.004) -> str:
@@ -36,15 +36,6 @@ def spark():
     yield session
     session.stop()
 
-
-def write_dataset(root: Path, parts: dict[str, list[dict]]) -> str:
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = []
-    for name, rows in parts.items():
-        pq.write_table(pa.Table.from_pylist(rows), root / f"{name}.parquet")
-        manifest.append({"name": name, "bytes": (root / f"{name}.parquet").stat().st_size})
-    (root / "_manifest.json").write_text(json.dumps({"parts": manifest}))
-    return str(root)
 
 
 def test_spark_job_matches_local_stage(spark, tmp_path):

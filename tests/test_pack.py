@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
@@ -17,6 +16,7 @@ from tamis.runner import run_stage
 from tamis.stages.pack import Pack
 from tamis.stages.tokenize import Tokenize
 from tamis.tokenizer import PAD_TOKEN, load_tokenizer, train_tokenizer
+from conftest import write_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEQ_LEN = 512
@@ -38,15 +38,6 @@ def docs_table(name: str, limit: int) -> pa.Table:
         {"id": [f"{path.name}/{i}" for i in range(len(rows))], "source": [source] * len(rows), "text": [r["text"] for r in rows]}
     )
 
-
-def write_dataset(url: Path, tables: list[pa.Table]) -> str:
-    url.mkdir(parents=True)
-    parts = []
-    for i, table in enumerate(tables):
-        pq.write_table(table, url / f"part_{i}.parquet")
-        parts.append({"name": f"part_{i}", "bytes": (url / f"part_{i}.parquet").stat().st_size})
-    (url / "_manifest.json").write_text(json.dumps({"parts": parts}))
-    return str(url)
 
 
 @pytest.fixture(scope="module")
@@ -150,11 +141,11 @@ def test_resume_rebuilds_only_the_missing_part_identically(corpus, tmp_path):
     manifest, first = pack(corpus, tmp_path, "best_fit", name="resume")
     out = tmp_path / "resume"
     (out / "_manifest.json").unlink()
-    (out / "_commits" / "part_1.json").unlink()
-    (out / "part_1.parquet").unlink()
-    kept_part = (out / "part_0.parquet").stat().st_mtime_ns
+    (out / "_commits" / "part_00001.json").unlink()
+    (out / "part_00001.parquet").unlink()
+    kept_part = (out / "part_00000.parquet").stat().st_mtime_ns
     again_manifest, again = pack(corpus, tmp_path, "best_fit", name="resume")
     assert again.equals(first)
     assert again_manifest["counts"] == manifest["counts"]
-    assert (out / "part_0.parquet").stat().st_mtime_ns == kept_part  # committed part untouched
+    assert (out / "part_00000.parquet").stat().st_mtime_ns == kept_part  # committed part untouched
     assert not list((out / "_work").rglob("*.parquet"))  # no pieces left behind

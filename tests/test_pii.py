@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, write_dataset
 from pydantic import ValidationError
 
 from tamis.dataset import Dataset
@@ -57,13 +56,6 @@ def records(texts: list, source: str = "web") -> pa.Table:
         }
     )
 
-
-def write_dataset(url, table: pa.Table) -> None:
-    """A committed one-part dataset laid out as the runner lays it out."""
-    url.mkdir(parents=True)
-    pq.write_table(table, url / "part0.parquet")
-    manifest = {"parts": [{"name": "part0", "bytes": (url / "part0.parquet").stat().st_size}]}
-    (url / "_manifest.json").write_text(json.dumps(manifest))
 
 
 def gold_values(record: dict, label: str) -> list[str]:

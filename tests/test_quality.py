@@ -16,6 +16,7 @@ from tamis.dataset import Dataset
 from tamis.pipeline import SourceConfig
 from tamis.runner import run_stage
 from tamis.stages.quality import QualityFilter
+from conftest import write_dataset
 
 SAMPLE = Path(__file__).resolve().parent.parent / "include" / "sample"
 CODE_CONTEXT = {"sources": {"repo": SourceConfig(path="x", type="code"), "web": SourceConfig(path="x")}}
@@ -176,13 +177,6 @@ def test_missing_model_file_fails_before_any_work(tmp_path):
     with pytest.raises(FileNotFoundError, match="quality.bin"):
         stage.check_ready()
 
-
-def write_dataset(url: Path, table: pa.Table) -> None:
-    """A committed one-part dataset laid out as the runner lays it out."""
-    url.mkdir(parents=True)
-    pq.write_table(table, url / "part0.parquet")
-    manifest = {"parts": [{"name": "part0", "bytes": (url / "part0.parquet").stat().st_size}]}
-    (url / "_manifest.json").write_text(json.dumps(manifest))
 
 
 def test_counts_reconcile_through_the_runner(tmp_path):

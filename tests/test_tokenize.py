@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.tokenize import Tokenize
 from tamis.tokenizer import EOS_TOKEN, PAD_TOKEN, TokenizerError, load_tokenizer, train_tokenizer
+from conftest import write_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WIKI = DATA / "web_en" / "wikipedia_en_sample.jsonl"
@@ -34,16 +34,6 @@ def docs_table(path: Path, limit: int, source: str) -> pa.Table:
         {"id": [f"{source}/{i}" for i in range(len(rows))], "source": [source] * len(rows), "text": [r["text"] for r in rows]}
     )
 
-
-def write_dataset(url: Path, tables: list[pa.Table]) -> str:
-    """A committed input dataset: Parquet parts and a manifest, as an upstream stage leaves it."""
-    url.mkdir(parents=True)
-    parts = []
-    for i, table in enumerate(tables):
-        pq.write_table(table, url / f"part_{i}.parquet")
-        parts.append({"name": f"part_{i}", "bytes": (url / f"part_{i}.parquet").stat().st_size})
-    (url / "_manifest.json").write_text(json.dumps({"parts": parts}))
-    return str(url)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import datetime
 import json
 import logging
 import sys
-import time
 from typing import Any
 
 import yaml
