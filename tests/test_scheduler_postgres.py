@@ -73,7 +73,10 @@ def airflow(postgres, tmp_path_factory):
     ]
 
     def cli(*args: str) -> str:
-        return subprocess.run([AIRFLOW, *args], env=env, check=True, capture_output=True, text=True).stdout
+        done = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise CliFailed(f"airflow {' '.join(args)}: {done.stderr[-2000:]}")
+        return done.stdout
 
     deadline = time.time() + 180
     while "nightly_ingest" not in cli("dags", "list", "-o", "plain"):
@@ -87,6 +90,24 @@ def airflow(postgres, tmp_path_factory):
             service.wait(timeout=30)
         except subprocess.TimeoutExpired:
             service.kill()
+
+
+class CliFailed(RuntimeError):
+    pass
+
+
+def create_backfill(cli, *args: str, timeout: float = 120) -> None:
+    """Airflow refuses a new backfill of a DAG until the scheduler has marked its previous
+    backfill complete, a few heartbeats after the last run ends."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            cli("backfill", "create", "--dag-id", "nightly_ingest", "--max-active-runs", "1", *args)
+            return
+        except CliFailed as exc:
+            if "already" not in str(exc).lower() or time.time() > deadline:
+                raise
+            time.sleep(5)
 
 
 def wait_for_runs(cli, dag_id: str, count: int, timeout: float = 600) -> list[dict]:
@@ -114,8 +135,7 @@ def test_corpus_build_completes_under_the_scheduler_on_postgres(airflow):
 def test_a_three_day_backfill_builds_the_corpus_and_a_rerun_day_changes_nothing(airflow):
     cli, corpus = airflow["cli"], str(airflow["data"] / "corpus" / "default")
     # The backfill's runs exist before the DAG is unpaused, so catchup finds those days taken.
-    cli("backfill", "create", "--dag-id", "nightly_ingest", "--from-date", DAYS[0], "--to-date", DAYS[-1],
-        "--max-active-runs", "1")
+    create_backfill(cli, "--from-date", DAYS[0], "--to-date", DAYS[-1])
     cli("dags", "unpause", "nightly_ingest")
     runs = wait_for_runs(cli, "nightly_ingest", 3)
     assert sorted(r["logical_date"][:10] for r in runs) == DAYS
@@ -134,8 +154,7 @@ def test_a_three_day_backfill_builds_the_corpus_and_a_rerun_day_changes_nothing(
 
     before = Dataset(partitions(corpus)["2026-11-21"]).manifest()["parts"]
     appended_at = (Path(partitions(corpus)["2026-11-21"]) / "_manifest.json").stat().st_mtime
-    cli("backfill", "create", "--dag-id", "nightly_ingest", "--from-date", DAYS[1], "--to-date", DAYS[1],
-        "--reprocess-behavior", "completed", "--max-active-runs", "1")
+    create_backfill(cli, "--from-date", DAYS[1], "--to-date", DAYS[1], "--reprocess-behavior", "completed")
     time.sleep(5)
     wait_for_runs(cli, "nightly_ingest", 3)
     after = Dataset(partitions(corpus)["2026-11-21"]).manifest()
