@@ -108,9 +108,17 @@ def run_stage(
     return manifest
 
 
+def process_context() -> multiprocessing.context.BaseContext:
+    """Worker processes fork from a fresh single-threaded server that has already imported
+    Arrow and tamis: a plain fork of this process is unsafe (Arrow's thread pools do not
+    survive it) and spawn pays the imports again for every pool."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tamis.runner", "pyarrow.parquet", "numpy"])
+    return context
+
+
 def _run_pool(stage, pending, output_url, workers, stats, progress) -> None:
-    # spawn, not fork: Arrow's thread pools do not survive a fork safely.
-    context = multiprocessing.get_context("spawn")
+    context = process_context()
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(run_shard, stage, shard, output_url): shard for shard in pending}
         remaining = set(futures)

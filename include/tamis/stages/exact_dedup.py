@@ -12,7 +12,6 @@ so a document the corpus already holds is dropped without its text being read ag
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from typing import Iterator, Literal
 
@@ -22,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tamis import storage
+from tamis.runner import process_context
 from tamis.stage import BatchResult, InputShard, Stage, StageParams, drop_listed_rows
 
 _HASH_BYTES = 16
@@ -47,7 +47,7 @@ class ExactDedup(Stage):
     def prepare(self, shards: list[InputShard], work_url: str, workers: int) -> None:
         urls = [s.url for s in shards]
         if workers > 1 and len(shards) > 1:
-            context = multiprocessing.get_context("spawn")
+            context = process_context()
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 hashed = list(pool.map(_hash_shard, urls, [self.params.key] * len(urls)))
         else:

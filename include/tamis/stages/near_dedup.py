@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import multiprocessing
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from tamis import minhash, storage
+from tamis.runner import process_context
 from tamis.stage import READ_BATCH_ROWS, BatchResult, InputShard, Stage, StageParams, drop_listed_rows
 
 REASON = "near_duplicate"
@@ -105,7 +105,7 @@ class NearDedup(Stage):
         part = params.index_part or _run_key(output_url)
         args = [(s.url, config, params.quality_column) for s in shards]
         if workers > 1 and len(shards) > 1:
-            context = multiprocessing.get_context("spawn")
+            context = process_context()
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 new, sizes = _gather(pool.map(_sign_shard, *zip(*args)), [s.url for s in shards], config.num_perm)
         else:

@@ -31,7 +31,6 @@ token is in a sequence) and ``pack.doc_pieces``, beside ``pack.sequences``,
 
 from __future__ import annotations
 
-import multiprocessing
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from typing import Iterator, Literal
@@ -43,6 +42,7 @@ from pydantic import Field
 
 from tamis import storage
 from tamis.dataset import Dataset
+from tamis.runner import process_context
 from tamis.stage import BatchResult, InputShard, Stage, StageParams
 from tamis.tokenizer import load_tokenizer, pad_id
 
@@ -151,7 +151,7 @@ class Pack(Stage):
                 )
             )
         if workers > 1 and len(jobs) > 1:
-            context = multiprocessing.get_context("spawn")
+            context = process_context()
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 list(pool.map(_scatter_shard, *zip(*jobs)))
         else:
