@@ -10,7 +10,7 @@ import yaml
 from tamis.pipeline import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = REPO / "tests" / "data"  # excerpts of the evaluation corpora (SOURCE.md)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 
@@ -55,6 +55,15 @@ def write_dataset(root: Path, parts, row_group_size: int | None = None) -> str:
         entries.append({"name": name, "bytes": (root / f"{name}.parquet").stat().st_size})
     (root / "_manifest.json").write_text(json.dumps({"parts": entries}))
     return str(root)
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
+    """The first ``limit`` records of a JSON Lines file (gzipped when it ends in .gz)."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for _, line in zip(range(limit) if limit is not None else iter(int, 1), f)]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

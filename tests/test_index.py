@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import struct
 from pathlib import Path
 
@@ -18,22 +16,15 @@ from tamis import export, lookup, storage
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.index import Index, IndexBuildError
-from conftest import write_dataset
+from conftest import TEST_DATA, read_jsonl, write_dataset
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the shared real corpora beside the checkout
 CORPUS = [
-    ("web", "web_en/wikipedia_en_sample.jsonl", 60, 1200),
-    ("books", "web_en/us_presidential_speeches.jsonl", 30, 2000),
+    ("web", "web_en/wikipedia_en_sample.jsonl.gz", 60, 1200),
+    ("books", "web_en/us_presidential_speeches.jsonl.gz", 30, 2000),
     ("code", "code/code_01.jsonl.gz", 120, 700),
 ]
 SEQ_LEN = 512
 EOS = 0
-
-
-def _read_jsonl(path: Path, n: int) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for _, line in zip(range(n), f)]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +32,7 @@ def documents() -> pa.Table:
     """Tokenized documents with language and quality columns, as the stages before mix leave them."""
     rows = []
     for source, path, n, chars in CORPUS:
-        for i, record in enumerate(_read_jsonl(DATA / path, n)):
+        for i, record in enumerate(read_jsonl(TEST_DATA / path, n)):
             text = record["text"][:chars]
             rows.append({
                 "id": f"{source}/{i:04d}", "source": source, "date": "2026-11-20", "url": None, "text": text,

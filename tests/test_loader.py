@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from tamis import export
 from tamis.loader import PackedSequenceDataset
+from conftest import TEST_DATA, read_jsonl
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the shared real corpora beside the checkout
 SEQ_LEN = 64
 BATCH = 4
 
@@ -25,8 +23,7 @@ BATCH = 4
 @pytest.fixture(scope="module")
 def binary(tmp_path_factory) -> tuple[str, list[list[int]]]:
     """A .bin/.idx of real text: BPE-tokenized speeches packed end to end into 64-token rows."""
-    with open(DATA / "web_en/us_presidential_speeches.jsonl", encoding="utf-8") as f:
-        texts = [json.loads(line)["text"][:1500] for _, line in zip(range(12), f)]
+    texts = [r["text"][:1500] for r in read_jsonl(TEST_DATA / "web_en/us_presidential_speeches.jsonl.gz", 12)]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

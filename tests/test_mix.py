@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,22 +15,16 @@ from tamis.dataset import Dataset
 from tamis.pipeline import ConfigError, SourceConfig
 from tamis.runner import run_stage
 from tamis.stages.mix import Mix, MixError, MixParams, realized_shares
+from conftest import TEST_DATA, read_jsonl
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the shared real corpora beside the checkout
 
 # (source, file, documents, characters kept per document): real text of three kinds.
 CORPUS = [
-    ("web", "web_en/wikipedia_en_sample.jsonl", 80, 1500),
-    ("books", "web_en/us_presidential_speeches.jsonl", 40, 3000),
+    ("web", "web_en/wikipedia_en_sample.jsonl.gz", 80, 1500),
+    ("books", "web_en/us_presidential_speeches.jsonl.gz", 40, 3000),
     ("code", "code/code_00.jsonl.gz", 200, 800),
 ]
-SOURCES = {name: SourceConfig(path=str(DATA / path), type="code" if name == "code" else "prose") for name, path, _, _ in CORPUS}
-
-
-def _read_jsonl(path: Path, n: int) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for _, line in zip(range(n), f)]
+SOURCES = {name: SourceConfig(path=str(TEST_DATA / path), type="code" if name == "code" else "prose") for name, path, _, _ in CORPUS}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +32,7 @@ def tokenized_docs() -> pa.Table:
     """Tokenized documents as the tokenize stage writes them, with a BPE trained here."""
     rows = []
     for source, path, n, chars in CORPUS:
-        for i, record in enumerate(_read_jsonl(DATA / path, n)):
+        for i, record in enumerate(read_jsonl(TEST_DATA / path, n)):
             rows.append({"id": f"{source}/{i:04d}", "source": source, "date": "2026-11-20", "url": None,
                          "text": record["text"][:chars], "lang": "en"})
     tokenizer = Tokenizer(models.BPE())

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,23 +13,20 @@ from tamis.runner import run_stage
 from tamis.stages.pack import Pack
 from tamis.stages.tokenize import Tokenize
 from tamis.tokenizer import PAD_TOKEN, load_tokenizer, train_tokenizer
-from conftest import write_dataset
+from conftest import TEST_DATA, read_jsonl, write_dataset
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEQ_LEN = 512
 CORPUS = [  # (file, documents): prose of every length and code, as a mix would hold them
-    ("web_en/wikipedia_en_sample.jsonl", 12),
+    ("web_en/wikipedia_en_sample.jsonl.gz", 12),
     ("web_en/movie_reviews_polarity_2000.jsonl.gz", 150),
-    ("web_en/cc_c4_pile_fixtures_by_source.jsonl", 80),
+    ("web_en/cc_c4_pile_fixtures_by_source.jsonl.gz", 80),
     ("code/code_03.jsonl.gz", 60),
 ]
 
 
 def docs_table(name: str, limit: int) -> pa.Table:
-    path = DATA / name
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for _, line in zip(range(limit), f)]
+    path = TEST_DATA / name
+    rows = read_jsonl(path, limit)
     source = name.split("/")[0]
     return pa.table(
         {"id": [f"{path.name}/{i}" for i in range(len(rows))], "source": [source] * len(rows), "text": [r["text"] for r in rows]}
@@ -44,7 +38,7 @@ def docs_table(name: str, limit: int) -> pa.Table:
 def corpus(tmp_path_factory):
     """(tokenizer path, tokenized dataset URL, its documents in dataset order)."""
     root = tmp_path_factory.mktemp("pack")
-    tokenizer = str(train_tokenizer(str(DATA / CORPUS[0][0]), str(root / "tokenizer.json"), vocab_size=2048, max_docs=40))
+    tokenizer = str(train_tokenizer(str(TEST_DATA / CORPUS[0][0]), str(root / "tokenizer.json"), vocab_size=2048, max_docs=40))
     source = write_dataset(root / "normalized", [docs_table(name, n) for name, n in CORPUS])
     run_stage(Tokenize({"tokenizer": tokenizer}), source, str(root / "tokenized"))
     docs = Dataset(str(root / "tokenized")).read(["id", "input_ids", "token_count"])

@@ -10,7 +10,7 @@ import sys
 
 import pyarrow as pa
 import pytest
-from conftest import SHARED_DATA, write_dataset
+from conftest import TEST_DATA, read_jsonl, write_dataset
 from pydantic import ValidationError
 
 from tamis.dataset import Dataset
@@ -19,7 +19,7 @@ from tamis.runner import run_stage
 from tamis.stages import stage_class
 from tamis.stages.pii import PiiMask
 
-PRESIDIO_SYNTH = SHARED_DATA / "pii" / "presidio_synth_v2.jsonl"
+PRESIDIO_SYNTH = TEST_DATA / "pii" / "presidio_synth_v2.jsonl.gz"
 # One real sentence of Presidio's synthetic set per entity type the stage covers.
 SENTENCE_IDS = {
     "EMAIL_ADDRESS": "presidio-00034",
@@ -36,7 +36,7 @@ CN_MOBILES = ("138 0013 8000", "+86 138-0013-8000", "13912345678")
 
 @pytest.fixture(scope="module")
 def synth() -> dict[str, dict]:
-    records = [json.loads(line) for line in PRESIDIO_SYNTH.open(encoding="utf-8")]
+    records = read_jsonl(PRESIDIO_SYNTH)
     return {r["id"]: r for r in records}
 
 

@@ -62,6 +62,8 @@ def airflow(postgres, tmp_path_factory):
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "TAMIS_WORKERS": "1",
+        # The sample's days only: catch-up must not depend on today's date.
+        "TAMIS_NIGHTLY_END_DATE": DAYS[-1],
     }
     migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True)
     assert migrate.returncode == 0, migrate.stderr[-3000:]

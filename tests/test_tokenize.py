@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import subprocess
 import sys
@@ -16,16 +14,9 @@ from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.tokenize import Tokenize
 from tamis.tokenizer import EOS_TOKEN, PAD_TOKEN, TokenizerError, load_tokenizer, train_tokenizer
-from conftest import write_dataset
+from conftest import TEST_DATA, read_jsonl, write_dataset
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-WIKI = DATA / "web_en" / "wikipedia_en_sample.jsonl"
-
-
-def read_jsonl(path: Path, limit: int) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for _, line in zip(range(limit), f)]
+WIKI = TEST_DATA / "web_en" / "wikipedia_en_sample.jsonl.gz"
 
 
 def docs_table(path: Path, limit: int, source: str) -> pa.Table:
@@ -94,7 +85,7 @@ def test_unreachable_hub_name_fails_with_its_name():
 
 def test_token_counts_match_the_tokenizers_own_encode(tokenizer_path):
     table = pa.concat_tables(
-        [docs_table(WIKI, 5, "wiki"), docs_table(DATA / "code" / "code_03.jsonl.gz", 20, "code")]
+        [docs_table(WIKI, 5, "wiki"), docs_table(TEST_DATA / "code" / "code_03.jsonl.gz", 20, "code")]
     )
     tokenizer = load_tokenizer(tokenizer_path)
     eos = tokenizer.token_to_id(EOS_TOKEN)
@@ -136,7 +127,7 @@ def test_counts_reconcile_through_the_runner(tmp_path, tokenizer_path):
     with_empty = docs_table(WIKI, 4, "wiki")
     with_empty = pa.concat_tables([with_empty, pa.table({"id": ["wiki/empty"], "source": ["wiki"], "text": [""]})])
     url = write_dataset(
-        tmp_path / "in", [with_empty, docs_table(DATA / "web_en" / "movie_reviews_polarity_2000.jsonl.gz", 30, "reviews")]
+        tmp_path / "in", [with_empty, docs_table(TEST_DATA / "web_en" / "movie_reviews_polarity_2000.jsonl.gz", 30, "reviews")]
     )
     stage = Tokenize({"tokenizer": tokenizer_path})
     manifest = run_stage(stage, url, str(tmp_path / "out"), workers=2)
