@@ -55,8 +55,16 @@ class Nightly(_Strict):
 
     schedule: str = "@daily"
     start_date: str = "2026-11-20"
+    # The last day to ingest; None: every day up to today (catch-up runs included).
+    end_date: str | None = None
+    catchup: bool = True
     # The last stage whose output joins the corpus; later stages (tokenize...) belong to releases.
     until_stage: str = "exact_dedup"
+
+    @field_validator("end_date", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return value or None
 
 
 class Pipeline(_Strict):

@@ -23,7 +23,8 @@ def build_nightly_dag(pipeline_name: str = "default", dag_id: str = "nightly_ing
         # its logical date (ds) is D, the partition it reads.
         schedule=CronDataIntervalTimetable(pipeline.nightly.schedule, timezone="UTC"),
         start_date=pendulum.parse(pipeline.nightly.start_date, tz="UTC"),
-        catchup=True,
+        end_date=pendulum.parse(pipeline.nightly.end_date, tz="UTC") if pipeline.nightly.end_date else None,
+        catchup=pipeline.nightly.catchup,
         # Days are appended in order: each one is deduplicated against all before it.
         max_active_runs=1,
         default_args=default_args(pipeline),
