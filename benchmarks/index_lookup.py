@@ -36,7 +36,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tamis import lookup, storage
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
-from tamis.stages.index import Index
+from tamis.stages.index import IndexStage
 
 # source name -> (file, language field or fixed language). Research-only files are left out.
 FILES = {
@@ -141,7 +141,7 @@ def main() -> None:
     docs_url, index_url = str(work / "documents"), str(work / "indexed")
     write_documents(corpus, docs_url)
     built = time.perf_counter()
-    run_stage(Index({"documents": None, "row_group_rows": 1024}), docs_url, index_url, workers=1)
+    run_stage(IndexStage({"documents": None, "row_group_rows": 1024}), docs_url, index_url, workers=1)
     corpus_bytes = sum(p.stat().st_size for p in Path(docs_url).glob("*.parquet"))
     index_bytes = (Path(index_url) / "_index" / "metadata.parquet").stat().st_size
     print(f"corpus: {corpus.num_rows} documents, {PARTS} parts, {corpus_bytes / 1e6:.1f} MB Parquet "

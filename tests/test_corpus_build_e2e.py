@@ -66,7 +66,7 @@ def test_every_stage_reconciles_and_reads_what_the_previous_kept(corpus_run):
 def test_the_released_sequences_are_full_and_barely_padded(corpus_run):
     pipeline, run_id = corpus_run["pipeline"], corpus_run["run_id"]
     metrics = Dataset(pipeline.stage_url(run_id, "pack")).manifest()["metrics"]
-    seq_len = pipeline.stages["pack"]["seq_len"]
+    seq_len = pipeline.stage("pack").params.seq_len
     assert metrics["pack.sequences"] * seq_len == metrics["pack.tokens"] + metrics["pack.pad_tokens"]
     assert metrics["pack.pad_tokens"] / (metrics["pack.tokens"] + metrics["pack.pad_tokens"]) <= 0.01
 

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tamis import export, lookup, storage
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
-from tamis.stages.index import Index, IndexBuildError
+from tamis.stages.index import IndexBuildError, IndexStage
 from conftest import TEST_DATA, read_jsonl, write_dataset
 
 CORPUS = [
@@ -87,7 +87,7 @@ def indexed(tmp_path_factory, documents):
     write_parts(run / "mix", documents, parts=3)
     packed = pack(documents, SEQ_LEN)
     pack_url = write_parts(run / "pack", packed, parts=2)
-    manifest = run_stage(Index({"row_group_rows": 32}), pack_url, str(run / "index"), workers=2)
+    manifest = run_stage(IndexStage({"row_group_rows": 32}), pack_url, str(run / "index"), workers=2)
     return {"run": run, "url": str(run / "index"), "manifest": manifest, "packed": packed}
 
 
@@ -135,7 +135,7 @@ def test_document_tokens_come_back_from_the_packed_binary(indexed, documents):
 def test_packed_only_index_counts_pieces_and_tokens(tmp_path, documents):
     docs = documents.slice(0, 40)
     pack_url = write_parts(tmp_path / "pack", pack(docs, SEQ_LEN), parts=2)
-    run_stage(Index({"documents": None}), pack_url, str(tmp_path / "index"))
+    run_stage(IndexStage({"documents": None}), pack_url, str(tmp_path / "index"))
     index = pq.read_table(tmp_path / "index" / "_index" / "metadata.parquet").sort_by("id")
     assert index.column("id").to_pylist() == sorted(docs.column("id").to_pylist())
     expected = {i: n + 1 for i, n in zip(docs.column("id").to_pylist(), docs.column("token_count").to_pylist())}
@@ -190,7 +190,7 @@ def test_parquet_token_shards(indexed, tmp_path):
 
 def test_document_level_input_is_indexed_without_a_binary(tmp_path, documents):
     docs_url = write_parts(tmp_path / "tokenize", documents, parts=2)
-    manifest = run_stage(Index({"documents": None}), docs_url, str(tmp_path / "index"))
+    manifest = run_stage(IndexStage({"documents": None}), docs_url, str(tmp_path / "index"))
     assert manifest["counts"]["kept"] == documents.num_rows
     assert not (tmp_path / "index" / "_index" / "tokens.bin").exists()
     record = lookup.get(str(tmp_path / "index"), "code/0007")
@@ -200,13 +200,13 @@ def test_document_level_input_is_indexed_without_a_binary(tmp_path, documents):
 def test_packed_input_without_its_documents_dataset_is_a_clear_error(tmp_path, documents):
     pack_url = write_parts(tmp_path / "pack", pack(documents.slice(0, 20), SEQ_LEN), parts=1)
     with pytest.raises(IndexBuildError, match="not a committed dataset"):
-        run_stage(Index({"documents": "mix"}), pack_url, str(tmp_path / "index"))
+        run_stage(IndexStage({"documents": "mix"}), pack_url, str(tmp_path / "index"))
 
 
 def test_duplicate_ids_are_refused(tmp_path, documents):
     docs_url = write_parts(tmp_path / "tokenize", pa.concat_tables([documents.slice(0, 5), documents.slice(3, 5)]), parts=1)
     with pytest.raises(IndexBuildError, match="appears more than once"):
-        run_stage(Index({"documents": None}), docs_url, str(tmp_path / "index"))
+        run_stage(IndexStage({"documents": None}), docs_url, str(tmp_path / "index"))
 
 
 @pytest.fixture
@@ -230,7 +230,7 @@ def s3(monkeypatch):
 
 def test_index_written_to_and_read_from_object_storage(s3, indexed, documents):
     url = f"{s3}/run/index"
-    run_stage(Index({"documents": str(Path(indexed["run"]) / "mix"), "binary": False}),
+    run_stage(IndexStage({"documents": str(Path(indexed["run"]) / "mix"), "binary": False}),
               str(Path(indexed["run"]) / "pack"), url)
     record = lookup.get(url, "books/0011")
     assert record["text"] == documents.filter(pc.equal(documents.column("id"), "books/0011")).column("text")[0].as_py()

@@ -149,8 +149,18 @@ def test_rows_lost_without_a_reason_fail_the_stage_and_commit_nothing(tmp_path, 
 def test_a_completed_dataset_is_not_recomputed(tmp_path, make_pipeline):
     source = _input_dataset(tmp_path, make_pipeline)
     first = run_stage(_Halver(), source, str(tmp_path / "out"))
-    second = run_stage(_Leaky(), source, str(tmp_path / "out"))  # would fail if it ran
+    (tmp_path / "out" / "_commits").rename(tmp_path / "commits-aside")  # a recomputation would need them
+    second = run_stage(_Halver(), source, str(tmp_path / "out"))
     assert first == second
+
+
+def test_an_output_made_by_another_stage_or_params_is_never_reused(tmp_path, make_pipeline):
+    from tamis.runner import StaleOutput
+
+    source = _input_dataset(tmp_path, make_pipeline)
+    run_stage(_Halver(), source, str(tmp_path / "out"))
+    with pytest.raises(StaleOutput, match="type: .*_Halver.* -> .*_Leaky"):
+        run_stage(_Leaky(), source, str(tmp_path / "out"))
 
 
 def test_reading_a_dataset_without_manifest_is_a_clear_error(tmp_path):
@@ -172,12 +182,21 @@ def test_shards_run_one_by_one_then_a_full_run_writes_the_manifest(tmp_path, mak
     assert manifest["counts"] == {"in": 3, "kept": 2, "dropped": 1, "quarantined": 0}
 
 
-def test_a_whole_dataset_stage_refuses_to_run_shard_by_shard(tmp_path, make_pipeline):
-    write_jsonl(tmp_path / "web/a.jsonl", [{"text": "x"}])
+def test_a_whole_dataset_stage_runs_shard_by_shard_only_after_its_plan(tmp_path, make_pipeline):
+    write_jsonl(tmp_path / "web/a.jsonl", [{"text": "same"}, {"text": "other"}])
+    write_jsonl(tmp_path / "web/b.jsonl", [{"text": "same"}])
     from tamis.cli import run_one
     from tamis.runner import StageError
 
     pipeline = make_pipeline({"web": {"path": str(tmp_path / "web")}}, stages={"ingest": {}, "exact_dedup": {}})
     run_one(pipeline, "ingest", "r")
-    with pytest.raises(StageError, match="cannot run shard by shard"):
-        run_one(pipeline, "exact_dedup", "r", only_shards=["undated_web_00000"])
+    with pytest.raises(StageError, match="needs its plan"):
+        run_one(pipeline, "exact_dedup", "r", only_shards=["undated_web_00001"])
+    assert run_one(pipeline, "exact_dedup", "r", step="plan") is None
+    assert run_one(pipeline, "exact_dedup", "r", only_shards=["undated_web_00001"]) is None
+    with pytest.raises(StageError, match="1 shards are not committed"):
+        run_one(pipeline, "exact_dedup", "r", step="manifest")
+    assert run_one(pipeline, "exact_dedup", "r", only_shards=["undated_web_00000"]) is None
+    manifest = run_one(pipeline, "exact_dedup", "r", step="manifest")
+    assert manifest["counts"] == {"in": 3, "kept": 2, "dropped": 1, "quarantined": 0}
+    assert manifest["drop_reasons"] == {"exact_duplicate": 1}

@@ -1,4 +1,5 @@
-"""``tamis``: the one entry point that the local executor, the pods and people call."""
+"""``tamis``: the one entry point that the local executor, the pods, the Spark applications
+and people call."""
 
 from __future__ import annotations
 
@@ -11,13 +12,19 @@ from typing import Any
 
 import yaml
 
-from tamis.storage import StorageError
 from tamis.dataset import Dataset
+from tamis.engines import Engine, make_engine
 from tamis.gates import validate
-from tamis.pipeline import ConfigError, Pipeline, load_pipeline
+from tamis.lease import LeaseHeld
+from tamis.pipeline import ConfigError, Pipeline, check_pipeline, load_pipeline
+from tamis.release import ReleaseError
 from tamis.runner import StageError, run_stage
+from tamis.storage import StorageError
 
 log = logging.getLogger("tamis")
+
+# What a person can cause and fix: said in one line, never as a traceback.
+USER_ERRORS = (ConfigError, StageError, StorageError, LeaseHeld, ReleaseError, OSError, ValueError, LookupError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args) or 0
-    except (ConfigError, StageError, StorageError, FileNotFoundError, ValueError) as exc:
+    except USER_ERRORS as exc:
         print(f"tamis: error: {exc}", file=sys.stderr)
         return 2
 
@@ -36,18 +43,36 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, dest="command")
 
     run = sub.add_parser("run", help="run one stage over a dataset")
-    run.add_argument("stage")
+    run.add_argument("stage", help="a stage name of the pipeline")
     _pipeline_args(run)
     run.add_argument("--input", help="input dataset URL (default: the previous stage of this run)")
     run.add_argument("--output", help="output dataset URL (default: <storage_root>/runs/<run-id>/<stage>)")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="override a stage parameter (YAML value)")
     run.add_argument("--shard", action="append", metavar="NAME", help="process and commit only these input shards (no manifest)")
+    steps = run.add_mutually_exclusive_group()
+    steps.add_argument("--plan-only", action="store_true", help="a whole-dataset stage: write its plan, process no shard")
+    steps.add_argument("--manifest-only", action="store_true", help="write the manifest of shards committed by --shard runs")
+    run.add_argument("--rebuild", action="store_true", help="replace an output made by other parameters, input or code")
     run.set_defaults(func=_cmd_run)
 
-    build = sub.add_parser("build", help="run every stage of a pipeline in order, on this machine")
+    build = sub.add_parser("build", help="check the pipeline, then run every stage in order with its gate")
     _pipeline_args(build)
     build.add_argument("--param", action="append", default=[], metavar="STAGE.KEY=VALUE")
+    build.add_argument("--rebuild", action="store_true", help="replace outputs made by other parameters, input or code")
     build.set_defaults(func=_cmd_build)
+
+    check = sub.add_parser("check", help="validate a pipeline config and everything its stages need, running nothing")
+    check.add_argument("pipeline", nargs="?", default="default", help="pipeline name under include/pipelines or a YAML path")
+    check.set_defaults(func=_cmd_check)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of a pipeline config (for editors)")
+    schema.set_defaults(func=_cmd_schema)
+
+    shards = sub.add_parser("shards", help="list the input shards of a stage (what mapped tasks fan out over)")
+    shards.add_argument("stage")
+    _pipeline_args(shards)
+    shards.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    shards.set_defaults(func=_cmd_shards)
 
     gate = sub.add_parser("validate", help="run a stage's quality gate (Great Expectations) on its output")
     gate.add_argument("stage")
@@ -59,7 +84,22 @@ def _parser() -> argparse.ArgumentParser:
     append = sub.add_parser("append", help="publish a run's last corpus stage as a date partition of the corpus")
     _pipeline_args(append)
     append.add_argument("--date", required=True, help="the partition, YYYY-MM-DD")
+    append.add_argument("--owner", help="the nightly run that claimed the day (its claim is checked, then given back)")
     append.set_defaults(func=_cmd_append)
+
+    nightly = sub.add_parser("nightly", help="the incremental ingest of one day, in date order")
+    nightly_sub = nightly.add_subparsers(required=True, dest="nightly_command")
+    claim = nightly_sub.add_parser("claim", help="claim a day once every earlier day is in the corpus (waits)")
+    _pipeline_args(claim)
+    claim.add_argument("--date", required=True)
+    claim.add_argument("--owner", required=True, help="who claims: the nightly run")
+    claim.add_argument("--wait-s", type=float, default=3600.0, help="how long to wait for earlier days and other runs")
+    claim.set_defaults(func=_cmd_nightly_claim)
+    day = nightly_sub.add_parser("run", help="claim a day, run the corpus stages on its partition, append it")
+    _pipeline_args(day)
+    day.add_argument("--date", required=True)
+    day.add_argument("--wait-s", type=float, default=3600.0)
+    day.set_defaults(func=_cmd_nightly_run)
 
     summary = sub.add_parser("summary", help="print the per-stage counts of a run")
     _pipeline_args(summary)
@@ -75,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
 def _pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="default", help="pipeline name under include/pipelines or a YAML path")
     parser.add_argument("--run-id", default="local", help="names the run's folder under the storage root")
-    parser.add_argument("--workers", type=int, help="worker processes (default: the pipeline's)")
+    parser.add_argument("--workers", type=int, help="worker processes of the local engine (default: the pipeline's)")
+    parser.add_argument("--engine", choices=["local", "spark"],
+                        help="where the stage runs (default: the pipeline's execution.mode)")
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -90,24 +132,79 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def run_one(pipeline: Pipeline, stage: str, run_id: str, input_url: str | None = None, output_url: str | None = None,
-            workers: int | None = None, overrides: dict[str, Any] | None = None,
-            only_shards: list[str] | None = None) -> dict[str, Any] | None:
+class Engines:
+    """The engines of one command: a Spark session is started once and shared by its stages."""
+
+    def __init__(self, pipeline: Pipeline, forced: str | None = None, workers: int | None = None):
+        self.pipeline = pipeline
+        self.forced = forced
+        self.workers = workers or pipeline.workers
+        self._spark: Engine | None = None
+
+    def for_stage(self, stage: str) -> Engine:
+        name = self.forced or self.pipeline.engine_for(stage)
+        if name == "spark":
+            if self._spark is None:
+                spark = self.pipeline.execution.spark
+                self._spark = make_engine("spark", spark_master=spark.master, spark_conf=spark.conf)
+            return self._spark
+        return make_engine("local", self.workers)
+
+
+def stage_io(pipeline: Pipeline, stage: str, run_id: str, input_url: str | None = None,
+             output_url: str | None = None) -> tuple[str | None, str]:
+    """Where a stage of a run reads and writes by default: the previous stage's output."""
     if input_url is None and (previous := pipeline.previous_stage(stage)) is not None:
         input_url = pipeline.stage_url(run_id, previous)
-    output_url = output_url or pipeline.stage_url(run_id, stage)
-    return run_stage(pipeline.stage(stage, overrides), input_url, output_url, workers or pipeline.workers,
-                     only_shards=only_shards)
+    return input_url, output_url or pipeline.stage_url(run_id, stage)
+
+
+def run_one(pipeline: Pipeline, stage: str, run_id: str, input_url: str | None = None, output_url: str | None = None,
+            workers: int | None = None, overrides: dict[str, Any] | None = None,
+            only_shards: list[str] | None = None, engines: Engines | None = None, step: str = "all",
+            rebuild: bool = False) -> dict[str, Any] | None:
+    input_url, output_url = stage_io(pipeline, stage, run_id, input_url, output_url)
+    engines = engines or Engines(pipeline, workers=workers)
+    return run_stage(pipeline.stage(stage, overrides), input_url, output_url, engine=engines.for_stage(stage),
+                     only_shards=only_shards, step=step, rebuild=rebuild)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline)
-    manifest = run_one(pipeline, args.stage, args.run_id, args.input, args.output, args.workers, parse_params(args.param),
-                       only_shards=args.shard)
+    step = "plan" if args.plan_only else "manifest" if args.manifest_only else "all"
+    engines = Engines(pipeline, args.engine, args.workers)
+    manifest = run_one(pipeline, args.stage, args.run_id, args.input, args.output, overrides=parse_params(args.param),
+                       only_shards=args.shard, engines=engines, step=step, rebuild=args.rebuild)
     if manifest is None:
-        print(json.dumps({"stage": args.stage, "committed_shards": args.shard}))
+        done = {"committed_shards": args.shard} if args.shard else {"planned": True}
+        print(json.dumps({"stage": args.stage, **done}))
     else:
         print(json.dumps({"stage": args.stage, "output": manifest["output"], "counts": manifest["counts"]}))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    pipeline = load_pipeline(args.pipeline)
+    problems = check_pipeline(pipeline)
+    for problem in problems:
+        print(f"tamis: error: {pipeline.path}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{pipeline.path}: ok ({len(pipeline.stage_names)} stages: {', '.join(pipeline.stage_names)})")
+    return 2 if problems else 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from tamis.schema import pipeline_schema
+
+    print(json.dumps(pipeline_schema(), indent=2))
+    return 0
+
+
+def _cmd_shards(args: argparse.Namespace) -> int:
+    pipeline = load_pipeline(args.pipeline)
+    input_url, _ = stage_io(pipeline, args.stage, args.run_id)
+    for shard in pipeline.stage(args.stage, parse_params(args.param)).input_shards(input_url):
+        print(shard.name)
     return 0
 
 
@@ -128,25 +225,77 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if result["success"] else 1
 
 
+def append_day(pipeline: Pipeline, run_id: str, day: str, owner: str | None) -> dict[str, Any]:
+    from tamis import corpus, nightly
+
+    if owner:
+        nightly.check_claim(pipeline, day, owner)
+    last = pipeline.corpus_stages[-1]
+    manifest = corpus.append(pipeline.stage_url(run_id, last), pipeline.corpus_url, day, pipeline.corpus_hash_key())
+    if owner:
+        nightly.release(pipeline, day, owner)
+    return manifest
+
+
 def _cmd_append(args: argparse.Namespace) -> int:
-    from tamis import corpus
+    manifest = append_day(load_pipeline(args.pipeline), args.run_id, args.date, args.owner)
+    print(json.dumps({"partition": manifest["output"], "documents": manifest["counts"]["kept"]}))
+    return 0
+
+
+def nightly_overrides(pipeline: Pipeline, stage: str, day: str) -> dict[str, Any]:
+    """A stage's parameters in the nightly run of ``day``: what it declares it needs."""
+    return pipeline.stage(stage).corpus_params(pipeline.corpus(day))
+
+
+def _cmd_nightly_claim(args: argparse.Namespace) -> int:
+    from tamis import nightly
+
+    nightly.claim(load_pipeline(args.pipeline), args.date, args.owner, args.wait_s)
+    print(json.dumps({"claimed": args.date, "owner": args.owner}))
+    return 0
+
+
+def _cmd_nightly_run(args: argparse.Namespace) -> int:
+    import uuid
+
+    from tamis import nightly
 
     pipeline = load_pipeline(args.pipeline)
-    last = pipeline.corpus_stages[-1]
-    key = pipeline.stages.get("exact_dedup", {}).get("key", "normalized")
-    manifest = corpus.append(pipeline.stage_url(args.run_id, last), pipeline.corpus_url, args.date, key)
+    problems = check_pipeline(pipeline)
+    if problems:
+        raise ConfigError(f"{pipeline.path}: " + "; ".join(problems))
+    owner = f"nightly/{args.run_id}/{uuid.uuid4().hex[:8]}"
+    nightly.claim(pipeline, args.date, owner, args.wait_s)
+    try:
+        engines = Engines(pipeline, args.engine, args.workers)
+        for stage in pipeline.corpus_stages:
+            run_one(pipeline, stage, args.run_id, overrides=nightly_overrides(pipeline, stage, args.date), engines=engines)
+            if not validate_one(pipeline, stage, args.run_id, allow_empty=True)["success"]:
+                print(f"tamis: quality gate of stage {stage!r} failed; the day was not appended", file=sys.stderr)
+                return 1
+        manifest = append_day(pipeline, args.run_id, args.date, owner)
+    finally:
+        nightly.release(pipeline, args.date, owner)
     print(json.dumps({"partition": manifest["output"], "documents": manifest["counts"]["kept"]}))
     return 0
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline)
+    problems = check_pipeline(pipeline)
+    if problems:
+        for problem in problems:
+            print(f"tamis: error: {pipeline.path}: {problem}", file=sys.stderr)
+        return 2
     overrides: dict[str, dict[str, Any]] = {}
     for key, value in parse_params(args.param).items():
         stage, _, name = key.partition(".")
+        pipeline.spec(stage)  # an unknown stage is an error before anything runs
         overrides.setdefault(stage, {})[name] = value
+    engines = Engines(pipeline, args.engine, args.workers)
     for stage in pipeline.stage_names:
-        run_one(pipeline, stage, args.run_id, workers=args.workers, overrides=overrides.get(stage))
+        run_one(pipeline, stage, args.run_id, overrides=overrides.get(stage), engines=engines, rebuild=args.rebuild)
         if not validate_one(pipeline, stage, args.run_id)["success"]:
             print(f"tamis: quality gate of stage {stage!r} failed; later stages were not run", file=sys.stderr)
             return 1
@@ -181,15 +330,17 @@ def run_summary(pipeline: Pipeline, run_id: str) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    width = max([14, *(len(s["stage"]) + 2 for s in summary["stages"])])
     lines = [f"pipeline {summary['pipeline']}: {summary['run']}",
-             f"{'stage':<14}{'in':>10}{'kept':>10}{'dropped':>10}{'quarant.':>10}{'seconds':>10}  top reasons"]
+             f"{'stage':<{width}}{'in':>10}{'kept':>10}{'dropped':>10}{'quarant.':>10}{'seconds':>10}  top reasons"]
     for s in summary["stages"]:
         if s["status"] != "done":
-            lines.append(f"{s['stage']:<14}{'(' + s['status'] + ')':>10}")
+            lines.append(f"{s['stage']:<{width}}{'(' + s['status'] + ')':>10}")
             continue
         reasons = {**s["drop_reasons"], **s["quarantine_reasons"]}
         top = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-        lines.append(f"{s['stage']:<14}{s['in']:>10}{s['kept']:>10}{s['dropped']:>10}{s['quarantined']:>10}{s['elapsed_s']:>10.1f}  {top}")
+        lines.append(f"{s['stage']:<{width}}{s['in']:>10}{s['kept']:>10}{s['dropped']:>10}{s['quarantined']:>10}"
+                     f"{s['elapsed_s']:>10.1f}  {top}")
     lines.append(f"output: {summary['output']}")
     lines.append(f"elapsed (sum of stages): {summary['elapsed_s']:.1f}s")
     return "\n".join(lines)

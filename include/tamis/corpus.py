@@ -11,12 +11,14 @@ day's exact dedup compare against the corpus without reading its text again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tamis import storage
@@ -48,8 +50,6 @@ def partitions(corpus_url: str) -> dict[str, str]:
 
 def append(dataset_url: str, corpus_url: str, date: str, hash_key: str) -> dict[str, Any]:
     """Publish ``dataset_url`` as the corpus partition of ``date``, replacing any earlier one."""
-    from tamis.stages.exact_dedup import content_hashes
-
     source = Dataset(dataset_url)
     manifest = source.manifest()
     target = partition_url(corpus_url, date)
@@ -80,13 +80,35 @@ def append(dataset_url: str, corpus_url: str, date: str, hash_key: str) -> dict[
     return partition_manifest
 
 
+def content_hashes(text: pa.ChunkedArray | pa.Array, key: str = "normalized") -> np.ndarray:
+    """128-bit content hashes as an (n, 16) uint8 array. ``normalized`` ignores case and
+    every whitespace difference; ``text`` hashes the bytes as they are."""
+    if key == "normalized":
+        text = pc.replace_substring_regex(pc.utf8_lower(text), r"\s+", " ")
+        text = pc.utf8_trim_whitespace(text)
+    digests = b"".join(hashlib.blake2b(t.encode(), digest_size=16).digest() for t in text.to_pylist())
+    return np.frombuffer(digests, dtype=np.uint8).reshape(-1, 16)
+
+
+def hash_files(corpus_url: str, exclude_date: str | None) -> list[str]:
+    """The content-hash files of every complete partition except ``exclude_date``, in date order."""
+    return [storage.join(url, HASHES) for date, url in partitions(corpus_url).items() if date != exclude_date]
+
+
+def corpus_state(corpus_url: str, exclude_date: str | None) -> str:
+    """A version of the corpus as a nightly stage sees it: the hash of its partitions' manifests."""
+    digest = hashlib.sha256()
+    for date, url in partitions(corpus_url).items():
+        if date != exclude_date:
+            digest.update(date.encode() + b"\0" + storage.read_bytes(Dataset(url).manifest_url))
+    return digest.hexdigest()
+
+
 def known_hashes(corpus_url: str, exclude_date: str | None) -> tuple[np.ndarray, list[str]]:
     """Content hashes and ids of every complete partition except ``exclude_date``."""
     digests, ids = [], []
-    for date, url in partitions(corpus_url).items():
-        if date == exclude_date:
-            continue
-        fs, path = storage.filesystem(storage.join(url, HASHES))
+    for url in hash_files(corpus_url, exclude_date):
+        fs, path = storage.filesystem(url)
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
         column = table.column("hash").combine_chunks()

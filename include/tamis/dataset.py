@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tamis import storage
-from tamis.stage import InputShard
 
 MANIFEST = "_manifest.json"
 GATE_RESULT = "_gates/result.json"
@@ -28,6 +27,19 @@ GATE_RESULT = "_gates/result.json"
 
 class DatasetNotFound(FileNotFoundError):
     pass
+
+
+@dataclass(frozen=True)
+class InputShard:
+    """One unit of work: a committed input part, or a raw source file for ingest."""
+
+    name: str  # output part name, e.g. "2026-11-20_web_00000"
+    url: str
+    size_bytes: int
+    attrs: tuple[tuple[str, str], ...] = ()
+
+    def attr(self, key: str, default: str | None = None) -> str | None:
+        return dict(self.attrs).get(key, default)
 
 
 @dataclass

@@ -8,8 +8,11 @@ gate exits non-zero, so nothing downstream consumes the dataset.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -37,9 +40,31 @@ class GateConfig(BaseModel):
     expectations: list[dict[str, dict[str, Any]]] = Field(default_factory=list)
 
 
-def gate_config(gates: dict[str, Any], stage: str) -> GateConfig:
-    merged = {**gates.get("default", {}), **gates.get(stage, {})}
+def gate_config(gates: dict[str, Any], stage: str, stage_default: dict[str, Any] | None = None) -> GateConfig:
+    """A stage's gate: the stage's own default (what fits its output), then the pipeline's
+    ``gates.default``, then its ``gates.<stage>``, each overriding the one before."""
+    merged = {**(stage_default or {}), **(gates.get("default") or {}), **(gates.get(stage) or {})}
     return GateConfig(**merged)
+
+
+def expectation_class_name(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def unknown_expectations(config: GateConfig) -> list[str]:
+    """Expectation names of ``config`` that Great Expectations does not have. Read from the
+    package's files (one module per expectation), so the check costs no import of it."""
+    names = [name for item in config.expectations for name in item]
+    return [name for name in names if name not in _known_expectations()]
+
+
+@functools.lru_cache(maxsize=1)
+def _known_expectations() -> frozenset[str]:
+    spec = importlib.util.find_spec("great_expectations")
+    if spec is None or spec.origin is None:
+        return frozenset()
+    core = Path(spec.origin).parent / "expectations" / "core"
+    return frozenset(p.stem for p in core.glob("expect_*.py"))
 
 
 def dataset_facts(dataset: Dataset, manifest: dict[str, Any]) -> dict[str, float]:
@@ -93,8 +118,7 @@ def validate(dataset_url: str, stage: str, config: GateConfig) -> dict[str, Any]
                 column="text", min_value=config.min_text_chars, max_value=config.max_text_chars))
     for item in config.expectations:
         for name, kwargs in item.items():
-            cls_name = "".join(part.capitalize() for part in name.split("_"))
-            record_suite.add_expectation(getattr(gxe, cls_name)(**kwargs))
+            record_suite.add_expectation(getattr(gxe, expectation_class_name(name))(**kwargs))
 
     fact_suite = gx.ExpectationSuite(name=f"{stage}.dataset")
     fact_suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="rows", min_value=config.min_rows))

@@ -1,26 +1,44 @@
-"""Pipeline configs: the YAML files under include/pipelines/.
+"""Pipeline configs: the YAML files under include/pipelines/, validated as one surface.
 
-Every tunable lives there. Relative paths resolve against the config file's folder,
-and ``${VAR:-default}`` reads the environment, so one file serves a laptop and a pod.
+Every tunable lives there, and every section is checked when the file loads: unknown or
+misspelt keys, duplicate keys, bad values and unset variables are errors before any stage
+runs. Rules, once each:
+
+* ``${VAR}`` and ``${VAR:-default}`` are substituted in the parsed values (never in the
+  raw text, so a value cannot inject YAML); an unset variable without a default is an
+  error naming it. A value that is exactly one variable takes the YAML type of what it
+  expands to (``workers: ${TAMIS_WORKERS:-2}`` is the integer 2, an empty value is null).
+* Relative paths resolve against the YAML file's folder: ``storage_root``, sources'
+  ``path``, the release folders, and every stage parameter typed as a path.
+* Defaults are written once, in the params classes; the default YAML may show them.
+
+Stages are a list of instances, each with a unique ``name`` (its output folder, its task id)
+and a ``type`` (a built-in, a registered name, or an import path; see :mod:`tamis.stages`);
+the mapping form ``stages: {ingest: {...}, normalize: {...}}`` means name = type.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tamis import storage
+from tamis.execution import ExecutionConfig
 from tamis.gates import GateConfig, gate_config
-from tamis.stage import Stage
-from tamis.stages import stage_class
+from tamis.release import ReleaseConfig
+from tamis.stage import CorpusContext, PathParam, Stage
+from tamis.stages import UnknownStage, make_stage, stage_class
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class ConfigError(ValueError):
@@ -41,6 +59,26 @@ class SourceConfig(_Strict):
     type: Literal["prose", "code"] = "prose"
 
 
+class StageSpec(_Strict):
+    """One stage instance of a pipeline."""
+
+    name: str
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"stage name {value!r} must start with a letter and hold only letters, digits and '_'")
+        return value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return value or {}
+
+
 class Orchestration(_Strict):
     """How the scheduler treats every stage task."""
 
@@ -58,13 +96,18 @@ class Nightly(_Strict):
     # The last day to ingest; None: every day up to today (catch-up runs included).
     end_date: str | None = None
     catchup: bool = True
-    # The last stage whose output joins the corpus; later stages (tokenize...) belong to releases.
-    until_stage: str = "exact_dedup"
+    # The last stage whose output joins the corpus; None: the last of the leading stages that
+    # declare they join it (tokenize, mix, pack and index make releases instead).
+    until_stage: str | None = None
 
-    @field_validator("end_date", mode="before")
+    @field_validator("start_date", "end_date", mode="before")
     @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return value or None
+    def _iso_date(cls, value: Any) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^\d{4}-\d{2}-\d{2}$", str(value)):
+            raise ValueError(f"{value!r} is not a date YYYY-MM-DD")
+        return str(value)
 
 
 class Pipeline(_Strict):
@@ -74,73 +117,156 @@ class Pipeline(_Strict):
     # Airflow connection whose credentials reach an s3:// storage root (tasks export them).
     storage_connection: str = "aws_default"
     workers: int = Field(default=2, ge=1)
-    execution: dict[str, Any] = Field(default_factory=lambda: {"mode": "local"})
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     sources: dict[str, SourceConfig]
-    stages: dict[str, dict[str, Any]]
+    stages: list[StageSpec]
     gates: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    orchestration: Orchestration = Field(default_factory=lambda: Orchestration())
-    nightly: Nightly = Field(default_factory=lambda: Nightly())
-    release: dict[str, Any] = Field(default_factory=dict)  # validated by tamis.release.ReleaseConfig
+    orchestration: Orchestration = Field(default_factory=Orchestration)
+    nightly: Nightly = Field(default_factory=Nightly)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _pipeline_name(cls, value: str) -> str:
+        if not _SOURCE_NAME.match(value):
+            raise ValueError(f"pipeline name {value!r} must hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        for name in value:
+            if not _SOURCE_NAME.match(name) or name in (".", ".."):
+                raise ValueError(f"source name {name!r} must start with a letter or digit and hold only letters, "
+                                 "digits, '.', '_' and '-' (it becomes part of ids and file names)")
+        return value
 
     @field_validator("stages", mode="before")
     @classmethod
-    def _null_params_are_defaults(cls, value: Any) -> Any:
+    def _mapping_form(cls, value: Any) -> Any:
         if isinstance(value, dict):
-            return {name: params or {} for name, params in value.items()}
+            return [{"name": name, "type": name, "params": params or {}} for name, params in value.items()]
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Pipeline":
+        names = [s.name for s in self.stages]
+        if not names:
+            raise ValueError("the pipeline has no stages")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"stage names must be unique; repeated: {twice}")
+        stray = sorted(set(self.gates) - {"default", *names})
+        if stray:
+            raise ValueError(f"gates name stages the pipeline does not have: {stray}; stages: {names}")
+        for label, listed in (("execution.spark.stages", self.execution.spark.stages or []),
+                              ("execution.kubernetes.spark.stages", self.execution.kubernetes.spark.stages)):
+            unknown = sorted(set(listed) - set(names))
+            if unknown:
+                raise ValueError(f"{label} names stages the pipeline does not have: {unknown}; stages: {names}")
+        if self.nightly.until_stage is not None and self.nightly.until_stage not in names:
+            raise ValueError(f"nightly.until_stage {self.nightly.until_stage!r} is not a stage; stages: {names}")
+        return self
+
+    # -- stages ----------------------------------------------------------------------------
 
     @property
     def stage_names(self) -> list[str]:
-        return list(self.stages)
+        return [s.name for s in self.stages]
+
+    def spec(self, name: str) -> StageSpec:
+        for spec in self.stages:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"pipeline {self.name!r} has no stage {name!r}; it has: {', '.join(self.stage_names)}")
 
     def stage(self, name: str, overrides: dict[str, Any] | None = None) -> Stage:
-        if name not in self.stages:
-            raise ConfigError(f"pipeline {self.name!r} has no stage {name!r}; it has: {', '.join(self.stages)}")
-        params = {**self.stages[name], **(overrides or {})}
-        cls = stage_class(name)
+        spec = self.spec(name)
+        params = {**spec.params, **(overrides or {})}
+        context = {"sources": self.sources, "pipeline": self.name}
         try:
-            return cls(params, context={"sources": self.sources, "pipeline": self.name})
+            params = _resolve_stage_paths(stage_class(spec.type), params, Path(self.path).parent)
+            return make_stage(spec.type, spec.name, params, context)
+        except UnknownStage as exc:
+            raise ConfigError(f"stage {name!r} in {self.path}: {exc}") from None
         except ValueError as exc:
             raise ConfigError(f"invalid parameters for stage {name!r} in {self.path}: {exc}") from exc
 
+    def stage_type(self, name: str) -> type[Stage]:
+        return stage_class(self.spec(name).type)
+
+    def previous_stage(self, stage: str) -> str | None:
+        names = self.stage_names
+        index = names.index(self.spec(stage).name)
+        return names[index - 1] if index > 0 else None
+
     def gate(self, name: str) -> GateConfig:
         try:
-            return gate_config(self.gates, name)
+            return gate_config(self.gates, name, self.stage_type(name).default_gate)
         except ValueError as exc:
             raise ConfigError(f"invalid gate for stage {name!r} in {self.path}: {exc}") from exc
+
+    def engine_for(self, name: str) -> str:
+        """The engine a ``tamis`` command uses for stage ``name`` (outside a SparkApplication)."""
+        execution = self.execution
+        if execution.mode != "spark":
+            return "local"
+        listed = execution.spark.stages
+        if listed is not None and name not in listed:
+            return "local"
+        return "spark" if "spark" in self.stage_type(name).engines else "local"
+
+    # -- where things are ------------------------------------------------------------------
 
     def run_url(self, run_id: str) -> str:
         return storage.join(self.storage_root, "runs", safe_run_id(run_id))
 
     def stage_url(self, run_id: str, stage: str) -> str:
-        return storage.join(self.run_url(run_id), stage)
+        return storage.join(self.run_url(run_id), self.spec(stage).name)
 
     @property
     def corpus_url(self) -> str:
         return storage.join(self.storage_root, "corpus", self.name)
 
-    @property
-    def near_dedup_index_url(self) -> str:
-        """Signatures of every document in the corpus, for incremental near dedup."""
-        return storage.join(self.corpus_url, "_index", "near_dedup")
+    def corpus(self, date: str) -> CorpusContext:
+        return CorpusContext(url=self.corpus_url, date=date)
 
     @property
     def corpus_stages(self) -> list[str]:
         """The stages a nightly run goes through before appending to the corpus."""
         names = self.stage_names
-        if self.nightly.until_stage not in names:
-            raise ConfigError(f"nightly.until_stage {self.nightly.until_stage!r} is not a stage of {self.path}")
-        return names[: names.index(self.nightly.until_stage) + 1]
+        if self.nightly.until_stage is not None:
+            return names[: names.index(self.nightly.until_stage) + 1]
+        leading = []
+        for name in names:
+            if not self.stage_type(name).joins_corpus:
+                break
+            leading.append(name)
+        if not leading:
+            raise ConfigError(f"{self.path}: no stage joins the corpus, so a nightly run has nothing to append")
+        return leading
 
-    def previous_stage(self, stage: str) -> str | None:
-        names = self.stage_names
-        index = names.index(stage)
-        return names[index - 1] if index > 0 else None
+    def corpus_hash_key(self) -> str:
+        """How the corpus's content hashes are computed: the setting of the exact-dedup stage
+        of the nightly path, so that next nights compare like with like."""
+        for name in self.corpus_stages:
+            key = getattr(self.stage(name), "corpus_hash_key", None)
+            if key is not None:
+                return key
+        return "normalized"
 
 
 def safe_run_id(run_id: str) -> str:
-    """Airflow run ids carry ':' and '+'; keep paths portable across filesystems and S3."""
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id).strip("_")
+    """A run id as a folder name, portable across filesystems and S3. Ids that need no
+    change are kept; others (Airflow's carry ':' and '+') get a short hash of the original,
+    so that two ids never share a folder."""
+    if not run_id or not run_id.strip(". "):
+        raise ConfigError(f"run id {run_id!r} is not a usable name")
+    safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id)
+    if safe == run_id and not safe.startswith("."):
+        return safe
+    digest = hashlib.blake2b(run_id.encode(), digest_size=4).hexdigest()
+    return f"{safe.strip('._') or 'run'}-{digest}"
 
 
 def resolve_pipeline_path(name_or_path: str) -> Path:
@@ -154,31 +280,123 @@ def resolve_pipeline_path(name_or_path: str) -> Path:
     raise ConfigError(f"no pipeline config {name_or_path!r} (a YAML path, or one of: {known})")
 
 
-def load_pipeline(name_or_path: str = "default") -> Pipeline:
-    path = resolve_pipeline_path(name_or_path)
-    raw = yaml.safe_load(_expand_env(path.read_text()))
+def read_config(path: Path) -> dict[str, Any]:
+    """The YAML file parsed (duplicate keys rejected), variables substituted, paths resolved."""
+    try:
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except (yaml.YAMLError, DuplicateKey) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = substitute_env(raw, path)
     base = path.parent
-    raw["storage_root"] = _resolve(raw.get("storage_root", "../../data"), base)
+    raw["storage_root"] = resolve_path(raw.get("storage_root") or "../../data", base)
     for source in (raw.get("sources") or {}).values():
-        if isinstance(source, dict) and "path" in source:
-            source["path"] = _resolve(source["path"], base)
+        if isinstance(source, dict) and isinstance(source.get("path"), str):
+            source["path"] = resolve_path(source["path"], base)
+    release = raw.get("release")
+    if isinstance(release, dict):
+        for key in ("workspace", "remote"):
+            if isinstance(release.get(key), str):
+                release[key] = resolve_path(release[key], base)
+    return raw
+
+
+def load_pipeline(name_or_path: str = "default") -> Pipeline:
+    path = resolve_pipeline_path(name_or_path)
+    raw = read_config(path)
     try:
         pipeline = Pipeline(path=str(path), **raw)
     except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    for name in pipeline.stages:
+        raise ConfigError(f"{path}: {exc}") from None
+    for name in pipeline.stage_names:
         pipeline.stage(name)  # validates every stage's parameters up front
         pipeline.gate(name)
     return pipeline
 
 
-def _expand_env(text: str) -> str:
-    return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), text)
+def check_pipeline(pipeline: Pipeline) -> list[str]:
+    """Everything that can be known wrong before a stage runs: each stage's own readiness
+    (files it needs, sources it names), the gates' expectation names, the corpus path.
+    Returns the problems found (empty when the pipeline can run)."""
+    from tamis.gates import unknown_expectations
+
+    problems = []
+    for name in pipeline.stage_names:
+        try:
+            pipeline.stage(name).check_ready()
+        except Exception as exc:  # each stage's own error message names what is wrong
+            problems.append(f"stage {name!r}: {exc}")
+        unknown = unknown_expectations(pipeline.gate(name))
+        if unknown:
+            problems.append(f"gate of stage {name!r}: unknown expectations {unknown}")
+    try:
+        pipeline.corpus_stages
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return problems
 
 
-def _resolve(path: str, base: Path) -> str:
+def substitute_env(value: Any, path: Path, where: str = "") -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` in every string of a parsed config."""
+    if isinstance(value, dict):
+        return {k: substitute_env(v, path, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def expand(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"{path}: {where} uses ${{{name}}}, which is not set (give a default: ${{{name}:-...}})")
+        return default
+
+    whole = _ENV.fullmatch(value.strip())
+    expanded = _ENV.sub(expand, value)
+    if whole:
+        # One variable as the whole value takes the YAML type of its expansion.
+        try:
+            return yaml.safe_load(expanded) if expanded.strip() else None
+        except yaml.YAMLError:
+            return expanded
+    return expanded
+
+
+def resolve_path(path: str, base: Path) -> str:
     if "://" in path:
         return path
-    return str((base / path).resolve())
+    return str((base / Path(path).expanduser()).resolve())
+
+
+def _resolve_stage_paths(cls: type[Stage], params: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Stage parameters typed as paths, resolved against the config's folder."""
+    params = dict(params)
+    for field_name, field in cls.Params.model_fields.items():
+        value = params.get(field_name)
+        marker = next((m for m in field.metadata if isinstance(m, PathParam)), None)
+        if marker is None or not isinstance(value, str) or not value or "://" in value or Path(value).is_absolute():
+            continue
+        if marker.may_be_name and not marker.looks_like_path(value) and not (base / value).exists():
+            continue  # a name (e.g. a tokenizer on the hub), not a path
+        params[field_name] = resolve_path(value, base)
+    return params
+
+
+class DuplicateKey(ValueError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKey(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tamis import __version__
 
@@ -62,7 +62,9 @@ TIMINGS_DIR = "timings"
 MANIFEST = "_manifest.json"
 COMMITS_DIR = "_commits"
 # Manifest and commit fields that describe one run rather than the data it produced.
-VOLATILE_MANIFEST_KEYS = ("finished_at", "elapsed_s", "docs_per_s", "workers")
+VOLATILE_MANIFEST_KEYS = ("finished_at", "elapsed_s", "docs_per_s", "workers", "engine", "fingerprint_sha256")
+# Files of a run's bookkeeping (what made the output, who was writing it), not of the data.
+RUN_FILES = ("_fingerprint.json", "_lease.json")
 VOLATILE_COMMIT_KEYS = ("elapsed_s",)
 
 
@@ -81,24 +83,25 @@ class ReleaseConfig(BaseModel):
     remote: str | None = None
     # S3-compatible endpoint of an s3:// remote; default TAMIS_S3_ENDPOINT_URL / AWS_ENDPOINT_URL.
     endpoint_url: str | None = None
+
+    @field_validator("workspace", "remote", "endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return value or None
     remote_name: str = "storage"
     push_jobs: int = Field(default=4, ge=1)
 
 
 def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) -> ReleaseConfig:
-    """The ``release:`` block of the pipeline config, relative paths resolved against its folder."""
+    """The ``release:`` block of the pipeline config (paths already resolved against its
+    folder), with the defaults that depend on the storage root filled in."""
     from tamis import storage
-    from tamis.pipeline import ConfigError, _expand_env, _resolve
+    from tamis.pipeline import ConfigError, resolve_path
 
-    block = getattr(pipeline, "release", None)
-    if block is None:  # the Pipeline model does not carry the block: read it from the file
-        raw = yaml.safe_load(_expand_env(Path(pipeline.path).read_text())) or {}
-        block = raw.get("release") or {}
-    block = {**dict(block), **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    base = Path(pipeline.path).parent
-    for key in ("workspace", "remote"):
-        if block.get(key):
-            block[key] = _resolve(str(block[key]), base)
+    block = pipeline.release.model_dump()
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            block[key] = resolve_path(str(value), Path.cwd()) if key in ("workspace", "remote") else value
     try:
         config = ReleaseConfig(**block)
     except ValueError as exc:
@@ -131,12 +134,12 @@ def dvc_stages(pipeline: Pipeline) -> dict[str, Any]:
     stages: dict[str, Any] = {}
     previous: str | None = None
     for name in pipeline.stage_names:
-        run = ["tamis", "run", name, "--pipeline", PIPELINE_FILE]
+        run = ["tamis", "run", name, "--pipeline", PIPELINE_FILE, "--engine", "local"]
         if previous is not None:
             run += ["--input", stage_out(previous)]
         run += ["--output", stage_out(name)]
         seal_cmd = ["python", "-m", "tamis.release", "seal", stage_out(name)]
-        params = [f"stages.{name}"]
+        params = [f"stages.{_stage_position(pipeline, name)}"]
         if previous is None:
             deps = [f"{SOURCES_DIR}/{source}" for source in sorted(pipeline.sources)]
             params.append("sources")  # formats and field names decide what ingest reads
@@ -159,8 +162,16 @@ def workspace_pipeline(pipeline: Pipeline) -> dict[str, Any]:
     config["sources"] = {name: {**source, "path": f"{SOURCES_DIR}/{name}"}
                          for name, source in sorted(config["sources"].items())}
     # Effective params, defaults included: dvc.lock then pins every value the stage used.
-    config["stages"] = {name: pipeline.stage(name).params.model_dump(mode="json") for name in pipeline.stage_names}
+    config["stages"] = [{"name": spec.name, "type": spec.type, "params": pipeline.stage(spec.name).params.model_dump(mode="json")}
+                        for spec in pipeline.stages]
+    config["execution"] = {"mode": "local"}
     return config
+
+
+def _stage_position(pipeline: Pipeline, name: str) -> int:
+    """DVC params address a list item by its position: ``stages.<n>`` is the stage's whole
+    entry (name, type and params), so a change of any of them reruns it."""
+    return pipeline.stage_names.index(name)
 
 
 # --- the workspace ---------------------------------------------------------------------------
@@ -305,6 +316,11 @@ def seal(dataset_dir: str | Path, workspace: str | Path = ".") -> dict[str, Any]
     manifest = json.loads(manifest_path.read_text())
     timings: dict[str, Any] = {"stage": manifest.get("stage"),
                                **{k: manifest.pop(k) for k in VOLATILE_MANIFEST_KEYS if k in manifest}, "parts": {}}
+    for name in RUN_FILES:
+        path = dataset / name
+        if path.exists():
+            timings[name.strip("_").removesuffix(".json")] = json.loads(path.read_text() or "null")
+            path.unlink()
     for commit_path in sorted((dataset / COMMITS_DIR).glob("*.json")):
         commit = json.loads(commit_path.read_text())
         timings["parts"][commit_path.stem] = {k: commit.pop(k) for k in VOLATILE_COMMIT_KEYS if k in commit}

@@ -1,20 +1,31 @@
-"""The stage runner: one implementation of parallelism, resume, commits and counters
-for every stage.
+"""The stage runner: one implementation of parallelism, resume, commits, counters, leases
+and fingerprints for every stage, on any engine.
 
-A shard is committed when its ``_commits/<part>.json`` exists; that file is written
-after the part and its side tables are published, so a crash at any moment leaves
-either a committed shard or nothing a reader would pick up. The manifest is written
-last, once every shard is committed, and it is what downstream stages read.
+A run of a stage into an output dataset:
+
+1. takes the dataset's lease (one writer per dataset, :mod:`tamis.lease`);
+2. compares the output's ``_fingerprint.json`` (the stage's type, parameters, code, the
+   files it depends on and its input manifest) with this run's: an output made by anything
+   else is never reused or resumed: the run stops with the difference, or, asked to
+   rebuild, removes it first;
+3. for a whole-dataset stage, writes the plan under ``_work/`` (kept for resume and for
+   shard tasks, which only read it);
+4. runs every shard not yet committed on the engine: a shard is committed when its
+   ``_commits/<part>.json`` exists, written after the part and its side tables are
+   published, so a crash at any moment leaves either a committed shard or nothing a reader
+   would pick up;
+5. writes the manifest last, once every shard is committed; it is what downstream
+   stages read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 import logging
-import multiprocessing
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,13 +33,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tamis import __version__, storage
-from tamis.dataset import Dataset
+from tamis.dataset import Dataset, InputShard
+from tamis.engines import Engine, TaskFailed
+from tamis.engines.local import LocalEngine
+from tamis.lease import Lease
 from tamis.metrics import emit_stage_metrics
-from tamis.stage import DROPPED_SCHEMA, QUARANTINE_SCHEMA, InputShard, Stage
+from tamis.stage import DROPPED_SCHEMA, QUARANTINE_SCHEMA, DatasetStage, Stage
 
 log = logging.getLogger("tamis.runner")
 
 PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True}
+FINGERPRINT = "_fingerprint.json"
+WORK_DIR = "_work"
+PLAN_DONE = "_plan.json"
 
 
 class StageError(RuntimeError):
@@ -39,6 +56,10 @@ class CountsDoNotReconcile(StageError):
     pass
 
 
+class StaleOutput(StageError):
+    """The output folder holds a dataset made by other inputs, parameters or code."""
+
+
 def run_stage(
     stage: Stage,
     input_url: str | None,
@@ -46,59 +67,94 @@ def run_stage(
     workers: int = 1,
     progress_every_s: float = 10.0,
     only_shards: list[str] | None = None,
+    engine: Engine | None = None,
+    step: str = "all",
+    rebuild: bool = False,
 ) -> dict[str, Any] | None:
     """Run ``stage`` over every shard of ``input_url`` into ``output_url`` and return the manifest.
 
-    With ``only_shards`` (one mapped task per shard), just those shards are processed and
-    committed; a later run without it finds them committed and writes the manifest.
+    ``step``: ``all`` (plan, shards, manifest), ``plan`` (a whole-dataset stage's plan only),
+    ``manifest`` (only the manifest; every shard must be committed already). ``rebuild``
+    replaces an output made by a different run instead of refusing it. With
+    ``only_shards`` (one mapped task per batch of shards) just those shards are processed
+    and committed, and None is returned; a whole-dataset stage then reads the plan a
+    ``plan`` step wrote.
     """
     started = time.time()
+    engine = engine or LocalEngine(workers)
     for url in (input_url, output_url):
         if url:
             storage.check_reachable(url)
     output = Dataset(output_url)
-    if output.is_complete():
-        log.info("%s: %s is already complete, nothing to do", stage.name, output_url)
-        return output.manifest()
     stage.check_ready()
     shards = stage.input_shards(input_url)
     names = [s.name for s in shards]
     if len(set(names)) != len(names):
         raise StageError(f"{stage.name}: input shard names are not unique: {sorted(names)}")
+    fingerprint = stage_fingerprint(stage, input_url, output_url, shards)
 
-    stats: dict[str, dict[str, Any]] = {}
-    pending: list[InputShard] = []
-    for shard in shards:
-        done = output.committed(shard.name)
-        if done is None:
-            pending.append(shard)
-        else:
-            stats[shard.name] = done
-    if stats:
-        log.info("%s: resuming, %d of %d shards already committed", stage.name, len(stats), len(shards))
+    with Lease(output_url):
+        found = _stored_fingerprint(output_url)
+        if rebuild and found != fingerprint and _has_any_output(output_url):
+            log.info("%s: %s was made by a different run; rebuilding it", stage.name, output_url)
+            _clear_output(output_url)
+            found = None
+        if found is not None and found != fingerprint:
+            raise StaleOutput(
+                f"{stage.name}: {output_url} was made by a different run ({describe_difference(found, fingerprint)}); "
+                "use a new --run-id or --output, or --rebuild to replace it")
+        if found is None and _has_any_output(output_url):
+            raise StaleOutput(f"{stage.name}: {output_url} holds output without a fingerprint; use --rebuild to replace it")
+        if output.is_complete():
+            log.info("%s: %s is already complete, nothing to do", stage.name, output_url)
+            return output.manifest()
+        if found is None:
+            storage.write_json_atomic(storage.join(output_url, FINGERPRINT), fingerprint, output_url)
 
-    if only_shards is not None:
-        if type(stage).prepare is not Stage.prepare:
-            raise StageError(f"{stage.name}: a whole-dataset stage cannot run shard by shard")
-        unknown = sorted(set(only_shards) - set(names))
-        if unknown:
-            raise StageError(f"{stage.name}: no input shards named {unknown}")
-        pending = [s for s in pending if s.name in set(only_shards)]
-    stage.prepare(shards, storage.join(output_url, "_work"), workers)
-    progress = _Progress(stage.name, shards, stats, progress_every_s)
-    if workers <= 1 or len(pending) <= 1:
-        for shard in pending:
-            stats[shard.name] = run_shard(stage, shard, output_url)
-            progress.shard_done(shard, stats[shard.name])
-    else:
-        _run_pool(stage, pending, output_url, workers, stats, progress)
-    if only_shards is not None:
-        log.info("%s: committed shards %s; the manifest is written by a run over all shards", stage.name, only_shards)
-        return None
+        stats = _committed(output, shards)
+        pending = [s for s in shards if s.name not in stats]
+        if stats and step == "all" and only_shards is None:
+            log.info("%s: resuming, %d of %d shards already committed", stage.name, len(stats), len(shards))
+        if only_shards is not None:
+            unknown = sorted(set(only_shards) - set(names))
+            if unknown:
+                raise StageError(f"{stage.name}: no input shards named {unknown}")
+            pending = [s for s in pending if s.name in set(only_shards)]
+        if step == "manifest":
+            if pending:
+                raise StageError(f"{stage.name}: {len(pending)} shards are not committed yet, e.g. "
+                                 f"{', '.join(s.name for s in pending[:5])}; run them first")
+        work_url = storage.join(output_url, WORK_DIR)
+        plan_metrics: dict[str, int] = {}
 
-    manifest = _manifest(stage, input_url, output_url, shards, stats, workers, started)
-    storage.write_json_atomic(output.manifest_url, manifest, output_url)
-    storage.remove_tree(storage.join(output_url, "_tmp"))
+        with engine.running(stage) as run:
+            if isinstance(stage, DatasetStage):
+                plan_metrics = _plan(stage, shards, work_url, engine, run, fingerprint,
+                                     may_plan=only_shards is None and step != "manifest")
+                if step == "plan":
+                    return None
+            elif step == "plan":
+                raise StageError(f"{stage.name}: a per-batch stage has no plan step")
+            progress = _Progress(stage.name, shards, stats, progress_every_s)
+            tasks = [(shard, output_url, work_url) for shard in pending]
+            try:
+                for index, commit in run.imap(_shard_task, tasks):
+                    stats[pending[index].name] = commit
+                    progress.shard_done(pending[index], commit)
+            except TaskFailed as failed:
+                shard = pending[failed.index]
+                if isinstance(failed.error, StageError):
+                    raise failed.error
+                raise StageError(f"{stage.name}: shard {shard.name} ({shard.url}) failed: "
+                                 f"{type(failed.error).__name__}: {failed.error}") from failed.error
+        if only_shards is not None:
+            log.info("%s: committed shards %s; the manifest is written by a run over all shards", stage.name, only_shards)
+            return None
+
+        manifest = _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics, fingerprint, started)
+        storage.write_json_atomic(output.manifest_url, manifest, output_url)
+        storage.remove_tree(storage.join(output_url, "_tmp"))
+        storage.remove_tree(work_url)
     emit_stage_metrics(manifest, stage.context.get("pipeline", ""))
     c = manifest["counts"]
     log.info(
@@ -108,47 +164,125 @@ def run_stage(
     return manifest
 
 
-def process_context() -> multiprocessing.context.BaseContext:
-    """Worker processes fork from a fresh single-threaded server that has already imported
-    Arrow and tamis: a plain fork of this process is unsafe (Arrow's thread pools do not
-    survive it) and spawn pays the imports again for every pool."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tamis.runner", "pyarrow.parquet", "numpy"])
-    return context
+# --------------------------------------------------------------------------- fingerprints
+
+def stage_fingerprint(stage: Stage, input_url: str | None, output_url: str, shards: list[InputShard]) -> dict[str, Any]:
+    """What made an output: the stage's type and code, its parameters, what else it depends
+    on, and its input (the input manifest's hash, or the raw files' names and sizes)."""
+    cls = type(stage)
+    source = inspect.getsourcefile(cls)
+    code = hashlib.sha256(open(source, "rb").read()).hexdigest() if source else None
+    if input_url is not None and Dataset(input_url).is_complete():
+        input_key = {"manifest_sha256": hashlib.sha256(storage.read_bytes(Dataset(input_url).manifest_url)).hexdigest()}
+    else:
+        listing = json.dumps([[s.name, s.url, s.size_bytes] for s in shards]).encode()
+        input_key = {"files_sha256": hashlib.sha256(listing).hexdigest(), "files": len(shards)}
+    return {
+        "type": f"{cls.__module__}:{cls.__qualname__}",
+        "tamis_version": __version__,
+        "code_sha256": code,
+        "params": stage.params.model_dump(mode="json"),
+        "dependencies": dict(sorted(stage.dependencies(output_url).items())),
+        "input": input_key,
+    }
 
 
-def _run_pool(stage, pending, output_url, workers, stats, progress) -> None:
-    context = process_context()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(run_shard, stage, shard, output_url): shard for shard in pending}
-        remaining = set(futures)
-        while remaining:
-            finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-            for future in finished:
-                shard = futures[future]
-                try:
-                    stats[shard.name] = future.result()
-                except Exception as exc:
-                    for other in remaining:
-                        other.cancel()
-                    raise StageError(f"{stage.name}: shard {shard.name} ({shard.url}) failed: {exc}") from exc
-                progress.shard_done(shard, stats[shard.name])
+def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    changes.append(f"{key}.{sub}: {_short(a.get(sub))} -> {_short(b.get(sub))}")
+        else:
+            changes.append(f"{key}: {_short(a)} -> {_short(b)}")
+    return "; ".join(changes[:5]) + ("; ..." if len(changes) > 5 else "")
 
 
-def run_shard(stage: Stage, shard: InputShard, output_url: str) -> dict[str, Any]:
-    """Process one shard and commit it. Runs in a worker process."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _stored_fingerprint(output_url: str) -> dict[str, Any] | None:
+    url = storage.join(output_url, FINGERPRINT)
+    return storage.read_json(url) if storage.exists(url) else None
+
+
+def _has_any_output(output_url: str) -> bool:
+    fs, path = storage.filesystem(output_url)
+    if not fs.exists(path):
+        return False
+    return any(not p.rstrip("/").endswith(("_lease.json", "/_tmp")) for p in fs.ls(path, detail=False))
+
+
+def _clear_output(output_url: str) -> None:
+    fs, path = storage.filesystem(output_url)
+    for entry in fs.ls(path, detail=False):
+        if not entry.rstrip("/").endswith("_lease.json"):
+            fs.rm(entry, recursive=True)
+
+
+# --------------------------------------------------------------------------- plan and shards
+
+def _plan(stage: DatasetStage, shards, work_url, engine, run, fingerprint, may_plan: bool) -> dict[str, int]:
+    """The whole-dataset plan: reused when an earlier step of this run wrote it, else made."""
+    marker = storage.join(work_url, PLAN_DONE)
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    if storage.exists(marker):
+        done = storage.read_json(marker)
+        if done.get("fingerprint") == key:
+            return done.get("metrics", {})
+    if not may_plan:
+        raise StageError(f"{stage.name}: a whole-dataset stage needs its plan before it runs shard by shard; "
+                         "run it with --plan-only first")
+    started = time.time()
+    planner = getattr(stage, "plan_spark", None) if engine.name == "spark" else None
+    try:
+        metrics = (planner or stage.plan)(shards, work_url, run)
+    except TaskFailed as failed:  # a map step of the plan: the stage's own error says what is wrong
+        raise failed.error from None
+    metrics = {k: int(v) for k, v in sorted((metrics or {}).items())}
+    storage.write_json_atomic(marker, {"fingerprint": key, "metrics": metrics,
+                                       "elapsed_s": round(time.time() - started, 3)}, work_url)
+    log.info("%s: planned in %.1fs", stage.name, time.time() - started)
+    return metrics
+
+
+def _committed(output: Dataset, shards: list[InputShard]) -> dict[str, dict[str, Any]]:
+    stats = {}
+    for shard in shards:
+        done = output.committed(shard.name)
+        if done is not None:
+            stats[shard.name] = done
+    return stats
+
+
+def _shard_task(stage: Stage, task: tuple[InputShard, str, str]) -> dict[str, Any]:
+    shard, output_url, work_url = task
+    return run_shard(stage, shard, output_url, work_url)
+
+
+def run_shard(stage: Stage, shard: InputShard, output_url: str, work_url: str | None = None) -> dict[str, Any]:
+    """Process one shard and commit it. Runs on a worker of the engine."""
     started = time.time()
     dataset = Dataset(output_url)
     kept = _PartWriter(dataset, dataset.part_url(shard.name))
     dropped = _PartWriter(dataset, dataset.dropped_url(shard.name), DROPPED_SCHEMA)
     quarantined = _PartWriter(dataset, dataset.quarantine_url(shard.name), QUARANTINE_SCHEMA)
-    counts = Counter()
+    counts: Counter = Counter()
     drop_reasons: Counter = Counter()
     quarantine_reasons: Counter = Counter()
     metrics: Counter = Counter()
+    if isinstance(stage, DatasetStage):
+        results = stage.apply(shard, work_url or storage.join(output_url, WORK_DIR))
+    else:
+        results = stage.run_shard(shard)
     try:
-        for result in stage.run_shard(shard):
+        for result in results:
             n_in = result.counted_in
             n_out = result.kept.num_rows + result.dropped.num_rows + result.quarantined.num_rows
             if n_in != n_out:
@@ -258,11 +392,13 @@ def _value_counts(table: pa.Table, column: str) -> dict[str, int]:
     return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist()}
 
 
-def _manifest(stage, input_url, output_url, shards, stats, workers, started) -> dict[str, Any]:
+# --------------------------------------------------------------------------- manifest
+
+def _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics, fingerprint, started) -> dict[str, Any]:
     totals: Counter = Counter()
     drop_reasons: Counter = Counter()
     quarantine_reasons: Counter = Counter()
-    metrics: Counter = Counter()
+    metrics: Counter = Counter(plan_metrics)
     parts = []
     for shard in shards:
         s = stats[shard.name]
@@ -274,28 +410,35 @@ def _manifest(stage, input_url, output_url, shards, stats, workers, started) -> 
     counts = {k: totals[k] for k in ("in", "kept", "dropped", "quarantined")}
     if counts["in"] != counts["kept"] + counts["dropped"] + counts["quarantined"]:
         raise CountsDoNotReconcile(f"{stage.name}: counts do not reconcile: {counts}")
-    input_manifest = None
-    if input_url and Dataset(input_url).is_complete():
-        input_manifest = hashlib.sha256(storage.read_bytes(Dataset(input_url).manifest_url)).hexdigest()
     elapsed = time.time() - started
     return {
         "stage": stage.name,
+        "type": fingerprint["type"],
+        "declares": declarations(stage),
+        "engine": engine.name,
         "tamis_version": __version__,
         "input": input_url,
-        "input_manifest_sha256": input_manifest,
+        "input_manifest_sha256": fingerprint["input"].get("manifest_sha256"),
         "output": output_url,
         "params": stage.params.model_dump(mode="json"),
+        "fingerprint_sha256": hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest(),
         "counts": counts,
         "drop_reasons": dict(sorted(drop_reasons.items())),
         "quarantine_reasons": dict(sorted(quarantine_reasons.items())),
         "metrics": dict(sorted(metrics.items())),
         "input_bytes": sum(s.size_bytes for s in shards),
         "parts": parts,
-        "workers": workers,
+        "workers": engine.workers,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 3),
         "docs_per_s": round(counts["in"] / elapsed, 1) if elapsed > 0 else None,
     }
+
+
+def declarations(stage: Stage) -> dict[str, Any]:
+    """What a stage declares about itself, recorded in its manifest for readers (metrics, report)."""
+    return {"kind": stage.kind, "reads_sources": stage.reads_sources, "joins_corpus": stage.joins_corpus,
+            "duplicate_reasons": list(stage.duplicate_reasons)}
 
 
 class _Progress:

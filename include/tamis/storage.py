@@ -68,6 +68,10 @@ def check_reachable(url: str) -> None:
         raise StorageError(f"cannot use S3 bucket {bucket!r} at {endpoint}: {type(exc).__name__}: {exc}") from None
 
 
+def is_s3(url: str) -> bool:
+    return url.startswith("s3://")
+
+
 def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *[p.strip("/") for p in parts]])
 
@@ -81,6 +85,18 @@ def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
     with fs.open(path, "rb") as f:
         return f.read()
+
+
+def sha256(url: str) -> str:
+    """Content hash of a file, read in blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(url: str) -> Any:

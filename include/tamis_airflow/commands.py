@@ -9,10 +9,8 @@ import sys
 RUN_ID = "{{ run_id }}"
 
 
-def tamis_executable(mode: str) -> str:
-    """In a pod the image puts ``tamis`` on PATH; locally, use the one beside this Python."""
-    if mode == "kubernetes":
-        return "tamis"
+def tamis_executable() -> str:
+    """The ``tamis`` beside this Python (a pod's image puts ``tamis`` on PATH instead)."""
     beside = os.path.join(os.path.dirname(sys.executable), "tamis")
     return beside if os.path.exists(beside) else "tamis"
 
@@ -33,5 +31,9 @@ def shell_command(executable: str, argv: list[str]) -> str:
     return " ".join(shlex.quote(part) for part in [executable, *argv])
 
 
-def append_argv(pipeline: str, date: str) -> list[str]:
-    return ["append", "--pipeline", pipeline, "--run-id", RUN_ID, "--date", date]
+def append_argv(pipeline: str, date: str, owner: str) -> list[str]:
+    return ["append", "--pipeline", pipeline, "--run-id", RUN_ID, "--date", date, "--owner", owner]
+
+
+def claim_argv(pipeline: str, date: str, owner: str, wait_s: int) -> list[str]:
+    return ["nightly", "claim", "--pipeline", pipeline, "--date", date, "--owner", owner, "--wait-s", str(wait_s)]

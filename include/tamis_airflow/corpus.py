@@ -1,4 +1,17 @@
-"""The ``corpus_build`` DAG: one task per stage, each followed by its quality gate."""
+"""The ``corpus_build`` DAG: each stage's tasks, each followed by its quality gate.
+
+The tasks of a stage depend on where it runs (``execution.mode``):
+
+* ``local`` and ``spark``: one task running ``tamis run <stage>`` (the command picks the
+  engine from the pipeline);
+* ``kubernetes``: a per-batch stage fans out: a task lists its input shards, pods mapped
+  over batches of shards process them, and one pod writes the manifest; a whole-dataset
+  stage is one pod, or a SparkApplication when it is listed under
+  ``execution.kubernetes.spark.stages``.
+
+The builders read what each stage declares (its kind, whether it reads the sources) and
+never name a particular stage.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +22,20 @@ import pendulum
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Asset, Param, chain
 
-from tamis.pipeline import PIPELINES_DIR, Pipeline, load_pipeline
+from tamis.pipeline import PIPELINES_DIR, ConfigError, Pipeline, check_pipeline, load_pipeline
 from tamis_airflow import commands, kubernetes
 
 START_DATE = pendulum.datetime(2026, 11, 1, tz="UTC")
+
+
+def checked_pipeline(pipeline_name: str) -> Pipeline:
+    """The pipeline, refused at DAG parsing when anything a stage needs is wrong, so that the
+    error shows as the DAG's import error instead of failing a task mid-run."""
+    pipeline = load_pipeline(pipeline_name)
+    problems = check_pipeline(pipeline)
+    if problems:
+        raise ConfigError(f"{pipeline.path}: " + "; ".join(problems))
+    return pipeline
 
 
 def corpus_asset(pipeline: Pipeline) -> Asset:
@@ -46,16 +69,30 @@ def storage_env(pipeline: Pipeline) -> dict[str, str]:
 
 def stage_operator(pipeline: Pipeline, task_id: str, argv: list[str], **kwargs):
     """A task running ``tamis <argv>``: a local process, or a pod / Spark application."""
-    mode = kubernetes.execution_config(pipeline).mode
-    if mode == "kubernetes":
+    if pipeline.execution.mode == "kubernetes":
         return kubernetes.execution_operator(pipeline, task_id, argv, **kwargs)
-    command = commands.shell_command(commands.tamis_executable(mode), argv)
-    return BashOperator(task_id=task_id, bash_command=command, env=storage_env(pipeline) or None,
-                        append_env=True, **kwargs)
+    command = commands.shell_command(commands.tamis_executable(), argv)
+    env = {**storage_env(pipeline), "TAMIS_LEASE_OWNER": kubernetes.LEASE_OWNER}
+    return BashOperator(task_id=task_id, bash_command=command, env=env, append_env=True, **kwargs)
+
+
+def stage_tasks(pipeline: Pipeline, stage: str, argv: list[str], pipeline_ref: str) -> list:
+    """The tasks that run ``stage`` (in order, to be chained): one task, or on Kubernetes
+    a per-batch stage's fan-out (list shards -> mapped pods -> manifest pod)."""
+    cfg = pipeline.execution
+    if (cfg.mode == "kubernetes" and stage not in cfg.kubernetes.spark.stages
+            and pipeline.stage_type(stage).kind == "batch"):
+        batches = kubernetes.shard_batches_task(pipeline, stage, pipeline_ref, argv)
+        mapped = kubernetes.mapped_shard_operator(pipeline, stage, batches)
+        # A stage with no shards (a day without data) maps to nothing; its manifest is still written.
+        manifest = stage_operator(pipeline, f"{stage}_manifest", [*argv, "--manifest-only"],
+                                  trigger_rule="none_failed")
+        return [batches, mapped, manifest]
+    return [stage_operator(pipeline, stage, argv)]
 
 
 def build_corpus_dag(pipeline_name: str = "default", dag_id: str = "corpus_build") -> DAG:
-    pipeline = load_pipeline(pipeline_name)
+    pipeline = checked_pipeline(pipeline_name)
     pipeline_ref = "{{ params.pipeline }}"
     known = sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
     with DAG(
@@ -80,12 +117,11 @@ def build_corpus_dag(pipeline_name: str = "default", dag_id: str = "corpus_build
         tasks = []
         for stage in pipeline.stage_names:
             extra = []
-            if stage == "ingest":
+            if pipeline.stage_type(stage).reads_sources:
                 extra = ["--param", "sources={{ params.sources | tojson }}",
                          "--param", "sample_fraction={{ params.sample_fraction }}"]
-            run = stage_operator(pipeline, f"{stage}", commands.stage_argv(stage, pipeline_ref, extra))
-            gate = stage_operator(pipeline, f"{stage}_gate", commands.gate_argv(stage, pipeline_ref))
-            tasks += [run, gate]
+            tasks += stage_tasks(pipeline, stage, commands.stage_argv(stage, pipeline_ref, extra), pipeline_ref)
+            tasks.append(stage_operator(pipeline, f"{stage}_gate", commands.gate_argv(stage, pipeline_ref)))
         tasks.append(stage_operator(pipeline, "summary", commands.summary_argv(pipeline_ref),
                                     outlets=[corpus_asset(pipeline)]))
         chain(*tasks)

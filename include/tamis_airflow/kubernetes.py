@@ -1,10 +1,12 @@
-"""The production execution path: each stage task as a Kubernetes pod or a Spark application.
+"""The production execution path: each stage task as Kubernetes pods or a Spark application.
 
-A pipeline chooses where its stages run with ``execution.mode`` (``local`` or ``kubernetes``);
-the ``execution.kubernetes`` block below says how. Pods run exactly the ``tamis`` command line
-that the local executor runs, in the project's image; the stages named in
-``execution.kubernetes.spark.stages`` run as SparkApplications built from
-``k8s/spark-application.yaml`` instead.
+A pipeline chooses where its stages run with ``execution.mode``; in ``kubernetes`` mode the
+``execution.kubernetes`` block (:mod:`tamis.execution`) says how. Pods run exactly the
+``tamis`` command line that the local executor runs, in the project's image: a per-batch stage
+as pods mapped over batches of its shards, then one pod that writes the manifest; a
+whole-dataset stage as one pod. The stages named in ``execution.kubernetes.spark.stages``
+run as SparkApplications built from ``k8s/spark-application.yaml`` instead, whose driver runs
+the same command line on Spark (``spark_jobs/run_stage.py``).
 
 Credentials never enter a pod spec: Airflow connections are handed to pods as Kubernetes
 Secrets (``tamis-conn-<conn id>``, built by :func:`connection_secret_manifest`), exposed as env.
@@ -18,153 +20,31 @@ import re
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tamis.execution import ExecutionConfig, KubernetesExecution, check_dns_label
 from tamis.pipeline import ConfigError, Pipeline, load_pipeline
 
 K8S_DIR = Path(__file__).resolve().parents[2] / "k8s"
 # Where the image keeps the bundle (Dockerfile: WORKDIR /opt/tamis).
 IMAGE_ROOT = "/opt/tamis"
 TAMIS = "tamis"
+SPARK_ENTRY = "spark_jobs/run_stage.py"
 CONNECTION_SECRET_PREFIX = "tamis-conn-"
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_quantities(value: dict[str, str]) -> dict[str, str]:
-    for resource, quantity in value.items():
-        if not _QUANTITY.match(str(quantity)):
-            raise ValueError(f"resource {resource!r}: {quantity!r} is not a Kubernetes quantity (e.g. 500m, 2Gi)")
-    return {k: str(v) for k, v in value.items()}
-
-
-def _check_dns_label(value: str) -> str:
-    if not _DNS_LABEL.match(value) or len(value) > 63:
-        raise ValueError(f"{value!r} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)")
-    return value
-
-
-class Resources(_Strict):
-    """Container requests and limits, as Kubernetes quantities."""
-
-    requests: dict[str, str] = Field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
-    limits: dict[str, str] = Field(default_factory=lambda: {"memory": "4Gi"})
-
-    @field_validator("requests", "limits", mode="before")
-    @classmethod
-    def _quantities(cls, value: dict[str, Any] | None) -> dict[str, str]:
-        return _check_quantities(value or {})
-
-
-class Toleration(_Strict):
-    key: str | None = None
-    operator: Literal["Equal", "Exists"] = "Equal"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, ge=0)
-
-
-class SparkRole(_Strict):
-    """Size of the Spark driver or of each executor."""
-
-    cores: int = Field(default=1, ge=1)
-    memory: str = "2g"
-    instances: int = Field(default=1, ge=1)  # executors only
-
-    @field_validator("memory")
-    @classmethod
-    def _jvm_memory(cls, value: str) -> str:
-        if not re.match(r"^[0-9]+[kmgt]$", value):
-            raise ValueError(f"Spark memory {value!r} must look like 512m or 4g")
-        return value
-
-
-class SparkConfig(_Strict):
-    """Stages that run as SparkApplications (spark_jobs/<stage>.py) instead of pods."""
-
-    stages: list[str] = Field(default_factory=lambda: ["near_dedup"])
-    template: str = "spark-application.yaml"  # under k8s/
-    spark_version: str = "4.3.0"
-    service_account: str = "tamis-spark"
-    driver: SparkRole = Field(default_factory=lambda: SparkRole(cores=1, memory="2g"))
-    executor: SparkRole = Field(default_factory=lambda: SparkRole(cores=2, memory="4g", instances=2))
-    conf: dict[str, str] = Field(default_factory=dict)  # sparkConf entries
-
-
-class KubernetesExecution(_Strict):
-    """``execution.kubernetes`` in a pipeline YAML."""
-
-    image: str = "tamis:0.1.0"
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    namespace: str = "tamis"
-    service_account: str = "tamis-runner"
-    kubernetes_conn_id: str | None = "kubernetes_default"
-    in_cluster: bool | None = None
-    pod_template: str = "pod-template.yaml"  # under k8s/
-    resources: Resources = Field(default_factory=Resources)
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    labels: dict[str, str] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
-    # Names of Kubernetes Secrets whose keys become env vars in every pod.
-    secrets: list[str] = Field(default_factory=list)
-    # Names of ConfigMaps whose keys become env vars (k8s/storage-configmap.yaml: tamis-storage).
-    config_maps: list[str] = Field(default_factory=lambda: ["tamis-storage"])
-    # Airflow connection ids whose credentials pods get, through the Secret tamis-conn-<id>.
-    connections: list[str] = Field(default_factory=list)
-    startup_timeout_s: int = Field(default=600, gt=0)
-    # Wall-clock bound of one task; defaults to orchestration.task_timeout_s.
-    execution_timeout_s: int | None = Field(default=None, gt=0)
-    spark: SparkConfig = Field(default_factory=SparkConfig)
-
-    @field_validator("namespace", "service_account")
-    @classmethod
-    def _names(cls, value: str) -> str:
-        return _check_dns_label(value)
-
-    @field_validator("env", mode="before")
-    @classmethod
-    def _env_names(cls, value: dict[str, Any] | None) -> dict[str, str]:
-        value = value or {}
-        for name in value:
-            if not _ENV_NAME.match(name):
-                raise ValueError(f"env var name {name!r} is not valid in a pod")
-        return {k: str(v) for k, v in value.items()}
-
-    @field_validator("secrets", "config_maps")
-    @classmethod
-    def _object_names(cls, value: list[str]) -> list[str]:
-        return [_check_dns_label(name) for name in value]
-
-
-class ExecutionConfig(_Strict):
-    """``execution`` in a pipeline YAML: the switch between this machine and the cluster."""
-
-    mode: Literal["local", "kubernetes"] = "local"
-    kubernetes: KubernetesExecution = Field(default_factory=KubernetesExecution)
 
 
 def execution_config(pipeline: Pipeline) -> ExecutionConfig:
-    try:
-        return ExecutionConfig(**(pipeline.execution or {}))
-    except ValueError as exc:
-        raise ConfigError(f"invalid execution block in {pipeline.path}: {exc}") from exc
+    return pipeline.execution
 
 
 def kubernetes_config(pipeline: Pipeline) -> KubernetesExecution:
-    return execution_config(pipeline).kubernetes
+    return pipeline.execution.kubernetes
 
 
 def connection_secret_name(conn_id: str) -> str:
-    return _check_dns_label(CONNECTION_SECRET_PREFIX + re.sub(r"[^a-z0-9-]+", "-", conn_id.lower()).strip("-"))
+    return check_dns_label(CONNECTION_SECRET_PREFIX + re.sub(r"[^a-z0-9-]+", "-", conn_id.lower()).strip("-"))
 
 
 # --- pods -----------------------------------------------------------------------------
@@ -214,51 +94,61 @@ def kubernetes_stage_operator(pipeline: Pipeline, task_id: str, argv: list[str],
     return KubernetesPodOperator(task_id=task_id, cmds=[TAMIS], arguments=list(argv), **options)
 
 
-def mapped_shard_operator(pipeline: Pipeline, task_id: str, argv: list[str], shard_names, **kwargs):
-    """One pod per input shard: ``tamis <argv> --shard NAME``, mapped over ``shard_names``.
+def mapped_shard_operator(pipeline: Pipeline, task_id: str, argument_lists, **kwargs):
+    """Pods mapped over batches of shards: one ``tamis <argv> --shard A --shard B ...`` each.
 
-    ``shard_names`` is a list or the XComArg of a task returning one (see :func:`input_shard_names`).
-    Each pod commits its shard; an unmapped ``tamis <argv>`` afterwards finds every shard
-    committed (the runner resumes) and publishes the manifest.
+    ``argument_lists`` is the XComArg of :func:`shard_batches_task` (argument lists made at run
+    time, once the input exists). Each pod commits its own shards; a retried pod redoes only
+    those not yet committed. The pods of one run share a lease owner, so they write the
+    stage's dataset together while another run is kept out.
     """
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
 
     cfg = kubernetes_config(pipeline)
     options = {**_pod_kwargs(pipeline, cfg), **kwargs}
-    base = list(argv)
-    if isinstance(shard_names, (list, tuple)):
-        arguments = [shard_argv(base, name) for name in shard_names]
-    else:
-        arguments = shard_names.map(lambda name: shard_argv(base, name))
-    return (KubernetesPodOperator.partial(task_id=task_id, cmds=[TAMIS], **options)
-            .expand(arguments=arguments))
+    options["env_vars"] = [*options["env_vars"], k8s.V1EnvVar(name="TAMIS_LEASE_OWNER", value=LEASE_OWNER)]
+    return (KubernetesPodOperator.partial(task_id=task_id, cmds=[TAMIS], max_active_tis_per_dagrun=cfg.fanout.max_active_tasks,
+                                          **options)
+            .expand(arguments=argument_lists))
 
 
-def shard_argv(argv: list[str], shard: str) -> list[str]:
-    return [*argv, "--shard", shard]
+# Every task of one stage in one run shares it: mapped pods write disjoint shards together.
+LEASE_OWNER = "{{ dag.dag_id }}/{{ run_id }}/{{ task.task_id }}"
 
 
-def input_shard_names(pipeline_ref: str, stage: str, run_id: str,
-                      overrides: dict[str, Any] | None = None) -> list[str]:
-    """Names of the input shards of ``stage`` in run ``run_id``: what a mapped stage fans out over."""
+def shard_batches(pipeline_ref: str, stage: str, run_id: str, argv: list[str], shards_per_task: int) -> list[list[str]]:
+    """``argv`` plus ``--shard`` options, one argument list per batch of the stage's input shards."""
+    from tamis.cli import parse_params, stage_io
+
     pipeline = load_pipeline(pipeline_ref)
-    previous = pipeline.previous_stage(stage)
-    input_url = pipeline.stage_url(run_id, previous) if previous is not None else None
-    return [shard.name for shard in pipeline.stage(stage, overrides).input_shards(input_url)]
+    params = parse_params([argv[i + 1] for i, a in enumerate(argv) if a == "--param"])
+    input_url, _ = stage_io(pipeline, stage, run_id)
+    names = [shard.name for shard in pipeline.stage(stage, params).input_shards(input_url)]
+    return [[*argv, *[x for name in names[i:i + shards_per_task] for x in ("--shard", name)]]
+            for i in range(0, len(names), shards_per_task)]
 
 
-def shard_lister(stage: str, pipeline_ref: str, task_id: str | None = None):
-    """A task returning the input shard names of ``stage``; it lists files, it reads no data.
-
-    ``pipeline_ref`` may be a template (``{{ params.pipeline }}``): it is rendered at run time.
-    """
+def shard_batches_task(pipeline: Pipeline, stage: str, pipeline_ref: str, argv: list[str], **kwargs):
+    """A task that lists a stage's input shards (it reads manifests and listings, no data)
+    and returns the argument lists of the mapped pods. ``pipeline_ref`` and ``argv`` may hold
+    templates; they are rendered when the task runs."""
     from airflow.sdk import task
 
-    @task(task_id=task_id or f"list_{stage}_shards")
-    def list_shards(pipeline: str, stage: str, run_id: str | None = None) -> list[str]:
-        return input_shard_names(pipeline, stage, run_id)
+    connection = pipeline.storage_connection if pipeline.storage_root.startswith("s3://") else None
+    per_task = kubernetes_config(pipeline).fanout.shards_per_task
 
-    return list_shards(pipeline_ref, stage)
+    @task(task_id=f"list_{stage}_shards", **kwargs)
+    def list_shards(pipeline_ref: str, argv: list[str], run_id: str | None = None) -> list[list[str]]:
+        if connection:
+            import os
+
+            from airflow.sdk import Connection
+
+            os.environ.update(connection_env(Connection.get(connection)))
+        return shard_batches(pipeline_ref, stage, run_id, argv, per_task)
+
+    return list_shards(pipeline_ref, argv)
 
 
 # --- Spark ----------------------------------------------------------------------------
@@ -273,7 +163,7 @@ def spark_application(pipeline: Pipeline, stage: str, arguments: list[str]) -> d
     if body.get("kind") != "SparkApplication":
         raise ConfigError(f"{template_path}: expected kind SparkApplication, found {body.get('kind')!r}")
     body = copy.deepcopy(body)
-    name = _check_dns_label(f"tamis-{stage.replace('_', '-')}")
+    name = check_dns_label(f"tamis-{stage.replace('_', '-')}")
     body["metadata"] = {**body.get("metadata", {}), "name": name, "namespace": cfg.namespace}
     body["metadata"]["labels"] = {**body["metadata"].get("labels", {}), "tamis/pipeline": pipeline.name,
                                   "tamis/stage": stage}
@@ -282,7 +172,7 @@ def spark_application(pipeline: Pipeline, stage: str, arguments: list[str]) -> d
         "image": cfg.image,
         "imagePullPolicy": cfg.image_pull_policy,
         "sparkVersion": spark.spark_version,
-        "mainApplicationFile": f"local://{IMAGE_ROOT}/spark_jobs/{stage}.py",
+        "mainApplicationFile": f"local://{IMAGE_ROOT}/{SPARK_ENTRY}",
         "arguments": list(arguments),
         "sparkConf": {**spec.get("sparkConf", {}), **spark.conf},
     })
@@ -312,7 +202,8 @@ def spark_application(pipeline: Pipeline, stage: str, arguments: list[str]) -> d
 
 
 def spark_stage_operator(pipeline: Pipeline, task_id: str, stage: str, arguments: list[str], **kwargs):
-    """A SparkKubernetesOperator that submits spark_jobs/<stage>.py with ``arguments``."""
+    """A SparkKubernetesOperator whose driver runs ``tamis <arguments>`` on Spark
+    (spark_jobs/run_stage.py, the same command line as a pod)."""
     from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import SparkKubernetesOperator
 
     cfg = kubernetes_config(pipeline)
@@ -332,16 +223,12 @@ def spark_stage_operator(pipeline: Pipeline, task_id: str, stage: str, arguments
                                    template_spec={"spark": body}, **options)
 
 
-def spark_arguments(argv: list[str]) -> list[str]:
-    """``tamis run <stage> --pipeline P --run-id R ...`` -> what the Spark job gets: ``--pipeline P --run-id R ...``."""
-    return list(argv[2:])
-
-
 def execution_operator(pipeline: Pipeline, task_id: str, argv: list[str], **kwargs):
-    """The cluster operator for one ``tamis`` command line: a Spark app for Spark stages, else a pod."""
+    """The cluster operator for one ``tamis`` command line: a Spark application for the stages
+    listed under ``kubernetes.spark.stages``, else a pod."""
     cfg = kubernetes_config(pipeline)
     if len(argv) >= 2 and argv[0] == "run" and argv[1] in cfg.spark.stages:
-        return spark_stage_operator(pipeline, task_id, argv[1], spark_arguments(argv), **kwargs)
+        return spark_stage_operator(pipeline, task_id, argv[1], list(argv), **kwargs)
     return kubernetes_stage_operator(pipeline, task_id, argv, **kwargs)
 
 

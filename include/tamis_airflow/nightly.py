@@ -1,4 +1,4 @@
-"""The ``nightly_ingest`` DAG: one date partition a night, appended to the corpus."""
+"""The ``nightly_ingest`` DAG: one date partition a night, appended to the corpus in date order."""
 
 from __future__ import annotations
 
@@ -7,42 +7,43 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import DAG, CronDataIntervalTimetable, chain
 
-from tamis.pipeline import load_pipeline
 from tamis_airflow import commands
-from tamis_airflow.corpus import corpus_asset, default_args, stage_operator
+from tamis_airflow.corpus import checked_pipeline, corpus_asset, default_args, stage_operator, stage_tasks
 
 DATE = "{{ ds }}"
+# The claim on the day belongs to the DAG run: its retried tasks may take it again.
+OWNER = "{{ dag.dag_id }}/{{ run_id }}"
 
 
 def build_nightly_dag(pipeline_name: str = "default", dag_id: str = "nightly_ingest") -> DAG:
-    pipeline = load_pipeline(pipeline_name)
+    pipeline = checked_pipeline(pipeline_name)
+    nightly = pipeline.nightly
+    wait_s = pipeline.orchestration.task_timeout_s - 60
     with DAG(
         dag_id=dag_id,
         description=f"Append each day's new data of pipeline {pipeline.name!r} to its corpus",
         # A data interval, not a trigger time: the run for day D starts once D is over and
         # its logical date (ds) is D, the partition it reads.
-        schedule=CronDataIntervalTimetable(pipeline.nightly.schedule, timezone="UTC"),
-        start_date=pendulum.parse(pipeline.nightly.start_date, tz="UTC"),
-        end_date=pendulum.parse(pipeline.nightly.end_date, tz="UTC") if pipeline.nightly.end_date else None,
-        catchup=pipeline.nightly.catchup,
-        # Days are appended in order: each one is deduplicated against all before it.
+        schedule=CronDataIntervalTimetable(nightly.schedule, timezone="UTC"),
+        start_date=pendulum.parse(nightly.start_date, tz="UTC"),
+        end_date=pendulum.parse(nightly.end_date, tz="UTC") if nightly.end_date else None,
+        catchup=nightly.catchup,
         max_active_runs=1,
         default_args=default_args(pipeline),
         tags=["tamis", "corpus", "nightly"],
         doc_md=Path(__file__).with_name("nightly_ingest.md").read_text(),
     ) as dag:
-        tasks = []
+        # Days are appended in order, one at a time, whatever runs them: each is deduplicated
+        # against every day before it (tamis.nightly).
+        tasks = [stage_operator(pipeline, "claim_day", commands.claim_argv(pipeline.name, DATE, OWNER, max(wait_s, 60)))]
+        corpus = pipeline.corpus(DATE)
         for stage in pipeline.corpus_stages:
-            extra: list[str] = []
-            if stage == "ingest":
-                extra = ["--param", f"date={DATE}"]
-            elif stage == "exact_dedup":
-                extra = ["--param", f"corpus_url={pipeline.corpus_url}", "--param", f"exclude_partition={DATE}"]
-            elif stage == "near_dedup":
-                # The day's part of the index is named after the day: a re-run replaces it.
-                extra = ["--param", f"index_url={pipeline.near_dedup_index_url}", "--param", f"index_part=date={DATE}"]
-            tasks.append(stage_operator(pipeline, stage, commands.stage_argv(stage, pipeline.name, extra)))
-            tasks.append(stage_operator(pipeline, f"{stage}_gate", [*commands.gate_argv(stage, pipeline.name), "--allow-empty"]))
-        tasks.append(stage_operator(pipeline, "append", commands.append_argv(pipeline.name, DATE), outlets=[corpus_asset(pipeline)]))
+            extra = [x for key, value in pipeline.stage(stage).corpus_params(corpus).items()
+                     for x in ("--param", f"{key}={value}")]
+            tasks += stage_tasks(pipeline, stage, commands.stage_argv(stage, pipeline.name, extra), pipeline.name)
+            tasks.append(stage_operator(pipeline, f"{stage}_gate",
+                                        [*commands.gate_argv(stage, pipeline.name), "--allow-empty"]))
+        tasks.append(stage_operator(pipeline, "append", commands.append_argv(pipeline.name, DATE, OWNER),
+                                    outlets=[corpus_asset(pipeline)]))
         chain(*tasks)
     return dag

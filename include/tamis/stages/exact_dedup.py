@@ -2,8 +2,11 @@
 
 "Earlier" is a deterministic order: parts in manifest order (date, source, file),
 then rows within a part, so the survivor of a duplicate group is the first ingested
-copy. Map: each worker hashes its shard. Reduce: one sort over 128-bit hashes finds
-the first occurrence of each. Apply: each worker drops its own duplicates.
+copy. Plan: each shard's rows are hashed (a map step on the engine's workers), one
+sort over the 128-bit hashes (numpy locally; a Spark window partitioned by hash on
+Spark) finds the first occurrence of each, and every shard's duplicates (row numbers
+with the survivor's id) are written to its drop plan under ``_work/``. Apply: each shard
+drops the rows its plan lists.
 
 With ``corpus_url`` (the nightly ingest), the hashes of the existing corpus come first,
 so a document the corpus already holds is dropped without its text being read again.
@@ -11,20 +14,20 @@ so a document the corpus already holds is dropped without its text being read ag
 
 from __future__ import annotations
 
-import hashlib
-from concurrent.futures import ProcessPoolExecutor
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tamis import storage
-from tamis.runner import process_context
-from tamis.stage import BatchResult, InputShard, Stage, StageParams, drop_listed_rows
+from tamis.corpus import content_hashes, corpus_state, hash_files, known_hashes
+from tamis.stage import CorpusContext, DropListStage, InputShard, StageParams, write_drop_plan
 
+REASON = "exact_duplicate"
 _HASH_BYTES = 16
+# Spark takes no fixed-size binary: hashes travel as plain binary there.
+_HASHED_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("id", pa.string()), ("hash", pa.binary())])
 
 
 class ExactDedupParams(StageParams):
@@ -36,57 +39,102 @@ class ExactDedupParams(StageParams):
     exclude_partition: str | None = None
 
 
-class ExactDedup(Stage):
-    name = "exact_dedup"
+class ExactDedup(DropListStage):
+    type_name = "exact_dedup"
     Params = ExactDedupParams
+    params: ExactDedupParams
+    drop_reason = REASON
+    duplicate_reasons = (REASON,)
 
-    def __init__(self, params=None, context=None):
-        super().__init__(params, context)
-        self._duplicates: dict[str, tuple[np.ndarray, list[str]]] = {}
+    @property
+    def corpus_hash_key(self) -> str:
+        return self.params.key
 
-    def prepare(self, shards: list[InputShard], work_url: str, workers: int) -> None:
-        urls = [s.url for s in shards]
-        if workers > 1 and len(shards) > 1:
-            context = process_context()
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                hashed = list(pool.map(_hash_shard, urls, [self.params.key] * len(urls)))
-        else:
-            hashed = [_hash_shard(url, self.params.key) for url in urls]
+    def corpus_params(self, corpus: CorpusContext) -> dict[str, Any]:
+        return {"corpus_url": corpus.url, "exclude_partition": corpus.date}
+
+    def dependencies(self, output_url: str) -> dict[str, str]:
+        if not self.params.corpus_url:
+            return {}
+        return {"corpus": corpus_state(self.params.corpus_url, self.params.exclude_partition)}
+
+    # -- plan ----------------------------------------------------------------------------
+
+    def plan(self, shards: list[InputShard], work_url: str, engine) -> dict[str, int]:
+        hashed = engine.map(_hash_shard, [s.url for s in shards])
         names = [s.name for s in shards]
         if self.params.corpus_url:
-            from tamis.corpus import known_hashes
-
             # The corpus goes first: a document it already holds is the survivor.
             hashed.insert(0, known_hashes(self.params.corpus_url, self.params.exclude_partition))
             names.insert(0, "_corpus")
-        self._duplicates = _find_duplicates(names, hashed)
+        duplicates = find_duplicates(names, hashed)
+        for name, (rows, survivors) in duplicates.items():
+            write_drop_plan(work_url, name, rows, survivors)
+        return {"exact_dedup.corpus_documents": len(hashed[0][1]) if self.params.corpus_url else 0}
 
-    def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
-        rows, survivors = self._duplicates.get(shard.name, (np.empty(0, np.int64), []))
-        for _, result in drop_listed_rows(shard, rows, survivors, "exact_duplicate"):
-            yield result
+    def plan_spark(self, shards: list[InputShard], work_url: str, run) -> dict[str, int]:
+        """The same plan as Spark jobs: hashes per shard on the executors, the first of each
+        hash by a window partitioned by hash, each shard's plan file written by a task."""
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
 
-    def process_batch(self, table: pa.Table) -> BatchResult:
-        raise AssertionError("exact_dedup filters in run_shard")
+        items = [(i, s.url) for i, s in enumerate(shards)]
+        frames = run.frame(_hashed_rows, items, _HASHED_SCHEMA)
+        corpus_documents = 0
+        if self.params.corpus_url:
+            files = hash_files(self.params.corpus_url, self.params.exclude_partition)
+            # Corpus files get shard numbers -n..-1 in date order: all before the new shards.
+            corpus = run.frame(_corpus_rows, [(i - len(files), url) for i, url in enumerate(files)], _HASHED_SCHEMA)
+            corpus_documents = corpus.count()
+            frames = corpus.unionByName(frames)
+        first = Window.partitionBy("hash").orderBy("shard", "row")
+        ranked = frames.withColumn("survivor", F.first("id").over(first)) \
+            .withColumn("rank", F.row_number().over(first))
+        duplicates = ranked.where((F.col("rank") > 1) & (F.col("shard") >= 0)).select("shard", "row", "survivor")
+        names = [s.name for s in shards]
+        duplicates.groupBy("shard").applyInArrow(
+            lambda table: _write_shard_plan(table, names, work_url), "shard int, rows long").collect()
+        return {"exact_dedup.corpus_documents": corpus_documents}
 
 
-def _hash_shard(url: str, key: str) -> tuple[np.ndarray, list[str]]:
+def _hash_shard(stage: ExactDedup, url: str) -> tuple[np.ndarray, list[str]]:
     fs, path = storage.filesystem(url)
     with fs.open(path, "rb") as f:
         table = pq.read_table(f, columns=["id", "text"])
-    return content_hashes(table.column("text"), key), table.column("id").to_pylist()
+    return content_hashes(table.column("text"), stage.params.key), table.column("id").to_pylist()
 
 
-def content_hashes(text: pa.ChunkedArray | pa.Array, key: str = "normalized") -> np.ndarray:
-    """128-bit content hashes as an (n, 16) uint8 array."""
-    if key == "normalized":
-        text = pc.replace_substring_regex(pc.utf8_lower(text), r"\s+", " ")
-        text = pc.utf8_trim_whitespace(text)
-    digests = b"".join(hashlib.blake2b(t.encode(), digest_size=_HASH_BYTES).digest() for t in text.to_pylist())
-    return np.frombuffer(digests, dtype=np.uint8).reshape(-1, _HASH_BYTES)
+def _hashed_rows(stage: ExactDedup, item: tuple[int, str]) -> Iterator[pa.Table]:
+    shard, url = item
+    hashes, ids = _hash_shard(stage, url)
+    yield _hashed_table(shard, hashes, ids)
 
 
-def _find_duplicates(names: list[str], hashed: list[tuple[np.ndarray, list[str]]]) -> dict[str, tuple[np.ndarray, list[str]]]:
+def _corpus_rows(stage: ExactDedup, item: tuple[int, str]) -> Iterator[pa.Table]:
+    shard, url = item
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f)
+    n = table.num_rows
+    yield pa.table({"shard": pa.array(np.full(n, shard, np.int32)), "row": pa.array(np.arange(n, dtype=np.int64)),
+                    "id": table.column("id"), "hash": table.column("hash").cast(pa.binary())}, schema=_HASHED_SCHEMA)
+
+
+def _hashed_table(shard: int, hashes: np.ndarray, ids: list[str]) -> pa.Table:
+    n = len(ids)
+    offsets = np.arange(n + 1, dtype=np.int32) * _HASH_BYTES
+    column = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(hashes.tobytes())])
+    return pa.table({"shard": pa.array(np.full(n, shard, np.int32)), "row": pa.array(np.arange(n, dtype=np.int64)),
+                     "id": pa.array(ids, pa.string()), "hash": column}, schema=_HASHED_SCHEMA)
+
+
+def _write_shard_plan(table: pa.Table, names: list[str], work_url: str) -> pa.Table:
+    shard = int(table.column("shard")[0].as_py())
+    write_drop_plan(work_url, names[shard], table.column("row"), table.column("survivor"))
+    return pa.table({"shard": pa.array([shard], pa.int32()), "rows": pa.array([table.num_rows], pa.int64())})
+
+
+def find_duplicates(names: list[str], hashed: list[tuple[np.ndarray, list[str]]]) -> dict[str, tuple[np.ndarray, list[str]]]:
     """For each shard: the row numbers that repeat an earlier document, and that document's id."""
     sizes = [len(ids) for _, ids in hashed]
     if sum(sizes) == 0:
@@ -110,4 +158,5 @@ def _find_duplicates(names: list[str], hashed: list[tuple[np.ndarray, list[str]]
         rows = row_of[duplicates[mask]]
         by_row = np.argsort(rows)
         result[names[shard_index]] = (rows[by_row], [all_ids[i] for i in survivor_of_duplicate[mask][by_row]])
+    result.pop("_corpus", None)
     return result

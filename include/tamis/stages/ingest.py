@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from tamis import storage
-from tamis.stage import QUARANTINE_SCHEMA, BatchResult, InputShard, Stage, StageParams, split_by_reason
+from tamis.stage import QUARANTINE_SCHEMA, BatchResult, CorpusContext, InputShard, Stage, StageParams, split_by_reason
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -53,8 +53,13 @@ class IngestParams(StageParams):
 
 
 class Ingest(Stage):
-    name = "ingest"
+    type_name = "ingest"
     Params = IngestParams
+    reads_sources = True
+    default_gate = {"required_columns": ["id", "source", "date", "text"]}
+
+    def corpus_params(self, corpus: CorpusContext) -> dict:
+        return {"date": corpus.date}  # only the day's partition of each source
 
     def check_ready(self) -> None:
         sources = self.context.get("sources", {})

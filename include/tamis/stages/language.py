@@ -70,7 +70,7 @@ class LanguageParams(StageParams):
 
 
 class LanguageFilter(Stage):
-    name = "language"
+    type_name = "language"
     Params = LanguageParams
 
     def process_batch(self, table: pa.Table) -> BatchResult:

@@ -1,6 +1,6 @@
 """Mix: weighted sampling of tokenized documents by source, to a token budget.
 
-The plan is made once over the whole dataset (``prepare``) from three light columns
+The plan is made once over the whole dataset from three light columns
 (``source``, ``token_count``, row position): each source gets ``weight * budget``
 tokens. A source that has fewer tokens than its share is repeated, whole epochs
 first, up to its epoch cap; the fractional rest of an epoch is a seeded random subset
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from tamis import storage
-from tamis.stage import READ_BATCH_ROWS, BatchResult, InputShard, Stage, StageParams, split_by_reason
+from tamis.stage import BatchResult, DatasetStage, InputShard, StageParams, iter_shard_batches, split_by_reason
 
 log = logging.getLogger("tamis.stages.mix")
 
@@ -88,16 +88,12 @@ class MixParams(StageParams):
         return self.max_epochs_by_source.get(source, self.max_epochs)
 
 
-class Mix(Stage):
-    name = "mix"
+class Mix(DatasetStage):
+    type_name = "mix"
     Params = MixParams
     params: MixParams
-
-    def __init__(self, params=None, context=None):
-        super().__init__(params, context)
-        self._plan_dir: str | None = None
-        self._first_shard: str | None = None
-        self._plan: dict[str, dict[str, Any]] = {}
+    joins_corpus = False
+    default_gate = {"required_columns": ["id", "source", "input_ids", "token_count"], "max_drop_rate": 0.9}
 
     def check_ready(self) -> None:
         sources = self.context.get("sources")
@@ -111,91 +107,112 @@ class Mix(Stage):
 
     # -- reduce: the global plan -------------------------------------------------------
 
-    def prepare(self, shards: list[InputShard], work_url: str, workers: int) -> None:
-        codes, present, tokens, offsets = _read_plan_columns(shards)
-        weights = self.params.weights
-        names = sorted(set(present) | set(weights))
-        code_of = {s: i for i, s in enumerate(present)}
+    def plan(self, shards: list[InputShard], work_url: str, run) -> dict[str, int]:
+        columns = run.map(_plan_columns, [s.url for s in shards])
+        codes, present, tokens, offsets = _encode(columns)
         by_code_tokens = np.bincount(codes, weights=tokens, minlength=len(present)).astype(np.int64)
         by_code_docs = np.bincount(codes, minlength=len(present))
-        available = {s: int(by_code_tokens[code_of[s]]) if s in code_of else 0 for s in names}
-        docs = {s: int(by_code_docs[code_of[s]]) if s in code_of else 0 for s in names}
-        empty = sorted(s for s, w in weights.items() if w > 0 and available[s] == 0)
+        available = {s: int(by_code_tokens[i]) for i, s in enumerate(present)}
+        docs = {s: int(by_code_docs[i]) for i, s in enumerate(present)}
+        budget, targets = self._targets(available, docs)
+        copies = np.zeros(codes.size, dtype=np.int32)
+        realized = {}
+        for source, target in targets.items():
+            rows = np.flatnonzero(codes == present.index(source)) if source in present else np.zeros(0, np.int64)
+            realized[source] = _select(copies, rows, tokens[rows], target, _source_rng(self.params.seed, source))
+        for shard, start, stop in zip(shards, offsets[:-1], offsets[1:]):
+            _write_copies(work_url, shard.name, copies[start:stop])
+        return self._finish_plan(work_url, budget, available, realized)
+
+    def plan_spark(self, shards: list[InputShard], work_url: str, run) -> dict[str, int]:
+        """The same plan on Spark: token totals per source by an aggregation, each source's
+        seeded selection in one group (its rows in dataset order), each shard's copy counts
+        written by a task."""
+        from pyspark.sql import functions as F
+
+        rows = run.frame(_plan_rows, [(i, s.url) for i, s in enumerate(shards)], _PLAN_ROWS).cache()
+        totals = rows.groupBy("source").agg(F.sum("tokens").alias("tokens"), F.count("*").alias("docs")).toArrow()
+        available = dict(zip(totals.column("source").to_pylist(), totals.column("tokens").to_pylist()))
+        docs = dict(zip(totals.column("source").to_pylist(), totals.column("docs").to_pylist()))
+        budget, targets = self._targets({s: int(t) for s, t in available.items()}, {s: int(d) for s, d in docs.items()})
+        seed = self.params.seed
+        chosen = rows.groupBy("source").applyInArrow(
+            lambda table: _select_group(table, targets, seed), "shard int, row long, tokens long, copies int").cache()
+        realized_rows = chosen.join(rows.select("shard", "row", "source"), ["shard", "row"]) \
+            .groupBy("source").agg(F.sum(F.col("tokens") * F.col("copies")).alias("tokens")).toArrow()
+        realized = {s: int(t) for s, t in zip(realized_rows.column("source").to_pylist(), realized_rows.column("tokens").to_pylist())
+                    if s in targets}
+        names = [s.name for s in shards]
+        chosen.groupBy("shard").applyInArrow(lambda table: _write_group(table, names, work_url), "shard int").collect()
+        for shard in shards:  # an empty part has no group: its plan is empty
+            if not storage.exists(_copies_url(work_url, shard.name)):
+                _write_copies(work_url, shard.name, np.zeros(0, np.int32))
+        chosen.unpersist()
+        rows.unpersist()
+        return self._finish_plan(work_url, budget, {s: int(t) for s, t in available.items()}, realized)
+
+    def _targets(self, available: dict[str, int], docs: dict[str, int]) -> tuple[int, dict[str, float]]:
+        """The token budget and each weighted source's token target, within its epoch cap."""
+        weights = self.params.weights
+        empty = sorted(s for s, w in weights.items() if w > 0 and available.get(s, 0) == 0)
         if empty:
-            detail = ", ".join(f"{s} ({docs[s]} documents)" for s in empty)
+            detail = ", ".join(f"{s} ({docs.get(s, 0)} documents)" for s in empty)
             raise MixError(f"mix: sources with a weight have no tokens in the input: {detail}")
         budget = self.params.token_budget or sum(available[s] for s, w in weights.items() if w > 0)
+        return budget, {s: min(w * budget, self.params.cap(s) * available[s]) for s, w in weights.items() if w > 0}
 
-        copies = np.zeros(codes.size, dtype=np.int32)
+    def _finish_plan(self, work_url: str, budget: int, available: dict[str, int], realized: dict[str, int]) -> dict[str, int]:
+        weights = self.params.weights
         plan: dict[str, dict[str, Any]] = {}
-        for source in names:
-            rows = np.flatnonzero(codes == code_of[source]) if source in code_of else np.zeros(0, np.int64)
+        for source in sorted(set(available) | set(weights)):
             weight = float(weights.get(source, 0.0))
             requested = weight * budget
             if weight == 0:
-                plan[source] = _plan_entry(weight, requested, available[source], 0, capped=False)
+                plan[source] = _plan_entry(weight, requested, available.get(source, 0), 0, capped=False)
                 continue
             cap = self.params.cap(source)
-            allowed = cap * available[source]
-            capped = requested > allowed + 0.5
-            target = min(requested, allowed)
-            realized = _select(copies, rows, tokens[rows], target, _source_rng(self.params.seed, source))
-            plan[source] = _plan_entry(weight, requested, available[source], realized, capped, cap)
+            capped = requested > cap * available[source] + 0.5
+            plan[source] = _plan_entry(weight, requested, available[source], realized.get(source, 0), capped, cap)
             if capped:
                 log.warning(
                     "mix: source %r cannot reach its share: %d tokens requested, %d available x %.3g epochs cap;"
-                    " it gives %d tokens", source, round(requested), available[source], cap, realized,
+                    " it gives %d tokens", source, round(requested), available[source], cap, realized.get(source, 0),
                 )
         total = sum(p["tokens"] for p in plan.values()) or 1
         for entry in plan.values():
             entry["realized_share"] = entry["tokens"] / total
-        self._plan = plan
-
-        # Each worker reads only its shard's copy counts, so the pickled stage stays small.
-        self._plan_dir = storage.join(work_url, "mix")
-        fs, path = storage.filesystem(self._plan_dir)
-        fs.makedirs(path, exist_ok=True)
-        for shard, start, stop in zip(shards, offsets[:-1], offsets[1:]):
-            storage.write_bytes_atomic(
-                storage.join(self._plan_dir, f"{shard.name}.npy"), _npy_bytes(copies[start:stop]), work_url
-            )
         summary = {"budget": budget, "seed": self.params.seed, "sources": plan}
-        storage.write_json_atomic(storage.join(self._plan_dir, "plan.json"), summary, work_url)
-        self._first_shard = shards[0].name if shards else None
+        storage.write_json_atomic(storage.join(work_url, "mix", "plan.json"), summary, work_url)
         log.info("mix: plan %s", json.dumps({s: round(p["realized_share"], 4) for s, p in plan.items()}))
+        metrics = {}
+        for source, entry in plan.items():
+            metrics[f"mix.tokens_requested.{source}"] = round(entry["requested_tokens"])
+            metrics[f"mix.capped.{source}"] = int(entry["capped"])
+        return metrics
 
     # -- map: apply the plan to one shard ---------------------------------------------
 
-    def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
-        if self._plan_dir is None:
-            raise MixError("mix: run_shard called before prepare(); run the stage through tamis.runner.run_stage")
-        copies = np.load(io.BytesIO(storage.read_bytes(storage.join(self._plan_dir, f"{shard.name}.npy"))))
+    def apply(self, shard: InputShard, work_url: str) -> Iterator[BatchResult]:
+        url = _copies_url(work_url, shard.name)
+        if not storage.exists(url):
+            raise MixError(f"mix: no plan for shard {shard.name} under {work_url}; the plan step must run first")
+        copies = np.load(io.BytesIO(storage.read_bytes(url)))
         weighted = {s for s, w in self.params.weights.items() if w > 0}
-        # Global figures go into one shard's counters so the manifest sums them once.
-        plan_metrics: Counter = Counter()
-        if shard.name == self._first_shard:
-            for source, entry in self._plan.items():
-                plan_metrics[f"mix.tokens_requested.{source}"] = round(entry["requested_tokens"])
-                plan_metrics[f"mix.capped.{source}"] = int(entry["capped"])
         max_copies = int(copies.max()) if copies.size else 0
         for epoch in range(max(max_copies, 1)):
             start = 0
-            for batch in _iter_shard(shard):
+            for _, batch in iter_shard_batches(shard):
                 n = batch.num_rows
                 counts = copies[start:start + n]
                 start += n
                 if epoch == 0:
-                    result = self._first_pass(batch, counts, weighted)
-                    result.metrics.update(plan_metrics)
-                    plan_metrics = Counter()
-                    yield result
+                    yield self._first_pass(batch, counts, weighted)
                 elif n:
                     yield self._repeat_pass(batch, counts, epoch)
             if start != copies.size:
                 raise MixError(
                     f"mix: shard {shard.name} has {start} rows but the plan has {copies.size}; the input changed"
                 )
-
     def _first_pass(self, batch: pa.Table, counts: np.ndarray, weighted: set[str]) -> BatchResult:
         source = batch.column("source")
         is_weighted = pc.is_in(source, value_set=pa.array(sorted(weighted), pa.string()))
@@ -279,50 +296,76 @@ def _plan_entry(weight, requested, available, realized, capped, cap=None) -> dic
     }
 
 
-def _read_plan_columns(shards: list[InputShard]) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-    """Every row's source (as a code into the returned source names) and token count,
-    plus each shard's first row number (and the total at the end)."""
-    sources, tokens, offsets = [], [], [0]
-    for shard in shards:
-        fs, path = storage.filesystem(shard.url)
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            names = parquet.schema_arrow.names
-            missing = [c for c in ("id", "source") if c not in names]
-            if missing or ("token_count" not in names and "input_ids" not in names):
-                raise MixError(
-                    f"mix: {shard.url} lacks {missing or ['token_count']}; mix runs on tokenized documents "
-                    f"(columns id, source, token_count); it has {names}"
-                )
-            column = "token_count" if "token_count" in names else "input_ids"
-            table = parquet.read(columns=["source", column])
-        count = table.column(column)
-        if column == "input_ids":
-            count = pc.list_value_length(count)
-        if count.null_count or table.column("source").null_count:
-            raise MixError(f"mix: {shard.url} has null source or token counts")
-        sources.append(table.column("source").cast(pa.string()))
-        tokens.append(count.to_numpy().astype(np.int64))
-        offsets.append(offsets[-1] + table.num_rows)
-    if not sources:
-        return np.zeros(0, np.int32), [], np.zeros(0, np.int64), np.array(offsets)
-    # Encoding the chunked column at once gives one dictionary, so codes agree across shards.
-    column = pa.chunked_array([chunk for part in sources for chunk in part.chunks], pa.string())
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
-    return codes, encoded.dictionary.to_pylist(), np.concatenate(tokens), np.array(offsets)
+_PLAN_ROWS = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("source", pa.string()), ("tokens", pa.int64())])
 
 
-def _iter_shard(shard: InputShard) -> Iterator[pa.Table]:
-    fs, path = storage.filesystem(shard.url)
+def _plan_columns(stage: Mix, url: str) -> tuple[pa.Array, np.ndarray]:
+    """A shard's source and token count per row: all the plan reads."""
+    fs, path = storage.filesystem(url)
     with fs.open(path, "rb") as f:
         parquet = pq.ParquetFile(f)
-        produced = False
-        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS):
-            produced = True
-            yield pa.Table.from_batches([batch])
-        if not produced:  # an empty part still yields one (empty) batch so its schema carries over
-            yield parquet.schema_arrow.empty_table()
+        names = parquet.schema_arrow.names
+        missing = [c for c in ("id", "source") if c not in names]
+        if missing or ("token_count" not in names and "input_ids" not in names):
+            raise MixError(
+                f"mix: {url} lacks {missing or ['token_count']}; mix runs on tokenized documents "
+                f"(columns id, source, token_count); it has {names}"
+            )
+        column = "token_count" if "token_count" in names else "input_ids"
+        table = parquet.read(columns=["source", column])
+    count = table.column(column)
+    if column == "input_ids":
+        count = pc.list_value_length(count)
+    if count.null_count or table.column("source").null_count:
+        raise MixError(f"mix: {url} has null source or token counts")
+    return table.column("source").cast(pa.string()).combine_chunks(), count.to_numpy().astype(np.int64)
+
+
+def _plan_rows(stage: Mix, item: tuple[int, str]) -> Iterator[pa.Table]:
+    shard, url = item
+    sources, tokens = _plan_columns(stage, url)
+    n = len(tokens)
+    yield pa.table({"shard": pa.array(np.full(n, shard, np.int32)), "row": pa.array(np.arange(n, dtype=np.int64)),
+                    "source": sources, "tokens": pa.array(tokens)}, schema=_PLAN_ROWS)
+
+
+def _encode(columns: list[tuple[pa.Array, np.ndarray]]) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Every row's source as a code into the returned source names, its token count, and
+    each shard's first row number (and the total at the end)."""
+    offsets = np.concatenate([[0], np.cumsum([len(t) for _, t in columns])]).astype(np.int64)
+    if not columns or offsets[-1] == 0:
+        return np.zeros(0, np.int32), [], np.zeros(0, np.int64), offsets
+    # Encoding the chunked column at once gives one dictionary, so codes agree across shards.
+    encoded = pc.dictionary_encode(pa.chunked_array([s for s, _ in columns], pa.string())).combine_chunks()
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+    return codes, encoded.dictionary.to_pylist(), np.concatenate([t for _, t in columns]), offsets
+
+
+def _select_group(table: pa.Table, targets: dict[str, float], seed: int) -> pa.Table:
+    """One source's rows (Spark group), in dataset order, with their copy counts."""
+    table = table.sort_by([("shard", "ascending"), ("row", "ascending")])
+    source = table.column("source")[0].as_py()
+    tokens = table.column("tokens").to_numpy()
+    copies = np.zeros(table.num_rows, dtype=np.int32)
+    if source in targets:
+        _select(copies, np.arange(table.num_rows), tokens, targets[source], _source_rng(seed, source))
+    return pa.table({"shard": table.column("shard"), "row": table.column("row"), "tokens": table.column("tokens"),
+                     "copies": pa.array(copies)})
+
+
+def _write_group(table: pa.Table, names: list[str], work_url: str) -> pa.Table:
+    table = table.sort_by("row")
+    shard = int(table.column("shard")[0].as_py())
+    _write_copies(work_url, names[shard], table.column("copies").to_numpy().astype(np.int32))
+    return pa.table({"shard": pa.array([shard], pa.int32())})
+
+
+def _copies_url(work_url: str, shard_name: str) -> str:
+    return storage.join(work_url, "mix", f"{shard_name}.npy")
+
+
+def _write_copies(work_url: str, shard_name: str, copies: np.ndarray) -> None:
+    storage.write_bytes_atomic(_copies_url(work_url, shard_name), _npy_bytes(copies), work_url)
 
 
 def _per_source(table: pa.Table, prefix: str, tokens: bool = True) -> dict[str, int]:

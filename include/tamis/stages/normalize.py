@@ -29,7 +29,7 @@ class NormalizeParams(StageParams):
 
 
 class Normalize(Stage):
-    name = "normalize"
+    type_name = "normalize"
     Params = NormalizeParams
 
     def process_batch(self, table: pa.Table) -> BatchResult:

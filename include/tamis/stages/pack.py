@@ -14,14 +14,15 @@ ids), ``doc_ids``, ``source`` and ``doc_offsets`` (start of each document, or do
 piece, in the sequence) so a trainer can mask attention across documents, and
 ``n_pad``. Documents are separated by the end-of-text token the tokenize stage appends.
 
-Packing is a whole-dataset step shaped as map -> reduce -> shuffle -> write:
-``prepare`` reads only ``token_count`` of every shard and plans every sequence with
-numpy (best-fit placement is one loop over documents, never over tokens: about a second
-per million documents), then each input shard scatters its token slices to the output
-part that will hold their sequence (under ``_work/``); each output part then assembles
-its sequences from its own pieces. The plan holds a few integers per document; a worker
-holds one shard's tokens. The plan depends only on the data, so it is deterministic
-and a resumed run plans the same sequences.
+Packing is a whole-dataset step shaped as map -> reduce -> shuffle -> write. The plan
+reads only ``token_count`` of every shard (a map step on the engine's workers) and
+plans every sequence with numpy (best-fit placement is one loop over documents, never
+over tokens: about a second per million documents); then each input shard scatters its
+token slices to the output part that will hold their sequence (under ``_work/pack/``,
+again on the workers: a shuffle through the store, so it is the same on Spark); apply
+then assembles each output part's sequences from its own pieces. The plan holds a few
+integers per document; a worker holds one shard's tokens. The plan depends only on the
+data, so it is deterministic.
 
 Counts: a row of this stage is a sequence, so the manifest's in/kept count sequences;
 the documents are counted in the metrics ``pack.docs_packed`` (documents whose first
@@ -32,7 +33,6 @@ token is in a sequence) and ``pack.doc_pieces``, beside ``pack.sequences``,
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from typing import Iterator, Literal
 
 import numpy as np
@@ -41,9 +41,8 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from tamis import storage
-from tamis.dataset import Dataset
-from tamis.runner import process_context
-from tamis.stage import BatchResult, InputShard, Stage, StageParams
+from tamis.stage import BatchResult, DatasetStage, InputShard, PathOrName, StageParams
+from tamis.stages.tokenize import tokenizer_dependency
 from tamis.tokenizer import load_tokenizer, pad_id
 
 OUTPUT_SCHEMA = pa.schema(
@@ -71,7 +70,7 @@ _ROWS_PER_BATCH = 1024
 
 class PackParams(StageParams):
     # The tokenizer the tokenize stage used (it names the padding token); relative to include/pipelines.
-    tokenizer: str = "../sample/tokenizer.json"
+    tokenizer: PathOrName = "../sample/tokenizer.json"
     pad_token: str | None = None  # None: <|pad|>, <pad>, [PAD]... or the end-of-text token when there is none
     seq_len: int = Field(default=2048, ge=2)
     mode: Literal["best_fit", "concat"] = "best_fit"
@@ -81,31 +80,29 @@ class PackPlanError(ValueError):
     pass
 
 
-class Pack(Stage):
-    name = "pack"
+class Pack(DatasetStage):
+    type_name = "pack"
     Params = PackParams
+    params: PackParams
+    joins_corpus = False
+    default_gate = {"required_columns": ["id", "input_ids", "doc_ids", "doc_offsets", "n_pad"], "min_text_chars": None}
 
-    def __init__(self, params=None, context=None):
-        super().__init__(params, context)
+    def __init__(self, params=None, context=None, name=None):
+        super().__init__(params, context, name)
         self._pad_id: int | None = None
-        # output part name -> the piece files it assembles its sequences from
-        self._parts: dict[str, list[str]] = {}
-        self._empty_docs = 0
-        self._work_url = ""
+
+    def setup(self) -> None:
+        tokenizer = load_tokenizer(self.params.tokenizer)
+        self._pad_id = pad_id(tokenizer, self.params.tokenizer, self.params.pad_token)
 
     def check_ready(self) -> None:
-        self._pad()
+        self.setup()
 
-    def _pad(self) -> int:
-        if self._pad_id is None:
-            tokenizer = load_tokenizer(self.params.tokenizer)
-            self._pad_id = pad_id(tokenizer, self.params.tokenizer, self.params.pad_token)
-        return self._pad_id
+    def dependencies(self, output_url: str) -> dict[str, str]:
+        return tokenizer_dependency(self.params.tokenizer)
 
-    def prepare(self, shards: list[InputShard], work_url: str, workers: int) -> None:
-        self._pad()
-        self._work_url = work_url
-        lengths = [_token_counts(s) for s in shards]
+    def plan(self, shards: list[InputShard], work_url: str, run) -> dict[str, int]:
+        lengths = run.map(_token_counts, shards)
         sizes = np.array([len(x) for x in lengths], dtype=np.int64)
         all_lengths = np.concatenate(lengths) if lengths else np.empty(0, np.int64)
         plan = plan_sequences(all_lengths, self.params.seq_len, self.params.mode)
@@ -119,64 +116,37 @@ class Pack(Stage):
         piece_part = seq_part[plan.seq]
         piece_shard = shard_of_doc[plan.doc]
 
-        # A part committed by an earlier attempt needs no pieces.
-        output = Dataset(work_url.rsplit("/", 1)[0])  # work_url is <output>/_work
-        done = np.array([output.committed(s.name) is not None for s in shards], dtype=bool)
-        storage.remove_tree(storage.join(work_url, "pack"))
-
         by_shard = np.argsort(piece_shard, kind="stable")
         bounds = np.searchsorted(piece_shard[by_shard], np.arange(len(shards) + 1))
         jobs = []
-        files: dict[int, list[str]] = {i: [] for i in range(len(shards))}
         for s, shard in enumerate(shards):
             mine = by_shard[bounds[s] : bounds[s + 1]]
-            mine = mine[~done[piece_part[mine]]]
             if len(mine) == 0:
                 continue
-            targets = {}
-            for p in np.unique(piece_part[mine]).tolist():
-                url = storage.join(work_url, "pack", shards[p].name, f"{shard.name}.parquet")
-                targets[p] = url
-                files[p].append(url)
-            jobs.append(
-                (
-                    shard.url,
-                    plan.doc[mine] - doc_base[s],
-                    plan.lo[mine],
-                    plan.hi[mine],
-                    plan.seq[mine],
-                    plan.pos[mine],
-                    piece_part[mine],
-                    targets,
-                )
-            )
-        if workers > 1 and len(jobs) > 1:
-            context = process_context()
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                list(pool.map(_scatter_shard, *zip(*jobs)))
-        else:
-            for job in jobs:
-                _scatter_shard(*job)
+            targets = {p: _pieces_url(work_url, shards[p].name, shard.name) for p in np.unique(piece_part[mine]).tolist()}
+            jobs.append((shard.url, plan.doc[mine] - doc_base[s], plan.lo[mine], plan.hi[mine], plan.seq[mine],
+                         plan.pos[mine], piece_part[mine], targets))
+        run.map(_scatter_shard, jobs)
+        return {"pack.empty_docs": int((all_lengths <= 0).sum())}
 
-        self._parts = {shard.name: files[i] for i, shard in enumerate(shards)}
-        self._empty_docs = int((all_lengths <= 0).sum())
-
-    def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
-        if shard.name not in self._parts:
-            raise PackPlanError(f"pack: no plan for shard {shard.name}; prepare() must run over the whole dataset first")
-        urls = self._parts[shard.name]
+    def apply(self, shard: InputShard, work_url: str) -> Iterator[BatchResult]:
+        if self._pad_id is None:
+            self.setup()
+        fs, folder = storage.filesystem(storage.join(work_url, "pack", shard.name))
+        protocol = work_url.split("://", 1)[0] + "://" if "://" in work_url else ""
+        urls = sorted(protocol + p for p in fs.glob(f"{folder}/*.parquet")) if fs.exists(folder) else []
         tables = [_read(url) for url in urls]
         pieces = pa.concat_tables(tables) if tables else _PIECE_SCHEMA.empty_table()
-        sequences, metrics = assemble(pieces, self.params.seq_len, self._pad())
-        if shard.name == next(iter(self._parts)):
-            metrics["pack.empty_docs"] = self._empty_docs
+        sequences, metrics = assemble(pieces, self.params.seq_len, self._pad_id)
         for start in range(0, max(sequences.num_rows, 1), _ROWS_PER_BATCH):
             yield BatchResult(kept=sequences.slice(start, _ROWS_PER_BATCH), metrics=metrics if start == 0 else Counter())
-        # The pieces are read; a failure from here on re-plans and re-scatters on resume anyway.
-        storage.remove_tree(storage.join(self._work_url, "pack", shard.name))
 
 
-class Plan:
+def _pieces_url(work_url: str, part: str, shard: str) -> str:
+    return storage.join(work_url, "pack", part, f"{shard}.parquet")
+
+
+class PackingPlan:
     """Every piece of every document: which tokens ``[lo, hi)`` of document ``doc`` go to
     sequence ``seq`` at position ``pos``."""
 
@@ -185,7 +155,7 @@ class Plan:
         self.n_sequences = n_sequences
 
 
-def plan_sequences(lengths: np.ndarray, seq_len: int, mode: str) -> Plan:
+def plan_sequences(lengths: np.ndarray, seq_len: int, mode: str) -> PackingPlan:
     """Plan the sequences for documents of ``lengths`` tokens (in dataset order)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     if mode == "concat":
@@ -195,7 +165,7 @@ def plan_sequences(lengths: np.ndarray, seq_len: int, mode: str) -> Plan:
     raise ValueError(f"unknown pack mode {mode!r}")
 
 
-def _plan_concat(lengths: np.ndarray, seq_len: int) -> Plan:
+def _plan_concat(lengths: np.ndarray, seq_len: int) -> PackingPlan:
     docs = np.flatnonzero(lengths > 0)
     ends = np.cumsum(lengths[docs])
     starts = ends - lengths[docs]
@@ -207,7 +177,7 @@ def _plan_concat(lengths: np.ndarray, seq_len: int) -> Plan:
     lo_global = np.maximum(starts[piece_doc], seq * seq_len)
     hi_global = np.minimum(ends[piece_doc], (seq + 1) * seq_len)
     n_sequences = int((ends[-1] + seq_len - 1) // seq_len) if len(docs) else 0
-    return Plan(
+    return PackingPlan(
         docs[piece_doc],
         lo_global - starts[piece_doc],
         hi_global - starts[piece_doc],
@@ -217,7 +187,7 @@ def _plan_concat(lengths: np.ndarray, seq_len: int) -> Plan:
     )
 
 
-def _plan_best_fit(lengths: np.ndarray, seq_len: int) -> Plan:
+def _plan_best_fit(lengths: np.ndarray, seq_len: int) -> PackingPlan:
     n_full = np.where(lengths > 0, lengths // seq_len, 0)
     tail = np.where(lengths > 0, lengths % seq_len, 0)
 
@@ -256,7 +226,7 @@ def _plan_best_fit(lengths: np.ndarray, seq_len: int) -> Plan:
     hi = np.concatenate([(chunk_k + 1) * seq_len, lengths[item_doc]])
     seq = np.concatenate([seq_number[: len(chunk_doc)], seq_number[len(chunk_doc) :][item_bin]])
     pos = np.concatenate([np.zeros(len(chunk_doc), np.int64), item_pos]).astype(np.int32)
-    return Plan(doc, lo, hi, seq, pos, len(order))
+    return PackingPlan(doc, lo, hi, seq, pos, len(order))
 
 
 def _best_fit_decreasing(sizes: np.ndarray, capacity: int) -> np.ndarray:
@@ -339,7 +309,7 @@ def assemble(pieces: pa.Table, seq_len: int, pad: int) -> tuple[pa.Table, Counte
     return table, metrics
 
 
-def _token_counts(shard: InputShard) -> np.ndarray:
+def _token_counts(stage: Pack, shard: InputShard) -> np.ndarray:
     fs, path = storage.filesystem(shard.url)
     with fs.open(path, "rb") as f:
         parquet = pq.ParquetFile(f)
@@ -349,8 +319,9 @@ def _token_counts(shard: InputShard) -> np.ndarray:
     return counts.fill_null(0).to_numpy().astype(np.int64)
 
 
-def _scatter_shard(url, rows, lo, hi, seq, pos, part, targets: dict[int, str]) -> None:
+def _scatter_shard(stage: Pack, job: tuple) -> None:
     """Cut this shard's token slices and write each to the output part that needs them."""
+    url, rows, lo, hi, seq, pos, part, targets = job
     fs, path = storage.filesystem(url)
     with fs.open(path, "rb") as f:
         table = pq.read_table(f, columns=["id", "source", "input_ids", "token_count"])

@@ -90,7 +90,7 @@ class PiiParams(StageParams):
 
 
 class PiiMask(Stage):
-    name = "pii"
+    type_name = "pii"
     Params = PiiParams
 
     def __getstate__(self):

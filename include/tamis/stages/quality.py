@@ -132,7 +132,7 @@ class QualityParams(StageParams):
 
 
 class QualityFilter(Stage):
-    name = "quality"
+    type_name = "quality"
     Params = QualityParams
 
     def check_ready(self) -> None:

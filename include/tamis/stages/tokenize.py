@@ -19,15 +19,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from tamis.stage import BatchResult, Stage, StageParams, split_by_reason
-from tamis.tokenizer import TokenizerError, eos_id, load_tokenizer
+from tamis import storage
+from tamis.stage import BatchResult, PathOrName, Stage, StageParams, split_by_reason
+from tamis.tokenizer import TokenizerError, eos_id, load_tokenizer, resolve_local_path
 
 _IDS = attrgetter("ids")
 
 
 class TokenizeParams(StageParams):
     # A tokenizer.json file, a folder holding one, or a Hugging Face hub name; relative to include/pipelines.
-    tokenizer: str = "../sample/tokenizer.json"
+    tokenizer: PathOrName = "../sample/tokenizer.json"
     add_eos: bool = True  # end every document with the end-of-text token, so packed documents stay separated
     eos_token: str | None = None  # None: the first of <|endoftext|>, <|end_of_text|>, </s>, <eos> the vocabulary holds
     add_special_tokens: bool = False  # the tokenizer's own post-processor (BOS, [CLS]...); off for pretraining text
@@ -36,29 +37,31 @@ class TokenizeParams(StageParams):
 
 
 class Tokenize(Stage):
-    name = "tokenize"
+    type_name = "tokenize"
     Params = TokenizeParams
+    joins_corpus = False
+    default_gate = {"required_columns": ["id", "source", "text", "input_ids", "token_count"]}
 
-    def __init__(self, params=None, context=None):
-        super().__init__(params, context)
+    def __init__(self, params=None, context=None, name=None):
+        super().__init__(params, context, name)
         self._tokenizer = None
         self._eos_id: int | None = None
 
-    def __getstate__(self):
-        # Workers load the tokenizer themselves; it is cheap and keeps the pickle small.
-        state = self.__dict__.copy()
-        state["_tokenizer"] = None
-        return state
+    def setup(self) -> None:
+        tokenizer = load_tokenizer(self.params.tokenizer)
+        if self.params.add_eos:
+            self._eos_id = eos_id(tokenizer, self.params.tokenizer, self.params.eos_token)
+        self._tokenizer = tokenizer
 
     def check_ready(self) -> None:
-        self._load()
+        load_tokenizer(self.params.tokenizer)
+
+    def dependencies(self, output_url: str) -> dict[str, str]:
+        return tokenizer_dependency(self.params.tokenizer)
 
     def _load(self):
         if self._tokenizer is None:
-            tokenizer = load_tokenizer(self.params.tokenizer)
-            if self.params.add_eos:
-                self._eos_id = eos_id(tokenizer, self.params.tokenizer, self.params.eos_token)
-            self._tokenizer = tokenizer
+            self.setup()
         return self._tokenizer
 
     def process_batch(self, table: pa.Table) -> BatchResult:
@@ -104,3 +107,12 @@ class Tokenize(Stage):
         )
         return BatchResult(kept=kept, dropped=dropped, metrics=metrics)
 
+
+
+def tokenizer_dependency(spec: str) -> dict[str, str]:
+    """The tokenizer file's content hash (a hub name is its own version)."""
+    path = resolve_local_path(spec)
+    if path is None:
+        return {"tokenizer": spec}
+    file = path / "tokenizer.json" if path.is_dir() else path
+    return {"tokenizer": storage.sha256(str(file))}
