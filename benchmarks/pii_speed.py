@@ -35,7 +35,7 @@ from pii_accuracy import stock_presidio_analyzer  # benchmarks/ is on the path w
 from tamis.pii_recognizers import _phone_matches
 from tamis.stages.pii import PiiMask
 
-WEB_EN = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "web_en")
+WEB_EN = Path(__file__).resolve().parents[2] / "shared" / "data" / "web_en"
 BATCH = 2048
 
 PEER_SCRIPT = r"""
@@ -51,9 +51,9 @@ print(json.dumps({"docs": len(texts), "cpu_s": cpu, "changed": changed}))
 """
 
 
-def load_pieces(piece_chars: int) -> list[str]:
+def load_pieces(web_en: Path, piece_chars: int) -> list[str]:
     pieces = []
-    for path in sorted(glob.glob(f"{WEB_EN}/*.jsonl*")):
+    for path in sorted(glob.glob(f"{web_en}/*.jsonl*")):
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as f:
             for line in f:
@@ -98,9 +98,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peer-python", default=str(Path(__file__).resolve().parent / ".peer-venv" / "bin" / "python"))
     parser.add_argument("--piece-chars", type=int, default=2048)
+    parser.add_argument("--web-en", type=Path, default=WEB_EN, help="folder of web_en JSONL files")
     args = parser.parse_args()
 
-    texts = load_pieces(args.piece_chars)
+    texts = load_pieces(args.web_en, args.piece_chars)
+    if not texts:
+        raise SystemExit(f"pii_speed: error: no documents under {args.web_en}")
     mean_chars = sum(map(len, texts)) / len(texts)
     print(f"documents: {len(texts)} pieces of web_en, mean {mean_chars:.0f} characters")
 

@@ -78,7 +78,7 @@ def test_each_entity_type_is_masked_in_a_real_sentence(masker, synth, entity):
     assert f"<{entity}>" in text
     for value in gold_values(record, entity):
         assert value not in text
-    assert result.metrics[f"pii.{entity}"] == len(gold_values(record, entity))
+    assert result.metrics[f"pii.entity.{entity}"] == len(gold_values(record, entity))
     assert result.kept.column("pii_count")[0].as_py() >= 1
 
 
@@ -88,7 +88,7 @@ def test_chinese_mobile_numbers_are_masked(masker):
     for original, masked in zip(texts, result.kept.column("text").to_pylist()):
         assert "<PHONE_NUMBER>" in masked, original
         assert not any(m in masked for m in CN_MOBILES)
-    assert result.metrics["pii.PHONE_NUMBER"] == len(texts)
+    assert result.metrics["pii.entity.PHONE_NUMBER"] == len(texts)
 
 
 def test_cn_resident_id_checksum_decides():
@@ -106,7 +106,7 @@ def test_cn_resident_id_masked_only_with_a_valid_checksum():
     assert masked[0] == "身份证号<CN_RESIDENT_ID>，请核对。"
     assert masked[1] == texts[1]
     assert masked[2] == texts[2]
-    assert result.metrics["pii.CN_RESIDENT_ID"] == 1
+    assert result.metrics["pii.entity.CN_RESIDENT_ID"] == 1
 
 
 def test_mask_template_is_configurable(synth):
@@ -178,7 +178,7 @@ def test_one_megabyte_single_line_is_scanned_in_chunks():
     masked = result.kept.column("text")[0].as_py()
     assert "@" not in masked
     assert masked.count("<EMAIL_ADDRESS>") == 3
-    assert result.metrics["pii.EMAIL_ADDRESS"] == 3
+    assert result.metrics["pii.entity.EMAIL_ADDRESS"] == 3
 
 
 def test_text_over_max_chars_is_dropped_unscanned():
@@ -200,7 +200,7 @@ import pyarrow as pa
 from tamis.stages.pii import PiiMask
 table = pa.table({"id": ["a"], "source": ["web"], "text": [sys.argv[1]]})
 result = PiiMask({"entities": ["EMAIL_ADDRESS"]}).process_batch(table)
-print(result.metrics["pii.EMAIL_ADDRESS"], len(attempts))
+print(result.metrics["pii.entity.EMAIL_ADDRESS"], len(attempts))
 """
 
 
@@ -299,4 +299,4 @@ def test_ner_entities_come_from_a_local_spacy_pipeline(tmp_path, synth):
     assert masked[0].count("<PERSON>") == len(names) == 2
     assert not any(name in masked[0] for name in names)
     assert masked[1] == "no names here, write to <EMAIL_ADDRESS>"
-    assert (result.metrics["pii.PERSON"], result.metrics["pii.EMAIL_ADDRESS"]) == (2, 1)
+    assert (result.metrics["pii.PERSON"], result.metrics["pii.entity.EMAIL_ADDRESS"]) == (2, 1)
