@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import phonenumbers
+from spacy.lang.en.stop_words import STOP_WORDS
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
@@ -239,7 +240,8 @@ _PHONE_WORDS = (
     r"contact|hotline|helpline|reach|ring|number|answering|messages|office|desk|home|work|landline|"
     r"telefon|téléphone|teléfono|telefone|handy|portable|móvil|celular|電話|电话|手机|手機|座机|联系"
 )
-_PHONE_BEFORE = re.compile(rf"(?i)(?:(?<![^\W\d_])(?:{_PHONE_WORDS})(?![^\W\d_])|[☎📞✆])[^\n]{{0,24}}$")
+# A phone word shortly before the number, on its line or as the label line above it.
+_PHONE_BEFORE = re.compile(rf"(?i)(?:(?<![^\W\d_])(?:{_PHONE_WORDS})(?![^\W\d_])|[☎📞✆])[^\n]{{0,24}}(?:\n[ \t]*)?$")
 _PHONE_AFTER = re.compile(r"(?i)^[ \t]*[-(,]?[ \t]*(?:office|fax|mobile|cell|home|work|desk|tel|phone|ext\.?|x[0-9])\b")
 _NOT_PHONE_BEFORE = re.compile(
     r"(?i)(?:\b(?:order|invoice|ref|reference|ticket|case|tracking|isbn|issn|sku|serial|part|model|version|ver|"
@@ -261,7 +263,7 @@ def phone_like(text: str, start: int, end: int) -> bool:
     line_end = text.find("\n", end)
     line = text[line_start : line_end if line_end >= 0 else len(text)]
     context = bool(
-        _PHONE_BEFORE.search(text, max(line_start, start - 40), start) or _PHONE_AFTER.match(text[end : end + 16])
+        _PHONE_BEFORE.search(text, max(0, start - 40), start) or _PHONE_AFTER.match(text[end : end + 16])
     )
     digits = value.lstrip("+(")
     if _IPV4_LIKE.fullmatch(digits) or _THOUSANDS.fullmatch(digits) or _DAY_FIRST_DATE.fullmatch(digits):
@@ -275,8 +277,10 @@ def phone_like(text: str, start: int, end: int) -> bool:
     if value.startswith("+") or "(" in value:
         return True
     groups = [g for g in _SEPARATORS.split(value) if g]
-    # Grouped like a phone number: 2 to 5 groups, none longer than 5 digits, the last of 2+.
-    return 2 <= len(groups) <= 5 and max(map(len, groups)) <= 5 and len(groups[-1]) >= 2
+    # Grouped like a phone number: 2 to 5 groups, none longer than 5 digits (or led by a
+    # trunk prefix "0", as in "0961-7596216"), the last of 2 or more.
+    short = max(map(len, groups)) <= 5 or groups[0].startswith("0")
+    return 2 <= len(groups) <= 5 and short and len(groups[-1]) >= 2
 
 
 @lru_cache(maxsize=4096)
@@ -387,22 +391,29 @@ _TITLES = (
     r"rev|reverend|fr|father|sister|brother|capt|captain|col|gen|lt|sgt|judge|officer|uncle|aunt|president|senator"
 )
 _TITLE_BEFORE = re.compile(rf"(?i)\b(?:{_TITLES})\.?[ \t]*$")
+_TITLE_WORD = re.compile(_TITLES)
+# Function words are never names, whatever the name lists hold ("You" and "Will" are
+# surnames in the census list).
+_STOP_WORDS = frozenset(STOP_WORDS) | {"apt", "suite", "unit", "flat", "floor", "room", "box"}
 # Phrases after which the next words are a name whatever they look like.
 _INTRODUCED = re.compile(
-    r"(?i)(?:\bmy name is|\bname is|\bnamed|\bcalled|\bcall me|\bi'm|\bi am|\bthis is|\bname[ \t]*:|\bdear|"
+    r"(?i)(?:\bmy name is|\bname is|\bnamed|\bcalled|\bcall me|\bi'm|\bi am|\bthis is|\bname[ \t]*[:?]|\bdear|"
     r"\bsigned|\bsincerely,?|\bregards,?|\bborn|\bknown as|\bnée|\bnee|\baka)[ \t]*$"
 )
-# Words next to which a capitalised word that could be a name probably is one.
-_NEAR_BEFORE = re.compile(
-    r"(?i)(?:\b(?:said|says|told|asked|wrote|hi|hello|hey|thanks|thank you|by|with|for|and|to|from|meet|met|"
-    r"contact|ask|son|daughter|wife|husband|brother|sister|mother|father|kid|child|partner|friend|colleague|boss|"
-    r"author|director|producer|singer|player|writer|songwriter|commenter|guardian|beneficiary|manager|assistant|"
-    r"founder|ceo|under|ms|mr|mrs)|[>:])[ \t,]*$"
+# Words right before or after a capitalised word that point at a person.
+_PERSON_BEFORE = re.compile(
+    r"(?i)\b(?:said|says|told|asked|wrote|hi|hello|hey|thanks|thank you|meet|met|contact|ask|son|daughter|wife|"
+    r"husband|brother|sister|mother|father|kid|child|partner|friend|colleague|boss|author|director|producer|singer|"
+    r"player|writer|songwriter|commenter|guardian|beneficiary|manager|assistant|founder|ceo|starring|featuring|"
+    r"directed by|written by|feat\.?)[ \t,:]*$"
 )
-_NEAR_AFTER = re.compile(
-    r"(?i)^(?:[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who|had|has|is a|was a)\b"
-    r"|['’]s\b|[ \t]*:|,[ \t]*(?:who|the|a|an)\b|[ \t]*\n)"
+_PERSON_AFTER = re.compile(
+    r"(?i)^(?:[ \t]*,?[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who)\b|['’]s\b|[ \t]*:)"
 )
+# Verbs after a surname or a name-like word that make it a person's name.
+_VERB_AFTER = re.compile(r"^[ \t]+(?:is|was|has|had|will|would|lives|lived|began|spent|shouted|spoke|sang|played)\b")
+# Words that join names in a list or a sentence: evidence only for words that look like names.
+_JOINING_BEFORE = re.compile(r"(?i)(?:\b(?:by|with|for|and|to|from|under)|[,>:])[ \t]*$")
 _SURNAME_SUFFIX = re.compile(
     r"(?:ov|ova|ev|eva|sky|ski|ska|skaya|ic|vich|vna|enko|chuk|yan|dze|shvili|escu|poulos|akis|sson|dottir|"
     r"nen|inen|ova|oglu|ini|elli|etti|ucci|berg|mann|stein)$"
@@ -435,8 +446,8 @@ class PersonRecognizer:
         self._kinds: dict[str, str] = {}
 
     def _kind(self, token: str) -> str:
-        """G given name, S surname, N name-like, g/s ambiguous name, C common word or
-        place, I initial, O organisation word."""
+        """G given name, S surname, N name-like, g/s given name or surname that is also a
+        common word or place, C common word or place, I initial, O organisation word."""
         kind = self._kinds.get(token)
         if kind is not None:
             return kind
@@ -447,6 +458,8 @@ class PersonRecognizer:
             kind = "I"
         elif folded in _ORG_WORDS:
             kind = "O"
+        elif folded in _STOP_WORDS or _TITLE_WORD.fullmatch(folded):
+            kind = "C"
         else:
             common = folded in lex.common or folded in lex.places
             if folded in lex.given:
@@ -465,6 +478,7 @@ class PersonRecognizer:
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
         found = []
+        maybe = []  # (start, end) of name-like words with too little evidence of their own
         for run in _CAPITALISED_RUN.finditer(text):
             tokens = [(t.start() + run.start(), t.end() + run.start(), t.group()) for t in _TOKEN.finditer(run.group())]
             kinds = [self._kind(t[2]) for t in tokens]
@@ -483,12 +497,17 @@ class PersonRecognizer:
                 score = self._judge(text, tokens[i][0], tokens[j][1], kinds[i : j + 1])
                 if score:
                     found.append(_result(PERSON, tokens[i][0], tokens[j][1], score))
+                elif any(k in "GSNgs" for k in kinds[i : j + 1]):
+                    maybe.append((tokens[i][0], tokens[j][1]))
                 i = j + 1
+        seeds = [r for r in found if r.score >= 0.85]  # names that stand on their own
+        if maybe and seeds:
+            found.extend(_listed_with(text, seeds, maybe))
+        lex = self.lex
         for match in _INTRODUCED_LOWER.finditer(text):
-            start, end = match.span(1)
-            words = match.group(1).split()
-            if all(fold_word(w.rstrip(".")) in self.lex.given or fold_word(w) in self.lex.surnames or len(w.rstrip(".")) == 1 for w in words):
-                found.append(_result(PERSON, start, end, 0.7))
+            words = [fold_word(w.rstrip(".")) for w in match.group(1).split()]
+            if all(len(w) == 1 or (w in lex.given or w in lex.surnames) and w not in _STOP_WORDS for w in words):
+                found.append(_result(PERSON, *match.span(1), 0.7))
         return found
 
     def _judge(self, text: str, start: int, end: int, kinds: list[str]) -> float:
@@ -498,19 +517,50 @@ class PersonRecognizer:
             return 0.85
         strong = sum(k in "GS" for k in kinds) + 0.5 * sum(k in "Ngs" for k in kinds)
         if len(kinds) >= 2:
-            if kinds[0] in "Gg" and strong >= 1.5:
-                return 0.85
-            if strong >= 2:
+            if (kinds[0] in "Gg" and strong >= 1.5) or strong >= 2:
                 return 0.85
         elif kinds[0] == "G":
             return 0.85
         if strong < 0.5:
             return 0.0
-        near = _NEAR_BEFORE.search(before) or _NEAR_AFTER.match(text[end : end + 12])
-        if not near and len(kinds) >= 2:
+        if _PERSON_BEFORE.search(before) or _PERSON_AFTER.match(text[end : end + 12]):
+            return 0.7
+        if len(kinds) == 1:
+            return 0.7 if kinds[0] in "SN" and _VERB_AFTER.match(text[end : end + 12]) else 0.0
+        clear = sum(k in "GSN" for k in kinds)  # words that are names and nothing else
+        if clear and "I" in kinds[1:-1]:
+            return 0.85  # "Ravil G Yefimov": an initial between names
+        if clear and strong + 0.25 * kinds.count("X") >= 0.75:
             line_end = text.find("\n", end)
-            near = not text[line_start:start].strip(" \t>*-•") and (line_end < 0 or not text[end:line_end].strip())
-        return 0.7 if near else 0.0
+            alone = not text[line_start:start].strip(" \t>*-•") and (line_end < 0 or not text[end:line_end].strip())
+            if alone or _JOINING_BEFORE.search(before):
+                return 0.7
+        return 0.0
+
+
+_LIST_JOIN = re.compile(r",[ \t]*(?:and[ \t]+|or[ \t]+|&[ \t]*)?|[ \t]+(?:and|or|&)[ \t]+")
+
+
+def _listed_with(text: str, found: list, maybe: list[tuple[int, int]]) -> list:
+    """Name-like words listed next to a name ("Kónya, Becker and Vasquez") are names too."""
+    edges = {(r.start, r.end) for r in found}
+    added = []
+    for _ in range(3):  # a list grows one neighbour a round, from either side
+        starts = {s for s, _ in edges}
+        ends = {e for _, e in edges}
+        new = []
+        for start, end in maybe:
+            if (start, end) in edges:
+                continue
+            after = _LIST_JOIN.match(text, end)
+            before = [e for e in ends if e < start and _LIST_JOIN.fullmatch(text, e, start)]
+            if before or (after and after.end() in starts):
+                new.append((start, end))
+        if not new:
+            break
+        edges.update(new)
+        added.extend(_result(PERSON, s, e, 0.7) for s, e in new)
+    return added
 
 
 _INTRODUCED_LOWER = re.compile(
@@ -526,7 +576,14 @@ _CAP_WORD = rf"{_UP}[\w'’.\-]*"
 _EN_STREET_TYPES = (
     r"Street|St|Avenue|Ave|Av|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Square|Sq|Terrace|Ter|"
     r"Way|Highway|Hwy|Parkway|Pkwy|Circle|Cir|Trail|Trl|Crescent|Cres|Close|Row|Alley|Plaza|Walk|Grove|Gardens|"
-    r"Hill|Park|Mews|Green|Parade|Promenade|Quay|Wharf|Route|Rte|Turnpike|Pike|Expressway|Freeway|Loop|Bypass"
+    r"Hill|Park|Mews|Green|Parade|Promenade|Quay|Wharf|Route|Rte|Turnpike|Pike|Expressway|Freeway|Loop|Bypass|"
+    # more of the USPS street suffixes (Publication 28, appendix C1)
+    r"Union|Pass|Point|Fort|Forge|Ford|Crossing|Junction|Landing|Meadow|Mill|Mission|Orchard|Oval|Pine|Plain|Port|"
+    r"Prairie|Ranch|Rapid|Ridge|River|Run|Shoal|Shore|Spring|Spur|Station|Stream|Summit|Trace|Track|Tunnel|View|"
+    r"Village|Ville|Vista|Well|Estate|Extension|Falls|Ferry|Field|Flat|Garden|Gateway|Glen|Harbor|Haven|Heights|"
+    r"Hollow|Inlet|Island|Isle|Key|Knoll|Lake|Light|Lock|Lodge|Manor|Bay|Beach|Bend|Bluff|Branch|Bridge|Brook|"
+    r"Burg|Camp|Canyon|Cape|Causeway|Center|Cliff|Common|Corner|Course|Cove|Creek|Crest|Curve|Dale|Dam|Divide|"
+    r"Mall|Path|Viaduct|Wall"
 )
 _STREET_PREFIXES = (
     r"Rue|Via|Viale|Vicolo|Piazza|Piazzale|Corso|Largo|Calle|Carrer|Avenida|Avda\.|Av\.|Rua|Travessa|Praça|"
@@ -545,6 +602,9 @@ _STREET_ADDRESS = re.compile(
             # 777 Brockton Avenue, Abington MA 2351 / 14 Crown Street, Apt. 4
             rf"(?<![\w.,]){_HOUSE_NUMBER}[ \t]+(?:(?:{_CAP_WORD}|of|the|de|la)[ \t]+){{0,3}}{_CAP_WORD}[ \t]+"
             rf"(?:{_EN_STREET_TYPES})s?\b\.?(?:,?[ \t]+{_UNIT})?{_CITY_STATE_ZIP}?",
+            # Marina Fort Street: no number, a full street-type word
+            rf"(?<![\w.,])(?:{_CAP_WORD}[ \t]+){{1,3}}(?:Street|Avenue|Road|Boulevard|Lane|Drive|Terrace|Highway|"
+            rf"Parkway|Crescent|Alley)s?\b",
             # Via Franscini 71 / Rua do Arenque 1634
             rf"\b(?:{_STREET_PREFIXES})[ \t]+(?:[\w'’.\-]+[ \t]+){{0,4}}?{_HOUSE_NUMBER}\b(?:,?[ \t]+{_UNIT})?",
             # Koskikatu 25 / Brucker Bundesstrasse 31 / Erzsébet tér 19
@@ -566,7 +626,7 @@ class StreetAddressRecognizer:
 
     supported_entities = [STREET_ADDRESS]
     SCREEN = r"[0-9]"
-    SCORE = 0.6
+    SCORE = 0.9  # above PERSON's: a name inside an address is part of the address
 
     def __init__(self, supported_language: str = "en"):
         self.supported_language = supported_language
