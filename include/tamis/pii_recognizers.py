@@ -150,10 +150,13 @@ class ScreenedIpRecognizer(_Screened, IpRecognizer):
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
         found = super().analyze(text, entities, nlp_artifacts, regex_flags)
-        return [r for r in found if not _VERSION_BEFORE.search(text, max(0, r.start - 16), r.start)]
+        return [r for r in found if not _VERSION_BEFORE.search(text, max(0, r.start - 40), r.start)]
 
 
-_VERSION_BEFORE = re.compile(r"(?i)(?:\bv|\bver\.?|\bversion|\brelease|\bbuild|\brev\.?)[ \t:]*$")
+_VERSION_BEFORE = re.compile(
+    r"(?i)(?:\bv|\bver\.?|\bversion|\brelease|\bbuild|\brev\.?|\bfirmware|\bpatch|"
+    r"\b(?:upgrade|update|downgrade|bump|pin)(?:d|ed)?\b[^\n]{0,24}?\bto)[ \t:]*$"
+)
 
 
 class ScreenedIbanRecognizer(_Screened, IbanRecognizer):
@@ -237,11 +240,14 @@ def not_a_phone(text: str, start: int, end: int) -> bool:
 
 _PHONE_WORDS = (
     r"phone|telephone|tel|ph|mobile|mob|cell|cellphone|fax|call|calls|called|calling|dial|text|sms|whatsapp|"
-    r"contact|hotline|helpline|reach|ring|number|answering|messages|office|desk|home|work|landline|"
-    r"telefon|téléphone|teléfono|telefone|handy|portable|móvil|celular|電話|电话|手机|手機|座机|联系"
+    r"contact|hotline|helpline|reach|ring|answering|messages|office|desk|home|work|landline|"
+    r"telefon|téléphone|teléfono|telefone|handy|portable|móvil|celular"
 )
+_PHONE_WORDS_CJK = r"電話|电话|手机|手機|座机|联系|拨打|致电|呼叫|携帯"
 # A phone word shortly before the number, on its line or as the label line above it.
-_PHONE_BEFORE = re.compile(rf"(?i)(?:(?<![^\W\d_])(?:{_PHONE_WORDS})(?![^\W\d_])|[☎📞✆])[^\n]{{0,24}}(?:\n[ \t]*)?$")
+_PHONE_BEFORE = re.compile(
+    rf"(?i)(?:(?<![^\W\d_])(?:{_PHONE_WORDS})(?![^\W\d_])|{_PHONE_WORDS_CJK}|[☎📞✆])[^\n]{{0,24}}(?:\n[ \t]*)?$"
+)
 _PHONE_AFTER = re.compile(r"(?i)^[ \t]*[-(,]?[ \t]*(?:office|fax|mobile|cell|home|work|desk|tel|phone|ext\.?|x[0-9])\b")
 _NOT_PHONE_BEFORE = re.compile(
     r"(?i)(?:\b(?:order|invoice|ref|reference|ticket|case|tracking|isbn|issn|sku|serial|part|model|version|ver|"
@@ -269,9 +275,9 @@ def phone_like(text: str, start: int, end: int) -> bool:
     if _IPV4_LIKE.fullmatch(digits) or _THOUSANDS.fullmatch(digits) or _DAY_FIRST_DATE.fullmatch(digits):
         return False
     if text[max(0, start - 1) : start] in ("$", "€", "£", "¥", "₹") or _ARITHMETIC.search(line):
-        return context and not _ARITHMETIC.search(line)
+        return False
     if _NOT_PHONE_BEFORE.search(text, max(line_start, start - 32), start):
-        return context and not _NOT_PHONE_BEFORE.search(text, max(line_start, start - 12), start)
+        return False  # a label right before it names it as something else
     if context:
         return True
     if value.startswith("+") or "(" in value:
@@ -438,7 +444,9 @@ class PersonRecognizer:
     Scores: 0.85 for a given name with more evidence, 0.7 for context alone."""
 
     supported_entities = [PERSON]
-    SCREEN = None
+    # An upper-case letter, or a phrase that introduces a lower-case name (RE2 and the
+    # regex module both read \p{Lu}).
+    SCREEN = r"\p{Lu}|(?i:name|call me)"
 
     def __init__(self, supported_language: str = "en"):
         self.supported_language = supported_language
@@ -596,26 +604,37 @@ _STREET_SUFFIXES = (
 _UNIT = r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm)\.?[ \t]*#?[0-9]{1,5}[A-Za-z]?\b"
 _HOUSE_NUMBER = r"[0-9]{1,6}[A-Za-z]?(?:[-/][0-9]{1,4})?"
 _CITY_STATE_ZIP = rf"(?:,[ \t]*(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD},?[ \t]+[A-Z]{{2}}[ \t]+[0-9]{{4,5}}(?:-[0-9]{{4}})?)"
-_STREET_ADDRESS = re.compile(
+# Each address shape is led by something rare (a digit, a literal word), so a scan skips
+# most positions at once; word boundaries before a match are checked afterwards, since a
+# leading look-behind would slow the scan down.
+_NUMBERED_STREET = re.compile(
+    # 777 Brockton Avenue, Abington MA 2351 / 14 Crown Street, Apt. 4
+    rf"[0-9]{{1,6}}[A-Za-z]?(?:[-/][0-9]{{1,4}})?[ \t]+(?:(?:{_CAP_WORD}|of|the|de|la)[ \t]+){{0,3}}"
+    rf"{_CAP_WORD}[ \t]+(?:{_EN_STREET_TYPES})s?\b\.?(?:,?[ \t]+{_UNIT})?{_CITY_STATE_ZIP}?"
+)
+_WORD_LED_ADDRESS = re.compile(
     "|".join(
         (
-            # 777 Brockton Avenue, Abington MA 2351 / 14 Crown Street, Apt. 4
-            rf"(?<![\w.,]){_HOUSE_NUMBER}[ \t]+(?:(?:{_CAP_WORD}|of|the|de|la)[ \t]+){{0,3}}{_CAP_WORD}[ \t]+"
-            rf"(?:{_EN_STREET_TYPES})s?\b\.?(?:,?[ \t]+{_UNIT})?{_CITY_STATE_ZIP}?",
-            # Marina Fort Street: no number, a full street-type word
-            rf"(?<![\w.,])(?:{_CAP_WORD}[ \t]+){{1,3}}(?:Street|Avenue|Road|Boulevard|Lane|Drive|Terrace|Highway|"
-            rf"Parkway|Crescent|Alley)s?\b",
             # Via Franscini 71 / Rua do Arenque 1634
-            rf"\b(?:{_STREET_PREFIXES})[ \t]+(?:[\w'’.\-]+[ \t]+){{0,4}}?{_HOUSE_NUMBER}\b(?:,?[ \t]+{_UNIT})?",
-            # Koskikatu 25 / Brucker Bundesstrasse 31 / Erzsébet tér 19
-            rf"(?<![\w])(?:{_CAP_WORD}[ \t]+)?[\w'’\-]*(?i:{_STREET_SUFFIXES})[ \t]+{_HOUSE_NUMBER}\b(?:,?[ \t]+{_UNIT})?",
+            rf"(?:{_STREET_PREFIXES})[ \t]+(?:[\w'’.\-]+[ \t]+){{0,4}}?{_HOUSE_NUMBER}\b(?:,?[ \t]+{_UNIT})?",
             # PO boxes and military addresses
-            r"\b(?:P\.?[ \t]?O\.?[ \t]?Box|Post Office Box|PSC|CMR|Unit)[ \t]+[0-9]{1,6}(?:,?[ \t]+Box[ \t]+[0-9]{1,6})?"
+            r"(?:P\.?[ \t]?O\.?[ \t]?Box|Post Office Box|PSC|CMR|Unit)[ \t]+[0-9]{1,6}(?:,?[ \t]+Box[ \t]+[0-9]{1,6})?"
             r"(?:\n?[ \t]*(?:APO|FPO|DPO)[ \t]+(?:AA|AE|AP)[ \t]+[0-9]{5})?\b",
-            rf"\b{_UNIT}",
+            # flat and suite numbers
+            _UNIT,
         )
     )
 )
+# Koskikatu 25 / Brucker Bundesstrasse 31 / Erzsébet tér 19: found from the number back.
+_NUMBER_AFTER_WORD = re.compile(rf"\.?[ \t]+{_HOUSE_NUMBER}\b(?:,?[ \t]+{_UNIT})?")
+_STREET_SUFFIX_WORDS = tuple(w.replace("\\.", ".") for w in _STREET_SUFFIXES.split("|"))
+# Marina Fort Street: no number, a full street-type word, found from the type word back.
+_FULL_STREET_TYPE = re.compile(r"(?:Street|Avenue|Road|Boulevard|Lane|Drive|Terrace|Highway|Parkway|Crescent|Alley)s?\b")
+_CAPITALISED_BEFORE = re.compile(rf"(?:{_CAP_WORD}[ \t]+){{1,3}}$")
+
+
+def _word_start(text: str, at: int) -> bool:
+    return at == 0 or not (text[at - 1].isalnum() or text[at - 1] in "_.,")
 
 
 class StreetAddressRecognizer:
@@ -625,14 +644,31 @@ class StreetAddressRecognizer:
     numbers; a following "City, ST 12345" joins the span."""
 
     supported_entities = [STREET_ADDRESS]
-    SCREEN = r"[0-9]"
+    SCREEN = r"[0-9]|Street|Avenue|Road|Boulevard|Lane|Drive|Terrace|Highway|Parkway|Crescent|Alley"
     SCORE = 0.9  # above PERSON's: a name inside an address is part of the address
 
     def __init__(self, supported_language: str = "en"):
         self.supported_language = supported_language
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
-        return [_result(STREET_ADDRESS, m.start(), m.end(), self.SCORE) for m in _STREET_ADDRESS.finditer(text)]
+        spans = [m.span() for m in _NUMBERED_STREET.finditer(text) if _word_start(text, m.start())]
+        spans += [m.span() for m in _WORD_LED_ADDRESS.finditer(text) if _word_start(text, m.start())]
+        for m in _NUMBER_AFTER_WORD.finditer(text):
+            start = m.start()
+            words = text[max(0, start - 60) : start].rsplit(None, 2)
+            if not words or not words[-1].lower().endswith(_STREET_SUFFIX_WORDS):
+                continue
+            start -= len(words[-1])
+            if len(words) > 1 and words[-2][:1].isupper() and text[start - 1 : start] in (" ", "\t"):
+                start -= len(words[-2]) + 1
+            spans.append((start, m.end()))
+        for m in _FULL_STREET_TYPE.finditer(text):
+            if m.start() == 0 or text[m.start() - 1] not in " \t":
+                continue
+            words = _CAPITALISED_BEFORE.search(text, max(0, m.start() - 40), m.start())
+            if words and _word_start(text, words.start()):
+                spans.append((words.start(), m.end()))
+        return [_result(STREET_ADDRESS, s, e, self.SCORE) for s, e in spans]
 
 
 PATTERN_ENTITIES = (

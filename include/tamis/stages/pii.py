@@ -150,11 +150,11 @@ class PiiMask(Stage):
 
     def find(self, text: str) -> list:
         """Non-overlapping findings in ``text``, in text order, with offsets into ``text``."""
-        import re
+        import regex  # reads the screens as RE2 does (\p{Lu})
 
         recognizers, screens, _ = self._build()
         view, index = _folded(text)
-        active = [r for r, s in zip(recognizers, screens) if s is None or re.search(s, view)]
+        active = [r for r, s in zip(recognizers, screens) if s is None or regex.search(s, view)]
         return _to_original(self._detect(view, active), index)
 
     def _detect(self, view: str, active: list) -> list:
