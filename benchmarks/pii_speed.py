@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-
-from pii_accuracy import stock_presidio_analyzer  # benchmarks/ is on the path when run as a script
-
+from pii_accuracy import (
+    stock_presidio_analyzer,  # benchmarks/ is on the path when run as a script
+)
 from tamis.pii_recognizers import _phone_matches
 from tamis.stages.pii import PiiMask
 
@@ -131,8 +131,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             docs_path = os.path.join(tmp, "docs.jsonl")
             with open(docs_path, "w", encoding="utf-8") as f:
-                for text in texts:
-                    f.write(json.dumps({"text": text}) + "\n")
+                f.writelines(json.dumps({"text": text}) + "\n" for text in texts)
             out = subprocess.run(
                 [args.peer_python, "-c", PEER_SCRIPT, docs_path], capture_output=True, text=True, check=True
             )

@@ -44,8 +44,12 @@ from pathlib import Path
 from typing import ClassVar
 
 import phonenumbers
-from spacy.lang.en.stop_words import STOP_WORDS
-from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
+from presidio_analyzer import (
+    EntityRecognizer,
+    Pattern,
+    PatternRecognizer,
+    RecognizerResult,
+)
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
     EmailRecognizer,
@@ -54,6 +58,7 @@ from presidio_analyzer.predefined_recognizers import (
     PhoneRecognizer,
     UsSsnRecognizer,
 )
+from spacy.lang.en.stop_words import STOP_WORDS
 
 CN_RESIDENT_ID = "CN_RESIDENT_ID"
 MIN_PHONE_DIGITS = 7
@@ -207,7 +212,7 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
 
 
 class _Span:
-    __slots__ = ("start", "end")
+    __slots__ = ("end", "start")
 
     def __init__(self, start: int, end: int):
         self.start, self.end = start, end
@@ -426,8 +431,7 @@ _SURNAME_SUFFIX = re.compile(
 )
 _LOWER_NAME = re.compile(rf"{_LO}{{2,}}(?:[ \t]+{_LO}\.?)?(?:[ \t]+{_LO}{{2,}})?")
 _ORG_WORDS = frozenset(
-    "inc ltd llc plc gmbh corp co company group partners associates bank university college school institute "
-    "foundation hospital church hotel club society council agency committee records orchestra band".split()
+    ["inc", "ltd", "llc", "plc", "gmbh", "corp", "co", "company", "group", "partners", "associates", "bank", "university", "college", "school", "institute", "foundation", "hospital", "church", "hotel", "club", "society", "council", "agency", "committee", "records", "orchestra", "band"]
 )
 
 
@@ -443,7 +447,7 @@ class PersonRecognizer:
       that introduces a name ("my name is", "Dear", "Name:").
     Scores: 0.85 for a given name with more evidence, 0.7 for context alone."""
 
-    supported_entities = [PERSON]
+    supported_entities = (PERSON,)
     # An upper-case letter, or a phrase that introduces a lower-case name (RE2 and the
     # regex module both read \p{Lu}).
     SCREEN = r"\p{Lu}|(?i:name|call me)"
@@ -618,8 +622,10 @@ _WORD_LED_ADDRESS = re.compile(
             # Via Franscini 71 / Rua do Arenque 1634
             rf"(?:{_STREET_PREFIXES})[ \t]+(?:[\w'’.\-]+[ \t]+){{0,4}}?{_HOUSE_NUMBER}\b(?:,?[ \t]+{_UNIT})?",
             # PO boxes and military addresses
-            r"(?:P\.?[ \t]?O\.?[ \t]?Box|Post Office Box|PSC|CMR|Unit)[ \t]+[0-9]{1,6}(?:,?[ \t]+Box[ \t]+[0-9]{1,6})?"
-            r"(?:\n?[ \t]*(?:APO|FPO|DPO)[ \t]+(?:AA|AE|AP)[ \t]+[0-9]{5})?\b",
+            (
+                r"(?:P\.?[ \t]?O\.?[ \t]?Box|Post Office Box|PSC|CMR|Unit)[ \t]+[0-9]{1,6}(?:,?[ \t]+Box[ \t]+[0-9]{1,6})?"
+                r"(?:\n?[ \t]*(?:APO|FPO|DPO)[ \t]+(?:AA|AE|AP)[ \t]+[0-9]{5})?\b"
+            ),
             # flat and suite numbers
             _UNIT,
         )
@@ -643,7 +649,7 @@ class StreetAddressRecognizer:
     ("Mannerheimintie 12", "Hauptstraße 3"), PO and military boxes, and flat or suite
     numbers; a following "City, ST 12345" joins the span."""
 
-    supported_entities = [STREET_ADDRESS]
+    supported_entities = (STREET_ADDRESS,)
     SCREEN = r"[0-9]|Street|Avenue|Road|Boulevard|Lane|Drive|Terrace|Highway|Parkway|Crescent|Alley"
     SCORE = 0.9  # above PERSON's: a name inside an address is part of the address
 
@@ -703,18 +709,6 @@ def pattern_recognizers(
     return [build[e]() for e in entities if e in build]
 
 
-def screen_for(recognizers: list) -> str | None:
-    """One regular expression that every text any of ``recognizers`` could match contains;
-    None when one of them has no screen (NER), so every text must be analysed."""
-    screens = []
-    for recognizer in recognizers:
-        screen = getattr(recognizer, "SCREEN", None)
-        if screen is None:
-            return None
-        screens.append(f"(?:{screen})")
-    return "|".join(screens) if screens else None
-
-
 __all__ = [
     "CN_RESIDENT_ID",
     "PATTERN_ENTITIES",
@@ -725,5 +719,4 @@ __all__ = [
     "RecognizerResult",
     "cn_resident_id_is_valid",
     "pattern_recognizers",
-    "screen_for",
 ]

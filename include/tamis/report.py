@@ -218,7 +218,7 @@ def histogram(stage_url: str, column: str, max_rows: int = 2_000_000) -> dict[st
         "column": column,
         "edges": edges.tolist(),
         "counts": counts.astype(int).tolist(),
-        "rows": int(len(data)),
+        "rows": len(data),
         "total_rows": int(total),
         "sampled": bool(total > rows),
         "sum": float(data.sum()) if len(data) else 0.0,
