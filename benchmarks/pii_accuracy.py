@@ -13,6 +13,11 @@ type is a false positive; the column ``fp_in_other`` says how many of those lie 
 span of another type (e.g. a phone number inside a labelled street address). ``exact``
 counts true positives whose boundaries match the gold span exactly.
 
+Look-alikes: numbers in running text that are not personal data (order numbers,
+arithmetic, private and documentation IPv4 addresses, versions, dates, ISBN-13s, UUIDs,
+prices, coordinates, bare 9-digit numbers without SSN context), generated with a fixed
+seed; every finding on them is a false positive, counted by kind and entity type.
+
     python benchmarks/pii_accuracy.py [--data-dir DIR] [--param key=value ...]
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,6 +36,7 @@ DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "pii"
 LABELS = {
     "presidio_synth_v2.jsonl": {
         "PERSON": "PERSON",
+        "STREET_ADDRESS": "STREET_ADDRESS",
         "GPE": "LOCATION",
         "CREDIT_CARD": "CREDIT_CARD",
         "PHONE_NUMBER": "PHONE_NUMBER",
@@ -40,6 +47,7 @@ LABELS = {
     },
     "nemo_curator_pii_tests.jsonl": {
         "NAME": "PERSON",
+        "ADDRESS": "STREET_ADDRESS",
         "EMAIL": "EMAIL_ADDRESS",
         "PHONE_NUMBER": "PHONE_NUMBER",
         "CREDIT_CARD_NUMBER": "CREDIT_CARD",
@@ -67,7 +75,6 @@ def stock_presidio_analyzer():
         PhoneRecognizer,
         UsSsnRecognizer,
     )
-
     from tamis.pii_recognizers import OfflineEmailRecognizer
 
     registry = RecognizerRegistry(supported_languages=["en"])
@@ -133,6 +140,42 @@ def evaluate(name: str, find, covered: set[str], path: Path, labels: dict[str, s
     return f1_by_type
 
 
+def look_alikes(per_kind: int = 40, seed: int = 7) -> dict[str, list[str]]:
+    """Sentences holding a number that is not PII, ``per_kind`` of each kind."""
+    rng = random.Random(seed)
+    d = lambda n: "".join(rng.choice("0123456789") for _ in range(n))
+    makers = {
+        "order numbers": lambda: rng.choice(["Your order number {} has shipped.", "Order #{} is pending.",
+                                             "Invoice no. {} was paid.", "Tracking {} left the depot."]).format(
+            rng.choice([d(10), f"{d(3)}-{d(3)}-{d(4)}", f"{d(4)} {d(4)} {d(2)}"])),
+        "arithmetic": lambda: f"We know that {d(4)} * {d(4)} = {d(7)}, and {d(7)} - {d(6)} = {d(7)}.",
+        "private IPv4": lambda: f"Point the client at {rng.choice(['10', '192.168', '172.16'])}."
+                                f"{'.'.join(str(rng.randint(0, 255)) for _ in range(2))}.{rng.randint(1, 254)} first.",
+        "documentation IPv4": lambda: f"The manual uses {rng.choice(['192.0.2', '198.51.100', '203.0.113'])}.{rng.randint(1, 254)} as the server.",
+        "versions": lambda: f"Upgrade to version {rng.randint(1, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 30)}.{rng.randint(0, 99)} today.",
+        "dates": lambda: f"It moved from {rng.randint(1990, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} to {rng.randint(1, 28):02d}.{rng.randint(1, 12):02d}.{rng.randint(1990, 2030)}.",
+        "ISBN-13": lambda: f"The paperback is ISBN 978-{d(1)}-{d(3)}-{d(5)}-{d(1)}.",
+        "UUIDs": lambda: f"Request {d(8)}-{d(4)}-4{d(3)}-a{d(3)}-{d(12)} failed.",
+        "prices": lambda: f"It costs ${rng.randint(1, 999)},{d(3)},{d(3)}.{d(2)} at auction.",
+        "coordinates": lambda: f"The camp is at -{rng.randint(1, 89)}.{d(10)}, -{rng.randint(1, 179)}.{d(10)}.",
+        "bare 9 digits": lambda: f"Parcel {rng.randint(1, 8)}{d(8)} was delivered.",
+    }
+    return {kind: [make() for _ in range(per_kind)] for kind, make in makers.items()}
+
+
+def count_look_alikes(name: str, find) -> None:
+    print(f"\n== {name}: false positives on look-alikes (texts with a finding / texts)")
+    for kind, texts in look_alikes().items():
+        hit = Counter()
+        flagged = 0
+        for text in texts:
+            types = {r.entity_type for r in find(text)}
+            flagged += bool(types)
+            hit.update(types)
+        detail = ", ".join(f"{t} {c}" for t, c in sorted(hit.items()))
+        print(f"  {kind:<20}{flagged:>3} of {len(texts)}  {detail}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
@@ -146,7 +189,9 @@ def main() -> None:
     stage.check_ready()
     print("pii params:", json.dumps(stage.params.model_dump()))
     stock = stock_find(stage.params.min_score)
-    stock_types = set(stage.params.entities) - {"CN_RESIDENT_ID"}
+    stock_types = set(stage.params.entities) - {"CN_RESIDENT_ID", "PERSON", "STREET_ADDRESS"}
+    count_look_alikes("tamis pii", stage.find)
+    count_look_alikes("stock Presidio", stock)
     for name, labels in LABELS.items():
         ours = evaluate("tamis pii", stage.find, set(stage.params.entities), args.data_dir / name, labels)
         peer = evaluate("stock Presidio", stock, stock_types, args.data_dir / name, labels)

@@ -140,7 +140,7 @@ def test_cluster_samples_account_for_every_near_duplicate(run):
 
 
 def test_pii_counts_are_entity_counts_only():
-    manifest = {"metrics": {"pii.EMAIL_ADDRESS": 4, "pii.PHONE_NUMBER": 9, "ingest.bytes": 100}}
+    manifest = {"metrics": {"pii.entity.EMAIL_ADDRESS": 4, "pii.entity.PHONE_NUMBER": 9, "pii.findings": 13, "ingest.bytes": 100}}
     assert report.pii_counts(manifest) == {"PHONE_NUMBER": 9, "EMAIL_ADDRESS": 4}
 
 
@@ -185,7 +185,7 @@ def test_stage_metrics_written_as_prometheus_textfile(run, monkeypatch, tmp_path
     _, run_url = run
     monkeypatch.delenv("TAMIS_STATSD_HOST", raising=False)
     monkeypatch.setenv("TAMIS_PROMETHEUS_TEXTFILE_DIR", str(tmp_path))
-    manifest = {**Dataset(f"{run_url}/ingest").manifest(), "metrics": {"pii.PERSON": 6}, "stage": "pii"}
+    manifest = {**Dataset(f"{run_url}/ingest").manifest(), "metrics": {"pii.entity.PERSON": 6, "pii.findings": 6}, "stage": "pii"}
     emit_stage_metrics(manifest, "default")
     text = (tmp_path / "tamis_default_pii.prom").read_text()
     assert f'tamis_docs_processed_total{{stage="pii",pipeline="default"}} {manifest["counts"]["in"]}' in text

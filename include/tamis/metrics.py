@@ -14,8 +14,9 @@ The figures, all labelled ``stage`` and ``pipeline``:
 - ``tamis_errors_total`` (counter): records quarantined as bad input
 - ``tamis_drop_rate`` (gauge): dropped / read
 - ``tamis_duplicate_rate`` (gauge, dedup stages): duplicates dropped / read
-- ``tamis_pii_detection_rate`` (gauge, stages that count ``pii.<TYPE>``): PII entities
-  found per document read
+- ``tamis_pii_detection_rate`` (gauge, stages that count ``pii.entity.<TYPE>``): PII
+  entities found per document read (bookkeeping counters such as ``pii.findings`` are
+  not entities and do not count)
 
 Metrics never stop a stage: a failed send is logged and dropped.
 """
@@ -32,6 +33,21 @@ log = logging.getLogger("tamis.metrics")
 
 DEDUP_STAGES = ("exact_dedup", "near_dedup")
 COUNTERS = ("tamis_docs_processed_total", "tamis_errors_total")
+PII_ENTITY_PREFIX = "pii.entity."
+
+
+def pii_entity_counts(manifest_metrics: dict[str, Any]) -> dict[str, int]:
+    """Entity type -> count from a manifest's ``pii.entity.<TYPE>`` metrics, largest first.
+
+    The PII stage's bookkeeping counters (``pii.findings``, ``pii.docs_analysed``...) share
+    the ``pii.`` prefix but are not entity types; the report and the detection rate both
+    read entities through this function so they agree on what an entity is."""
+    out = {
+        key[len(PII_ENTITY_PREFIX) :]: int(value)
+        for key, value in manifest_metrics.items()
+        if key.startswith(PII_ENTITY_PREFIX) and isinstance(value, (int, float))
+    }
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def stage_metrics(manifest: dict[str, Any]) -> dict[str, float]:
@@ -52,9 +68,9 @@ def stage_metrics(manifest: dict[str, Any]) -> dict[str, float]:
     }
     if stage in DEDUP_STAGES:
         figures["tamis_duplicate_rate"] = dropped / n_in if n_in else 0.0
-    pii = [v for k, v in manifest.get("metrics", {}).items() if k.startswith("pii.") and isinstance(v, (int, float))]
+    pii = pii_entity_counts(manifest.get("metrics", {}))
     if pii or stage == "pii":
-        figures["tamis_pii_detection_rate"] = sum(pii) / n_in if n_in else 0.0
+        figures["tamis_pii_detection_rate"] = sum(pii.values()) / n_in if n_in else 0.0
     return figures
 
 

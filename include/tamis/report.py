@@ -4,7 +4,7 @@ Everything here reads datasets (manifests, gate results, Parquet parts, cluster 
 and returns plain dicts and lists, so the report pages, the command line and the tests
 share one implementation. Nothing here renders HTML or knows about Airflow.
 
-PII is reported as counts by entity type only (manifest metrics ``pii.<TYPE>``); the
+PII is reported as counts by entity type only (manifest metrics ``pii.entity.<TYPE>``); the
 Great Expectations results are reported without the sample values that Great
 Expectations keeps for failed expectations, since those may be the very PII a gate
 caught.
@@ -21,6 +21,7 @@ import pyarrow.dataset as pads
 
 from tamis import storage
 from tamis.dataset import GATE_RESULT, MANIFEST, Dataset
+from tamis.metrics import pii_entity_counts
 
 CLUSTERS_DIR = "_clusters"
 
@@ -116,12 +117,8 @@ def reasons_by_rule(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def pii_counts(manifest: dict[str, Any]) -> dict[str, int]:
-    """Entity type -> count from the ``pii.<TYPE>`` metrics; never any value."""
-    out = {}
-    for key, value in manifest.get("metrics", {}).items():
-        if key.startswith("pii.") and isinstance(value, (int, float)):
-            out[key[4:]] = int(value)
-    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+    """Entity type -> count from the ``pii.entity.<TYPE>`` metrics; never any value."""
+    return pii_entity_counts(manifest.get("metrics", {}))
 
 
 def gate_result(stage_url: str) -> dict[str, Any] | None:
@@ -221,7 +218,7 @@ def histogram(stage_url: str, column: str, max_rows: int = 2_000_000) -> dict[st
         "column": column,
         "edges": edges.tolist(),
         "counts": counts.astype(int).tolist(),
-        "rows": int(len(data)),
+        "rows": len(data),
         "total_rows": int(total),
         "sampled": bool(total > rows),
         "sum": float(data.sum()) if len(data) else 0.0,

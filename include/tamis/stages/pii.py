@@ -1,33 +1,42 @@
-"""PII: find personal data with Microsoft Presidio, then mask it, drop the document, or flag it.
+"""PII: find personal data, then mask it, drop the document, or flag it.
 
-Detection uses Presidio pattern recognizers (see :mod:`tamis.pii_recognizers`) for
-e-mail addresses, phone numbers (including Chinese mobile numbers), credit cards, IP
-addresses, IBANs, US social security numbers and PRC resident identity numbers. Names
-and places (PERSON, LOCATION) need a spaCy NER model; they are found only when
-``ner_model`` names an installed spaCy package or a saved pipeline directory. Without it, Presidio runs on an NLP
-engine that loads no model, so the stage works with nothing downloaded. The pattern
-recognizers are language-neutral and run on every document under Presidio's ``en`` key.
+Detection runs offline, with nothing downloaded (see :mod:`tamis.pii_recognizers`):
+- pattern types, with Presidio's recognizers and validators (checksums, python-phonenumbers,
+  the public suffix list bundled with tldextract) and context rules against look-alikes:
+  e-mail addresses, phone numbers (including Chinese mobile numbers), credit cards, IP
+  addresses, IBANs, US social security numbers and PRC resident identity numbers;
+- PERSON and STREET_ADDRESS, from given-name and surname lists, a name-likeness model and
+  context rules, and from the shape of addresses;
+- with ``ner_model`` (an installed spaCy package or a saved pipeline directory), spaCy's
+  PERSON and LOCATION entities as well.
 
-Speed: the recognizers' screens are ORed into one regular expression that runs over the
-whole text column at once (Arrow, RE2); only the documents it matches go to Presidio.
-Long documents are analysed in chunks of ``chunk_chars`` that overlap by
-``chunk_overlap`` characters, so one call's work is bounded; where chunk matches overlap,
+Detection sees each text NFKC-folded (full-width digits and ``＠`` read as ASCII); spans
+are mapped back to the original characters, so masking replaces exactly the characters of
+each value and keeps everything around it as it was. Each value gets its own mask.
+
+Speed: each recognizer's screen (a cheap regular expression every text it could match
+contains) runs over the whole text column at once (Arrow, RE2), and a recognizer runs
+only on the texts its screen matched. Long documents are analysed in chunks of
+``chunk_chars`` that overlap by ``chunk_overlap`` characters; where findings overlap,
 the higher score wins, then the longer span. Documents over ``max_chars`` are dropped
 unscanned (reason ``pii_too_long``), since nothing can be said about what they hold.
 
-Outcomes per ``action``: ``mask`` replaces each finding with ``mask`` (``{entity}`` is
-the entity type, e.g. ``<EMAIL_ADDRESS>``) through presidio-anonymizer; ``remove`` drops
-documents with any finding (reason ``pii_found``, the detail counts entity types);
-``flag`` keeps the text and adds ``pii_spans`` (character offsets and types). Every kept document
-gets ``pii_count`` and ``pii_types``. Batch metrics count findings by type
-(``pii.EMAIL_ADDRESS``...). No PII value is ever logged or written outside the kept
-text under ``flag``: metrics, reasons and details hold types and counts only.
+Outcomes per ``action``: ``mask`` replaces each finding with ``mask`` (``{entity}`` is the
+entity type, e.g. ``<EMAIL_ADDRESS>``); ``remove`` drops documents with any finding
+(reason ``pii_found``, the detail counts entity types); ``flag`` keeps the text and adds
+``pii_spans`` (character offsets and types). Every kept document gets ``pii_count`` and
+``pii_types``. Batch metrics count findings by type as ``pii.entity.<TYPE>``; the
+bookkeeping counters are ``pii.docs_screened_out``, ``pii.docs_analysed``,
+``pii.docs_with_pii``, ``pii.findings`` and ``pii.docs_masked``. No PII value is ever
+logged or written outside the kept text under ``flag``: metrics, reasons and details
+hold types and counts only.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -39,27 +48,31 @@ from pydantic import Field, field_validator, model_validator
 
 from tamis.stage import BatchResult, Stage, StageParams, split_by_reason
 
-NER_ENTITIES = ("PERSON", "LOCATION")
-DEFAULT_ENTITIES = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS", "IBAN_CODE", "US_SSN", "CN_RESIDENT_ID"]
+NER_ENTITIES = ("LOCATION",)  # only with ner_model
+DEFAULT_ENTITIES = [
+    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS", "IBAN_CODE", "US_SSN", "CN_RESIDENT_ID",
+    "PERSON", "STREET_ADDRESS",
+]
 DEFAULT_PHONE_REGIONS = ["US", "GB", "DE", "FR", "IN", "CA", "BR", "CN"]
 _PRESIDIO_LANGUAGE = "en"
+_SPACY_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION"}
 _SPAN_TYPE = pa.list_(pa.struct([("start", pa.int32()), ("end", pa.int32()), ("entity", pa.string())]))
 
 log = logging.getLogger("tamis.stages.pii")
 
 
 class PiiParams(StageParams):
-    # Entity types to find: any of DEFAULT_ENTITIES, plus PERSON / LOCATION with ner_model.
+    # Entity types to find: any of DEFAULT_ENTITIES, plus LOCATION with ner_model.
     entities: list[str] = Field(default_factory=lambda: list(DEFAULT_ENTITIES))
     action: Literal["mask", "remove", "flag"] = "mask"
     mask: str = "<{entity}>"  # replacement text under action "mask"; {entity} is the type
-    min_score: float = Field(0.4, ge=0.0, le=1.0)  # Presidio confidence below which a match is ignored
+    min_score: float = Field(0.4, ge=0.0, le=1.0)  # confidence below which a match is ignored
     phone_regions: list[str] = Field(default_factory=lambda: list(DEFAULT_PHONE_REGIONS))
     # python-phonenumbers leniency: 0 possible, 1 valid, 2 valid with strict grouping, 3 exact grouping.
     phone_leniency: int = Field(1, ge=0, le=3)
-    ip_public_only: bool = True  # loopback / private / link-local addresses are not personal data
+    ip_public_only: bool = True  # loopback / private / link-local / documentation addresses are not personal data
     # An installed spaCy package (e.g. "en_core_web_sm") or a saved spaCy pipeline directory,
-    # for PERSON / LOCATION; null = no NER.
+    # adding its PERSON / LOCATION entities; null = the rule-based PERSON only.
     ner_model: str | None = None
     chunk_chars: int = Field(100_000, ge=1_000)
     chunk_overlap: int = Field(256, ge=0)  # longer than any pattern entity, so none is cut in both chunks
@@ -94,7 +107,7 @@ class PiiMask(Stage):
     Params = PiiParams
 
     def __getstate__(self):
-        # Presidio engines are rebuilt in each worker process, not pickled.
+        # Recognizers and spaCy pipelines are rebuilt in each worker process, not pickled.
         state = dict(self.__dict__)
         state.pop("_engines", None)
         return state
@@ -113,61 +126,53 @@ class PiiMask(Stage):
     # -- detection -------------------------------------------------------------------
 
     def _build(self):
+        """(recognizers, their screens or None, spaCy pipeline or None), once per process."""
         engines = self.__dict__.get("_engines")
         if engines is not None:
             return engines
         _quiet_presidio_logs()
-        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-        from presidio_anonymizer import AnonymizerEngine
-
-        from tamis.pii_recognizers import NoContextEnhancer, pattern_recognizers, screen_for
+        from tamis.pii_recognizers import pattern_recognizers
 
         p = self.params
         recognizers = pattern_recognizers(
             p.entities, _PRESIDIO_LANGUAGE, p.phone_regions, p.phone_leniency, p.ip_public_only
         )
-        registry = RecognizerRegistry(supported_languages=[_PRESIDIO_LANGUAGE])
-        for recognizer in recognizers:
-            registry.add_recognizer(recognizer)
-        ner_entities = [e for e in p.entities if e in NER_ENTITIES]
-        if ner_entities:
-            self.check_ready()  # SpacyNlpEngine would otherwise try to download a missing model
-            from presidio_analyzer.nlp_engine import SpacyNlpEngine
-            from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+        screens = [getattr(r, "SCREEN", None) for r in recognizers]
+        nlp = None
+        if p.ner_model is not None:
+            self.check_ready()
+            import spacy
 
-            nlp_engine = SpacyNlpEngine(models=[{"lang_code": _PRESIDIO_LANGUAGE, "model_name": p.ner_model}])
-            registry.add_recognizer(SpacyRecognizer(supported_language=_PRESIDIO_LANGUAGE, supported_entities=ner_entities))
-            screen = None  # names can be anywhere: every document is analysed
-            enhancer = None  # Presidio's default: context words near a match raise its score
-        else:
-            from presidio_analyzer.nlp_engine import NoOpNlpEngine
-
-            nlp_engine = NoOpNlpEngine(models=[{"lang_code": _PRESIDIO_LANGUAGE, "model_name": "none"}])
-            screen = screen_for(recognizers)
-            enhancer = NoContextEnhancer()
-        analyzer = AnalyzerEngine(
-            nlp_engine=nlp_engine,
-            registry=registry,
-            supported_languages=[_PRESIDIO_LANGUAGE],
-            default_score_threshold=p.min_score,
-            context_aware_enhancer=enhancer,
-        )
-        engines = (analyzer, AnonymizerEngine(), screen)
+            nlp = spacy.load(p.ner_model)
+        engines = (recognizers, screens, nlp)
         self.__dict__["_engines"] = engines
         return engines
 
     def find(self, text: str) -> list:
-        """Non-overlapping Presidio findings in ``text``, in text order."""
-        analyzer = self._build()[0]
+        """Non-overlapping findings in ``text``, in text order, with offsets into ``text``."""
+        import regex  # reads the screens as RE2 does (\p{Lu})
+
+        recognizers, screens, _ = self._build()
+        view, index = _folded(text)
+        active = [r for r, s in zip(recognizers, screens) if s is None or regex.search(s, view)]
+        return _to_original(self._detect(view, active), index)
+
+    def _detect(self, view: str, active: list) -> list:
         p = self.params
+        nlp = self._build()[2]
+        wanted = set(p.entities)
         step = p.chunk_chars - p.chunk_overlap
         found = []
-        for start in range(0, max(len(text) - p.chunk_overlap, 1), step):
-            chunk = text[start : start + p.chunk_chars]
-            for r in analyzer.analyze(chunk, language=_PRESIDIO_LANGUAGE, entities=p.entities):
-                r.start += start
-                r.end += start
-                found.append(r)
+        for start in range(0, max(len(view) - p.chunk_overlap, 1), step):
+            chunk = view[start : start + p.chunk_chars]
+            for recognizer in active:
+                for r in recognizer.analyze(chunk, recognizer.supported_entities, None):
+                    if r.score >= p.min_score:
+                        r.start += start
+                        r.end += start
+                        found.append(r)
+            if nlp is not None:
+                found.extend(_spacy_findings(nlp, chunk, start, wanted))
         return _non_overlapping(found)
 
     # -- the batch ---------------------------------------------------------------------
@@ -175,16 +180,23 @@ class PiiMask(Stage):
     def process_batch(self, table: pa.Table) -> BatchResult:
         p = self.params
         n = table.num_rows
-        _, anonymizer, screen = self._build()
+        recognizers, screens, nlp = self._build()
         text = table.column("text").combine_chunks() if n else pa.array([], pa.string())
         is_null = pc.is_null(text).to_numpy(zero_copy_only=False)
         lengths = pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False)
         too_long = lengths > p.max_chars
-        if screen is None:
-            candidate = ~is_null & (lengths > 0)
-        else:
-            candidate = pc.fill_null(pc.match_substring_regex(text, screen), False).to_numpy(zero_copy_only=False)
-        candidate = candidate & ~too_long
+        folded = pc.utf8_normalize(text, "NFKC")
+        changed = pc.fill_null(pc.not_equal(folded, text), False).to_numpy(zero_copy_only=False)
+        screened = []
+        for screen in screens:
+            if screen is None or nlp is not None:
+                screened.append(None)
+            else:
+                screened.append(pc.fill_null(pc.match_substring_regex(folded, screen), False).to_numpy(zero_copy_only=False))
+        any_screen = ~is_null & (lengths > 0)
+        if all(s is not None for s in screened):
+            any_screen &= np.logical_or.reduce(screened) if screened else False
+        candidate = any_screen & ~too_long
         todo = np.flatnonzero(candidate)
 
         counts = np.zeros(n, np.int32)
@@ -193,17 +205,23 @@ class PiiMask(Stage):
         masked: dict[int, str] = {}
         metrics: Counter = Counter()
         by_type_docs: dict[int, Counter] = {}
-        for i, doc in zip(todo, text.take(pa.array(todo, pa.int64())).to_pylist()):
-            found = self.find(doc)
+        pairs = list(zip(recognizers, screened))
+        for i, doc in zip(todo.tolist(), text.take(pa.array(todo, pa.int64())).to_pylist()):
+            active = [r for r, s in pairs if s is None or s[i]]
+            if changed[i]:
+                view, index = _folded(doc)
+                found = _to_original(self._detect(view, active), index)
+            else:
+                found = self._detect(doc, active)
             if not found:
                 continue
             per_type = Counter(r.entity_type for r in found)
             by_type_docs[i] = per_type
             counts[i] = len(found)
             types[i] = ",".join(sorted(per_type))
-            metrics.update({f"pii.{t}": c for t, c in per_type.items()})
+            metrics.update({f"pii.entity.{t}": c for t, c in per_type.items()})
             if p.action == "mask":
-                masked[i] = self._mask(anonymizer, doc, found)
+                masked[i] = self._mask(doc, found)
             elif p.action == "flag":
                 spans[i] = [{"start": r.start, "end": r.end, "entity": r.entity_type} for r in found]
 
@@ -238,14 +256,52 @@ class PiiMask(Stage):
         kept, dropped = split_by_reason(table, reasons.tolist(), details.tolist())
         return BatchResult(kept=kept, dropped=dropped, metrics=metrics)
 
-    def _mask(self, anonymizer, doc: str, found: list) -> str:
-        from presidio_anonymizer.entities import OperatorConfig
+    def _mask(self, doc: str, found: list) -> str:
+        """Each finding replaced by its own mask; every character between findings kept."""
+        template = self.params.mask
+        pieces = []
+        at = 0
+        for r in found:
+            pieces.append(doc[at : r.start])
+            pieces.append(template.format(entity=r.entity_type))
+            at = r.end
+        pieces.append(doc[at:])
+        return "".join(pieces)
 
-        operators = {
-            t: OperatorConfig("replace", {"new_value": self.params.mask.format(entity=t)})
-            for t in {r.entity_type for r in found}
-        }
-        return anonymizer.anonymize(text=doc, analyzer_results=found, operators=operators).text
+
+def _folded(text: str) -> tuple[str, list[int] | None]:
+    """The NFKC-folded view of ``text`` and, when it differs, the original offset of each
+    view character (plus one past the end). Characters are folded one at a time, so each
+    view character comes from exactly one original character."""
+    if text.isascii():
+        return text, None
+    pieces = [unicodedata.normalize("NFKC", ch) for ch in text]
+    if all(len(piece) == 1 for piece in pieces) and "".join(pieces) == text:
+        return text, None
+    index = [i for i, piece in enumerate(pieces) for _ in piece]
+    index.append(len(text))
+    return "".join(pieces), index
+
+
+def _to_original(found: list, index: list[int] | None) -> list:
+    """Findings on a folded view moved back onto the original text's offsets."""
+    if index is None:
+        return found
+    for r in found:
+        r.start = index[r.start]
+        r.end = index[r.end - 1] + 1
+    return found
+
+
+def _spacy_findings(nlp, chunk: str, offset: int, wanted: set[str]) -> list:
+    from presidio_analyzer import RecognizerResult
+
+    out = []
+    for ent in nlp(chunk).ents:
+        entity = _SPACY_LABELS.get(ent.label_)
+        if entity in wanted:
+            out.append(RecognizerResult(entity, ent.start_char + offset, ent.end_char + offset, 0.85))
+    return out
 
 
 class _WithholdText(logging.Filter):
