@@ -106,11 +106,8 @@ class PiiMask(Stage):
     type_name = "pii"
     Params = PiiParams
 
-    def __getstate__(self):
-        # Recognizers and spaCy pipelines are rebuilt in each worker process, not pickled.
-        state = dict(self.__dict__)
-        state.pop("_engines", None)
-        return state
+    def setup(self) -> None:
+        self._build()  # recognizers and the spaCy pipeline, once per worker, never pickled
 
     def check_ready(self) -> None:
         model = self.params.ner_model
