@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO, write_jsonl
 from tamis.cli import run_one
 from tamis.dataset import Dataset
+from tamis.pipeline import ConfigError
 
 SPEECHES = REPO / "include/sample/web/date=2026-11-20/speeches.jsonl"
 
@@ -179,3 +180,17 @@ def test_unknown_source_is_a_clear_error(tmp_path, make_pipeline):
     pipeline = make_pipeline({"web": {"path": str(tmp_path / "web")}})
     with pytest.raises(ValueError, match="unknown sources \\['books'\\]"):
         ingest(pipeline, sources=["books"])
+
+
+@pytest.mark.parametrize("name", ["x/y", "..", "x/../../OUTSIDE", ".hidden", "a b", ""])
+def test_unsafe_source_names_are_refused_when_the_pipeline_loads(tmp_path, make_pipeline, name):
+    write_jsonl(tmp_path / "web/a.jsonl", real_docs(1))
+    with pytest.raises(ConfigError, match="source name"):
+        make_pipeline({name: {"path": str(tmp_path / "web")}})
+    assert not (tmp_path / "OUTSIDE").exists()
+
+
+def test_source_names_with_letters_digits_dots_dashes_and_underscores_load(tmp_path, make_pipeline):
+    write_jsonl(tmp_path / "web/a.jsonl", real_docs(1))
+    pipeline = make_pipeline({name: {"path": str(tmp_path / "web")} for name in ("web", "web_en-2", "books.v2")})
+    assert sorted(pipeline.sources) == ["books.v2", "web", "web_en-2"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -39,6 +39,19 @@ class SourceConfig(_Strict):
     url_field: str | None = None
     # What kind of text the source holds; quality rules differ for code and prose.
     type: Literal["prose", "code"] = "prose"
+
+    # A source name starts record ids (``<source>/<record id>``) and output part names, so it
+    # holds no '/' (ids stay unambiguous) and cannot climb out of a folder.
+    SAFE_NAME: ClassVar[re.Pattern] = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+    @classmethod
+    def check_name(cls, name: str) -> str:
+        if not cls.SAFE_NAME.fullmatch(name) or ".." in name:
+            raise ValueError(
+                f"source name {name!r} is not allowed: use 1 to 64 letters, digits, '.', '-' or '_', "
+                "starting with a letter or digit, with no '..'"
+            )
+        return name
 
 
 class Orchestration(_Strict):
@@ -81,6 +94,13 @@ class Pipeline(_Strict):
     orchestration: Orchestration = Field(default_factory=lambda: Orchestration())
     nightly: Nightly = Field(default_factory=lambda: Nightly())
     release: dict[str, Any] = Field(default_factory=dict)  # validated by tamis.release.ReleaseConfig
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names_are_safe(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        for name in value:
+            SourceConfig.check_name(name)
+        return value
 
     @field_validator("stages", mode="before")
     @classmethod
