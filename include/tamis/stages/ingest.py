@@ -14,7 +14,7 @@ line and reason; this stage turns what they read into records and quarantines th
 from __future__ import annotations
 
 import hashlib
-import re
+import json
 from collections import Counter
 from typing import Iterator
 
@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from tamis import storage
-from tamis.sources import Chunk, Fields, read_jsonl, read_parquet, read_text, rejected_file
+from tamis.sources import Chunk, Fields, SkippedEntry, SourceFile, list_source, read_jsonl, read_parquet, read_text, rejected_file
 from tamis.sources.chunk import SAMPLE_CHARS
 from tamis.stage import QUARANTINE_SCHEMA, BatchResult, InputShard, Stage, StageParams, split_by_reason
 
@@ -36,8 +36,6 @@ RECORD_SCHEMA = pa.schema(
         ("text", pa.string()),
     ]
 )
-_DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz", ".parquet": "parquet", ".txt": "text"}
 
 
 class IngestParams(StageParams):
@@ -47,7 +45,8 @@ class IngestParams(StageParams):
     block_bytes: int = Field(default=8 << 20, gt=0)
     sources: list[str] | None = None  # None: every source of the pipeline
     date: str | None = None  # only this date partition (nightly ingest); None: all of them
-    undated: str = "undated"  # date recorded for files outside any date= partition
+    # Date recorded for files outside any date= partition; it names output parts, so no '/'.
+    undated: str = Field(default="undated", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     sample_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
 
 
@@ -68,47 +67,39 @@ class Ingest(Stage):
         return sorted(self.params.sources or self.context.get("sources", {}))
 
     def input_shards(self, input_url: str | None) -> list[InputShard]:
+        """One shard per file; per date, one more for the source's entries that cannot be
+        read, so that each is counted (quarantined with its reason)."""
         shards = []
         for source_name in self._selected():
             source = self.context["sources"][source_name]
-            fs, root = storage.filesystem(source.path)
-            protocol = source.path.split("://", 1)[0] + "://" if "://" in source.path else ""
-            by_date: dict[str, list[tuple[str, int]]] = {}
-            for path, info in sorted(fs.find(root, detail=True).items()):
-                if info["type"] != "file":
-                    continue
-                rel = path[len(root.rstrip("/")) + 1 :]
-                parts = rel.split("/")
-                if any(p.startswith((".", "_")) for p in parts):
-                    continue
-                match = _DATE_DIR.match(parts[0]) if len(parts) > 1 else None
-                date = match.group(1) if match else self.params.undated
-                if self.params.date and date != self.params.date:
-                    continue
-                if _file_format(path, source.format) is None:
-                    continue
-                by_date.setdefault(date, []).append((protocol + path, info["size"]))
-            for date, files in sorted(by_date.items()):
-                for k, (url, size) in enumerate(files):
-                    rel = url[len(protocol + root.rstrip("/")) + 1 :]
-                    shards.append(
-                        InputShard(
-                            name=f"{date}_{source_name}_{k:05d}",
-                            url=url,
-                            size_bytes=size,
-                            attrs=(("source", source_name), ("date", date), ("relpath", rel)),
-                        )
-                    )
+            listing = list_source(source.path, source.format, self.params.undated, self.params.date)
+            files: dict[str, list[SourceFile]] = {}
+            skipped: dict[str, list[SkippedEntry]] = {}
+            for f in listing.files:
+                files.setdefault(f.date, []).append(f)
+            for entry in listing.skipped:
+                skipped.setdefault(entry.date, []).append(entry)
+            for date in sorted(files.keys() | skipped.keys()):
+                for k, f in enumerate(files.get(date, [])):
+                    attrs = (("source", source_name), ("date", date), ("relpath", f.relpath), ("format", f.format))
+                    shards.append(InputShard(name=f"{date}_{source_name}_{k:05d}", url=f.url, size_bytes=f.size, attrs=attrs))
+                if date in skipped:
+                    entries = json.dumps([[e.url, e.reason, e.detail] for e in skipped[date]])
+                    attrs = (("source", source_name), ("date", date), ("skipped", entries))
+                    shards.append(InputShard(name=f"{date}_{source_name}_skipped", url=source.path, size_bytes=0, attrs=attrs))
         return shards
 
     def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
+        if shard.attr("skipped") is not None:
+            yield _skipped_entries(shard)
+            return
         source = self.context["sources"][shard.attr("source")]
         fields = Fields(source.text_field, source.id_field, source.url_field)
         records = _Records(shard, self.params, source.text_field)
         if shard.size_bytes == 0:
             yield records.result(rejected_file("empty_file", "the file has no bytes"))
             return
-        fmt = _file_format(shard.url, source.format)
+        fmt = shard.attr("format")
         if fmt == "parquet":
             chunks = read_parquet(shard.url, fields)
         elif fmt == "text":
@@ -119,14 +110,20 @@ class Ingest(Stage):
             yield records.result(chunk)
 
 
-def _file_format(path: str, configured: str) -> str | None:
-    if configured != "auto":
-        return configured
-    name = path.rsplit("/", 1)[-1].lower()
-    for suffix, fmt in sorted(_FORMATS.items(), key=lambda kv: -len(kv[0])):
-        if name.endswith(suffix):
-            return fmt
-    return None
+def _skipped_entries(shard: InputShard) -> BatchResult:
+    entries = json.loads(shard.attr("skipped"))
+    quarantined = pa.table(
+        {
+            "source_file": [url for url, _, _ in entries],
+            "line": pa.nulls(len(entries), pa.int64()),
+            "id": pa.nulls(len(entries), pa.string()),
+            "reason": [reason for _, reason, _ in entries],
+            "detail": [detail for _, _, detail in entries],
+            "sample": pa.nulls(len(entries), pa.string()),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+    return BatchResult(kept=RECORD_SCHEMA.empty_table(), quarantined=quarantined)
 
 
 class _Records:
