@@ -10,8 +10,8 @@ import random
 import pytest
 
 from conftest import REPO, write_jsonl
-from tamis.cli import run_one
 from tamis import storage
+from tamis.cli import run_one
 from tamis.dataset import Dataset
 from tamis.sources import list_source
 from tamis.sources.jsonl import HEAD_BYTES, Block, LineBlocks, LongLine, given_id

@@ -7,7 +7,7 @@ bad line, record, row group or file never stops a stage. Readers of other kinds 
 (git, http, warc) belong here too.
 """
 
-from tamis.sources.chunk import Chunk, Fields, rejected_file
+from tamis.sources.chunk import Chunk, Fields, reject
 from tamis.sources.files import Listing, SkippedEntry, SourceFile, list_source
 from tamis.sources.jsonl import read_jsonl
 from tamis.sources.parquet import read_parquet
@@ -15,5 +15,5 @@ from tamis.sources.text import read_text
 
 __all__ = [
     "Chunk", "Fields", "Listing", "SkippedEntry", "SourceFile",
-    "list_source", "read_jsonl", "read_parquet", "read_text", "rejected_file",
+    "list_source", "read_jsonl", "read_parquet", "read_text", "reject",
 ]

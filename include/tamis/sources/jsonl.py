@@ -23,14 +23,7 @@ import pyarrow as pa
 import pyarrow.json as pj
 
 from tamis import storage
-from tamis.sources.chunk import (
-    SOURCE_RECORD_SCHEMA,
-    Chunk,
-    Fields,
-    rejected,
-    rejected_file,
-    sample_of,
-)
+from tamis.sources.chunk import SOURCE_RECORD_SCHEMA, Chunk, Fields, reject, rejected, sample_of
 
 # Enough of a long line to find an id written before the text.
 HEAD_BYTES = 64 << 10
@@ -48,7 +41,7 @@ def read_jsonl(url: str, fields: Fields, compressed: bool, block_bytes: int, max
             for piece in blocks:
                 yield parser.long_line(piece) if isinstance(piece, LongLine) else parser.block(piece)
         except _DAMAGED_GZIP as exc:
-            yield rejected_file("unreadable_file", f"{type(exc).__name__}: {exc}", line=blocks.line)
+            yield reject("unreadable_file", f"{type(exc).__name__}: {exc}", line=blocks.line)
 
 
 @dataclass
@@ -161,7 +154,7 @@ class _Parser:
 
     def long_line(self, line: LongLine) -> Chunk:
         self.ordinal += 1  # an unread record still takes its place, so later generated ids do not move
-        return rejected_file("doc_too_large", f"a line of {line.size} bytes > max_doc_bytes {self.max_doc_bytes}",
+        return reject("doc_too_large", f"a line of {line.size} bytes > max_doc_bytes {self.max_doc_bytes}",
                              line=line.line, record_id=given_id(line.head, self.fields.id), sample=sample_of(line.head))
 
     def _line_by_line(self, block: Block) -> Chunk:

@@ -15,14 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tamis import storage
-from tamis.sources.chunk import (
-    SAMPLE_CHARS,
-    SOURCE_RECORD_SCHEMA,
-    Chunk,
-    Fields,
-    rejected,
-    rejected_file,
-)
+from tamis.sources.chunk import SAMPLE_CHARS, SOURCE_RECORD_SCHEMA, Chunk, Fields, reject, rejected
 
 BATCH_ROWS = 4096
 # Errors that mean "these bytes are not valid Parquet"; a lost connection is not one of them.
@@ -38,11 +31,11 @@ def read_parquet(url: str, fields: Fields) -> Iterator[Chunk]:
         except _NOT_DAMAGE:
             raise
         except _DAMAGE as exc:
-            yield rejected_file("unreadable_parquet", str(exc))
+            yield reject("unreadable_parquet", str(exc))
             return
         problem = schema_problem(parquet.schema_arrow, fields)
         if problem:
-            yield rejected_file("schema_mismatch", problem)
+            yield reject("schema_mismatch", problem)
             return
         columns = list(dict.fromkeys(c for c in fields if c))
         metadata = parquet.metadata
@@ -58,7 +51,7 @@ def read_parquet(url: str, fields: Fields) -> Iterator[Chunk]:
                     raise
                 except _DAMAGE as exc:
                     where = f"row group {group} (records {first + read + 1} to {first + rows})"
-                    yield rejected_file("unreadable_row_group", f"{where}: {type(exc).__name__}: {exc}", line=first + read + 1)
+                    yield reject("unreadable_row_group", f"{where}: {type(exc).__name__}: {exc}", line=first + read + 1)
                     break
                 if batch is None:
                     break

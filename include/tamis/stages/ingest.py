@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from tamis import storage
-from tamis.sources import Chunk, Fields, SkippedEntry, SourceFile, list_source, read_jsonl, read_parquet, read_text, rejected_file
+from tamis.sources import Chunk, Fields, SkippedEntry, SourceFile, list_source, read_jsonl, read_parquet, read_text, reject
 from tamis.sources.chunk import SAMPLE_CHARS
 from tamis.stage import QUARANTINE_SCHEMA, BatchResult, InputShard, Stage, StageParams, split_by_reason
 
@@ -97,7 +97,7 @@ class Ingest(Stage):
         fields = Fields(source.text_field, source.id_field, source.url_field)
         records = _Records(shard, self.params, source.text_field)
         if shard.size_bytes == 0:
-            yield records.result(rejected_file("empty_file", "the file has no bytes"))
+            yield records.result(reject("empty_file", "the file has no bytes"))
             return
         fmt = shard.attr("format")
         if fmt == "parquet":
