@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -38,7 +38,7 @@ from tamis.stages import UnknownStage, make_stage, stage_class
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
-_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class ConfigError(ValueError):
@@ -57,6 +57,19 @@ class SourceConfig(_Strict):
     url_field: str | None = None
     # What kind of text the source holds; quality rules differ for code and prose.
     type: Literal["prose", "code"] = "prose"
+
+    # A source name starts record ids (``<source>/<record id>``) and output part names, so it
+    # holds no '/' (ids stay unambiguous) and cannot climb out of a folder.
+    SAFE_NAME: ClassVar[re.Pattern] = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+    @classmethod
+    def check_name(cls, name: str) -> str:
+        if not cls.SAFE_NAME.fullmatch(name) or ".." in name:
+            raise ValueError(
+                f"source name {name!r} is not allowed: use 1 to 64 letters, digits, '.', '-' or '_', "
+                "starting with a letter or digit, with no '..'"
+            )
+        return name
 
 
 class StageSpec(_Strict):
@@ -128,17 +141,15 @@ class Pipeline(_Strict):
     @field_validator("name")
     @classmethod
     def _pipeline_name(cls, value: str) -> str:
-        if not _SOURCE_NAME.match(value):
+        if not _PIPELINE_NAME.match(value):
             raise ValueError(f"pipeline name {value!r} must hold only letters, digits, '.', '_' and '-'")
         return value
 
     @field_validator("sources")
     @classmethod
-    def _source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+    def _source_names_are_safe(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
         for name in value:
-            if not _SOURCE_NAME.match(name) or name in (".", ".."):
-                raise ValueError(f"source name {name!r} must start with a letter or digit and hold only letters, "
-                                 "digits, '.', '_' and '-' (it becomes part of ids and file names)")
+            SourceConfig.check_name(name)
         return value
 
     @field_validator("stages", mode="before")
