@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from tamis import storage
 from tamis.dataset import Dataset
 from tamis.engines import Engine, make_engine
 from tamis.gates import validate
@@ -210,6 +211,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
 
 def validate_one(pipeline: Pipeline, stage: str, run_id: str, dataset_url: str | None = None,
                  allow_empty: bool = False) -> dict[str, Any]:
+    storage.check_reachable(pipeline.storage_root)
     config = pipeline.gate(stage)
     if allow_empty:
         config = config.model_copy(update={"min_rows": 0})
@@ -304,7 +306,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    summary = run_summary(load_pipeline(args.pipeline), args.run_id)
+    pipeline = load_pipeline(args.pipeline)
+    storage.check_reachable(pipeline.storage_root)
+    summary = run_summary(pipeline, args.run_id)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
