@@ -329,3 +329,22 @@ def test_three_nightly_days_run_in_reverse_and_at_once_give_the_in_order_corpus(
         ids += table.column("id").to_pylist()
         texts += table.column("text").to_pylist()
     assert len(ids) == len(set(ids)) and len(texts) == len(set(texts))
+
+
+def test_leases_on_s3_are_conditional_writes_with_the_same_rules(moto_s3, monkeypatch):
+    from tamis.lease import Lease, LeaseHeld
+
+    for name, value in (("TAMIS_S3_ENDPOINT_URL", moto_s3["endpoint"]), ("AWS_ACCESS_KEY_ID", moto_s3["key"]),
+                        ("AWS_SECRET_ACCESS_KEY", moto_s3["secret"])):
+        monkeypatch.setenv(name, value)
+    url = f"s3://{moto_s3['bucket']}/leases/dataset"
+    first = Lease(url, owner="run-a/ingest", shared=True).acquire()
+    second = Lease(url, owner="run-a/ingest", shared=True).acquire()  # a mapped task of the same run
+    with pytest.raises(LeaseHeld, match="run-a/ingest"):
+        Lease(url, owner="run-b/ingest", shared=False).acquire()
+    second.release()
+    first.release()
+    moto_s3["client"].put_object(Bucket=moto_s3["bucket"], Key="leases/dataset/_lease.json",
+                                 Body=json.dumps({"owner": "run-a/ingest", "host": "h", "pid": 1, "expires_at": 0}))
+    with Lease(url, owner="run-b/ingest", shared=False):  # an expired lease is taken over
+        pass
