@@ -111,7 +111,7 @@ def test_corpus_build_runs_them_locally_and_as_rendered_pods(site, plugin_pipeli
     (dags / "team_build.py").write_text(
         "from tamis_airflow.corpus import build_corpus_dag\n"
         f"dag = build_corpus_dag({str(plugin_pipeline)!r}, dag_id='team_build')\n")
-    env = env_with(site, **airflow_env(tmp_path / "airflow"), AIRFLOW__CORE__DAGS_FOLDER=str(dags))
+    env = env_with(site, **{**airflow_env(tmp_path / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(dags)})
     for command in (["db", "migrate"], ["dags", "reserialize"]):
         subprocess.run([AIRFLOW, *command], env=env, check=True, capture_output=True)
     done = subprocess.run([AIRFLOW, "dags", "test", "team_build"], env=env, capture_output=True, text=True, timeout=1200)
