@@ -3,10 +3,12 @@
 Signatures and band keys are computed per partition with the same ``tamis.minhash``
 functions (mapInArrow). Candidate pairs come from grouping band keys: inside each
 bucket, members ordered by id are linked to the first member and to their predecessor
-(window functions), exactly as the local path links them. Pairs are verified by the
-signature-estimated Jaccard on the executors; the verified edge list, which is small
-next to the corpus, is collected and clustered on the driver with the local functions,
-so both paths give the same clusters and survivors.
+(window functions), exactly as the local path links them. Pairs are verified on the
+executors: by default the documents that have a candidate are shingled again and each
+pair gets the exact Jaccard of its shingle sets (``verify: estimate`` uses the
+signatures). The verified edge list, which is small next to the corpus, is collected and
+clustered on the driver with the local functions, so both paths give the same clusters
+and survivors.
 
 Output: a dataset with the runner's layout: ``<part>.parquet`` per input part,
 ``_dropped/<part>.parquet``, ``_clusters/clusters.parquet`` and ``_manifest.json`` with
@@ -32,12 +34,13 @@ import pyarrow as pa
 
 from tamis import __version__, minhash, storage
 from tamis.dataset import Dataset
-from tamis.stages.near_dedup import CLUSTERS_FILE, REASON, NearDedupParams, write_parquet_atomic
+from tamis.stages.near_dedup import CLUSTERS_FILE, REASON, NearDedupParams, pair_metrics, write_parquet_atomic
 
 log = logging.getLogger("tamis.spark.near_dedup")
 
 SIGNED_SCHEMA = "id string, source string, date string, length long, quality double, shingles long, keys array<long>, sig binary"
-PAIR_SCHEMA = "id_a string, id_b string, similarity float"
+SETS_SCHEMA = "id string, shingles binary"
+PAIR_SCHEMA = "id_a string, id_b string, similarity double"
 
 
 def _spark_path(url: str) -> str:
@@ -68,15 +71,28 @@ def sign_batches(batches, config: minhash.MinHashConfig, quality_column: str | N
         ], names=["id", "source", "date", "length", "quality", "shingles", "keys", "sig"])
 
 
-def verify_batches(batches, num_perm: int):
-    """mapInArrow: (id_a, id_b, sig_a, sig_b) -> estimated Jaccard of each pair."""
+def set_batches(batches, config: minhash.MinHashConfig):
+    """mapInArrow: (id, text) -> the shingle set of each document, for exact verification."""
     for batch in batches:
-        a = _sig_matrix(batch.column("sig_a"), num_perm)
-        b = _sig_matrix(batch.column("sig_b"), num_perm)
-        yield pa.RecordBatch.from_arrays(
-            [batch.column("id_a"), batch.column("id_b"), pa.array(minhash.similarity(a, b), pa.float32())],
-            names=["id_a", "id_b", "similarity"],
-        )
+        yield pa.RecordBatch.from_arrays([batch.column("id").cast(pa.string()),
+                                          minhash.shingle_sets(batch.column("text"), config).to_arrow()],
+                                         names=["id", "shingles"])
+
+
+def verify_batches(batches, num_perm: int):
+    """mapInArrow: (id_a, id_b, shingles_a, shingles_b) -> exact Jaccard of each pair, or
+    (id_a, id_b, sig_a, sig_b) -> its signature estimate."""
+    for batch in batches:
+        if "shingles_a" in batch.schema.names:
+            a = minhash.ShingleSets.from_arrow(batch.column("shingles_a"))
+            b = minhash.ShingleSets.from_arrow(batch.column("shingles_b"))
+            rows = np.arange(batch.num_rows)
+            similarity = minhash.jaccard(a, b, rows, rows)
+        else:
+            similarity = minhash.similarity(_sig_matrix(batch.column("sig_a"), num_perm),
+                                            _sig_matrix(batch.column("sig_b"), num_perm))
+        yield pa.RecordBatch.from_arrays([batch.column("id_a"), batch.column("id_b"), pa.array(similarity, pa.float64())],
+                                         names=["id_a", "id_b", "similarity"])
 
 
 def _sig_matrix(column: pa.Array, num_perm: int) -> np.ndarray:
@@ -116,27 +132,40 @@ def run(spark, input_url: str, output_url: str, params: NearDedupParams) -> dict
     pairs = linked.where("head != id").select(F.col("head").alias("x"), "id") \
         .unionByName(linked.where("prev is not null").select(F.col("prev").alias("x"), "id")) \
         .select(F.least("x", "id").alias("id_a"), F.greatest("x", "id").alias("id_b")).distinct()
-    sigs = signed.select("id", "sig")
-    with_sigs = pairs.join(sigs.withColumnRenamed("id", "id_a").withColumnRenamed("sig", "sig_a"), "id_a") \
-        .join(sigs.withColumnRenamed("id", "id_b").withColumnRenamed("sig", "sig_b"), "id_b")
+    sets = None
+    if params.verify == "exact":
+        # Only documents that have a candidate are shingled again.
+        candidate_ids = pairs.select(F.col("id_a").alias("id")).union(pairs.select(F.col("id_b").alias("id"))).distinct()
+        sets = records.select("id", "text").join(candidate_ids, "id").mapInArrow(
+            lambda batches: set_batches(batches, config), SETS_SCHEMA).cache()
+        evidence, column = sets, "shingles"
+    else:
+        evidence, column = signed.select("id", "sig"), "sig"
+    with_evidence = pairs \
+        .join(evidence.withColumnRenamed("id", "id_a").withColumnRenamed(column, f"{column}_a"), "id_a") \
+        .join(evidence.withColumnRenamed("id", "id_b").withColumnRenamed(column, f"{column}_b"), "id_b")
     num_perm = config.num_perm
-    scored = with_sigs.select("id_a", "id_b", "sig_a", "sig_b").mapInArrow(
+    scored = with_evidence.select("id_a", "id_b", f"{column}_a", f"{column}_b").mapInArrow(
         lambda batches: verify_batches(batches, num_perm), PAIR_SCHEMA)
     edges = scored.toArrow()
     candidate_count = edges.num_rows
-    if params.verify:
-        sims = edges.column("similarity").to_numpy()
-        edges = edges.filter(pa.array(sims >= np.float32(params.threshold) - np.float32(1e-6)))
+    candidate_similarity = edges.column("similarity").to_numpy() if params.verify != "off" else None
+    verified_mask = minhash.passes(candidate_similarity, params.threshold) if candidate_similarity is not None \
+        else np.ones(candidate_count, dtype=bool)
+    edges = edges.filter(pa.array(verified_mask))
 
     # Reduce on the driver: only documents that have an edge take part.
     node_ids = pa.chunked_array([edges.column("id_a"), edges.column("id_b")]).unique() if edges.num_rows else pa.array([], pa.string())
     nodes = spark.createDataFrame(pa.table({"id": node_ids})) if len(node_ids) else None
     if nodes is not None:
-        node_rows = signed.join(F.broadcast(nodes), "id").select("id", "date", "length", "quality", "sig").toArrow()
+        node_frame = signed.join(F.broadcast(nodes), "id").select("id", "date", "length", "quality", "sig")
+        if sets is not None:
+            node_frame = node_frame.join(sets, "id", "left")
+        node_rows = node_frame.toArrow()
     else:
         node_rows = pa.table({"id": pa.array([], pa.string()), "date": pa.array([], pa.string()),
                               "length": pa.array([], pa.int64()), "quality": pa.array([], pa.float64()),
-                              "sig": pa.array([], pa.binary())})
+                              "sig": pa.array([], pa.binary()), "shingles": pa.array([], pa.binary())})
     drops, clusters, verified = _cluster_on_driver(node_rows, edges, params, config)
     write_parquet_atomic(clusters, storage.join(output_url, CLUSTERS_FILE), output_url)
 
@@ -153,10 +182,13 @@ def run(spark, input_url: str, output_url: str, params: NearDedupParams) -> dict
     manifest = _manifest(input_url, output_url, params, shards, parts, drops.num_rows,
                          {"near_dup.candidate_pairs": candidate_count, "near_dup.verified_pairs": verified,
                           "near_dup.clusters": clusters.num_rows,
-                          "near_dup.no_shingles": signed.where("shingles = 0").count()}, started)
+                          "near_dup.no_shingles": signed.where("shingles = 0").count(),
+                          **pair_metrics(config, candidate_similarity, verified_mask)}, started)
     storage.write_json_atomic(Dataset(output_url).manifest_url, manifest, output_url)
     storage.remove_tree(storage.join(output_url, "_tmp"))
     signed.unpersist()
+    if sets is not None:
+        sets.unpersist()
     return manifest
 
 
@@ -170,12 +202,21 @@ def _cluster_on_driver(nodes: pa.Table, edges: pa.Table, params: NearDedupParams
     b = pc.index_in(edges.column("id_b"), value_set=ids).to_numpy(zero_copy_only=False) if n else np.empty(0, np.int64)
     meta = pa.table({"tier": pa.array(np.ones(n, np.int8)), "id": ids, "date": nodes.column("date"),
                      "length": nodes.column("length"), "quality": nodes.column("quality")})
-    labels = minhash.components(n, a.astype(np.int64), b.astype(np.int64))
-    found = minhash.Clusters(minhash.survivors(labels, minhash.priority_rank(meta, params.keep)), labels, len(a), len(a))
+    # The edges are verified already: every one joins its documents.
+    found = minhash.cluster(n, a.astype(np.int64), b.astype(np.int64), None, params.threshold,
+                            minhash.priority_rank(meta, params.keep))
+    if params.verify == "exact":
+        sets = minhash.ShingleSets.from_arrow(nodes.column("shingles")) if n else minhash.ShingleSets.empty()
+
+        def pair_similarity(x, y):
+            return minhash.jaccard(sets, sets, x, y)
+    else:
+        def pair_similarity(x, y):
+            return minhash.similarity(sig[x], sig[y])
     dup = np.flatnonzero(found.duplicate)
     drops = pa.table({"id": pc.take(ids, pa.array(dup, pa.int64())),
                       "detail": pc.take(ids, pa.array(found.survivor[dup], pa.int64()))})
-    return drops, minhash.cluster_table(ids, sig, found, params.sample_pairs), len(a)
+    return drops, minhash.cluster_table(ids, found, params.sample_pairs, pair_similarity), len(a)
 
 
 def _write_parts(frame, output_url: str, folder: str, part_names: list[str], empty_schema) -> dict[str, dict]:

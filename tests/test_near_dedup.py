@@ -163,8 +163,8 @@ def test_verification_removes_pairs_below_the_threshold(tmp_path):
     rows += [record("w/half", " ".join(docs[0]["text"].split()[: len(docs[0]["text"].split()) // 2]))]
     url = write_dataset(tmp_path / "in", {"p": rows})
     loose = {"bands": 64, "rows": 1, "threshold": 0.8}
-    run_stage(NearDedup({**loose, "verify": False}), url, str(tmp_path / "raw"))
-    run_stage(NearDedup({**loose, "verify": True}), url, str(tmp_path / "verified"))
+    run_stage(NearDedup({**loose, "verify": "off"}), url, str(tmp_path / "raw"))
+    run_stage(NearDedup({**loose, "verify": "exact"}), url, str(tmp_path / "verified"))
     raw, verified = dropped_pairs(str(tmp_path / "raw")), dropped_pairs(str(tmp_path / "verified"))
     assert "w/half" in raw
     assert verified == {}

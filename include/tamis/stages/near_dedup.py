@@ -1,20 +1,24 @@
 """Near-duplicate removal: MinHash signatures, LSH banding, connected components.
 
 Map (``prepare``, a process pool): every shard's texts become MinHash signatures.
-Reduce (``prepare``): band keys -> candidate pairs -> optional verification by the
-signature-estimated Jaccard -> connected components -> one survivor per cluster by a
-deterministic rule. Apply (``run_shard``, per shard in the workers): drop every other
-member with reason ``near_duplicate`` and the survivor's id as detail.
+Reduce (``prepare``): band keys (bands x rows chosen so that a pair at exactly the
+threshold becomes a candidate with probability ``candidate_recall``) -> candidate pairs ->
+verification by the exact Jaccard of the candidates' shingle sets (only documents that
+have a candidate are read and shingled again) -> connected components -> one survivor
+per cluster by a deterministic rule. Apply (``run_shard``, per shard in the workers):
+drop every other member with reason ``near_duplicate`` and the survivor's id as detail.
 
-Incremental: with ``index_url`` the signatures of everything already kept persist as
-Parquet; a new batch is compared with itself and with the index (only index rows
-sharing a band key with the batch are read), indexed documents always survive, and the
-batch's own survivors are appended to the index as one part. The part is named after
-the output dataset, so a resumed or repeated run replaces its own part instead of
-matching against it.
+Incremental: with ``index_url`` the signatures and shingle sets of everything already
+kept persist as Parquet; a new batch is compared with itself and with the index (only
+index rows sharing a band key with the batch are read), indexed documents always
+survive, and the batch's own survivors are appended to the index as one part. The part
+is named after the output dataset, so a resumed or repeated run replaces its own part
+instead of matching against it.
 
 Side output: ``_clusters/clusters.parquet`` (survivor, size, duplicate ids, a sample
-of pairs with their estimated similarity).
+of pairs with their similarity). Manifest metrics (on the first shard): the S-curve of
+the banding (``near_dup.s_curve.*``) and the candidate and verified pairs per Jaccard
+bin (``near_dup.candidates_by_jaccard.*``, ``near_dup.verified_by_jaccard.*``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import io
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +43,8 @@ from tamis.stage import READ_BATCH_ROWS, BatchResult, InputShard, Stage, StagePa
 REASON = "near_duplicate"
 INDEX_META = "_index.json"
 CLUSTERS_FILE = "_clusters/clusters.parquet"
+INDEX_ROW_GROUP = 4096  # index rows per row group: a lookup reads the groups that hold a match
+JACCARD_BIN = 0.05
 
 
 class NearDedupParams(StageParams):
@@ -47,12 +53,14 @@ class NearDedupParams(StageParams):
     lowercase: bool = True
     num_perm: int = Field(default=128, ge=2, le=1024)
     threshold: float = Field(default=0.8, gt=0.0, lt=1.0)  # Jaccard similarity that makes a near duplicate
-    bands: int | None = Field(default=None, ge=1)  # None: derived from threshold and num_perm
+    # Probability that a pair at exactly `threshold` becomes a candidate; bands x rows are derived from it.
+    candidate_recall: float = Field(default=0.97, gt=0.0, lt=1.0)
+    bands: int | None = Field(default=None, ge=1)  # None: derived from threshold, num_perm and candidate_recall
     rows: int | None = Field(default=None, ge=1)
-    fp_weight: float = Field(default=0.5, ge=0.0)  # weights of the (bands, rows) search
-    fn_weight: float = Field(default=0.5, ge=0.0)
     seed: int = 42
-    verify: bool = True  # keep only candidate pairs whose estimated Jaccard reaches the threshold
+    # exact: Jaccard of the candidates' shingle sets; estimate: from their signatures
+    # (about +-0.035 at J = 0.8 with 128 permutations); off: every candidate pair is a duplicate.
+    verify: Literal["exact", "estimate", "off"] = "exact"
     keep: Literal["first", "longest", "highest_quality"] = "first"
     quality_column: str | None = None  # required by keep=highest_quality; higher is better
     index_url: str | None = None  # signatures of the corpus kept so far (incremental runs)
@@ -73,8 +81,8 @@ class NearDedupParams(StageParams):
         return self
 
     def minhash_config(self) -> minhash.MinHashConfig:
-        bands, rows = (self.bands, self.rows) if self.bands else minhash.optimal_bands(
-            self.threshold, self.num_perm, self.fp_weight, self.fn_weight)
+        bands, rows = (self.bands, self.rows) if self.bands else minhash.bands_for_recall(
+            self.threshold, self.num_perm, self.candidate_recall)
         return minhash.MinHashConfig(shingle=self.shingle, ngram=self.ngram, num_perm=self.num_perm, bands=bands,
                                      rows=rows, seed=self.seed, lowercase=self.lowercase)
 
@@ -86,6 +94,7 @@ class Signed:
     meta: pa.Table  # tier, id, source, date, length, quality
     sig: np.ndarray  # (n, num_perm) uint32
     shingles: np.ndarray  # (n,) shingle count; 0 = nothing to compare
+    sets: minhash.ShingleSets | None = None  # when kept for exact verification of every document
 
 
 class NearDedup(Stage):
@@ -103,19 +112,25 @@ class NearDedup(Stage):
         config = params.minhash_config()
         output_url = work_url.rsplit("/", 1)[0]
         part = params.index_part or _run_key(output_url)
-        args = [(s.url, config, params.quality_column) for s in shards]
-        if workers > 1 and len(shards) > 1:
-            context = process_context()
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                new, sizes = _gather(pool.map(_sign_shard, *zip(*args)), [s.url for s in shards], config.num_perm)
-        else:
-            new, sizes = _gather((_sign_shard(*a) for a in args), [s.url for s in shards], config.num_perm)
-        keys = minhash.band_keys(new.sig, config)
-        indexed = None
-        if params.index_url:
-            index = Index(params.index_url, config)
-            indexed = index.matching(keys, exclude=part)
-        plan = plan_drops(new, keys, indexed, config, params)
+        exact = params.verify == "exact"
+        # The index keeps the shingle set of every survivor: then every set is made in the map.
+        keep_sets = exact and bool(params.index_url) and params.update_index
+        args = [(s.url, config, params.quality_column, keep_sets) for s in shards]
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=process_context()) \
+            if workers > 1 and len(shards) > 1 else None
+        try:
+            mapper = pool.map if pool else map
+            new, sizes = _gather(mapper(_sign_shard, *zip(*args)), [s.url for s in shards], config.num_perm)
+            keys = minhash.band_keys(new.sig, config)
+            indexed = None
+            if params.index_url:
+                index = Index(params.index_url, config, shingle_sets=exact)
+                indexed = index.matching(keys, exclude=part)
+            plan = plan_drops(new, keys, indexed, config, params,
+                              lambda rows: _reread_sets([s.url for s in shards], sizes, rows, config, mapper))
+        finally:
+            if pool:
+                pool.shutdown()
         shard_of = np.repeat(np.arange(len(shards)), sizes)
         row_of = np.arange(len(shard_of)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         self._drops = {}
@@ -126,7 +141,7 @@ class NearDedup(Stage):
         self._first_shard = shards[0].name if shards else None
         write_parquet_atomic(plan.clusters, storage.join(output_url, CLUSTERS_FILE), output_url)
         if params.index_url and params.update_index:
-            Index(params.index_url, config).write_part(part, plan.kept_signed)
+            Index(params.index_url, config, shingle_sets=exact).write_part(part, plan.kept_signed)
 
     def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
         rows, survivors = self._drops.get(shard.name, (np.empty(0, np.int64), []))
@@ -152,7 +167,7 @@ def _source_metrics(table: pa.Table, dropped: pa.Table) -> Counter:
 
 # --------------------------------------------------------------------------- map
 
-def _sign_shard(url: str, config: minhash.MinHashConfig, quality_column: str | None) -> Signed:
+def _sign_shard(url: str, config: minhash.MinHashConfig, quality_column: str | None, keep_sets: bool = False) -> Signed:
     fs, path = storage.filesystem(url)
     with fs.open(path, "rb") as f:
         parquet = pq.ParquetFile(f)
@@ -162,7 +177,7 @@ def _sign_shard(url: str, config: minhash.MinHashConfig, quality_column: str | N
             raise ValueError(f"{url}: near_dedup needs columns 'id' and 'text', found {names}")
         if quality_column and quality_column not in names:
             raise ValueError(f"{url}: quality_column {quality_column!r} is not a column ({names})")
-        sigs, counts, metas = [], [], []
+        sigs, counts, metas, sets = [], [], [], []
         # Batches bound the text held at once; only signatures and metadata accumulate.
         for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
             text = batch.column("text")
@@ -171,9 +186,42 @@ def _sign_shard(url: str, config: minhash.MinHashConfig, quality_column: str | N
             counts.append(shingles)
             metas.append(_meta(batch, tier=1, quality_column=quality_column,
                                length=pc.fill_null(pc.binary_length(text), 0)))
+            if keep_sets:
+                sets.append(minhash.shingle_sets(text, config))
+    empty_sets = minhash.ShingleSets.empty() if keep_sets else None
     if not metas:
-        return Signed(_empty_meta(), np.empty((0, config.num_perm), np.uint32), np.empty(0, np.int64))
-    return Signed(pa.concat_tables(metas), np.concatenate(sigs), np.concatenate(counts))
+        return Signed(_empty_meta(), np.empty((0, config.num_perm), np.uint32), np.empty(0, np.int64), empty_sets)
+    return Signed(pa.concat_tables(metas), np.concatenate(sigs), np.concatenate(counts),
+                  minhash.ShingleSets.concat(sets) if keep_sets else None)
+
+
+def _shard_sets(url: str, rows: np.ndarray, config: minhash.MinHashConfig) -> minhash.ShingleSets:
+    """Shingle sets of the given rows (ascending) of one shard, read again from its text."""
+    fs, path = storage.filesystem(url)
+    parts, start = [], 0
+    with fs.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_BATCH_ROWS, columns=["text"]):
+            lo, hi = np.searchsorted(rows, [start, start + batch.num_rows])
+            if hi > lo:
+                text = batch.column("text").take(pa.array(rows[lo:hi] - start, pa.int64()))
+                parts.append(minhash.shingle_sets(text, config))
+            start += batch.num_rows
+    found = minhash.ShingleSets.concat(parts)
+    if len(found) != len(rows):
+        raise ValueError(f"{url}: {len(rows)} rows asked for, {len(found)} found: the shard changed while it was read")
+    return found
+
+
+def _reread_sets(urls: list[str], sizes: np.ndarray, rows: np.ndarray, config: minhash.MinHashConfig,
+                 mapper) -> minhash.ShingleSets:
+    """Shingle sets of documents ``rows`` (ascending indices over all shards), one task per
+    shard that holds any of them."""
+    firsts = np.cumsum(sizes) - sizes
+    shard = np.searchsorted(np.cumsum(sizes), rows, side="right")
+    wanted = np.unique(shard)
+    per_shard = [rows[shard == i] - firsts[i] for i in wanted]
+    return minhash.ShingleSets.concat(list(mapper(_shard_sets, [urls[i] for i in wanted], per_shard,
+                                                  [config] * len(wanted))))
 
 
 def _meta(batch, tier: int, quality_column: str | None, length) -> pa.Table:
@@ -212,15 +260,17 @@ def _gather(results: Iterator[Signed], urls: list[str], num_perm: int) -> tuple[
             sizes[i] = pq.ParquetFile(f).metadata.num_rows
     sig = np.empty((int(sizes.sum()), num_perm), dtype=np.uint32)
     shingles = np.empty(int(sizes.sum()), dtype=np.int64)
-    metas = []
+    metas, sets = [], []
     for i, (start, part) in enumerate(zip(np.cumsum(sizes) - sizes, results)):
         if len(part.sig) != sizes[i]:
             raise ValueError(f"{urls[i]}: read {len(part.sig)} rows, its footer says {sizes[i]}")
         sig[start: start + sizes[i]] = part.sig
         shingles[start: start + sizes[i]] = part.shingles
         metas.append(part.meta.cast(_META_SCHEMA))
+        sets.append(part.sets)
     meta = pa.concat_tables(metas) if metas else _empty_meta()
-    return Signed(meta, sig, shingles), sizes
+    kept_sets = minhash.ShingleSets.concat(sets) if sets and all(s is not None for s in sets) else None
+    return Signed(meta, sig, shingles, kept_sets), sizes
 
 
 # --------------------------------------------------------------------------- reduce
@@ -235,10 +285,16 @@ class Plan:
 
 
 def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray] | None,
-               config: minhash.MinHashConfig, params: NearDedupParams) -> Plan:
-    """Cluster the new documents (and the matching indexed ones) and decide who goes."""
+               config: minhash.MinHashConfig, params: NearDedupParams,
+               load_sets: Callable[[np.ndarray], minhash.ShingleSets] | None = None) -> Plan:
+    """Cluster the new documents (and the matching indexed ones) and decide who goes.
+
+    ``load_sets(rows)`` gives the shingle sets of new documents ``rows`` (ascending) when
+    ``new`` does not hold them: exact verification asks only for documents with a candidate.
+    """
     n_new = len(new.sig)
     all_meta, all_sig, all_keys, active = new.meta, new.sig, keys, new.shingles > 0
+    old = None
     if indexed is not None and len(indexed[0].sig):
         old, old_keys = indexed
         all_meta = pa.concat_tables([new.meta, old.meta.cast(_META_SCHEMA)])
@@ -246,17 +302,35 @@ def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray]
         all_keys = np.concatenate([keys, old_keys])
         active = np.concatenate([active, np.ones(len(old.sig), dtype=bool)])
     priority = minhash.priority_rank(all_meta, params.keep)
-    found = minhash.cluster(all_sig, all_keys, active, minhash.id_rank(all_meta.column("id")), priority,
-                            params.threshold if params.verify else None)
+    a, b = minhash.candidate_edges(all_keys, minhash.id_rank(all_meta.column("id")), active)
+    if params.verify == "exact":
+        involved = np.unique(np.concatenate([a, b]))
+        fresh, known = involved[involved < n_new], involved[involved >= n_new] - n_new
+        parts = [new.sets.take(fresh) if new.sets is not None else load_sets(fresh) if len(fresh)
+                 else minhash.ShingleSets.empty()]
+        if len(known):
+            parts.append(old.sets.take(known))
+        sets = minhash.ShingleSets.concat(parts)
+        position = np.full(len(all_sig), -1, dtype=np.int64)
+        position[involved] = np.arange(len(involved))
+
+        def pair_similarity(x, y):
+            return minhash.jaccard(sets, sets, position[x], position[y])
+    else:
+        def pair_similarity(x, y):
+            return minhash.similarity(all_sig[x], all_sig[y])
+    candidate_similarity = pair_similarity(a, b) if params.verify != "off" else None
+    found = minhash.cluster(len(all_sig), a, b, candidate_similarity, params.threshold, priority)
     # Indexed documents are already in the corpus: they are never dropped here.
     found.survivor[n_new:] = np.arange(n_new, len(all_sig))
     dropped = np.flatnonzero(found.duplicate[:n_new])
     ids = all_meta.column("id").combine_chunks()
     survivor_ids = np.asarray(pc.take(ids, pa.array(found.survivor[dropped], pa.int64())).to_pylist(), dtype=object)
-    clusters = minhash.cluster_table(ids, all_sig, found, params.sample_pairs)
+    clusters = minhash.cluster_table(ids, found, params.sample_pairs, pair_similarity)
     kept = np.flatnonzero(~found.duplicate[:n_new] & (new.shingles > 0))
-    kept_signed = Signed(new.meta.take(pa.array(kept, pa.int64())), new.sig[kept], new.shingles[kept])
-    summary = Counter({
+    kept_signed = Signed(new.meta.take(pa.array(kept, pa.int64())), new.sig[kept], new.shingles[kept],
+                         new.sets.take(kept) if new.sets is not None else None)
+    summary = +Counter({
         "near_dup.candidate_pairs": found.candidate_pairs,
         "near_dup.verified_pairs": found.verified_pairs,
         "near_dup.clusters": clusters.num_rows,
@@ -264,7 +338,31 @@ def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray]
         "near_dup.index_rows_matched": len(all_sig) - n_new,
         "near_dup.dropped_for_index": int(np.count_nonzero(found.survivor[dropped] >= n_new)),
     })
-    return Plan(dropped, survivor_ids, clusters, kept_signed, +summary)
+    summary.update(pair_metrics(config, candidate_similarity, found.verified))
+    return Plan(dropped, survivor_ids, clusters, kept_signed, summary)
+
+
+def pair_metrics(config: minhash.MinHashConfig, candidate_similarity: np.ndarray | None,
+                 verified: np.ndarray) -> dict[str, float | int]:
+    """The banding's S-curve and the candidate and verified pairs per Jaccard bin:
+
+    - ``near_dup.s_curve.bands`` / ``.rows``, ``near_dup.s_curve.effective_threshold``
+      ((1/bands)^(1/rows)), ``near_dup.s_curve.<J>`` for J = 0.50, 0.55 ... 1.00: the
+      probability that a pair of Jaccard J becomes a candidate;
+    - ``near_dup.candidates_by_jaccard.<bin>`` and ``near_dup.verified_by_jaccard.<bin>``:
+      pairs whose measured similarity lies in [bin, bin + 0.05) (1.00: identical sets);
+      empty bins are left out, and there are none when verification is off.
+    """
+    curve = minhash.s_curve(config.bands, config.rows)
+    metrics: dict[str, float | int] = {"near_dup.s_curve.bands": config.bands, "near_dup.s_curve.rows": config.rows,
+                                       "near_dup.s_curve.effective_threshold": round(curve.effective_threshold, 6)}
+    metrics.update({f"near_dup.s_curve.{j:.2f}": round(p, 6) for j, p in curve.points})
+    if candidate_similarity is not None:
+        for name, sims in (("candidates", candidate_similarity), ("verified", candidate_similarity[verified])):
+            bins = np.floor(np.asarray(sims, np.float64) / JACCARD_BIN + 1e-9).astype(np.int64)
+            for k, n in zip(*np.unique(bins, return_counts=True)):
+                metrics[f"near_dup.{name}_by_jaccard.{k * JACCARD_BIN:.2f}"] = int(n)
+    return metrics
 
 
 # --------------------------------------------------------------------------- incremental index
@@ -274,23 +372,28 @@ class IndexMismatch(ValueError):
 
 
 class Index:
-    """Signatures and band keys of the documents kept so far, as Parquet parts:
+    """Signatures, band keys and (for exact verification) shingle sets of the documents
+    kept so far, as Parquet parts:
 
         <index_url>/_index.json        the MinHash settings every part was built with
-        <index_url>/<run key>.parquet  id, source, date, band_000.., sig (one part per run)
+        <index_url>/<run key>.parquet  id, source, date, band_000.., sig[, shingles] (one part per run)
     """
 
-    def __init__(self, url: str, config: minhash.MinHashConfig):
+    def __init__(self, url: str, config: minhash.MinHashConfig, shingle_sets: bool = True):
         self.url = url
         self.config = config
+        self.shingle_sets = shingle_sets
+
+    def fingerprint(self) -> dict:
+        return {**self.config.fingerprint(), "shingle_sets": self.shingle_sets}
 
     def _check(self) -> bool:
         meta_url = storage.join(self.url, INDEX_META)
         if not storage.exists(meta_url):
             return False
         found = storage.read_json(meta_url)
-        if found != self.config.fingerprint():
-            raise IndexMismatch(f"index {self.url} was built with {found}, this stage uses {self.config.fingerprint()}; "
+        if found != self.fingerprint():
+            raise IndexMismatch(f"index {self.url} was built with {found}, this stage uses {self.fingerprint()}; "
                                 "use a new index_url or the same MinHash settings")
         return True
 
@@ -302,12 +405,13 @@ class Index:
 
     def matching(self, keys: np.ndarray, exclude: str | None = None) -> tuple[Signed, np.ndarray] | None:
         """Indexed documents sharing at least one band key with ``keys``: only their band
-        columns are read in full; signatures are read for the matching rows."""
+        columns are read in full; signatures and sets come from the row groups that match."""
         if not self._check():
             return None
         bands = [f"band_{i:03d}" for i in range(self.config.bands)]
         wanted = [np.unique(keys[:, i]) for i in range(self.config.bands)]
-        metas, sigs, found_keys = [], [], []
+        metas, sigs, found_keys, sets = [], [], [], []
+        columns = ["id", "source", "date", "sig"] + (["shingles"] if self.shingle_sets else [])
         for name in self.parts():
             if name == exclude:
                 continue
@@ -322,19 +426,26 @@ class Index:
                     hit |= np.isin(part_keys[:, i], wanted[i])
                 if not hit.any():
                     continue
-                rows = part.read(columns=["id", "source", "date", "sig"]).filter(pa.array(hit))
+                group_rows = np.array([part.metadata.row_group(g).num_rows for g in range(part.num_row_groups)])
+                group_ends = np.cumsum(group_rows)
+                groups = np.unique(np.searchsorted(group_ends, np.flatnonzero(hit), side="right"))
+                in_groups = np.concatenate([np.arange(group_ends[g] - group_rows[g], group_ends[g]) for g in groups])
+                rows = part.read_row_groups(groups.tolist(), columns=columns).filter(pa.array(hit[in_groups]))
             flat = np.frombuffer(rows.column("sig").combine_chunks().buffers()[1], dtype=np.uint32)
             sigs.append(flat[: rows.num_rows * self.config.num_perm].reshape(rows.num_rows, self.config.num_perm))
             found_keys.append(part_keys[hit])
             metas.append(_meta(rows, tier=0, quality_column=None, length=None))
+            if self.shingle_sets:
+                sets.append(minhash.ShingleSets.from_arrow(rows.column("shingles")))
         if not metas:
             return None
         meta = pa.concat_tables(metas)
-        return Signed(meta, np.concatenate(sigs), np.ones(meta.num_rows, np.int64)), np.concatenate(found_keys)
+        found_sets = minhash.ShingleSets.concat(sets) if self.shingle_sets else None
+        return Signed(meta, np.concatenate(sigs), np.ones(meta.num_rows, np.int64), found_sets), np.concatenate(found_keys)
 
     def write_part(self, run_key: str, signed: Signed) -> None:
         if not self._check():
-            storage.write_json_atomic(storage.join(self.url, INDEX_META), self.config.fingerprint(), self.url)
+            storage.write_json_atomic(storage.join(self.url, INDEX_META), self.fingerprint(), self.url)
         keys = minhash.band_keys(signed.sig, self.config)
         columns = {"id": signed.meta.column("id"), "source": signed.meta.column("source"),
                    "date": signed.meta.column("date")}
@@ -343,14 +454,17 @@ class Index:
         width = self.config.num_perm * 4
         columns["sig"] = pa.Array.from_buffers(pa.binary(width), len(signed.sig),
                                                [None, pa.py_buffer(np.ascontiguousarray(signed.sig).tobytes())])
-        write_parquet_atomic(pa.table(columns), storage.join(self.url, f"{run_key}.parquet"), self.url)
+        if self.shingle_sets:
+            columns["shingles"] = signed.sets.to_arrow()
+        write_parquet_atomic(pa.table(columns), storage.join(self.url, f"{run_key}.parquet"), self.url,
+                             row_group_size=INDEX_ROW_GROUP)
 
 
 def _run_key(output_url: str) -> str:
     return "run-" + hashlib.sha256(output_url.rstrip("/").encode()).hexdigest()[:16]
 
 
-def write_parquet_atomic(table: pa.Table, url: str, dataset_url: str) -> None:
+def write_parquet_atomic(table: pa.Table, url: str, dataset_url: str, row_group_size: int | None = None) -> None:
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
     storage.write_bytes_atomic(url, sink.getvalue(), dataset_url)
