@@ -154,6 +154,18 @@ def s_curve(bands: int, rows: int, start: float = 0.5, step: float = 0.05) -> SC
 
 # --------------------------------------------------------------------------- hashing
 
+def sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique by sort: numpy 2.3+ hashes integers in np.unique, tens of times slower
+    than sorting them for millions of values."""
+    x = np.sort(x)
+    if len(x) < 2:
+        return x
+    keep = np.empty(len(x), dtype=bool)
+    keep[0] = True
+    np.not_equal(x[1:], x[:-1], out=keep[1:])
+    return x[keep]
+
+
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: spreads the weak low bits of a polynomial hash (wraps mod 2^64)."""
     x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
@@ -225,7 +237,10 @@ def shingle_hashes(texts: pa.Array, config: MinHashConfig) -> tuple[np.ndarray, 
 
 
 def _doc_of(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    return np.searchsorted(offsets, positions, side="right") - 1
+    """Document of each of the ascending byte ``positions``: one binary search per document
+    boundary, not per position."""
+    per_doc = np.diff(np.searchsorted(positions, offsets))
+    return np.repeat(np.arange(len(offsets) - 1), per_doc)
 
 
 def _word_shingles(data, offsets, n_docs, n, lowercase: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -235,7 +250,7 @@ def _word_shingles(data, offsets, n_docs, n, lowercase: bool) -> tuple[np.ndarra
     ends = np.flatnonzero(edges == -1)
     # A word never spans two documents: cut where one document ends and the next begins
     # inside a run of word bytes.
-    inner = np.unique(offsets[1:-1])  # empty documents repeat an offset
+    inner = sorted_unique(offsets[1:-1])  # empty documents repeat an offset
     inner = inner[(inner > 0) & (inner < len(data))]
     cuts = inner[word[inner] & word[inner - 1]]
     if len(cuts):
@@ -440,16 +455,19 @@ def shingle_sets(texts: pa.Array | pa.ChunkedArray, config: MinHashConfig) -> Sh
     for start, chunk in _chunks(texts, CHUNK_BYTES):
         hashes, per_doc = shingle_hashes(chunk, config)
         doc = np.repeat(np.arange(len(chunk), dtype=np.uint64), per_doc)
-        keys = np.unique((doc << _U64(32)) | (hashes >> _U64(32)))  # sorted by document, then hash
+        keys = sorted_unique((doc << _U64(32)) | (hashes >> _U64(32)))  # sorted by document, then hash
         values.append((keys & _U64(0xFFFFFFFF)).astype(np.uint32))
         sizes[start: start + len(chunk)] = np.bincount((keys >> _U64(32)).astype(np.int64), minlength=len(chunk))
     return ShingleSets(np.concatenate(values) if values else np.empty(0, np.uint32), _offsets_of(sizes))
 
 
-def jaccard(left: ShingleSets, right: ShingleSets, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
-    """Exact Jaccard of the pairs (left[a[i]], right[b[i]]). Both sets of a pair, tagged with
-    the pair's index in the high 32 bits, are sorted together: a shingle in both appears
-    twice in a row. Pairs are taken in runs of about ``chunk`` shingles to bound memory."""
+def jaccard(left: ShingleSets, right: ShingleSets, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """Exact Jaccard of the pairs (left[a[i]], right[b[i]]).
+
+    Each value is tagged with its pair's index in the high 32 bits, so the smaller sets of
+    all pairs form one sorted array and the larger sets another: one binary search of the
+    former in the latter counts every intersection, without sorting anything. Pairs are
+    taken in runs of about ``chunk`` shingles to bound memory."""
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
     size_a, size_b = left.sizes[a], right.sizes[b]
@@ -460,23 +478,69 @@ def jaccard(left: ShingleSets, right: ShingleSets, a: np.ndarray, b: np.ndarray,
         base = ends[start - 1] if start else 0
         stop = max(int(np.searchsorted(ends, base + chunk, side="right")), start + 1)
         sa, sb = size_a[start:stop], size_b[start:stop]
-        pair = np.arange(stop - start, dtype=np.uint64) << _U64(32)
-        keys = np.concatenate([
-            np.repeat(pair, sa) | left.values[_ranges(left.offsets[a[start:stop]], sa)].astype(np.uint64),
-            np.repeat(pair, sb) | right.values[_ranges(right.offsets[b[start:stop]], sb)].astype(np.uint64),
-        ])
-        keys.sort()
-        both = keys[1:][keys[1:] == keys[:-1]]
-        inter = np.bincount((both >> _U64(32)).astype(np.int64), minlength=stop - start)
+        a_smaller = sa <= sb
+        small = _tagged(left, right, a[start:stop], b[start:stop], a_smaller)
+        large = _tagged(left, right, a[start:stop], b[start:stop], ~a_smaller)
+        inter = np.zeros(stop - start, dtype=np.int64)
+        if len(small) and len(large):
+            at = np.minimum(np.searchsorted(large, small), len(large) - 1)
+            both = small[large[at] == small]
+            inter = np.bincount((both >> _U64(32)).astype(np.int64), minlength=stop - start)
         union = sa + sb - inter
         out[start:stop] = inter / np.maximum(union, 1)
         start = stop
     return out
 
 
+def _tagged(left: ShingleSets, right: ShingleSets, a: np.ndarray, b: np.ndarray, from_left: np.ndarray) -> np.ndarray:
+    """For pair i, the set left[a[i]] where from_left[i] else right[b[i]], each value
+    tagged (i << 32 | value): ascending, as pairs ascend and every set is sorted."""
+    starts = np.where(from_left, left.offsets[a], right.offsets[b])
+    sizes = np.where(from_left, left.sizes[a], right.sizes[b])
+    where = _ranges(starts, sizes)
+    side = np.repeat(from_left, sizes)
+    values = np.empty(len(where), dtype=np.uint64)
+    values[side] = left.values[where[side]]
+    values[~side] = right.values[where[~side]]
+    return (np.repeat(np.arange(len(a), dtype=np.uint64), sizes) << _U64(32)) | values
+
+
 def passes(similarity: np.ndarray, threshold: float) -> np.ndarray:
     """Verification's rule, the same on every path: similarity >= threshold, up to float rounding."""
     return np.asarray(similarity, dtype=np.float64) >= threshold - 1e-9
+
+
+# A verdict taken from the signatures alone is wrong with at most this probability per pair.
+SIGNATURE_VERDICT_ERROR = 1e-9
+
+
+def signature_verdicts(estimate: np.ndarray, threshold: float, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """(accept, reject): the candidate pairs whose signature estimate settles verification.
+
+    Each of the num_perm MinHash values of two documents agrees with probability J (their
+    Jaccard), so the number of agreements is Binomial(num_perm, J). A pair is accepted when
+    so many agree that a pair below the threshold would show as many with probability
+    <= SIGNATURE_VERDICT_ERROR, and rejected when so few agree that a pair at or above the
+    threshold would show as few with that probability. At 0.8 with 128 values: accepted
+    from 126 agreements, rejected at 72 or fewer. Only the pairs in between need their
+    exact Jaccard, and only their documents need their shingle sets.
+    """
+    low, high = _verdict_bounds(round(threshold, 6), num_perm)
+    agree = np.rint(np.asarray(estimate, dtype=np.float64) * num_perm)
+    return agree >= high, agree <= low
+
+
+@lru_cache(maxsize=64)
+def _verdict_bounds(threshold: float, num_perm: int) -> tuple[int, int]:
+    k = np.arange(num_perm + 1)
+    log_pmf = np.array([math.lgamma(num_perm + 1) - math.lgamma(i + 1) - math.lgamma(num_perm - i + 1)
+                        + i * math.log(threshold) + (num_perm - i) * math.log1p(-threshold) for i in k])
+    pmf = np.exp(log_pmf)
+    lower_tail = np.cumsum(pmf)  # P(K <= k) at J = threshold: the most a pair at or above it can have
+    upper_tail = np.cumsum(pmf[::-1])[::-1]  # P(K >= k) at J = threshold: the most a pair below it can have
+    low = int(k[lower_tail <= SIGNATURE_VERDICT_ERROR].max()) if (lower_tail <= SIGNATURE_VERDICT_ERROR).any() else -1
+    high = int(k[upper_tail <= SIGNATURE_VERDICT_ERROR].min()) if (upper_tail <= SIGNATURE_VERDICT_ERROR).any() else num_perm + 1
+    return low, high
 
 
 # --------------------------------------------------------------------------- clusters
@@ -490,11 +554,13 @@ def candidate_edges(keys: np.ndarray, order: np.ndarray, active: np.ndarray | No
     """
     n = len(keys)
     idx = np.arange(n) if active is None else np.flatnonzero(active)
+    idx = idx[np.argsort(order[idx], kind="stable")]  # by rank: a stable sort by key keeps it within a bucket
     a_parts, b_parts = [], []
     for band in range(keys.shape[1]):
         k = keys[idx, band]
-        sorted_ = idx[np.lexsort((order[idx], k))]
-        ks = keys[sorted_, band]
+        by_key = np.argsort(k, kind="stable")
+        sorted_ = idx[by_key]
+        ks = k[by_key]
         if len(ks) < 2:
             continue
         new_group = np.empty(len(ks), dtype=bool)
@@ -511,7 +577,7 @@ def candidate_edges(keys: np.ndarray, order: np.ndarray, active: np.ndarray | No
     a = np.concatenate(a_parts).astype(np.int64)
     b = np.concatenate(b_parts).astype(np.int64)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    codes = np.unique(lo * n + hi)
+    codes = sorted_unique(lo * n + hi)
     return codes // n, codes % n
 
 

@@ -196,16 +196,19 @@ def _sign_shard(url: str, config: minhash.MinHashConfig, quality_column: str | N
 
 
 def _shard_sets(url: str, rows: np.ndarray, config: minhash.MinHashConfig) -> minhash.ShingleSets:
-    """Shingle sets of the given rows (ascending) of one shard, read again from its text."""
+    """Shingle sets of the given rows (ascending) of one shard, read again from its text:
+    only the row groups that hold them are read."""
     fs, path = storage.filesystem(url)
-    parts, start = [], 0
+    parts = []
     with fs.open(path, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_BATCH_ROWS, columns=["text"]):
-            lo, hi = np.searchsorted(rows, [start, start + batch.num_rows])
-            if hi > lo:
-                text = batch.column("text").take(pa.array(rows[lo:hi] - start, pa.int64()))
-                parts.append(minhash.shingle_sets(text, config))
-            start += batch.num_rows
+        parquet = pq.ParquetFile(f)
+        group_rows = np.array([parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)], np.int64)
+        group_ends = np.cumsum(group_rows)
+        group_of = np.searchsorted(group_ends, rows, side="right")
+        for g in minhash.sorted_unique(group_of):
+            local = rows[group_of == g] - (group_ends[g] - group_rows[g])
+            text = parquet.read_row_group(int(g), columns=["text"]).column("text")
+            parts.append(minhash.shingle_sets(text.take(pa.array(local, pa.int64())), config))
     found = minhash.ShingleSets.concat(parts)
     if len(found) != len(rows):
         raise ValueError(f"{url}: {len(rows)} rows asked for, {len(found)} found: the shard changed while it was read")
@@ -304,22 +307,14 @@ def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray]
     priority = minhash.priority_rank(all_meta, params.keep)
     a, b = minhash.candidate_edges(all_keys, minhash.id_rank(all_meta.column("id")), active)
     if params.verify == "exact":
-        involved = np.unique(np.concatenate([a, b]))
-        fresh, known = involved[involved < n_new], involved[involved >= n_new] - n_new
-        parts = [new.sets.take(fresh) if new.sets is not None else load_sets(fresh) if len(fresh)
-                 else minhash.ShingleSets.empty()]
-        if len(known):
-            parts.append(old.sets.take(known))
-        sets = minhash.ShingleSets.concat(parts)
-        position = np.full(len(all_sig), -1, dtype=np.int64)
-        position[involved] = np.arange(len(involved))
-
-        def pair_similarity(x, y):
-            return minhash.jaccard(sets, sets, position[x], position[y])
+        fresh_sets = new.sets.take if new.sets is not None else load_sets
+        candidate_similarity, pair_similarity, exact_pairs = _exact_verification(
+            all_sig, a, b, n_new, fresh_sets, old.sets if old is not None else None, params.threshold)
     else:
         def pair_similarity(x, y):
             return minhash.similarity(all_sig[x], all_sig[y])
-    candidate_similarity = pair_similarity(a, b) if params.verify != "off" else None
+        candidate_similarity = pair_similarity(a, b) if params.verify == "estimate" else None
+        exact_pairs = 0
     found = minhash.cluster(len(all_sig), a, b, candidate_similarity, params.threshold, priority)
     # Indexed documents are already in the corpus: they are never dropped here.
     found.survivor[n_new:] = np.arange(n_new, len(all_sig))
@@ -333,6 +328,7 @@ def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray]
     summary = +Counter({
         "near_dup.candidate_pairs": found.candidate_pairs,
         "near_dup.verified_pairs": found.verified_pairs,
+        "near_dup.exact_jaccard_pairs": exact_pairs,
         "near_dup.clusters": clusters.num_rows,
         "near_dup.no_shingles": int(n_new - np.count_nonzero(new.shingles)),
         "near_dup.index_rows_matched": len(all_sig) - n_new,
@@ -340,6 +336,36 @@ def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray]
     })
     summary.update(pair_metrics(config, candidate_similarity, found.verified))
     return Plan(dropped, survivor_ids, clusters, kept_signed, summary)
+
+
+def _exact_verification(sig: np.ndarray, a: np.ndarray, b: np.ndarray, n_new: int,
+                        fresh_sets: Callable[[np.ndarray], minhash.ShingleSets],
+                        indexed_sets: minhash.ShingleSets | None, threshold: float):
+    """Similarity of every candidate pair: the signature estimate where it settles the
+    verdict beyond doubt (``minhash.signature_verdicts``), the exact Jaccard elsewhere, from
+    the shingle sets of just those pairs' documents (new ones from ``fresh_sets(rows)``,
+    indexed ones, numbered from ``n_new``, from ``indexed_sets``). Also returns the
+    similarity function of the cluster report (exact where both sets are at hand) and the
+    number of pairs that needed their exact Jaccard."""
+    estimate = minhash.similarity(sig[a], sig[b])
+    accept, reject = minhash.signature_verdicts(estimate, threshold, sig.shape[1])
+    open_ = ~(accept | reject)
+    involved = minhash.sorted_unique(np.concatenate([a[open_], b[open_]]))
+    fresh, known = involved[involved < n_new], involved[involved >= n_new] - n_new
+    sets = minhash.ShingleSets.concat([fresh_sets(fresh) if len(fresh) else minhash.ShingleSets.empty()]
+                                      + ([indexed_sets.take(known)] if len(known) else []))
+    position = np.full(len(sig), -1, dtype=np.int64)
+    position[involved] = np.arange(len(involved))
+    similarity = estimate.copy()
+    similarity[open_] = minhash.jaccard(sets, sets, position[a[open_]], position[b[open_]])
+
+    def pair_similarity(x, y):
+        out = minhash.similarity(sig[x], sig[y])
+        both = (position[x] >= 0) & (position[y] >= 0)
+        out[both] = minhash.jaccard(sets, sets, position[x[both]], position[y[both]])
+        return out
+
+    return similarity, pair_similarity, int(np.count_nonzero(open_))
 
 
 def pair_metrics(config: minhash.MinHashConfig, candidate_similarity: np.ndarray | None,
@@ -360,8 +386,8 @@ def pair_metrics(config: minhash.MinHashConfig, candidate_similarity: np.ndarray
     if candidate_similarity is not None:
         for name, sims in (("candidates", candidate_similarity), ("verified", candidate_similarity[verified])):
             bins = np.floor(np.asarray(sims, np.float64) / JACCARD_BIN + 1e-9).astype(np.int64)
-            for k, n in zip(*np.unique(bins, return_counts=True)):
-                metrics[f"near_dup.{name}_by_jaccard.{k * JACCARD_BIN:.2f}"] = int(n)
+            for k in np.flatnonzero(np.bincount(bins)):
+                metrics[f"near_dup.{name}_by_jaccard.{k * JACCARD_BIN:.2f}"] = int(np.count_nonzero(bins == k))
     return metrics
 
 
@@ -409,7 +435,7 @@ class Index:
         if not self._check():
             return None
         bands = [f"band_{i:03d}" for i in range(self.config.bands)]
-        wanted = [np.unique(keys[:, i]) for i in range(self.config.bands)]
+        wanted = [minhash.sorted_unique(keys[:, i]) for i in range(self.config.bands)]
         metas, sigs, found_keys, sets = [], [], [], []
         columns = ["id", "source", "date", "sig"] + (["shingles"] if self.shingle_sets else [])
         for name in self.parts():
