@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tamis import __version__, minhash, storage
 from tamis.dataset import Dataset
@@ -49,8 +50,6 @@ def _spark_path(url: str) -> str:
 
 def sign_batches(batches, config: minhash.MinHashConfig, quality_column: str | None):
     """mapInArrow: record batches with id/source/date/text -> signatures and band keys."""
-    import pyarrow.compute as pc
-
     width = config.num_perm * 4
     for batch in batches:
         n = batch.num_rows
@@ -132,22 +131,7 @@ def run(spark, input_url: str, output_url: str, params: NearDedupParams) -> dict
     pairs = linked.where("head != id").select(F.col("head").alias("x"), "id") \
         .unionByName(linked.where("prev is not null").select(F.col("prev").alias("x"), "id")) \
         .select(F.least("x", "id").alias("id_a"), F.greatest("x", "id").alias("id_b")).distinct()
-    sets = None
-    if params.verify == "exact":
-        # Only documents that have a candidate are shingled again.
-        candidate_ids = pairs.select(F.col("id_a").alias("id")).union(pairs.select(F.col("id_b").alias("id"))).distinct()
-        sets = records.select("id", "text").join(candidate_ids, "id").mapInArrow(
-            lambda batches: set_batches(batches, config), SETS_SCHEMA).cache()
-        evidence, column = sets, "shingles"
-    else:
-        evidence, column = signed.select("id", "sig"), "sig"
-    with_evidence = pairs \
-        .join(evidence.withColumnRenamed("id", "id_a").withColumnRenamed(column, f"{column}_a"), "id_a") \
-        .join(evidence.withColumnRenamed("id", "id_b").withColumnRenamed(column, f"{column}_b"), "id_b")
-    num_perm = config.num_perm
-    scored = with_evidence.select("id_a", "id_b", f"{column}_a", f"{column}_b").mapInArrow(
-        lambda batches: verify_batches(batches, num_perm), PAIR_SCHEMA)
-    edges = scored.toArrow()
+    edges, sets, exact_pairs = _score_pairs(spark, pairs, signed, records, params, config)
     candidate_count = edges.num_rows
     candidate_similarity = edges.column("similarity").to_numpy() if params.verify != "off" else None
     verified_mask = minhash.passes(candidate_similarity, params.threshold) if candidate_similarity is not None \
@@ -181,7 +165,7 @@ def run(spark, input_url: str, output_url: str, params: NearDedupParams) -> dict
 
     manifest = _manifest(input_url, output_url, params, shards, parts, drops.num_rows,
                          {"near_dup.candidate_pairs": candidate_count, "near_dup.verified_pairs": verified,
-                          "near_dup.clusters": clusters.num_rows,
+                          "near_dup.exact_jaccard_pairs": exact_pairs, "near_dup.clusters": clusters.num_rows,
                           "near_dup.no_shingles": signed.where("shingles = 0").count(),
                           **pair_metrics(config, candidate_similarity, verified_mask)}, started)
     storage.write_json_atomic(Dataset(output_url).manifest_url, manifest, output_url)
@@ -192,9 +176,49 @@ def run(spark, input_url: str, output_url: str, params: NearDedupParams) -> dict
     return manifest
 
 
-def _cluster_on_driver(nodes: pa.Table, edges: pa.Table, params: NearDedupParams, config) -> tuple[pa.Table, pa.Table, int]:
-    import pyarrow.compute as pc
+def _score_pairs(spark, pairs, signed, records, params: NearDedupParams, config) -> tuple[pa.Table, Any, int]:
+    """(id_a, id_b, similarity) of every candidate pair, as the local stage measures it: the
+    signature estimate, replaced by the exact Jaccard for the pairs the signatures do not
+    settle (``minhash.signature_verdicts``), whose documents alone are shingled again.
+    Also the shingle sets of those documents (a cached frame) and how many pairs they served."""
+    from pyspark.sql import functions as F
 
+    num_perm = config.num_perm
+    sigs = signed.select("id", "sig")
+    scored = pairs \
+        .join(sigs.withColumnRenamed("id", "id_a").withColumnRenamed("sig", "sig_a"), "id_a") \
+        .join(sigs.withColumnRenamed("id", "id_b").withColumnRenamed("sig", "sig_b"), "id_b") \
+        .select("id_a", "id_b", "sig_a", "sig_b") \
+        .mapInArrow(lambda batches: verify_batches(batches, num_perm), PAIR_SCHEMA).toArrow()
+    if params.verify != "exact" or scored.num_rows == 0:
+        return scored, None, 0
+    accept, reject = minhash.signature_verdicts(scored.column("similarity").to_numpy(), params.threshold, num_perm)
+    open_ = ~(accept | reject)
+    if not open_.any():
+        return scored, None, 0
+    open_pairs = spark.createDataFrame(scored.select(["id_a", "id_b"]).filter(pa.array(open_)))
+    open_ids = open_pairs.select(F.col("id_a").alias("id")).union(open_pairs.select(F.col("id_b").alias("id"))).distinct()
+    sets = records.select("id", "text").join(open_ids, "id").mapInArrow(
+        lambda batches: set_batches(batches, config), SETS_SCHEMA).cache()
+    exact = open_pairs \
+        .join(sets.withColumnRenamed("id", "id_a").withColumnRenamed("shingles", "shingles_a"), "id_a") \
+        .join(sets.withColumnRenamed("id", "id_b").withColumnRenamed("shingles", "shingles_b"), "id_b") \
+        .select("id_a", "id_b", "shingles_a", "shingles_b") \
+        .mapInArrow(lambda batches: verify_batches(batches, num_perm), PAIR_SCHEMA).toArrow()
+    similarity = scored.column("similarity").to_numpy().copy()
+    at = pc.index_in(_pair_keys(scored), value_set=_pair_keys(exact)).to_numpy(zero_copy_only=False)
+    found = open_ & ~np.isnan(at.astype(np.float64))
+    similarity[found] = exact.column("similarity").to_numpy()[at[found].astype(np.int64)]
+    if found.sum() != open_.sum():
+        raise RuntimeError(f"near_dedup (spark): {int(open_.sum())} pairs to verify, {int(found.sum())} verified")
+    return scored.set_column(2, "similarity", pa.array(similarity, pa.float64())), sets, int(open_.sum())
+
+
+def _pair_keys(table: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(table.column("id_a"), table.column("id_b"), "\x00")
+
+
+def _cluster_on_driver(nodes: pa.Table, edges: pa.Table, params: NearDedupParams, config) -> tuple[pa.Table, pa.Table, int]:
     n = nodes.num_rows
     ids = nodes.column("id").combine_chunks() if n else pa.array([], pa.string())
     sig = _sig_matrix(nodes.column("sig").combine_chunks(), config.num_perm) if n else np.empty((0, config.num_perm), np.uint32)
@@ -205,11 +229,16 @@ def _cluster_on_driver(nodes: pa.Table, edges: pa.Table, params: NearDedupParams
     # The edges are verified already: every one joins its documents.
     found = minhash.cluster(n, a.astype(np.int64), b.astype(np.int64), None, params.threshold,
                             minhash.priority_rank(meta, params.keep))
-    if params.verify == "exact":
-        sets = minhash.ShingleSets.from_arrow(nodes.column("shingles")) if n else minhash.ShingleSets.empty()
+    if params.verify == "exact" and "shingles" in nodes.column_names:
+        column = nodes.column("shingles")
+        has_set = column.is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, dtype=bool)
+        sets = minhash.ShingleSets.from_arrow(column) if n else minhash.ShingleSets.empty()
 
-        def pair_similarity(x, y):
-            return minhash.jaccard(sets, sets, x, y)
+        def pair_similarity(x, y):  # exact where both sets are at hand, as in the local stage
+            out = minhash.similarity(sig[x], sig[y])
+            both = has_set[x] & has_set[y]
+            out[both] = minhash.jaccard(sets, sets, x[both], y[both])
+            return out
     else:
         def pair_similarity(x, y):
             return minhash.similarity(sig[x], sig[y])

@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from spark_jobs import near_dedup as spark_near_dedup  # noqa: E402
 from conftest import write_dataset
+from test_near_dedup import dropped_pairs, threshold_pairs
 
 
 def perturb(text: str, seed: int, rate: float = 0.004) -> str:
@@ -76,3 +77,21 @@ def test_spark_job_matches_local_stage(spark, tmp_path):
     kept = out.read()
     assert sorted(kept.column("id").to_pylist()) == sorted(Dataset(str(tmp_path / "local")).read().column("id").to_pylist())
     assert set(kept.column_names) == {"id", "source", "date", "text"}
+
+
+def test_spark_job_splits_pairs_right_at_the_threshold_as_the_local_stage_does(spark, tmp_path):
+    # Pairs at J = 0.80-0.81 and 0.79-0.80: no signature settles them, so both paths shingle
+    # their documents again and compare the exact Jaccard with the threshold.
+    originals, copies, expected, _ = threshold_pairs()
+    input_url = write_dataset(tmp_path / "in", {"p0": originals[::2] + copies[1::2], "p1": originals[1::2] + copies[::2]})
+    local = run_stage(NearDedup({}), input_url, str(tmp_path / "local"))
+    remote = spark_near_dedup.run(spark, input_url, str(tmp_path / "spark"), NearDedupParams())
+    drops = dropped_pairs(str(tmp_path / "spark"))
+    assert drops == dropped_pairs(str(tmp_path / "local"))
+    assert {copy: expected[copy] for copy in drops} == drops and len(drops) >= 0.9 * len(expected)
+    assert remote["counts"] == local["counts"]
+    pair_figures = {k: v for k, v in local["metrics"].items()
+                    if k.startswith(("near_dup.s_curve.", "near_dup.candidates_by_jaccard.", "near_dup.verified_by_jaccard."))
+                    or k in ("near_dup.candidate_pairs", "near_dup.verified_pairs", "near_dup.exact_jaccard_pairs")}
+    assert pair_figures["near_dup.exact_jaccard_pairs"] >= len(drops)
+    assert {k: remote["metrics"].get(k) for k in pair_figures} == pair_figures

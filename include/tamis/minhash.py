@@ -398,19 +398,19 @@ class ShingleSets:
     def sizes(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def take(self, idx: np.ndarray) -> "ShingleSets":
+    def take(self, idx: np.ndarray) -> ShingleSets:
         idx = np.asarray(idx, dtype=np.int64)
         sizes = self.sizes[idx]
         return ShingleSets(self.values[_ranges(self.offsets[idx], sizes)], _offsets_of(sizes))
 
     @classmethod
-    def concat(cls, parts: list["ShingleSets"]) -> "ShingleSets":
+    def concat(cls, parts: list[ShingleSets]) -> ShingleSets:
         if not parts:
             return cls.empty()
         return cls(np.concatenate([p.values for p in parts]), _offsets_of(np.concatenate([p.sizes for p in parts])))
 
     @classmethod
-    def empty(cls, n: int = 0) -> "ShingleSets":
+    def empty(cls, n: int = 0) -> ShingleSets:
         return cls(np.empty(0, np.uint32), np.zeros(n + 1, np.int64))
 
     def to_arrow(self) -> pa.Array:
@@ -422,7 +422,7 @@ class ShingleSets:
         return pa.Array.from_buffers(pa.large_binary(), len(self), [None, pa.py_buffer(byte_offsets), data])
 
     @classmethod
-    def from_arrow(cls, column: pa.Array | pa.ChunkedArray) -> "ShingleSets":
+    def from_arrow(cls, column: pa.Array | pa.ChunkedArray) -> ShingleSets:
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks() if column.num_chunks else pa.array([], pa.large_binary())
         data, offsets = _string_buffers(pc.fill_null(column.cast(pa.large_binary()), b""))

@@ -26,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
