@@ -123,7 +123,7 @@ PERTURBATION_SOURCES = [  # (name, files under ../shared/data, text field)
     ("web_non_en", "multilingual/trafilatura_eval_pages_non_en.jsonl.gz", "text"),
     ("code", "code/code_0*.jsonl.gz", "text"),
 ]
-PER_SOURCE = 240  # documents drawn per source before cleaning
+PER_SOURCE = 400  # documents drawn per source before cleaning
 MIN_WORDS, MAX_WORDS = 60, 3000
 
 

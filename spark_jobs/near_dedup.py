@@ -35,7 +35,8 @@ import pyarrow.compute as pc
 
 from tamis import __version__, minhash, storage
 from tamis.dataset import Dataset
-from tamis.stages.near_dedup import CLUSTERS_FILE, REASON, NearDedupParams, pair_metrics, write_parquet_atomic
+from tamis.stages.near_dedup import (CLUSTERS_FILE, REASON, NearDedupParams, pair_metrics, reusing_known_pairs,
+                                     write_parquet_atomic)
 
 log = logging.getLogger("tamis.spark.near_dedup")
 
@@ -131,12 +132,12 @@ def run(spark, input_url: str, output_url: str, params: NearDedupParams) -> dict
     pairs = linked.where("head != id").select(F.col("head").alias("x"), "id") \
         .unionByName(linked.where("prev is not null").select(F.col("prev").alias("x"), "id")) \
         .select(F.least("x", "id").alias("id_a"), F.greatest("x", "id").alias("id_b")).distinct()
-    edges, sets, exact_pairs = _score_pairs(spark, pairs, signed, records, params, config)
-    candidate_count = edges.num_rows
-    candidate_similarity = edges.column("similarity").to_numpy() if params.verify != "off" else None
+    candidates, sets, exact_pairs = _score_pairs(spark, pairs, signed, records, params, config)
+    candidate_count = candidates.num_rows
+    candidate_similarity = candidates.column("similarity").to_numpy() if params.verify != "off" else None
     verified_mask = minhash.passes(candidate_similarity, params.threshold) if candidate_similarity is not None \
         else np.ones(candidate_count, dtype=bool)
-    edges = edges.filter(pa.array(verified_mask))
+    edges = candidates.filter(pa.array(verified_mask))
 
     # Reduce on the driver: only documents that have an edge take part.
     node_ids = pa.chunked_array([edges.column("id_a"), edges.column("id_b")]).unique() if edges.num_rows else pa.array([], pa.string())
@@ -150,7 +151,8 @@ def run(spark, input_url: str, output_url: str, params: NearDedupParams) -> dict
         node_rows = pa.table({"id": pa.array([], pa.string()), "date": pa.array([], pa.string()),
                               "length": pa.array([], pa.int64()), "quality": pa.array([], pa.float64()),
                               "sig": pa.array([], pa.binary()), "shingles": pa.array([], pa.binary())})
-    drops, clusters, verified = _cluster_on_driver(node_rows, edges, params, config)
+    drops, clusters, verified = _cluster_on_driver(node_rows, edges, candidates if params.verify != "off" else None,
+                                                   params, config)
     write_parquet_atomic(clusters, storage.join(output_url, CLUSTERS_FILE), output_url)
 
     drop_df = spark.createDataFrame(drops) if drops.num_rows else spark.createDataFrame([], "id string, detail string")
@@ -218,7 +220,8 @@ def _pair_keys(table: pa.Table) -> pa.Array:
     return pc.binary_join_element_wise(table.column("id_a"), table.column("id_b"), "\x00")
 
 
-def _cluster_on_driver(nodes: pa.Table, edges: pa.Table, params: NearDedupParams, config) -> tuple[pa.Table, pa.Table, int]:
+def _cluster_on_driver(nodes: pa.Table, edges: pa.Table, candidates: pa.Table | None, params: NearDedupParams,
+                       config) -> tuple[pa.Table, pa.Table, int]:
     n = nodes.num_rows
     ids = nodes.column("id").combine_chunks() if n else pa.array([], pa.string())
     sig = _sig_matrix(nodes.column("sig").combine_chunks(), config.num_perm) if n else np.empty((0, config.num_perm), np.uint32)
@@ -235,13 +238,20 @@ def _cluster_on_driver(nodes: pa.Table, edges: pa.Table, params: NearDedupParams
         sets = minhash.ShingleSets.from_arrow(column) if n else minhash.ShingleSets.empty()
 
         def pair_similarity(x, y):  # exact where both sets are at hand, as in the local stage
-            out = minhash.similarity(sig[x], sig[y])
+            out = minhash.pair_similarity(sig, x, y)
             both = has_set[x] & has_set[y]
             out[both] = minhash.jaccard(sets, sets, x[both], y[both])
             return out
     else:
         def pair_similarity(x, y):
-            return minhash.similarity(sig[x], sig[y])
+            return minhash.pair_similarity(sig, x, y)
+    if candidates is not None and n:
+        # Pairs already measured show that figure, as in the local stage.
+        ca = pc.index_in(candidates.column("id_a"), value_set=ids).to_numpy(zero_copy_only=False)
+        cb = pc.index_in(candidates.column("id_b"), value_set=ids).to_numpy(zero_copy_only=False)
+        among = ~(np.isnan(ca.astype(np.float64)) | np.isnan(cb.astype(np.float64)))
+        pair_similarity = reusing_known_pairs(ca[among].astype(np.int64), cb[among].astype(np.int64),
+                                              candidates.column("similarity").to_numpy()[among], n, pair_similarity)
     dup = np.flatnonzero(found.duplicate)
     drops = pa.table({"id": pc.take(ids, pa.array(dup, pa.int64())),
                       "detail": pc.take(ids, pa.array(found.survivor[dup], pa.int64()))})

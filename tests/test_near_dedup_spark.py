@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from spark_jobs import near_dedup as spark_near_dedup  # noqa: E402
 from conftest import write_dataset
-from test_near_dedup import dropped_pairs, threshold_pairs
+from test_near_dedup import THRESHOLD, dropped_pairs, threshold_pairs
 
 
 def perturb(text: str, seed: int, rate: float = 0.004) -> str:
@@ -95,3 +95,12 @@ def test_spark_job_splits_pairs_right_at_the_threshold_as_the_local_stage_does(s
                     or k in ("near_dup.candidate_pairs", "near_dup.verified_pairs", "near_dup.exact_jaccard_pairs")}
     assert pair_figures["near_dup.exact_jaccard_pairs"] >= len(drops)
     assert {k: remote["metrics"].get(k) for k in pair_figures} == pair_figures
+
+    def report(url):  # the cluster report, sample similarities included
+        return sorted((c["survivor_id"], tuple(c["duplicate_ids"]),
+                       tuple((p["id_a"], p["id_b"], round(p["similarity"], 6)) for p in c["sample_pairs"]))
+                      for c in pq.read_table(Path(url) / CLUSTERS_FILE).to_pylist())
+
+    local_report = report(str(tmp_path / "local"))
+    assert report(str(tmp_path / "spark")) == local_report
+    assert all(THRESHOLD <= p[2] < THRESHOLD + 0.01 for c in local_report for p in c[2])  # exact, not estimated

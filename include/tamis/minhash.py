@@ -375,6 +375,15 @@ def similarity(sig_a: np.ndarray, sig_b: np.ndarray, chunk: int = 65536) -> np.n
     return out
 
 
+def pair_similarity(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Signature-estimated Jaccard of the pairs (sig[a[i]], sig[b[i]]), gathering a chunk of
+    pairs at a time: never two copies of the signatures of every pair."""
+    out = np.empty(len(a), dtype=np.float64)
+    for s in range(0, len(a), chunk):
+        out[s: s + chunk] = similarity(sig[a[s: s + chunk]], sig[b[s: s + chunk]], chunk)
+    return out
+
+
 # --------------------------------------------------------------------------- exact Jaccard
 
 @dataclass

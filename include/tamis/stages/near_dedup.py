@@ -313,9 +313,11 @@ def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray]
             all_sig, a, b, n_new, fresh_sets, old.sets if old is not None else None, params.threshold)
     else:
         def pair_similarity(x, y):
-            return minhash.similarity(all_sig[x], all_sig[y])
+            return minhash.pair_similarity(all_sig, x, y)
         candidate_similarity = pair_similarity(a, b) if params.verify == "estimate" else None
         exact_pairs = 0
+    if candidate_similarity is not None:
+        pair_similarity = reusing_known_pairs(a, b, candidate_similarity, len(all_sig), pair_similarity)
     found = minhash.cluster(len(all_sig), a, b, candidate_similarity, params.threshold, priority)
     # Indexed documents are already in the corpus: they are never dropped here.
     found.survivor[n_new:] = np.arange(n_new, len(all_sig))
@@ -348,7 +350,7 @@ def _exact_verification(sig: np.ndarray, a: np.ndarray, b: np.ndarray, n_new: in
     indexed ones, numbered from ``n_new``, from ``indexed_sets``). Also returns the
     similarity function of the cluster report (exact where both sets are at hand) and the
     number of pairs that needed their exact Jaccard."""
-    estimate = minhash.similarity(sig[a], sig[b])
+    estimate = minhash.pair_similarity(sig, a, b)
     accept, reject = minhash.signature_verdicts(estimate, threshold, sig.shape[1])
     open_ = ~(accept | reject)
     involved = minhash.sorted_unique(np.concatenate([a[open_], b[open_]]))
@@ -361,12 +363,34 @@ def _exact_verification(sig: np.ndarray, a: np.ndarray, b: np.ndarray, n_new: in
     similarity[open_] = minhash.jaccard(sets, sets, position[a[open_]], position[b[open_]])
 
     def pair_similarity(x, y):
-        out = minhash.similarity(sig[x], sig[y])
+        out = minhash.pair_similarity(sig, x, y)
         both = (position[x] >= 0) & (position[y] >= 0)
         out[both] = minhash.jaccard(sets, sets, position[x[both]], position[y[both]])
         return out
 
     return similarity, pair_similarity, int(np.count_nonzero(open_))
+
+
+def reusing_known_pairs(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, n: int, measure):
+    """``measure(x, y)`` that takes the similarity of an already measured pair (a[i], b[i])
+    from ``similarity`` instead of measuring it again (n: the number of documents). Most
+    survivor-member pairs of the cluster report are candidate pairs: they show the
+    similarity their verification used."""
+    codes = np.minimum(a, b) * n + np.maximum(a, b)
+    order = np.argsort(codes, kind="stable")
+    codes, similarity = codes[order], np.asarray(similarity, dtype=np.float64)[order]
+
+    def pair_similarity(x, y):
+        wanted = np.minimum(x, y) * n + np.maximum(x, y)
+        at = np.minimum(np.searchsorted(codes, wanted), max(len(codes) - 1, 0))
+        known = codes[at] == wanted if len(codes) else np.zeros(len(x), dtype=bool)
+        out = np.empty(len(x), dtype=np.float64)
+        out[known] = similarity[at[known]]
+        if not known.all():
+            out[~known] = measure(x[~known], y[~known])
+        return out
+
+    return pair_similarity
 
 
 def pair_metrics(config: minhash.MinHashConfig, candidate_similarity: np.ndarray | None,
