@@ -38,11 +38,10 @@ import rensa
 
 # Bumped whenever signatures or band keys would change for the same text and settings:
 # a persisted index built by another version is refused rather than silently mismatched.
-SIGNATURE_VERSION = f"tamis-minhash-2/rensa-{rensa.RMinHash.ALGORITHM_VERSION}"
+SIGNATURE_VERSION = f"tamis-minhash-1/rensa-{rensa.RMinHash.ALGORITHM_VERSION}"
 
 Shingle = Literal["word", "char"]
 KeepRule = Literal["first", "longest", "highest_quality"]
-Verify = Literal["exact", "estimate", "off"]
 
 _U64 = np.uint64
 _Q = _U64(0x9E3779B97F4A7C15)  # odd, so it is invertible mod 2^64
@@ -146,6 +145,7 @@ class SCurve:
 
 
 def s_curve(bands: int, rows: int, start: float = 0.5, step: float = 0.05) -> SCurve:
+    """The candidate probability of the banding at J = start, start + step, ... 1.0."""
     grid = np.round(np.arange(start, 1.0 + step / 2, step), 4)
     probability = candidate_probability(grid, bands, rows)
     return SCurve(bands, rows, float((1.0 / bands) ** (1.0 / rows)),

@@ -198,9 +198,10 @@ def _sign_shard(url: str, config: minhash.MinHashConfig, quality_column: str | N
 
 def _shard_sets(url: str, rows: np.ndarray, config: minhash.MinHashConfig) -> minhash.ShingleSets:
     """Shingle sets of the given rows (ascending) of one shard, read again from its text:
-    only the row groups that hold them are read."""
+    only the row groups that hold them are read, and their texts are shingled a few
+    megabytes at a time."""
     fs, path = storage.filesystem(url)
-    parts = []
+    parts, pending, pending_bytes = [], [], 0
     with fs.open(path, "rb") as f:
         parquet = pq.ParquetFile(f)
         group_rows = np.array([parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)], np.int64)
@@ -208,8 +209,14 @@ def _shard_sets(url: str, rows: np.ndarray, config: minhash.MinHashConfig) -> mi
         group_of = np.searchsorted(group_ends, rows, side="right")
         for g in minhash.sorted_unique(group_of):
             local = rows[group_of == g] - (group_ends[g] - group_rows[g])
-            text = parquet.read_row_group(int(g), columns=["text"]).column("text")
-            parts.append(minhash.shingle_sets(text.take(pa.array(local, pa.int64())), config))
+            text = parquet.read_row_group(int(g), columns=["text"]).column("text").take(pa.array(local, pa.int64()))
+            pending.append(text.combine_chunks())
+            pending_bytes += text.nbytes
+            if pending_bytes >= minhash.CHUNK_BYTES:
+                parts.append(minhash.shingle_sets(pa.concat_arrays(pending), config))
+                pending, pending_bytes = [], 0
+    if pending:
+        parts.append(minhash.shingle_sets(pa.concat_arrays(pending), config))
     found = minhash.ShingleSets.concat(parts)
     if len(found) != len(rows):
         raise ValueError(f"{url}: {len(rows)} rows asked for, {len(found)} found: the shard changed while it was read")
