@@ -125,7 +125,7 @@ def run_stage(
                 raise StageError(f"{stage.name}: {len(pending)} shards are not committed yet, e.g. "
                                  f"{', '.join(s.name for s in pending[:5])}; run them first")
         work_url = storage.join(output_url, WORK_DIR)
-        plan_metrics: dict[str, int] = {}
+        plan_metrics: dict[str, float] = {}
 
         with engine.running(stage) as run:
             if isinstance(stage, DatasetStage):
@@ -228,7 +228,7 @@ def _clear_output(output_url: str) -> None:
 
 # --------------------------------------------------------------------------- plan and shards
 
-def _plan(stage: DatasetStage, shards, work_url, engine, run, fingerprint, may_plan: bool) -> dict[str, int]:
+def _plan(stage: DatasetStage, shards, work_url, engine, run, fingerprint, may_plan: bool) -> dict[str, float]:
     """The whole-dataset plan: reused when an earlier step of this run wrote it, else made."""
     marker = storage.join(work_url, PLAN_DONE)
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
@@ -245,7 +245,7 @@ def _plan(stage: DatasetStage, shards, work_url, engine, run, fingerprint, may_p
         metrics = (planner or stage.plan)(shards, work_url, run)
     except TaskFailed as failed:  # a map step of the plan: the stage's own error says what is wrong
         raise failed.error from None
-    metrics = {k: int(v) for k, v in sorted((metrics or {}).items())}
+    metrics = dict(sorted((metrics or {}).items()))
     storage.write_json_atomic(marker, {"fingerprint": key, "metrics": metrics,
                                        "elapsed_s": round(time.time() - started, 3)}, work_url)
     log.info("%s: planned in %.1fs", stage.name, time.time() - started)
