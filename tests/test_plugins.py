@@ -139,25 +139,31 @@ import json, sys
 from pathlib import Path
 from airflow.dag_processing.dagbag import DagBag
 from kubernetes.client import ApiClient
-
-folder = Path(sys.argv[1])
-bag = DagBag(dag_folder=str(folder), bundle_path=folder, safe_mode=False)
-assert not bag.import_errors, bag.import_errors
-dag = bag.dags["team_build"]
-from tamis.pipeline import load_pipeline
-run_id = "k8s-probe"
-pipeline = load_pipeline(dag.params.dump()["pipeline"])
-# The stages before the team's, as the earlier pods would have left them.
 from tamis.cli import run_one
-for stage in pipeline.stage_names[: pipeline.stage_names.index("min_length")]:
-    run_one(pipeline, stage, run_id)
-context = lambda task: {"dag": dag, "task": task, "run_id": run_id, "params": dag.params.dump(), "ds": "2026-11-23"}
-lister = dag.get_task("list_min_length_shards")
-lister.render_template_fields(context(lister))
-batches = lister.execute(context(lister))
-pod_task = dag.get_task("min_length").unmap({"arguments": batches[0]})
-pod_task.render_template_fields(context(pod_task))
-pod = ApiClient().sanitize_for_serialization(pod_task.build_pod_request_obj(dry_run=True))
-assert pod["spec"]["containers"][0]["command"] == ["tamis"]
-print(json.dumps(pod["spec"]["containers"][0]["args"]))
+from tamis.pipeline import load_pipeline
+
+
+def main():
+    folder = Path(sys.argv[1])
+    bag = DagBag(dag_folder=str(folder), bundle_path=folder, safe_mode=False)
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.dags["team_build"]
+    run_id = "k8s-probe"
+    pipeline = load_pipeline(dag.params.dump()["pipeline"])
+    # The stages before the team's, as the earlier pods would have left them.
+    for stage in pipeline.stage_names[: pipeline.stage_names.index("min_length")]:
+        run_one(pipeline, stage, run_id)
+    context = lambda task: {"dag": dag, "task": task, "run_id": run_id, "params": dag.params.dump(), "ds": "2026-11-23"}
+    lister = dag.get_task("list_min_length_shards")
+    lister.render_template_fields(context(lister))
+    batches = lister.execute(context(lister))
+    pod_task = dag.get_task("min_length").unmap({"arguments": batches[0]})
+    pod_task.render_template_fields(context(pod_task))
+    pod = ApiClient().sanitize_for_serialization(pod_task.build_pod_request_obj(dry_run=True))
+    assert pod["spec"]["containers"][0]["command"] == ["tamis"]
+    print(json.dumps(pod["spec"]["containers"][0]["args"]))
+
+
+if __name__ == "__main__":  # the local engine's workers start from a forkserver that imports this file
+    main()
 """
