@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything tamis needs on a fresh Debian machine with Python 3.11:
 # system packages (Java for Spark, PostgreSQL, Chromium for the UI tests, prometheus for
-# promtool, which evaluates the alert rules in the tests), the
-# virtualenv in .venv and the pinned Python packages. Safe to run again.
+# promtool, which evaluates the alert rules in the tests), the virtualenv in .venv and
+# the pinned Python packages. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
