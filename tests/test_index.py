@@ -313,4 +313,5 @@ def test_index_written_to_and_read_from_object_storage(s3, indexed, documents):
     record = lookup.get(url, "books/0011")
     assert record["text"] == documents.filter(pc.equal(documents.column("id"), "books/0011")).column("text")[0].as_py()
     web = lookup.query(url, "source = 'web' and lang = 'fr'", columns=["id"])
-    assert sorted(web.column("id").to_pylist()) == [f"web/{i:04d}" for i in range(0, 60, 5)]
+    expected = documents.filter(pc.and_(pc.equal(documents["source"], "web"), pc.equal(documents["lang"], "fr")))
+    assert sorted(web.column("id").to_pylist()) == sorted(expected["id"].to_pylist())
