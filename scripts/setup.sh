@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything tamis needs on a fresh Debian machine with Python 3.11:
-# system packages (Java for Spark, PostgreSQL, Chromium for the UI tests), the
-# virtualenv in .venv and the pinned Python packages. Safe to run again.
+# system packages (Java for Spark, PostgreSQL, Chromium for the UI tests, prometheus for
+# promtool, which evaluates the alert rules in the tests), the virtualenv in .venv and
+# the pinned Python packages. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql chromium chromium-driver fonts-dejavu-core)
+APT_PACKAGES=(postgresql chromium chromium-driver fonts-dejavu-core prometheus)
 # Spark needs a JVM; the machine image may already have one.
 command -v java >/dev/null 2>&1 || APT_PACKAGES+=(default-jre-headless)
 missing=()

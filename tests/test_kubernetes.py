@@ -435,7 +435,7 @@ def test_prometheus_rules_parse_and_watch_every_pipeline_metric_by_stage_and_pip
             assert "by (pipeline, stage)" in rule["expr"], rule["alert"]
     assert used == METRICS
     alerts = {r["alert"] for r in rules}
-    assert {"TamisStageStalled", "TamisErrorRateHigh", "TamisDropRateHigh", "TamisStorageNearFull"} <= alerts
+    assert {"TamisErrorRateHigh", "TamisDropRateHigh", "TamisStorageNearFull"} <= alerts
     assert len(alerts) == len(rules)
 
 

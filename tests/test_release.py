@@ -115,7 +115,7 @@ def test_workspace_params_spell_out_every_effective_stage_param(released):
     by_name = {s["name"]: s for s in params["stages"]}
     effective = released["pipeline"].stage("exact_dedup").params.model_dump(mode="json")
     assert by_name["exact_dedup"]["params"] == effective and effective["key"] == "normalized"
-    assert by_name["ingest"]["params"]["max_doc_bytes"] == 10_000_000
+    assert by_name["ingest"]["params"] == released["pipeline"].stage("ingest").params.model_dump(mode="json")
     assert params["sources"]["web"]["path"] == "sources/web"
     lock = yaml.safe_load((released["workspace"] / LOCK_FILE).read_text())
     (locked,) = lock["stages"]["exact_dedup"]["params"]["pipeline.yaml"].values()

@@ -139,11 +139,6 @@ def test_cluster_samples_account_for_every_near_duplicate(run):
     assert report.cluster_samples(f"{run_url}/normalize") is None
 
 
-def test_pii_counts_are_entity_counts_only():
-    manifest = {"metrics": {"pii.entity.EMAIL_ADDRESS": 4, "pii.entity.PHONE_NUMBER": 9, "pii.findings": 13, "ingest.bytes": 100}}
-    assert report.pii_counts(manifest) == {"PHONE_NUMBER": 9, "EMAIL_ADDRESS": 4}
-
-
 def test_gate_result_keeps_counts_but_no_record_values(run):
     _, run_url = run
     url = f"{run_url}/normalize"
@@ -179,16 +174,3 @@ def test_stage_metrics_arrive_as_statsd_lines_over_udp(run, monkeypatch):
     assert parsed["tamis_docs_per_second"][0] == pytest.approx(manifest["docs_per_s"], rel=1e-5)
     assert {t for _, _, t in parsed.values()} == {"#stage:near_dedup,pipeline:report_test"}
     assert "tamis_pii_detection_rate" not in parsed
-
-
-def test_stage_metrics_written_as_prometheus_textfile(run, monkeypatch, tmp_path):
-    _, run_url = run
-    monkeypatch.delenv("TAMIS_STATSD_HOST", raising=False)
-    monkeypatch.setenv("TAMIS_PROMETHEUS_TEXTFILE_DIR", str(tmp_path))
-    manifest = {**Dataset(f"{run_url}/ingest").manifest(), "metrics": {"pii.entity.PERSON": 6, "pii.findings": 6}, "stage": "pii"}
-    emit_stage_metrics(manifest, "default")
-    text = (tmp_path / "tamis_default_pii.prom").read_text()
-    assert f'tamis_docs_processed_total{{stage="pii",pipeline="default"}} {manifest["counts"]["in"]}' in text
-    rate = float(next(line for line in text.splitlines() if line.startswith("tamis_pii_detection_rate{")).split()[-1])
-    assert rate == pytest.approx(6 / manifest["counts"]["in"], rel=1e-5)
-    assert [p.name for p in tmp_path.iterdir()] == ["tamis_default_pii.prom"]

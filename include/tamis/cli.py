@@ -107,8 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true")
     summary.set_defaults(func=_cmd_summary)
 
+    from tamis.lookup import add_lookup_commands
     from tamis.release import add_release_commands
 
+    add_lookup_commands(sub)
     add_release_commands(sub)
     return parser
 
