@@ -41,30 +41,34 @@ static uint64_t fnv(const uint32_t *s, int64_t n) {
     return h ^ ((uint64_t)n * 0x9E3779B97F4A7C15ull);
 }
 
-typedef struct { uint64_t *keys; int32_t *vals; int32_t *aux; int64_t cap; uint8_t *used; } Map;
+/* Open addressing, key 0 marking a free slot; cap is the part in use for the current
+ * document, alloc what is allocated. vals/aux are only touched by callers that count. */
+typedef struct { uint64_t *keys; int32_t *vals; int32_t *aux; int64_t cap, alloc; } Map;
 
 static int map_reserve(Map *m, int64_t n) {
     int64_t cap = 16;
     while (cap < 2 * n + 2) cap <<= 1;
-    if (cap > m->cap) {
-        free(m->keys); free(m->vals); free(m->aux); free(m->used);
+    if (cap > m->alloc) {
+        free(m->keys); free(m->vals); free(m->aux);
         m->keys = malloc(cap * sizeof(uint64_t)); m->vals = malloc(cap * sizeof(int32_t));
-        m->aux = malloc(cap * sizeof(int32_t)); m->used = malloc(cap);
-        if (!m->keys || !m->vals || !m->aux || !m->used) return -1;
-        m->cap = cap;
+        m->aux = malloc(cap * sizeof(int32_t));
+        if (!m->keys || !m->vals || !m->aux) return -1;
+        m->alloc = cap;
     }
-    memset(m->used, 0, m->cap);
+    m->cap = cap;
+    memset(m->keys, 0, cap * sizeof(uint64_t));
     return 0;
 }
 
-/* Slot of key, inserting it (val 0) when absent; *fresh says which. */
-static int64_t map_slot(Map *m, uint64_t key, int *fresh) {
-    uint64_t mask = (uint64_t)m->cap - 1, i = (key * 0x9E3779B97F4A7C15ull) >> 7 & mask;
-    while (m->used[i]) {
+/* Slot of key, inserting it when absent (then vals/aux are the caller's to set); *fresh says which. */
+static inline int64_t map_slot(Map *m, uint64_t key, int *fresh) {
+    key |= key == 0;
+    uint64_t mask = (uint64_t)m->cap - 1, i = (key * 0x9E3779B97F4A7C15ull) >> 17 & mask;
+    while (m->keys[i]) {
         if (m->keys[i] == key) { *fresh = 0; return (int64_t)i; }
         i = (i + 1) & mask;
     }
-    m->used[i] = 1; m->keys[i] = key; m->vals[i] = 0; m->aux[i] = 0; *fresh = 1;
+    m->keys[i] = key; *fresh = 1;
     return (int64_t)i;
 }
 
@@ -73,10 +77,14 @@ static int64_t map_slot(Map *m, uint64_t key, int *fresh) {
 static uint32_t *SP_CHARS; static int64_t *SP_OFF; static int32_t *SP_PIECES; static int64_t *SP_PIECE_OFF;
 static int64_t SP_N, SP_CAP; static int64_t *SP_TABLE; static uint64_t *SP_HASH;
 static uint32_t *AD_CHARS; static int64_t *AD_OFF; static int64_t AD_N;  /* suffixes after a digit */
+static int64_t AD_LONGEST;
 static int32_t *MT_PIECES; static int64_t *MT_OFF; static int64_t MT_LONGEST;  /* special-case matcher patterns */
 
+static uint8_t SP_FIRST[32][256];  /* a special case of length l (capped at 31) starts with a character c (mod 256) */
+static int64_t SP_LONGEST;
+
 static int64_t special(const uint32_t *s, int64_t n) {
-    if (n <= 0 || !SP_CAP) return -1;
+    if (n <= 0 || n > SP_LONGEST || !SP_FIRST[n < 31 ? n : 31][s[0] & 255]) return -1;
     uint64_t h = fnv(s, n), mask = (uint64_t)SP_CAP - 1, i = (h * 0x9E3779B97F4A7C15ull) >> 7 & mask;
     while (SP_TABLE[i] >= 0) {
         int64_t k = SP_TABLE[i];
@@ -99,6 +107,8 @@ int tq_init(const uint32_t *flags, const uint32_t *sp_chars, const int64_t *sp_o
     memcpy(SP_CHARS, sp_chars, sp_off[sp_n] * 4); memcpy(SP_OFF, sp_off, (sp_n + 1) * 8);
     memcpy(SP_PIECES, sp_pieces, sp_piece_off[sp_n] * 4); memcpy(SP_PIECE_OFF, sp_piece_off, (sp_n + 1) * 8);
     memcpy(AD_CHARS, ad_chars, ad_off[ad_n] * 4); memcpy(AD_OFF, ad_off, (ad_n + 1) * 8);
+    AD_LONGEST = 0;
+    for (int64_t k = 0; k < ad_n; k++) if (ad_off[k + 1] - ad_off[k] > AD_LONGEST) AD_LONGEST = ad_off[k + 1] - ad_off[k];
     MT_PIECES = malloc(mt_off[sp_n] * 4 + 4); MT_OFF = malloc((sp_n + 1) * 8);
     if (!MT_PIECES || !MT_OFF) return -1;
     memcpy(MT_PIECES, mt_pieces, mt_off[sp_n] * 4); memcpy(MT_OFF, mt_off, (sp_n + 1) * 8);
@@ -115,6 +125,9 @@ int tq_init(const uint32_t *flags, const uint32_t *sp_chars, const int64_t *sp_o
         uint64_t i = (SP_HASH[k] * 0x9E3779B97F4A7C15ull) >> 7 & mask;
         while (SP_TABLE[i] >= 0) i = (i + 1) & mask;
         SP_TABLE[i] = k;
+        int64_t len = SP_OFF[k + 1] - SP_OFF[k];
+        if (len > SP_LONGEST) SP_LONGEST = len;
+        if (len > 0) SP_FIRST[len < 31 ? len : 31][SP_CHARS[SP_OFF[k]] & 255] = 1;
     }
     return 0;
 }
@@ -164,7 +177,9 @@ static int64_t find_suffix(const uint32_t *s, int64_t n) {
     }
     if (n >= 2 && (s[n - 2] == '\'' || s[n - 2] == 0x2019) && (c == 's' || c == 'S') && best < 2) best = 2;
     if (c == '+' && n >= 2 && is_ascii_digit(s[n - 2]) && best < 1) best = 1;
-    for (int64_t k = 0; k < AD_N; k++) {
+    int digit_before = 0;  /* units and currencies follow a digit: most words have none near the end */
+    for (int64_t j = n - 2; j >= 0 && j >= n - 1 - AD_LONGEST; j--) if (is_ascii_digit(s[j])) { digit_before = 1; break; }
+    for (int64_t k = 0; digit_before && k < AD_N; k++) {
         int64_t m = AD_OFF[k + 1] - AD_OFF[k];
         if (m <= best || m >= n) continue;
         if (is_ascii_digit(s[n - m - 1]) && !memcmp(s + n - m, AD_CHARS + AD_OFF[k], m * 4)) best = m;
@@ -444,7 +459,8 @@ typedef struct {
     uint32_t *line; int64_t line_cap;
     Tokens tok, line_tok;
     int32_t *sufs; int64_t sufs_cap;
-    uint64_t *tok_hash; uint64_t *prefix_hash; uint64_t *powers; int64_t tok_cap, char_cap;
+    uint64_t *tok_hash; uint64_t *prefix_hash; int64_t tok_cap, char_cap;
+    int64_t *char_at; int64_t char_at_cap;  /* token k starts at character char_at[k] of the concatenated tokens */
     Map map;
 } Scratch;
 
@@ -461,18 +477,34 @@ static int is_line_break(uint32_t c) {  /* str.splitlines, after canonical() */
     return c == '\n' || c == 0x1C || c == 0x1D || c == 0x1E || c == 0x85 || c == 0x2028 || c == 0x2029 || c == 0x0B || c == 0x0C || c == '\r';
 }
 
-static int lower_contains(const uint32_t *s, int64_t n, const char *needle) {
-    int64_t m = (int64_t)strlen(needle);
-    for (int64_t i = 0; i + m <= n; i++) {
-        int64_t j = 0;
-        for (; j < m; j++) {
-            uint32_t c = s[i + j];
-            if (c >= 'A' && c <= 'Z') c += 32;
-            if (c != (uint32_t)(unsigned char)needle[j]) break;
-        }
-        if (j == m) return 1;
+enum { PH_JAVASCRIPT = 1, PH_POLICY = 2, PH_LOREM = 4 };
+
+static int lower_at(const uint32_t *s, int64_t i, int64_t n, const char *needle) {
+    for (int64_t j = 0; needle[j]; j++) {
+        if (i + j >= n) return 0;
+        uint32_t c = s[i + j];
+        if (c >= 'A' && c <= 'Z') c += 32;
+        if (c != (uint32_t)(unsigned char)needle[j]) return 0;
     }
-    return 0;
+    return 1;
+}
+
+/* The C4 phrases a line holds (ASCII case folded): javascript, a policy notice, lorem ipsum. */
+static int phrases(const uint32_t *s, int64_t n) {
+    int found = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t c = s[i] | 0x20;  /* ASCII letters to lower case; other characters never match below */
+        switch (c) {
+        case 'j': if (lower_at(s, i, n, "javascript")) found |= PH_JAVASCRIPT; break;
+        case 't': if (lower_at(s, i, n, "terms of use")) found |= PH_POLICY; break;
+        case 'p': if (lower_at(s, i, n, "privacy policy")) found |= PH_POLICY; break;
+        case 'c': if (lower_at(s, i, n, "cookie policy")) found |= PH_POLICY; break;
+        case 'u': if (lower_at(s, i, n, "uses cookies") || lower_at(s, i, n, "use of cookies") || lower_at(s, i, n, "use cookies")) found |= PH_POLICY; break;
+        case 'l': if (lower_at(s, i, n, "lorem ipsum")) found |= PH_LOREM; break;
+        default: break;
+        }
+    }
+    return found;
 }
 
 /* CITATION_REGEX = \[\d*]|\[edit]|\[citation needed] removed; returns the new length. */
@@ -528,20 +560,35 @@ static void duplicates(Map *m, const uint32_t *s, const int64_t *starts, const i
 }
 
 static const uint64_t P = 0x100000001B3ull;
+static __thread Scratch SCRATCH;
+static __thread int64_t *SEG_START, *SEG_END, SEG_CAP;
+static __thread uint64_t *POW;  /* POW[i] = P^i */
+static __thread int64_t POW_N;
+
+static int powers(int64_t n) {
+    if (n < POW_N) return 0;
+    int64_t cap = n + n / 2 + 1024;
+    uint64_t *q = realloc(POW, cap * 8);
+    if (!q) return -1;
+    if (POW_N == 0) q[0] = 1;
+    for (int64_t i = POW_N ? POW_N : 1; i < cap; i++) q[i] = q[i - 1] * P;
+    POW = q; POW_N = cap;
+    return 0;
+}
 
 int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, const uint8_t *prose,
                    const int32_t *stop_lang, const uint32_t *stop_chars, const int64_t *stop_off, const int64_t *lang_first,
                    int32_t short_line_length, int32_t min_words_per_line, int32_t max_word_length, int32_t terminal_punct,
                    const int32_t *top_ns, int32_t n_top, const int32_t *dup_ns, int32_t n_dup, double *out) {
-    Scratch z;
-    memset(&z, 0, sizeof z);
+    Scratch z = SCRATCH;  /* this thread's buffers, kept between calls (given back at the end) */
     int64_t n_signals = N_BASE_SIGNALS + n_top + n_dup;
-    int64_t *seg_start = NULL, *seg_end = NULL, seg_cap = 0;
+    int64_t *seg_start = SEG_START, *seg_end = SEG_END, seg_cap = SEG_CAP;
     int64_t status = 0;
 #define OUT(sig) out[(int64_t)(sig) * n_docs + d]
 #define CHECK(x) do { if (x) { status = -1; goto done; } } while (0)
     for (int64_t d = 0; d < n_docs; d++) {
         for (int64_t k = 0; k < n_signals; k++) OUT(k) = 0;
+        if (!prose[d]) continue;  /* code: judged by the code rules */
         int64_t nbytes = offsets[d + 1] - offsets[d];
         CHECK(grow((void **)&z.text, &z.text_cap, nbytes + 1, 4));
         const uint32_t *s = z.text;
@@ -568,6 +615,13 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
         CHECK(tokenize(&z.tok, s, 0, n, z.sufs));
         int64_t nt = z.tok.n;
         CHECK(grow((void **)&z.tok_hash, &z.tok_cap, nt + 1, 8));
+        CHECK(grow((void **)&z.prefix_hash, &z.char_cap, n + 2, 8));
+        CHECK(grow((void **)&z.char_at, &z.char_at_cap, nt + 2, 8));
+        CHECK(powers(n + 2));
+        /* polynomial hashes over the concatenated token characters: a token, or a run of tokens, is a slice */
+        int64_t *char_at = z.char_at;
+        int64_t concat = 0;
+        z.prefix_hash[0] = 0;
         int64_t words = 0, word_chars = 0, alpha_tokens = 0;
         uint64_t stop_seen = 0;
         int32_t lang = stop_lang[d];
@@ -575,14 +629,16 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
             const uint32_t *w = s + z.tok.start[k];
             int64_t len = z.tok.len[k];
             int non_symbol = 0, alpha = 0;
-            for (int64_t j = 0; j < len; j++) {
+            char_at[k] = concat;
+            for (int64_t j = 0; j < len; j++, concat++) {
                 uint32_t f = FL(w[j]);
                 non_symbol |= !(f & F_DT_PUNCT);
                 alpha |= !!(f & F_PY_ALPHA);
+                z.prefix_hash[concat + 1] = z.prefix_hash[concat] * P + w[j] + 1;
             }
             if (non_symbol) { words++; word_chars += len; }
             alpha_tokens += alpha;
-            z.tok_hash[k] = fnv(w, len);
+            z.tok_hash[k] = (z.prefix_hash[concat] - z.prefix_hash[char_at[k]] * POW[len]) ^ ((uint64_t)len << 48);
             if (lang >= 0) {
                 for (int64_t q = lang_first[lang]; q < lang_first[lang + 1] && q - lang_first[lang] < 64; q++) {
                     int64_t m = stop_off[q + 1] - stop_off[q];
@@ -590,6 +646,7 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
                 }
             }
         }
+        char_at[nt] = concat;
         OUT(S_TOKENS) = (double)nt; OUT(S_WORDS) = (double)words; OUT(S_WORD_CHARS) = (double)word_chars;
         OUT(S_ALPHA_TOKENS) = (double)alpha_tokens;
         OUT(S_STOP_WORDS) = lang >= 0 ? (double)__builtin_popcountll(stop_seen) : -1.0;
@@ -623,11 +680,8 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
                         if (e > j) { line_words++; if (e - j > longest) longest = e - j; }
                         j = e;
                     }
-                    int notice = lower_contains(s + la, lb - la, "javascript") || lower_contains(s + la, lb - la, "terms of use") ||
-                                 lower_contains(s + la, lb - la, "privacy policy") || lower_contains(s + la, lb - la, "cookie policy") ||
-                                 lower_contains(s + la, lb - la, "uses cookies") || lower_contains(s + la, lb - la, "use of cookies") ||
-                                 lower_contains(s + la, lb - la, "use cookies");
-                    notices += notice;
+                    int found = phrases(s + la, lb - la);
+                    notices += (found & (PH_JAVASCRIPT | PH_POLICY)) != 0;
                     if (longest <= max_word_length && line_words >= min_words_per_line) {
                         const uint32_t *line = s + la;
                         int64_t len = lb - la, cited = 0;
@@ -636,18 +690,17 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
                             CHECK(grow((void **)&z.line, &z.line_cap, len + 1, 4));
                             len = strip_citations(s + la, lb - la, z.line);
                             line = z.line;
+                            found = phrases(line, len);
                         }
                         if (terminal_punct) {  /* C4's END_PUNCTUATION, and not an ellipsis */
                             uint32_t e = len ? line[len - 1] : 0;
                             int ends = e == '.' || e == '?' || e == '!' || e == '"' || e == '\'';
                             if (!ends || (len >= 3 && line[len - 2] == '.' && line[len - 3] == '.' && e == '.')) { tk = tk_end; continue; }
                         }
-                        if (lower_contains(line, len, "lorem ipsum")) lorem = 1;
-                        if (!lower_contains(line, len, "javascript")) {
+                        if (found & PH_LOREM) lorem = 1;
+                        if (!(found & PH_JAVASCRIPT)) {
                             for (int64_t q = 0; q < len; q++) if (line[q] == '{') { curly = 1; break; }
-                            if (!(lower_contains(line, len, "terms of use") || lower_contains(line, len, "privacy policy") ||
-                                  lower_contains(line, len, "cookie policy") || lower_contains(line, len, "uses cookies") ||
-                                  lower_contains(line, len, "use of cookies") || lower_contains(line, len, "use cookies"))) {
+                            if (!(found & PH_POLICY)) {
                                 if (cited) {
                                     z.line_tok.n = 0;
                                     CHECK(tokenize(&z.line_tok, line, 0, len, z.sufs));
@@ -724,9 +777,6 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
         }
 
         /* n-grams: the most frequent one (ties: the first seen) and greedy repeated runs */
-        CHECK(grow((void **)&z.prefix_hash, &z.char_cap, word_chars + n + 2, 8));
-        z.powers = realloc(z.powers, z.char_cap * 8);
-        CHECK(!z.powers);
         for (int32_t q = 0; q < n_top; q++) {
             int64_t ng = top_ns[q], m = nt - ng + 1;
             if (m <= 0) { OUT(N_BASE_SIGNALS + q) = -1; continue; }
@@ -738,7 +788,7 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
                 for (int64_t j = 0; j < ng; j++) key = key * P + z.tok_hash[i + j];
                 int fresh;
                 int64_t slot = map_slot(&z.map, key, &fresh);
-                if (fresh) z.map.aux[slot] = (int32_t)i;
+                if (fresh) { z.map.aux[slot] = (int32_t)i; z.map.vals[slot] = 0; }
                 int32_t c = ++z.map.vals[slot];
                 if (c > best_count || (c == best_count && z.map.aux[slot] < best_first)) {
                     best_count = c; best_first = z.map.aux[slot]; best_slot = slot;
@@ -750,29 +800,12 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
             OUT(N_BASE_SIGNALS + q) = (double)chars * best_count;
         }
         if (n_dup) {
-            /* hash of the concatenated characters of tokens [i, j): prefix hashes over the token characters */
-            int64_t *char_at = seg_start;  /* token k starts at character char_at[k] of the concatenation */
-            CHECK(grow((void **)&seg_start, &seg_cap, nt + 2, 8));
-            seg_end = realloc(seg_end, seg_cap * 8);
-            CHECK(!seg_end);
-            char_at = seg_start;
-            int64_t c = 0;
-            z.prefix_hash[0] = 0; z.powers[0] = 1;
-            for (int64_t k = 0; k < nt; k++) {
-                char_at[k] = c;
-                const uint32_t *w = s + z.tok.start[k];
-                for (int64_t j = 0; j < z.tok.len[k]; j++, c++) {
-                    z.prefix_hash[c + 1] = z.prefix_hash[c] * P + w[j] + 1;
-                    z.powers[c + 1] = z.powers[c] * P;
-                }
-            }
-            char_at[nt] = c;
             for (int32_t q = 0; q < n_dup; q++) {
                 int64_t ng = dup_ns[q], idx = 0, repeated = 0;
                 CHECK(map_reserve(&z.map, nt + 1));
                 while (idx < nt - ng + 1) {
                     int64_t a = char_at[idx], b = char_at[idx + ng];
-                    uint64_t key = (z.prefix_hash[b] - z.prefix_hash[a] * z.powers[b - a]) ^ ((uint64_t)(b - a) << 48);
+                    uint64_t key = (z.prefix_hash[b] - z.prefix_hash[a] * POW[b - a]) ^ ((uint64_t)(b - a) << 48);
                     int fresh;
                     map_slot(&z.map, key, &fresh);
                     if (!fresh) { repeated += b - a; idx += ng; }
@@ -783,9 +816,8 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
         }
     }
 done:
-    free(z.text); free(z.line); free(z.tok.start); free(z.tok.len); free(z.line_tok.start); free(z.line_tok.len);
-    free(z.sufs); free(z.tok_hash); free(z.prefix_hash); free(z.powers);
-    free(z.map.keys); free(z.map.vals); free(z.map.aux); free(z.map.used); free(seg_start); free(seg_end);
+    SCRATCH = z;
+    SEG_START = seg_start; SEG_END = seg_end; SEG_CAP = seg_cap;
     return status;
 #undef OUT
 #undef CHECK
