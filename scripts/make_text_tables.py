@@ -61,8 +61,11 @@ def single_chars(entries: list[str]) -> list[list[int]]:
 
 
 def nfc_unsafe(c: str) -> bool:
-    """A code point that NFC may change or combine with its neighbour."""
-    return unicodedata.normalize("NFD", c) != c or unicodedata.combining(c) != 0
+    """A code point whose NFC quick check is not Yes: NFC changes it, or it may combine with or
+    be reordered against the character before it (Hangul vowel and final jamo compose too)."""
+    cp = ord(c)
+    return (unicodedata.normalize("NFC", c) != c or unicodedata.combining(c) != 0
+            or 0x1161 <= cp <= 0x1175 or 0x11A8 <= cp <= 0x11C2)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,7 +33,7 @@ SIGNALS = (
     "hashes", "ellipses", "gopher_lines", "bullet_lines", "ellipsis_lines", "stop_words",
     "paragraphs", "dup_paragraphs", "dup_paragraph_chars", "lines", "dup_lines", "dup_line_chars",
     "lorem_ipsum", "curly_bracket", "sentences", "notice_lines",
-    "fineweb_lines", "fineweb_punct_lines", "fineweb_short_lines", "fineweb_dup_chars", "newlines",
+    "fineweb_lines", "fineweb_punct_lines", "fineweb_short_lines", "fineweb_dup_chars", "newlines", "nfc_unsafe",
 )
 
 _p = ctypes.c_void_p
@@ -89,32 +90,6 @@ def _code_points(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return chars, offsets
 
 
-def nfc(text: pa.Array) -> pa.Array:
-    """NFC, applied only to the documents holding a character it may change (most hold none)."""
-    if len(text) == 0 or pc.all(pc.string_is_ascii(text)).as_py():
-        return text
-    flags = native().flags
-    unsafe = np.flatnonzero(flags & np.uint32(1 << FLAG_NAMES.index("nfc_unsafe")))
-    # A regex over the unsafe ranges would be long; the ranges are few (hundreds), the check is one pass.
-    ranges = _ranges(unsafe)
-    pattern = "[" + "".join(_re_char(lo) + ("-" + _re_char(hi) if hi > lo else "") for lo, hi in ranges) + "]"
-    needs = pc.match_substring_regex(text, pattern)
-    if not pc.any(needs).as_py():
-        return text
-    return pc.if_else(needs, pc.utf8_normalize(text, "NFC"), text)
-
-
-def _ranges(points: np.ndarray) -> list[tuple[int, int]]:
-    breaks = np.flatnonzero(np.diff(points) != 1)
-    starts = np.concatenate([[0], breaks + 1])
-    ends = np.concatenate([breaks, [len(points) - 1]])
-    return [(int(points[a]), int(points[b])) for a, b in zip(starts, ends)]
-
-
-def _re_char(cp: int) -> str:
-    return f"\\x{{{cp:x}}}"
-
-
 def scan(
     text: pa.Array,
     prose: np.ndarray,
@@ -128,28 +103,22 @@ def scan(
     line_requires_terminal_punct: bool = False,
 ) -> dict[str, np.ndarray]:
     """Every figure of ``SIGNALS`` per document, plus ``top_<n>`` and ``dup_<n>`` (characters)."""
-    lib = native().lib
-    text = nfc(text.cast(pa.large_string()))
-    n = len(text)
-    _, offsets_buf, data_buf = text.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[text.offset : text.offset + n + 1]
-    data_address = data_buf.address if data_buf is not None else np.zeros(1, np.uint8).ctypes.data
+    text = text.cast(pa.large_string())
+    stops = _code_points([w for words in stop_lists for w in words])
+    lang_first = np.concatenate([[0], np.cumsum([len(w) for w in stop_lists])]).astype(np.int64)
+    settings = (stops, lang_first, short_line_length, min_words_per_line, max_word_length, int(line_requires_terminal_punct),
+                np.array(top_ns or [0], np.int32), len(top_ns), np.array(dup_ns or [0], np.int32), len(dup_ns))
     prose = np.ascontiguousarray(prose, dtype=np.uint8)
     stop_lang = np.ascontiguousarray(stop_lang, dtype=np.int32)
-    words = [w for words in stop_lists for w in words]
-    stop_chars, stop_off = _code_points(words)
-    lang_first = np.concatenate([[0], np.cumsum([len(w) for w in stop_lists])]).astype(np.int64)
-    tops = np.array(top_ns or [0], np.int32)
-    dups = np.array(dup_ns or [0], np.int32)
-    out = np.zeros((len(SIGNALS) + len(top_ns) + len(dup_ns), max(n, 1)), dtype=np.float64)
-    offsets = np.ascontiguousarray(offsets)
-    status = lib.tq_signals(
-        n, offsets.ctypes.data, data_address, prose.ctypes.data, stop_lang.ctypes.data, stop_chars.ctypes.data,
-        stop_off.ctypes.data, lang_first.ctypes.data, short_line_length, min_words_per_line, max_word_length, int(line_requires_terminal_punct),
-        tops.ctypes.data, len(top_ns), dups.ctypes.data, len(dup_ns), out.ctypes.data,
-    )
-    if status:
-        raise MemoryError("tamis: error: the native text scanner ran out of memory")
+    out = _run(text, prose, stop_lang, settings)
+    # NFC can change only the texts holding a character whose quick check is not Yes: those few
+    # are normalized (Arrow's utf8proc) and scanned again.
+    again = np.flatnonzero(out[SIGNALS.index("nfc_unsafe")] > 0)
+    if len(again):
+        rows = pa.array(again, pa.int64())
+        normalized = pc.utf8_normalize(text.take(rows), "NFC")
+        out[:, again] = _run(normalized, prose[again], stop_lang[again], settings)
+    n = len(text)
     result = {name: out[i, :n] for i, name in enumerate(SIGNALS)}
     for j, k in enumerate(top_ns):
         result[f"top_{k}"] = out[len(SIGNALS) + j, :n]
@@ -158,10 +127,27 @@ def scan(
     return result
 
 
+def _run(text: pa.Array, prose: np.ndarray, stop_lang: np.ndarray, settings: tuple) -> np.ndarray:
+    (stop_chars, stop_off), lang_first, short_line, min_words, max_word, terminal, tops, n_top, dups, n_dup = settings
+    n = len(text)
+    _, offsets_buf, data_buf = text.buffers()
+    offsets = np.ascontiguousarray(np.frombuffer(offsets_buf, dtype=np.int64)[text.offset : text.offset + n + 1])
+    data_address = data_buf.address if data_buf is not None and data_buf.size else np.zeros(1, np.uint8).ctypes.data
+    out = np.zeros((len(SIGNALS) + n_top + n_dup, max(n, 1)), dtype=np.float64)
+    status = native().lib.tq_signals(
+        n, offsets.ctypes.data, data_address, prose.ctypes.data, stop_lang.ctypes.data, stop_chars.ctypes.data,
+        stop_off.ctypes.data, lang_first.ctypes.data, short_line, min_words, max_word, terminal,
+        tops.ctypes.data, n_top, dups.ctypes.data, n_dup, out.ctypes.data,
+    )
+    if status:
+        raise MemoryError("tamis: error: the native text scanner ran out of memory")
+    return out[:, :n] if n else out[:, :0]
+
+
 def words(text: str, prose: bool = True) -> list[str]:
     """The words the rules count in one text (seen as normalize leaves it), for tests and tools."""
     lib = native().lib
-    data = nfc(pa.array([text], pa.large_string()))[0].as_py().encode("utf-8")
+    data = unicodedata.normalize("NFC", text).encode("utf-8")
     points = np.zeros(len(data) + 1, np.uint32)
     length = np.zeros(1, np.int64)
     spans = np.zeros(2 * (len(data) + 1), np.int32)

@@ -26,7 +26,7 @@ enum {
     S_HASHES, S_ELLIPSES, S_GOPHER_LINES, S_BULLET_LINES, S_ELLIPSIS_LINES, S_STOP_WORDS,
     S_PARAGRAPHS, S_DUP_PARAGRAPHS, S_DUP_PARAGRAPH_CHARS, S_LINES, S_DUP_LINES, S_DUP_LINE_CHARS,
     S_LOREM_IPSUM, S_CURLY_BRACKET, S_SENTENCES, S_NOTICE_LINES,
-    S_FW_LINES, S_FW_PUNCT_LINES, S_FW_SHORT_LINES, S_FW_DUP_CHARS, S_NEWLINES,
+    S_FW_LINES, S_FW_PUNCT_LINES, S_FW_SHORT_LINES, S_FW_DUP_CHARS, S_NEWLINES, S_NFC_UNSAFE,
     N_BASE_SIGNALS
 };
 
@@ -494,13 +494,15 @@ static int phrases(const uint32_t *s, int64_t n) {
     int found = 0;
     for (int64_t i = 0; i < n; i++) {
         uint32_t c = s[i] | 0x20;  /* ASCII letters to lower case; other characters never match below */
+        if (i + 1 >= n) break;
+        uint32_t d = s[i + 1] | 0x20;  /* the second letter screens out most candidates */
         switch (c) {
-        case 'j': if (lower_at(s, i, n, "javascript")) found |= PH_JAVASCRIPT; break;
-        case 't': if (lower_at(s, i, n, "terms of use")) found |= PH_POLICY; break;
-        case 'p': if (lower_at(s, i, n, "privacy policy")) found |= PH_POLICY; break;
-        case 'c': if (lower_at(s, i, n, "cookie policy")) found |= PH_POLICY; break;
-        case 'u': if (lower_at(s, i, n, "uses cookies") || lower_at(s, i, n, "use of cookies") || lower_at(s, i, n, "use cookies")) found |= PH_POLICY; break;
-        case 'l': if (lower_at(s, i, n, "lorem ipsum")) found |= PH_LOREM; break;
+        case 'j': if (d == 'a' && lower_at(s, i, n, "javascript")) found |= PH_JAVASCRIPT; break;
+        case 't': if (d == 'e' && lower_at(s, i, n, "terms of use")) found |= PH_POLICY; break;
+        case 'p': if (d == 'r' && lower_at(s, i, n, "privacy policy")) found |= PH_POLICY; break;
+        case 'c': if (d == 'o' && lower_at(s, i, n, "cookie policy")) found |= PH_POLICY; break;
+        case 'u': if (d == 's' && (lower_at(s, i, n, "uses cookies") || lower_at(s, i, n, "use of cookies") || lower_at(s, i, n, "use cookies"))) found |= PH_POLICY; break;
+        case 'l': if (d == 'o' && lower_at(s, i, n, "lorem ipsum")) found |= PH_LOREM; break;
         default: break;
         }
     }
@@ -597,9 +599,10 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
         CHECK(grow((void **)&seg_start, &seg_cap, n + 2, 8));
         seg_end = realloc(seg_end, seg_cap * 8);
         CHECK(!seg_end);
-        int64_t letters = 0, spaces = 0, unspaced = 0, hashes = 0, ellipses = 0, newlines = 0;
+        int64_t letters = 0, spaces = 0, unspaced = 0, hashes = 0, ellipses = 0, newlines = 0, nfc_unsafe = 0;
         for (int64_t i = 0; i < n; i++) {
             uint32_t f = FL(s[i]);
+            nfc_unsafe += !!(f & F_NFC_UNSAFE);
             letters += !!(f & F_LETTER); spaces += !!(f & F_SPACE); unspaced += !!(f & F_UNSPACED);
             hashes += s[i] == '#'; newlines += s[i] == '\n';
             if (s[i] == 0x2026) ellipses++;
@@ -608,6 +611,7 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
             if (s[i] == '.' && s[i + 1] == '.' && s[i + 2] == '.') { ellipses++; i += 2; }
         OUT(S_LETTERS) = (double)letters; OUT(S_SPACES) = (double)spaces; OUT(S_UNSPACED_LETTERS) = (double)unspaced;
         OUT(S_HASHES) = (double)hashes; OUT(S_ELLIPSES) = (double)ellipses; OUT(S_NEWLINES) = (double)newlines;
+        OUT(S_NFC_UNSAFE) = (double)nfc_unsafe;
 
         /* words */
         z.tok.n = 0;
