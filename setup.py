@@ -8,7 +8,7 @@ setup(
         Extension(
             "tamis.native._textscan",
             sources=["include/tamis/native/textscan.c"],
-            extra_compile_args=["-O3", "-g", "-std=c99"],
+            extra_compile_args=["-O3", "-std=c99"],
         )
     ]
 )
