@@ -84,9 +84,9 @@ def reference(texts: dict[str, str], peer_python: str, cache: Path) -> dict[str,
     return {r["id"]: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
 
 
-def tamis_decisions(docs: list[tuple[str, str]]) -> tuple[dict[str, np.ndarray], list[str]]:
+def tamis_decisions(docs: list[tuple[str, str]], params: QualityParams) -> tuple[dict[str, np.ndarray], list[str]]:
     """Per rule, True where tamis's rule keeps the document (raw text, no normalize before it)."""
-    stage = QualityFilter(QualityParams.reference())
+    stage = QualityFilter(params)
     table = pa.table({"id": [d for d, _ in docs], "source": ["web"] * len(docs), "text": [t for _, t in docs]})
     failed = stage.rule_failures(table)
     return {rule: ~mask for rule, mask in failed.items()}, [d for d, _ in docs]
@@ -110,11 +110,11 @@ def compare(label: str, ours: np.ndarray, theirs: list, ids: list[str]) -> tuple
     return line, agreement
 
 
-def report(name: str, docs: list[tuple[str, str]], peer_python: str, cache: Path) -> dict[str, float]:
+def report(name: str, docs: list[tuple[str, str]], peer_python: str, cache: Path, params: QualityParams) -> dict[str, float]:
     texts = normalized(docs)
     docs = [(d, t) for d, t in docs if d in texts]
     ref = reference(texts, peer_python, cache)
-    ours, ids = tamis_decisions(docs)
+    ours, ids = tamis_decisions(docs, params)
     print(f"\n== {name}: {len(docs)} documents")
     print(f"{'group / rule':30} {'dropped':>7} {'by ref':>7} {'same':>9} {'keeps':>6} {'drops':>6} {'n/a':>5}")
     print("(dropped: by tamis; keeps: tamis keeps, datatrove drops; drops: the reverse; n/a: the reference raised)")
@@ -129,7 +129,7 @@ def report(name: str, docs: list[tuple[str, str]], peer_python: str, cache: Path
         result[group] = agreement
         for rule in rules:
             if rule not in ours:
-                print(f"  {rule:28} (off in the reference profile)")
+                print(f"  {rule:28} (off in this profile)")
                 continue
             if rule not in ref[ids[0]]["rules"]:
                 print(f"  {rule:28} {int((~ours[rule]).sum()):7d}  (no reference rule)")
@@ -144,13 +144,17 @@ def main() -> None:
     parser.add_argument("--peer-python", default=str(HERE / ".peer-venv" / "bin" / "python"))
     parser.add_argument("--sets", default="web_en,multilingual,code")
     parser.add_argument("--cache", type=Path, default=HERE / "out" / "rule_fidelity")
+    parser.add_argument("--profile", choices=["reference", "defaults"], default="reference",
+                        help="tamis's rules as the reference has them (default), or tamis's own defaults")
     args = parser.parse_args()
+    params = QualityParams.reference() if args.profile == "reference" else QualityParams()
+    print(f"tamis profile: {args.profile}")
     summary = {}
     for name in args.sets.split(","):
         docs = load_set(args.data, name)
         if name == "multilingual":
             docs = [(d, t) for d, t in docs if not QualityFilter.unspaced(t)]
-        summary[name] = report(name, docs, args.peer_python, args.cache)
+        summary[name] = report(name, docs, args.peer_python, args.cache, params)
     print("\n== agreement with datatrove 0.10.1, per group")
     print(f"{'set':14}" + "".join(f"{g:>19}" for g in GROUPS))
     for name, groups in summary.items():
