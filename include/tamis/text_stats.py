@@ -52,7 +52,7 @@ class _Native:
         lib = ctypes.CDLL(str(found[-1]))
         lib.tq_init.argtypes = [_p, _p, _p, _p, _p, _i64, _p, _p, _i64, _p, _p]
         lib.tq_init.restype = ctypes.c_int
-        lib.tq_signals.argtypes = [_i64, _p, _p, _p, _p, _p, _p, _p, _i32, _i32, _i32, _i32, _p, _i32, _p, _i32, _p]
+        lib.tq_signals.argtypes = [_i64, _p, _p, _p, _p, _p, _p, _p, _i32, _i32, _i32, _i32, _i32, _p, _i32, _p, _i32, _p]
         lib.tq_signals.restype = _i64
         lib.tq_tokens.argtypes = [_p, _i64, ctypes.c_int, _p, _p, _p, _i64]
         lib.tq_tokens.restype = _i64
@@ -136,7 +136,7 @@ def _run(text: pa.Array, prose: np.ndarray, stop_lang: np.ndarray, settings: tup
     out = np.zeros((len(SIGNALS) + n_top + n_dup, max(n, 1)), dtype=np.float64)
     status = native().lib.tq_signals(
         n, offsets.ctypes.data, data_address, prose.ctypes.data, stop_lang.ctypes.data, stop_chars.ctypes.data,
-        stop_off.ctypes.data, lang_first.ctypes.data, short_line, min_words, max_word, terminal,
+        stop_off.ctypes.data, lang_first.ctypes.data, len(lang_first) - 1, short_line, min_words, max_word, terminal,
         tops.ctypes.data, n_top, dups.ctypes.data, n_dup, out.ctypes.data,
     )
     if status:

@@ -223,7 +223,9 @@ static int host_matches(const uint32_t *s, int64_t h, int64_t n) {
 }
 
 static int url_match(const uint32_t *s, int64_t n) {
-    int64_t pos = 0;
+    int64_t pos = 0, dot = 0;
+    for (int64_t i = 0; i < n && !dot; i++) dot = s[i] == '.';
+    if (!dot) return 0;  /* every host has a dot before its top-level domain */
     int64_t k = 0;
     while (k < n && ((FL(s[k]) & F_WORD_CHAR) || s[k] == '+' || s[k] == '-' || s[k] == '.')) k++;
     int64_t with_scheme = (k >= 2 && k + 2 < n && s[k] == ':' && s[k + 1] == '/' && s[k + 2] == '/') ? k + 3 : -1;
@@ -254,6 +256,7 @@ static int is_hyphen_at(const uint32_t *s, int64_t i, int64_t n, int64_t *len) {
 /* Length of the infix at i (0: none), alternatives tried in spaCy's order. */
 static int64_t infix_at(const uint32_t *s, int64_t i, int64_t n) {
     uint32_t c = s[i];
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return 0;  /* no infix starts so */
     if (c == '.' && i + 1 < n && s[i + 1] == '.') { int64_t r = i; while (r < n && s[r] == '.') r++; return r - i; }
     if (c == 0x2026) return 1;
     if (FL(c) & F_ICON) return 1;
@@ -263,7 +266,7 @@ static int64_t infix_at(const uint32_t *s, int64_t i, int64_t n) {
     if (c == '.' && i + 1 < n && (FL(p) & (F_ALPHA_LOWER | F_QUOTE)) && (FL(q) & (F_ALPHA_UPPER | F_QUOTE))) return 1;
     if (c == ',' && i + 1 < n && (FL(p) & F_ALPHA) && (FL(q) & F_ALPHA)) return 1;
     int64_t hl;
-    if ((FL(p) & F_ALPHA || is_ascii_digit(p)) && is_hyphen_at(s, i, n, &hl)) return hl;
+    if ((c == '-' || c == 0x2013 || c == 0x2014 || c == '~') && (FL(p) & F_ALPHA || is_ascii_digit(p)) && is_hyphen_at(s, i, n, &hl)) return hl;
     if ((c == ':' || c == '<' || c == '>' || c == '=' || c == '/') && i + 1 < n && (FL(p) & F_ALPHA || is_ascii_digit(p)) && (FL(q) & F_ALPHA)) return 1;
     return 0;
 }
@@ -580,9 +583,19 @@ static int powers(int64_t n) {
 
 int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, const uint8_t *prose,
                    const int32_t *stop_lang, const uint32_t *stop_chars, const int64_t *stop_off, const int64_t *lang_first,
-                   int32_t short_line_length, int32_t min_words_per_line, int32_t max_word_length, int32_t terminal_punct,
+                   int32_t n_langs, int32_t short_line_length, int32_t min_words_per_line, int32_t max_word_length, int32_t terminal_punct,
                    const int32_t *top_ns, int32_t n_top, const int32_t *dup_ns, int32_t n_dup, double *out) {
     Scratch z = SCRATCH;  /* this thread's buffers, kept between calls (given back at the end) */
+    /* stop words hashed as tokens are (see tok_hash below), to compare a hash per token and word */
+    int64_t n_stop = lang_first[n_langs] < 1024 ? lang_first[n_langs] : 1024, stop_longest = 0;
+    uint64_t stop_hash[1024];
+    for (int64_t q = 0; q < n_stop; q++) {
+        uint64_t h = 0;
+        int64_t len = stop_off[q + 1] - stop_off[q];
+        for (int64_t j = 0; j < len; j++) h = h * P + stop_chars[stop_off[q] + j] + 1;
+        stop_hash[q] = h ^ ((uint64_t)len << 48);
+        if (len > stop_longest) stop_longest = len;
+    }
     int64_t n_signals = N_BASE_SIGNALS + n_top + n_dup;
     int64_t *seg_start = SEG_START, *seg_end = SEG_END, seg_cap = SEG_CAP;
     int64_t status = 0;
@@ -643,10 +656,11 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
             if (non_symbol) { words++; word_chars += len; }
             alpha_tokens += alpha;
             z.tok_hash[k] = (z.prefix_hash[concat] - z.prefix_hash[char_at[k]] * POW[len]) ^ ((uint64_t)len << 48);
-            if (lang >= 0) {
+            if (lang >= 0 && lang < n_langs && len <= stop_longest) {
                 for (int64_t q = lang_first[lang]; q < lang_first[lang + 1] && q - lang_first[lang] < 64; q++) {
-                    int64_t m = stop_off[q + 1] - stop_off[q];
-                    if (m == len && !memcmp(stop_chars + stop_off[q], w, len * 4)) stop_seen |= 1ull << (q - lang_first[lang]);
+                    if (stop_hash[q] == z.tok_hash[k] && stop_off[q + 1] - stop_off[q] == len &&
+                        !memcmp(stop_chars + stop_off[q], w, len * 4))
+                        stop_seen |= 1ull << (q - lang_first[lang]);
                 }
             }
         }
