@@ -336,18 +336,22 @@ static int split_span(Tokens *t, const uint32_t *s, int64_t n, int64_t base, int
     int64_t t0 = t->n;
     int64_t k = special(s, n);
     if (k >= 0) return emit_special(t, k, base);
-    int64_t a = 0, b = n, last = -1, nsufs = 0;
+    /* [ca, cb) is known not to be a special case; k >= 0 is the special case [a, b) is */
+    int64_t a = 0, b = n, last = -1, nsufs = 0, ca = 0, cb = n;
     while (b > a && b - a != last) {
-        if (special(s + a, b - a) >= 0) break;
+        if (a != ca || b != cb) {
+            if ((k = special(s + a, b - a)) >= 0) break;
+            ca = a; cb = b;
+        }
         last = b - a;
         int64_t pre = find_prefix(s + a, b - a);
-        if (pre && b - a - pre > 0 && special(s + a + pre, b - a - pre) >= 0) {
+        if (pre && b - a - pre > 0 && (k = special(s + a + pre, b - a - pre)) >= 0) {
             if (push(t, base + a, pre)) return -1;
             a += pre;
             break;
         }
         int64_t suf = find_suffix(s + a + pre, b - a - pre);
-        if (suf && b - a - suf > 0 && special(s + a, b - a - suf) >= 0) {
+        if (suf && b - a - suf > 0 && (k = special(s + a, b - a - suf)) >= 0) {
             sufs[nsufs++] = (int32_t)suf;
             b -= suf;
             break;
@@ -368,7 +372,8 @@ static int split_span(Tokens *t, const uint32_t *s, int64_t n, int64_t base, int
     if (b > a) {
         const uint32_t *m = s + a;
         int64_t len = b - a;
-        if ((k = special(m, len)) >= 0) {
+        if (k < 0 && (a != ca || b != cb)) k = special(m, len);
+        if (k >= 0) {
             if (emit_special(t, k, base + a)) return -1;
         } else if (url_match(m, len)) {
             if (push(t, base + a, len)) return -1;
@@ -463,6 +468,7 @@ typedef struct {
     Tokens tok, line_tok;
     int32_t *sufs; int64_t sufs_cap;
     uint64_t *tok_hash; uint64_t *prefix_hash; int64_t tok_cap, char_cap;
+    uint64_t *text_hash; int64_t text_hash_cap;  /* prefix hashes of the text */
     int64_t *char_at; int64_t char_at_cap;  /* token k starts at character char_at[k] of the concatenated tokens */
     Map map;
 } Scratch;
@@ -481,6 +487,8 @@ static int is_line_break(uint32_t c) {  /* str.splitlines, after canonical() */
 }
 
 enum { PH_JAVASCRIPT = 1, PH_POLICY = 2, PH_LOREM = 4 };
+static const uint8_t PHRASE_START[128][128] = {['j'] = {['a'] = 1}, ['t'] = {['e'] = 1}, ['p'] = {['r'] = 1},
+                                               ['c'] = {['o'] = 1}, ['u'] = {['s'] = 1}, ['l'] = {['o'] = 1}};
 
 static int lower_at(const uint32_t *s, int64_t i, int64_t n, const char *needle) {
     for (int64_t j = 0; needle[j]; j++) {
@@ -498,7 +506,8 @@ static int phrases(const uint32_t *s, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         uint32_t c = s[i] | 0x20;  /* ASCII letters to lower case; other characters never match below */
         if (i + 1 >= n) break;
-        uint32_t d = s[i + 1] | 0x20;  /* the second letter screens out most candidates */
+        uint32_t d = s[i + 1] | 0x20;  /* the first two letters screen out most candidates */
+        if (c >= 128 || d >= 128 || !PHRASE_START[c][d]) continue;
         switch (c) {
         case 'j': if (d == 'a' && lower_at(s, i, n, "javascript")) found |= PH_JAVASCRIPT; break;
         case 't': if (d == 'e' && lower_at(s, i, n, "terms of use")) found |= PH_POLICY; break;
@@ -554,21 +563,23 @@ static int64_t sentences(const uint32_t *s, const Tokens *t, int64_t from, int64
     return count;
 }
 
-/* Duplicate segments (lines, paragraphs): find_duplicates of the reference. */
-static void duplicates(Map *m, const uint32_t *s, const int64_t *starts, const int64_t *ends, int64_t n, double *dups, double *dup_chars) {
+static const uint64_t P = 0x100000001B3ull;
+static __thread uint64_t *POW;  /* POW[i] = P^i */
+static __thread int64_t POW_N;
+
+/* Duplicate segments (lines, paragraphs): find_duplicates of the reference. th: prefix hashes of the text. */
+static void duplicates(Map *m, const uint64_t *th, const int64_t *starts, const int64_t *ends, int64_t n, double *dups, double *dup_chars) {
     *dups = 0; *dup_chars = 0;
     for (int64_t k = 0; k < n; k++) {
         int fresh;
-        map_slot(m, fnv(s + starts[k], ends[k] - starts[k]), &fresh);
+        int64_t len = ends[k] - starts[k];
+        map_slot(m, (th[ends[k]] - th[starts[k]] * POW[len]) ^ ((uint64_t)len << 48), &fresh);
         if (!fresh) { *dups += 1; *dup_chars += (double)(ends[k] - starts[k]); }
     }
 }
 
-static const uint64_t P = 0x100000001B3ull;
 static __thread Scratch SCRATCH;
 static __thread int64_t *SEG_START, *SEG_END, SEG_CAP;
-static __thread uint64_t *POW;  /* POW[i] = P^i */
-static __thread int64_t POW_N;
 
 static int powers(int64_t n) {
     if (n < POW_N) return 0;
@@ -613,8 +624,12 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
         seg_end = realloc(seg_end, seg_cap * 8);
         CHECK(!seg_end);
         int64_t letters = 0, spaces = 0, unspaced = 0, hashes = 0, ellipses = 0, newlines = 0, nfc_unsafe = 0;
+        CHECK(grow((void **)&z.text_hash, &z.text_hash_cap, n + 2, 8));
+        CHECK(powers(n + 2));
+        z.text_hash[0] = 0;
         for (int64_t i = 0; i < n; i++) {
             uint32_t f = FL(s[i]);
+            z.text_hash[i + 1] = z.text_hash[i] * P + s[i] + 1;
             nfc_unsafe += !!(f & F_NFC_UNSAFE);
             letters += !!(f & F_LETTER); spaces += !!(f & F_SPACE); unspaced += !!(f & F_UNSPACED);
             hashes += s[i] == '#'; newlines += s[i] == '\n';
@@ -753,7 +768,7 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
             seg_start[k] = start; seg_end[k] = b; k++;
             double dups, dup_chars;
             CHECK(map_reserve(&z.map, k));
-            duplicates(&z.map, s, seg_start, seg_end, k, &dups, &dup_chars);
+            duplicates(&z.map, z.text_hash, seg_start, seg_end, k, &dups, &dup_chars);
             OUT(S_PARAGRAPHS) = (double)k; OUT(S_DUP_PARAGRAPHS) = dups; OUT(S_DUP_PARAGRAPH_CHARS) = dup_chars;
         }
         /* lines: re.split("\n+", text) */
@@ -769,7 +784,7 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
             seg_start[k] = start; seg_end[k] = n; k++;
             double dups, dup_chars;
             CHECK(map_reserve(&z.map, k));
-            duplicates(&z.map, s, seg_start, seg_end, k, &dups, &dup_chars);
+            duplicates(&z.map, z.text_hash, seg_start, seg_end, k, &dups, &dup_chars);
             OUT(S_LINES) = (double)k; OUT(S_DUP_LINES) = dups; OUT(S_DUP_LINE_CHARS) = dup_chars;
         }
         /* FineWeb lines: text.split("\n"), blank ones left out */
@@ -789,7 +804,7 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
             }
             double dups, dup_chars;
             CHECK(map_reserve(&z.map, k));
-            duplicates(&z.map, s, seg_start, seg_end, k, &dups, &dup_chars);
+            duplicates(&z.map, z.text_hash, seg_start, seg_end, k, &dups, &dup_chars);
             OUT(S_FW_LINES) = (double)k; OUT(S_FW_PUNCT_LINES) = (double)punct; OUT(S_FW_SHORT_LINES) = (double)shorts;
             OUT(S_FW_DUP_CHARS) = dup_chars;
         }
