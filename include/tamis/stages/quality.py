@@ -183,7 +183,7 @@ class QualityFilter(Stage):
         s = scan(pa.array([text], pa.string()), np.ones(1, bool), np.full(1, -1), [], 30, 3, [], [])
         return bool(s["unspaced_letters"][0] > 0.5 * max(s["letters"][0], 1))
 
-    def _evaluate(self, table: pa.Table):
+    def _evaluate(self, table: pa.Table) -> tuple[list[Rule], dict[str, np.ndarray], pa.Array, np.ndarray]:
         n = table.num_rows
         text = pc.fill_null(table.column("text").combine_chunks(), "") if n else pa.array([], pa.string())
         is_code = self._is_code(table)
@@ -200,11 +200,11 @@ class QualityFilter(Stage):
         )
         rules = [(name, failed & ~is_code, value, threshold) for name, failed, value, threshold in _prose_rules(signals, self.params)]
         rules += [(name, failed & is_code, value, threshold) for name, failed, value, threshold in _code_rules(text, is_code, self.params.code)]
-        return rules, signals, text
+        return rules, signals, text, is_code
 
     def process_batch(self, table: pa.Table) -> BatchResult:
         n = table.num_rows
-        rules, s, text = self._evaluate(table)
+        rules, s, text, is_code = self._evaluate(table)
         reasons = np.full(n, None, dtype=object)
         details = np.full(n, None, dtype=object)
         metrics: Counter = Counter()
@@ -218,11 +218,12 @@ class QualityFilter(Stage):
             for i in np.flatnonzero(first):
                 details[i] = "marker found" if threshold is True else f"{value[i]:.4g} vs threshold {threshold}"
 
+        # Prose figures (the words the rules count): null for code, which the code rules judge.
         words = s["words"]
         table = (
-            table.append_column("word_count", pa.array(words, pa.int32()))
-            .append_column("mean_word_length", pa.array(np.round(s["word_chars"] / np.maximum(words, 1), 3), pa.float32()))
-            .append_column("alpha_ratio", pa.array(np.round(s["letters"] / np.maximum(s["chars"] - s["spaces"], 1), 4), pa.float32()))
+            table.append_column("word_count", pa.array(words, pa.int32(), mask=is_code))
+            .append_column("mean_word_length", pa.array(np.round(s["word_chars"] / np.maximum(words, 1), 3), pa.float32(), mask=is_code))
+            .append_column("alpha_ratio", pa.array(np.round(s["letters"] / np.maximum(s["chars"] - s["spaces"], 1), 4), pa.float32(), mask=is_code))
         )
         if self.params.model.path is not None:
             scores = self._model_score(text, reasons, details, metrics)
