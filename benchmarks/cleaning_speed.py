@@ -6,7 +6,7 @@ All documents of data/web_en are read once and written to a temporary JSONL file
 stages run in this process (one core), datatrove 0.10.1 runs in its own virtualenv as a
 subprocess (one core) on that same file. "MB/s per core" divides the input's UTF-8 bytes by
 the CPU seconds the process spent (every thread counted), which a loaded machine does not
-distort as it does wall-clock time; docs/s is wall-clock. Quality: our one ``quality`` stage computes the
+distort as it does wall-clock time; docs/s/core likewise. Quality: our one ``quality`` stage computes the
 Gopher quality, Gopher repetition, C4 and FineWeb rule sets together, so it is compared
 with the four datatrove filters run one after the other over every document (no early
 exit, like ours). Language: datatrove's LanguageFilter needs a fastText model that it
@@ -104,17 +104,17 @@ def main() -> None:
     )
     Path(f.name).unlink()
 
-    print(f"{'step':44} {'MB/s/core':>9} {'docs/s':>9} {'kept':>6}")
-    print(f"{'tamis quality (Gopher+repetition+C4+FineWeb)':44} {mb / quality_cpu:9.1f} {n / quality_s:9.0f} {quality_kept:6d}")
+    print(f"{'step':44} {'MB/s/core':>9} {'docs/s/core':>11} {'kept':>6}")
+    print(f"{'tamis quality (Gopher+repetition+C4+FineWeb)':44} {mb / quality_cpu:9.1f} {n / quality_cpu:11.0f} {quality_kept:6d}")
     if peer.returncode != 0:
         print(f"datatrove side failed (run it with a Python that has datatrove==0.10.1):\n{peer.stderr[-2000:]}")
     else:
         results = json.loads(peer.stdout.strip().splitlines()[-1])
         for name, r in results.items():
-            print(f"{'datatrove ' + name:44} {mb / r['cpu']:9.2f} {n / r['seconds']:9.0f} {r['kept']:6d}")
+            print(f"{'datatrove ' + name:44} {mb / r['cpu']:9.2f} {n / r['cpu']:11.0f} {r['kept']:6d}")
         peer_s = sum(r["seconds"] for r in results.values())
         peer_cpu = sum(r["cpu"] for r in results.values())
-        print(f"{'datatrove, the four filters together':44} {mb / peer_cpu:9.2f} {n / peer_s:9.0f}")
+        print(f"{'datatrove, the four filters together':44} {mb / peer_cpu:9.2f} {n / peer_cpu:11.1f}")
         print(f"ratio quality: tamis is {peer_cpu / quality_cpu:.1f}x datatrove's four filters per core "
               f"({peer_s / quality_s:.1f}x by wall clock)")
 
