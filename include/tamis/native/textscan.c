@@ -814,7 +814,6 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
             int64_t ng = top_ns[q], m = nt - ng + 1;
             if (m <= 0) { OUT(N_BASE_SIGNALS + q) = -1; continue; }
             CHECK(map_reserve(&z.map, m));
-            int64_t best_slot = -1;
             int32_t best_count = 0, best_first = 0;
             for (int64_t i = 0; i < m; i++) {
                 uint64_t key = 0;
@@ -824,10 +823,9 @@ int64_t tq_signals(int64_t n_docs, const int64_t *offsets, const uint8_t *data, 
                 if (fresh) { z.map.aux[slot] = (int32_t)i; z.map.vals[slot] = 0; }
                 int32_t c = ++z.map.vals[slot];
                 if (c > best_count || (c == best_count && z.map.aux[slot] < best_first)) {
-                    best_count = c; best_first = z.map.aux[slot]; best_slot = slot;
+                    best_count = c; best_first = z.map.aux[slot];
                 }
             }
-            (void)best_slot;
             int64_t chars = ng - 1;
             for (int64_t j = 0; j < ng; j++) chars += z.tok.len[best_first + j];
             OUT(N_BASE_SIGNALS + q) = (double)chars * best_count;
