@@ -98,7 +98,10 @@ def report_quality(data: Path) -> None:
         recall = tp / len(high) if high else 0.0
         base = len(high) / len(rows)
         print(f"\n== quality vs DCLM human labels ({subset}: {len(rows)} docs, {len(high)} high)")
-        print(f"kept {len(kept_here)}  precision {precision:.3f} (base rate {base:.3f})  recall {recall:.3f}")
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        correct = tp + len(set(rows) - high - kept_here)
+        print(f"kept {len(kept_here)}  precision {precision:.3f} (base rate {base:.3f})  recall {recall:.3f}"
+              f"  F1 {f1:.3f}  accuracy {correct / len(rows):.3f}")
     print(f"({len(dclm) / elapsed:.0f} docs/s)")
     print("drop reasons:", dict(Counter(result.dropped.column("reason").to_pylist()).most_common()))
 
@@ -120,7 +123,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--per-lang", type=int, default=600, help="sentences per language (max 600)")
+    parser.add_argument("--only", choices=["language", "quality"], help="run one half")
     args = parser.parse_args()
+    if args.only == "quality":
+        report_quality(args.data)
+        return
 
     sentences = read_jsonl(args.data / "multilingual" / "lingua_sentences_30lang.jsonl")
     by_lang: dict[str, list[dict]] = defaultdict(list)
@@ -140,7 +147,8 @@ def main() -> None:
     print(f"\nUDHR: {len(labelled)} of {len(udhr)} documents are in a language the detector knows")
     report_language("UDHR translations", [t for t, _ in labelled], [l for _, l in labelled])
 
-    report_quality(args.data)
+    if args.only is None:
+        report_quality(args.data)
 
 
 if __name__ == "__main__":

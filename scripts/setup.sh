@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql chromium chromium-driver fonts-dejavu-core prometheus)
+# gcc and libc6-dev build the quality rules' native text scanner (setup.py) at install time;
+# prometheus brings promtool, which checks the alert rules.
+APT_PACKAGES=(postgresql chromium chromium-driver fonts-dejavu-core gcc libc6-dev prometheus)
 # Spark needs a JVM; the machine image may already have one.
 command -v java >/dev/null 2>&1 || APT_PACKAGES+=(default-jre-headless)
 missing=()
@@ -27,5 +29,7 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/pip install -q --upgrade pip wheel setuptools
 fi
 .venv/bin/pip install -q -r requirements.txt -c constraints.txt
+# Also builds include/tamis/native/_textscan*.so in place (setup.py).
 .venv/bin/pip install -q --no-deps -e .
+.venv/bin/python -c "from tamis.text_stats import native; native()"
 echo "setup: ready ($(.venv/bin/python --version), $(.venv/bin/tamis --help >/dev/null && echo tamis ok))"

@@ -16,6 +16,7 @@ from tamis.dataset import Dataset
 from tamis.pipeline import SourceConfig
 from tamis.runner import run_stage
 from tamis.stages.quality import QualityFilter
+from tamis.text_stats import words
 from conftest import write_dataset
 
 SAMPLE = Path(__file__).resolve().parent.parent / "include" / "sample"
@@ -190,3 +191,12 @@ def test_counts_reconcile_through_the_runner(tmp_path):
     out = Dataset(str(tmp_path / "out")).read()
     assert sorted(out.column("id").to_pylist()) == ["repo/0", "web/0"]
     assert {"word_count", "mean_word_length", "alpha_ratio"} <= set(out.column_names)
+
+
+def test_prose_figures_count_the_rules_words_and_are_null_for_code():
+    table = pa.concat_tables([records([ARTICLE]), records([BISECT], "repo")])
+    rows = {r["id"]: r for r in QualityFilter(context=CODE_CONTEXT).process_batch(table).kept.to_pylist()}
+    spelled = [w for w in words(ARTICLE) if any(c.isalnum() for c in w)]
+    assert rows["web/0"]["word_count"] == len(spelled)
+    assert rows["web/0"]["mean_word_length"] == pytest.approx(sum(map(len, spelled)) / len(spelled), abs=1e-3)
+    assert rows["repo/0"]["word_count"] is None and rows["repo/0"]["alpha_ratio"] is None
