@@ -223,7 +223,8 @@ def same_dataset(remote: S3Tree, local: Path, stage: str) -> dict:
         theirs = json.loads(remote.read(f"{stage}/_commits/{commit.name}"))
         ours = json.loads(commit.read_text())
         for record in (theirs, ours):
-            record.pop("elapsed_s")
+            for timing in ("started_at", "elapsed_s"):
+                record.pop(timing)
             record.pop("input")  # the input part's URL: s3:// there, a path here
         assert theirs == ours, (stage, commit.name)
     return r

@@ -65,7 +65,7 @@ COMMITS_DIR = "_commits"
 VOLATILE_MANIFEST_KEYS = ("finished_at", "elapsed_s", "docs_per_s", "workers", "engine", "fingerprint_sha256")
 # Files of a run's bookkeeping (what made the output, who was writing it), not of the data.
 RUN_FILES = ("_fingerprint.json", "_lease.json")
-VOLATILE_COMMIT_KEYS = ("elapsed_s",)
+VOLATILE_COMMIT_KEYS = ("started_at", "elapsed_s")
 
 
 class ReleaseError(RuntimeError):

@@ -454,6 +454,7 @@ class _ShardWriters:
             "metrics": dict(sorted(self.metrics.items())),
             "input_bytes": input_bytes,
             "part": part,
+            "started_at": round(time.time() - elapsed_s, 3),
             "elapsed_s": round(elapsed_s, 3),
         }
         storage.write_json_atomic(self.dataset.commit_url(shard.name), commit, self.dataset.url)
@@ -550,7 +551,9 @@ def _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics,
     counts = {k: totals[k] for k in ("in", "kept", "dropped", "quarantined")}
     if counts["in"] != counts["kept"] + counts["dropped"] + counts["quarantined"]:
         raise CountsDoNotReconcile(f"{stage.name}: counts do not reconcile: {counts}")
-    elapsed = time.time() - started
+    # From the first shard's start: shards committed by earlier tasks of the run (mapped pods
+    # before a manifest step, a resumed run) count in the stage's time.
+    elapsed = time.time() - min([started, *(stats[s.name].get("started_at", started) for s in shards)])
     return {
         "stage": stage.name,
         "type": fingerprint["type"],
