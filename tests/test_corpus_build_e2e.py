@@ -17,6 +17,8 @@ from conftest import airflow_env
 from tamis.dataset import Dataset
 from tamis.pipeline import load_pipeline, safe_run_id
 
+pytestmark = pytest.mark.slow
+
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 

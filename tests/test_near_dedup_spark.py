@@ -17,6 +17,8 @@ from tamis.stages.near_dedup import CLUSTERS_FILE, NearDedup
 from conftest import write_dataset
 from test_near_dedup import THRESHOLD, dropped_pairs, threshold_pairs
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "include" / "sample" / "web" / "date=2026-11-20"
 

@@ -27,6 +27,8 @@ from tamis.dataset import Dataset
 from tamis.metrics import COUNTERS, METRICS
 from tamis.pipeline import load_pipeline
 
+pytestmark = pytest.mark.slow
+
 RULES = REPO / "k8s" / "prometheus-rules.yaml"
 SAMPLE_WEB = REPO / "include" / "sample" / "web"
 PIPELINE = "alerts"

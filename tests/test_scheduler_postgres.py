@@ -21,6 +21,8 @@ from conftest import REPO, airflow_env, free_port
 from tamis.corpus import partitions
 from tamis.dataset import Dataset
 
+pytestmark = pytest.mark.slow
+
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DAYS = ["2026-11-20", "2026-11-21", "2026-11-22"]
 

@@ -36,6 +36,8 @@ from conftest import REPO, airflow_env
 from tamis.dataset import Dataset
 from tamis.pipeline import load_pipeline, safe_run_id
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DOCS = REPO / "docs"
