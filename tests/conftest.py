@@ -242,3 +242,22 @@ def local_build(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "tamis.cli", "build", "--run-id", "local"], env={**env, "TAMIS_DATA_ROOT": str(root)},
                    check=True, capture_output=True)
     return root / "runs" / "local"
+
+
+NIGHTLY_DAYS = ["2026-11-20", "2026-11-21", "2026-11-22"]
+
+
+@pytest.fixture(scope="session")
+def local_nightly(tmp_path_factory):
+    """The sample's three days appended by `tamis nightly run`, in order, on this machine:
+    the corpus every other way of running the nightly ingest must reproduce."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("local_nightly")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAMIS_", "AWS_", "AIRFLOW_CONN_"))}
+    for day in NIGHTLY_DAYS:
+        done = subprocess.run([sys.executable, "-m", "tamis.cli", "nightly", "run", "--date", day, "--run-id", f"n-{day}"],
+                              env={**env, "TAMIS_DATA_ROOT": str(root)}, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return root / "corpus" / "default"

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import REPO, write_jsonl
+from conftest import NIGHTLY_DAYS, REPO, write_jsonl
 from tamis.dataset import Dataset
 from tamis.pipeline import ConfigError, load_pipeline, safe_run_id
 
@@ -302,15 +302,11 @@ def test_run_ids_map_to_distinct_safe_folders():
 
 # --- nightly days in order ----------------------------------------------------------------
 
-DAYS = ["2026-11-20", "2026-11-21", "2026-11-22"]
+DAYS = NIGHTLY_DAYS
 
 
 @pytest.mark.slow
-def test_three_nightly_days_run_in_reverse_and_at_once_give_the_in_order_corpus(tmp_path):
-    ordered_env = clean_env(TAMIS_DATA_ROOT=str(tmp_path / "ordered"), TAMIS_WORKERS="1")
-    for day in DAYS:
-        done = tamis("nightly", "run", "--date", day, "--run-id", f"n-{day}", env=ordered_env, timeout=900)
-        assert done.returncode == 0, done.stderr[-3000:]
+def test_three_nightly_days_run_in_reverse_and_at_once_give_the_in_order_corpus(tmp_path, local_nightly):
     racing_env = clean_env(TAMIS_DATA_ROOT=str(tmp_path / "racing"), TAMIS_WORKERS="1")
     racers = []
     for day in reversed(DAYS):  # the last day first, all at once
@@ -322,7 +318,7 @@ def test_three_nightly_days_run_in_reverse_and_at_once_give_the_in_order_corpus(
         assert racer.returncode == 0, err[-3000:]
     texts, ids = [], []
     for day in DAYS:
-        ordered = Dataset(str(tmp_path / f"ordered/corpus/default/date={day}"))
+        ordered = Dataset(str(local_nightly / f"date={day}"))
         racing = Dataset(str(tmp_path / f"racing/corpus/default/date={day}"))
         assert [p["sha256"] for p in racing.manifest()["parts"]] == [p["sha256"] for p in ordered.manifest()["parts"]], day
         table = racing.read(columns=["id", "text"])

@@ -19,6 +19,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,9 +56,11 @@ def cluster(moto_s3, spark_cluster, tmp_path_factory, monkeypatch_module):
     parse_env = {
         **airflow_env(root / "airflow"), **storage, "TAMIS_EXECUTION": "kubernetes",
         "AIRFLOW_CONN_AWS_DEFAULT": conn.get_uri(),
-        # Sized for the two one-core workers of the test cluster; fewer, larger pod batches.
+        # Sized for the two one-core workers of the test cluster; two pods a per-batch stage;
+        # one global step of each kind (a dedup, the index) as a SparkApplication, the others
+        # as pods, so that both paths of a whole-dataset stage run.
         "TAMIS_SPARK_EXECUTOR_CORES": "1", "TAMIS_SPARK_EXECUTOR_MEMORY": "1g", "TAMIS_SPARK_EXECUTORS": "2",
-        "TAMIS_SHARDS_PER_POD": "16",
+        "TAMIS_SHARDS_PER_POD": "24", "TAMIS_SPARK_APPLICATIONS": "[near_dedup, index]",
     }
     for name in list(os.environ):
         if name.startswith(("TAMIS_", "AWS_", "AIRFLOW_CONN_")):
@@ -97,6 +101,7 @@ class Executor:
         self.ran: list[str] = []
         self.scratch = cluster["root"] / "volumes" / dag.dag_id
         self.log = cluster["root"] / f"{dag.dag_id}.log"
+        self.lock = threading.Lock()
 
     def context(self, task) -> dict:
         return {"dag": self.dag, "task": task, "run_id": self.run_id, "ds": self.ds, "params": self.dag.params.dump(),
@@ -110,9 +115,10 @@ class Executor:
         for task in self.dag.topological_sort():
             if isinstance(task, MappedOperator):
                 source = task._get_specified_expand_input().value["arguments"].operator.task_id
-                for index, arguments in enumerate(self.xcom[source]):
-                    pod = task.unmap({"arguments": arguments})
-                    self.pod(pod, label=f"{task.task_id}[{index}]")
+                pods = [task.unmap({"arguments": arguments}) for arguments in self.xcom[source]]
+                # Mapped pods run side by side, as the cluster runs them.
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    list(pool.map(lambda item: self.pod(item[1], label=f"{task.task_id}[{item[0]}]"), enumerate(pods)))
             elif isinstance(task, SparkKubernetesOperator):
                 self.spark_application(task)
             elif isinstance(task, KubernetesPodOperator):
@@ -181,10 +187,10 @@ class Executor:
                      "LANG": "C.UTF-8", "GX_ANALYTICS_ENABLED": "False"}
         done = subprocess.run(argv, cwd=REPO, env={**image_env, **container_env}, capture_output=True, text=True,
                               timeout=900)
-        with self.log.open("a") as log:
+        with self.lock, self.log.open("a") as log:
             log.write(f"\n===== {label}: {argv}\n{done.stdout}\n{done.stderr}\n")
+            self.ran.append(label)
         assert done.returncode == 0, f"{label} exited {done.returncode}:\n{done.stderr[-4000:]}"
-        self.ran.append(label)
 
 
 @pytest.fixture(scope="module")
