@@ -106,9 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true")
     summary.set_defaults(func=_cmd_summary)
 
+    from tamis.quality_model import add_command as add_train_quality
     from tamis.release import add_release_commands
 
     add_release_commands(sub)
+    add_train_quality(sub)
     return parser
 
 

@@ -51,7 +51,7 @@ class _Strict(BaseModel):
 
 class SourceConfig(_Strict):
     path: str
-    format: Literal["auto", "jsonl", "jsonl.gz", "parquet", "text"] = "auto"
+    format: Literal["auto", "jsonl", "jsonl.gz", "parquet", "text", "warc"] = "auto"
     text_field: str = "text"
     id_field: str | None = None
     url_field: str | None = None
