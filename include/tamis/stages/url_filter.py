@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from tamis.minhash import _span_hashes, _string_buffers
 from tamis.stage import BatchResult, LocalPath, Stage, StageParams, split_by_reason
+from tamis.text_hash import string_hashes
 
 DEFAULT_LISTS = Path(__file__).resolve().parent.parent / "data" / "url_lists"
 KINDS = ("domains", "urls", "words", "soft_words", "subwords")
@@ -52,18 +52,6 @@ class UrlFilterParams(StageParams):
     lists: LocalPath | None = None
     default_lists: bool = True  # the package's lists (tamis/data/url_lists)
     soft_word_threshold: int = Field(default=2, ge=1)
-
-
-def string_hashes(values: pa.Array) -> np.ndarray:
-    """A uint64 hash of each string (nulls hash as empty strings), vectorised over the buffer."""
-    values = pc.fill_null(values, "")
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    if len(values) == 0:
-        return np.empty(0, np.uint64)
-    data, offsets = _string_buffers(values)
-    # One spare byte: an empty string at the end starts where the data ends.
-    return _span_hashes(np.append(data, np.uint8(0)), offsets[:-1], offsets[1:])
 
 
 def normalize_words(values: pa.Array) -> pa.Array:
