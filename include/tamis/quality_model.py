@@ -5,7 +5,9 @@ Two ways to give the labels:
 * ``--labelled PATH --label-column COL``: one dataset whose column says each document's
   class. With ``--high VALUE ...`` the listed values become ``__label__hq`` and every other
   value ``__label__lq`` (a quality model); without, every value is its own label
-  ``__label__<value>`` (a multi-class model, e.g. content categories).
+  ``__label__<value>`` (a multi-class model). A list column gives a document several labels
+  (none: ``__label__none``); with ``--loss ova`` each label is then scored on its own, as
+  the ``safety`` stage reads its categories.
 * ``--positive PATH ... --negative PATH ...``: the DCLM recipe (Li et al. 2024): curated
   text as ``__label__hq`` against random web text as ``__label__lq``.
 
@@ -79,9 +81,9 @@ def labelled_documents(args: argparse.Namespace) -> tuple[list[str], list[str], 
     inputs = []
     if args.labelled:
         table = read_texts(args.labelled, args.text_column, (args.label_column,))
-        values = [str(v) for v in table.column(args.label_column).to_pylist()]
+        values = table.column(args.label_column).to_pylist()
         high = set(args.high or [])
-        labels = [(HIGH if v in high else LOW) if high else f"__label__{v.replace(' ', '_')}" for v in values]
+        labels = [(HIGH if str(v) in high else LOW) if high else _labels(v) for v in values]
         texts = prepare(table.column(args.text_column), args.max_chars)
         inputs.append(_describe(args.labelled, "labelled", len(texts)))
     for kind, paths, label in (("positive", args.positive, HIGH), ("negative", args.negative, LOW)):
@@ -92,6 +94,12 @@ def labelled_documents(args: argparse.Namespace) -> tuple[list[str], list[str], 
             inputs.append(_describe(path, kind, len(column)))
     keep = [i for i, t in enumerate(texts) if t]
     return [texts[i] for i in keep], [labels[i] for i in keep], inputs
+
+
+def _labels(value) -> str:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    names = [f"__label__{str(v).replace(' ', '_')}" for v in values if v is not None]
+    return " ".join(names) or "__label__none"
 
 
 def _describe(path: str, kind: str, documents: int) -> dict[str, Any]:
@@ -131,7 +139,7 @@ def scores(model, texts: list[str], label: str) -> np.ndarray:
 
 def evaluate(model, texts: list[str], labels: list[str], label: str, threshold: float) -> dict[str, float]:
     predicted = scores(model, texts, label) >= threshold
-    actual = np.array([lab == label for lab in labels])
+    actual = np.array([label in line.split() for line in labels])
     tp = int((predicted & actual).sum())
     return {"documents": len(texts), "positives": int(actual.sum()), "threshold": threshold,
             "precision": round(tp / max(int(predicted.sum()), 1), 4), "recall": round(tp / max(int(actual.sum()), 1), 4)}
@@ -156,6 +164,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--dim", type=int, default=64)
     cmd.add_argument("--min-count", type=int, default=2)
     cmd.add_argument("--bucket", type=int, default=200_000, help="hash buckets of the word n-grams (model size)")
+    cmd.add_argument("--loss", choices=["softmax", "ova", "hs"], default="softmax",
+                     help="ova: one-vs-all, each label scored on its own (several labels per document)")
     cmd.add_argument("--seed", type=int, default=0)
     cmd.set_defaults(func=run_command)
 
@@ -166,21 +176,22 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.labelled and not (args.positive and args.negative):
         raise ValueError("train-quality: --positive and --negative are given together")
     texts, labels, inputs = labelled_documents(args)
-    if len(set(labels)) < 2:
-        raise ValueError(f"train-quality: the documents have {len(set(labels))} label(s); a classifier needs two or more")
+    distinct = {name for line in labels for name in line.split()}
+    if len(distinct) < 2:
+        raise ValueError(f"train-quality: the documents have {len(distinct)} label(s); a classifier needs two or more")
     params = {"epoch": args.epoch, "lr": args.lr, "wordNgrams": args.word_ngrams, "dim": args.dim,
-              "minCount": args.min_count, "bucket": args.bucket, "seed": args.seed}
+              "minCount": args.min_count, "bucket": args.bucket, "seed": args.seed, "loss": args.loss}
     valid = held_out(texts, args.valid_fraction) if args.valid_fraction > 0 else np.zeros(len(texts), bool)
     train_idx, valid_idx = np.flatnonzero(~valid), np.flatnonzero(valid)
     model = train([texts[i] for i in train_idx], [labels[i] for i in train_idx], params)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     model.save_model(args.output)
-    label = HIGH if HIGH in labels else sorted(set(labels))[-1]
+    label = HIGH if HIGH in distinct else sorted(distinct)[-1]
     report = {
         "model": args.output,
         "sha256": hashlib.sha256(Path(args.output).read_bytes()).hexdigest(),
         "tamis_version": __version__,
-        "labels": {lab: labels.count(lab) for lab in sorted(set(labels))},
+        "labels": {lab: sum(lab in line.split() for line in labels) for lab in sorted(distinct)},
         "inputs": inputs,
         "params": {**params, "max_chars": args.max_chars, "valid_fraction": args.valid_fraction},
         "train_documents": len(train_idx),
