@@ -60,18 +60,30 @@ EXTRACTORS: dict[str, Callable[[str], str]] = {"resiliparse": extract_resilipars
 def decode_html(data: bytes, declared: str | None) -> str | None:
     """The page as text: its declared charset, else its ``<meta>`` charset, else the detected
     one, else UTF-8, each tried strictly; None when none decodes it into text."""
-    from resiliparse.parse.encoding import detect_encoding
-
-    candidates = [declared, detect_encoding(data, from_html_meta=True), detect_encoding(data), "utf-8"]
-    for encoding in dict.fromkeys(c.lower() for c in candidates if c):
+    tried: set[str] = set()
+    for encoding in _encodings(data, declared):
+        if not encoding or encoding.lower() in tried:
+            continue
+        tried.add(encoding.lower())
         try:
             text = data.decode(encoding)
         except (UnicodeDecodeError, LookupError):
             continue
-        if len(_CONTROL.findall(text[:100_000])) > MAX_CONTROL_SHARE * min(len(text), 100_000):
+        head = text[:100_000]
+        if len(_CONTROL.findall(head)) > MAX_CONTROL_SHARE * len(head):
             return None
         return text.removeprefix("\ufeff")
     return None
+
+
+def _encodings(data: bytes, declared: str | None) -> Iterator[str | None]:
+    """Candidate encodings, best first; the detectors run only when the declared one fails."""
+    from resiliparse.parse.encoding import detect_encoding
+
+    yield declared
+    yield detect_encoding(data, from_html_meta=True)
+    yield detect_encoding(data)
+    yield "utf-8"
 
 
 def read_warc(url: str, max_doc_bytes: int, extractor: str = "resiliparse",

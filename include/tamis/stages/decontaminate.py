@@ -151,6 +151,11 @@ class NgramIndex:
     def __init__(self, hashes: np.ndarray, set_of: np.ndarray, item_of: np.ndarray, set_names: list[str], ngram: int):
         self.hashes, self.set_of, self.item_of = hashes, set_of, item_of
         self.set_names = set_names
+        # A presence table on the low bits: most document n-grams are ruled out by one
+        # lookup, and only the few that pass are binary-searched.
+        self.mask = np.uint64(max(1 << 20, 1 << int(16 * max(len(hashes), 1)).bit_length()) - 1)
+        self.present = np.zeros(int(self.mask) + 1, bool)
+        self.present[(hashes & self.mask).astype(np.int64)] = True
         self.config = MinHashConfig(shingle="word", ngram=ngram, lowercase=True)
 
     @classmethod
@@ -178,12 +183,15 @@ class NgramIndex:
             return {}
         flat, per_doc = shingle_hashes(text, self.config)
         doc = np.repeat(np.arange(len(text)), per_doc)
-        pos = np.minimum(np.searchsorted(self.hashes, flat), len(self.hashes) - 1)
-        hit = self.hashes[pos] == flat
-        if not hit.any():
+        candidates = np.flatnonzero(self.present[(flat & self.mask).astype(np.int64)])
+        pos = np.minimum(np.searchsorted(self.hashes, flat[candidates]), len(self.hashes) - 1)
+        found = self.hashes[pos] == flat[candidates]
+        if not found.any():
             return {}
+        hit, pos = candidates[found], pos[found]
+        doc, flat = doc[hit], flat[hit]
         out: dict[int, dict[int, tuple[int, int]]] = {}
-        for d, s, item in zip(doc[hit].tolist(), self.set_of[pos[hit]].tolist(), self.item_of[pos[hit]].tolist()):
+        for d, s, item in zip(doc.tolist(), self.set_of[pos].tolist(), self.item_of[pos].tolist()):
             found = out.setdefault(d, {})
             first, count = found.get(s, (item, 0))
             found[s] = (min(first, item), count + 1)
