@@ -65,9 +65,13 @@ def normalize_url(values: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(url, r"/+$", "")
 
 
-def read_list(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+def read_list(path: Path) -> pa.Array:
+    """A list file's entries: its lines, trimmed, without blank and comment lines (columnar:
+    a list of millions of domains reads in seconds)."""
+    whole = pa.array([path.read_text(encoding="utf-8")], pa.large_string())
+    lines = pc.utf8_trim_whitespace(pc.list_flatten(pc.split_pattern(whole, "\n")))
+    keep = pc.and_(pc.not_equal(lines, ""), pc.invert(pc.starts_with(lines, "#")))
+    return lines.filter(keep).cast(pa.string())
 
 
 class _Lists:
@@ -86,11 +90,11 @@ class _Lists:
                     index = len(self.names)
                     self.names.append(path.stem)
                     if kind == "subwords":
-                        words = sorted({w for w in normalize_words(pa.array(entries, pa.string())).to_pylist() if w})
+                        words = sorted({w for w in normalize_words(entries).to_pylist() if w})
                         if words:
                             self.subwords.append((index, "|".join(words)))
                         continue
-                    values = pa.array(entries, pa.string())
+                    values = entries
                     if kind == "domains":
                         values = pc.replace_substring_regex(pc.utf8_lower(values), r"^(?:\*?\.)|^www\.|\.$", "")
                     elif kind == "urls":
