@@ -77,26 +77,30 @@ def main() -> int:
         pages[key] = decode_html(gzip.decompress(path.read_bytes()), None)
     mb = sum(len(h.encode()) for h in pages.values()) / 1e6
     print(f"{len(pages)} pages, {mb:.1f} MB of HTML; gold: article bodies of the article-extraction benchmark")
-    warc = tempfile.NamedTemporaryFile(suffix=".warc.gz")
-    warc.write(b"".join(warc_record(k, html.encode()) for k, html in pages.items()))
-    warc.flush()
+    with tempfile.NamedTemporaryFile(suffix=".warc.gz") as warc:
+        warc.write(b"".join(warc_record(k, html.encode()) for k, html in pages.items()))
+        warc.flush()
+        print_results(pages, gold, mb, warc.name, args.repeat)
+    return 0
+
+
+def print_results(pages: dict[str, str], gold: dict[str, str], mb: float, warc: str, repeat: int) -> None:
     print(f"{'extractor':<14}{'precision':>10}{'recall':>10}{'F1':>8}{'pages/s/core':>14}{'MB/s/core':>11}{'WARC pages/s/core':>19}")
     for name, extract in EXTRACTORS.items():
         extract("<html><body><p>warm up</p></body></html>")
         started = time.perf_counter()
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             out = {key: extract(html) for key, html in pages.items()}
-        seconds = (time.perf_counter() - started) / args.repeat
-        for _ in read_warc(warc.name, 50_000_000, name):  # imports and file cache warmed up
+        seconds = (time.perf_counter() - started) / repeat
+        for _ in read_warc(warc, 50_000_000, name):  # imports and file cache warmed up
             break
         started = time.perf_counter()
-        read = sum(chunk.records.num_rows for chunk in read_warc(warc.name, 50_000_000, name))
+        read = sum(chunk.records.num_rows for chunk in read_warc(warc, 50_000_000, name))
         warc_seconds = time.perf_counter() - started
         assert read == len(pages)
         p, r, f1 = precision_recall([tp_fp_fn(gold[k], out[k] or "") for k in pages])
         print(f"{name:<14}{p:>10.3f}{r:>10.3f}{f1:>8.3f}{len(pages) / seconds:>14.1f}{mb / seconds:>11.2f}"
               f"{len(pages) / warc_seconds:>19.1f}")
-    return 0
 
 
 def warc_record(key: str, html: bytes) -> bytes:

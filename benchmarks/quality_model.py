@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 from tamis.pipeline import load_pipeline
 from tamis.quality_model import run_command
 from tamis.stages.quality import QualityFilter

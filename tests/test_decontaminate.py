@@ -8,14 +8,13 @@ import json
 import shutil
 
 import pyarrow as pa
-
 from conftest import REPO, TEST_DATA, read_jsonl, write_dataset
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.decontaminate import Decontaminate
 
 EVAL_DIR = REPO / "include/sample/eval"
-GSM8K = [json.loads(line) for line in gzip.open(EVAL_DIR / "gsm8k_test.jsonl.gz", "rt", encoding="utf-8")]
+GSM8K = [json.loads(line) for line in gzip.decompress((EVAL_DIR / "gsm8k_test.jsonl.gz").read_bytes()).decode().splitlines()]
 WIKI = read_jsonl(TEST_DATA / "web_en/wikipedia_en_sample.jsonl.gz")
 SPEECHES = read_jsonl(TEST_DATA / "web_en/us_presidential_speeches.jsonl.gz")
 

@@ -83,7 +83,7 @@ def test_a_truncated_archive_keeps_the_records_before_the_damage(tmp_path, make_
     data = b"".join(members(SAMPLE_WARC)[:6])
     (tmp_path / "crawl").mkdir()
     (tmp_path / "crawl" / "cut.warc.gz").write_bytes(data + members(SAMPLE_WARC)[7][:500])
-    manifest, rows = ingest(make_pipeline, tmp_path / "crawl")
+    manifest, _ = ingest(make_pipeline, tmp_path / "crawl")
     assert manifest["counts"]["kept"] == 2
     assert manifest["quarantine_reasons"] == {"unreadable_file": 1}
 

@@ -123,8 +123,7 @@ def train(texts: list[str], labels: list[str], params: dict[str, Any]):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "train.txt")
         with open(path, "w", encoding="utf-8") as f:
-            for label, text in zip(labels, texts):
-                f.write(f"{label} {text}\n")
+            f.writelines(f"{label} {text}\n" for label, text in zip(labels, texts))
         # One thread: fastText's training is then deterministic for a given seed.
         return fasttext.train_supervised(input=path, thread=1, verbose=0, **params)
 
@@ -186,7 +185,7 @@ def run_command(args: argparse.Namespace) -> int:
     model = train([texts[i] for i in train_idx], [labels[i] for i in train_idx], params)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     model.save_model(args.output)
-    label = HIGH if HIGH in distinct else sorted(distinct)[-1]
+    label = HIGH if HIGH in distinct else max(distinct)
     report = {
         "model": args.output,
         "sha256": hashlib.sha256(Path(args.output).read_bytes()).hexdigest(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +24,7 @@ def string_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     ends = np.searchsorted(np.cumsum(sizes), np.arange(CHUNK_BYTES, int(sizes.sum()) + CHUNK_BYTES, CHUNK_BYTES), side="right")
     bounds = np.unique(np.concatenate([[0], np.minimum(ends, len(values)), [len(values)]]))
     out = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in pairwise(bounds):
         data, offsets = _string_buffers(values.slice(int(start), int(end - start)))
         # One spare byte: an empty string at the end starts where the data ends.
         out.append(_span_hashes(np.append(data, np.uint8(0)), offsets[:-1], offsets[1:]))

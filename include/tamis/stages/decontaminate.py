@@ -66,7 +66,7 @@ class Decontaminate(Stage):
     def setup(self) -> None:
         self._index()
 
-    def _index(self) -> "NgramIndex":
+    def _index(self) -> NgramIndex:
         index = self.__dict__.get("_ngram_index")
         if index is None:
             index = NgramIndex.build(self.params)
@@ -94,7 +94,7 @@ class Decontaminate(Stage):
             kept = table.append_column("contaminated_by", pa.array(sets_of, pa.string()))
             metrics["decontaminate.flagged"] += len(matches)
             return BatchResult(kept=kept, metrics=metrics)
-        reasons = np.where(details == None, None, REASON)  # noqa: E711 (elementwise)
+        reasons = np.where(details == None, None, REASON)
         kept, dropped = split_by_reason(table, reasons.tolist(), details.tolist())
         return BatchResult(kept=kept, dropped=dropped, metrics=metrics)
 
@@ -159,7 +159,7 @@ class NgramIndex:
         self.config = MinHashConfig(shingle="word", ngram=ngram, lowercase=True)
 
     @classmethod
-    def build(cls, params: DecontaminateParams) -> "NgramIndex":
+    def build(cls, params: DecontaminateParams) -> NgramIndex:
         config = MinHashConfig(shingle="word", ngram=params.ngram, lowercase=True)
         hashes, set_of, item_of, names = [], [], [], []
         for k, path in enumerate(eval_files(params.eval_sets)):

@@ -19,17 +19,24 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from tamis import storage
-from tamis.stage import BatchResult, DatasetStage, InputShard, StageParams, iter_shard_batches, split_by_reason
+from tamis.stage import (
+    BatchResult,
+    DatasetStage,
+    InputShard,
+    StageParams,
+    iter_shard_batches,
+    split_by_reason,
+)
 
 REASON = "domain_cap.over_cap"
 _HOST = r"^(?:[a-z][a-z0-9+.-]*:)?//(?:[^@/?#]*@)?(?:www\.)?(?P<host>[^/:?#]+?)\.?(?::\d+)?(?:[/?#]|$)"
@@ -106,8 +113,10 @@ class DomainCap(DatasetStage):
                 over[rows] = rank >= limits[d]
                 np.add.at(seen, d, 1)
             reasons = np.where(over, REASON, None)
-            details = [f"{names[index[i]]}: cap {self.params.max_per_domain} reached" if over[i] else None for i in range(n)]
-            kept, dropped = split_by_reason(table, reasons.tolist(), details)
+            details = np.full(n, None, dtype=object)
+            for i in np.flatnonzero(over):
+                details[i] = f"{names[index[i]]}: cap {self.params.max_per_domain} reached"
+            kept, dropped = split_by_reason(table, reasons.tolist(), details.tolist())
             yield BatchResult(kept=kept, dropped=dropped)
 
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 import heapq
 import io
 from collections import Counter
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +37,14 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from tamis import storage
-from tamis.stage import BatchResult, DatasetStage, InputShard, StageParams, iter_shard_batches, split_by_reason
+from tamis.stage import (
+    BatchResult,
+    DatasetStage,
+    InputShard,
+    StageParams,
+    iter_shard_batches,
+    split_by_reason,
+)
 from tamis.text_hash import string_hashes
 from tamis.text_stats import Pieces, lengths, split
 
@@ -112,9 +120,11 @@ class RepeatedLines(DatasetStage):
             short = changed & (lengths(new_text) < p.min_doc_chars)
             removed_lines = np.bincount(pieces.doc[remove], minlength=n)
             reasons = np.where(short, REASON, None)
-            details = [f"{removed_lines[i]} repeated {p.unit}s removed, {len(new_text[i].as_py())} chars left" if short[i] else None
-                       for i in range(n)]
-            kept, dropped = split_by_reason(table, reasons.tolist(), details)
+            details = np.full(n, None, dtype=object)
+            left = lengths(new_text)
+            for i in np.flatnonzero(short):
+                details[i] = f"{removed_lines[i]} repeated {p.unit}s removed, {left[i]} chars left"
+            kept, dropped = split_by_reason(table, reasons.tolist(), details.tolist())
             yield BatchResult(kept=kept, dropped=dropped, metrics=metrics)
 
 

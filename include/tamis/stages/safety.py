@@ -128,14 +128,15 @@ class ContentSafety(Stage):
         for category in self.params.categories:
             hit = scores[category] >= self.params.thresholds.get(category, self.params.threshold)
             metrics[f"safety.hits.{category}"] += int(hit.sum())
-            reasons[hit & (reasons == None)] = f"safety.{category}"  # noqa: E711 (elementwise)
+            reasons[hit & (reasons == None)] = f"safety.{category}"
             table = table.append_column(f"safety_{category}", pa.array(np.round(scores[category], 4), pa.float32()))
         if self.params.action == "flag":
-            metrics["safety.flagged"] += int((reasons != None).sum())  # noqa: E711 (elementwise)
+            metrics["safety.flagged"] += int((reasons != None).sum())
             return BatchResult(kept=table, metrics=metrics)
-        details = [None if r is None else ", ".join(f"{c} {scores[c][i]:.3f}" for c in self.params.categories)
-                   for i, r in enumerate(reasons)]
-        kept, dropped = split_by_reason(table, reasons.tolist(), details)
+        details = np.full(n, None, dtype=object)
+        for i in np.flatnonzero(reasons != None):
+            details[i] = ", ".join(f"{c} {scores[c][i]:.3f}" for c in self.params.categories)
+        kept, dropped = split_by_reason(table, reasons.tolist(), details.tolist())
         return BatchResult(kept=kept, dropped=dropped, metrics=metrics)
 
 
