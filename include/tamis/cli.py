@@ -108,10 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     summary.set_defaults(func=_cmd_summary)
 
     from tamis.lookup import add_lookup_commands
+    from tamis.quality_model import add_command as add_train_quality
     from tamis.release import add_release_commands
 
     add_lookup_commands(sub)
     add_release_commands(sub)
+    add_train_quality(sub)
     return parser
 
 

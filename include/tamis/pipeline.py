@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -51,7 +52,7 @@ class _Strict(BaseModel):
 
 class SourceConfig(_Strict):
     path: str
-    format: Literal["auto", "jsonl", "jsonl.gz", "parquet", "text"] = "auto"
+    format: Literal["auto", "jsonl", "jsonl.gz", "parquet", "text", "warc"] = "auto"
     text_field: str = "text"
     id_field: str | None = None
     url_field: str | None = None
@@ -384,16 +385,39 @@ def resolve_path(path: str, base: Path) -> str:
 
 def _resolve_stage_paths(cls: type[Stage], params: dict[str, Any], base: Path) -> dict[str, Any]:
     """Stage parameters typed as paths, resolved against the config's folder."""
-    params = dict(params)
-    for field_name, field in cls.Params.model_fields.items():
-        value = params.get(field_name)
-        marker = next((m for m in field.metadata if isinstance(m, PathParam)), None)
+    return _resolve_model_paths(cls.Params, params, base)
+
+
+def _resolve_model_paths(model: type[BaseModel], values: dict[str, Any], base: Path) -> dict[str, Any]:
+    values = dict(values)
+    for field_name, field in model.model_fields.items():
+        value = values.get(field_name)
+        nested = _nested_model(field.annotation)
+        if nested is not None and isinstance(value, dict):
+            values[field_name] = _resolve_model_paths(nested, value, base)  # a group of params (quality.model)
+            continue
+        marker = _path_marker(field)
         if marker is None or not isinstance(value, str) or not value or "://" in value or Path(value).is_absolute():
             continue
         if marker.may_be_name and not marker.looks_like_path(value) and not (base / value).exists():
             continue  # a name (e.g. a tokenizer on the hub), not a path
-        params[field_name] = resolve_path(value, base)
-    return params
+        values[field_name] = resolve_path(value, base)
+    return values
+
+
+def _path_marker(field) -> PathParam | None:
+    """The PathParam of a field typed ``LocalPath``, ``PathOrName`` or ``LocalPath | None``."""
+    found = [m for m in field.metadata if isinstance(m, PathParam)]
+    for arg in typing.get_args(field.annotation):
+        if typing.get_origin(arg) is typing.Annotated:
+            found += [m for m in arg.__metadata__ if isinstance(m, PathParam)]
+    return found[0] if found else None
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
 
 
 class DuplicateKey(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -44,6 +45,7 @@ class Fields(NamedTuple):
 class Chunk:
     records: pa.Table = field(default_factory=SOURCE_RECORD_SCHEMA.empty_table)
     rejected: pa.Table = field(default_factory=REJECTED_SCHEMA.empty_table)
+    metrics: Counter = field(default_factory=Counter)  # the reader's own counts (records it passed over)
 
 
 def rejected(rows: list[tuple[int | None, str | None, str, str, str | None]]) -> pa.Table:

@@ -23,7 +23,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from tamis import storage
 
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz", ".parquet": "parquet", ".txt": "text"}
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz", ".parquet": "parquet", ".txt": "text",
+           ".warc": "warc", ".warc.gz": "warc"}
 DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 

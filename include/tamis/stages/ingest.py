@@ -1,4 +1,4 @@
-"""Ingest: raw source files (jsonl, jsonl.gz, parquet, plain-text dirs) into records.
+"""Ingest: raw source files (jsonl, jsonl.gz, parquet, plain-text dirs, WARC) into records.
 
 Sources are laid out by date partition (``<source path>/date=YYYY-MM-DD/<files>``);
 files outside any ``date=`` folder get the date named by ``undated``. Each input file is
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from typing import Iterator
+from typing import Iterator, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,6 +25,7 @@ from pydantic import Field
 from tamis import storage
 from tamis.sources import Chunk, Fields, SkippedEntry, SourceFile, list_source, read_jsonl, read_parquet, read_text, reject
 from tamis.sources.chunk import SAMPLE_CHARS
+from tamis.sources.warc import WARC_COLUMNS, read_warc
 from tamis.stage import QUARANTINE_SCHEMA, BatchResult, CorpusContext, InputShard, Stage, StageParams, split_by_reason
 
 RECORD_SCHEMA = pa.schema(
@@ -34,6 +35,7 @@ RECORD_SCHEMA = pa.schema(
         ("date", pa.string()),
         ("url", pa.string()),
         ("text", pa.string()),
+        *WARC_COLUMNS,  # a web archive's fetch date and content type; null for other sources
     ]
 )
 
@@ -48,6 +50,8 @@ class IngestParams(StageParams):
     # Date recorded for files outside any date= partition; it names output parts, so no '/'.
     undated: str = Field(default="undated", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     sample_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    # Main-text extraction of WARC sources' HTML (benchmarks/html_extraction.py).
+    html_extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
 
 
 class Ingest(Stage):
@@ -107,6 +111,8 @@ class Ingest(Stage):
         fmt = shard.attr("format")
         if fmt == "parquet":
             chunks = read_parquet(shard.url, fields)
+        elif fmt == "warc":
+            chunks = read_warc(shard.url, self.params.max_doc_bytes, self.params.html_extractor)
         elif fmt == "text":
             chunks = read_text(shard.url, shard.size_bytes, shard.attr("relpath"), self.params.max_doc_bytes)
         else:
@@ -154,6 +160,7 @@ class _Records:
                 "date": pa.array([self.date] * n, pa.string()),
                 "url": read.column("url"),
                 "text": text,
+                **{name: read.column(name) if name in read.column_names else pa.nulls(n, kind) for name, kind in WARC_COLUMNS},
             },
             schema=RECORD_SCHEMA,
         )
@@ -171,7 +178,8 @@ class _Records:
             reasons = pc.coalesce(reasons, _sampled_out(records.column("id"), self.params.sample_fraction))
         kept, dropped = split_by_reason(records, reasons)
         text_bytes = pc.sum(pc.binary_length(kept.column("text"))).as_py() or 0
-        return BatchResult(kept=kept, dropped=dropped, quarantined=quarantined, metrics=Counter({"ingest.bytes": text_bytes}))
+        metrics = Counter({"ingest.bytes": text_bytes}) + chunk.metrics
+        return BatchResult(kept=kept, dropped=dropped, quarantined=quarantined, metrics=metrics)
 
     def _ids(self, read: pa.Table) -> pa.ChunkedArray:
         """``<source>/<record id>``, or ``<source>/<hash of file path and ordinal>`` for a record without one."""

@@ -25,6 +25,7 @@ on the documents they keep; without a configured model neither library is import
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from functools import lru_cache
@@ -35,7 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from tamis.stage import BatchResult, Stage, StageParams, split_by_reason
+from tamis.quality_model import prepare
+from tamis.quality_model import scores as model_scores
+from tamis.stage import BatchResult, LocalPath, Stage, StageParams, split_by_reason
 from tamis.text_stats import scan
 
 # High-frequency function words, matched case-sensitively as the reference does: Gopher's
@@ -132,12 +135,13 @@ class CodeRules(_Group):
 
 
 class ModelScore(_Group):
-    path: str | None = None  # a local model file; null = no model score
+    # A local model file (``tamis train-quality`` makes a fastText one); null = no model score.
+    path: LocalPath | None = None
     kind: Literal["fasttext", "kenlm"] = "fasttext"
     label: str = "__label__hq"  # fastText: the label whose probability is the score
-    min_score: float | None = None  # fastText: drop below
+    min_score: float | None = Field(default=None, ge=0.0, le=1.0)  # fastText: drop below
     max_perplexity: float | None = None  # KenLM: drop above
-    max_chars: int = Field(default=10_000, ge=100)
+    max_chars: int = Field(default=10_000, ge=100)  # the document's head that is scored
 
 
 class QualityParams(StageParams):
@@ -172,6 +176,20 @@ class QualityFilter(Stage):
             __import__(module)
         except ImportError as exc:
             raise RuntimeError(f"quality.model.kind={model.kind} needs the {module!r} package installed") from exc
+
+    def setup(self) -> None:
+        if self.params.model.path is not None:
+            _load_model(self.params.model.kind, self.params.model.path)  # once per worker process
+
+    def dependencies(self, output_url: str) -> dict[str, str]:
+        path = self.params.model.path
+        if path is None or not os.path.isfile(path):
+            return {}
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return {"quality_model": digest.hexdigest()}
 
     def rule_failures(self, table: pa.Table) -> dict[str, np.ndarray]:
         """Per rule, True for each document that fails it (prose rules for prose, code rules for code)."""
@@ -236,22 +254,21 @@ class QualityFilter(Stage):
         model = self.params.model
         scores = np.full(len(text), np.nan)
         todo = np.flatnonzero(reasons == None)  # noqa: E711 (elementwise)
-        # Model inference is one native call per document; only the kept ones are scored.
-        samples = pc.utf8_slice_codeunits(text.take(pa.array(todo, pa.int64())), 0, model.max_chars)
-        samples = pc.replace_substring_regex(samples, r"\s+", " ").to_pylist()
         loaded = _load_model(model.kind, model.path)
         if model.kind == "fasttext":
-            for i, sample in zip(todo, samples):
-                labels, probs = loaded.predict(sample, k=-1)
-                scores[i] = dict(zip(labels, probs)).get(model.label, 0.0)
+            # Prepared as for training (tamis.quality_model), scored in one native call per batch.
+            scores[todo] = model_scores(loaded, prepare(text.take(pa.array(todo, pa.int64())), model.max_chars), model.label)
             failed = scores < model.min_score if model.min_score is not None else np.zeros(len(scores), bool)
             threshold = model.min_score
         else:
+            samples = pc.utf8_slice_codeunits(text.take(pa.array(todo, pa.int64())), 0, model.max_chars)
+            samples = pc.replace_substring_regex(samples, r"\s+", " ").to_pylist()
             for i, sample in zip(todo, samples):
                 scores[i] = loaded.perplexity(sample.lower())
             failed = scores > model.max_perplexity if model.max_perplexity is not None else np.zeros(len(scores), bool)
             threshold = model.max_perplexity
         failed &= ~np.isnan(scores)
+        metrics["quality.model.scored"] += len(todo)
         if failed.any():
             metrics["quality.rule_hits.model_score"] += int(failed.sum())
             reasons[failed] = "model_score"
@@ -276,9 +293,11 @@ class QualityFilter(Stage):
 
 @lru_cache(maxsize=2)
 def _load_model(kind: str, path: str):
+    """The model, once per process (a module-level cache: never pickled with the stage)."""
     if kind == "fasttext":
         import fasttext
 
+        fasttext.FastText.eprint = lambda *args, **kwargs: None  # its load_model warning is noise
         return fasttext.load_model(path)
     import kenlm
 
