@@ -106,7 +106,7 @@ class GopherRules(_Group):
 class C4Rules(_Group):
     lorem_ipsum: bool = True
     # Off by default: on the DCLM human-labelled set every document it hit was rated high quality.
-    curly_bracket: bool = False
+    curly_bracket: bool = True
     # Sentences counted on the lines C4 would keep (enough words, no javascript/policy notice).
     min_sentences: int | None = 5
     min_words_per_line: int = 3
