@@ -88,6 +88,7 @@ def query(
     where: str,
     columns: list[str] | None = None,
     limit: int | None = None,
+    offset: int | None = None,
 ) -> pa.Table:
     """Index rows matching ``where`` (a DuckDB SQL predicate, e.g. ``source = 'code' and lang = 'en'``)."""
     import duckdb  # only the query path needs it
@@ -111,6 +112,8 @@ def query(
     sql = f"SELECT {select} FROM read_parquet($path) WHERE ({where})"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
+    if offset:
+        sql += f" OFFSET {int(offset)}"
     try:
         return cursor.sql(sql, params={"path": source}).to_arrow_table()
     except duckdb.Error as exc:

@@ -13,10 +13,16 @@ The figures, all labelled ``stage`` and ``pipeline``:
 - ``tamis_docs_per_second`` (gauge): documents read per second of the stage's run
 - ``tamis_errors_total`` (counter): records quarantined as bad input
 - ``tamis_drop_rate`` (gauge): dropped / read
-- ``tamis_duplicate_rate`` (gauge, dedup stages): duplicates dropped / read
+- ``tamis_duplicate_rate`` (gauge, stages that declare duplicate reasons): duplicates
+  dropped / read
 - ``tamis_pii_detection_rate`` (gauge, stages that count ``pii.entity.<TYPE>``): PII
   entities found per document read (bookkeeping counters such as ``pii.findings`` are
   not entities and do not count)
+
+After the drift check of a nightly run (:mod:`tamis.trends`), labelled ``stage="drift"``:
+
+- ``tamis_drift_breaches`` (gauge): rates further from their trailing mean than the tolerance
+- ``tamis_drift_max_change`` (gauge): the largest distance of a rate from its trailing mean
 
 Metrics never stop a stage: a failed send is logged and dropped.
 """
@@ -31,7 +37,6 @@ from typing import Any
 
 log = logging.getLogger("tamis.metrics")
 
-DEDUP_STAGES = ("exact_dedup", "near_dedup")
 COUNTERS = ("tamis_docs_processed_total", "tamis_errors_total")
 PII_ENTITY_PREFIX = "pii.entity."
 
@@ -55,7 +60,6 @@ def stage_metrics(manifest: dict[str, Any]) -> dict[str, float]:
     counts = manifest.get("counts", {})
     n_in = int(counts.get("in", 0))
     dropped = int(counts.get("dropped", 0))
-    stage = manifest.get("stage", "")
     rate = manifest.get("docs_per_s")
     if rate is None:
         elapsed = manifest.get("elapsed_s") or 0
@@ -66,10 +70,12 @@ def stage_metrics(manifest: dict[str, Any]) -> dict[str, float]:
         "tamis_errors_total": float(counts.get("quarantined", 0)),
         "tamis_drop_rate": dropped / n_in if n_in else 0.0,
     }
-    if stage in DEDUP_STAGES:
-        figures["tamis_duplicate_rate"] = dropped / n_in if n_in else 0.0
+    duplicate_reasons = (manifest.get("declares") or {}).get("duplicate_reasons") or []
+    if duplicate_reasons:
+        duplicates = sum(int(manifest.get("drop_reasons", {}).get(r, 0)) for r in duplicate_reasons)
+        figures["tamis_duplicate_rate"] = duplicates / n_in if n_in else 0.0
     pii = pii_entity_counts(manifest.get("metrics", {}))
-    if pii or stage == "pii":
+    if pii or any(key.startswith("pii.") for key in manifest.get("metrics", {})):
         figures["tamis_pii_detection_rate"] = sum(pii.values()) / n_in if n_in else 0.0
     return figures
 
@@ -91,8 +97,24 @@ def prometheus_text(figures: dict[str, float], stage: str, pipeline: str) -> str
 def emit_stage_metrics(manifest: dict[str, Any], pipeline: str) -> dict[str, float]:
     """Send a finished stage's figures to StatsD and/or a Prometheus textfile, as configured
     by the environment; return the figures (also when nothing is configured)."""
-    stage = manifest.get("stage", "unknown")
     figures = stage_metrics(manifest)
+    emit(figures, manifest.get("stage", "unknown"), pipeline)
+    return figures
+
+
+def drift_metrics(result: dict[str, Any]) -> dict[str, float]:
+    changes = [abs(b["change"]) for b in result.get("breaches", [])]
+    return {"tamis_drift_breaches": float(len(changes)), "tamis_drift_max_change": max(changes, default=0.0)}
+
+
+def emit_drift_metrics(result: dict[str, Any], pipeline: str) -> dict[str, float]:
+    """Send the figures of a nightly run's drift check, labelled ``stage="drift"``."""
+    figures = drift_metrics(result)
+    emit(figures, "drift", pipeline)
+    return figures
+
+
+def emit(figures: dict[str, float], stage: str, pipeline: str) -> None:
     host = os.environ.get("TAMIS_STATSD_HOST")
     if host:
         port = int(os.environ.get("TAMIS_STATSD_PORT") or 8125)
@@ -115,7 +137,6 @@ def emit_stage_metrics(manifest: dict[str, Any], pipeline: str) -> dict[str, flo
             os.replace(f.name, final)
         except OSError as exc:
             log.warning("metrics: could not write %s in %s: %s", name, folder, exc)
-    return figures
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -413,6 +413,7 @@ def _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics,
     elapsed = time.time() - started
     return {
         "stage": stage.name,
+        "pipeline": stage.context.get("pipeline"),
         "type": fingerprint["type"],
         "declares": declarations(stage),
         "engine": engine.name,
