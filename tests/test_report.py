@@ -381,7 +381,9 @@ def test_a_masked_document_journey_never_shows_the_values_even_before_the_mask(p
     journey = report.document_journey(urls["mask"], ["ingest", "normalize", "pii"], doc["id"])
     shown = json.dumps(journey)
     assert [s["status"] for s in journey["steps"]] == ["kept", "kept", "kept"]
-    assert journey["steps"][0]["text"] and not any(e in shown for e in emails)
+    masking = journey["steps"][-1]
+    assert masking["text"] and "<EMAIL_ADDRESS>" in masking["text"] and not any(e in shown for e in emails)
+    assert any(kind == "changed" and set(t) == {report.REDACTED} for kind, t in masking["diff"]["before"])
 
 
 def test_what_a_pii_stage_dropped_is_listed_without_text(pii_run):

@@ -525,39 +525,45 @@ def pii_examples(stage_url: str, entity: str, offset: int = 0, limit: int = EXAM
 _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
 
 
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text)
-
-
-def _opcodes(a: list[str], b: list[str]):
+def _changes(before: str, after: str) -> list[tuple[str, str, str]]:
+    """(op, before piece, after piece) runs that turn ``before`` into ``after``: lines are
+    matched first, then the words of the lines that differ, so that a long text with a few
+    edits costs about its length rather than its length squared."""
     import difflib
 
-    return difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    a_lines, b_lines = before.splitlines(keepends=True), after.splitlines(keepends=True)
+    out: list[tuple[str, str, str]] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a_lines, b_lines, autojunk=False).get_opcodes():
+        a_part, b_part = "".join(a_lines[i1:i2]), "".join(b_lines[j1:j2])
+        if op == "equal":
+            out.append(("equal", a_part, b_part))
+            continue
+        a_tokens, b_tokens = _TOKEN.findall(a_part), _TOKEN.findall(b_part)
+        for sub, k1, k2, l1, l2 in difflib.SequenceMatcher(None, a_tokens, b_tokens, autojunk=False).get_opcodes():
+            out.append((sub, "".join(a_tokens[k1:k2]), "".join(b_tokens[l1:l2])))
+    return out
 
 
 def text_diff(before: str, after: str, redact_changed: bool = False, chars: int = DIFF_CHARS) -> dict[str, list]:
     """Both texts as runs of (same | changed, text), word by word, so a page shows what a stage
     changed. With ``redact_changed`` the changed runs of ``before`` are blanked: what a PII
     stage replaced is the value itself."""
-    a, b = _tokens(before[:chars]), _tokens(after[:chars])
     left, right = [], []
-    for op, i1, i2, j1, j2 in _opcodes(a, b):
+    for op, a, b in _changes(before[:chars], after[:chars]):
         if op == "equal":
-            left.append(("same", "".join(a[i1:i2])))
-            right.append(("same", "".join(b[j1:j2])))
+            left.append(("same", a))
+            right.append(("same", b))
             continue
-        if i2 > i1:
-            removed = "".join(a[i1:i2])
-            left.append(("changed", REDACTED * min(len(removed), 12) if redact_changed else removed))
-        if j2 > j1:
-            right.append(("changed", "".join(b[j1:j2])))
+        if a:
+            left.append(("changed", REDACTED * min(len(a), 12) if redact_changed else a))
+        if b:
+            right.append(("changed", b))
     return {"before": left, "after": right, "cut": len(before) > chars or len(after) > chars}
 
 
 def replaced_values(before: str, after: str) -> list[str]:
     """The pieces of ``before`` that a stage replaced (for a PII stage: the values it masked)."""
-    a, b = _tokens(before), _tokens(after)
-    return ["".join(a[i1:i2]) for op, i1, i2, _, _ in _opcodes(a, b) if op in ("replace", "delete") and i2 > i1]
+    return [a for op, a, _ in _changes(before, after) if op in ("replace", "delete") and a]
 
 
 def redact_values(text: str, values: list[str]) -> str:
@@ -743,9 +749,10 @@ def document_journey(run_url: str, stages: list[str], doc_id: str, part: str | N
     """What every stage of a run did to one document: kept (its text, and what the stage
     changed in it), dropped (rule, detail) or never reached; read one part per stage.
 
-    Texts are shown as a PII stage left them: once a document went through a stage that masks
-    PII, the values it masked are blanked in the texts of the stages before it, and a
-    document a PII stage dropped is shown without text."""
+    The text is the last one kept; earlier ones show only in the before/after of the stages
+    that changed them. Once a document went through a stage that masks PII, the values it
+    masked are blanked in those before/after views too, and a document a PII stage dropped
+    is shown without text."""
     part = part or locate(run_url, stages, doc_id)
     steps: list[dict[str, Any]] = []
     if part is None:
@@ -773,8 +780,8 @@ def document_journey(run_url: str, stages: list[str], doc_id: str, part: str | N
                 if "pii_spans" in kept:
                     text = redact_spans(text, kept.get("pii_spans"))
                 if previous_text is not None and text != previous_text:
-                    if pii:
-                        masked += replaced_values(previous_text, text)
+                    if pii:  # the values masked where the diffs of earlier stages can show them
+                        masked += replaced_values(previous_text[: 2 * DIFF_CHARS], text[: 2 * DIFF_CHARS])
                     step["diff"] = text_diff(previous_text, text, redact_changed=pii)
                 step["text"] = text
                 previous_text = text
@@ -789,7 +796,10 @@ def document_journey(run_url: str, stages: list[str], doc_id: str, part: str | N
             break
         steps.append({"stage": name, "status": "absent"})
         break
-    for step in steps:
+    last_text = max((i for i, step in enumerate(steps) if step.get("text") is not None), default=None)
+    for i, step in enumerate(steps):
+        if i != last_text:
+            step.pop("text", None)  # earlier texts show only as the diffs of the stages that changed them
         if hide_all:
             step.pop("text", None)
             step.pop("diff", None)
