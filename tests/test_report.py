@@ -249,9 +249,19 @@ def test_changed_examples_show_what_normalize_changed(run):
     changed = [i for i in after if after[i] != before[i]]
     assert page["rows"] and len(page["rows"]) == min(4, len(changed))
     for row in page["rows"]:
-        assert "".join(t for _, t in row["before"]) == before[row["id"]][: report.DIFF_CHARS]
-        assert "".join(t for _, t in row["after"]) == after[row["id"]][: report.DIFF_CHARS]
+        for side, text in (("before", before[row["id"]]), ("after", after[row["id"]])):
+            assert all(piece in text for _, run in row[side] for piece in run.split(" … ")), side
         assert any(kind == "changed" for kind, _ in row["before"] + row["after"])
+
+
+def test_a_before_after_keeps_the_changes_and_cuts_the_long_unchanged_stretches():
+    before = "Intro line.\n" + "unchanged words here. " * 400 + "\nMail me at a@b.example now.\n" + "tail " * 300
+    after = before.replace("a@b.example", "<EMAIL_ADDRESS>")
+    diff = report.text_diff(before, after, redact_changed=True)
+    assert [t for kind, t in diff["after"] if kind == "changed"] == ["<EMAIL_ADDRESS>"]
+    assert diff["values"] == ["a@b.example"] and "a@b.example" not in json.dumps(diff["before"])
+    shown = "".join(t for _, t in diff["after"])
+    assert len(shown) < 2 * report.DIFF_CONTEXT + 100 and " … " in shown
 
 
 def test_a_cluster_shows_its_survivor_and_members_with_their_estimated_jaccard(run):
@@ -269,7 +279,7 @@ def test_a_cluster_shows_its_survivor_and_members_with_their_estimated_jaccard(r
 
 
 def test_a_document_journey_ends_at_the_rule_that_dropped_it(run):
-    pipeline, run_url = run
+    _, run_url = run
     page = report.dropped_examples(f"{run_url}/near_dedup", "near_duplicate", limit=1)
     doc = page["rows"][0]
     journey = report.document_journey(run_url, STAGES, doc["id"])  # no part given: found by id

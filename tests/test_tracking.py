@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -94,7 +95,7 @@ def test_manifests_and_gate_results_are_artifacts(build, tmp_path):
     names = {a.path for a in client.list_artifacts(run_id, "manifests")}
     assert names == {f"manifests/{s}.json" for s in STAGES}
     local = client.download_artifacts(run_id, "manifests/exact_dedup.json", str(tmp_path))
-    assert json.loads(open(local).read()) == Dataset(build["pipeline"].stage_url(RUN_ID, "exact_dedup")).manifest()
+    assert json.loads(Path(local).read_text()) == Dataset(build["pipeline"].stage_url(RUN_ID, "exact_dedup")).manifest()
     assert {a.path for a in client.list_artifacts(run_id)} >= {"manifests", "summary.json", "pipeline.yaml"}
 
 

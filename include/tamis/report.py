@@ -331,7 +331,9 @@ def cluster_samples(stage_url: str, limit: int = 8, chars: int = 300) -> dict[st
 SPAN = re.compile(r"(?:^|[\s;,(])span=(\d+):(\d+)\)?")
 EXAMPLES_PER_PAGE = 20
 SNIPPET_CHARS = 600
-DIFF_CHARS = 4000
+DIFF_CHARS = 4000  # shown of each side of a before/after
+DIFF_CONTEXT = 160  # unchanged characters kept around a change
+DIFF_SCAN_CHARS = 200_000  # compared of a text (a longer one's end is not diffed)
 REDACTED = "\u2588"
 
 
@@ -533,7 +535,7 @@ def _changes(before: str, after: str) -> list[tuple[str, str, str]]:
 
     a_lines, b_lines = before.splitlines(keepends=True), after.splitlines(keepends=True)
     out: list[tuple[str, str, str]] = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a_lines, b_lines, autojunk=False).get_opcodes():
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a_lines, b_lines).get_opcodes():
         a_part, b_part = "".join(a_lines[i1:i2]), "".join(b_lines[j1:j2])
         if op == "equal":
             out.append(("equal", a_part, b_part))
@@ -544,21 +546,53 @@ def _changes(before: str, after: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def text_diff(before: str, after: str, redact_changed: bool = False, chars: int = DIFF_CHARS) -> dict[str, list]:
-    """Both texts as runs of (same | changed, text), word by word, so a page shows what a stage
-    changed. With ``redact_changed`` the changed runs of ``before`` are blanked: what a PII
-    stage replaced is the value itself."""
-    left, right = [], []
-    for op, a, b in _changes(before[:chars], after[:chars]):
+def text_diff(before: str, after: str, redact_changed: bool = False, context: int = DIFF_CONTEXT,
+              chars: int = DIFF_CHARS) -> dict[str, Any]:
+    """What a stage changed in a text: both sides as runs of (same | changed, text), word by
+    word, with long unchanged stretches cut to ``context`` characters around each change, and
+    at most ``chars`` characters a side. With ``redact_changed`` the changed runs of
+    ``before`` are blanked (what a PII stage replaced is the value itself); ``values`` lists
+    those replaced pieces, for the caller to blank wherever else they show."""
+    left: list[tuple[str, str]] = []
+    right: list[tuple[str, str]] = []
+    values: list[str] = []
+    changes = _changes(before[:DIFF_SCAN_CHARS], after[:DIFF_SCAN_CHARS])
+    for k, (op, a, b) in enumerate(changes):
         if op == "equal":
-            left.append(("same", a))
-            right.append(("same", b))
+            first, last = k == 0, k == len(changes) - 1
+            for side, text in ((left, a), (right, b)):
+                side.append(("same", _condense(text, context, keep_head=not first, keep_tail=not last)))
             continue
         if a:
+            values.append(a)
             left.append(("changed", REDACTED * min(len(a), 12) if redact_changed else a))
         if b:
             right.append(("changed", b))
-    return {"before": left, "after": right, "cut": len(before) > chars or len(after) > chars}
+    cut = len(before) > DIFF_SCAN_CHARS or len(after) > DIFF_SCAN_CHARS
+    left, cut_left = _limit(left, chars)
+    right, cut_right = _limit(right, chars)
+    return {"before": left, "after": right, "cut": cut or cut_left or cut_right, "values": values}
+
+
+def _condense(text: str, context: int, keep_head: bool, keep_tail: bool) -> str:
+    """An unchanged stretch: its end that leads to the next change, its start that follows the
+    last one, and " … " for what lies between."""
+    head = text[:context] if keep_head else ""
+    tail = text[-context:] if keep_tail else ""
+    if len(text) <= len(head) + len(tail) + 5:
+        return text
+    return f"{head} … {tail}"
+
+
+def _limit(runs: list[tuple[str, str]], chars: int) -> tuple[list[tuple[str, str]], bool]:
+    out, used = [], 0
+    for kind, text in runs:
+        if used + len(text) > chars:
+            out.append((kind, text[: max(chars - used, 0)]))
+            return out, True
+        out.append((kind, text))
+        used += len(text)
+    return out, False
 
 
 def replaced_values(before: str, after: str) -> list[str]:
@@ -593,8 +627,9 @@ def changed_examples(stage_url: str, offset: int = 0, limit: int = 10) -> dict[s
         if seen + differs.num_rows > offset:
             start = max(offset - seen, 0)
             for row in differs.slice(start, limit + 1 - len(rows)).to_pylist():
-                rows.append({"id": row["id"], "part": part,
-                             **text_diff(row["text_before"], row["text"], redact_changed=pii)})
+                diff = text_diff(row["text_before"], row["text"], redact_changed=pii)
+                diff.pop("values")  # never shown: for a PII stage they are the values themselves
+                rows.append({"id": row["id"], "part": part, **diff})
         seen += differs.num_rows
         if len(rows) > limit:
             break
@@ -615,14 +650,14 @@ def _read_texts(dataset_url: str, part: str) -> pa.Table | None:
 # --------------------------------------------------------------------------- duplicate clusters
 
 
-def _cluster_files(stage_url: str) -> list[str]:
+def cluster_files(stage_url: str) -> list[str]:
     fs, path = storage.filesystem(storage.join(stage_url, CLUSTERS_DIR))
     return sorted(fs.glob(f"{path}/*.parquet")) if fs.exists(path) else []
 
 
 def cluster_of(stage_url: str, doc_id: str) -> dict[str, Any] | None:
     """The cluster a document belongs to (as survivor or member), from ``_clusters/``."""
-    files = _cluster_files(stage_url)
+    files = cluster_files(stage_url)
     if not files:
         return None
     fs, _ = storage.filesystem(stage_url)
@@ -780,9 +815,10 @@ def document_journey(run_url: str, stages: list[str], doc_id: str, part: str | N
                 if "pii_spans" in kept:
                     text = redact_spans(text, kept.get("pii_spans"))
                 if previous_text is not None and text != previous_text:
-                    if pii:  # the values masked where the diffs of earlier stages can show them
-                        masked += replaced_values(previous_text[: 2 * DIFF_CHARS], text[: 2 * DIFF_CHARS])
                     step["diff"] = text_diff(previous_text, text, redact_changed=pii)
+                    if pii:  # blanked too where the before/after of earlier stages shows them
+                        masked += step["diff"]["values"]
+                step.get("diff", {}).pop("values", None)
                 step["text"] = text
                 previous_text = text
             steps.append(step)
@@ -803,11 +839,12 @@ def document_journey(run_url: str, stages: list[str], doc_id: str, part: str | N
         if hide_all:
             step.pop("text", None)
             step.pop("diff", None)
-        elif masked and step.get("text") is not None:
+            continue
+        if masked and step.get("text") is not None:
             step["text"] = redact_values(step["text"], masked)
-            if "diff" in step:
-                step["diff"] = {side: [(kind, redact_values(t, masked)) for kind, t in runs] if side != "cut" else runs
-                                for side, runs in step["diff"].items()}
+        if masked and "diff" in step:
+            step["diff"] = {**step["diff"], **{side: [(kind, redact_values(t, masked)) for kind, t in step["diff"][side]]
+                                               for side in ("before", "after")}}
     return {"id": doc_id, "part": part, "steps": steps, "found": bool(steps), "text_hidden": hide_all}
 
 

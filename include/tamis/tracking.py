@@ -189,7 +189,7 @@ def _log(pipeline, where, kind, run_id, manifests, datasets, artifacts, extra_me
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+    from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
     tracking_uri, artifact_location = where
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)

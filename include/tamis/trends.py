@@ -28,13 +28,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tamis import storage
-from tamis.dataset import MANIFEST, Dataset
+from tamis.dataset import MANIFEST
 from tamis.metrics import pii_entity_counts
 from tamis.runner import StageError
 
@@ -85,7 +85,7 @@ class RunSummary:
     appended: bool = False
     drift: dict[str, Any] | None = None
 
-    @property
+    @cached_property
     def rates(self) -> dict[str, float]:
         return run_rates(self.stages)
 

@@ -510,6 +510,8 @@ nav{font-size:13px;margin-bottom:6px} form label{margin-right:10px;font-size:13p
 mark{background:#fefcbf;outline:1px solid #d69e2e} .changed{background:#fed7d7} .after .changed{background:#c6f6d5}
 .example{border-bottom:1px solid #e2e8f0;padding:4px 0} .pair,.cluster-grid{display:flex;gap:10px;align-items:flex-start}
 .side,.member{flex:1;min-width:0;border:1px solid #e2e8f0;padding:4px 8px} .member.survivor{border-color:#2f855a}
+.cluster-grid{flex-wrap:wrap} .member{flex:1 1 30%;max-width:32%} .member .text{max-height:260px;overflow:auto}
+.member a.document{word-break:break-all}
 .text{white-space:pre-wrap;font-size:12px} h4{font-size:12px;margin:2px 0;color:#4a5568} .pager{font-size:13px}
 tr.breach td{background:#fff5f5} td.diff{font-weight:600}
 """

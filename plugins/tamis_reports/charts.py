@@ -114,10 +114,13 @@ PALETTE = ("#3182ce", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#319795", "#b
 BREACH = "#c53030"
 
 
-def lines(labels: list[str], series: list[dict], label: str, percent: bool = False, height: int = 160) -> str:
+def lines(labels: list[str], series: list[dict], label: str, percent: bool = False, height: int = 160,
+          titles: list[str] | None = None) -> str:
     """Values over runs: one line per series (``name``, ``values`` with None for a run without
-    it, optional ``links`` and ``breaches`` per run). Each point is a link when it has one, and
+    it, optional ``links`` and ``breaches`` per run), ``labels`` under the axis and ``titles``
+    (default: the labels) in each point's tooltip. Each point is a link when it has one, and
     a breached point is drawn larger, in red, with class ``breach``."""
+    titles = titles or labels
     left, right, top, bottom = 56, 150, 12, 30
     plot_w, plot_h = WIDTH - left - right, height - top - bottom
     values = [v for s in series for v in s["values"] if v is not None]
@@ -157,7 +160,7 @@ def lines(labels: list[str], series: list[dict], label: str, percent: bool = Fal
             hot = bool(breaches[i])
             dot = (f'<circle class="point{" breach" if hot else ""}" cx="{x(i):.1f}" cy="{y(v):.1f}" r="{5 if hot else 3}" '
                    f'fill="{BREACH if hot else color}" data-series="{escape(s["name"])}" data-run="{escape(labels[i])}" '
-                   f'data-value="{v:.6g}"><title>{escape(s["name"])} · {escape(labels[i])}: {fmt(v)}'
+                   f'data-value="{v:.6g}"><title>{escape(s["name"])} · {escape(titles[i])}: {fmt(v)}'
                    f'{" (drift)" if hot else ""}</title></circle>')
             body.append(f'<a href="{escape(links[i])}">{dot}</a>' if links[i] else dot)
         legend_y = top + 12 + k * 15

@@ -33,6 +33,9 @@ from tamis_reports.app import (
 )
 
 TOP_SERIES = 8
+CLUSTER_MEMBERS = 8  # shown beside the survivor
+CLUSTER_CHARS = 700
+DOCUMENT_CHARS = 20_000
 
 
 # --------------------------------------------------------------------------- where and who
@@ -122,7 +125,8 @@ def document_href(pipeline: str, folder: str, doc_id: str, part: str | None = No
 
 
 def run_label(run: trends.RunSummary) -> str:
-    return run.date if run.kind == "nightly" else f"{run.date} {run.folder[:14]}"
+    """A nightly run by its day; another by the day it finished, with an asterisk."""
+    return run.date if run.kind == "nightly" else f"{run.date}*"
 
 
 def run_link(pipeline: str, folder: str, owners: dict[str, tuple[str, str]]) -> str:
@@ -206,7 +210,7 @@ def _chart(pipeline: str, runs: list[trends.RunSummary], keys: list[str], names:
         series.append({"name": name, "values": rates, "links": _series_links(pipeline, runs, key),
                        "breaches": [(r.folder, key) in breaches for r in runs]})
     return (f'<h3>{escape(title)}</h3><div class="figure" id="{escape(element_id)}">'
-            f'{charts.lines(labels, series, title, percent=percent)}</div>')
+            f'{charts.lines(labels, series, title, percent=percent, titles=[r.folder for r in runs])}</div>')
 
 
 def _measured(run: trends.RunSummary, key: str) -> bool:
@@ -250,8 +254,8 @@ def trends_page(name: str, user=Depends(_user)):
         return _page(title, _nav(name) + head + '<p class="message">No finished run of this pipeline yet.</p>')
     breaches = _breached(runs)
     sections = [_nav(name), head, _drift_section(name, runs), "<h2>Over time</h2>",
-                '<p class="meta">One point per run (nightly runs by their day); a red point left its trailing '
-                'window. Click a point for the documents behind it.</p>']
+                '<p class="meta">One point per run: nightly runs by their day, other runs (*) by the day they '
+                'finished. A red point left its trailing window. Click a point for the documents behind it.</p>']
     for stage in pipeline.stage_names:
         keys = _top_keys(runs, f"drop_rate/{stage}/") + _top_keys(runs, f"quarantine_rate/{stage}/")
         if keys:
@@ -273,7 +277,8 @@ def trends_page(name: str, user=Depends(_user)):
     tokens = [r.tokens for r in runs]
     if any(t is not None for t in tokens):
         sections.append('<h3>tokens</h3><div class="figure" id="tokens">' + charts.lines(
-            [run_label(r) for r in runs], [{"name": "tokens", "values": tokens}], "tokens", percent=False) + "</div>")
+            [run_label(r) for r in runs], [{"name": "tokens", "values": tokens}], "tokens", percent=False,
+            titles=[r.folder for r in runs]) + "</div>")
     sections.append(_runs_table(name, runs, owners))
     sections.append(_releases_section(pipeline, owners))
     return _page(title, "".join(sections))
@@ -289,7 +294,8 @@ def _counts_chart(pipeline: Pipeline, runs: list[trends.RunSummary]) -> str:
     series.insert(0, {"name": f"{first} in", "values": [r.stages[first]["counts"]["in"] if first in r.stages else None
                                                         for r in runs]})
     return ('<h3>documents per stage</h3><div class="figure" id="counts">'
-            + charts.lines([run_label(r) for r in runs], series[:TOP_SERIES], "documents per stage", percent=False)
+            + charts.lines([run_label(r) for r in runs], series[:TOP_SERIES], "documents per stage", percent=False,
+                           titles=[r.folder for r in runs])
             + "</div>")
 
 
@@ -455,7 +461,7 @@ def _example_index(name: str, folder: str, url: str, done: list[str]) -> str:
 def _dropped_body(name: str, folder: str, stage_url: str, data: dict) -> str:
     if not data["rows"]:
         return '<p class="message">No document on this page.</p>'
-    has_clusters = bool(report._cluster_files(stage_url))
+    has_clusters = bool(report.cluster_files(stage_url))
     note = '<p class="meta">This stage looks for PII: what it dropped is listed without text.</p>' if data["text_hidden"] else ""
     items = []
     for row in data["rows"]:
@@ -523,7 +529,7 @@ def cluster_page(name: str, folder: str, stage: str, id: str, user=Depends(_user
     pipeline = pipeline_of(name)
     authorize(user, folder)
     stage_url = finished_stage(pipeline, folder, stage)
-    cluster = report.cluster_members(stage_url, id)
+    cluster = report.cluster_members(stage_url, id, limit=CLUSTER_MEMBERS, chars=CLUSTER_CHARS)
     if cluster is None:
         raise HTTPException(404, f"{id!r} is in no duplicate cluster of stage {stage!r}")
     s = cluster["survivor"]
@@ -576,7 +582,9 @@ def document_page(name: str, folder: str, id: str, part: str = "", user=Depends(
     if journey.get("text_hidden"):
         body += '<p class="message">A stage that looks for PII dropped this document: its text is not shown.</p>'
     elif last_text is not None:
-        body += f'<h2>Text (as last kept)</h2><div class="doc text" id="text">{escape(last_text)}</div>'
+        cut = f'<p class="meta">first {charts.number(DOCUMENT_CHARS)} of {charts.number(len(last_text))} characters</p>' \
+            if len(last_text) > DOCUMENT_CHARS else ""
+        body += f'<h2>Text (as last kept)</h2>{cut}<div class="doc text" id="text">{escape(last_text[:DOCUMENT_CHARS])}</div>'
     return _page(f"document {id}", _nav(name) + body + "".join(texts))
 
 
