@@ -402,3 +402,20 @@ def test_what_a_pii_stage_dropped_is_listed_without_text(pii_run):
     assert page["rows"] and page["text_hidden"] and all(r["snippet"] is None for r in page["rows"])
     journey = report.document_journey(urls["remove"], ["ingest", "normalize", "pii"], page["rows"][0]["id"])
     assert journey["text_hidden"] and not any(e in json.dumps(journey) for e in emails)
+
+
+def test_word_changes_rebuild_both_texts_and_stay_local():
+    import random
+
+    text = (REPO / "include/sample/udhr/date=2026-11-20/eng.txt").read_text()
+    words = text.split(" ")
+    plain = [k for k, w in enumerate(words) if w.isalpha()]  # a mask replaces a word, not the spaces around it
+    rng = random.Random(7)
+    for _ in range(20):
+        edited = list(words)
+        for k in rng.sample(plain, 5):
+            edited[k] = "<PERSON>"
+        after = " ".join(edited)
+        changes = report._changes(text, after)
+        assert "".join(a for _, a, _ in changes) == text and "".join(b for _, _, b in changes) == after
+        assert sum(len(b) for op, _, b in changes if op != "equal") <= 5 * len("<PERSON>")

@@ -529,21 +529,74 @@ _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
 
 def _changes(before: str, after: str) -> list[tuple[str, str, str]]:
     """(op, before piece, after piece) runs that turn ``before`` into ``after``: lines are
-    matched first, then the words of the lines that differ, so that a long text with a few
-    edits costs about its length rather than its length squared."""
+    matched first, then the words of each changed line against its counterpart, so that a
+    long text with edits here and there costs about its length, not its length squared."""
     import difflib
 
     a_lines, b_lines = before.splitlines(keepends=True), after.splitlines(keepends=True)
     out: list[tuple[str, str, str]] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a_lines, b_lines).get_opcodes():
-        a_part, b_part = "".join(a_lines[i1:i2]), "".join(b_lines[j1:j2])
         if op == "equal":
-            out.append(("equal", a_part, b_part))
-            continue
-        a_tokens, b_tokens = _TOKEN.findall(a_part), _TOKEN.findall(b_part)
-        for sub, k1, k2, l1, l2 in difflib.SequenceMatcher(None, a_tokens, b_tokens, autojunk=False).get_opcodes():
-            out.append((sub, "".join(a_tokens[k1:k2]), "".join(b_tokens[l1:l2])))
+            out.append(("equal", "".join(a_lines[i1:i2]), "".join(b_lines[j1:j2])))
+        elif op == "replace" and i2 - i1 == j2 - j1:  # edited lines, each against its own
+            for a_line, b_line in zip(a_lines[i1:i2], b_lines[j1:j2]):
+                out += _word_changes(a_line, b_line)
+        else:
+            out += _word_changes("".join(a_lines[i1:i2]), "".join(b_lines[j1:j2]))
     return out
+
+
+def _word_changes(a: str, b: str, window: int = 200, anchor: int = 3) -> list[tuple[str, str, str]]:
+    """Word-level changes of two texts that differ here and there (a stage's edits are local:
+    a mask, a collapsed space). Both are walked together; at a difference, the two sides
+    resume at the nearest place where ``anchor`` words agree again, looked for within
+    ``window`` words; beyond that the rest is one replaced piece. Linear in the text's length."""
+    ta, tb = _TOKEN.findall(a), _TOKEN.findall(b)
+    anchors: dict[tuple[str, ...], list[int]] = {}
+    for size in (anchor, 1):  # one word agreeing is the fallback near the end of a text
+        for k in range(len(tb) - size + 1):
+            anchors.setdefault(tuple(tb[k:k + size]), []).append(k)
+    out: list[tuple[str, str, str]] = []
+    i = j = 0
+    while i < len(ta) and j < len(tb):
+        same_i, same_j = i, j
+        while i < len(ta) and j < len(tb) and ta[i] == tb[j]:
+            i += 1
+            j += 1
+        if i > same_i:
+            out.append(("equal", "".join(ta[same_i:i]), "".join(tb[same_j:j])))
+        if i == len(ta) or j == len(tb):
+            break
+        step = _resync(ta, i, j, anchors, window, anchor) or _resync(ta, i, j, anchors, window, 1)
+        if step is None:
+            break
+        out.append(_edit(ta[i:i + step[0]], tb[j:j + step[1]]))
+        i, j = i + step[0], j + step[1]
+    if i < len(ta) or j < len(tb):
+        out.append(_edit(ta[i:], tb[j:]))
+    return out
+
+
+def _resync(ta: list[str], i: int, j: int, anchors: dict, window: int, anchor: int) -> tuple[int, int] | None:
+    """The fewest words (from ``ta[i]`` and ``tb[j]`` on) to skip until ``anchor`` words agree."""
+    from bisect import bisect_left
+
+    best: tuple[int, int] | None = None
+    for di in range(min(window, len(ta) - i - anchor + 1)):
+        if best is not None and di >= sum(best):
+            break
+        places = anchors.get(tuple(ta[i + di:i + di + anchor]))
+        if not places:
+            continue
+        k = bisect_left(places, j)
+        if k < len(places) and places[k] - j < window and (best is None or di + places[k] - j < sum(best)):
+            best = (di, places[k] - j)
+    return best
+
+
+def _edit(removed: list[str], added: list[str]) -> tuple[str, str, str]:
+    op = "replace" if removed and added else "delete" if removed else "insert"
+    return (op, "".join(removed), "".join(added))
 
 
 def text_diff(before: str, after: str, redact_changed: bool = False, context: int = DIFF_CONTEXT,

@@ -176,6 +176,12 @@ def runs_page(request: Request, user=Depends(_user)):
     else:
         body = ('<table id="runs"><thead><tr><th>DAG</th><th>run</th><th>state</th><th>date</th><th>pipeline</th>'
                 '<th>progress</th><th>documents out</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+    if dags:
+        from tamis.pipeline import PIPELINES_DIR
+
+        trends = " · ".join(f'<a class="trends" href="{URL_PREFIX}/pipelines/{quote(p.stem, safe="")}/trends">{escape(p.stem)}</a>'
+                            for p in sorted(PIPELINES_DIR.glob("*.yaml")))
+        body = f'<p class="meta">Trends and drift across runs, by pipeline: {trends}</p>{body}'
     return _page("Runs", f"<h1>Data-quality reports</h1>{body}")
 
 
