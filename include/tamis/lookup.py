@@ -168,6 +168,13 @@ def _row_groups_holding(parquet: pq.ParquetFile, doc_id: str) -> list[int]:
     return groups
 
 
+def documents_url(dataset_url: str) -> str:
+    """The dataset holding the full records of an index's documents."""
+    fs, path = storage.filesystem(metadata_url(dataset_url))
+    with fs.open(path, "rb") as f:
+        return _documents_url(dataset_url, pq.ParquetFile(f).schema_arrow.metadata or {})
+
+
 def _documents_url(dataset_url: str, key_values: dict[bytes, bytes]) -> str:
     # A sibling of the indexed dataset is found next to it even after the run folder moved.
     name = key_values.get(DOCUMENTS_NAME_KEY)

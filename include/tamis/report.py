@@ -929,8 +929,10 @@ def index_of(run_url: str, stages: list[str], stage: str) -> str | None:
 def indexed_records(index_url: str, filters: dict[str, str], offset: int = 0, limit: int = 25,
                     text_chars: int = 600) -> dict[str, Any]:
     """A page of records through an index: the filter runs on the index alone (DuckDB over
-    ``metadata.parquet``), then each record's text is read from its row group."""
+    ``metadata.parquet``), then the texts are read from the row groups the index points at,
+    each row group once."""
     from tamis import lookup
+    from tamis.stages.index import LOCATION_COLUMNS
 
     fs, path = storage.filesystem(lookup.metadata_url(index_url))
     names = pq.read_schema(path, filesystem=fs).names
@@ -942,14 +944,36 @@ def indexed_records(index_url: str, filters: dict[str, str], offset: int = 0, li
             return {"columns": [], "rows": [], "next_offset": None, "message": f"the index has no {column!r} column"}
         terms.append(f'"{column}" = \'' + value.replace("'", "''") + "'")
     shown = [c for c in ("id", "source", "date", "lang", "token_count", "url") if c in names]
-    found = lookup.query(index_url, " and ".join(terms) or "true", columns=shown, limit=limit + 1, offset=offset)
+    located = [c for c in LOCATION_COLUMNS if c in names]
+    found = lookup.query(index_url, " and ".join(terms) or "true", columns=shown + located, limit=limit + 1, offset=offset)
     rows = found.slice(0, limit).to_pylist()
+    texts = _texts_at(lookup.documents_url(index_url), rows) if len(located) == 3 else {}
     for row in rows:
-        record = lookup.get(index_url, row["id"]) or {}
-        text = record.get("text")
+        for column in located:
+            row.pop(column)
+        text = texts.get(row["id"])
         if isinstance(text, str):
             row["text_chars"] = len(text)
             row["text"] = text if len(text) <= text_chars else text[:text_chars] + " …"
-    columns = shown + (["text"] if any("text" in r for r in rows) else [])
+    columns = shown + (["text"] if texts else [])
     return {"columns": columns, "rows": rows, "next_offset": offset + limit if found.num_rows > limit else None,
             "message": None if rows else "no record matches"}
+
+
+def _texts_at(documents_url: str, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Texts of index rows (shard, row_group, row), reading each row group once."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        if row.get("shard") is not None:
+            groups.setdefault((str(row["shard"]), int(row["row_group"])), []).append(row)
+    texts: dict[str, str] = {}
+    for (shard, group), members in groups.items():
+        url = storage.join(documents_url, f"{shard}.parquet")
+        fs, path = storage.filesystem(url)
+        with fs.open(path, "rb") as f:
+            table = pq.ParquetFile(f).read_row_group(group, columns=["id", "text"])
+        for row in members:
+            record = table.slice(int(row["row"]), 1).to_pylist()
+            if record and record[0]["id"] == row["id"]:  # a stale index shows no text rather than another's
+                texts[row["id"]] = record[0]["text"]
+    return texts
