@@ -45,7 +45,10 @@ def corpus_run(tmp_path_factory):
 def test_the_run_succeeds_and_writes_under_the_run_folder(corpus_run):
     assert corpus_run["state"] == "success"
     run_dir = corpus_run["data"] / "runs" / safe_run_id(corpus_run["run_id"])
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(corpus_run["pipeline"].stage_names)
+    # Besides its stages, a run folder holds only run-level records named with a leading '_'
+    # (_mlflow.json: where the run is tracked).
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("_")) == sorted(corpus_run["pipeline"].stage_names)
+    assert (run_dir / "_mlflow.json").exists()
 
 
 # Documents a stage read from the previous one. Mix adds repeated rows (upsampling) and

@@ -224,3 +224,25 @@ def test_a_changed_param_reruns_that_stage_and_not_the_ones_before_it(released):
     lock = yaml.safe_load((released["workspace"] / LOCK_FILE).read_text())
     (locked,) = lock["stages"]["normalize"]["params"]["pipeline.yaml"].values()
     assert locked["params"]["max_blank_lines"] == 0
+
+
+def test_a_release_is_an_mlflow_run_with_the_hashes_of_dvc_lock(released):
+    """``tamis release manifest`` logs the release; read back, its datasets carry DVC's own hashes."""
+    import mlflow
+
+    from tamis.release import track
+
+    manifest, config = released["manifest"], released["config"]
+    track(released["pipeline"], config, manifest)
+    pointer = json.loads((Path(config.remote) / "releases" / manifest["version"] / "mlflow.json").read_text())
+    run = mlflow.MlflowClient(tracking_uri=pointer["tracking_uri"]).get_run(pointer["run_id"])
+    assert run.data.tags["tamis.kind"] == "release" and run.data.tags["tamis.release_version"] == manifest["version"]
+    assert run.data.tags["dvc.lock_sha256"] == hashlib.sha256((released["workspace"] / LOCK_FILE).read_bytes()).hexdigest()
+    digests = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    lock = yaml.safe_load((released["workspace"] / LOCK_FILE).read_text())
+    final = list(STAGES)[-1]
+    assert digests[f"release:{manifest['version']}"] == lock["stages"][final]["outs"][0]["md5"]
+    for source in ("web", "udhr"):
+        tracked = yaml.safe_load((released["workspace"] / "sources" / f"{source}.dvc").read_text())
+        assert digests[f"source:{source}"] == tracked["outs"][0]["md5"]
+    assert run.data.params[f"stage.{final}.key"] == str(manifest["stages"][-1]["params"]["key"])

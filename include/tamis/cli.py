@@ -235,14 +235,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def append_day(pipeline: Pipeline, run_id: str, day: str, owner: str | None) -> dict[str, Any]:
-    from tamis import corpus, nightly
+    from tamis import corpus, nightly, tracking
+    from tamis.trends import apply_drift_check
 
     if owner:
         nightly.check_claim(pipeline, day, owner)
+    drift = apply_drift_check(pipeline, run_id, day)  # with on_breach: fail, a breach stops here
     last = pipeline.corpus_stages[-1]
     manifest = corpus.append(pipeline.stage_url(run_id, last), pipeline.corpus_url, day, pipeline.corpus_hash_key())
     if owner:
         nightly.release(pipeline, day, owner)
+    tracking.track_nightly(pipeline, run_id, day, manifest, drift)
     return manifest
 
 
@@ -311,7 +314,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
             if not validate_one(pipeline, stage, args.run_id)["success"]:
                 print(f"tamis: quality gate of stage {stage!r} failed; later stages were not run", file=sys.stderr)
                 return 1
-    print(format_summary(run_summary(pipeline, args.run_id)))
+    summary = run_summary(pipeline, args.run_id)
+    print(format_summary(summary))
+    track_build(pipeline, args.run_id, summary)
     return 0
 
 
@@ -343,7 +348,16 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     storage.check_reachable(pipeline.storage_root)
     summary = run_summary(pipeline, args.run_id)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    track_build(pipeline, args.run_id, summary)
     return 0
+
+
+def track_build(pipeline: Pipeline, run_id: str, summary: dict[str, Any]) -> None:
+    """The end of a corpus build: the run goes to experiment tracking (MLflow)."""
+    from tamis import tracking
+
+    if any(s["status"] == "done" for s in summary["stages"]):
+        tracking.track_corpus_build(pipeline, run_id, summary)
 
 
 def run_summary(pipeline: Pipeline, run_id: str) -> dict[str, Any]:

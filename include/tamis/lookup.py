@@ -93,6 +93,7 @@ def query(
     where: str | None = None,
     columns: list[str] | None = None,
     limit: int | None = None,
+    offset: int | None = None,
 ) -> pa.Table:
     """Index rows matching ``where``, a filter over the index columns such as
     ``source = 'code' and lang in ('en', 'fr')`` (the grammar of :mod:`tamis.index_filter`;
@@ -129,6 +130,8 @@ def query(
         params.update(predicate.params)
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
+    if offset:
+        sql += f" OFFSET {int(offset)}"
     try:
         return cursor.sql(sql, params=params).to_arrow_table()
     except duckdb.Error as exc:
@@ -181,6 +184,13 @@ def _row_groups_holding(parquet: pq.ParquetFile, doc_id: str) -> list[int]:
         if stats is None or not stats.has_min_max or stats.min <= doc_id <= stats.max:
             groups.append(rg)
     return groups
+
+
+def documents_url(dataset_url: str) -> str:
+    """The dataset holding the full records of an index's documents."""
+    fs, path = storage.filesystem(metadata_url(dataset_url))
+    with fs.open(path, "rb") as f:
+        return _documents_url(dataset_url, pq.ParquetFile(f).schema_arrow.metadata or {})
 
 
 def _documents_url(dataset_url: str, key_values: dict[bytes, bytes]) -> str:

@@ -24,6 +24,11 @@ receives, and the textfile adds each run's count to the value the file already h
 ``increase()`` over a window is what the runs in it processed. Gauges hold the last run's
 figure until the next run replaces it.
 
+After the drift check of a nightly run (:mod:`tamis.trends`), labelled ``stage="drift"``:
+
+- ``tamis_drift_breaches`` (gauge): rates further from their trailing mean than the tolerance
+- ``tamis_drift_max_change`` (gauge): the largest distance of a rate from its trailing mean
+
 Metrics never stop a stage: a failed send is logged and dropped.
 """
 
@@ -46,6 +51,8 @@ METRICS = {
     "tamis_drop_rate": ("gauge", "Share of the documents read that the stage's last run dropped."),
     "tamis_duplicate_rate": ("gauge", "Share of the documents read that the stage's last run dropped as duplicates."),
     "tamis_pii_detection_rate": ("gauge", "PII entities found per document read in the stage's last run."),
+    "tamis_drift_breaches": ("gauge", "Rates of the last nightly run further from their trailing mean than the tolerance."),
+    "tamis_drift_max_change": ("gauge", "The largest distance of a rate of the last nightly run from its trailing mean."),
 }
 COUNTERS = tuple(name for name, (kind, _) in METRICS.items() if kind == "counter")
 PII_ENTITY_PREFIX = "pii.entity."
@@ -135,8 +142,24 @@ _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{.*\})?\s+(?P<valu
 def emit_stage_metrics(manifest: dict[str, Any], pipeline: str) -> dict[str, float]:
     """Send a finished stage's figures to StatsD and/or a Prometheus textfile, as configured
     by the environment; return the figures (also when nothing is configured)."""
-    stage = manifest.get("stage", "unknown")
     figures = stage_metrics(manifest)
+    emit(figures, manifest.get("stage", "unknown"), pipeline)
+    return figures
+
+
+def drift_metrics(result: dict[str, Any]) -> dict[str, float]:
+    changes = [abs(b["change"]) for b in result.get("breaches", [])]
+    return {"tamis_drift_breaches": float(len(changes)), "tamis_drift_max_change": max(changes, default=0.0)}
+
+
+def emit_drift_metrics(result: dict[str, Any], pipeline: str) -> dict[str, float]:
+    """Send the figures of a nightly run's drift check, labelled ``stage="drift"``."""
+    figures = drift_metrics(result)
+    emit(figures, "drift", pipeline)
+    return figures
+
+
+def emit(figures: dict[str, float], stage: str, pipeline: str) -> None:
     host = os.environ.get("TAMIS_STATSD_HOST")
     if host:
         port = int(os.environ.get("TAMIS_STATSD_PORT") or 8125)
@@ -171,7 +194,6 @@ def emit_stage_metrics(manifest: dict[str, Any], pipeline: str) -> dict[str, flo
                 os.close(lock)
         except OSError as exc:
             log.warning("metrics: could not write %s in %s: %s", name, folder, exc)
-    return figures
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -35,6 +35,8 @@ from tamis.gates import GateConfig, gate_config
 from tamis.release import ReleaseConfig
 from tamis.stage import CorpusContext, PathParam, Stage
 from tamis.stages import UnknownStage, make_stage, stage_class
+from tamis.tracking import MlflowConfig
+from tamis.trends import DriftConfig
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -124,6 +126,13 @@ class Nightly(_Strict):
         return str(value)
 
 
+class Reports(_Strict):
+    """What the report pages check across runs, and where runs are tracked."""
+
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+
 class Pipeline(_Strict):
     name: str
     path: str = Field(exclude=True)
@@ -138,6 +147,7 @@ class Pipeline(_Strict):
     orchestration: Orchestration = Field(default_factory=Orchestration)
     nightly: Nightly = Field(default_factory=Nightly)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    reports: Reports = Field(default_factory=Reports)
 
     @field_validator("name")
     @classmethod

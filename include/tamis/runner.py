@@ -556,6 +556,7 @@ def _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics,
     elapsed = time.time() - min([started, *(stats[s.name].get("started_at", started) for s in shards)])
     return {
         "stage": stage.name,
+        "pipeline": stage.context.get("pipeline"),
         "type": fingerprint["type"],
         "declares": declarations(stage),
         "engine": engine.name,

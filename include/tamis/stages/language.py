@@ -69,6 +69,14 @@ class LanguageParams(StageParams):
         return codes
 
 
+def _examined(text: pa.Array, row: int, max_chars: int) -> str:
+    """The span the detector read (the text's first ``max_chars`` after leading blanks), in the
+    ``span=START:END`` form of a drop's detail, so a report can point at it."""
+    value = text[row].as_py() or ""
+    start = len(value) - len(value.lstrip())
+    return f" span={start}:{start + min(len(value) - start, max_chars)}"
+
+
 class LanguageFilter(Stage):
     type_name = "language"
     Params = LanguageParams
@@ -110,7 +118,7 @@ class LanguageFilter(Stage):
         mask = unknown_script & filtered
         reasons[mask] = "lang_unknown_script"
         for i in np.flatnonzero(mask):
-            details[i] = f"{int(known[i])} of {int(letters[i])} letters in a script the detector knows"
+            details[i] = f"{int(known[i])} of {int(letters[i])} letters in a script the detector knows{_examined(text, i, p.max_chars)}"
         decided = filtered & ~no_text & ~unknown_script
         low = decided & (scores < p.min_confidence)
         reasons[low] = "lang_low_confidence"
@@ -118,7 +126,7 @@ class LanguageFilter(Stage):
             allowed = np.isin(langs, np.array(p.allowed_languages, dtype=object))
             reasons[decided & ~low & ~allowed] = "lang_not_allowed"
         for i in np.flatnonzero(decided & (reasons != None)):  # noqa: E711 (elementwise)
-            details[i] = f"lang={langs[i]} score={scores[i]:.3f}"
+            details[i] = f"lang={langs[i]} score={scores[i]:.3f}{_examined(text, i, p.max_chars)}"
 
         table = table.append_column("lang", lang).append_column("lang_score", score)
         kept, dropped = split_by_reason(table, reasons.tolist(), details.tolist())
