@@ -2,7 +2,8 @@
 (``promtool test rules``, Debian's ``prometheus`` package) on what real runs exported.
 
 Real stages (ingest, normalize, pii, exact_dedup) run night after night on the sample's
-movie reviews with ``TAMIS_PROMETHEUS_TEXTFILE_DIR`` set, then on nights that differ: one
+movie reviews with ``TAMIS_PROMETHEUS_TEXTFILE_DIR`` set, each followed by the nightly
+drift check against the usual nights before it, then on nights that differ: one
 with PII-dense texts sent four times each and broken lines, one with a single document,
 one with no data. The textfiles each run left become promtool's input series, as a
 node_exporter textfile collector would have exposed them, and every alert must stay quiet
@@ -24,7 +25,8 @@ import yaml
 from conftest import REPO, TEST_DATA
 from tamis.cli import run_one
 from tamis.dataset import Dataset
-from tamis.metrics import COUNTERS, METRICS
+from tamis import trends
+from tamis.metrics import COUNTERS, METRICS, emit_drift_metrics
 from tamis.pipeline import load_pipeline
 
 pytestmark = pytest.mark.slow
@@ -83,11 +85,17 @@ def runs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.delenv("TAMIS_STATSD_HOST", raising=False)
         env.setenv("TAMIS_PROMETHEUS_TEXTFILE_DIR", str(textfiles))
+        usual_rates = []
         for name, day in RUNS:
             for stage in STAGES:
                 run_one(pipeline, stage, name, overrides={"date": day} if stage == "ingest" else None)
-            out[name] = {"exported": _read_textfiles(textfiles),
-                         "manifests": {s: Dataset(pipeline.stage_url(name, s)).manifest() for s in STAGES}}
+            manifests = {s: Dataset(pipeline.stage_url(name, s)).manifest() for s in STAGES}
+            # The nightly drift check, against the usual nights before this one.
+            summaries = {s: trends.stage_summary(m) for s, m in manifests.items()}
+            emit_drift_metrics(trends.drift(summaries, usual_rates, pipeline.reports.drift), PIPELINE)
+            if day == USUAL_DAY:
+                usual_rates.append(trends.run_rates(summaries))
+            out[name] = {"exported": _read_textfiles(textfiles), "manifests": manifests}
     return out
 
 
@@ -224,6 +232,7 @@ def _scenarios(runs) -> list[dict]:
              "TamisDuplicateRateJump": _stages("exact_dedup"),
              "TamisPiiDetectionRateJump": _stages("pii"),
              "TamisErrorRateHigh": _stages("ingest"),
+             "TamisDriftBreach": _stages("drift"),
          })
          # The error alert covers the runs of the last hour, then resolves.
          + _expected({"TamisErrorRateHigh": []}, at_min=EVAL_MIN + 2 * 60)},

@@ -75,8 +75,10 @@ def released(tmp_path_factory):
         run_one(pipeline, stage, "corpus-1")
     config = release_config(pipeline)
     manifest = release(pipeline, config, source_run_id="corpus-1", run_id="manual__test")
+    # Later tests change the workspace; the lock as released is kept here.
+    lock_bytes = (Path(config.workspace) / LOCK_FILE).read_bytes()
     return {"root": root, "sources": sources, "path": path, "pipeline": pipeline, "config": config,
-            "manifest": manifest, "workspace": Path(config.workspace)}
+            "manifest": manifest, "workspace": Path(config.workspace), "lock_bytes": lock_bytes}
 
 
 def test_dvc_yaml_has_one_stage_per_pipeline_stage_chained_in_pipeline_order(tmp_path):
@@ -237,9 +239,9 @@ def test_a_release_is_an_mlflow_run_with_the_hashes_of_dvc_lock(released):
     pointer = json.loads((Path(config.remote) / "releases" / manifest["version"] / "mlflow.json").read_text())
     run = mlflow.MlflowClient(tracking_uri=pointer["tracking_uri"]).get_run(pointer["run_id"])
     assert run.data.tags["tamis.kind"] == "release" and run.data.tags["tamis.release_version"] == manifest["version"]
-    assert run.data.tags["dvc.lock_sha256"] == hashlib.sha256((released["workspace"] / LOCK_FILE).read_bytes()).hexdigest()
+    assert run.data.tags["dvc.lock_sha256"] == hashlib.sha256(released["lock_bytes"]).hexdigest()
     digests = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
-    lock = yaml.safe_load((released["workspace"] / LOCK_FILE).read_text())
+    lock = yaml.safe_load(released["lock_bytes"])
     final = list(STAGES)[-1]
     assert digests[f"release:{manifest['version']}"] == lock["stages"][final]["outs"][0]["md5"]
     for source in ("web", "udhr"):

@@ -273,6 +273,16 @@ def check_drift(rates: dict[str, float], history: list[dict[str, float]], config
     return result
 
 
+def drift(stages: dict[str, dict[str, Any]], history: list[dict[str, float]], config: DriftConfig) -> dict[str, Any]:
+    """The drift check of one run's stage summaries (:func:`stage_summary`) against the
+    rates of the runs before it."""
+    result = check_drift(run_rates(stages), history, config)
+    if not any(s["counts"]["in"] for s in stages.values()):
+        # A day without new documents has no rates; it is not a drift from the days before.
+        result.update(status="no documents", breaches=[], checked=0)
+    return result
+
+
 def drift_of_run(pipeline: Pipeline, run_id: str, date: str, config: DriftConfig | None = None) -> dict[str, Any]:
     """The drift check of the nightly run ``run_id`` (the day ``date``) against the nightly
     runs of earlier days, written to the run folder as ``_drift.json``."""
@@ -285,10 +295,7 @@ def drift_of_run(pipeline: Pipeline, run_id: str, date: str, config: DriftConfig
     if run is None:
         raise LookupError(f"run {run_id!r} has no finished stage of pipeline {pipeline.name!r} to check for drift")
     earlier = [r for r in pipeline_runs(pipeline) if r.kind == "nightly" and r.appended and r.date < date]
-    result = {"date": date, "run": run.url, **check_drift(run.rates, [r.rates for r in earlier], config)}
-    if not any(s["counts"]["in"] for s in run.stages.values()):
-        # A day without new documents has no rates; it is not a drift from the days before.
-        result.update(status="no documents", breaches=[], checked=0)
+    result = {"date": date, "run": run.url, **drift(run.stages, [r.rates for r in earlier], config)}
     result["history"] = [r.date for r in earlier[-config.window:]]
     storage.write_json_atomic(storage.join(run.url, DRIFT_FILE), result, run.url)
     return result

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import Counter
 from functools import lru_cache
 from typing import Literal
