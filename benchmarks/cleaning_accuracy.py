@@ -140,7 +140,7 @@ def main() -> None:
     iso3 = {code: "no" if iso == "nb" else iso for code, iso in iso3.items()}
     labelled = [(r["text"], iso3.get(r["iso639_3"]) or iso3.get(r["lang_code"].split("_")[0])) for r in udhr]
     labelled = [(t, l) for t, l in labelled if l in known]
-    print(f"\nUDHR: {len(labelled)} of {len(udhr)} documents are in a language the detector knows")
+    print(f"\nUDHR: {len(labelled)} of {len(udhr)} documents are in a language lingua knows")
     report_language("UDHR translations", [t for t, _ in labelled], [l for _, l in labelled])
 
     report_quality(args.data)

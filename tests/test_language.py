@@ -224,3 +224,11 @@ def test_counts_reconcile_through_the_runner(tmp_path):
     }
     out = Dataset(str(tmp_path / "out")).read(["id", "lang", "lang_score"])
     assert sorted(out.column("lang").to_pylist()) == ["en", "ja", "zu"]
+
+
+def test_cld2_reads_text_with_stray_control_characters():
+    # U+0092 is what a cp1252 apostrophe becomes when decoded as Latin-1; CLD2 calls it
+    # invalid UTF-8 unless the stage blanks it out.
+    text = "Elle est arrivée à l\x92école ce matin avec ses amis\x00 et les professeurs de la classe."
+    result = LanguageFilter({"detector": "cld2", "fallback": None}).process_batch(records([text]))
+    assert result.kept.column("lang").to_pylist() == ["fr"]

@@ -353,8 +353,11 @@ class _Cld2Detector:
         self.candidates = set(candidates)
 
     def __call__(self, sample: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        # CLD2 rejects C0 controls other than tab and line breaks as invalid UTF-8.
-        sample = pc.replace_substring_regex(sample, r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", " ")
+        # CLD2 rejects control characters other than tab and line breaks, and noncharacters,
+        # as invalid UTF-8 (C1 controls are common in text decoded with the wrong codec).
+        sample = pc.replace_substring_regex(
+            sample, r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\x{FDD0}-\x{FDEF}\x{FFFE}\x{FFFF}]", " "
+        )
         codes = np.full(len(sample), "und", dtype=object)
         scores = np.zeros(len(sample))
         for i, s in enumerate(sample.to_pylist()):
