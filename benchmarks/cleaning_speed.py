@@ -108,7 +108,7 @@ def main() -> None:
         print(f"{'datatrove, the four filters together':44} {n / peer_s:9.0f}")
         print(f"ratio quality: tamis is {peer_s / quality_s:.2f}x datatrove's four filters")
 
-    print(f"\n{'tamis language (fastText lid.176, lingua fallback)':44} {n / language_s:9.0f} {language_kept:6d}")
+    print(f"\n{'tamis language (lid.176 + lingua fallback)':44} {n / language_s:9.0f} {language_kept:6d}")
     print("datatrove LanguageFilter: not run (it downloads lid.176.bin at first use; offline here). "
           "benchmarks/language_detectors.py compares the detectors themselves")
     try:
