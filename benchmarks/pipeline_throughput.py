@@ -143,7 +143,7 @@ def main() -> int:
               flush=True)
 
     labels = list(runs)
-    print(f"\n| stage | " + " | ".join(f"{label}: MB/s per core" for label in labels) + " | docs/s (1 worker) |")
+    print("\n| stage | " + " | ".join(f"{label}: MB/s per core" for label in labels) + " | docs/s (1 worker) |")
     print("|---|" + "---|" * (len(labels) + 1))
     first = runs[labels[0]][1]
     for stage in first:

