@@ -198,15 +198,19 @@ def test_dropped_examples_page_through_every_drop_of_a_rule_with_the_text_the_st
         assert row["detail"] in texts  # a duplicate's detail is the survivor's id
 
 
-def test_a_drop_detail_span_points_at_the_text_that_triggered_the_rule(run):
-    _, run_url = run
-    page = report.dropped_examples(f"{run_url}/language", "lang_unknown_script")
-    assert page["rows"], "the UDHR sample holds scripts the detector does not know"
-    texts = {r["id"]: r["text"] for r in Dataset(f"{run_url}/normalize").read(columns=["id", "text"]).to_pylist()}
-    for row in page["rows"]:
-        start, end = row["span"]
-        assert row["snippet"]["match"] == texts[row["id"]][start:end] and end > start
-        assert "span=" not in row["detail"]
+def test_a_language_drop_names_the_span_the_detector_read():
+    import pyarrow as pa
+
+    from tamis.stages.language import LanguageFilter
+
+    english = (REPO / "include/sample/udhr/date=2026-11-20/eng.txt").read_text()
+    texts = ["\n\t  " + english, "  " + english[:120]]
+    result = LanguageFilter({"allowed_languages": ["fr"], "max_chars": 400}).process_batch(
+        pa.table({"id": ["long", "short"], "source": ["web", "web"], "text": texts}))
+    assert result.dropped.column("reason").to_pylist() == ["lang_not_allowed"] * 2
+    for text, detail in zip(texts, result.dropped.column("detail").to_pylist()):
+        detail, (start, end) = report.parse_detail(detail)
+        assert text[start:end] == text.lstrip()[:400] and detail.startswith("lang=en score=")
 
 
 def test_a_marker_rule_names_the_span_of_its_marker():
