@@ -62,8 +62,8 @@ def test_a_plan_over_its_memory_budget_is_partitioned_on_disk_and_drops_the_same
     # 7 documents at 3 MiB each against the smallest budget (8 MiB): three partitions.
     monkeypatch.setattr(exact_dedup, "STATE_BYTES_PER_ROW", 3 << 20)
     on_disk = build(tmp_path / "b", make_pipeline, workers=2, run_id="disk")
-    assert in_memory["metrics"]["exact_dedup.plan_partitions"] == 1
-    assert on_disk["metrics"]["exact_dedup.plan_partitions"] == 3
+    assert "exact_dedup.spill_partitions" not in in_memory["metrics"]
+    assert on_disk["metrics"]["exact_dedup.spill_partitions"] == 3
     assert dropped_by_id(on_disk) == dropped_by_id(in_memory)
     assert [p["sha256"] for p in on_disk["parts"]] == [p["sha256"] for p in in_memory["parts"]]
     assert not list((tmp_path / "b").rglob("hashes"))  # the partitions are removed once the plan is written
@@ -79,7 +79,7 @@ def test_documents_the_corpus_holds_are_dropped_as_copies_of_the_corpus_ids_in_e
     in_memory = run_one(pipeline, "exact_dedup", "day-1", output_url=str(tmp_path / "memory"), overrides=again)
     monkeypatch.setattr(exact_dedup, "STATE_BYTES_PER_ROW", 4 << 20)
     on_disk = run_one(pipeline, "exact_dedup", "day-1", output_url=str(tmp_path / "disk"), overrides=again)
-    assert on_disk["metrics"]["exact_dedup.plan_partitions"] == 5  # (7 + 3 corpus rows) x 4 MiB / 8 MiB
+    assert on_disk["metrics"]["exact_dedup.spill_partitions"] == 5  # (7 + 3 corpus rows) x 4 MiB / 8 MiB
     # Every document is a copy of one the corpus already holds: the corpus's copy survives.
     assert dropped_by_id(in_memory) == {**dropped_by_id(first), "forum/6": "forum/6", "forum/7": "forum/7", "web/2": "web/2"}
     assert dropped_by_id(on_disk) == dropped_by_id(in_memory)

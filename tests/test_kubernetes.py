@@ -20,6 +20,7 @@ import yaml
 from kubernetes_validate.utils import schema_contents
 
 from conftest import REPO
+from tamis import metrics as tamis_metrics
 from tamis.dataset import Dataset
 from tamis.execution import KubernetesExecution
 from tamis.pipeline import ConfigError, load_pipeline
@@ -29,8 +30,7 @@ from tamis_airflow import kubernetes as tk
 K8S = REPO / "k8s"
 K8S_VERSION = "1.34"
 RUN_ID = "manual__2026-11-23T08:00:00+00:00"
-METRICS = {"tamis_docs_processed_total", "tamis_docs_per_second", "tamis_errors_total", "tamis_drop_rate",
-           "tamis_duplicate_rate", "tamis_pii_detection_rate"}
+METRICS = set(tamis_metrics.METRICS)  # every gauge and counter the pipeline exports
 # Everything the cluster-side config can set, so that each field reaches a schema check.
 FULL_KUBERNETES = {
     "image": "registry.example.com/tamis:0.1.0",

@@ -147,6 +147,12 @@ def _claim_output(stage: Stage, output_url: str, fingerprint: dict[str, Any], re
     """Under the output's lease: refuse (or, rebuilding, clear) an output made by another
     run, record this run's fingerprint, and tell whether the output is complete already."""
     found = _stored_fingerprint(output_url)
+    if found is None and _has_any_output(output_url):
+        # The mapped tasks of one stage share its lease: a sibling may have written the
+        # fingerprint between the two reads, and then the output is its, not a stranger's.
+        found = _stored_fingerprint(output_url)
+        if found is None and not rebuild:
+            raise StaleOutput(f"{stage.name}: {output_url} holds output without a fingerprint; use --rebuild to replace it")
     if rebuild and found != fingerprint and _has_any_output(output_url):
         log.info("%s: %s was made by a different run; rebuilding it", stage.name, output_url)
         _clear_output(output_url)
@@ -155,8 +161,6 @@ def _claim_output(stage: Stage, output_url: str, fingerprint: dict[str, Any], re
         raise StaleOutput(
             f"{stage.name}: {output_url} was made by a different run ({describe_difference(found, fingerprint)}); "
             "use a new --run-id or --output, or --rebuild to replace it")
-    if found is None and _has_any_output(output_url):
-        raise StaleOutput(f"{stage.name}: {output_url} holds output without a fingerprint; use --rebuild to replace it")
     if found is None:
         storage.write_json_atomic(storage.join(output_url, FINGERPRINT), fingerprint, output_url)
     return Dataset(output_url).is_complete()
@@ -329,11 +333,14 @@ def _short(value: Any) -> str:
 
 def _stored_fingerprint(output_url: str) -> dict[str, Any] | None:
     url = storage.join(output_url, FINGERPRINT)
-    return storage.read_json(url) if storage.exists(url) else None
+    fs, path = storage.filesystem(url)
+    fs.invalidate_cache(path.rsplit("/", 1)[0])  # other processes write here: never trust a cached listing
+    return storage.read_json(url) if fs.exists(path) else None
 
 
 def _has_any_output(output_url: str) -> bool:
     fs, path = storage.filesystem(output_url)
+    fs.invalidate_cache(path)
     if not fs.exists(path):
         return False
     return any(not p.rstrip("/").endswith(("_lease.json", "/_tmp")) for p in fs.ls(path, detail=False))

@@ -90,8 +90,9 @@ class ExactDedup(DropListStage):
         duplicates = find_duplicates(names, hashed)
         for name, (rows, survivors) in duplicates.items():
             write_drop_plan(work_url, name, rows, survivors)
-        return {"exact_dedup.corpus_documents": len(hashed[0][1]) if self.params.corpus_url else 0,
-                "exact_dedup.plan_partitions": 1}
+        # Only a plan that spilled reports partitions: the count is the local engine's, and
+        # the in-memory plan must report what Spark's does.
+        return {"exact_dedup.corpus_documents": len(hashed[0][1]) if self.params.corpus_url else 0}
 
     def _plan_on_disk(self, shards: list[InputShard], files: list[str], work_url: str, run, partitions: int) -> dict[str, int]:
         """The same plan with bounded memory: every row's (shard, row, id, hash) is written to
@@ -110,7 +111,7 @@ class ExactDedup(DropListStage):
                 found = found.sort_by("row")
                 write_drop_plan(work_url, shard.name, found.column("row"), found.column("survivor"))
         storage.remove_tree(folder)
-        return {"exact_dedup.corpus_documents": corpus_rows, "exact_dedup.plan_partitions": partitions}
+        return {"exact_dedup.corpus_documents": corpus_rows, "exact_dedup.spill_partitions": partitions}
 
     def plan_spark(self, shards: list[InputShard], work_url: str, run) -> dict[str, int]:
         """The same plan as Spark jobs: hashes per shard on the executors, the first of each
