@@ -12,6 +12,8 @@ the project checkout::
       data/<stage>/           each stage's output dataset (a DVC out)
       timings/<stage>.json    the run's timings, kept out of the outs (see :func:`seal`)
       release.json            the last release manifest
+      sources/<name>.origin.json  where each source came from (a Git source's commit, an HTTP
+                              source's checksums and the files that did not match them)
 
 The remote (a folder by default, S3 by config) receives the DVC cache objects and, under
 ``releases/<version>/``, the release manifest with the dvc.yaml, dvc.lock and pipeline.yaml
@@ -22,6 +24,12 @@ params are processed, or DVC would see a new version on every run and rerun ever
 downstream. The runner's manifests carry the run's timings; :func:`seal` (the second command
 of every DVC stage) moves them to ``timings/`` and writes paths relative to the workspace,
 so the sealed outs are byte-identical across runs and across workspaces.
+
+A release belongs to the pipeline's team (``team``), or to everyone (``release.public``): the
+catalog shows it only to those who may read it. Its *contents* are the final stage's dataset
+and the document dataset its index names: ``tamis release preheat`` (:mod:`tamis.preheat`)
+copies exactly those files from the remote to the hot location training jobs read, and the
+manifest lists each with its sha256 and its DVC md5 (its object in the remote).
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ PIPELINE_FILE = "pipeline.yaml"
 DVC_FILE = "dvc.yaml"
 LOCK_FILE = "dvc.lock"
 RELEASE_FILE = "release.json"
+ORIGIN_SUFFIX = ".origin.json"
 SOURCES_DIR = "sources"
 DATA_DIR = "data"
 TIMINGS_DIR = "timings"
@@ -90,6 +99,18 @@ class ReleaseConfig(BaseModel):
         return value or None
     remote_name: str = "storage"
     push_jobs: int = Field(default=4, ge=1)
+    # Readable by every team (stored once, under a prefix every team may read), not only the pipeline's.
+    public: bool = False
+    # Where `tamis release preheat` puts verified copies for training jobs: a local folder or the
+    # mount of a volume they share; default <storage_root>/releases/hot.
+    hot: str | None = None
+    # The PersistentVolumeClaim (k8s/hot-volume.yaml) mounted at `hot` when tasks run as pods.
+    hot_volume_claim: str = "tamis-hot"
+
+    @field_validator("hot", mode="before")
+    @classmethod
+    def _no_hot_is_unset(cls, value: Any) -> Any:
+        return value or None
 
 
 def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) -> ReleaseConfig:
@@ -101,7 +122,7 @@ def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) 
     block = pipeline.release.model_dump()
     for key, value in (overrides or {}).items():
         if value is not None:
-            block[key] = resolve_path(str(value), Path.cwd()) if key in ("workspace", "remote") else value
+            block[key] = resolve_path(str(value), Path.cwd()) if key in ("workspace", "remote", "hot") else value
     try:
         config = ReleaseConfig(**block)
     except ValueError as exc:
@@ -115,7 +136,15 @@ def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) 
         workspace = storage.join(default_root, "workspace")
     if "://" in workspace:
         raise ConfigError(f"{pipeline.path}: release.workspace must be a local folder, got {workspace}")
-    return config.model_copy(update={"workspace": workspace, "remote": config.remote or storage.join(default_root, "remote")})
+    hot = config.hot
+    if hot is not None:
+        hot = resolve_path(hot, Path(pipeline.path).parent)
+    elif "://" not in pipeline.storage_root:
+        hot = storage.join(pipeline.storage_root, "releases", "hot")
+    if hot is not None and "://" in hot:
+        raise ConfigError(f"{pipeline.path}: release.hot must be a local folder or a mounted volume, got {hot}")
+    return config.model_copy(update={"workspace": workspace, "remote": config.remote or storage.join(default_root, "remote"),
+                                     "hot": hot})
 
 
 # --- dvc.yaml --------------------------------------------------------------------------------
@@ -159,13 +188,20 @@ def workspace_pipeline(pipeline: Pipeline) -> dict[str, Any]:
     """The pipeline config as it runs inside the workspace (paths relative to it)."""
     config = pipeline.model_dump(mode="json", exclude={"release"})
     config["storage_root"] = DATA_DIR
-    config["sources"] = {name: {**source, "path": f"{SOURCES_DIR}/{name}"}
+    # Inside the workspace every source is its snapshot, a local folder read as before.
+    config["sources"] = {name: {"path": f"{SOURCES_DIR}/{name}", **{k: source[k] for k in source_read_fields()}}
                          for name, source in sorted(config["sources"].items())}
     # Effective params, defaults included: dvc.lock then pins every value the stage used.
     config["stages"] = [{"name": spec.name, "type": spec.type, "params": pipeline.stage(spec.name).params.model_dump(mode="json")}
                         for spec in pipeline.stages]
     config["execution"] = {"mode": "local"}
     return config
+
+
+def source_read_fields() -> tuple[str, ...]:
+    from tamis.pipeline import SourceConfig
+
+    return SourceConfig.READ_FIELDS
 
 
 def _stage_position(pipeline: Pipeline, name: str) -> int:
@@ -180,11 +216,14 @@ def prepare_workspace(pipeline: Pipeline, config: ReleaseConfig) -> Path:
     """Create or update the workspace: DVC repo, remote, source snapshots, pipeline.yaml, dvc.yaml."""
     from tamis import storage
 
+    from tamis.sources.location import location
+
     workspace = Path(config.workspace)
     workspace.mkdir(parents=True, exist_ok=True)
     names = sorted(pipeline.sources)
     for name in names:
-        snapshot_source(pipeline.sources[name].path, workspace / SOURCES_DIR / name)
+        origin = location(pipeline.sources[name]).snapshot(workspace / SOURCES_DIR / name)
+        _write_if_changed(workspace / SOURCES_DIR / f"{name}{ORIGIN_SUFFIX}", json.dumps(origin, indent=2, sort_keys=True))
     _write_if_changed(workspace / PIPELINE_FILE, yaml.safe_dump(workspace_pipeline(pipeline), sort_keys=False))
     _write_if_changed(workspace / DVC_FILE, yaml.safe_dump(dvc_stages(pipeline), sort_keys=False))
     remote: dict[str, str] = {"url": _dvc_remote_url(config.remote)}
@@ -199,45 +238,6 @@ def prepare_workspace(pipeline: Pipeline, config: ReleaseConfig) -> Path:
     log.info("release workspace %s ready: %d sources, stages %s, remote %s",
              workspace, len(names), ", ".join(pipeline.stage_names), config.remote)
     return workspace
-
-
-def snapshot_source(source_url: str, dest: Path) -> None:
-    """Mirror a raw source into the workspace; unchanged files (same size and mtime) are kept,
-    so DVC does not rehash them."""
-    from tamis import storage
-
-    fs, root = storage.filesystem(source_url)
-    if not fs.exists(root):
-        raise FileNotFoundError(f"release: source path {source_url} does not exist")
-    root = root.rstrip("/")
-    wanted: dict[str, dict[str, Any]] = {}
-    for path, info in fs.find(root, detail=True).items():
-        if info["type"] == "file":
-            wanted[path[len(root) + 1:]] = info
-    if dest.exists():
-        for path in sorted(dest.rglob("*"), reverse=True):
-            rel = path.relative_to(dest).as_posix()
-            if path.is_file() and rel not in wanted:
-                path.unlink()
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-    local = storage._is_local(fs)
-    for rel, info in sorted(wanted.items()):
-        target = dest / rel
-        src = f"{root}/{rel}"
-        if local:
-            stat = os.stat(src)
-            if target.exists() and target.stat().st_size == stat.st_size and target.stat().st_mtime == stat.st_mtime:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                target.unlink()  # DVC may have linked it read-only to its cache
-            shutil.copy2(src, target)
-        else:
-            if target.exists() and target.stat().st_size == info["size"]:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get(src, str(target))
 
 
 def repro(workspace: Path, force: bool = False) -> dict[str, Any]:
@@ -398,8 +398,10 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
     for name in sorted(pipeline.sources):
         files = file_entries(workspace / SOURCES_DIR / name, workspace)
         tracked = yaml.safe_load((workspace / SOURCES_DIR / f"{name}.dvc").read_text())["outs"][0]
-        sources[name] = {"origin": pipeline.sources[name].path, "path": f"{SOURCES_DIR}/{name}",
-                         "dvc_md5": tracked["md5"], "files": files}
+        origin_path = workspace / SOURCES_DIR / f"{name}{ORIGIN_SUFFIX}"
+        sources[name] = {"origin": pipeline.sources[name].location, "kind": pipeline.sources[name].kind,
+                         "lineage": json.loads(origin_path.read_text()) if origin_path.exists() else None,
+                         "path": f"{SOURCES_DIR}/{name}", "dvc_md5": tracked["md5"], "files": files}
         raw_files.update({f["path"]: f for f in files})
 
     stages = []
@@ -441,9 +443,12 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
         previous_manifest_sha = manifest_sha
 
     final = pipeline.stage_names[-1]
+    source_run = compare_with_run(pipeline, source_run_id, stages) if source_run_id else None
     return {
         "version": version,
         "pipeline": pipeline.name,
+        "team": pipeline.team,
+        "public": config.public,
         "pipeline_config": pipeline.path,
         "created_at": now.isoformat(timespec="seconds"),
         "tamis_version": __version__,
@@ -453,9 +458,91 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
                 "pipeline_yaml_sha256": sha256_file(workspace / PIPELINE_FILE)},
         "sources": sources,
         "stages": stages,
-        "source_run": compare_with_run(pipeline, source_run_id, stages) if source_run_id else None,
+        "source_run": source_run,
+        "gates": gate_results(pipeline, source_run_id, source_run),
         "final": {"stage": final, "path": stage_out(final), "files": file_entries(workspace / stage_out(final), workspace)},
+        "contents": release_contents(workspace, lock, final, pipeline.stage_names),
+        "config": clone_config(pipeline, sources),
     }
+
+
+def release_contents(workspace: Path, lock: dict[str, Any], final: str, stage_names: list[str]) -> dict[str, Any]:
+    """What a user of the release reads: the final dataset and the document dataset its index
+    names, every file with its size, sha256 and DVC md5 (its object in the remote)."""
+    datasets = [final]
+    documents = _indexed_documents(workspace / stage_out(final))
+    if documents in stage_names and documents != final:
+        datasets.append(documents)
+    files = []
+    for stage in datasets:
+        out = lock["stages"][stage]["outs"][0]
+        md5_of = {entry["relpath"]: entry["md5"] for entry in json.loads(_cache_object(workspace, out["md5"]).read_text())}
+        for entry in file_entries(workspace / stage_out(stage), workspace):
+            relpath = entry["path"][len(stage_out(stage)) + 1:]
+            if relpath not in md5_of:
+                raise ReleaseError(f"release: {entry['path']} is not in the DVC output of stage {stage!r}; run `dvc repro`")
+            files.append({**entry, "md5": md5_of[relpath]})
+    return {"datasets": datasets, "files": files, "bytes": sum(f["bytes"] for f in files)}
+
+
+def _indexed_documents(dataset: Path) -> str | None:
+    """The stage whose records the dataset's index points to (packed sequences keep their
+    documents in a sibling dataset), if it has an index."""
+    import pyarrow.parquet as pq
+
+    from tamis.stages.index import DOCUMENTS_NAME_KEY, INDEX_DIR, METADATA_FILE
+
+    path = dataset / INDEX_DIR / METADATA_FILE
+    if not path.exists():
+        return None
+    name = (pq.read_schema(path).metadata or {}).get(DOCUMENTS_NAME_KEY)
+    return name.decode() if name else None
+
+
+def _cache_object(workspace: Path, md5: str) -> Path:
+    return workspace / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def store_object_url(remote: str, md5: str) -> str:
+    """Where the remote keeps the object of a file with this DVC md5."""
+    from tamis import storage
+
+    return storage.join(remote, "files", "md5", md5[:2], md5[2:])
+
+
+def gate_results(pipeline: Pipeline, source_run_id: str | None, source_run: dict[str, Any] | None) -> dict[str, Any]:
+    """Each stage's quality-gate verdict, from the corpus run this release reproduced: valid for
+    the release where that run's parts are identical to the release's; null elsewhere."""
+    from tamis.dataset import Dataset
+
+    results: dict[str, Any] = {}
+    for stage in pipeline.stage_names:
+        identical = (source_run or {}).get("identical_parts", {}).get(stage)
+        result = Dataset(pipeline.stage_url(source_run_id, stage)).gate_result() if identical else None
+        results[stage] = None if result is None else {
+            "success": result["success"], "evaluated": result["evaluated"], "failed": result["failed"],
+            "facts": result.get("facts", {}), "run": source_run_id}
+    return results
+
+
+def clone_config(pipeline: Pipeline, sources: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline config that starts where this release did: the same sources (a Git source
+    pinned to the commit it was read at), every stage with its effective parameters, the gates."""
+    config: dict[str, Any] = {"name": pipeline.name}
+    if pipeline.team:
+        config["team"] = pipeline.team
+    config["sources"] = {}
+    for name, source in sorted(pipeline.sources.items()):
+        entry = source.model_dump(mode="json", exclude_none=True)
+        commit = (sources[name].get("lineage") or {}).get("commit")
+        if commit:
+            entry["revision"] = commit
+        config["sources"][name] = entry
+    config["stages"] = [{"name": spec.name, "type": spec.type, "params": pipeline.stage(spec.name).params.model_dump(mode="json")}
+                        for spec in pipeline.stages]
+    if pipeline.gates:
+        config["gates"] = pipeline.gates
+    return config
 
 
 def compare_with_run(pipeline: Pipeline, run_id: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -527,13 +614,17 @@ def add_release_commands(subparsers: argparse._SubParsersAction) -> None:
                             ("repro", "dvc repro: rerun the stages whose inputs or params changed"),
                             ("push", "dvc push to the release remote"),
                             ("manifest", "write the release manifest (lineage, dvc.lock) to the workspace and remote"),
-                            ("all", "prepare, repro, push and manifest in one go")):
+                            ("all", "prepare, repro, push and manifest in one go"),
+                            ("preheat", "copy a release from the remote to the hot location, verify it, mark it ready")):
         sub = steps.add_parser(step, help=help_text)
         sub.add_argument("--pipeline", default="default", help="pipeline name under include/pipelines or a YAML path")
         sub.add_argument("--workspace", help="local folder of the DVC repository (default: release.workspace)")
         sub.add_argument("--remote", help="DVC remote, a folder or s3://... (default: release.remote)")
         if step in ("repro", "all"):
             sub.add_argument("--force", action="store_true", help="rerun every stage")
+        if step == "preheat":
+            sub.add_argument("--version", help="the release to preheat (default: the workspace's last release)")
+            sub.add_argument("--hot", help="the hot location, a local folder or mounted volume (default: release.hot)")
         if step in ("manifest", "all"):
             sub.add_argument("--source-run-id", help="the corpus run whose update triggered this release, for the record")
             sub.add_argument("--run-id", help="the orchestrator run making this release, for the record")
@@ -548,7 +639,8 @@ def _cmd_release(args: argparse.Namespace) -> int:
     from tamis.pipeline import load_pipeline
 
     pipeline = load_pipeline(args.pipeline)
-    config = release_config(pipeline, {"workspace": args.workspace, "remote": args.remote})
+    config = release_config(pipeline, {"workspace": args.workspace, "remote": args.remote,
+                                       "hot": getattr(args, "hot", None)})
     step = args.release_step
     try:
         _run_step(step, args, pipeline, config)
@@ -566,6 +658,11 @@ def _run_step(step: str, args: argparse.Namespace, pipeline: Pipeline, config: R
         print(json.dumps({"ran": result["ran"], "up_to_date": result["up_to_date"]}))
     elif step == "push":
         print(json.dumps({"remote": push(Path(config.workspace), config)["remote"]}))
+    elif step == "preheat":
+        from tamis.preheat import preheat
+
+        version = args.version or last_release_version(config)
+        print(json.dumps(preheat(config, version)))
     else:
         if step == "all":
             manifest = release(pipeline, config, force=args.force, source_run_id=args.source_run_id or None,
@@ -574,6 +671,13 @@ def _run_step(step: str, args: argparse.Namespace, pipeline: Pipeline, config: R
             manifest = write_release(pipeline, config, args.source_run_id or None, args.run_id or None)
         print(json.dumps({"version": manifest["version"], "remote": config.remote,
                           "final": manifest["final"]["path"], "lock_sha256": manifest["dvc"]["lock_sha256"]}))
+
+
+def last_release_version(config: ReleaseConfig) -> str:
+    path = Path(config.workspace) / RELEASE_FILE
+    if not path.exists():
+        raise ReleaseError(f"release: no {RELEASE_FILE} in {config.workspace}; write the release manifest first")
+    return json.loads(path.read_text())["version"]
 
 
 def _cmd_seal(args: argparse.Namespace) -> int:
