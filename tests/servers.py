@@ -121,3 +121,53 @@ def review_files(root: Path) -> dict[str, str]:
                                  compress=True)
         checksums[relpath] = hashlib.sha256(data).hexdigest()
     return checksums
+
+
+# --- the Airflow api-server as a client sees it ------------------------------------------
+
+
+def wait_for(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    end = time.time() + timeout
+    while time.time() < end:
+        assert server.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def token(base: str, username: str, password: str) -> str:
+    return request(f"{base}/auth/token", None, method="POST", body={"username": username, "password": password})[1]["access_token"]
+
+
+def request(url: str, bearer: str | None, method: str = "GET", body: dict | None = None, cookie: bool = False):
+    """(status, JSON or text, or the redirect's location) of one request, with the token as a
+    bearer header or as the UI's cookie."""
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    headers = {"Content-Type": "application/json"}
+    if bearer:
+        headers["Cookie" if cookie else "Authorization"] = f"_token={bearer}" if cookie else f"Bearer {bearer}"
+    req = urllib.request.Request(url, method=method, headers=headers, data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.build_opener(NoRedirect).open(req, timeout=60) as response:
+            status, raw, location = response.status, response.read().decode(), response.headers.get("location")
+    except urllib.error.HTTPError as exc:
+        status, raw, location = exc.code, exc.read().decode(), exc.headers.get("location")
+    if location:
+        return status, location
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw

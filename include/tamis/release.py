@@ -11,6 +11,7 @@ the project checkout::
       sources/<name>/         a snapshot of each raw source, tracked by sources/<name>.dvc
       data/<stage>/           each stage's output dataset (a DVC out)
       timings/<stage>.json    the run's timings, kept out of the outs (see :func:`seal`)
+      gates/<stage>.json      the stage's quality-gate verdict on the released data, likewise
       release.json            the last release manifest
       sources/<name>.origin.json  where each source came from (a Git source's commit, an HTTP
                               source's checksums and the files that did not match them)
@@ -68,6 +69,8 @@ ORIGIN_SUFFIX = ".origin.json"
 SOURCES_DIR = "sources"
 DATA_DIR = "data"
 TIMINGS_DIR = "timings"
+GATES_DIR = "gates"
+GATE_RESULT = "_gates/result.json"
 MANIFEST = "_manifest.json"
 COMMITS_DIR = "_commits"
 # Manifest and commit fields that describe one run rather than the data it produced.
@@ -167,6 +170,8 @@ def dvc_stages(pipeline: Pipeline) -> dict[str, Any]:
         if previous is not None:
             run += ["--input", stage_out(previous)]
         run += ["--output", stage_out(name)]
+        # The gate runs on the stage's output as every run's does; a failed gate stops dvc repro.
+        gate_cmd = ["tamis", "validate", name, "--pipeline", PIPELINE_FILE, "--dataset", stage_out(name)]
         seal_cmd = ["python", "-m", "tamis.release", "seal", stage_out(name)]
         params = [f"stages.{_stage_position(pipeline, name)}"]
         if previous is None:
@@ -175,7 +180,7 @@ def dvc_stages(pipeline: Pipeline) -> dict[str, Any]:
         else:
             deps = [stage_out(previous)]
         stages[name] = {
-            "cmd": [shlex.join(run), shlex.join(seal_cmd)],
+            "cmd": [shlex.join(run), shlex.join(gate_cmd), shlex.join(seal_cmd)],
             "deps": deps,
             "params": [{PIPELINE_FILE: params}],
             "outs": [stage_out(name)],
@@ -302,9 +307,10 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 def seal(dataset_dir: str | Path, workspace: str | Path = ".") -> dict[str, Any]:
     """Make a stage's output depend only on its inputs and params: move the run's timings from
-    ``_manifest.json`` and ``_commits/*.json`` to ``timings/<stage>.json`` (outside the out),
-    and write workspace paths relative to the workspace. Runs after ``tamis run`` in each
-    DVC stage; downstream stages then hash a manifest that is the same on every run."""
+    ``_manifest.json`` and ``_commits/*.json`` to ``timings/<stage>.json`` and its gate verdict
+    to ``gates/<stage>.json`` (outside the out), and write workspace paths relative to the
+    workspace. Runs after ``tamis run`` and ``tamis validate`` in each DVC stage; downstream
+    stages then hash a manifest that is the same on every run."""
     workspace = Path(workspace).resolve()
     dataset = Path(dataset_dir)
     if not dataset.is_absolute():
@@ -329,6 +335,11 @@ def seal(dataset_dir: str | Path, workspace: str | Path = ".") -> dict[str, Any]
     timings_path = workspace / TIMINGS_DIR / f"{dataset.name}.json"
     timings_path.parent.mkdir(parents=True, exist_ok=True)
     _write_json(timings_path, timings)
+    gate = dataset / GATE_RESULT
+    if gate.exists():
+        (workspace / GATES_DIR).mkdir(exist_ok=True)
+        os.replace(gate, workspace / GATES_DIR / f"{dataset.name}.json")
+        gate.parent.rmdir()
     return timings
 
 
@@ -459,7 +470,7 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
         "sources": sources,
         "stages": stages,
         "source_run": source_run,
-        "gates": gate_results(pipeline, source_run_id, source_run),
+        "gates": gate_results(workspace, pipeline.stage_names),
         "final": {"stage": final, "path": stage_out(final), "files": file_entries(workspace / stage_out(final), workspace)},
         "contents": release_contents(workspace, lock, final, pipeline.stage_names),
         "config": clone_config(pipeline, sources),
@@ -510,18 +521,13 @@ def store_object_url(remote: str, md5: str) -> str:
     return storage.join(remote, "files", "md5", md5[:2], md5[2:])
 
 
-def gate_results(pipeline: Pipeline, source_run_id: str | None, source_run: dict[str, Any] | None) -> dict[str, Any]:
-    """Each stage's quality-gate verdict, from the corpus run this release reproduced: valid for
-    the release where that run's parts are identical to the release's; null elsewhere."""
-    from tamis.dataset import Dataset
-
+def gate_results(workspace: Path, stage_names: list[str]) -> dict[str, Any]:
+    """Each stage's quality-gate verdict on the released data (null where none was recorded)."""
     results: dict[str, Any] = {}
-    for stage in pipeline.stage_names:
-        identical = (source_run or {}).get("identical_parts", {}).get(stage)
-        result = Dataset(pipeline.stage_url(source_run_id, stage)).gate_result() if identical else None
-        results[stage] = None if result is None else {
-            "success": result["success"], "evaluated": result["evaluated"], "failed": result["failed"],
-            "facts": result.get("facts", {}), "run": source_run_id}
+    for stage in stage_names:
+        path = workspace / GATES_DIR / f"{stage}.json"
+        result = json.loads(path.read_text()) if path.exists() else None
+        results[stage] = None if result is None else {k: result.get(k) for k in ("success", "evaluated", "failed", "facts")}
     return results
 
 
