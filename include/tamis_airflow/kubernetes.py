@@ -52,8 +52,13 @@ def source_connections(pipeline: Pipeline) -> list[str]:
 
 
 def pod_connections(pipeline: Pipeline) -> list[str]:
-    listed = list(kubernetes_config(pipeline).connections)
-    return listed + [c for c in source_connections(pipeline) if c not in listed]
+    """Airflow connections whose Secrets every pod gets: the configured ones, the storage
+    connection when the store is S3 (a pod cannot read the data without it), and those the
+    sources name (a source's Secret holds only its AIRFLOW_CONN_<ID>)."""
+    names = list(kubernetes_config(pipeline).connections)
+    if pipeline.storage_root.startswith("s3://") and pipeline.storage_connection not in names:
+        names.append(pipeline.storage_connection)
+    return names + [c for c in source_connections(pipeline) if c not in names]
 
 
 def reads_sources(pipeline: Pipeline, argv: list[str]) -> bool:
