@@ -34,6 +34,8 @@ from servers import wait_for as _wait_for
 from tamis.dataset import Dataset
 from tamis.export import TokenBinary
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
 TOKENIZER = REPO / "include/sample/tokenizer.json"

@@ -113,11 +113,14 @@ def test_listing_is_limited_to_the_teams_and_the_public_prefixes():
         "tamis/teams/data", "tamis/teams/data/*", "tamis/public", "tamis/public/*"]
 
 
-def release_dag(monkeypatch, hot: str):
+def release_dag(monkeypatch, hot: str | None):
     from tamis_airflow.release import build_release_dag
 
     monkeypatch.setenv("TAMIS_EXECUTION", "kubernetes")
-    monkeypatch.setenv("TAMIS_HOT_ROOT", hot)
+    if hot is None:
+        monkeypatch.delenv("TAMIS_HOT_ROOT", raising=False)
+    else:
+        monkeypatch.setenv("TAMIS_HOT_ROOT", hot)
     return build_release_dag("default", dag_id="release_k8s_test")
 
 
@@ -127,8 +130,9 @@ def serialize(obj) -> dict:
     return ApiClient().sanitize_for_serialization(obj)
 
 
-def test_the_preheat_pod_mounts_the_hot_volume_at_the_hot_location(monkeypatch):
-    dag = release_dag(monkeypatch, "/mnt/tamis-hot")
+@pytest.mark.parametrize("hot, mount", [("/data/hot", "/data/hot"), (None, "/mnt/tamis-hot")])
+def test_the_preheat_pod_mounts_the_hot_volume_at_the_hot_location(monkeypatch, hot, mount):
+    dag = release_dag(monkeypatch, hot)
     task = dag.get_task("preheat")
     task.render_template_fields({"run_id": "manual__1", "dag": dag, "params": {}})
     pod = serialize(task.build_pod_request_obj(dry_run=True))
@@ -136,7 +140,9 @@ def test_the_preheat_pod_mounts_the_hot_volume_at_the_hot_location(monkeypatch):
     (volume,) = [v for v in pod["spec"]["volumes"] if v.get("persistentVolumeClaim")]
     assert volume["persistentVolumeClaim"]["claimName"] == "tamis-hot"
     mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
-    assert mounts[volume["name"]] == "/mnt/tamis-hot"
+    assert mounts[volume["name"]] == mount
+    # The command finds the hot location where the volume is mounted.
+    assert {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}["TAMIS_HOT_ROOT"] == mount
     assert pod["spec"]["containers"][0]["args"][:2] == ["release", "preheat"]
     assert [a.uri for a in task.outlets] == ["tamis://release-ready/default"]
     # The other release steps need no hot volume.

@@ -71,6 +71,8 @@ DATA_DIR = "data"
 TIMINGS_DIR = "timings"
 GATES_DIR = "gates"
 GATE_RESULT = "_gates/result.json"
+# Where pods mount the hot volume unless release.hot says otherwise.
+HOT_MOUNT = "/mnt/tamis-hot"
 MANIFEST = "_manifest.json"
 COMMITS_DIR = "_commits"
 # Manifest and commit fields that describe one run rather than the data it produced.
@@ -105,7 +107,7 @@ class ReleaseConfig(BaseModel):
     # Readable by every team (stored once, under a prefix every team may read), not only the pipeline's.
     public: bool = False
     # Where `tamis release preheat` puts verified copies for training jobs: a local folder or the
-    # mount of a volume they share; default <storage_root>/releases/hot.
+    # mount of a volume they share; default <storage_root>/releases/hot, or HOT_MOUNT in pods.
     hot: str | None = None
     # The PersistentVolumeClaim (k8s/hot-volume.yaml) mounted at `hot` when tasks run as pods.
     hot_volume_claim: str = "tamis-hot"
@@ -142,6 +144,8 @@ def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) 
     hot = config.hot
     if hot is not None:
         hot = resolve_path(hot, Path(pipeline.path).parent)
+    elif pipeline.execution.mode == "kubernetes":
+        hot = HOT_MOUNT
     elif "://" not in pipeline.storage_root:
         hot = storage.join(pipeline.storage_root, "releases", "hot")
     if hot is not None and "://" in hot:

@@ -53,17 +53,18 @@ def release_argv(step: str, pipeline: Pipeline, *extra: str) -> list[str]:
 
 
 def hot_volume(pipeline: Pipeline) -> dict:
-    """In pods, the hot location is the shared volume (k8s/hot-volume.yaml) mounted at release.hot."""
+    """In pods, the hot location is the shared volume (k8s/hot-volume.yaml) mounted at release.hot,
+    which the pod's TAMIS_HOT_ROOT names (the default pipeline reads it)."""
     if pipeline.execution.mode != "kubernetes":
         return {}
     from kubernetes.client import models as k8s
 
     config = release_config(pipeline)
-    if not config.hot:
-        raise ConfigError(f"{pipeline.path}: set release.hot to the path where pods mount the hot volume")
+    env = {**pipeline.execution.kubernetes.env, "TAMIS_HOT_ROOT": config.hot}
     return {"volumes": [k8s.V1Volume(name="tamis-hot", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
                 claim_name=config.hot_volume_claim))],
-            "volume_mounts": [k8s.V1VolumeMount(name="tamis-hot", mount_path=config.hot)]}
+            "volume_mounts": [k8s.V1VolumeMount(name="tamis-hot", mount_path=config.hot)],
+            "env_vars": [k8s.V1EnvVar(name=k, value=v) for k, v in env.items()]}
 
 
 def build_release_dag(pipeline_name: str = "default", dag_id: str = "dataset_release") -> DAG:
