@@ -2,9 +2,9 @@
 
 One pipeline of team ``data`` reads a Git repository (over HTTP, Basic auth), files on an
 HTTP server (a bearer token) and an S3 prefix (moto, its own keys), with credentials that
-exist only as Airflow connections in Airflow's database: ``airflow dags test`` runs its build
-(every stage and gate as the DAG's tasks), then the dataset_release DAG of the same pipeline
-(prepare, repro, push, manifest, preheat). The Airflow api-server then serves the catalog
+exist only as Airflow connections in Airflow's database: ``airflow dags test`` runs the
+corpus_build DAG built for that pipeline (every stage and gate as tasks), then its
+dataset_release DAG (prepare, repro, push, manifest, preheat). The Airflow api-server then serves the catalog
 plugin to a reader of team ``data`` and one of team ``other``; a second, public release of
 another pipeline is readable by both. Finally a store object is damaged: preheat refuses the
 release and no ready event is recorded.
@@ -43,24 +43,11 @@ USERS = {"alice": ("viewer:data", "alice-pw"), "bob": ("viewer:other", "bob-pw")
 DAGS = '''
 import os
 
-import pendulum
-from airflow.sdk import DAG, chain
-
-from tamis.pipeline import load_pipeline
-from tamis_airflow import commands
-from tamis_airflow.corpus import corpus_asset, stage_operator
+from tamis_airflow.corpus import build_corpus_dag
 from tamis_airflow.release import build_release_dag
 
-PATH = os.environ["SVC_PIPELINE"]
-pipeline = load_pipeline(PATH)
-with DAG("svc_build", schedule=None, start_date=pendulum.datetime(2026, 11, 1, tz="UTC"), catchup=False) as build:
-    tasks = []
-    for stage in pipeline.stage_names:
-        tasks.append(stage_operator(pipeline, stage, commands.stage_argv(stage, PATH)))
-        tasks.append(stage_operator(pipeline, f"{stage}_gate", commands.gate_argv(stage, PATH)))
-    tasks.append(stage_operator(pipeline, "summary", commands.summary_argv(PATH), outlets=[corpus_asset(pipeline)]))
-    chain(*tasks)
-release = build_release_dag(PATH, dag_id="svc_release")
+build = build_corpus_dag(os.environ["SVC_PIPELINE"], dag_id="svc_build")
+release = build_release_dag(os.environ["SVC_PIPELINE"], dag_id="svc_release")
 '''
 
 

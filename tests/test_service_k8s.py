@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from conftest import REPO
-from tamis.pipeline import load_pipeline
 from tamis.release import ReleaseConfig
 from tamis_airflow import commands, teams
 from tamis_airflow import kubernetes as tk

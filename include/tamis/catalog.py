@@ -26,7 +26,7 @@ import yaml
 
 from tamis import storage
 from tamis.pipeline import PIPELINES_DIR, ConfigError, Pipeline, load_pipeline
-from tamis.release import LOCK_FILE, RELEASE_FILE, ReleaseConfig, _remote_filesystem, release_config
+from tamis.release import LOCK_FILE, RELEASE_FILE, ReleaseConfig, binary_prefix, release_config, remote_filesystem
 
 PIPELINES_ENV = "TAMIS_CATALOG_PIPELINES"
 TEXT_CHARS = 400
@@ -79,7 +79,7 @@ def find(version: str) -> Release | None:
 
 
 def _stored_manifests(config: ReleaseConfig) -> list[dict[str, Any]]:
-    fs, root = _remote_filesystem(config, storage.join(config.remote, "releases"))
+    fs, root = remote_filesystem(config, storage.join(config.remote, "releases"))
     if not fs.exists(root):
         return []
     manifests = []
@@ -304,15 +304,13 @@ def _not_readable(release: Release) -> str:
 def loading_code(release: Release) -> dict[str, str]:
     """Code that loads this release, with its real paths: Hugging Face ``datasets``, the PyTorch
     loader, and the Megatron ``.bin``/``.idx`` pair (Megatron itself, or numpy alone)."""
-    from tamis.loader import _binary_prefix
-
     m = release.manifest
     hot = Path(release.config.hot or "<release.hot>") / release.version
     code = {"datasets": (
         "from datasets import load_dataset\n\n"
         f"records = load_dataset(\"parquet\", data_files={str(hot / documents_dataset(m) / '*.parquet')!r}, split=\"train\")\n")}
     try:
-        prefix = _binary_prefix(m)
+        prefix = binary_prefix(m)
     except FileNotFoundError:
         return code
     code["pytorch"] = (

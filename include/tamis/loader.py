@@ -153,14 +153,14 @@ class PackedSequenceDataset(IterableDataset):
 def release_binary(version: str, store: str, hot: str | None = None, cache: str | None = None) -> tuple[str, str]:
     """(prefix of the release's .bin/.idx pair, "hot" or "store")."""
     from tamis.preheat import hot_copy
-    from tamis.release import store_object_url
+    from tamis.release import binary_prefix, store_object_url
 
     copy = hot_copy(hot, version) if hot else None
     if copy is not None:
         manifest = json.loads((copy / "release.json").read_text())
-        return str(copy / _binary_prefix(manifest)), "hot"
+        return str(copy / binary_prefix(manifest)), "hot"
     manifest = storage.read_json(storage.join(store, "releases", version, "release.json"))
-    prefix = _binary_prefix(manifest)
+    prefix = binary_prefix(manifest)
     files = {f["path"]: f for f in manifest["contents"]["files"]}
     local = Path(cache or os.environ.get("TAMIS_RELEASE_CACHE") or Path(tempfile.gettempdir()) / "tamis-releases")
     target = local / version / prefix
@@ -176,17 +176,6 @@ def release_binary(version: str, store: str, hot: str | None = None, cache: str 
         else:
             _download(fs, source, path, entry)
     return str(target), "store"
-
-
-def _binary_prefix(manifest: dict[str, Any]) -> str:
-    """The path of the release's token binary, without .bin/.idx (the final dataset's first)."""
-    paths = {f["path"] for f in manifest["contents"]["files"]}
-    pairs = sorted(p[:-4] for p in paths if p.endswith(".bin") and p[:-4] + ".idx" in paths)
-    final = manifest["final"]["path"] + "/"
-    pairs.sort(key=lambda p: not p.startswith(final))
-    if not pairs:
-        raise FileNotFoundError(f"release {manifest['version']} holds no .bin/.idx pair of packed sequences")
-    return pairs[0]
 
 
 def _link(source: Path, path: Path) -> None:

@@ -75,10 +75,10 @@ def latest(hot_root: str | Path, pipeline: str) -> str | None:
 
 def stored_manifest(config: ReleaseConfig, version: str) -> dict[str, Any]:
     """The release manifest of ``version`` as the remote holds it."""
-    from tamis.release import RELEASE_FILE, _remote_filesystem
+    from tamis.release import RELEASE_FILE, remote_filesystem
 
     url = storage.join(config.remote, "releases", version, RELEASE_FILE)
-    fs, path = _remote_filesystem(config, url)
+    fs, path = remote_filesystem(config, url)
     if not fs.exists(path):
         raise PreheatError(f"preheat: the release store {config.remote} has no release {version}")
     with fs.open(path, "rb") as f:
@@ -87,7 +87,7 @@ def stored_manifest(config: ReleaseConfig, version: str) -> dict[str, Any]:
 
 def preheat(config: ReleaseConfig, version: str) -> dict[str, Any]:
     """Copy release ``version`` from its store to ``config.hot``, verify every file, make it ready."""
-    from tamis.release import RELEASE_FILE, _remote_filesystem, store_object_url
+    from tamis.release import RELEASE_FILE, remote_filesystem, store_object_url
 
     if not config.hot:
         raise PreheatError("preheat: no hot location; set release.hot to a local folder or a mounted volume")
@@ -106,7 +106,7 @@ def preheat(config: ReleaseConfig, version: str) -> dict[str, Any]:
         copied = 0
         for entry in contents["files"]:
             source_url = store_object_url(config.remote, entry["md5"])
-            fs, path = _remote_filesystem(config, source_url)
+            fs, path = remote_filesystem(config, source_url)
             target = staging / entry["path"]
             target.parent.mkdir(parents=True, exist_ok=True)
             digest = hashlib.sha256()

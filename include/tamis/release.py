@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 import warnings
 from datetime import datetime, timezone
@@ -116,6 +115,13 @@ class ReleaseConfig(BaseModel):
     @classmethod
     def _no_hot_is_unset(cls, value: Any) -> Any:
         return value or None
+
+    @field_validator("hot_volume_claim")
+    @classmethod
+    def _claim_name(cls, value: str) -> str:
+        from tamis.execution import check_dns_label
+
+        return check_dns_label(value)
 
 
 def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) -> ReleaseConfig:
@@ -525,6 +531,17 @@ def store_object_url(remote: str, md5: str) -> str:
     return storage.join(remote, "files", "md5", md5[:2], md5[2:])
 
 
+def binary_prefix(manifest: dict[str, Any]) -> str:
+    """The path of the release's token binary, without .bin/.idx (the final dataset's first)."""
+    paths = {f["path"] for f in manifest["contents"]["files"]}
+    pairs = sorted(p[:-4] for p in paths if p.endswith(".bin") and p[:-4] + ".idx" in paths)
+    final = manifest["final"]["path"] + "/"
+    pairs.sort(key=lambda p: not p.startswith(final))
+    if not pairs:
+        raise FileNotFoundError(f"release {manifest['version']} holds no .bin/.idx pair of packed sequences")
+    return pairs[0]
+
+
 def gate_results(workspace: Path, stage_names: list[str]) -> dict[str, Any]:
     """Each stage's quality-gate verdict on the released data (null where none was recorded)."""
     results: dict[str, Any] = {}
@@ -583,7 +600,7 @@ def write_release(pipeline: Pipeline, config: ReleaseConfig, source_run_id: str 
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     (workspace / RELEASE_FILE).write_bytes(body)
     target = storage.join(config.remote, "releases", manifest["version"])
-    fs, root = _remote_filesystem(config, target)
+    fs, root = remote_filesystem(config, target)
     fs.makedirs(root, exist_ok=True)
     fs.pipe({f"{root}/{RELEASE_FILE}": body,
              **{f"{root}/{name}": (workspace / name).read_bytes() for name in (DVC_FILE, LOCK_FILE, PIPELINE_FILE)}})
@@ -592,7 +609,7 @@ def write_release(pipeline: Pipeline, config: ReleaseConfig, source_run_id: str 
     return manifest
 
 
-def _remote_filesystem(config: ReleaseConfig, url: str):
+def remote_filesystem(config: ReleaseConfig, url: str):
     """The remote's filesystem, reached through the release's own endpoint when it names one."""
     from fsspec.core import url_to_fs
 
