@@ -706,7 +706,7 @@ def track(pipeline: Pipeline, config: ReleaseConfig, manifest: dict[str, Any]) -
     from tamis import storage, tracking
 
     target = storage.join(config.remote, "releases", manifest["version"])
-    tracking.track_release(pipeline, manifest, config.workspace, _remote_filesystem(config, target))
+    tracking.track_release(pipeline, manifest, config.workspace, remote_filesystem(config, target))
 
 
 def last_release_version(config: ReleaseConfig) -> str:
