@@ -63,7 +63,8 @@ class SourceConfig(_Strict):
     Credentials never appear here: ``connection`` names the Airflow connection that holds them.
     """
 
-    kind: Literal["local", "s3", "git", "http"]
+    # Never None once read (``_infer_kind``); optional in the JSON Schema, as in the YAML.
+    kind: Literal["local", "s3", "git", "http"] = Field(default=None, validate_default=False)  # type: ignore[assignment]
     path: str | None = None
     url: str | None = None
     revision: str | None = None  # git: a branch, tag or commit; default HEAD
