@@ -545,7 +545,7 @@ def accuracy(variants: dict[str, dict]) -> None:
         results[label] = [p, r, f, float(np.mean(f1s))]
         print(f"{label:<34}{'ALL':<9}{'':>7}{'':>9}{p:>7.3f}{r:>7.3f}{f:>7.3f}   macro-F1 {np.mean(f1s):.3f}")
     peer = results["peer: datasketch words"]
-    for label, (p, r, f, macro) in results.items():
+    for label, (_, _, f, macro) in results.items():
         if label.startswith("tamis"):
             print(f"{label}: pooled F1 {f:.3f} vs peer {peer[2]:.3f} (ratio {f / peer[2]:.2f}); "
                   f"macro F1 {macro:.3f} vs {peer[3]:.3f} (ratio {macro / peer[3]:.2f})")
@@ -615,12 +615,12 @@ def run_stage_in_process(input_url: str, output_url: str, workers: int, params: 
 
 
 def _stage_child(input_url: str, output_url: str, workers: int, params: dict) -> None:
-    from tamis.runner import run_stage
-    from tamis.stages.near_dedup import NearDedup
-
     import threading
 
     import psutil
+
+    from tamis.runner import run_stage
+    from tamis.stages.near_dedup import NearDedup
 
     # ru_maxrss survives exec (it would report the parent's size), so peaks are sampled.
     worker_peak = [0]

@@ -75,6 +75,7 @@ def stock_presidio_analyzer():
         PhoneRecognizer,
         UsSsnRecognizer,
     )
+
     from tamis.pii_recognizers import OfflineEmailRecognizer
 
     registry = RecognizerRegistry(supported_languages=["en"])
@@ -143,7 +144,9 @@ def evaluate(name: str, find, covered: set[str], path: Path, labels: dict[str, s
 def look_alikes(per_kind: int = 40, seed: int = 7) -> dict[str, list[str]]:
     """Sentences holding a number that is not PII, ``per_kind`` of each kind."""
     rng = random.Random(seed)
-    d = lambda n: "".join(rng.choice("0123456789") for _ in range(n))
+    def d(n: int) -> str:
+        return "".join(rng.choice("0123456789") for _ in range(n))
+
     makers = {
         "order numbers": lambda: rng.choice(["Your order number {} has shipped.", "Order #{} is pending.",
                                              "Invoice no. {} was paid.", "Tracking {} left the depot."]).format(

@@ -32,6 +32,7 @@ import pyarrow as pa
 from pii_accuracy import (
     stock_presidio_analyzer,  # benchmarks/ is on the path when run as a script
 )
+
 from tamis.pii_recognizers import _phone_matches
 from tamis.stages.pii import PiiMask
 

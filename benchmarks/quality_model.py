@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from tamis.pipeline import load_pipeline
 from tamis.quality_model import run_command
 from tamis.stages.quality import QualityFilter

@@ -73,7 +73,7 @@ def pieces(data: Path, wanted: int) -> list[dict]:
     return out + exact + near
 
 
-def build(data: Path, work: Path, docs: int) -> "object":
+def build(data: Path, work: Path, docs: int) -> object:
     from tamis.cli import run_one
     from tamis.pipeline import load_pipeline
 
@@ -129,7 +129,7 @@ def add_history(pipeline, nights: int) -> None:
                                                               "window": 7}, str(target))
 
 
-def pages(pipeline) -> dict[str, "callable"]:
+def pages(pipeline) -> dict[str, callable]:
     """Each page's handler, with the sign-in and access checks (Airflow's) left out."""
     sys.path.insert(0, str(REPO / "plugins"))
     from tamis import report

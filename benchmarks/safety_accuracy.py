@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from tamis.quality_model import run_command
 from tamis.stages.safety import CATEGORIES, ContentSafety
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+
 from tamis.stages.url_filter import UrlFilter
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from tamis.runner import run_stage
 from tamis.stages.decontaminate import Decontaminate
 from tamis.stages.domain_cap import DomainCap

@@ -3,6 +3,8 @@ last one making the release ready for training."""
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import pytest
 
 from conftest import REPO
@@ -20,6 +22,7 @@ def dagbag(airflow_home):
 
 def test_dataset_release_is_scheduled_on_the_asset_that_corpus_build_updates(dagbag):
     from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
+
     from tamis_airflow.corpus import corpus_asset
 
     dag = dagbag.dags["dataset_release"]
@@ -50,10 +53,11 @@ def test_release_steps_run_in_order_with_retries_timeouts_and_a_release_asset(da
 
 def test_the_manifest_task_records_the_corpus_run_that_triggered_it(dagbag):
     """Rendered by Airflow's own templater, with the triggering events as a task receives them."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
     from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
     from tamis_airflow.corpus import corpus_asset
 
     dag = dagbag.dags["dataset_release"]
@@ -64,7 +68,7 @@ def test_the_manifest_task_records_the_corpus_run_that_triggered_it(dagbag):
         return AssetEventDagRunReferenceResult(
             asset={"name": asset.name, "uri": asset.uri, "extra": {}}, extra={}, source_task_id="summary",
             source_dag_id="corpus_build", source_run_id=run_id, source_map_index=-1, source_aliases=[],
-            timestamp=datetime(2026, 11, 20, tzinfo=timezone.utc))
+            timestamp=datetime(2026, 11, 20, tzinfo=UTC))
 
     def render(run_id: str, events: list) -> str:
         context = {"run_id": run_id, "triggering_asset_events": TriggeringAssetEventsAccessor.build(events)}

@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pyarrow as pa
+
 from conftest import REPO, TEST_DATA, read_jsonl, write_dataset
 from tamis.dataset import Dataset
 from tamis.runner import run_stage

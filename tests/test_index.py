@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from conftest import TEST_DATA, read_jsonl, write_dataset
 from tamis import export, lookup, storage
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.index import IndexBuildError, IndexStage
-from conftest import TEST_DATA, read_jsonl, write_dataset
 
 CORPUS = [
     ("web", "web_en/wikipedia_en_sample.jsonl.gz", 60, 1200),

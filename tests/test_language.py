@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from conftest import TEST_DATA, write_dataset
 from tamis.dataset import Dataset
 from tamis.pipeline import SourceConfig
 from tamis.runner import run_stage
 from tamis.stages.language import LanguageFilter, fasttext_model_path, known_languages
-from conftest import TEST_DATA, write_dataset
 
 UDHR = Path(__file__).resolve().parent.parent / "include" / "sample" / "udhr" / "date=2026-11-20"
 # UDHR translations in scripts lid.176 and lingua do not read, and in languages lid.176 lacks.

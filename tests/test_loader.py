@@ -12,9 +12,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.data import DataLoader
 
+from conftest import TEST_DATA, read_jsonl
 from tamis import export
 from tamis.loader import PackedSequenceDataset
-from conftest import TEST_DATA, read_jsonl
 
 SEQ_LEN = 64
 BATCH = 4

@@ -10,13 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from conftest import TEST_DATA, read_jsonl
 from tamis import storage
 from tamis.dataset import Dataset
 from tamis.pipeline import ConfigError, SourceConfig
 from tamis.runner import run_stage
 from tamis.stages.mix import Mix, MixError, MixParams, realized_shares
-from conftest import TEST_DATA, read_jsonl
-
 
 # (source, file, documents, characters kept per document): real text of three kinds.
 CORPUS = [

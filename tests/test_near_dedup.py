@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import TEST_DATA, read_jsonl, write_dataset
 from tamis import minhash
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.near_dedup import CLUSTERS_FILE, IndexMismatch, NearDedup, NearDedupParams
-from conftest import TEST_DATA, read_jsonl, write_dataset
 
 SAMPLE = Path(__file__).resolve().parents[1] / "include" / "sample" / "web" / "date=2026-11-20"
 THRESHOLD = 0.8
@@ -130,7 +130,7 @@ def test_bands_for_recall_reach_the_recall_with_the_fewest_candidates_below_the_
         assert at_threshold >= recall
         below = grid[grid <= threshold]
 
-        def area(b, r):
+        def area(b, r, below=below):
             return np.trapezoid(1 - (1 - below ** r) ** b, below)
 
         # No other banding that reaches the recall makes fewer candidates below the threshold.

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_near_dedup import THRESHOLD, dropped_pairs, threshold_pairs
 
+from conftest import write_dataset
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.near_dedup import CLUSTERS_FILE, NearDedup
-
-from conftest import write_dataset
-from test_near_dedup import THRESHOLD, dropped_pairs, threshold_pairs
 
 pytestmark = pytest.mark.slow
 

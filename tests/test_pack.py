@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+from conftest import TEST_DATA, read_jsonl, write_dataset
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.pack import Pack
 from tamis.stages.tokenize import Tokenize
 from tamis.tokenizer import PAD_TOKEN, load_tokenizer, train_tokenizer
-from conftest import TEST_DATA, read_jsonl, write_dataset
 
 SEQ_LEN = 512
 CORPUS = [  # (file, documents): prose of every length and code, as a mix would hold them

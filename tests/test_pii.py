@@ -11,8 +11,9 @@ from collections import Counter
 
 import pyarrow as pa
 import pytest
-from conftest import TEST_DATA, read_jsonl, write_dataset
 from pydantic import ValidationError
+
+from conftest import TEST_DATA, read_jsonl, write_dataset
 from tamis import metrics, report
 from tamis.dataset import Dataset
 from tamis.pii_recognizers import cn_resident_id_is_valid

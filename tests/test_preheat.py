@@ -19,7 +19,7 @@ from tamis.export import TokenBinary
 from tamis.loader import PackedSequenceDataset
 from tamis.pipeline import load_pipeline
 from tamis.preheat import PreheatError, hot_copy, latest, preheat
-from tamis.release import release, release_config, store_object_url, write_release, push, prepare_workspace
+from tamis.release import prepare_workspace, push, release, release_config, store_object_url, write_release
 
 SAMPLE = REPO / "include/sample"
 TOKENIZER = SAMPLE / "tokenizer.json"

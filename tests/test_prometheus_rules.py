@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from conftest import REPO, TEST_DATA
+from tamis import trends
 from tamis.cli import run_one
 from tamis.dataset import Dataset
-from tamis import trends
 from tamis.metrics import COUNTERS, METRICS, emit_drift_metrics
 from tamis.pipeline import load_pipeline
 

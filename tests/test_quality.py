@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import write_dataset
 from tamis.dataset import Dataset
 from tamis.pipeline import SourceConfig
 from tamis.runner import run_stage
 from tamis.stages.quality import QualityFilter
 from tamis.text_stats import words
-from conftest import write_dataset
 
 SAMPLE = Path(__file__).resolve().parent.parent / "include" / "sample"
 CODE_CONTEXT = {"sources": {"repo": SourceConfig(path="x", type="code"), "web": SourceConfig(path="x")}}

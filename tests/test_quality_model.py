@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from conftest import TEST_DATA, read_jsonl, write_dataset, write_jsonl
 from tamis.cli import main
 from tamis.dataset import Dataset

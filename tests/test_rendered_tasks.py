@@ -118,7 +118,8 @@ class Executor:
                 pods = [task.unmap({"arguments": arguments}) for arguments in self.xcom[source]]
                 # Mapped pods run side by side, as the cluster runs them.
                 with ThreadPoolExecutor(max_workers=2) as pool:
-                    list(pool.map(lambda item: self.pod(item[1], label=f"{task.task_id}[{item[0]}]"), enumerate(pods)))
+                    list(pool.map(lambda item, task_id=task.task_id: self.pod(item[1], label=f"{task_id}[{item[0]}]"),
+                                  enumerate(pods)))
             elif isinstance(task, SparkKubernetesOperator):
                 self.spark_application(task)
             elif isinstance(task, KubernetesPodOperator):

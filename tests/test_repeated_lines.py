@@ -10,6 +10,7 @@ from collections import Counter
 
 import pyarrow as pa
 import pytest
+
 from conftest import TEST_DATA, read_jsonl, write_dataset
 from tamis.dataset import Dataset
 from tamis.runner import run_stage

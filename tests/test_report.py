@@ -10,13 +10,12 @@ import socket
 import pyarrow.compute as pc
 import pytest
 
+from conftest import REPO
 from tamis import report
 from tamis.cli import run_one
 from tamis.dataset import Dataset
 from tamis.gates import GateConfig, validate
 from tamis.metrics import emit_stage_metrics
-
-from conftest import REPO
 
 SAMPLE = REPO / "include" / "sample"
 STAGES = ["ingest", "normalize", "language", "near_dedup"]

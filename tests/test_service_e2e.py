@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from conftest import REPO, airflow_env, free_port, write_jsonl
 from servers import FileServer, make_repository, review_files, wiki_rows
 from servers import request as _request
 from servers import token as _token
 from servers import wait_for as _wait_for
+
+from conftest import REPO, airflow_env, free_port, write_jsonl
 from tamis.dataset import Dataset
 from tamis.export import TokenBinary
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from servers import FileServer, make_repository, review_files, wiki_rows
 
 from conftest import write_jsonl
-from servers import FileServer, make_repository, review_files, wiki_rows
 from tamis.cli import run_one
 from tamis.dataset import Dataset
 from tamis.pipeline import ConfigError

@@ -10,11 +10,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from conftest import TEST_DATA, read_jsonl, write_dataset
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.tokenize import Tokenize
 from tamis.tokenizer import EOS_TOKEN, PAD_TOKEN, TokenizerError, load_tokenizer, train_tokenizer
-from conftest import TEST_DATA, read_jsonl, write_dataset
 
 WIKI = TEST_DATA / "web_en" / "wikipedia_en_sample.jsonl.gz"
 

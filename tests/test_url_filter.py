@@ -7,6 +7,7 @@ import gzip
 
 import pyarrow as pa
 import pytest
+
 from conftest import TEST_DATA, write_dataset
 from tamis.dataset import Dataset
 from tamis.runner import run_stage

@@ -4,6 +4,7 @@ file; and the default pipeline still needs none."""
 from __future__ import annotations
 
 import pytest
+
 from tamis.cli import main
 from tamis.dataset import Dataset
 from tamis.pipeline import check_pipeline, load_pipeline

@@ -32,7 +32,7 @@ the metadata index (``tamis.stages.index``) maps a document id to its sequence.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from tamis import storage
@@ -64,7 +64,7 @@ class Lease:
         return json.dumps({
             "owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
             "expires_at": time.time() + self.ttl_s,
-            "expires": datetime.fromtimestamp(time.time() + self.ttl_s, timezone.utc).isoformat(timespec="seconds"),
+            "expires": datetime.fromtimestamp(time.time() + self.ttl_s, UTC).isoformat(timespec="seconds"),
         }, sort_keys=True).encode()
 
     def _read(self) -> tuple[dict[str, Any] | None, str | None]:
@@ -138,7 +138,7 @@ class Lease:
 
     # -- acquire, renew, release -------------------------------------------------------------
 
-    def acquire(self) -> "Lease":
+    def acquire(self) -> Lease:
         for _ in range(10):
             if self._create():
                 break
@@ -187,7 +187,7 @@ class Lease:
         except Exception as exc:
             log.warning("could not release the lease on %s: %s", self.dataset_url, exc)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

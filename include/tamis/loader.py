@@ -31,8 +31,9 @@ import json
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ class PackedSequenceDataset(IterableDataset):
 
     @classmethod
     def from_release(cls, version: str, store: str, hot: str | None = None, cache: str | None = None,
-                     **kwargs: Any) -> "PackedSequenceDataset":
+                     **kwargs: Any) -> PackedSequenceDataset:
         """The packed sequences of release ``version``: from the verified hot copy under ``hot``
         when it is ready, else from ``store`` (the release's DVC remote). ``cache``: where an
         object store's files are downloaded (default: TAMIS_RELEASE_CACHE or the temporary folder)."""

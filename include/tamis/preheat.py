@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +121,7 @@ def preheat(config: ReleaseConfig, version: str) -> dict[str, Any]:
                                    f"({entry['bytes']} bytes); the release is not made ready")
             copied += size
         (staging / RELEASE_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        ready = {"version": version, "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        ready = {"version": version, "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
                  "bytes": copied, "files": [{k: e[k] for k in ("path", "bytes", "sha256")} for e in contents["files"]]}
         (staging / READY_FILE).write_text(json.dumps(ready, indent=2))
         target = hot / version

@@ -44,9 +44,10 @@ import os
 import shlex
 import sys
 import warnings
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -230,7 +231,6 @@ def _stage_position(pipeline: Pipeline, name: str) -> int:
 def prepare_workspace(pipeline: Pipeline, config: ReleaseConfig) -> Path:
     """Create or update the workspace: DVC repo, remote, source snapshots, pipeline.yaml, dvc.yaml."""
     from tamis import storage
-
     from tamis.sources.location import location
 
     workspace = Path(config.workspace)
@@ -411,7 +411,7 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
         status = repo.status()
     if status:
         raise ReleaseError(f"release: the workspace {workspace} differs from {LOCK_FILE}: {status}")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     version = f"{pipeline.name}-{now:%Y%m%d}-{lock_sha256[:8]}"
 
     sources = {}

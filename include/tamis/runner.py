@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -131,7 +131,7 @@ def run_stage(
             except TaskFailed as failed:
                 shard = pending[failed.index]
                 if isinstance(failed.error, StageError):
-                    raise failed.error
+                    raise failed.error from None
                 raise StageError(f"{stage.name}: shard {shard.name} ({shard.url}) failed: "
                                  f"{type(failed.error).__name__}: {failed.error}") from failed.error
         if only_shards is not None:
@@ -282,7 +282,7 @@ def _fused_task(fused: FusedStages, task: tuple[InputShard, list[str]]) -> list[
             writer.discard()
     commits = []
     inputs = [shard.url] + [dataset.part_url(shard.name) for _, dataset in chain[:-1]]
-    for (stage, dataset), writer, part, source in zip(chain, writers, parts, inputs):
+    for writer, part, source in zip(writers, parts, inputs):
         size = shard.size_bytes if source == shard.url else commits[-1]["part"]["bytes"]
         commits.append(writer.commit(shard, source, size, part, time.time() - started))
     return commits
@@ -580,7 +580,7 @@ def _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics,
         "input_bytes": sum(s.size_bytes for s in shards),
         "parts": parts,
         "workers": engine.workers,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 3),
         "docs_per_s": round(counts["in"] / elapsed, 1) if elapsed > 0 else None,
     }

@@ -14,11 +14,11 @@ trained on the corpus itself, with an end-of-text and a padding token.
 from __future__ import annotations
 
 import argparse
-import sys
 import gzip
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

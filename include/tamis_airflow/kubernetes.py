@@ -79,8 +79,8 @@ def connection_secret_name(conn_id: str) -> str:
 
 
 def _pod_kwargs(pipeline: Pipeline, cfg: KubernetesExecution) -> dict[str, Any]:
-    from kubernetes.client import models as k8s
     from airflow.providers.cncf.kubernetes.secret import Secret
+    from kubernetes.client import models as k8s
 
     secret_names = [*cfg.secrets, *(connection_secret_name(c) for c in pod_connections(pipeline))]
     timeout = cfg.execution_timeout_s or pipeline.orchestration.task_timeout_s

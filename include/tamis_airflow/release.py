@@ -13,15 +13,13 @@ on one machine a local folder, with Kubernetes execution a shared volume (``rele
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from airflow.sdk import DAG, Asset, chain
-
-from pathlib import Path
 
 from tamis.pipeline import ConfigError, Pipeline, load_pipeline, resolve_pipeline_path
 from tamis.release import release_config
 from tamis_airflow.corpus import START_DATE, corpus_asset, default_args, stage_operator
-
 
 # The corpus run whose asset event triggered this run (empty when triggered by hand).
 SOURCE_RUN_ID = ("{% for events in triggering_asset_events.values() %}{% for event in events %}"

@@ -111,10 +111,9 @@ def _readable_dags(user) -> list[str]:
 
 
 def _dag_run(dag_id: str, run_id: str) -> dict[str, Any] | None:
-    from sqlalchemy import select
-
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     with create_session() as session:
         run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
@@ -122,10 +121,9 @@ def _dag_run(dag_id: str, run_id: str) -> dict[str, Any] | None:
 
 
 def _dag_runs(dag_ids: list[str]) -> list[dict[str, Any]]:
-    from sqlalchemy import select
-
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     if not dag_ids:
         return []

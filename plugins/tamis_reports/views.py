@@ -61,10 +61,9 @@ def pipeline_of(name: str) -> Pipeline:
 
 def dag_runs_by_folder() -> dict[str, tuple[str, str]]:
     """Run folder -> (DAG id, run id) of the reported DAGs' runs in Airflow's database."""
-    from sqlalchemy import select
-
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     with create_session() as session:
         rows = session.execute(select(DagRun.dag_id, DagRun.run_id).where(DagRun.dag_id.in_(REPORTED_DAGS))).all()

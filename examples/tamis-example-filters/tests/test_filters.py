@@ -1,5 +1,4 @@
 import pyarrow as pa
-
 from tamis_example_filters import MinLength, drop_short_lines
 
 

@@ -10,7 +10,9 @@ per shard. ``fn`` must be a module-level function, so that workers import it by 
 
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from tamis.stage import Stage
 
@@ -38,7 +40,7 @@ class Engine(Protocol):
     name: str
     workers: int
 
-    def running(self, stage: Stage) -> ContextManager[EngineRun]: ...
+    def running(self, stage: Stage) -> AbstractContextManager[EngineRun]: ...
 
 
 def make_engine(name: str, workers: int = 1, spark_master: str | None = None,

@@ -17,8 +17,9 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from tamis.engines import TaskFailed, TaskFn
 from tamis.stage import Stage
@@ -84,7 +85,7 @@ class LocalEngine:
         self.workers = max(1, int(workers))
 
     @contextlib.contextmanager
-    def running(self, stage: Stage) -> Iterator["_Run"]:
+    def running(self, stage: Stage) -> Iterator[_Run]:
         run = _Run(stage, self.workers)
         try:
             yield run

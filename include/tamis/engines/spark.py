@@ -22,8 +22,9 @@ import os
 import pickle
 import sys
 import traceback
+from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from tamis.engines import TaskFailed, TaskFn
 from tamis.stage import Stage
@@ -69,7 +70,7 @@ class SparkEngine:
         self.session = spark_session
 
     @classmethod
-    def connect(cls, master: str | None = None, conf: dict[str, str] | None = None) -> "SparkEngine":
+    def connect(cls, master: str | None = None, conf: dict[str, str] | None = None) -> SparkEngine:
         engine = cls(session(master, conf))
         log.info("spark: running on %s with %d cores", engine.session.sparkContext.master, engine.workers)
         return engine
@@ -79,7 +80,7 @@ class SparkEngine:
         return int(self.session.sparkContext.defaultParallelism)
 
     @contextlib.contextmanager
-    def running(self, stage: Stage) -> Iterator["_SparkRun"]:
+    def running(self, stage: Stage) -> Iterator[_SparkRun]:
         run = _SparkRun(self, stage)
         try:
             yield run

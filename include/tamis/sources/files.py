@@ -16,8 +16,8 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from fsspec.implementations.local import LocalFileSystem
 

@@ -23,8 +23,8 @@ import shutil
 import subprocess
 import tarfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tamis.sources.connections import Connection
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 from tamis.stage import FunctionStage, Stage
 

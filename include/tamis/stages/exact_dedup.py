@@ -15,7 +15,8 @@ so a document the corpus already holds is dropped without its text being read ag
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa

@@ -20,15 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
 from tamis.sources import Chunk, Fields, SkippedEntry, SourceFile, read_jsonl, read_parquet, read_text, reject
-from tamis.sources.location import RejectedFile, SourceLocation, location
 from tamis.sources.chunk import SAMPLE_CHARS
+from tamis.sources.location import RejectedFile, SourceLocation, location
 from tamis.sources.warc import WARC_COLUMNS, read_warc
 from tamis.stage import QUARANTINE_SCHEMA, BatchResult, CorpusContext, InputShard, Stage, StageParams, split_by_reason
 

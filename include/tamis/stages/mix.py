@@ -24,7 +24,8 @@ import logging
 import math
 import zlib
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -78,7 +79,7 @@ class MixParams(StageParams):
         return caps
 
     @model_validator(mode="after")
-    def _caps_name_weighted_sources(self) -> "MixParams":
+    def _caps_name_weighted_sources(self) -> MixParams:
         stray = sorted(set(self.max_epochs_by_source) - set(self.weights))
         if stray:
             raise ValueError(f"max_epochs_by_source names sources without a mix weight: {stray}")

@@ -40,7 +40,15 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from tamis import minhash, storage
-from tamis.stage import READ_BATCH_ROWS, BatchResult, CorpusContext, DropListStage, InputShard, StageParams, write_drop_plan
+from tamis.stage import (
+    READ_BATCH_ROWS,
+    BatchResult,
+    CorpusContext,
+    DropListStage,
+    InputShard,
+    StageParams,
+    write_drop_plan,
+)
 
 REASON = "near_duplicate"
 INDEX_META = "_index.json"
@@ -115,7 +123,7 @@ class NearDedup(DropListStage):
             return {}
         return {"index": self.index().state(exclude=self.params.index_part or _run_key(output_url))}
 
-    def index(self) -> "SignatureIndex":
+    def index(self) -> SignatureIndex:
         return SignatureIndex(self.params.index_url, self.params.minhash_config(),
                               shingle_sets=self.params.verify == "exact")
 

@@ -33,7 +33,8 @@ token is in a sequence) and ``pack.doc_pieces``, beside ``pack.sequences``,
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa

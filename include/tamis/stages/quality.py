@@ -158,7 +158,7 @@ class QualityParams(StageParams):
     default_lang: str = "en"
 
     @classmethod
-    def reference(cls) -> "QualityParams":
+    def reference(cls) -> QualityParams:
         """The rules exactly as the reference filters' defaults have them (C4 as FineWeb ran it,
         ``filter_no_terminal_punct=False``): the curly-bracket rule on, tamis's extra
         boilerplate-lines rule off."""

@@ -128,13 +128,13 @@ class ContentSafety(Stage):
         for category in self.params.categories:
             hit = scores[category] >= self.params.thresholds.get(category, self.params.threshold)
             metrics[f"safety.hits.{category}"] += int(hit.sum())
-            reasons[hit & (reasons == None)] = f"safety.{category}"
+            reasons[hit & np.equal(reasons, None)] = f"safety.{category}"
             table = table.append_column(f"safety_{category}", pa.array(np.round(scores[category], 4), pa.float32()))
         if self.params.action == "flag":
-            metrics["safety.flagged"] += int((reasons != None).sum())
+            metrics["safety.flagged"] += int(np.not_equal(reasons, None).sum())
             return BatchResult(kept=table, metrics=metrics)
         details = np.full(n, None, dtype=object)
-        for i in np.flatnonzero(reasons != None):
+        for i in np.flatnonzero(np.not_equal(reasons, None)):
             details[i] = ", ".join(f"{c} {scores[c][i]:.3f}" for c in self.params.categories)
         kept, dropped = split_by_reason(table, reasons.tolist(), details.tolist())
         return BatchResult(kept=kept, dropped=dropped, metrics=metrics)
