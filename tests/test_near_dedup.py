@@ -410,6 +410,15 @@ def test_incremental_batch_is_checked_against_the_index_without_recomputing_it(t
 
 # One MiB a document against the smallest budget (8 MiB): every plan below goes to disk.
 SPILLED_STATE_BYTES = 1 << 20
+# 64 KiB a band-key row: many partitions, even for a few documents.
+SPILLED_KEY_ROW_BYTES = 1 << 16
+# A million bytes of shingle set per byte of text: exact verification takes a pair at a time.
+PAIR_AT_A_TIME = 1e6
+
+
+def spilled(monkeypatch) -> None:
+    monkeypatch.setattr(near_dedup, "STATE_BYTES_PER_DOC", SPILLED_STATE_BYTES)
+    monkeypatch.setattr(near_dedup, "KEY_ROW_BYTES", SPILLED_KEY_ROW_BYTES)
 
 
 def decided(manifest: dict, out: str) -> tuple:
@@ -421,8 +430,9 @@ def decided(manifest: dict, out: str) -> tuple:
     return dropped_pairs(out), kept, clusters, [p["sha256"] for p in manifest["parts"]], metrics
 
 
-def spill_partitions(documents: int, num_perm: int = 128, budget_mb: int = 8) -> int:
-    return math.ceil(documents * (SPILLED_STATE_BYTES + 4 * num_perm) / (budget_mb << 20))
+def spill_partitions(documents: int, budget_mb: int = 8) -> int:
+    bands = NearDedupParams().minhash_config().bands
+    return math.ceil(documents * bands * SPILLED_KEY_ROW_BYTES / (budget_mb << 20))
 
 
 @pytest.mark.parametrize("params", [{}, {"verify": "estimate", "keep": "longest"}, {"verify": "off"}],
@@ -438,11 +448,14 @@ def test_a_plan_over_its_memory_budget_goes_to_disk_and_decides_the_same(tmp_pat
                                           "p1": originals[1::2] + copies[::2] + extra[2:]})
     params = {"memory_budget_mb": 8, **params}
     in_memory = run_stage(NearDedup(params), url, str(tmp_path / "memory"), workers=2)
-    monkeypatch.setattr(near_dedup, "STATE_BYTES_PER_DOC", SPILLED_STATE_BYTES)
+    monkeypatch.setattr(near_dedup, "SET_BYTES_PER_TEXT_BYTE", PAIR_AT_A_TIME)
+    pair_at_a_time = run_stage(NearDedup(params), url, str(tmp_path / "pairs"), workers=2)
+    spilled(monkeypatch)
     on_disk = run_stage(NearDedup(params), url, str(tmp_path / "disk"), workers=2)
-    assert "near_dup.spill_partitions" not in in_memory["metrics"]
+    assert "near_dup.spill_partitions" not in in_memory["metrics"] | pair_at_a_time["metrics"]
     assert on_disk["metrics"]["near_dup.spill_partitions"] == spill_partitions(len(originals) + len(copies) + len(extra))
-    assert decided(on_disk, str(tmp_path / "disk")) == decided(in_memory, str(tmp_path / "memory"))
+    assert decided(on_disk, str(tmp_path / "disk")) == decided(in_memory, str(tmp_path / "memory")) \
+        == decided(pair_at_a_time, str(tmp_path / "pairs"))
     drops = dropped_pairs(str(tmp_path / "disk"))
     kin = {"orig/000", copies[0]["id"], *(f"dup/{i}" for i in range(1, 5))}
     survivors = {drops.pop(i) for i in sorted(kin & set(drops))}
@@ -478,8 +491,12 @@ def test_a_spilled_nightly_plan_matches_the_index_and_writes_a_part_the_next_day
     urls = {day: write_dataset(tmp_path / "in" / day, parts) for day, parts in days.items()}
 
     def nightly(mode: str, day: str, index: str, **extra) -> tuple:
-        # On disk: a document alone fills the budget, so that even the third day's two spill.
-        monkeypatch.setattr(near_dedup, "STATE_BYTES_PER_DOC", 8 << 20 if mode == "disk" else 400)
+        monkeypatch.undo()
+        if mode == "disk":
+            spilled(monkeypatch)
+            # A document alone fills the budget, so that even the third day's two spill.
+            monkeypatch.setattr(near_dedup, "STATE_BYTES_PER_DOC", 8 << 20)
+            monkeypatch.setattr(near_dedup, "SET_BYTES_PER_TEXT_BYTE", PAIR_AT_A_TIME)
         out = str(tmp_path / f"{mode}-{index}-{day}")
         params = {"memory_budget_mb": 8, "index_url": str(tmp_path / index), "index_part": f"date={day}", **extra}
         manifest = run_stage(NearDedup(params), urls[day], out, workers=2)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,7 +91,8 @@ class NearDedupParams(StageParams):
     # Plan state held at once (signatures, band keys and metadata of every document, about
     # STATE_BYTES_PER_DOC + 4 x num_perm a document, plus the shingle sets when the index
     # keeps them); beyond it the band keys are partitioned on disk and only the documents
-    # that have a candidate are held, so the memory does not grow with the dataset.
+    # that have a candidate are held, so the memory does not grow with the dataset. Exact
+    # verification holds the shingle sets of half a budget's worth of documents at a time.
     memory_budget_mb: int = Field(default=1024, ge=8)
 
     @model_validator(mode="after")
@@ -152,13 +154,15 @@ class NearDedup(DropListStage):
         state = int(sizes.sum()) * (STATE_BYTES_PER_DOC + 4 * config.num_perm) \
             + (int(text_bytes.sum() * SET_BYTES_PER_TEXT_BYTE) if keep_sets else 0)
         budget = params.memory_budget_mb << 20
+        # Exact verification holds the sets of half a budget's worth of documents at a time.
+        sets_at_once = max(2, int((budget // 2) / (SET_BYTES_PER_TEXT_BYTE * text_bytes.sum() / max(int(sizes.sum()), 1) + 8)))
         if state > budget:
-            return plan_on_disk(self, shards, sizes, work_url, run, state, keep_sets)
+            return plan_on_disk(self, shards, sizes, work_url, run, keep_sets, sets_at_once)
         new = _gather(run.imap(_sign_shard, [(url, keep_sets) for url in urls]), urls, sizes, config.num_perm)
         keys = minhash.band_keys(new.sig, config)
         # Documents without shingles are never banded: their keys match nothing.
         indexed = self.index().matching(keys[new.shingles > 0], exclude=part) if params.index_url else None
-        plan = plan_drops(new, keys, indexed, config, params, lambda rows: _reread_sets(run, urls, sizes, rows))
+        plan = plan_drops(new, keys, indexed, config, params, lambda rows: _reread_sets(run, urls, sizes, rows), sets_at_once)
         _write_plan(work_url, shards, sizes, plan.dropped, plan.survivor_ids, plan.clusters)
         if params.index_url and params.update_index:
             self.index().write_part(part, plan.kept_signed)
@@ -337,11 +341,13 @@ class DropPlan:
 
 def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray] | None,
                config: minhash.MinHashConfig, params: NearDedupParams,
-               load_sets: Callable[[np.ndarray], minhash.ShingleSets] | None = None) -> DropPlan:
+               load_sets: Callable[[np.ndarray], minhash.ShingleSets] | None = None,
+               sets_at_once: int | None = None) -> DropPlan:
     """Cluster the new documents (and the matching indexed ones) and decide who goes.
 
     ``load_sets(rows)`` gives the shingle sets of new documents ``rows`` (ascending) when
-    ``new`` does not hold them: exact verification asks only for documents with a candidate.
+    ``new`` does not hold them: exact verification asks only for documents with a candidate,
+    ``sets_at_once`` documents at most at a time (None: all at once).
     """
     n_new = len(new.sig)
     all_meta, all_sig, all_keys, active = new.meta, new.sig, keys, new.shingles > 0
@@ -360,7 +366,7 @@ def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray]
         return minhash.ShingleSets.concat([fresh_sets(fresh) if len(fresh) else minhash.ShingleSets.empty()]
                                           + ([old.sets.take(known)] if len(known) else []))
 
-    decision = decide(all_meta, all_sig, a, b, n_new, sets_of, params)
+    decision = decide(all_meta, all_sig, a, b, n_new, sets_of, params, sets_at_once)
     kept = np.flatnonzero(~decision.found.duplicate[:n_new] & (new.shingles > 0))
     kept_signed = Signed(new.meta.take(pa.array(kept, pa.int64())), new.sig[kept], new.shingles[kept],
                          new.sets.take(kept) if new.sets is not None else None)
@@ -396,14 +402,16 @@ class Decision:
 
 
 def decide(meta: pa.Table, sig: np.ndarray, a: np.ndarray, b: np.ndarray, n_new: int,
-           load_sets: Callable[[np.ndarray], minhash.ShingleSets], params: NearDedupParams) -> Decision:
+           load_sets: Callable[[np.ndarray], minhash.ShingleSets], params: NearDedupParams,
+           sets_at_once: int | None = None) -> Decision:
     """Verification, clusters and survivors from the candidate pairs (a, b) of documents
     with metadata ``meta`` and signatures ``sig`` (the first ``n_new`` are new, the rest
     indexed). Documents without a candidate may be left out: they survive alone. Both the
     in-memory and the on-disk plan decide here."""
     priority = minhash.priority_rank(meta, params.keep)
     if params.verify == "exact":
-        candidate_similarity, pair_similarity, exact_pairs = _exact_verification(sig, a, b, load_sets, params.threshold)
+        candidate_similarity, pair_similarity, exact_pairs = _exact_verification(sig, a, b, load_sets, params.threshold,
+                                                                                 sets_at_once)
     else:
         def pair_similarity(x, y):
             return minhash.pair_similarity(sig, x, y)
@@ -422,29 +430,85 @@ def decide(meta: pa.Table, sig: np.ndarray, a: np.ndarray, b: np.ndarray, n_new:
 
 
 def _exact_verification(sig: np.ndarray, a: np.ndarray, b: np.ndarray,
-                        load_sets: Callable[[np.ndarray], minhash.ShingleSets], threshold: float):
+                        load_sets: Callable[[np.ndarray], minhash.ShingleSets], threshold: float,
+                        sets_at_once: int | None = None):
     """Similarity of every candidate pair: the signature estimate where it settles the
     verdict beyond doubt (``minhash.signature_verdicts``), the exact Jaccard elsewhere, from
-    the shingle sets of just those pairs' documents (``load_sets(rows)``, rows ascending).
-    Also returns the similarity function of the cluster report (exact where both sets are
-    at hand) and the number of pairs that needed their exact Jaccard."""
+    the shingle sets of just those pairs' documents (``load_sets(rows)``, rows ascending):
+    held all at once when there are at most ``sets_at_once`` of them, else kept in a scratch
+    file and read back ``sets_at_once`` at a time (:class:`_SetFile`). Also returns the
+    similarity function of the cluster report (exact where both documents needed their set)
+    and the number of pairs that needed their exact Jaccard."""
     estimate = minhash.pair_similarity(sig, a, b)
     accept, reject = minhash.signature_verdicts(estimate, threshold, sig.shape[1])
     open_ = ~(accept | reject)
     involved = minhash.sorted_unique(np.concatenate([a[open_], b[open_]]))
-    sets = load_sets(involved) if len(involved) else minhash.ShingleSets.empty()
-    position = np.full(len(sig), -1, dtype=np.int64)
-    position[involved] = np.arange(len(involved))
+    if sets_at_once is None or len(involved) <= sets_at_once:
+        # All the sets fit at once: loaded once, kept for the report.
+        sets = load_sets(involved) if len(involved) else minhash.ShingleSets.empty()
+        position = np.full(len(sig), -1, dtype=np.int64)
+        position[involved] = np.arange(len(involved))
+
+        def exact(x, y):
+            return minhash.jaccard(sets, sets, position[x], position[y])
+    else:
+        store = _SetFile(involved, load_sets, sets_at_once)
+
+        def exact(x, y):
+            return store.jaccard(x, y)
+    needed = np.zeros(len(sig), dtype=bool)
+    needed[involved] = True
     similarity = estimate.copy()
-    similarity[open_] = minhash.jaccard(sets, sets, position[a[open_]], position[b[open_]])
+    similarity[open_] = exact(a[open_], b[open_])
 
     def pair_similarity(x, y):
         out = minhash.pair_similarity(sig, x, y)
-        both = (position[x] >= 0) & (position[y] >= 0)
-        out[both] = minhash.jaccard(sets, sets, position[x[both]], position[y[both]])
+        both = needed[x] & needed[y]
+        out[both] = exact(x[both], y[both])
         return out
 
     return similarity, pair_similarity, int(np.count_nonzero(open_))
+
+
+class _SetFile:
+    """The shingle sets of documents ``docs`` (ascending) in a local scratch file: loaded
+    once, ``at_once`` documents at a time in document order (so that texts read again are
+    read in order), then read back for a chunk of pairs at a time."""
+
+    def __init__(self, docs: np.ndarray, load_sets: Callable[[np.ndarray], minhash.ShingleSets], at_once: int):
+        self.docs = docs
+        self.at_once = at_once
+        self.file = tempfile.TemporaryFile()
+        sizes = []
+        for start in range(0, len(docs), at_once):
+            sets = load_sets(docs[start: start + at_once])
+            self.file.write(np.ascontiguousarray(sets.values, dtype=np.uint32).tobytes())
+            sizes.append(sets.sizes)
+        self.offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(sizes) if sizes else np.zeros(0, np.int64), out=self.offsets[1:])
+
+    def take(self, rows: np.ndarray) -> minhash.ShingleSets:
+        """The sets of documents ``docs[rows]`` (rows ascending)."""
+        sizes = self.offsets[rows + 1] - self.offsets[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        values = np.empty(int(offsets[-1]), dtype=np.uint32)
+        for row, start, end in zip(rows.tolist(), offsets[:-1].tolist(), offsets[1:].tolist()):
+            self.file.seek(int(self.offsets[row]) * 4)
+            self.file.readinto(values[start:end].view(np.uint8))
+        return minhash.ShingleSets(values, offsets)
+
+    def jaccard(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Exact Jaccard of the pairs (x, y) of documents among ``docs``, with the sets of at
+        most ``at_once`` documents in memory."""
+        out = np.empty(len(x), dtype=np.float64)
+        step = max(1, self.at_once // 2)
+        for start in range(0, len(x), step):
+            cx, cy = x[start: start + step], y[start: start + step]
+            wanted = minhash.sorted_unique(np.concatenate([cx, cy]))
+            sets = self.take(np.searchsorted(self.docs, wanted))
+            out[start: start + step] = minhash.jaccard(sets, sets, np.searchsorted(wanted, cx), np.searchsorted(wanted, cy))
+        return out
 
 
 def reusing_known_pairs(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, n: int, measure):
@@ -508,7 +572,7 @@ def _write_plan(work_url: str, shards: list[InputShard], sizes: np.ndarray, drop
 # --------------------------------------------------------------------------- bounded memory
 
 def plan_on_disk(stage: NearDedup, shards: list[InputShard], sizes: np.ndarray, work_url: str, run,
-                 state: int, keep_sets: bool) -> dict[str, int | float]:
+                 keep_sets: bool, sets_at_once: int) -> dict[str, int | float]:
     """The plan of :meth:`NearDedup.plan` within ``memory_budget_mb``, deciding the same drops.
 
     Documents are numbered as in memory: new ones by (shard, row), then the index's by
@@ -523,11 +587,11 @@ def plan_on_disk(stage: NearDedup, shards: list[InputShard], sizes: np.ndarray, 
     survivors. The index part is written by the workers, a file per shard (a part as a
     folder, as Spark writes it). The spill files are removed at the end.
 
-    Memory here: per document that has a candidate, its metadata, its signature
-    (4 x num_perm B) and its shingle set when a pair of it needs the exact Jaccard; per
-    candidate pair three numbers; per matched indexed document one; nothing for a document
-    without a candidate. A partition task holds its rows (KEY_ROW_BYTES each), a map task
-    one shard."""
+    Memory here: per document that has a candidate, its metadata and signature
+    (4 x num_perm B); per candidate pair three numbers; per matched indexed document one;
+    nothing for a document without a candidate; the shingle sets of ``sets_at_once``
+    documents at a time. A partition task holds its rows (KEY_ROW_BYTES each, enough
+    partitions that one fits the budget), a map task one shard."""
     params = stage.params
     config = params.minhash_config()
     output_url = work_url.rsplit("/", 1)[0]
@@ -543,8 +607,7 @@ def plan_on_disk(stage: NearDedup, shards: list[InputShard], sizes: np.ndarray, 
     index_sizes, _ = _footers(index_files)
     index_starts = n_new + np.cumsum(index_sizes) - index_sizes
     key_rows = (n_new + int(index_sizes.sum())) * config.bands
-    budget = params.memory_budget_mb << 20
-    partitions = max(-(-state // budget), -(-key_rows * KEY_ROW_BYTES // budget), 2)
+    partitions = max(2, -(-key_rows * KEY_ROW_BYTES // (params.memory_budget_mb << 20)))
 
     no_shingles = sum(run.map(_spill_shard, [(i, url, int(starts[i]), int(sizes[i]), partitions, folder, keep_sets)
                                              for i, url in enumerate(urls)]))
@@ -596,7 +659,7 @@ def plan_on_disk(stage: NearDedup, shards: list[InputShard], sizes: np.ndarray, 
         parts += [minhash.ShingleSets.from_arrow(t.column(0)) for t in run.map(_take_rows_task, jobs)]
         return minhash.ShingleSets.concat(parts)
 
-    decision = decide(meta, sig, a, b, n_fresh, load_sets, params)
+    decision = decide(meta, sig, a, b, n_fresh, load_sets, params, sets_at_once)
     dropped = nodes[decision.dropped]
     _write_plan(work_url, shards, sizes, dropped, decision.survivor_ids, decision.clusters)
     if index is not None and params.update_index:
