@@ -478,7 +478,7 @@ class _SetFile:
     def __init__(self, docs: np.ndarray, load_sets: Callable[[np.ndarray], minhash.ShingleSets], at_once: int):
         self.docs = docs
         self.at_once = at_once
-        self.file = tempfile.TemporaryFile()
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 -- open while the report may still ask for a pair
         sizes = []
         for start in range(0, len(docs), at_once):
             sets = load_sets(docs[start: start + at_once])
