@@ -1,4 +1,5 @@
-"""The dataset_release DAG: triggered by the corpus asset, four release steps in order."""
+"""The dataset_release DAG: triggered by the corpus asset, the release steps in order, the
+last one making the release ready for training."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_dataset_release_is_scheduled_on_the_asset_that_corpus_build_updates(dag
 def test_release_steps_run_in_order_with_retries_timeouts_and_a_release_asset(dagbag):
     dag = dagbag.dags["dataset_release"]
     order = [t.task_id for t in dag.topological_sort()]
-    assert order == ["prepare_workspace", "dvc_repro", "dvc_push", "release_manifest"]
+    assert order == ["prepare_workspace", "dvc_repro", "dvc_push", "release_manifest", "preheat"]
     for upstream, downstream in zip(order, order[1:]):
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
     pipeline = load_pipeline("default")
@@ -40,9 +41,11 @@ def test_release_steps_run_in_order_with_retries_timeouts_and_a_release_asset(da
         assert task.retries == pipeline.orchestration.retries
         assert task.execution_timeout.total_seconds() >= pipeline.orchestration.task_timeout_s
         step = {"prepare_workspace": "prepare", "dvc_repro": "repro", "dvc_push": "push",
-                "release_manifest": "manifest"}[task.task_id]
+                "release_manifest": "manifest", "preheat": "preheat"}[task.task_id]
         assert f"tamis release {step} --pipeline default" in task.bash_command
     assert [a.uri for a in dag.get_task("release_manifest").outlets] == ["tamis://release/default"]
+    # Training DAGs schedule on this one: it changes only once a verified hot copy is ready.
+    assert [a.uri for a in dag.get_task("preheat").outlets] == ["tamis://release-ready/default"]
 
 
 def test_the_manifest_task_records_the_corpus_run_that_triggered_it(dagbag):

@@ -185,6 +185,8 @@ class Executor:
         # The image's PATH leads to its Python and tamis; the venv is that Python here.
         image_env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable,
                      "LANG": "C.UTF-8", "GX_ANALYTICS_ENABLED": "False"}
+        if "PYTHONPATH" in os.environ:  # the checkout under test, when the venv has another installed
+            image_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         done = subprocess.run(argv, cwd=REPO, env={**image_env, **container_env}, capture_output=True, text=True,
                               timeout=900)
         with self.lock, self.log.open("a") as log:
@@ -248,3 +250,7 @@ def test_the_release_reproduces_the_build_and_is_pushed_to_the_remote(executed, 
         assert stage["counts"] == local["counts"], stage["stage"]
     pushed = S3Tree(moto_s3, "k8s-releases").keys(f"releases/{release['version']}")
     assert any(key.endswith("dvc.lock") for key in pushed)
+    # The preheat pod copied it from the store to the hot volume and verified it.
+    hot = executed["dataset_release"].scratch / "tamis-hot" / release["version"]
+    ready = json.loads((hot / "_READY.json").read_text())
+    assert sorted(f["path"] for f in ready["files"]) == sorted(f["path"] for f in release["contents"]["files"])

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -45,7 +46,7 @@ def test_the_sample_built_on_the_cluster_is_the_local_build_part_for_part(spark_
         manifest = same_dataset(remote, local_build, stage)
         assert manifest["engine"] == "spark", stage
     local_index = pq.read_table(local_build / "index/_index/metadata.parquet")
-    remote_index = pq.read_table(pq.BufferReader(remote.read("index/_index/metadata.parquet")))
+    remote_index = pq.read_table(pa.BufferReader(remote.read("index/_index/metadata.parquet")))
     # Equal but for the key-value metadata naming each run's own document folder.
     assert remote_index.replace_schema_metadata(None).equals(local_index.replace_schema_metadata(None))
     assert remote.read("index/_index/tokens.bin") == (local_build / "index/_index/tokens.bin").read_bytes()
@@ -77,7 +78,7 @@ def test_nightly_days_on_the_cluster_build_the_corpus_a_local_nightly_builds(spa
     def index_ids(tables) -> list[str]:
         return sorted(i for table in tables for i in table.column("id").to_pylist())
 
-    remote_index = [pq.read_table(pq.BufferReader(remote.read(key))) for key in remote.keys("_index/near_dedup")
+    remote_index = [pq.read_table(pa.BufferReader(remote.read(key))) for key in remote.keys("_index/near_dedup")
                     if key.endswith(".parquet")]
     local_index = [pq.read_table(p) for p in (local / "_index/near_dedup").rglob("*.parquet")]
     assert index_ids(remote_index) == index_ids(local_index)

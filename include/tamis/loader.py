@@ -16,18 +16,29 @@ binary, "position": position in this rank's epoch stream}``. Resume: save
 ``dataset.record(batch)`` on each consumed batch), and ``load_state_dict()`` it into
 a fresh dataset: iteration continues at the next unseen sequence.
 
+A release is opened by its version (:meth:`PackedSequenceDataset.from_release`): its token
+binary is read from the hot copy when a verified one is ready (:mod:`tamis.preheat`), else
+from the release store (the DVC remote: a local one is read in place, an object store's
+objects are downloaded and verified first). A partial hot copy is never read.
+
 This is the only tamis module that imports torch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
+import uuid
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from tamis import storage
 from tamis.export import TokenBinary
 
 
@@ -56,6 +67,18 @@ class PackedSequenceDataset(IterableDataset):
         self.batch_size = batch_size
         self.epoch = epoch
         self.offset = 0  # sequences of this rank's epoch stream already consumed
+        self.release: dict[str, Any] | None = None  # version and where it was read from, when opened as a release
+
+    @classmethod
+    def from_release(cls, version: str, store: str, hot: str | None = None, cache: str | None = None,
+                     **kwargs: Any) -> "PackedSequenceDataset":
+        """The packed sequences of release ``version``: from the verified hot copy under ``hot``
+        when it is ready, else from ``store`` (the release's DVC remote). ``cache``: where an
+        object store's files are downloaded (default: TAMIS_RELEASE_CACHE or the temporary folder)."""
+        prefix, read_from = release_binary(version, store, hot, cache)
+        dataset = cls(prefix, **kwargs)
+        dataset.release = {"version": version, "read_from": read_from, "prefix": prefix}
+        return dataset
 
     # -- order -----------------------------------------------------------------------
 
@@ -125,6 +148,57 @@ class PackedSequenceDataset(IterableDataset):
             raise ValueError(f"loader state does not match this dataset (saved, current): {mismatched}")
         self.epoch = int(state["epoch"])
         self.offset = int(state["offset"])
+
+
+def release_binary(version: str, store: str, hot: str | None = None, cache: str | None = None) -> tuple[str, str]:
+    """(prefix of the release's .bin/.idx pair, "hot" or "store")."""
+    from tamis.preheat import hot_copy
+    from tamis.release import binary_prefix, store_object_url
+
+    copy = hot_copy(hot, version) if hot else None
+    if copy is not None:
+        manifest = json.loads((copy / "release.json").read_text())
+        return str(copy / binary_prefix(manifest)), "hot"
+    manifest = storage.read_json(storage.join(store, "releases", version, "release.json"))
+    prefix = binary_prefix(manifest)
+    files = {f["path"]: f for f in manifest["contents"]["files"]}
+    local = Path(cache or os.environ.get("TAMIS_RELEASE_CACHE") or Path(tempfile.gettempdir()) / "tamis-releases")
+    target = local / version / prefix
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".idx", ".bin"):
+        entry = files[prefix + suffix]
+        path = Path(f"{target}{suffix}")
+        if path.exists() and path.stat().st_size == entry["bytes"]:
+            continue
+        fs, source = storage.filesystem(store_object_url(store, entry["md5"]))
+        if storage._is_local(fs):
+            _link(Path(source), path)  # a local store is read in place: its objects never change
+        else:
+            _download(fs, source, path, entry)
+    return str(target), "store"
+
+
+def _link(source: Path, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    os.symlink(source, tmp)
+    os.replace(tmp, path)
+
+
+def _download(fs, source: str, path: Path, entry: dict[str, Any]) -> None:
+    """Copy one object down, checking its sha256 before it takes its name."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    digest = hashlib.sha256()
+    try:
+        with fs.open(source, "rb") as src, open(tmp, "wb") as out:
+            while block := src.read(8 << 20):
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != entry["sha256"]:
+            raise OSError(f"{source} has sha256 {digest.hexdigest()}, the release says {entry['sha256']}")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _distributed_defaults() -> tuple[int, int]:

@@ -42,6 +42,7 @@ PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_TEAM_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 
 
 class ConfigError(ValueError):
@@ -53,7 +54,23 @@ class _Strict(BaseModel):
 
 
 class SourceConfig(_Strict):
-    path: str
+    """Where a source's raw files are and how to read them.
+
+    ``kind``: ``local`` (a folder, an NFS mount: ``path``), ``s3`` (an ``s3://`` prefix:
+    ``path``), ``git`` (a repository: ``url``, ``revision``, optionally the ``subdir`` holding
+    the files) or ``http`` (files under a base ``url``, each listed in ``checksums`` with its
+    sha256). Left out, it is ``s3`` for an ``s3://`` path and ``local`` for any other path.
+    Credentials never appear here: ``connection`` names the Airflow connection that holds them.
+    """
+
+    # Never None once read (``_infer_kind``); optional in the JSON Schema, as in the YAML.
+    kind: Literal["local", "s3", "git", "http"] = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    path: str | None = None
+    url: str | None = None
+    revision: str | None = None  # git: a branch, tag or commit; default HEAD
+    subdir: str | None = None  # git: the folder of the repository that holds the files
+    checksums: dict[str, str] | None = None  # http: path under url -> sha256 of the file
+    connection: str | None = None  # Airflow connection id (AIRFLOW_CONN_<ID> reaches the command)
     format: Literal["auto", "jsonl", "jsonl.gz", "parquet", "text", "warc"] = "auto"
     text_field: str = "text"
     id_field: str | None = None
@@ -64,6 +81,14 @@ class SourceConfig(_Strict):
     # A source name starts record ids (``<source>/<record id>``) and output part names, so it
     # holds no '/' (ids stay unambiguous) and cannot climb out of a folder.
     SAFE_NAME: ClassVar[re.Pattern] = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    # The fields that say how files are read, whatever the kind of source.
+    READ_FIELDS: ClassVar[tuple[str, ...]] = ("format", "text_field", "id_field", "url_field", "type")
+    _FIELDS_OF_KIND: ClassVar[dict[str, set[str]]] = {
+        "local": {"path"}, "s3": {"path", "connection"}, "git": {"url", "revision", "subdir", "connection"},
+        "http": {"url", "checksums", "connection"},
+    }
+    _CONNECTION_ID: ClassVar[re.Pattern] = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,249}")
+    _SHA256: ClassVar[re.Pattern] = re.compile(r"(?:sha256:)?([0-9a-fA-F]{64})")
 
     @classmethod
     def check_name(cls, name: str) -> str:
@@ -73,6 +98,96 @@ class SourceConfig(_Strict):
                 "starting with a letter or digit, with no '..'"
             )
         return name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_kind(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("kind") is None:
+            if not isinstance(value.get("path"), str):
+                raise ValueError("a source needs a path (a folder or an s3:// prefix), or a kind (git, http) and a url")
+            value = {**value, "kind": "s3" if value["path"].startswith("s3://") else "local"}
+        return value
+
+    @model_validator(mode="after")
+    def _fits_its_kind(self) -> "SourceConfig":
+        kind = self.kind
+        given = {name for name in ("path", "url", "revision", "subdir", "checksums", "connection")
+                 if getattr(self, name) is not None}
+        stray = sorted(given - self._FIELDS_OF_KIND[kind])
+        if stray:
+            raise ValueError(f"a {kind} source takes no {', '.join(stray)} "
+                             f"(it takes {', '.join(sorted(self._FIELDS_OF_KIND[kind]))})")
+        if kind in ("local", "s3"):
+            if not self.path:
+                raise ValueError(f"a {kind} source needs a path")
+            if kind == "s3" and not self.path.startswith("s3://"):
+                raise ValueError(f"an s3 source's path starts with s3://, got {self.path!r}")
+            if kind == "local" and "://" in self.path and not self.path.startswith("file://"):
+                raise ValueError(f"a local source's path is a folder, got {self.path!r} (set kind to s3, git or http)")
+        else:
+            if not self.url:
+                raise ValueError(f"a {kind} source needs a url")
+            _check_remote_url(self.url, kind)
+        if self.connection is not None and not self._CONNECTION_ID.fullmatch(self.connection):
+            raise ValueError(f"connection {self.connection!r} must be an Airflow connection id made of letters, "
+                             "digits and '_' (it becomes the variable AIRFLOW_CONN_<ID>)")
+        if kind == "git":
+            revision = self.revision or "HEAD"
+            if revision.startswith("-") or any(c.isspace() or ord(c) < 32 for c in revision) or ".." in revision:
+                raise ValueError(f"revision {revision!r} is not a branch, tag or commit")
+            if self.subdir is not None:
+                _check_relative(self.subdir, "subdir")
+        if kind == "http":
+            if not self.checksums:
+                raise ValueError("an http source lists its files under checksums: {path under url: sha256}")
+            for relpath, digest in self.checksums.items():
+                _check_relative(relpath, "a file of checksums")
+                if not self._SHA256.fullmatch(str(digest).strip()):
+                    raise ValueError(f"checksum of {relpath!r} must be a sha256 (64 hex digits), got {digest!r}")
+        return self
+
+    @field_validator("checksums")
+    @classmethod
+    def _plain_digests(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        plain = {}
+        for relpath, digest in value.items():
+            match = cls._SHA256.fullmatch(str(digest).strip())
+            plain[relpath] = match.group(1).lower() if match else str(digest)
+        return plain
+
+    @property
+    def location(self) -> str:
+        """Where the source is, as a person reads it (never with credentials)."""
+        if self.kind == "git":
+            where = f"{self.url}@{self.revision or 'HEAD'}"
+            return f"{where}:{self.subdir}" if self.subdir else where
+        return self.url if self.kind == "http" else self.path
+
+
+def _check_remote_url(url: str, kind: str) -> None:
+    from urllib.parse import urlsplit
+
+    if url.startswith("-") or any(c.isspace() for c in url):
+        raise ValueError(f"{url!r} is not a {kind} URL")
+    scp_like = kind == "git" and "://" not in url and re.match(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:", url)
+    schemes = ("http", "https") if kind == "http" else ("http", "https", "git", "ssh", "file")
+    if not scp_like:
+        parts = urlsplit(url)
+        if parts.scheme not in schemes:
+            raise ValueError(f"a {kind} source's url starts with {' or '.join(s + '://' for s in schemes)}, got {url!r}")
+        if parts.password is not None or (parts.username is not None and parts.scheme in ("http", "https")):
+            raise ValueError(f"the url of a {kind} source holds credentials; name an Airflow connection "
+                             "(connection: <id>) instead")
+        if parts.query or parts.fragment:
+            raise ValueError(f"a {kind} source's url takes no query or fragment, got {url!r}")
+
+
+def _check_relative(path: str, what: str) -> None:
+    parts = path.split("/")
+    if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{what} {path!r} must be a relative path without '.', '..' or empty parts")
 
 
 class StageSpec(_Strict):
@@ -136,6 +251,9 @@ class Reports(_Strict):
 class Pipeline(_Strict):
     name: str
     path: str = Field(exclude=True)
+    # The team that owns the pipeline, its runs and its releases (an Airflow team; it names the
+    # team's Kubernetes service account and S3 prefix). None: no team, every user may read it.
+    team: str | None = None
     storage_root: str
     # Airflow connection whose credentials reach an s3:// storage root (tasks export them).
     storage_connection: str = "aws_default"
@@ -154,6 +272,14 @@ class Pipeline(_Strict):
     def _pipeline_name(cls, value: str) -> str:
         if not _PIPELINE_NAME.match(value):
             raise ValueError(f"pipeline name {value!r} must hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("team")
+    @classmethod
+    def _team_name(cls, value: str | None) -> str | None:
+        if value is not None and not _TEAM_NAME.match(value):
+            raise ValueError(f"team {value!r} must be 1 to 40 lower-case letters, digits and '-', starting with a letter "
+                             "(it names a Kubernetes service account and an S3 prefix)")
         return value
 
     @field_validator("sources")

@@ -11,7 +11,10 @@ the project checkout::
       sources/<name>/         a snapshot of each raw source, tracked by sources/<name>.dvc
       data/<stage>/           each stage's output dataset (a DVC out)
       timings/<stage>.json    the run's timings, kept out of the outs (see :func:`seal`)
+      gates/<stage>.json      the stage's quality-gate verdict on the released data, likewise
       release.json            the last release manifest
+      sources/<name>.origin.json  where each source came from (a Git source's commit, an HTTP
+                              source's checksums and the files that did not match them)
 
 The remote (a folder by default, S3 by config) receives the DVC cache objects and, under
 ``releases/<version>/``, the release manifest with the dvc.yaml, dvc.lock and pipeline.yaml
@@ -22,6 +25,12 @@ params are processed, or DVC would see a new version on every run and rerun ever
 downstream. The runner's manifests carry the run's timings; :func:`seal` (the second command
 of every DVC stage) moves them to ``timings/`` and writes paths relative to the workspace,
 so the sealed outs are byte-identical across runs and across workspaces.
+
+A release belongs to the pipeline's team (``team``), or to everyone (``release.public``): the
+catalog shows it only to those who may read it. Its *contents* are the final stage's dataset
+and the document dataset its index names: ``tamis release preheat`` (:mod:`tamis.preheat`)
+copies exactly those files from the remote to the hot location training jobs read, and the
+manifest lists each with its sha256 and its DVC md5 (its object in the remote).
 """
 
 from __future__ import annotations
@@ -33,7 +42,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 import warnings
 from datetime import datetime, timezone
@@ -56,9 +64,14 @@ PIPELINE_FILE = "pipeline.yaml"
 DVC_FILE = "dvc.yaml"
 LOCK_FILE = "dvc.lock"
 RELEASE_FILE = "release.json"
+ORIGIN_SUFFIX = ".origin.json"
 SOURCES_DIR = "sources"
 DATA_DIR = "data"
 TIMINGS_DIR = "timings"
+GATES_DIR = "gates"
+GATE_RESULT = "_gates/result.json"
+# Where pods mount the hot volume unless release.hot says otherwise.
+HOT_MOUNT = "/mnt/tamis-hot"
 MANIFEST = "_manifest.json"
 COMMITS_DIR = "_commits"
 # Manifest and commit fields that describe one run rather than the data it produced.
@@ -90,6 +103,25 @@ class ReleaseConfig(BaseModel):
         return value or None
     remote_name: str = "storage"
     push_jobs: int = Field(default=4, ge=1)
+    # Readable by every team (stored once, under a prefix every team may read), not only the pipeline's.
+    public: bool = False
+    # Where `tamis release preheat` puts verified copies for training jobs: a local folder or the
+    # mount of a volume they share; default <storage_root>/releases/hot, or HOT_MOUNT in pods.
+    hot: str | None = None
+    # The PersistentVolumeClaim (k8s/hot-volume.yaml) mounted at `hot` when tasks run as pods.
+    hot_volume_claim: str = "tamis-hot"
+
+    @field_validator("hot", mode="before")
+    @classmethod
+    def _no_hot_is_unset(cls, value: Any) -> Any:
+        return value or None
+
+    @field_validator("hot_volume_claim")
+    @classmethod
+    def _claim_name(cls, value: str) -> str:
+        from tamis.execution import check_dns_label
+
+        return check_dns_label(value)
 
 
 def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) -> ReleaseConfig:
@@ -101,7 +133,7 @@ def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) 
     block = pipeline.release.model_dump()
     for key, value in (overrides or {}).items():
         if value is not None:
-            block[key] = resolve_path(str(value), Path.cwd()) if key in ("workspace", "remote") else value
+            block[key] = resolve_path(str(value), Path.cwd()) if key in ("workspace", "remote", "hot") else value
     try:
         config = ReleaseConfig(**block)
     except ValueError as exc:
@@ -115,7 +147,17 @@ def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) 
         workspace = storage.join(default_root, "workspace")
     if "://" in workspace:
         raise ConfigError(f"{pipeline.path}: release.workspace must be a local folder, got {workspace}")
-    return config.model_copy(update={"workspace": workspace, "remote": config.remote or storage.join(default_root, "remote")})
+    hot = config.hot
+    if hot is not None:
+        hot = resolve_path(hot, Path(pipeline.path).parent)
+    elif pipeline.execution.mode == "kubernetes":
+        hot = HOT_MOUNT
+    elif "://" not in pipeline.storage_root:
+        hot = storage.join(pipeline.storage_root, "releases", "hot")
+    if hot is not None and "://" in hot:
+        raise ConfigError(f"{pipeline.path}: release.hot must be a local folder or a mounted volume, got {hot}")
+    return config.model_copy(update={"workspace": workspace, "remote": config.remote or storage.join(default_root, "remote"),
+                                     "hot": hot})
 
 
 # --- dvc.yaml --------------------------------------------------------------------------------
@@ -138,6 +180,8 @@ def dvc_stages(pipeline: Pipeline) -> dict[str, Any]:
         if previous is not None:
             run += ["--input", stage_out(previous)]
         run += ["--output", stage_out(name)]
+        # The gate runs on the stage's output as every run's does; a failed gate stops dvc repro.
+        gate_cmd = ["tamis", "validate", name, "--pipeline", PIPELINE_FILE, "--dataset", stage_out(name)]
         seal_cmd = ["python", "-m", "tamis.release", "seal", stage_out(name)]
         params = [f"stages.{_stage_position(pipeline, name)}"]
         if previous is None:
@@ -146,7 +190,7 @@ def dvc_stages(pipeline: Pipeline) -> dict[str, Any]:
         else:
             deps = [stage_out(previous)]
         stages[name] = {
-            "cmd": [shlex.join(run), shlex.join(seal_cmd)],
+            "cmd": [shlex.join(run), shlex.join(gate_cmd), shlex.join(seal_cmd)],
             "deps": deps,
             "params": [{PIPELINE_FILE: params}],
             "outs": [stage_out(name)],
@@ -159,13 +203,20 @@ def workspace_pipeline(pipeline: Pipeline) -> dict[str, Any]:
     """The pipeline config as it runs inside the workspace (paths relative to it)."""
     config = pipeline.model_dump(mode="json", exclude={"release"})
     config["storage_root"] = DATA_DIR
-    config["sources"] = {name: {**source, "path": f"{SOURCES_DIR}/{name}"}
+    # Inside the workspace every source is its snapshot, a local folder read as before.
+    config["sources"] = {name: {"path": f"{SOURCES_DIR}/{name}", **{k: source[k] for k in source_read_fields()}}
                          for name, source in sorted(config["sources"].items())}
     # Effective params, defaults included: dvc.lock then pins every value the stage used.
     config["stages"] = [{"name": spec.name, "type": spec.type, "params": pipeline.stage(spec.name).params.model_dump(mode="json")}
                         for spec in pipeline.stages]
     config["execution"] = {"mode": "local"}
     return config
+
+
+def source_read_fields() -> tuple[str, ...]:
+    from tamis.pipeline import SourceConfig
+
+    return SourceConfig.READ_FIELDS
 
 
 def _stage_position(pipeline: Pipeline, name: str) -> int:
@@ -180,11 +231,14 @@ def prepare_workspace(pipeline: Pipeline, config: ReleaseConfig) -> Path:
     """Create or update the workspace: DVC repo, remote, source snapshots, pipeline.yaml, dvc.yaml."""
     from tamis import storage
 
+    from tamis.sources.location import location
+
     workspace = Path(config.workspace)
     workspace.mkdir(parents=True, exist_ok=True)
     names = sorted(pipeline.sources)
     for name in names:
-        snapshot_source(pipeline.sources[name].path, workspace / SOURCES_DIR / name)
+        origin = location(pipeline.sources[name]).snapshot(workspace / SOURCES_DIR / name)
+        _write_if_changed(workspace / SOURCES_DIR / f"{name}{ORIGIN_SUFFIX}", json.dumps(origin, indent=2, sort_keys=True))
     _write_if_changed(workspace / PIPELINE_FILE, yaml.safe_dump(workspace_pipeline(pipeline), sort_keys=False))
     _write_if_changed(workspace / DVC_FILE, yaml.safe_dump(dvc_stages(pipeline), sort_keys=False))
     remote: dict[str, str] = {"url": _dvc_remote_url(config.remote)}
@@ -199,45 +253,6 @@ def prepare_workspace(pipeline: Pipeline, config: ReleaseConfig) -> Path:
     log.info("release workspace %s ready: %d sources, stages %s, remote %s",
              workspace, len(names), ", ".join(pipeline.stage_names), config.remote)
     return workspace
-
-
-def snapshot_source(source_url: str, dest: Path) -> None:
-    """Mirror a raw source into the workspace; unchanged files (same size and mtime) are kept,
-    so DVC does not rehash them."""
-    from tamis import storage
-
-    fs, root = storage.filesystem(source_url)
-    if not fs.exists(root):
-        raise FileNotFoundError(f"release: source path {source_url} does not exist")
-    root = root.rstrip("/")
-    wanted: dict[str, dict[str, Any]] = {}
-    for path, info in fs.find(root, detail=True).items():
-        if info["type"] == "file":
-            wanted[path[len(root) + 1:]] = info
-    if dest.exists():
-        for path in sorted(dest.rglob("*"), reverse=True):
-            rel = path.relative_to(dest).as_posix()
-            if path.is_file() and rel not in wanted:
-                path.unlink()
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-    local = storage._is_local(fs)
-    for rel, info in sorted(wanted.items()):
-        target = dest / rel
-        src = f"{root}/{rel}"
-        if local:
-            stat = os.stat(src)
-            if target.exists() and target.stat().st_size == stat.st_size and target.stat().st_mtime == stat.st_mtime:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                target.unlink()  # DVC may have linked it read-only to its cache
-            shutil.copy2(src, target)
-        else:
-            if target.exists() and target.stat().st_size == info["size"]:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get(src, str(target))
 
 
 def repro(workspace: Path, force: bool = False) -> dict[str, Any]:
@@ -302,9 +317,10 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 def seal(dataset_dir: str | Path, workspace: str | Path = ".") -> dict[str, Any]:
     """Make a stage's output depend only on its inputs and params: move the run's timings from
-    ``_manifest.json`` and ``_commits/*.json`` to ``timings/<stage>.json`` (outside the out),
-    and write workspace paths relative to the workspace. Runs after ``tamis run`` in each
-    DVC stage; downstream stages then hash a manifest that is the same on every run."""
+    ``_manifest.json`` and ``_commits/*.json`` to ``timings/<stage>.json`` and its gate verdict
+    to ``gates/<stage>.json`` (outside the out), and write workspace paths relative to the
+    workspace. Runs after ``tamis run`` and ``tamis validate`` in each DVC stage; downstream
+    stages then hash a manifest that is the same on every run."""
     workspace = Path(workspace).resolve()
     dataset = Path(dataset_dir)
     if not dataset.is_absolute():
@@ -329,6 +345,11 @@ def seal(dataset_dir: str | Path, workspace: str | Path = ".") -> dict[str, Any]
     timings_path = workspace / TIMINGS_DIR / f"{dataset.name}.json"
     timings_path.parent.mkdir(parents=True, exist_ok=True)
     _write_json(timings_path, timings)
+    gate = dataset / GATE_RESULT
+    if gate.exists():
+        (workspace / GATES_DIR).mkdir(exist_ok=True)
+        os.replace(gate, workspace / GATES_DIR / f"{dataset.name}.json")
+        gate.parent.rmdir()
     return timings
 
 
@@ -398,8 +419,10 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
     for name in sorted(pipeline.sources):
         files = file_entries(workspace / SOURCES_DIR / name, workspace)
         tracked = yaml.safe_load((workspace / SOURCES_DIR / f"{name}.dvc").read_text())["outs"][0]
-        sources[name] = {"origin": pipeline.sources[name].path, "path": f"{SOURCES_DIR}/{name}",
-                         "dvc_md5": tracked["md5"], "files": files}
+        origin_path = workspace / SOURCES_DIR / f"{name}{ORIGIN_SUFFIX}"
+        sources[name] = {"origin": pipeline.sources[name].location, "kind": pipeline.sources[name].kind,
+                         "lineage": json.loads(origin_path.read_text()) if origin_path.exists() else None,
+                         "path": f"{SOURCES_DIR}/{name}", "dvc_md5": tracked["md5"], "files": files}
         raw_files.update({f["path"]: f for f in files})
 
     stages = []
@@ -441,9 +464,12 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
         previous_manifest_sha = manifest_sha
 
     final = pipeline.stage_names[-1]
+    source_run = compare_with_run(pipeline, source_run_id, stages) if source_run_id else None
     return {
         "version": version,
         "pipeline": pipeline.name,
+        "team": pipeline.team,
+        "public": config.public,
         "pipeline_config": pipeline.path,
         "created_at": now.isoformat(timespec="seconds"),
         "tamis_version": __version__,
@@ -453,9 +479,97 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
                 "pipeline_yaml_sha256": sha256_file(workspace / PIPELINE_FILE)},
         "sources": sources,
         "stages": stages,
-        "source_run": compare_with_run(pipeline, source_run_id, stages) if source_run_id else None,
+        "source_run": source_run,
+        "gates": gate_results(workspace, pipeline.stage_names),
         "final": {"stage": final, "path": stage_out(final), "files": file_entries(workspace / stage_out(final), workspace)},
+        "contents": release_contents(workspace, lock, final, pipeline.stage_names),
+        "config": clone_config(pipeline, sources),
     }
+
+
+def release_contents(workspace: Path, lock: dict[str, Any], final: str, stage_names: list[str]) -> dict[str, Any]:
+    """What a user of the release reads: the final dataset and the document dataset its index
+    names, every file with its size, sha256 and DVC md5 (its object in the remote)."""
+    datasets = [final]
+    documents = _indexed_documents(workspace / stage_out(final))
+    if documents in stage_names and documents != final:
+        datasets.append(documents)
+    files = []
+    for stage in datasets:
+        out = lock["stages"][stage]["outs"][0]
+        md5_of = {entry["relpath"]: entry["md5"] for entry in json.loads(_cache_object(workspace, out["md5"]).read_text())}
+        for entry in file_entries(workspace / stage_out(stage), workspace):
+            relpath = entry["path"][len(stage_out(stage)) + 1:]
+            if relpath not in md5_of:
+                raise ReleaseError(f"release: {entry['path']} is not in the DVC output of stage {stage!r}; run `dvc repro`")
+            files.append({**entry, "md5": md5_of[relpath]})
+    return {"datasets": datasets, "files": files, "bytes": sum(f["bytes"] for f in files)}
+
+
+def _indexed_documents(dataset: Path) -> str | None:
+    """The stage whose records the dataset's index points to (packed sequences keep their
+    documents in a sibling dataset), if it has an index."""
+    import pyarrow.parquet as pq
+
+    from tamis.stages.index import DOCUMENTS_NAME_KEY, INDEX_DIR, METADATA_FILE
+
+    path = dataset / INDEX_DIR / METADATA_FILE
+    if not path.exists():
+        return None
+    name = (pq.read_schema(path).metadata or {}).get(DOCUMENTS_NAME_KEY)
+    return name.decode() if name else None
+
+
+def _cache_object(workspace: Path, md5: str) -> Path:
+    return workspace / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def store_object_url(remote: str, md5: str) -> str:
+    """Where the remote keeps the object of a file with this DVC md5."""
+    from tamis import storage
+
+    return storage.join(remote, "files", "md5", md5[:2], md5[2:])
+
+
+def binary_prefix(manifest: dict[str, Any]) -> str:
+    """The path of the release's token binary, without .bin/.idx (the final dataset's first)."""
+    paths = {f["path"] for f in manifest["contents"]["files"]}
+    pairs = sorted(p[:-4] for p in paths if p.endswith(".bin") and p[:-4] + ".idx" in paths)
+    final = manifest["final"]["path"] + "/"
+    pairs.sort(key=lambda p: not p.startswith(final))
+    if not pairs:
+        raise FileNotFoundError(f"release {manifest['version']} holds no .bin/.idx pair of packed sequences")
+    return pairs[0]
+
+
+def gate_results(workspace: Path, stage_names: list[str]) -> dict[str, Any]:
+    """Each stage's quality-gate verdict on the released data (null where none was recorded)."""
+    results: dict[str, Any] = {}
+    for stage in stage_names:
+        path = workspace / GATES_DIR / f"{stage}.json"
+        result = json.loads(path.read_text()) if path.exists() else None
+        results[stage] = None if result is None else {k: result.get(k) for k in ("success", "evaluated", "failed", "facts")}
+    return results
+
+
+def clone_config(pipeline: Pipeline, sources: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline config that starts where this release did: the same sources (a Git source
+    pinned to the commit it was read at), every stage with its effective parameters, the gates."""
+    config: dict[str, Any] = {"name": pipeline.name}
+    if pipeline.team:
+        config["team"] = pipeline.team
+    config["sources"] = {}
+    for name, source in sorted(pipeline.sources.items()):
+        entry = source.model_dump(mode="json", exclude_none=True)
+        commit = (sources[name].get("lineage") or {}).get("commit")
+        if commit:
+            entry["revision"] = commit
+        config["sources"][name] = entry
+    config["stages"] = [{"name": spec.name, "type": spec.type, "params": pipeline.stage(spec.name).params.model_dump(mode="json")}
+                        for spec in pipeline.stages]
+    if pipeline.gates:
+        config["gates"] = pipeline.gates
+    return config
 
 
 def compare_with_run(pipeline: Pipeline, run_id: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -486,7 +600,7 @@ def write_release(pipeline: Pipeline, config: ReleaseConfig, source_run_id: str 
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     (workspace / RELEASE_FILE).write_bytes(body)
     target = storage.join(config.remote, "releases", manifest["version"])
-    fs, root = _remote_filesystem(config, target)
+    fs, root = remote_filesystem(config, target)
     fs.makedirs(root, exist_ok=True)
     fs.pipe({f"{root}/{RELEASE_FILE}": body,
              **{f"{root}/{name}": (workspace / name).read_bytes() for name in (DVC_FILE, LOCK_FILE, PIPELINE_FILE)}})
@@ -495,7 +609,7 @@ def write_release(pipeline: Pipeline, config: ReleaseConfig, source_run_id: str 
     return manifest
 
 
-def _remote_filesystem(config: ReleaseConfig, url: str):
+def remote_filesystem(config: ReleaseConfig, url: str):
     """The remote's filesystem, reached through the release's own endpoint when it names one."""
     from fsspec.core import url_to_fs
 
@@ -527,13 +641,17 @@ def add_release_commands(subparsers: argparse._SubParsersAction) -> None:
                             ("repro", "dvc repro: rerun the stages whose inputs or params changed"),
                             ("push", "dvc push to the release remote"),
                             ("manifest", "write the release manifest (lineage, dvc.lock) to the workspace and remote"),
-                            ("all", "prepare, repro, push and manifest in one go")):
+                            ("all", "prepare, repro, push and manifest in one go"),
+                            ("preheat", "copy a release from the remote to the hot location, verify it, mark it ready")):
         sub = steps.add_parser(step, help=help_text)
         sub.add_argument("--pipeline", default="default", help="pipeline name under include/pipelines or a YAML path")
         sub.add_argument("--workspace", help="local folder of the DVC repository (default: release.workspace)")
         sub.add_argument("--remote", help="DVC remote, a folder or s3://... (default: release.remote)")
         if step in ("repro", "all"):
             sub.add_argument("--force", action="store_true", help="rerun every stage")
+        if step == "preheat":
+            sub.add_argument("--version", help="the release to preheat (default: the workspace's last release)")
+            sub.add_argument("--hot", help="the hot location, a local folder or mounted volume (default: release.hot)")
         if step in ("manifest", "all"):
             sub.add_argument("--source-run-id", help="the corpus run whose update triggered this release, for the record")
             sub.add_argument("--run-id", help="the orchestrator run making this release, for the record")
@@ -548,7 +666,8 @@ def _cmd_release(args: argparse.Namespace) -> int:
     from tamis.pipeline import load_pipeline
 
     pipeline = load_pipeline(args.pipeline)
-    config = release_config(pipeline, {"workspace": args.workspace, "remote": args.remote})
+    config = release_config(pipeline, {"workspace": args.workspace, "remote": args.remote,
+                                       "hot": getattr(args, "hot", None)})
     step = args.release_step
     try:
         _run_step(step, args, pipeline, config)
@@ -566,6 +685,11 @@ def _run_step(step: str, args: argparse.Namespace, pipeline: Pipeline, config: R
         print(json.dumps({"ran": result["ran"], "up_to_date": result["up_to_date"]}))
     elif step == "push":
         print(json.dumps({"remote": push(Path(config.workspace), config)["remote"]}))
+    elif step == "preheat":
+        from tamis.preheat import preheat
+
+        version = args.version or last_release_version(config)
+        print(json.dumps(preheat(config, version)))
     else:
         if step == "all":
             manifest = release(pipeline, config, force=args.force, source_run_id=args.source_run_id or None,
@@ -582,7 +706,14 @@ def track(pipeline: Pipeline, config: ReleaseConfig, manifest: dict[str, Any]) -
     from tamis import storage, tracking
 
     target = storage.join(config.remote, "releases", manifest["version"])
-    tracking.track_release(pipeline, manifest, config.workspace, _remote_filesystem(config, target))
+    tracking.track_release(pipeline, manifest, config.workspace, remote_filesystem(config, target))
+
+
+def last_release_version(config: ReleaseConfig) -> str:
+    path = Path(config.workspace) / RELEASE_FILE
+    if not path.exists():
+        raise ReleaseError(f"release: no {RELEASE_FILE} in {config.workspace}; write the release manifest first")
+    return json.loads(path.read_text())["version"]
 
 
 def _cmd_seal(args: argparse.Namespace) -> int:

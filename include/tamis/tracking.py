@@ -162,6 +162,15 @@ def dataset_entry(name: str, url: str, context: str, md5: str | None = None) -> 
     return {"name": name, "url": url, "context": context, "dvc_md5": md5 if md5 is not None else dvc_md5(url)}
 
 
+def source_entry(name: str, source, date: str | None = None) -> dict[str, Any]:
+    """A source as an input dataset. A Git or HTTP source has no path to hash: its location
+    names the revision read, and ingest's lineage names each file's commit or checksum."""
+    label = f"source:{name}@{date}" if date else f"source:{name}"
+    if source.path is None:
+        return {"name": label, "url": source.location, "context": "input", "dvc_md5": None}
+    return dataset_entry(label, source.path, "input")
+
+
 def airflow_tags() -> dict[str, str]:
     return {tag: os.environ[var] for tag, var in AIRFLOW_TAGS.items() if os.environ.get(var)}
 
@@ -282,7 +291,7 @@ def track_corpus_build(pipeline: Pipeline, run_id: str, summary: dict[str, Any])
         return None
     manifests, artifacts = _stage_files(pipeline, run_id, pipeline.stage_names)
     artifacts["summary.json"] = summary
-    datasets = [dataset_entry(f"source:{name}", source.path, "input") for name, source in sorted(pipeline.sources.items())]
+    datasets = [source_entry(name, source) for name, source in sorted(pipeline.sources.items())]
     if summary.get("output"):
         datasets.append(dataset_entry(f"{pipeline.name}:{summary['output'].rstrip('/').rsplit('/', 1)[-1]}",
                                       summary["output"], "output"))
@@ -301,8 +310,9 @@ def track_nightly(pipeline: Pipeline, run_id: str, date: str, partition: dict[st
     manifests, artifacts = _stage_files(pipeline, run_id, pipeline.corpus_stages)
     datasets = []
     for name, source in sorted(pipeline.sources.items()):
-        day = storage.join(source.path, f"date={date}")
-        if storage.exists(day):
+        if source.path is None:
+            datasets.append(source_entry(name, source, date))
+        elif storage.exists(day := storage.join(source.path, f"date={date}")):
             datasets.append(dataset_entry(f"source:{name}@{date}", day, "input"))
     datasets.append(dataset_entry(f"corpus:{pipeline.name}@{date}", partition["output"], "output"))
     extra = {}

@@ -67,12 +67,27 @@ def storage_env(pipeline: Pipeline) -> dict[str, str]:
     }
 
 
+def source_env(pipeline: Pipeline, argv: list[str]) -> dict[str, str]:
+    """The connections of the pipeline's sources, for the commands that read sources, as
+    ``AIRFLOW_CONN_<ID>`` (the connection's JSON, rendered when the task runs; its secrets
+    are masked in the rendered fields like any connection's)."""
+    if not kubernetes.reads_sources(pipeline, argv):
+        return {}
+    fields = ("conn_type", "host", "login", "password", "port", "schema")
+    return {
+        f"AIRFLOW_CONN_{conn_id.upper()}": "{" + ", ".join(
+            [f'"{f}": {{{{ conn.{conn_id}.{f} | tojson }}}}' for f in fields]
+            + [f'"extra": {{{{ conn.{conn_id}.extra_dejson | tojson }}}}']) + "}"
+        for conn_id in kubernetes.source_connections(pipeline)
+    }
+
+
 def stage_operator(pipeline: Pipeline, task_id: str, argv: list[str], **kwargs):
     """A task running ``tamis <argv>``: a local process, or a pod / Spark application."""
     if pipeline.execution.mode == "kubernetes":
         return kubernetes.execution_operator(pipeline, task_id, argv, **kwargs)
     command = commands.shell_command(commands.tamis_executable(), argv)
-    env = {**storage_env(pipeline), "TAMIS_LEASE_OWNER": kubernetes.LEASE_OWNER}
+    env = {**storage_env(pipeline), **source_env(pipeline, argv), "TAMIS_LEASE_OWNER": kubernetes.LEASE_OWNER}
     return BashOperator(task_id=task_id, bash_command=command, env=env, append_env=True, **kwargs)
 
 

@@ -10,6 +10,9 @@ the same command line on Spark (``spark_jobs/run_stage.py``).
 
 Credentials never enter a pod spec: Airflow connections are handed to pods as Kubernetes
 Secrets (``tamis-conn-<conn id>``, built by :func:`connection_secret_manifest`), exposed as env.
+Pods get the connections listed under ``execution.kubernetes.connections`` and those the
+pipeline's sources name; a source's Secret holds only ``AIRFLOW_CONN_<ID>``, which the source
+readers use, so that it never replaces the store's ``AWS_*`` credentials.
 """
 
 from __future__ import annotations
@@ -43,13 +46,29 @@ def kubernetes_config(pipeline: Pipeline) -> KubernetesExecution:
     return pipeline.execution.kubernetes
 
 
+def source_connections(pipeline: Pipeline) -> list[str]:
+    """The Airflow connections the pipeline's sources name."""
+    return sorted({s.connection for s in pipeline.sources.values() if s.connection})
+
+
 def pod_connections(pipeline: Pipeline) -> list[str]:
-    """Airflow connections whose Secrets every pod gets: the configured ones, and the storage
-    connection when the store is S3 (a pod cannot read the data without it)."""
+    """Airflow connections whose Secrets every pod gets: the configured ones, the storage
+    connection when the store is S3 (a pod cannot read the data without it), and those the
+    sources name (a source's Secret holds only its AIRFLOW_CONN_<ID>)."""
     names = list(kubernetes_config(pipeline).connections)
     if pipeline.storage_root.startswith("s3://") and pipeline.storage_connection not in names:
         names.append(pipeline.storage_connection)
-    return names
+    return names + [c for c in source_connections(pipeline) if c not in names]
+
+
+def reads_sources(pipeline: Pipeline, argv: list[str]) -> bool:
+    """Whether ``tamis <argv>`` reads the raw sources: a stage that reads them (or the listing of
+    its shards), and the release's snapshot of them."""
+    if list(argv[:2]) == ["release", "prepare"]:
+        return True
+    if len(argv) >= 2 and argv[0] in ("run", "shards") and argv[1] in pipeline.stage_names:
+        return pipeline.stage_type(argv[1]).reads_sources
+    return False
 
 
 def connection_secret_name(conn_id: str) -> str:
@@ -145,16 +164,19 @@ def shard_batches_task(pipeline: Pipeline, stage: str, pipeline_ref: str, argv: 
     from airflow.sdk import task
 
     connection = pipeline.storage_connection if pipeline.storage_root.startswith("s3://") else None
+    sources = source_connections(pipeline) if pipeline.stage_type(stage).reads_sources else []
     per_task = kubernetes_config(pipeline).fanout.shards_per_task
 
     @task(task_id=f"list_{stage}_shards", **kwargs)
     def list_shards(pipeline_ref: str, argv: list[str], run_id: str | None = None) -> list[list[str]]:
+        import os
+
+        from airflow.sdk import Connection
+
         if connection:
-            import os
-
-            from airflow.sdk import Connection
-
             os.environ.update(connection_env(Connection.get(connection)))
+        for conn_id in sources:  # listing a Git, HTTP or S3 source reaches it
+            os.environ.update(connection_env(Connection.get(conn_id), source_only=True))
         return shard_batches(pipeline_ref, stage, run_id, argv, per_task)
 
     return list_shards(pipeline_ref, argv)
@@ -244,10 +266,11 @@ def execution_operator(pipeline: Pipeline, task_id: str, argv: list[str], **kwar
 # --- credentials ----------------------------------------------------------------------
 
 
-def connection_env(conn) -> dict[str, str]:
-    """The env a pod needs to use an Airflow connection: AWS_* for aws, AIRFLOW_CONN_<ID> always."""
+def connection_env(conn, source_only: bool = False) -> dict[str, str]:
+    """The env a pod needs to use an Airflow connection: AIRFLOW_CONN_<ID> always, and AWS_* for
+    an aws connection of the store (not for a source's: it would replace the store's)."""
     env = {f"AIRFLOW_CONN_{conn.conn_id.upper()}": conn.get_uri()}
-    if conn.conn_type == "aws":
+    if conn.conn_type == "aws" and not source_only:
         extra = conn.extra_dejson
         values = {
             "AWS_ACCESS_KEY_ID": conn.login or extra.get("aws_access_key_id"),
@@ -261,7 +284,7 @@ def connection_env(conn) -> dict[str, str]:
     return env
 
 
-def connection_secret_manifest(conn, namespace: str) -> dict[str, Any]:
+def connection_secret_manifest(conn, namespace: str, source_only: bool = False) -> dict[str, Any]:
     """A Secret (stringData) holding :func:`connection_env` of ``conn``, for ``kubectl apply -f -``."""
     return {
         "apiVersion": "v1",
@@ -269,7 +292,7 @@ def connection_secret_manifest(conn, namespace: str) -> dict[str, Any]:
         "metadata": {"name": connection_secret_name(conn.conn_id), "namespace": namespace,
                      "labels": {"app.kubernetes.io/name": "tamis", "tamis/connection": conn.conn_id}},
         "type": "Opaque",
-        "stringData": connection_env(conn),
+        "stringData": connection_env(conn, source_only),
     }
 
 
@@ -285,8 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from airflow.sdk import Connection
 
-    namespace = kubernetes_config(load_pipeline(args.pipeline)).namespace
-    manifest = connection_secret_manifest(Connection.get(args.conn_id), namespace)
+    pipeline = load_pipeline(args.pipeline)
+    cfg = kubernetes_config(pipeline)
+    source_only = (args.conn_id in source_connections(pipeline) and args.conn_id not in cfg.connections
+                   and args.conn_id != pipeline.storage_connection)
+    manifest = connection_secret_manifest(Connection.get(args.conn_id), cfg.namespace, source_only)
     print(json.dumps(manifest, indent=2))
     return 0
 

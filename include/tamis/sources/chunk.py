@@ -6,7 +6,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import fsspec
 import pyarrow as pa
+
+from tamis import storage
 
 # One row per record. ``line``: the line of a text file, or the 1-based record number of a
 # Parquet file. ``ordinal``: the record's place in its file, the basis of generated ids.
@@ -58,6 +61,14 @@ def reject(reason: str, detail: str, line: int | None = None, record_id: str | N
                   sample: str | None = None) -> Chunk:
     """One entry of rejected input: a line, a row group, a whole file or the rest of one."""
     return Chunk(rejected=rejected([(line, record_id, reason, detail, sample)]))
+
+
+def open_target(url: str, fs: fsspec.AbstractFileSystem | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of ``url``: through ``fs`` when the source brings its own (an
+    object store reached with the source's credentials), else through the store's settings."""
+    if fs is None:
+        return storage.filesystem(url)
+    return fs, fs._strip_protocol(url)
 
 
 def sample_of(data: bytes) -> str:

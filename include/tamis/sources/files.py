@@ -21,7 +21,7 @@ from typing import Iterator
 
 from fsspec.implementations.local import LocalFileSystem
 
-from tamis import storage
+from tamis.sources.chunk import open_target
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz", ".parquet": "parquet", ".txt": "text",
            ".warc": "warc", ".warc.gz": "warc"}
@@ -62,10 +62,12 @@ def file_format(name: str, configured: str = "auto") -> str | None:
     return None
 
 
-def list_source(url: str, configured_format: str = "auto", undated: str = "undated", date: str | None = None) -> Listing:
+def list_source(url: str, configured_format: str = "auto", undated: str = "undated", date: str | None = None,
+                fs=None) -> Listing:
     """The files of the source at ``url`` and its skipped entries, in path order; with
-    ``date``, only that partition's."""
-    fs, root = storage.filesystem(url)
+    ``date``, only that partition's. ``fs``: the filesystem to list it through (an object store
+    reached with the source's own credentials)."""
+    fs, root = open_target(url, fs)
     root = root.rstrip("/")
     prefix = url.split("://", 1)[0] + "://" if "://" in url else ""
     entries = _walk_local(root) if isinstance(fs, LocalFileSystem) else _walk_store(fs, root)

@@ -22,8 +22,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.json as pj
 
-from tamis import storage
-from tamis.sources.chunk import SOURCE_RECORD_SCHEMA, Chunk, Fields, reject, rejected, sample_of
+from tamis.sources.chunk import SOURCE_RECORD_SCHEMA, Chunk, Fields, open_target, reject, rejected, sample_of
 
 # Enough of a long line to find an id written before the text.
 HEAD_BYTES = 64 << 10
@@ -31,8 +30,9 @@ HEAD_BYTES = 64 << 10
 _DAMAGED_GZIP = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
-def read_jsonl(url: str, fields: Fields, compressed: bool, block_bytes: int, max_doc_bytes: int) -> Iterator[Chunk]:
-    fs, path = storage.filesystem(url)
+def read_jsonl(url: str, fields: Fields, compressed: bool, block_bytes: int, max_doc_bytes: int,
+               fs=None) -> Iterator[Chunk]:
+    fs, path = open_target(url, fs)
     with fs.open(path, "rb") as raw:
         stream = gzip.GzipFile(fileobj=raw) if compressed else raw
         blocks = LineBlocks(stream, block_bytes, max_doc_bytes)

@@ -14,8 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tamis import storage
-from tamis.sources.chunk import SAMPLE_CHARS, SOURCE_RECORD_SCHEMA, Chunk, Fields, reject, rejected
+from tamis.sources.chunk import SAMPLE_CHARS, SOURCE_RECORD_SCHEMA, Chunk, Fields, open_target, reject, rejected
 
 BATCH_ROWS = 4096
 # Errors that mean "these bytes are not valid Parquet"; a lost connection is not one of them.
@@ -23,8 +22,8 @@ _DAMAGE = (OSError, pa.ArrowException)
 _NOT_DAMAGE = (ConnectionError, TimeoutError)
 
 
-def read_parquet(url: str, fields: Fields) -> Iterator[Chunk]:
-    fs, path = storage.filesystem(url)
+def read_parquet(url: str, fields: Fields, fs=None) -> Iterator[Chunk]:
+    fs, path = open_target(url, fs)
     with fs.open(path, "rb") as f:
         try:
             parquet = pq.ParquetFile(f, page_checksum_verification=True)

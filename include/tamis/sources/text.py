@@ -6,12 +6,11 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from tamis import storage
-from tamis.sources.chunk import SAMPLE_CHARS, SOURCE_RECORD_SCHEMA, Chunk, reject, sample_of
+from tamis.sources.chunk import SAMPLE_CHARS, SOURCE_RECORD_SCHEMA, Chunk, open_target, reject, sample_of
 
 
-def read_text(url: str, size: int, record_id: str, max_doc_bytes: int) -> Iterator[Chunk]:
-    fs, path = storage.filesystem(url)
+def read_text(url: str, size: int, record_id: str, max_doc_bytes: int, fs=None) -> Iterator[Chunk]:
+    fs, path = open_target(url, fs)
     if size > max_doc_bytes:  # judged by its size, so a huge file is never loaded
         with fs.open(path, "rb") as f:
             head = f.read(SAMPLE_CHARS * 4)

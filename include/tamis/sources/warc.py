@@ -24,8 +24,7 @@ from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 
-from tamis import storage
-from tamis.sources.chunk import SOURCE_RECORD_SCHEMA, Chunk, rejected
+from tamis.sources.chunk import SOURCE_RECORD_SCHEMA, Chunk, open_target, rejected
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 # Extra columns of a WARC document (null for other sources).
@@ -87,10 +86,10 @@ def _encodings(data: bytes, declared: str | None) -> Iterator[str | None]:
 
 
 def read_warc(url: str, max_doc_bytes: int, extractor: str = "resiliparse",
-              batch_records: int = BATCH_RECORDS) -> Iterator[Chunk]:
+              batch_records: int = BATCH_RECORDS, fs=None) -> Iterator[Chunk]:
     from fastwarc.warc import ArchiveIterator
 
-    fs, path = storage.filesystem(url)
+    fs, path = open_target(url, fs)
     with fs.open(path, "rb") as stream:
         extract = EXTRACTORS[extractor]
         batch = _Batch(extract)

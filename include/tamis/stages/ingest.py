@@ -1,5 +1,9 @@
 """Ingest: raw source files (jsonl, jsonl.gz, parquet, plain-text dirs, WARC) into records.
 
+A source is a local or NFS folder, an ``s3://`` prefix, a Git repository at a revision or
+files over HTTP(S) with their checksums (:mod:`tamis.sources.location`); each shard names its
+file by a lineage URL (a Git file's names the commit, an HTTP file's its sha256), and a file
+whose bytes cannot be used (a checksum that does not match) is quarantined with its reason.
 Sources are laid out by date partition (``<source path>/date=YYYY-MM-DD/<files>``);
 files outside any ``date=`` folder get the date named by ``undated``. Each input file is
 one shard. Ids are stable: ``<source>/<record id>`` when the source has an id field, else
@@ -22,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from tamis import storage
-from tamis.sources import Chunk, Fields, SkippedEntry, SourceFile, list_source, read_jsonl, read_parquet, read_text, reject
+from tamis.sources import Chunk, Fields, SkippedEntry, SourceFile, read_jsonl, read_parquet, read_text, reject
+from tamis.sources.location import RejectedFile, SourceLocation, location
 from tamis.sources.chunk import SAMPLE_CHARS
 from tamis.sources.warc import WARC_COLUMNS, read_warc
 from tamis.stage import QUARANTINE_SCHEMA, BatchResult, CorpusContext, InputShard, Stage, StageParams, split_by_reason
@@ -69,11 +73,23 @@ class Ingest(Stage):
         if unknown:
             raise ValueError(f"ingest: unknown sources {unknown}; configured: {sorted(sources)}")
         for name in self._selected():
-            if not storage.exists(sources[name].path):
-                raise FileNotFoundError(f"ingest: source {name!r}: path {sources[name].path} does not exist")
+            try:
+                location(sources[name]).check_ready()
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"ingest: source {name!r}: {exc}") from None
 
     def _selected(self) -> list[str]:
         return sorted(self.params.sources or self.context.get("sources", {}))
+
+    def _location(self, source_name: str) -> SourceLocation:
+        """One location per source and process: a Git source's revision is resolved once."""
+        locations = self.__dict__.setdefault("_locations", {})
+        if source_name not in locations:
+            locations[source_name] = location(self.context["sources"][source_name])
+        return locations[source_name]
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_locations"}
 
     def input_shards(self, input_url: str | None) -> list[InputShard]:
         """One shard per file; per date, one more for the source's entries that cannot be
@@ -81,7 +97,10 @@ class Ingest(Stage):
         shards = []
         for source_name in self._selected():
             source = self.context["sources"][source_name]
-            listing = list_source(source.path, source.format, self.params.undated, self.params.date)
+            try:
+                listing = self._location(source_name).list(self.params.undated, self.params.date)
+            except (OSError, LookupError) as exc:
+                raise type(exc)(f"ingest: source {source_name!r} ({source.location}): {exc}") from None
             files: dict[str, list[SourceFile]] = {}
             skipped: dict[str, list[SkippedEntry]] = {}
             for f in listing.files:
@@ -95,7 +114,8 @@ class Ingest(Stage):
                 if date in skipped:
                     entries = json.dumps([[e.url, e.reason, e.detail] for e in skipped[date]])
                     attrs = (("source", source_name), ("date", date), ("skipped", entries))
-                    shards.append(InputShard(name=f"{date}_{source_name}_skipped", url=source.path, size_bytes=0, attrs=attrs))
+                    shards.append(InputShard(name=f"{date}_{source_name}_skipped", url=source.location, size_bytes=0,
+                                             attrs=attrs))
         return shards
 
     def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
@@ -105,18 +125,24 @@ class Ingest(Stage):
         source = self.context["sources"][shard.attr("source")]
         fields = Fields(source.text_field, source.id_field, source.url_field)
         records = _Records(shard, self.params, source.text_field)
-        if shard.size_bytes == 0:
+        try:
+            opened = self._location(shard.attr("source")).open(shard.url, shard.size_bytes)
+        except RejectedFile as exc:
+            yield records.result(reject(exc.reason, exc.detail))
+            return
+        if opened.size == 0:
             yield records.result(reject("empty_file", "the file has no bytes"))
             return
         fmt = shard.attr("format")
         if fmt == "parquet":
-            chunks = read_parquet(shard.url, fields)
+            chunks = read_parquet(opened.path, fields, fs=opened.fs)
         elif fmt == "warc":
-            chunks = read_warc(shard.url, self.params.max_doc_bytes, self.params.html_extractor)
+            chunks = read_warc(opened.path, self.params.max_doc_bytes, self.params.html_extractor, fs=opened.fs)
         elif fmt == "text":
-            chunks = read_text(shard.url, shard.size_bytes, shard.attr("relpath"), self.params.max_doc_bytes)
+            chunks = read_text(opened.path, opened.size, shard.attr("relpath"), self.params.max_doc_bytes, fs=opened.fs)
         else:
-            chunks = read_jsonl(shard.url, fields, fmt == "jsonl.gz", self.params.block_bytes, self.params.max_doc_bytes)
+            chunks = read_jsonl(opened.path, fields, fmt == "jsonl.gz", self.params.block_bytes, self.params.max_doc_bytes,
+                                fs=opened.fs)
         for chunk in chunks:
             yield records.result(chunk)
 

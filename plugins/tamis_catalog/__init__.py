@@ -1,0 +1,1 @@
+"""The release catalog, served by the Airflow api-server: pages and a JSON API."""
