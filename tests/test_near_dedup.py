@@ -21,6 +21,7 @@ from conftest import TEST_DATA, read_jsonl, write_dataset
 from tamis import minhash
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
+from tamis.stages import near_dedup
 from tamis.stages.near_dedup import CLUSTERS_FILE, IndexMismatch, NearDedup, NearDedupParams
 
 SAMPLE = Path(__file__).resolve().parents[1] / "include" / "sample" / "web" / "date=2026-11-20"
@@ -405,6 +406,117 @@ def test_incremental_batch_is_checked_against_the_index_without_recomputing_it(t
     run_stage(NearDedup({"index_url": index_url}), second, str(tmp_path / "out2"))
     assert dropped_pairs(str(tmp_path / "out2")) == expected
     assert len(list(Path(index_url).glob("*.parquet"))) == 2
+
+
+# One MiB a document against the smallest budget (8 MiB): every plan below goes to disk.
+SPILLED_STATE_BYTES = 1 << 20
+# 64 KiB a band-key row: many partitions, even for a few documents.
+SPILLED_KEY_ROW_BYTES = 1 << 16
+# A million bytes of shingle set per byte of text: exact verification takes a pair at a time.
+PAIR_AT_A_TIME = 1e6
+
+
+def spilled(monkeypatch) -> None:
+    monkeypatch.setattr(near_dedup, "STATE_BYTES_PER_DOC", SPILLED_STATE_BYTES)
+    monkeypatch.setattr(near_dedup, "KEY_ROW_BYTES", SPILLED_KEY_ROW_BYTES)
+
+
+def decided(manifest: dict, out: str) -> tuple:
+    """What a plan decides, as the output shows it: drops with their survivors, the kept
+    ids, the cluster report, the parts' hashes and every metric but the spill's own."""
+    metrics = {k: v for k, v in manifest["metrics"].items() if k != "near_dup.spill_partitions"}
+    kept = sorted(Dataset(out).read(["id"]).column("id").to_pylist())
+    clusters = pq.read_table(Path(out) / CLUSTERS_FILE).to_pylist()
+    return dropped_pairs(out), kept, clusters, [p["sha256"] for p in manifest["parts"]], metrics
+
+
+def spill_partitions(documents: int, budget_mb: int = 8) -> int:
+    bands = NearDedupParams().minhash_config().bands
+    return math.ceil(documents * bands * SPILLED_KEY_ROW_BYTES / (budget_mb << 20))
+
+
+@pytest.mark.parametrize("params", [{}, {"verify": "estimate", "keep": "longest"}, {"verify": "off"}],
+                         ids=["exact", "estimate", "off"])
+def test_a_plan_over_its_memory_budget_goes_to_disk_and_decides_the_same(tmp_path, monkeypatch, params):
+    originals, copies, expected, _ = threshold_pairs()
+    # Four more copies of the first original, their ids against the order of their rows: a
+    # bucket links its members in id order, whichever plan builds it. And two documents
+    # without shingles.
+    extra = [record(f"dup/{4 - i}", perturb(originals[0]["text"], seed=i, rate=0.01 * i), source="dup", date="2026-11-22")
+             for i in range(4)] + [record("dup/empty", ""), record("dup/empty-too", "")]
+    url = write_dataset(tmp_path / "in", {"p0": originals[::2] + copies[1::2] + extra[:2],
+                                          "p1": originals[1::2] + copies[::2] + extra[2:]})
+    params = {"memory_budget_mb": 8, **params}
+    in_memory = run_stage(NearDedup(params), url, str(tmp_path / "memory"), workers=2)
+    monkeypatch.setattr(near_dedup, "SET_BYTES_PER_TEXT_BYTE", PAIR_AT_A_TIME)
+    pair_at_a_time = run_stage(NearDedup(params), url, str(tmp_path / "pairs"), workers=2)
+    spilled(monkeypatch)
+    on_disk = run_stage(NearDedup(params), url, str(tmp_path / "disk"), workers=2)
+    assert "near_dup.spill_partitions" not in in_memory["metrics"] | pair_at_a_time["metrics"]
+    assert on_disk["metrics"]["near_dup.spill_partitions"] == spill_partitions(len(originals) + len(copies) + len(extra))
+    assert decided(on_disk, str(tmp_path / "disk")) == decided(in_memory, str(tmp_path / "memory")) \
+        == decided(pair_at_a_time, str(tmp_path / "pairs"))
+    drops = dropped_pairs(str(tmp_path / "disk"))
+    kin = {"orig/000", copies[0]["id"], *(f"dup/{i}" for i in range(1, 5))}
+    survivors = {drops.pop(i) for i in sorted(kin & set(drops))}
+    assert len(survivors) == 1 and survivors <= kin and "dup/empty" not in drops
+    # Every other drop is an original or its edited copy, naming the other.
+    assert drops and all(min(pair)[len("copy/"):][:3] == max(pair)[len("orig/"):][:3] for pair in drops.items())
+    if not params.get("verify"):
+        assert {copy: expected[copy] for copy in drops} == drops  # exact: nothing below the threshold goes
+    assert on_disk["metrics"]["near_dup.no_shingles"] == 2
+    assert not list((tmp_path / "disk").rglob(near_dedup.SPILL_DIR))  # removed once the plan is written
+
+
+def index_table(index_url: str) -> pa.Table:
+    """Every row of an index, whatever files its parts are in, in id order."""
+    files = sorted(Path(index_url).rglob("*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]).sort_by("id")
+
+
+def test_a_spilled_nightly_plan_matches_the_index_and_writes_a_part_the_next_day_reads(tmp_path, monkeypatch):
+    originals, copies, expected, _ = threshold_pairs()
+    # Reviews beyond the 40 that threshold_pairs takes: unrelated to the originals.
+    reviews = read_jsonl(TEST_DATA / "web_en" / "movie_reviews_polarity_2000.jsonl.gz", 50)[40:]
+    fresh = [record(f"fresh/{i:03d}", r["text"], date="2026-11-21") for i, r in enumerate(reviews)]
+    days = {
+        "2026-11-20": {"a": originals[:33], "b": originals[33:]},
+        # The day's copies of earlier documents, new documents, and a near copy of one of them.
+        "2026-11-21": {"c": copies[:33] + fresh[:5], "d": copies[33:] + fresh[5:]
+                       + [record("fresh/003-copy", perturb(fresh[3]["text"], seed=3), date="2026-11-21")]},
+        # Near copies of a document of each earlier day, checked without updating the index.
+        "2026-11-22": {"e": [record("late/001", perturb(originals[1]["text"], seed=11), date="2026-11-22"),
+                             record("late/fresh", perturb(fresh[7]["text"], seed=12), date="2026-11-22")]},
+    }
+    urls = {day: write_dataset(tmp_path / "in" / day, parts) for day, parts in days.items()}
+
+    def nightly(mode: str, day: str, index: str, **extra) -> tuple:
+        monkeypatch.undo()
+        if mode == "disk":
+            spilled(monkeypatch)
+            # A document alone fills the budget, so that even the third day's two spill.
+            monkeypatch.setattr(near_dedup, "STATE_BYTES_PER_DOC", 8 << 20)
+            monkeypatch.setattr(near_dedup, "SET_BYTES_PER_TEXT_BYTE", PAIR_AT_A_TIME)
+        out = str(tmp_path / f"{mode}-{index}-{day}")
+        params = {"memory_budget_mb": 8, "index_url": str(tmp_path / index), "index_part": f"date={day}", **extra}
+        manifest = run_stage(NearDedup(params), urls[day], out, workers=2)
+        assert ("near_dup.spill_partitions" in manifest["metrics"]) == (mode == "disk")
+        return decided(manifest, out)
+
+    for day in ("2026-11-20", "2026-11-21"):
+        assert nightly("disk", day, "index-disk") == nightly("memory", day, "index-memory")
+    second = dropped_pairs(str(tmp_path / "disk-index-disk-2026-11-21"))
+    assert second["fresh/003-copy"] == "fresh/003"
+    assert {k: v for k, v in second.items() if k != "fresh/003-copy"} == {c: expected[c] for c in second if c in expected}
+    # The spilled plan's index parts are a folder of files each, holding the same rows.
+    assert sorted(p.name for p in (tmp_path / "index-disk").iterdir() if not p.name.startswith("_")) \
+        == ["date=2026-11-20", "date=2026-11-21"]
+    assert index_table(str(tmp_path / "index-disk")).equals(index_table(str(tmp_path / "index-memory")))
+    # The next day, either plan reads the spilled plan's parts as it reads its own.
+    third = nightly("memory", "2026-11-22", "index-memory", update_index=False)
+    assert third[0] == {"late/001": "orig/001", "late/fresh": "fresh/007"}
+    assert nightly("memory", "2026-11-22", "index-disk", update_index=False) == third
+    assert nightly("disk", "2026-11-22", "index-disk", update_index=False) == third
 
 
 def test_index_built_with_other_settings_is_refused(tmp_path):

@@ -568,25 +568,34 @@ def candidate_edges(keys: np.ndarray, order: np.ndarray, active: np.ndarray | No
     for band in range(keys.shape[1]):
         k = keys[idx, band]
         by_key = np.argsort(k, kind="stable")
-        sorted_ = idx[by_key]
         ks = k[by_key]
-        if len(ks) < 2:
-            continue
-        new_group = np.empty(len(ks), dtype=bool)
-        new_group[0] = True
-        new_group[1:] = ks[1:] != ks[:-1]
-        if new_group.all():
-            continue
-        group_first = sorted_[np.maximum.accumulate(np.where(new_group, np.arange(len(ks)), 0))]
-        member = ~new_group
-        a_parts += [group_first[member], sorted_[:-1][member[1:]]]
-        b_parts += [sorted_[member], sorted_[1:][member[1:]]]
-    if not a_parts:
+        first_of_bucket = np.ones(len(ks), dtype=bool)
+        first_of_bucket[1:] = ks[1:] != ks[:-1]
+        a, b = bucket_links(idx[by_key], first_of_bucket)
+        a_parts.append(a)
+        b_parts.append(b)
+    return unique_pairs(a_parts, b_parts, n)
+
+
+def bucket_links(members: np.ndarray, first_of_bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The links of :func:`candidate_edges` within buckets: ``members`` grouped by bucket and
+    ordered by id rank within each, ``first_of_bucket`` marking where each bucket starts.
+    Every member is linked to its bucket's first member and to its predecessor."""
+    if len(members) < 2 or first_of_bucket.all():
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    a = np.concatenate(a_parts).astype(np.int64)
-    b = np.concatenate(b_parts).astype(np.int64)
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    codes = sorted_unique(lo * n + hi)
+    group_first = members[np.maximum.accumulate(np.where(first_of_bucket, np.arange(len(members)), 0))]
+    member = ~first_of_bucket
+    return (np.concatenate([group_first[member], members[:-1][member[1:]]]).astype(np.int64),
+            np.concatenate([members[member], members[1:][member[1:]]]).astype(np.int64))
+
+
+def unique_pairs(a_parts: list[np.ndarray], b_parts: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct undirected pairs among links (a, b) of n documents, as (low, high) in
+    ascending order."""
+    if not sum(len(a) for a in a_parts):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    a, b = np.concatenate(a_parts).astype(np.int64), np.concatenate(b_parts).astype(np.int64)
+    codes = sorted_unique(np.minimum(a, b) * n + np.maximum(a, b))
     return codes // n, codes % n
 
 

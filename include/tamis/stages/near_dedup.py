@@ -17,6 +17,13 @@ survive, and the batch's own survivors are appended to the index as one part. Th
 is named after the day (nightly runs) or the output dataset, so a resumed or repeated run
 replaces its own part instead of matching against it.
 
+Memory: when the plan's state (signatures, band keys and metadata of every document, read
+off the Parquet footers before anything is signed) would pass ``memory_budget_mb``, the
+plan runs on disk (:func:`plan_on_disk`): band keys partitioned by key, each partition
+sorted alone, and only the documents that share a bucket read back. It decides the same
+drops, survivors and clusters, and writes the same index rows; only it reports
+``near_dup.spill_partitions``.
+
 Side output: ``_clusters/clusters.parquet`` (survivor, size, duplicate ids, a sample
 of pairs with their similarity). Manifest metrics (from the plan): the S-curve of
 the banding (``near_dup.s_curve.*``) and the candidate and verified pairs per Jaccard
@@ -28,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +63,15 @@ INDEX_META = "_index.json"
 CLUSTERS_FILE = "_clusters/clusters.parquet"
 INDEX_ROW_GROUP = 4096  # index rows per row group: a lookup reads the groups that hold a match
 JACCARD_BIN = 0.05
+# Plan memory per document besides its signature (4 x num_perm B): its band keys (8 B a
+# band), metadata (ids, source, date, length, quality) and the index arrays of the
+# banding's and the survivor rule's sorts.
+STATE_BYTES_PER_DOC = 400
+# Shingle sets kept for the index: 4 B a distinct shingle, about one per 5 bytes of text.
+SET_BYTES_PER_TEXT_BYTE = 0.8
+# A band-key row of the on-disk plan (band, key, document) while its partition is sorted.
+KEY_ROW_BYTES = 64
+SPILL_DIR = "near_dup"
 
 
 class NearDedupParams(StageParams):
@@ -79,6 +96,12 @@ class NearDedupParams(StageParams):
     # a day replaces that day's part. None: derived from the output URL.
     index_part: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._=-]+$")
     sample_pairs: int = Field(default=5, ge=0)  # pairs per cluster written to the cluster report
+    # Plan state held at once (signatures, band keys and metadata of every document, about
+    # STATE_BYTES_PER_DOC + 4 x num_perm a document, plus the shingle sets when the index
+    # keeps them); beyond it the band keys are partitioned on disk and only the documents
+    # that have a candidate are held, so the memory does not grow with the dataset. Exact
+    # verification holds the shingle sets of half a budget's worth of documents at a time.
+    memory_budget_mb: int = Field(default=1024, ge=8)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -135,16 +158,20 @@ class NearDedup(DropListStage):
         # The index keeps the shingle set of every survivor: then every set is made in the map.
         keep_sets = params.verify == "exact" and bool(params.index_url) and params.update_index
         urls = [s.url for s in shards]
-        new, sizes = _gather(run.imap(_sign_shard, [(url, keep_sets) for url in urls]), urls, config.num_perm)
+        sizes, text_bytes = _footers(urls)
+        state = int(sizes.sum()) * (STATE_BYTES_PER_DOC + 4 * config.num_perm) \
+            + (int(text_bytes.sum() * SET_BYTES_PER_TEXT_BYTE) if keep_sets else 0)
+        budget = params.memory_budget_mb << 20
+        # Exact verification holds the sets of half a budget's worth of documents at a time.
+        sets_at_once = max(2, int((budget // 2) / (SET_BYTES_PER_TEXT_BYTE * text_bytes.sum() / max(int(sizes.sum()), 1) + 8)))
+        if state > budget:
+            return plan_on_disk(self, shards, sizes, work_url, run, keep_sets, sets_at_once)
+        new = _gather(run.imap(_sign_shard, [(url, keep_sets) for url in urls]), urls, sizes, config.num_perm)
         keys = minhash.band_keys(new.sig, config)
-        indexed = self.index().matching(keys, exclude=part) if params.index_url else None
-        plan = plan_drops(new, keys, indexed, config, params, lambda rows: _reread_sets(run, urls, sizes, rows))
-        shard_of = np.repeat(np.arange(len(shards)), sizes)
-        row_of = np.arange(len(shard_of)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        for i in np.unique(shard_of[plan.dropped]):
-            mask = shard_of[plan.dropped] == i
-            write_drop_plan(work_url, shards[i].name, row_of[plan.dropped[mask]], plan.survivor_ids[mask].tolist())
-        write_parquet_atomic(plan.clusters, storage.join(output_url, CLUSTERS_FILE), output_url)
+        # Documents without shingles are never banded: their keys match nothing.
+        indexed = self.index().matching(keys[new.shingles > 0], exclude=part) if params.index_url else None
+        plan = plan_drops(new, keys, indexed, config, params, lambda rows: _reread_sets(run, urls, sizes, rows), sets_at_once)
+        _write_plan(work_url, shards, sizes, plan.dropped, plan.survivor_ids, plan.clusters)
         if params.index_url and params.update_index:
             self.index().write_part(part, plan.kept_signed)
         return dict(plan.summary)
@@ -270,29 +297,43 @@ def _empty_meta() -> pa.Table:
     return _META_SCHEMA.empty_table()
 
 
-def _gather(results: Iterator[tuple[int, Signed]], urls: list[str], num_perm: int) -> tuple[Signed, np.ndarray]:
-    """Copy each shard's signatures into one array sized from the Parquet footers, as they
-    arrive (in any order): the peak is the index plus one shard, not twice the index."""
-    sizes = np.zeros(len(urls), dtype=np.int64)
+def _footers(urls: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and uncompressed text bytes of every shard, from its Parquet footer."""
+    rows, text_bytes = np.zeros(len(urls), np.int64), np.zeros(len(urls), np.int64)
     for i, url in enumerate(urls):
         fs, path = storage.filesystem(url)
         with fs.open(path, "rb") as f:
-            sizes[i] = pq.ParquetFile(f).metadata.num_rows
+            meta = pq.ParquetFile(f).metadata
+        rows[i] = meta.num_rows
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            text_bytes[i] += sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
+                                 if group.column(c).path_in_schema == "text")
+    return rows, text_bytes
+
+
+def _gather(results: Iterator[tuple[int, Signed]], urls: list[str], sizes: np.ndarray, num_perm: int) -> Signed:
+    """Copy each shard's signatures into one array sized from the Parquet footers, as they
+    arrive (in any order): the peak is the index plus one shard, not twice the index."""
     sig = np.empty((int(sizes.sum()), num_perm), dtype=np.uint32)
     shingles = np.empty(int(sizes.sum()), dtype=np.int64)
     starts = np.cumsum(sizes) - sizes
     metas: list = [None] * len(urls)
     sets: list = [None] * len(urls)
     for i, part in results:
-        if len(part.sig) != sizes[i]:
-            raise ValueError(f"{urls[i]}: read {len(part.sig)} rows, its footer says {sizes[i]}")
+        _check_rows(urls[i], len(part.sig), sizes[i])
         sig[starts[i]: starts[i] + sizes[i]] = part.sig
         shingles[starts[i]: starts[i] + sizes[i]] = part.shingles
         metas[i] = part.meta.cast(_META_SCHEMA)
         sets[i] = part.sets
     meta = pa.concat_tables(metas) if metas else _empty_meta()
     kept_sets = minhash.ShingleSets.concat(sets) if sets and all(s is not None for s in sets) else None
-    return Signed(meta, sig, shingles, kept_sets), sizes
+    return Signed(meta, sig, shingles, kept_sets)
+
+
+def _check_rows(url: str, read: int, footer: int) -> None:
+    if read != footer:
+        raise ValueError(f"{url}: read {read} rows, its footer says {footer}")
 
 
 # --------------------------------------------------------------------------- reduce
@@ -308,11 +349,13 @@ class DropPlan:
 
 def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray] | None,
                config: minhash.MinHashConfig, params: NearDedupParams,
-               load_sets: Callable[[np.ndarray], minhash.ShingleSets] | None = None) -> DropPlan:
+               load_sets: Callable[[np.ndarray], minhash.ShingleSets] | None = None,
+               sets_at_once: int | None = None) -> DropPlan:
     """Cluster the new documents (and the matching indexed ones) and decide who goes.
 
     ``load_sets(rows)`` gives the shingle sets of new documents ``rows`` (ascending) when
-    ``new`` does not hold them: exact verification asks only for documents with a candidate.
+    ``new`` does not hold them: exact verification asks only for documents with a candidate,
+    ``sets_at_once`` documents at most at a time (None: all at once).
     """
     n_new = len(new.sig)
     all_meta, all_sig, all_keys, active = new.meta, new.sig, keys, new.shingles > 0
@@ -323,70 +366,157 @@ def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray]
         all_sig = np.concatenate([new.sig, old.sig])
         all_keys = np.concatenate([keys, old_keys])
         active = np.concatenate([active, np.ones(len(old.sig), dtype=bool)])
-    priority = minhash.priority_rank(all_meta, params.keep)
     a, b = minhash.candidate_edges(all_keys, minhash.id_rank(all_meta.column("id")), active)
+    fresh_sets = new.sets.take if new.sets is not None else load_sets
+
+    def sets_of(rows: np.ndarray) -> minhash.ShingleSets:
+        fresh, known = rows[rows < n_new], rows[rows >= n_new] - n_new
+        return minhash.ShingleSets.concat([fresh_sets(fresh) if len(fresh) else minhash.ShingleSets.empty()]
+                                          + ([old.sets.take(known)] if len(known) else []))
+
+    decision = decide(all_meta, all_sig, a, b, n_new, sets_of, params, sets_at_once)
+    kept = np.flatnonzero(~decision.found.duplicate[:n_new] & (new.shingles > 0))
+    kept_signed = Signed(new.meta.take(pa.array(kept, pa.int64())), new.sig[kept], new.shingles[kept],
+                         new.sets.take(kept) if new.sets is not None else None)
+    summary = decision.summary(config, no_shingles=int(n_new - np.count_nonzero(new.shingles)),
+                               index_rows_matched=len(all_sig) - n_new)
+    return DropPlan(decision.dropped, decision.survivor_ids, decision.clusters, kept_signed, summary)
+
+
+@dataclass
+class Decision:
+    """Clusters and survivors of documents numbered new ones first, then indexed ones."""
+
+    found: minhash.Clusters
+    n_new: int
+    dropped: np.ndarray  # new documents that go, ascending
+    survivor_ids: np.ndarray  # object array: the survivor id of each dropped document
+    clusters: pa.Table  # the cluster report
+    exact_pairs: int  # candidate pairs that needed their exact Jaccard
+
+    def summary(self, config: minhash.MinHashConfig, no_shingles: int, index_rows_matched: int) -> Counter:
+        found = self.found
+        summary = +Counter({
+            "near_dup.candidate_pairs": found.candidate_pairs,
+            "near_dup.verified_pairs": found.verified_pairs,
+            "near_dup.exact_jaccard_pairs": self.exact_pairs,
+            "near_dup.clusters": self.clusters.num_rows,
+            "near_dup.no_shingles": no_shingles,
+            "near_dup.index_rows_matched": index_rows_matched,
+            "near_dup.dropped_for_index": int(np.count_nonzero(found.survivor[self.dropped] >= self.n_new)),
+        })
+        summary.update(pair_metrics(config, found.candidate_similarity, found.verified))
+        return summary
+
+
+def decide(meta: pa.Table, sig: np.ndarray, a: np.ndarray, b: np.ndarray, n_new: int,
+           load_sets: Callable[[np.ndarray], minhash.ShingleSets], params: NearDedupParams,
+           sets_at_once: int | None = None) -> Decision:
+    """Verification, clusters and survivors from the candidate pairs (a, b) of documents
+    with metadata ``meta`` and signatures ``sig`` (the first ``n_new`` are new, the rest
+    indexed). Documents without a candidate may be left out: they survive alone. Both the
+    in-memory and the on-disk plan decide here."""
+    priority = minhash.priority_rank(meta, params.keep)
     if params.verify == "exact":
-        fresh_sets = new.sets.take if new.sets is not None else load_sets
-        candidate_similarity, pair_similarity, exact_pairs = _exact_verification(
-            all_sig, a, b, n_new, fresh_sets, old.sets if old is not None else None, params.threshold)
+        candidate_similarity, pair_similarity, exact_pairs = _exact_verification(sig, a, b, load_sets, params.threshold,
+                                                                                 sets_at_once)
     else:
         def pair_similarity(x, y):
-            return minhash.pair_similarity(all_sig, x, y)
+            return minhash.pair_similarity(sig, x, y)
         candidate_similarity = pair_similarity(a, b) if params.verify == "estimate" else None
         exact_pairs = 0
     if candidate_similarity is not None:
-        pair_similarity = reusing_known_pairs(a, b, candidate_similarity, len(all_sig), pair_similarity)
-    found = minhash.cluster(len(all_sig), a, b, candidate_similarity, params.threshold, priority)
+        pair_similarity = reusing_known_pairs(a, b, candidate_similarity, len(sig), pair_similarity)
+    found = minhash.cluster(len(sig), a, b, candidate_similarity, params.threshold, priority)
     # Indexed documents are already in the corpus: they are never dropped here.
-    found.survivor[n_new:] = np.arange(n_new, len(all_sig))
+    found.survivor[n_new:] = np.arange(n_new, len(sig))
     dropped = np.flatnonzero(found.duplicate[:n_new])
-    ids = all_meta.column("id").combine_chunks()
+    ids = meta.column("id").combine_chunks()
     survivor_ids = np.asarray(pc.take(ids, pa.array(found.survivor[dropped], pa.int64())).to_pylist(), dtype=object)
     clusters = minhash.cluster_table(ids, found, params.sample_pairs, pair_similarity)
-    kept = np.flatnonzero(~found.duplicate[:n_new] & (new.shingles > 0))
-    kept_signed = Signed(new.meta.take(pa.array(kept, pa.int64())), new.sig[kept], new.shingles[kept],
-                         new.sets.take(kept) if new.sets is not None else None)
-    summary = +Counter({
-        "near_dup.candidate_pairs": found.candidate_pairs,
-        "near_dup.verified_pairs": found.verified_pairs,
-        "near_dup.exact_jaccard_pairs": exact_pairs,
-        "near_dup.clusters": clusters.num_rows,
-        "near_dup.no_shingles": int(n_new - np.count_nonzero(new.shingles)),
-        "near_dup.index_rows_matched": len(all_sig) - n_new,
-        "near_dup.dropped_for_index": int(np.count_nonzero(found.survivor[dropped] >= n_new)),
-    })
-    summary.update(pair_metrics(config, candidate_similarity, found.verified))
-    return DropPlan(dropped, survivor_ids, clusters, kept_signed, summary)
+    return Decision(found, n_new, dropped, survivor_ids, clusters, exact_pairs)
 
 
-def _exact_verification(sig: np.ndarray, a: np.ndarray, b: np.ndarray, n_new: int,
-                        fresh_sets: Callable[[np.ndarray], minhash.ShingleSets],
-                        indexed_sets: minhash.ShingleSets | None, threshold: float):
+def _exact_verification(sig: np.ndarray, a: np.ndarray, b: np.ndarray,
+                        load_sets: Callable[[np.ndarray], minhash.ShingleSets], threshold: float,
+                        sets_at_once: int | None = None):
     """Similarity of every candidate pair: the signature estimate where it settles the
     verdict beyond doubt (``minhash.signature_verdicts``), the exact Jaccard elsewhere, from
-    the shingle sets of just those pairs' documents (new ones from ``fresh_sets(rows)``,
-    indexed ones, numbered from ``n_new``, from ``indexed_sets``). Also returns the
-    similarity function of the cluster report (exact where both sets are at hand) and the
-    number of pairs that needed their exact Jaccard."""
+    the shingle sets of just those pairs' documents (``load_sets(rows)``, rows ascending):
+    held all at once when there are at most ``sets_at_once`` of them, else kept in a scratch
+    file and read back ``sets_at_once`` at a time (:class:`_SetFile`). Also returns the
+    similarity function of the cluster report (exact where both documents needed their set)
+    and the number of pairs that needed their exact Jaccard."""
     estimate = minhash.pair_similarity(sig, a, b)
     accept, reject = minhash.signature_verdicts(estimate, threshold, sig.shape[1])
     open_ = ~(accept | reject)
     involved = minhash.sorted_unique(np.concatenate([a[open_], b[open_]]))
-    fresh, known = involved[involved < n_new], involved[involved >= n_new] - n_new
-    sets = minhash.ShingleSets.concat([fresh_sets(fresh) if len(fresh) else minhash.ShingleSets.empty()]
-                                      + ([indexed_sets.take(known)] if len(known) else []))
-    position = np.full(len(sig), -1, dtype=np.int64)
-    position[involved] = np.arange(len(involved))
+    if sets_at_once is None or len(involved) <= sets_at_once:
+        # All the sets fit at once: loaded once, kept for the report.
+        sets = load_sets(involved) if len(involved) else minhash.ShingleSets.empty()
+        position = np.full(len(sig), -1, dtype=np.int64)
+        position[involved] = np.arange(len(involved))
+
+        def exact(x, y):
+            return minhash.jaccard(sets, sets, position[x], position[y])
+    else:
+        store = _SetFile(involved, load_sets, sets_at_once)
+
+        def exact(x, y):
+            return store.jaccard(x, y)
+    needed = np.zeros(len(sig), dtype=bool)
+    needed[involved] = True
     similarity = estimate.copy()
-    similarity[open_] = minhash.jaccard(sets, sets, position[a[open_]], position[b[open_]])
+    similarity[open_] = exact(a[open_], b[open_])
 
     def pair_similarity(x, y):
         out = minhash.pair_similarity(sig, x, y)
-        both = (position[x] >= 0) & (position[y] >= 0)
-        out[both] = minhash.jaccard(sets, sets, position[x[both]], position[y[both]])
+        both = needed[x] & needed[y]
+        out[both] = exact(x[both], y[both])
         return out
 
     return similarity, pair_similarity, int(np.count_nonzero(open_))
+
+
+class _SetFile:
+    """The shingle sets of documents ``docs`` (ascending) in a local scratch file: loaded
+    once, ``at_once`` documents at a time in document order (so that texts read again are
+    read in order), then read back for a chunk of pairs at a time."""
+
+    def __init__(self, docs: np.ndarray, load_sets: Callable[[np.ndarray], minhash.ShingleSets], at_once: int):
+        self.docs = docs
+        self.at_once = at_once
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 -- open while the report may still ask for a pair
+        sizes = []
+        for start in range(0, len(docs), at_once):
+            sets = load_sets(docs[start: start + at_once])
+            self.file.write(np.ascontiguousarray(sets.values, dtype=np.uint32).tobytes())
+            sizes.append(sets.sizes)
+        self.offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(sizes) if sizes else np.zeros(0, np.int64), out=self.offsets[1:])
+
+    def take(self, rows: np.ndarray) -> minhash.ShingleSets:
+        """The sets of documents ``docs[rows]`` (rows ascending)."""
+        sizes = self.offsets[rows + 1] - self.offsets[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        values = np.empty(int(offsets[-1]), dtype=np.uint32)
+        for row, start, end in zip(rows.tolist(), offsets[:-1].tolist(), offsets[1:].tolist()):
+            self.file.seek(int(self.offsets[row]) * 4)
+            self.file.readinto(values[start:end].view(np.uint8))
+        return minhash.ShingleSets(values, offsets)
+
+    def jaccard(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Exact Jaccard of the pairs (x, y) of documents among ``docs``, with the sets of at
+        most ``at_once`` documents in memory."""
+        out = np.empty(len(x), dtype=np.float64)
+        step = max(1, self.at_once // 2)
+        for start in range(0, len(x), step):
+            cx, cy = x[start: start + step], y[start: start + step]
+            wanted = minhash.sorted_unique(np.concatenate([cx, cy]))
+            sets = self.take(np.searchsorted(self.docs, wanted))
+            out[start: start + step] = minhash.jaccard(sets, sets, np.searchsorted(wanted, cx), np.searchsorted(wanted, cy))
+        return out
 
 
 def reusing_known_pairs(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, n: int, measure):
@@ -432,6 +562,279 @@ def pair_metrics(config: minhash.MinHashConfig, candidate_similarity: np.ndarray
             for k in np.flatnonzero(np.bincount(bins)):
                 metrics[f"near_dup.{name}_by_jaccard.{k * JACCARD_BIN:.2f}"] = int(np.count_nonzero(bins == k))
     return metrics
+
+
+def _write_plan(work_url: str, shards: list[InputShard], sizes: np.ndarray, dropped: np.ndarray,
+                survivor_ids: np.ndarray, clusters: pa.Table) -> None:
+    """Each shard's drop plan (``dropped``: ascending document numbers over all shards, new
+    ones only) and the cluster report."""
+    ends = np.cumsum(sizes)
+    shard_of = np.searchsorted(ends, dropped, side="right")
+    for i in np.unique(shard_of):
+        mask = shard_of == i
+        write_drop_plan(work_url, shards[i].name, dropped[mask] - (ends[i] - sizes[i]), survivor_ids[mask].tolist())
+    output_url = work_url.rsplit("/", 1)[0]
+    write_parquet_atomic(clusters, storage.join(output_url, CLUSTERS_FILE), output_url)
+
+
+# --------------------------------------------------------------------------- bounded memory
+
+def plan_on_disk(stage: NearDedup, shards: list[InputShard], sizes: np.ndarray, work_url: str, run,
+                 keep_sets: bool, sets_at_once: int) -> dict[str, int | float]:
+    """The plan of :meth:`NearDedup.plan` within ``memory_budget_mb``, deciding the same drops.
+
+    Documents are numbered as in memory: new ones by (shard, row), then the index's by
+    (part, file, row). Map: each shard's metadata, signatures (and shingle sets when the
+    index keeps them) go to a file of its own, and its band keys, as (band, key, document)
+    rows, to partitions by key; the index's band keys are partitioned alike. A bucket lives
+    in one partition, so each partition is sorted alone, on the workers: an indexed
+    document in a bucket with a new one is *matched* (what :meth:`SignatureIndex.matching`
+    reads), then the buckets of two or more new or matched documents are kept. Here, only
+    the documents of those buckets are read back, ranked by id and linked within buckets as
+    in memory (:func:`minhash.bucket_links`); :func:`decide` verifies, clusters and picks
+    survivors. The index part is written by the workers, a file per shard (a part as a
+    folder, as Spark writes it). The spill files are removed at the end.
+
+    Memory here: per document that has a candidate, its metadata and signature
+    (4 x num_perm B); per candidate pair three numbers; per matched indexed document one;
+    nothing for a document without a candidate; the shingle sets of ``sets_at_once``
+    documents at a time. A partition task holds its rows (KEY_ROW_BYTES each, enough
+    partitions that one fits the budget), a map task one shard."""
+    params = stage.params
+    config = params.minhash_config()
+    output_url = work_url.rsplit("/", 1)[0]
+    part = params.index_part or _run_key(output_url)
+    folder = storage.join(work_url, SPILL_DIR)
+    storage.remove_tree(folder)  # what an interrupted plan left
+    urls = [s.url for s in shards]
+    n_new = int(sizes.sum())
+    starts = np.cumsum(sizes) - sizes
+    index = stage.index() if params.index_url else None
+    index_files = [url for name, files in index.part_files().items() if name != part for url in files] \
+        if index is not None and index._check() else []
+    index_sizes, _ = _footers(index_files)
+    index_starts = n_new + np.cumsum(index_sizes) - index_sizes
+    key_rows = (n_new + int(index_sizes.sum())) * config.bands
+    partitions = max(2, -(-key_rows * KEY_ROW_BYTES // (params.memory_budget_mb << 20)))
+
+    no_shingles = sum(run.map(_spill_shard, [(i, url, int(starts[i]), int(sizes[i]), partitions, folder, keep_sets)
+                                             for i, url in enumerate(urls)]))
+    run.map(_spill_index_keys, [(j, url, int(index_starts[j]), int(index_sizes[j]), partitions, folder)
+                                for j, url in enumerate(index_files)])
+    matched = minhash.sorted_unique(np.concatenate(
+        [np.empty(0, np.int64), *run.map(_shared_buckets, [(p, folder, n_new) for p in range(partitions)])]))
+    nodes = minhash.sorted_unique(np.concatenate(
+        [np.empty(0, np.int64), *run.map(_candidate_buckets, [(p, folder, n_new, matched) for p in range(partitions)])]))
+    n_fresh = int(np.searchsorted(nodes, n_new))
+
+    files = [_docs_url(folder, i) for i in range(len(shards))] + index_files
+    file_sizes = np.concatenate([sizes, index_sizes]).astype(np.int64)
+    located = _locate(nodes, file_sizes)
+    tables = run.map(_take_rows_task, [(files[f], rows, _NODE_COLUMNS if f < len(shards) else _INDEXED_NODE_COLUMNS)
+                                       for f, rows in located])
+    meta = pa.concat_tables([_empty_meta()] + [
+        t.select(_META_SCHEMA.names).cast(_META_SCHEMA) if f < len(shards) else _meta(t, tier=0, quality_column=None, length=None)
+        for (f, _), t in zip(located, tables)])
+    sig = np.concatenate([np.empty((0, config.num_perm), np.uint32)]
+                         + [signature_matrix(t.column("sig"), config.num_perm) for t in tables])
+    del tables
+    rank = minhash.id_rank(meta.column("id"))
+    a_parts, b_parts = [], []
+    for p in range(partitions):
+        table = _read_folder(storage.join(folder, "buckets", f"p{p:06d}"))
+        if table is None or not table.num_rows:
+            continue
+        band, key = table.column("band").to_numpy(), table.column("key").to_numpy()
+        members = np.searchsorted(nodes, table.column("doc").to_numpy())
+        order = np.lexsort((rank[members], key, band))
+        band, key, members = band[order], key[order], members[order]
+        first = np.ones(len(members), dtype=bool)
+        first[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
+        a, b = minhash.bucket_links(members, first)
+        a, b = minhash.unique_pairs([a], [b], len(nodes))
+        a_parts.append(a)
+        b_parts.append(b)
+    a, b = minhash.unique_pairs(a_parts, b_parts, len(nodes))
+
+    def load_sets(rows: np.ndarray) -> minhash.ShingleSets:
+        wanted = nodes[rows]
+        parts = []
+        # New documents' sets are in their files when the index keeps them all, else made again.
+        if not keep_sets and np.any(wanted < n_new):
+            parts.append(_reread_sets(run, urls, sizes, wanted[wanted < n_new]))
+        stored = wanted if keep_sets else wanted[wanted >= n_new]
+        jobs = [(files[f], r, ["sets"] if f < len(shards) else ["shingles"]) for f, r in _locate(stored, file_sizes)]
+        parts += [minhash.ShingleSets.from_arrow(t.column(0)) for t in run.map(_take_rows_task, jobs)]
+        return minhash.ShingleSets.concat(parts)
+
+    decision = decide(meta, sig, a, b, n_fresh, load_sets, params, sets_at_once)
+    dropped = nodes[decision.dropped]
+    _write_plan(work_url, shards, sizes, dropped, decision.survivor_ids, decision.clusters)
+    if index is not None and params.update_index:
+        index.prepare()
+        index.remove_part(part)
+        part_folder = storage.join(params.index_url, part)
+        shard_of = np.searchsorted(np.cumsum(sizes), dropped, side="right")
+        run.map(_index_shard, [(files[i], dropped[shard_of == i] - starts[i],
+                                storage.join(part_folder, f"s{i:06d}.parquet"), params.index_url)
+                               for i in range(len(shards))])
+    storage.remove_tree(folder)
+    summary = decision.summary(config, no_shingles=no_shingles, index_rows_matched=len(matched))
+    return {**summary, "near_dup.spill_partitions": partitions}
+
+
+_NODE_COLUMNS = [*_META_SCHEMA.names, "sig"]
+_INDEXED_NODE_COLUMNS = ["id", "source", "date", "sig"]
+_KEY_SCHEMA = pa.schema([("band", pa.int32()), ("key", pa.uint64()), ("doc", pa.int64())])
+
+
+def _docs_url(folder: str, shard: int) -> str:
+    return storage.join(folder, "docs", f"s{shard:06d}.parquet")
+
+
+def _spill_shard(stage: NearDedup, job: tuple[int, str, int, int, int, str, bool]) -> int:
+    """Sign one shard: its metadata, signatures, shingle counts (and sets) to its file,
+    its band keys to the partitions. Returns its documents without shingles."""
+    shard, url, start, size, partitions, folder, keep_sets = job
+    config = stage.params.minhash_config()
+    signed = sign_part(url, config, stage.params.quality_column, keep_sets)
+    _check_rows(url, len(signed.sig), size)
+    docs = signed.meta.cast(_META_SCHEMA).append_column("shingles", pa.array(signed.shingles, pa.int64())) \
+        .append_column("sig", _fixed_sig(signed.sig))
+    if keep_sets:
+        docs = docs.append_column("sets", signed.sets.to_arrow())
+    write_parquet_atomic(docs, _docs_url(folder, shard), folder, row_group_size=INDEX_ROW_GROUP)
+    banded = np.flatnonzero(signed.shingles > 0)  # documents without shingles are never banded
+    _spill_keys(minhash.band_keys(signed.sig[banded], config), start + banded, partitions, folder, f"s{shard:07d}")
+    return int(size - len(banded))
+
+
+def _spill_index_keys(stage: NearDedup, job: tuple[int, str, int, int, int, str]) -> None:
+    """One index file's band keys to the partitions, its rows numbered from ``start``."""
+    number, url, start, size, partitions, folder = job
+    bands = band_columns(stage.params.minhash_config())
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f, columns=bands)
+    _check_rows(url, table.num_rows, size)
+    keys = np.column_stack([table.column(b).to_numpy() for b in bands]) if size else np.empty((0, len(bands)), np.uint64)
+    _spill_keys(keys, start + np.arange(size, dtype=np.int64), partitions, folder, f"x{number:07d}")
+
+
+def _spill_keys(keys: np.ndarray, docs: np.ndarray, partitions: int, folder: str, name: str) -> None:
+    n, bands = keys.shape
+    key = keys.ravel()
+    part_of = key % np.uint64(partitions)  # band keys are mixed hashes: spread evenly
+    order = np.argsort(part_of, kind="stable")
+    ends = np.cumsum(np.bincount(part_of.astype(np.int64), minlength=partitions))
+    rows = pa.table({"band": pa.array(np.tile(np.arange(bands, dtype=np.int32), n)[order]),
+                     "key": pa.array(key[order]), "doc": pa.array(np.repeat(docs, bands)[order])}, schema=_KEY_SCHEMA)
+    for p in np.flatnonzero(np.diff(np.r_[0, ends])):
+        chunk = rows.slice(int(ends[p - 1]) if p else 0, int(ends[p] - (ends[p - 1] if p else 0)))
+        write_parquet_atomic(chunk, storage.join(folder, f"p{p:06d}", f"{name}.parquet"), folder)
+
+
+def _buckets_of(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by bucket (band, key), and each sorted row's bucket number."""
+    band, key = table.column("band").to_numpy(), table.column("key").to_numpy()
+    order = np.lexsort((key, band))
+    band, key = band[order], key[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
+    return order, np.cumsum(first) - 1
+
+
+def _shared_buckets(stage: NearDedup, job: tuple[int, str, int]) -> np.ndarray:
+    """Indexed documents of one partition that share a bucket with a new document."""
+    p, folder, n_new = job
+    table = _read_folder(storage.join(folder, f"p{p:06d}"))
+    if table is None or not table.num_rows:
+        return np.empty(0, np.int64)
+    order, bucket = _buckets_of(table)
+    doc = table.column("doc").to_numpy()[order]
+    with_new = np.bincount(bucket, weights=(doc < n_new).astype(np.float64)) > 0
+    return minhash.sorted_unique(doc[(doc >= n_new) & with_new[bucket]])
+
+
+def _candidate_buckets(stage: NearDedup, job: tuple[int, str, int, np.ndarray]) -> np.ndarray:
+    """One partition's buckets of two or more new or matched documents, written for the
+    linking; returns their documents."""
+    p, folder, n_new, matched = job
+    table = _read_folder(storage.join(folder, f"p{p:06d}"))
+    if table is None or not table.num_rows:
+        return np.empty(0, np.int64)
+    doc = table.column("doc").to_numpy()
+    at = np.minimum(np.searchsorted(matched, doc), max(len(matched) - 1, 0))
+    pooled = (doc < n_new) | ((matched[at] == doc) if len(matched) else False)
+    table = table.filter(pa.array(pooled))
+    if not table.num_rows:
+        return np.empty(0, np.int64)
+    order, bucket = _buckets_of(table)
+    shared = np.bincount(bucket)[bucket] > 1
+    table = table.take(pa.array(order[shared]))
+    if table.num_rows:
+        write_parquet_atomic(table, storage.join(folder, "buckets", f"p{p:06d}", "buckets.parquet"), folder)
+    return minhash.sorted_unique(table.column("doc").to_numpy())
+
+
+def _read_folder(url: str) -> pa.Table | None:
+    fs, path = storage.filesystem(url)
+    if not fs.exists(path):
+        return None
+    tables = []
+    for file in sorted(fs.glob(f"{path}/*.parquet")):
+        with fs.open(file, "rb") as f:
+            tables.append(pq.read_table(f))
+    return pa.concat_tables(tables) if tables else None
+
+
+def _locate(docs: np.ndarray, file_sizes: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(file number, its rows) holding each of ``docs`` (ascending numbers over files of
+    ``file_sizes`` rows), in file order: reading them in turn gives ``docs`` in order."""
+    ends = np.cumsum(file_sizes)
+    file_of = np.searchsorted(ends, docs, side="right")
+    return [(int(f), docs[file_of == f] - (ends[f] - file_sizes[f])) for f in minhash.sorted_unique(file_of)]
+
+
+def _take_rows_task(stage: NearDedup, job: tuple[str, np.ndarray, list[str]]) -> pa.Table:
+    """Columns of the given rows (ascending) of one Parquet file, reading only the row
+    groups that hold them."""
+    url, rows, columns = job
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        group_rows = np.array([parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)], np.int64)
+        group_ends = np.cumsum(group_rows)
+        group_of = np.searchsorted(group_ends, rows, side="right")
+        groups = minhash.sorted_unique(group_of)
+        read_start = np.cumsum(group_rows[groups]) - group_rows[groups]  # where each group lands in what is read
+        positions = rows - (group_ends[group_of] - group_rows[group_of]) + read_start[np.searchsorted(groups, group_of)]
+        table = parquet.read_row_groups(groups.tolist(), columns=columns)
+    return table.take(pa.array(positions, pa.int64()))
+
+
+def _index_shard(stage: NearDedup, job: tuple[str, np.ndarray, str, str]) -> int:
+    """One shard's surviving documents that have shingles, as an index file of the run's part."""
+    docs_url, dropped, out_url, index_url = job
+    index = stage.index()
+    fs, path = storage.filesystem(docs_url)
+    with fs.open(path, "rb") as f:
+        docs = pq.read_table(f)
+    keep = docs.column("shingles").to_numpy() > 0
+    keep[dropped] = False
+    docs = docs.filter(pa.array(keep))
+    if not docs.num_rows:
+        return 0
+    sig = signature_matrix(docs.column("sig"), index.config.num_perm)
+    sets = minhash.ShingleSets.from_arrow(docs.column("sets")) if index.shingle_sets else None
+    table = index_rows(docs.column("id"), docs.column("source"), docs.column("date"), minhash.band_keys(sig, index.config),
+                       sig, index.config, sets)
+    write_parquet_atomic(table, out_url, index_url, row_group_size=INDEX_ROW_GROUP)
+    return table.num_rows
+
+
+def _fixed_sig(sig: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(pa.binary(sig.shape[1] * 4), len(sig), [None, pa.py_buffer(np.ascontiguousarray(sig).tobytes())])
 
 
 # --------------------------------------------------------------------------- incremental index
