@@ -51,6 +51,7 @@ def build_corpus(root: Path, data: Path, target_mb: float, part_mb: float, seed:
     """A committed dataset of >= target_mb MB: the real texts, then edited copies."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from tamis.stage import READ_BATCH_ROWS
 
     rng = random.Random(seed)
