@@ -279,21 +279,21 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
 
     def _regions_worth_trying(self, text: str, start: int, end: int, groups: list, lines: _Lines) -> tuple:
         """The regions, in order, where some part of the run could be a phone number the
-        rules keep; empty when there is none."""
+        rules keep; empty when there is none. The parts tried are spans of whole digit
+        groups (as the matcher finds numbers), led by the "+" or "(" before them if any."""
         if lines.arithmetic(start):
             return ()  # every number on an arithmetic line is rejected
         context = _phone_word_near(text, start, end)
         lo = max(0, start - _PHONE_WINDOW_PAD)
-        international = "+" in text[lo:start]
+        international = "+" in text[lo:start] or self.leniency == 0  # "possible" numbers: no pattern test
         regions = self.supported_regions
-        if self.leniency == 0:
-            international = True  # "possible" numbers: no pattern test to narrow the regions by
         valid_in: set = set()
         n = len(groups)
         values = [text[s:e] for s, e in groups]
-        years = [len(v) == 4 and _YEAR_GROUP.fullmatch(v) is not None for v in values]
+        sizes = [e - s for s, e in groups]
+        years = [size == 4 and _YEAR_GROUP.fullmatch(v) is not None for v, size in zip(values, sizes)]
+        paren_before = [False] + ["(" in text[groups[k - 1][1] : groups[k][0]] for k in range(1, n)]
         for i in range(n):
-            first = values[i]
             starts = [groups[i][0]]  # where a number could start: the group, or a "+" or "(" before it
             at = groups[i][0]
             while at > lo and text[at - 1] in "+( \t":
@@ -301,22 +301,24 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
                 if text[at] in "+(":
                     starts.append(at)
             plus = international or any(text[s] == "+" for s in starts[1:])
-            lengths = []
+            led_by_zero = values[i][0] == "0"
+            digits, longest, ones, parenthesised, all_years = "", 0, 0, False, True
             for j in range(i, min(n, i + _MAX_GROUPS_PER_NUMBER)):
-                lengths.append(groups[j][1] - groups[j][0])
-                if lengths.count(1) > 2:
+                digits += values[j]
+                longest = max(longest, sizes[j])
+                ones += sizes[j] == 1
+                all_years = all_years and years[j]
+                parenthesised = parenthesised or (j > i and paren_before[j])
+                if ones > 2:
                     break  # accept_phone: digit-by-digit sequences
-                formatted = len(starts) > 1 or "(" in text[groups[i][0] : groups[j][1]]
-                if not (context or formatted) and not (
-                    2 <= len(lengths) <= 5 and (max(lengths) <= 5 or first[0] == "0") and lengths[-1] >= 2
+                count = j - i + 1
+                if not (context or parenthesised or len(starts) > 1) and not (
+                    2 <= count <= 5 and (longest <= 5 or led_by_zero) and sizes[j] >= 2
                 ):
                     continue  # accept_phone: neither context, format nor phone grouping
-                if j > i and all(years[i : j + 1]):
+                if count > 1 and all_years:
                     continue  # accept_phone: years
-                if plus:
-                    new = regions
-                else:
-                    new = _regions_where_valid("".join(values[i : j + 1]), regions)
+                new = regions if plus else _regions_where_valid(digits, regions)
                 if not valid_in.issuperset(new) and any(accept_phone(text, s, groups[j][1], lines) for s in starts):
                     valid_in.update(new)
                     if len(valid_in) == len(regions):
@@ -394,16 +396,22 @@ _COUNTRY_CODES = frozenset(str(code) for code in phonenumbers.COUNTRY_CODE_TO_RE
 def _regions_where_valid(digits: str, regions: tuple) -> frozenset:
     """The regions among ``regions`` where python-phonenumbers could find ``digits``
     (written without "+") a valid number; see :func:`_could_be_valid`."""
-    by_code: dict[tuple, bool] = {}
-    out = []
+    out: list[str] = []
+    for region, same in _regions_by_rules(regions):
+        if _could_be_valid(digits, region):
+            out.extend(same)
+    return frozenset(out)
+
+
+@lru_cache(maxsize=64)
+def _regions_by_rules(regions: tuple) -> list[tuple[str, list[str]]]:
+    """``regions`` grouped by the parsing rules and patterns they share (US and CA: +1)."""
+    groups: dict[tuple, list[str]] = {}
     for region in regions:
         prefix, transform, code, idd, _, _ = _number_patterns(region)
         key = (code, prefix.pattern if prefix else None, transform, idd.pattern if idd else None)
-        if key not in by_code:
-            by_code[key] = _could_be_valid(digits, region)
-        if by_code[key]:
-            out.append(region)
-    return frozenset(out)
+        groups.setdefault(key, []).append(region)
+    return [(same[0], same) for same in groups.values()]
 
 
 def _could_be_valid(digits: str, region: str) -> bool:
@@ -445,10 +453,6 @@ _PHONE_WORDS = (
     r"telefon|téléphone|teléfono|telefone|handy|portable|móvil|celular"
 )
 _PHONE_WORDS_CJK = r"電話|电话|手机|手機|座机|联系|拨打|致电|呼叫|携帯"
-# A phone word shortly before the number, on its line or as the label line above it.
-_PHONE_BEFORE = re.compile(
-    rf"(?i)(?:(?<![^\W\d_])(?:{_PHONE_WORDS})(?![^\W\d_])|{_PHONE_WORDS_CJK}|[☎📞✆])[^\n]{{0,24}}(?:\n[ \t]*)?$"
-)
 _PHONE_AFTER = re.compile(r"(?i)^[ \t]*[-(,]?[ \t]*(?:office|fax|mobile|cell|home|work|desk|tel|phone|ext\.?|x[0-9])\b")
 # The words of _PHONE_BEFORE and _PHONE_AFTER, which both read whole words (letters with
 # no letter on either side): without one of them near a run, no number in the run has
@@ -456,6 +460,41 @@ _PHONE_AFTER = re.compile(r"(?i)^[ \t]*[-(,]?[ \t]*(?:office|fax|mobile|cell|hom
 _PHONE_WORD_SET = frozenset(_PHONE_WORDS.split("|")) | {"ext", "x"}
 _LETTER_RUN = re.compile(r"[^\W\d_]+")
 _PHONE_SIGN = re.compile(rf"{_PHONE_WORDS_CJK}|[☎📞✆]")
+_PHONE_WORDS_ONLY = frozenset(_PHONE_WORDS.split("|"))
+
+
+_PHONE_BEFORE_CHARS = 40
+_PHONE_BEFORE_GAP = 24
+
+
+def _phone_word_before(text: str, start: int) -> bool:
+    """A phone word (a whole word: no letter on either side) or sign within the 40
+    characters before ``start``, followed by at most 24 characters on its line and
+    optionally a line break and blanks: on the number's line, or the label line above."""
+    lo = max(0, start - _PHONE_BEFORE_CHARS)
+    ends = [m.end() for m in _PHONE_SIGN.finditer(text, lo, start)]
+    for m in _LETTER_RUN.finditer(text, lo, start):
+        if m.group().lower() in _PHONE_WORDS_ONLY and not (m.start() == lo and lo > 0 and _is_letter(text[lo - 1])):
+            ends.append(m.end())
+    for at in ends:
+        tail = text[at:start]
+        if _label_tail(tail) or (tail.endswith("\n") and _label_tail(tail[:-1])):
+            return True
+    return False
+
+
+def _label_tail(tail: str) -> bool:
+    """At most 24 characters on the label's line, then nothing or a line break and blanks."""
+    line_break = tail.find("\n")
+    if line_break < 0:
+        return len(tail) <= _PHONE_BEFORE_GAP
+    return line_break <= _PHONE_BEFORE_GAP and not tail[line_break + 1 :].strip(" \t")
+
+
+def _is_letter(ch: str) -> bool:
+    return ch.isalpha()
+
+
 
 
 def _phone_word_near(text: str, start: int, end: int) -> bool:
@@ -511,7 +550,7 @@ def accept_phone(text: str, start: int, end: int, lines: _Lines | None = None) -
     line_start = lines.bounds(start)[0]
     if _NOT_PHONE_BEFORE.search(text, max(line_start, start - 32), start):
         return False  # a label right before it names it as something else
-    if _PHONE_BEFORE.search(text, max(0, start - 40), start) or _PHONE_AFTER.match(text[end : end + 16]):
+    if _phone_word_before(text, start) or _PHONE_AFTER.match(text[end : end + 16]):
         return True
     if value.startswith("+") or "(" in value:
         return True
@@ -598,52 +637,64 @@ class Lexicon:
         self.common = set(raw["common_words"])
         self.places = {fold_word(w) for p in raw["places"] for w in p.split()}
         self.model = raw["name_model"]
-        # The model as sorted integer keys per n-gram length: a gram of n characters is
-        # its code points, 16 bits each, in one integer.
-        self._grams = {}
-        for n in _GRAM_LENGTHS:
-            items = sorted((_gram_key(g), w) for g, w in self.model.items() if len(g) == n)
-            self._grams[n] = (np.array([k for k, _ in items], np.uint64), np.array([w for _, w in items]))
+        # The model as dense tables over the letters a-z and the marks ^ $: a gram of n
+        # such characters is a number in base 29 (0 stands for any other character).
+        self._tables = {n: np.zeros(_GRAM_BASE**n) for n in _GRAM_LENGTHS}
+        for gram, weight in self.model.items():
+            if all(c in _GRAM_ALPHABET for c in gram):
+                self._tables[len(gram)][_gram_index(gram)] = weight
 
     def name_scores(self, folded: list[str]) -> np.ndarray:
         """Naive Bayes name-likeness of each word: the sum of the model's weights of its
-        distinct character 2- to 4-grams, the word marked "^word$"; > 0 leans to a name."""
-        if not folded:
-            return np.zeros(0)
-        marked = "".join(f"^{w}$" for w in folded)
-        codes = np.minimum(np.frombuffer(marked.encode("utf-32-le"), np.uint32), 0xFFFF).astype(np.uint64)
-        lengths = np.fromiter(map(len, folded), np.int64, len(folded)) + 2
-        word_end = np.cumsum(lengths)
-        word_of = np.repeat(np.arange(len(folded)), lengths)
+        distinct character 2- to 4-grams, the word marked "^word$"; > 0 leans to a name.
+
+        Words of a-z (with ' or -, which no gram of the model holds) are scored all at
+        once, each distinct gram of a word an index into a dense table; words of other
+        letters one at a time."""
         total = np.zeros(len(folded))
-        for n, (keys, weights) in self._grams.items():
-            starts = np.arange(codes.size - n + 1)
-            starts = starts[starts + n <= word_end[word_of[starts]]]
-            key = np.zeros(starts.size, np.uint64)
-            for k in range(n):
-                key = (key << np.uint64(16)) | codes[starts + k]
-            words = word_of[starts]
-            order = np.lexsort((key, words))
-            words, key = words[order], key[order]
-            distinct = np.ones(key.size, bool)  # each gram counts once per word
-            distinct[1:] = (words[1:] != words[:-1]) | (key[1:] != key[:-1])
-            words, key = words[distinct], key[distinct]
-            if keys.size == 0:
-                continue
-            at = np.minimum(np.searchsorted(keys, key), keys.size - 1)
-            hit = keys[at] == key
-            total += np.bincount(words[hit], weights=weights[at[hit]], minlength=len(folded))
+        if not folded:
+            return total
+        plain = [i for i, w in enumerate(folded) if _GRAM_PLAIN.fullmatch(w)]
+        if plain:
+            words_plain = [folded[i] for i in plain]
+            marked = "".join(f"^{w}$" for w in words_plain).encode("ascii", "replace")  # ’ becomes ?, code 0
+            codes = _GRAM_CODES[np.frombuffer(marked, np.uint8)].astype(np.int64)
+            lengths = np.fromiter(map(len, words_plain), np.int64, len(plain)) + 2
+            word_end = np.cumsum(lengths)
+            word_of = np.repeat(np.arange(len(plain), dtype=np.int64), lengths)
+            scores = np.zeros(len(plain))
+            for n, table in self._tables.items():
+                starts = np.arange(codes.size - n + 1)
+                starts = starts[starts + n <= word_end[word_of[starts]]]
+                index = np.zeros(starts.size, np.int64)
+                for k in range(n):
+                    index = index * _GRAM_BASE + codes[starts + k]
+                size = _GRAM_BASE**n
+                keyed = np.sort(word_of[starts] * size + index)
+                distinct = keyed[np.append(True, keyed[1:] != keyed[:-1])]  # each gram counts once per word
+                scores += np.bincount(distinct // size, weights=table[distinct % size], minlength=len(plain))
+            total[plain] = scores
+        get = self.model.get
+        for i in sorted(set(range(len(folded))).difference(plain)):
+            m = f"^{folded[i]}$"
+            total[i] = sum(get(g, 0.0) for g in {m[j : j + n] for n in _GRAM_LENGTHS for j in range(len(m) - n + 1)})
         return np.round(total, 9)
 
 
 _GRAM_LENGTHS = (2, 3, 4)
+_GRAM_ALPHABET = {c: i + 1 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz^$")}
+_GRAM_BASE = len(_GRAM_ALPHABET) + 1
+_GRAM_PLAIN = re.compile(r"[a-z'’\-]*")
+_GRAM_CODES = np.zeros(256, np.uint8)
+for _char, _code in _GRAM_ALPHABET.items():
+    _GRAM_CODES[ord(_char)] = _code
 
 
-def _gram_key(gram: str) -> int:
-    key = 0
+def _gram_index(gram: str) -> int:
+    index = 0
     for ch in gram:
-        key = (key << 16) | min(ord(ch), 0xFFFF)
-    return key
+        index = index * _GRAM_BASE + _GRAM_ALPHABET[ch]
+    return index
 
 
 @lru_cache(maxsize=1)
@@ -843,23 +894,19 @@ class PersonRecognizer:
             cache.update(zip(new, kinds))
         return np.fromiter(map(cache.__getitem__, words), np.int8, len(words))
 
-    def analyze(self, text, entities=None, nlp_artifacts=None, regex_flags=None) -> list:
-        """Findings in one text (the batch path, for a batch of one)."""
-        batch = Batch([text])
-        screens = {name: np.array([re.search(p.replace(r"\p{Ll}", _LO), text) is not None]) for name, p in self.SCREENS.items()}
-        starts, ends, scores = self.scan(batch, screens)
-        return [_result(PERSON, s, e, c) for s, e, c in zip(starts.tolist(), ends.tolist(), scores.tolist())]
-
-    def scan(self, batch: Batch, screens: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(start, end, score) of the names in ``batch.text``."""
-        words = batch.words
-        text = batch.text
-        spans = [self._capitalised_names(text, words)]
-        spans.append(self._introduced_lower(batch, screens["person_introduced"]))
-        starts = np.concatenate([s[0] for s in spans])
-        ends = np.concatenate([s[1] for s in spans])
-        scores = np.concatenate([s[2] for s in spans])
-        return starts, ends, scores
+    def scan(self, batch: Batch, screens: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(document, start, end, score) of the names in ``batch``, offsets into each
+        document's view."""
+        starts, ends, scores = self._capitalised_names(batch.text, batch.words)
+        docs = batch.doc_of(starts)
+        offsets = batch.starts[docs]
+        lower = self._introduced_lower(batch, screens["person_introduced"])
+        return (
+            np.concatenate([docs, lower[0]]),
+            np.concatenate([starts - offsets, lower[1]]),
+            np.concatenate([ends - offsets, lower[2]]),
+            np.concatenate([scores, lower[3]]),
+        )
 
     def _capitalised_names(self, text: str, words: CapitalisedWords):
         empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
@@ -901,10 +948,12 @@ class PersonRecognizer:
         todo = np.flatnonzero(score == 0)
         if todo.size:
             before = _snippets_before(text, start[todo])
-            score[todo[_matches(before, _TITLE_OR_INTRODUCED_BEFORE)]] = 0.85
-        todo = np.flatnonzero((score == 0) & (strong >= 0.5))
+            introduced = _matches(before, _TITLE_OR_INTRODUCED_BEFORE)
+            score[todo[introduced]] = 0.85
+            weak = ~introduced & (strong[todo] >= 0.5)
+            before = before.filter(pa.array(weak))
+            todo = todo[weak]
         if todo.size:
-            before = _snippets_before(text, start[todo])
             after = _snippets_after(text, end[todo])
             hit = _matches(before, _PERSON_BEFORE) | _matches(after, _PERSON_AFTER)
             score[todo[hit]] = 0.7
@@ -925,16 +974,16 @@ class PersonRecognizer:
         return start[keep], end[keep], score[keep]
 
     def _introduced_lower(self, batch: Batch, screened: np.ndarray):
-        starts, ends = [], []
+        docs, starts, ends = [], [], []
         lex = self.lex
         for doc in np.flatnonzero(screened).tolist():
-            offset = int(batch.starts[doc])
             for match in _INTRODUCED_LOWER.finditer(batch.views[doc]):
                 words = [fold_word(w.rstrip(".")) for w in match.group(1).split()]
                 if all(len(w) == 1 or (w in lex.given or w in lex.surnames) and w not in _STOP_WORDS for w in words):
-                    starts.append(match.start(1) + offset)
-                    ends.append(match.end(1) + offset)
-        return np.array(starts, np.int64), np.array(ends, np.int64), np.full(len(starts), 0.7)
+                    docs.append(doc)
+                    starts.append(match.start(1))
+                    ends.append(match.end(1))
+        return np.array(docs, np.int64), np.array(starts, np.int64), np.array(ends, np.int64), np.full(len(docs), 0.7)
 
 
 def _snippets_before(text: str, starts: np.ndarray) -> pa.Array:
@@ -982,8 +1031,8 @@ def _listed_with(text: str, start: np.ndarray, end: np.ndarray, seed: np.ndarray
     return added
 
 
-def _result(entity: str, start: int, end: int, score: float) -> RecognizerResult:
-    return RecognizerResult(entity_type=entity, start=start, end=end, score=score)
+
+
 
 
 # -- STREET_ADDRESS ------------------------------------------------------------------------
@@ -1095,7 +1144,9 @@ class StreetAddressRecognizer:
     def __init__(self, supported_language: str = "en"):
         self.supported_language = supported_language
 
-    def scan(self, batch: Batch, screens: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def scan(self, batch: Batch, screens: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(document, start, end, score) of the addresses in ``batch``, offsets into each
+        document's view."""
         docs = set(np.flatnonzero(screens["address"]).tolist())
         words = batch.words
         text = batch.text
@@ -1110,16 +1161,9 @@ class StreetAddressRecognizer:
                 or (kind & _ANCHOR_UNIT and _NUMBER_NEXT.match(text, end))
             ):
                 docs.add(int(doc_of(start)))
-        starts, ends = [], []
-        for doc in sorted(docs):
-            offset = int(batch.starts[doc])
-            for s, e in self.spans(batch.views[doc]):
-                starts.append(s + offset)
-                ends.append(e + offset)
-        return np.array(starts, np.int64), np.array(ends, np.int64), np.full(len(starts), self.SCORE)
-
-    def analyze(self, text, entities=None, nlp_artifacts=None, regex_flags=None) -> list:
-        return [_result(STREET_ADDRESS, s, e, self.SCORE) for s, e in self.spans(text)]
+        found = [(doc, s, e) for doc in sorted(docs) for s, e in self.spans(batch.views[doc])]
+        docs_, starts, ends = (np.array(c, np.int64) for c in zip(*found)) if found else (np.zeros(0, np.int64),) * 3
+        return docs_, starts, ends, np.full(len(found), self.SCORE)
 
     @staticmethod
     def spans(text: str) -> list[tuple[int, int]]:
@@ -1191,11 +1235,16 @@ class Batch:
     """The documents of one batch as detection sees them (NFKC-folded views), joined into
     one string for the recognizers that read the whole batch at once."""
 
-    def __init__(self, views: list[str]):
+    def __init__(self, views: list[str], no_upper: np.ndarray | None = None):
+        """``no_upper`` marks the views without an upper-case letter: they hold no
+        capitalised word and are left out of the joined text (left empty)."""
         self.views = views
-        self.text = SEPARATOR.join(views)
-        lengths = np.fromiter(map(len, views), np.int64, len(views))
-        self.starts = np.zeros(len(views), np.int64)
+        joined = views
+        if no_upper is not None and no_upper.any():
+            joined = [("" if lower else view) for view, lower in zip(views, no_upper.tolist())]
+        self.text = SEPARATOR.join(joined)
+        lengths = np.fromiter(map(len, joined), np.int64, len(joined))
+        self.starts = np.zeros(len(joined), np.int64)
         np.cumsum(lengths[:-1] + len(SEPARATOR), out=self.starts[1:])
         self._words: CapitalisedWords | None = None
 
@@ -1374,15 +1423,13 @@ class Detector:
                         found[doc].append(Finding(r.start, r.end, r.entity_type, r.score))
         analysed = np.logical_or.reduce(list(screens.values())) if screens else np.zeros(n, bool)
         if self.per_batch:
-            batch = Batch(views)
+            upper = pc.match_substring_regex(screened_texts, r"\p{Lu}").to_numpy(zero_copy_only=False)
+            batch = Batch(views, ~upper)
             analysed |= np.bincount(batch.doc_of(batch.words.start), minlength=n) > 0
             for entity, recognizer in self.per_batch:
-                starts, ends, scores = recognizer.scan(batch, screens)
+                docs, starts, ends, scores = recognizer.scan(batch, screens)
                 keep = scores >= min_score
-                starts, ends, scores = starts[keep], ends[keep], scores[keep]
-                docs = batch.doc_of(starts)
-                offsets = batch.starts[docs]
-                for doc, s, e, score in zip(docs.tolist(), (starts - offsets).tolist(), (ends - offsets).tolist(), scores.tolist()):
+                for doc, s, e, score in zip(docs[keep].tolist(), starts[keep].tolist(), ends[keep].tolist(), scores[keep].tolist()):
                     found[doc].append(Finding(s, e, entity, score))
         if extra is not None:
             analysed[:] = True
