@@ -1094,7 +1094,7 @@ _FULL_STREET_TYPE = re.compile(rf"(?:{_FULL_STREET_TYPES})s?\b")
 _CAPITALISED_BEFORE = re.compile(rf"(?:{_CAP_WORD}[ \t]+){{1,3}}$")
 
 # Capitalised words that anchor an address shape, and what must sit near them.
-_ANCHOR_STREET_TYPE, _ANCHOR_FULL_TYPE, _ANCHOR_PREFIX, _ANCHOR_UNIT = 1, 2, 4, 8
+_ANCHOR_STREET_TYPE, _ANCHOR_FULL_TYPE, _ANCHOR_PREFIX, _ANCHOR_UNIT, _ANCHOR_SUFFIX = 1, 2, 4, 8, 16
 
 
 def _address_anchors() -> dict[str, int]:
@@ -1116,6 +1116,7 @@ def _address_anchors() -> dict[str, int]:
 _ANCHORS = _address_anchors()
 _DIGIT = re.compile(r"[0-9]")
 _NUMBER_NEXT = re.compile(r"\.?[ \t]*#?[0-9]")
+_HOUSE_NUMBER_NEXT = re.compile(r"\.?[ \t]+[0-9]")
 _HOUSE_NUMBER_WINDOW = 200  # a house number before a street type, or after a street prefix
 
 
@@ -1137,7 +1138,7 @@ class StreetAddressRecognizer:
 
     supported_entities = (STREET_ADDRESS,)
     SCREENS = {
-        "address": rf"(?:{_STREET_SUFFIXES})\.?[ \t]+[0-9]|\bul\.[ \t]|\b(?:PSC|CMR)[ \t]+[0-9]|P\.?[ \t]?O\.?[ \t]?Box",
+        "address": rf"(?i:{_STREET_SUFFIXES})\.?[ \t]+[0-9]|\bul\.[ \t]|\b(?:PSC|CMR)[ \t]+[0-9]|P\.?[ \t]?O\.?[ \t]?Box",
     }
     SCORE = 0.9  # above PERSON's: a name inside an address is part of the address
 
@@ -1150,7 +1151,7 @@ class StreetAddressRecognizer:
         docs = set(np.flatnonzero(screens["address"]).tolist())
         words = batch.words
         text = batch.text
-        anchors = np.fromiter(map(_ANCHORS.get, map(_head, words.words), repeat(0)), np.uint8, words.n)
+        anchors = np.fromiter(map(_ANCHOR_KINDS.__getitem__, words.words), np.uint8, words.n)
         doc_of = batch.doc_of
         for i in np.flatnonzero(anchors).tolist():
             kind, start, end = int(anchors[i]), int(words.start[i]), int(words.end[i])
@@ -1159,6 +1160,7 @@ class StreetAddressRecognizer:
                 or (kind & _ANCHOR_FULL_TYPE and _capitalised_word_before(text, start))
                 or (kind & _ANCHOR_PREFIX and _DIGIT.search(text, end, end + _HOUSE_NUMBER_WINDOW))
                 or (kind & _ANCHOR_UNIT and _NUMBER_NEXT.match(text, end))
+                or (kind & _ANCHOR_SUFFIX and _HOUSE_NUMBER_NEXT.match(text, end))
             ):
                 docs.add(int(doc_of(start)))
         found = [(doc, s, e) for doc in sorted(docs) for s, e in self.spans(batch.views[doc])]
@@ -1221,9 +1223,23 @@ def _numbered_street_before(text: str, at: int) -> bool:
 _HEAD = re.compile(r"['’\-]")
 
 
-def _head(word: str) -> str:
-    """A capitalised word up to its first apostrophe or hyphen ("Street" of "Street-level")."""
-    return _HEAD.split(word, 1)[0] if ("-" in word or "'" in word or "’" in word) else word
+class _AnchorKinds(dict):
+    """The address anchor a capitalised word is, computed once per word: its part up to
+    an apostrophe or hyphen ("Street" of "Street-level") in _ANCHORS, or a word ending in
+    a street suffix ("Hauptstraße", "Koskikatu")."""
+
+    MAX_WORDS = 300_000
+
+    def __missing__(self, word: str) -> int:
+        head = _HEAD.split(word, 1)[0] if ("-" in word or "'" in word or "’" in word) else word
+        kind = _ANCHORS.get(head, 0) | (_ANCHOR_SUFFIX if word.lower().endswith(_STREET_SUFFIX_WORDS) else 0)
+        if len(self) >= self.MAX_WORDS:
+            self.clear()
+        self[word] = kind
+        return kind
+
+
+_ANCHOR_KINDS = _AnchorKinds()
 
 
 # -- the batch detector ------------------------------------------------------------------
