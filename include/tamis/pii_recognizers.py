@@ -710,7 +710,12 @@ def _letters(predicate) -> str:
 
 _UP = f"[{_letters(str.isupper)}]"
 _LO = f"[{_letters(str.islower)}]"
-_NAME_TOKEN = rf"{_UP}{_LO}+(?:['’\-]{_UP}?{_LO}+)*"
+# A capitalised word: "Smith", "O'Brien", "Jones-Smith", "McDowell", "DeSantis"; a
+# possessive "'s" is left out ("Smith" of "Smith's"), as the context rules read it.
+_NAME_TOKEN = (
+    rf"{_UP}{_LO}+(?:(?:(?<=Mc)|(?<=Mac)|(?<=De)|(?<=Di)|(?<=Le)|(?<=La)){_UP}{_LO}+)?"
+    rf"(?:(?:['’](?!s(?![^\W\d_]))|-){_UP}?{_LO}+)*"
+)
 _NAME_TOKEN_SPLIT = re.compile(f"({_NAME_TOKEN})")
 # The gap between two capitalised words of one run: blanks, or an initial between blanks.
 _JOIN_GAP = re.compile(rf"[ \t]+(?:({_UP})\.?[ \t]+)?")
@@ -723,7 +728,14 @@ _TITLES = (
 _STOP_WORDS = frozenset(STOP_WORDS) | {"apt", "suite", "unit", "flat", "floor", "room", "box"}
 _ORG_WORDS = frozenset(
     ["inc", "ltd", "llc", "plc", "gmbh", "corp", "co", "company", "group", "partners", "associates", "bank", "university", "college", "school", "institute", "foundation", "hospital", "church", "hotel", "club", "society", "council", "agency", "committee", "records", "orchestra", "band"]
+    # designators that close a company's name ("Russell Investments", "Rand Corporation")
+    + ["corporation", "incorporated", "limited", "holdings", "investments", "consulting", "consultants", "technologies",
+       "solutions", "industries", "enterprises", "laboratories", "labs", "ventures", "airlines", "airways",
+       "pharmaceuticals", "studios", "productions", "bros"]
 )
+# Weekdays are in the place list (with the months) and some are given names or surnames:
+# they are never a name.
+_WEEKDAYS = frozenset(["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"])
 _SURNAME_SUFFIX = re.compile(
     r"(?:ov|ova|ev|eva|sky|ski|ska|skaya|ic|vich|vna|enko|chuk|yan|dze|shvili|escu|poulos|akis|sson|dottir|"
     r"nen|inen|ova|oglu|ini|elli|etti|ucci|berg|mann|stein)$"
@@ -732,15 +744,16 @@ _SURNAME_SUFFIX = re.compile(
 # over all snippets (RE2's \b knows ASCII letters only, where Python's knows all).
 # A title or a phrase after which the next words are a name whatever they look like.
 _TITLE_OR_INTRODUCED_BEFORE = (
-    rf"(?i)(?:\b(?:{_TITLES})\.?|\bmy name is|\bname is|\bnamed|\bcalled|\bcall me|\bi'm|\bi am|\bthis is|"
-    r"\bname[ \t]*[:?]|\bdear|\bsigned|\bsincerely,?|\bregards,?|\bborn|\bknown as|\bnée|\bnee|\baka)[ \t]*$"
+    rf"(?i)(?:\b(?:{_TITLES})\.?|\bmy name is|\bname is|\bname's|\bnamed(?: him| her| them)?|\bcalled(?: me| him| her)?|"
+    r"\bcalls? (?:me|him|her)|\bi'm|\bi am|\bthis is|\bname[ \t]*[:?]|\bdear|\bsigned|\bsincerely,?|\bregards,?|\bborn|"
+    r"\bknown as|\bnée|\bnee|\baka)[ \t]*$"
 )
 # Words right before or after a capitalised word that point at a person.
 _PERSON_BEFORE = (
-    r"(?i)\b(?:said|says|told|asked|wrote|hi|hello|hey|thanks|thank you|meet|met|contact|ask|son|daughter|wife|"
-    r"husband|brother|sister|mother|father|kid|child|partner|friend|colleague|boss|author|director|producer|singer|"
-    r"player|writer|songwriter|commenter|guardian|beneficiary|manager|assistant|founder|ceo|starring|featuring|"
-    r"directed by|written by|feat\.?)[ \t,:]*$"
+    r"(?i)\b(?:said|says|told|asked|wrote|hi|hello|hey|thanks|thank you|meet|met|contact|ask|wife|husband|"
+    r"(?:son|daughter|brother|sister|mother|father|kid|partner|friend|colleague|boss|author|director|producer|singer|"
+    r"player|writer|songwriter|commenter|guardian|beneficiary|manager|assistant|founder|ceo)s?|child|children|"
+    r"starring|featuring|directed by|written by|feat\.?)[ \t,:]*$"
 )
 _PERSON_AFTER = (
     r"(?i)^(?:[ \t]*,?[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who)\b|['’]s\b|[ \t]*:)"
@@ -754,7 +767,7 @@ _JOINING_BEFORE = re.compile(r"(?i)(?:\b(?:by|with|for|and|to|from|under)|[,>:])
 _LIST_JOIN = re.compile(r",[ \t]*(?:and[ \t]+|or[ \t]+|&[ \t]*)?|[ \t]+(?:and|or|&)[ \t]+")
 _LOWER_NAME = re.compile(rf"{_LO}{{2,}}(?:[ \t]+{_LO}\.?)?(?:[ \t]+{_LO}{{2,}})?")
 _INTRODUCED_LOWER = re.compile(
-    rf"(?i:\bmy name is|\bname is|\bcall me|\bname[ \t]*:)[ \t]+({_LOWER_NAME.pattern})(?![\w@])"
+    rf"(?i:\bmy name is|\bname is|\bcalls? me|\bname[ \t]*:)[ \t]+({_LOWER_NAME.pattern})(?![\w@])"
 )
 
 # Kinds of capitalised words.
@@ -770,7 +783,7 @@ def _lexicon_kinds(lex: Lexicon) -> dict[str, int]:
     for word in lex.given | lex.surnames | lex.common | lex.places | _STOP_WORDS | _ORG_WORDS | titles:
         if word in _ORG_WORDS:
             kind = KIND_O
-        elif word in _STOP_WORDS or word in titles:
+        elif word in _STOP_WORDS or word in titles or word in _WEEKDAYS:
             kind = KIND_C
         else:
             common = word in lex.common or word in lex.places
@@ -867,7 +880,7 @@ class PersonRecognizer:
     supported_entities = (PERSON,)
     # Lower-case names after a phrase that introduces a name.
     SCREENS = {
-        "person_introduced": r"(?i)(?:my name is|name is|call me|name[ \t]*:)[ \t]+\p{Ll}",
+        "person_introduced": r"(?i)(?:my name is|name is|calls? me|name[ \t]*:)[ \t]+\p{Ll}",
     }
     MAX_CACHED_WORDS = 300_000
 
@@ -960,13 +973,21 @@ class PersonRecognizer:
             rest = todo[~hit]
             single = rest[~multi[rest] & ((k0[rest] == KIND_S) | (k0[rest] == KIND_N))]
             if single.size:
-                score[single[_matches(_snippets_after(text, end[single]), _VERB_AFTER)]] = 0.7
+                after = _snippets_after(text, end[single])
+                score[single[_matches(after, _VERB_AFTER)]] = 0.7
             listed = rest[multi[rest] & (clear[rest] > 0)]
             score[listed[inner_initial[listed]]] = 0.85  # "Ravil G Yefimov": an initial between names
             listed = listed[~inner_initial[listed] & (strong[listed] + 0.25 * k["X"][listed] >= 0.75)]
             for i in listed.tolist():
                 if _alone_or_joined(text, int(start[i]), int(end[i])):
                     score[i] = 0.7
+        # A name followed in its run by a street type is a street's name ("Mathias Pass").
+        found = np.flatnonzero(score > 0)
+        following = seg_last[found] + 1
+        following = following[following < n]
+        street = following[words.joined[following] & (kind[following] == KIND_C)]
+        street = street[[bool(_ANCHOR_KINDS[words.words[j]] & _ANCHOR_STREET_TYPE) for j in street.tolist()]]
+        score[np.isin(seg_last, street - 1)] = 0
         maybe = (score == 0) & (strong > 0)
         if maybe.any() and (score >= 0.85).any():
             score[_listed_with(text, start, end, score >= 0.85, maybe)] = 0.7
