@@ -636,6 +636,9 @@ class Lexicon:
         self.surnames = {fold_word(n) for n in raw["surnames"]}
         self.common = set(raw["common_words"])
         self.places = {fold_word(w) for p in raw["places"] for w in p.split()}
+        # One-word names of large cities: places, unless they are common given names.
+        self.cities = {fold_word(c) for c in raw["cities"] if " " not in c}
+        self.common_given = {fold_word(n) for n in raw["common_given_names"]}
         self.model = raw["name_model"]
         # The model as dense tables over the letters a-z and the marks ^ $: a gram of n
         # such characters is a number in base 29 (0 stands for any other character).
@@ -758,6 +761,11 @@ _PERSON_BEFORE = (
 _PERSON_AFTER = (
     r"(?i)^(?:[ \t]*,?[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who)\b|['’]s\b|[ \t]*:)"
 )
+_ARTICLE_BEFORE = r"(?i)\b(?:the|a|an)[ \t]+$"
+_AND_GAP = re.compile(r"[ \t]+(?:and|&)[ \t]+")
+_PLURAL_VERB_AFTER = re.compile(r"[ \t]+(?:were|are|have|had|both|each)\b")
+_POSSESSIVE = r"^['’]s\b"
+_PERSON_AFTER_WORD = r"(?i)^(?:[ \t]*,?[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who)\b|[ \t]*:)"
 # Verbs after a surname or a name-like word that make it a person's name.
 _VERB_AFTER = r"^[ \t]+(?:is|was|has|had|will|would|lives|lived|began|spent|shouted|spoke|sang|played)\b"
 _BEFORE_CHARS = 40
@@ -766,8 +774,12 @@ _AFTER_CHARS = 12
 _JOINING_BEFORE = re.compile(r"(?i)(?:\b(?:by|with|for|and|to|from|under)|[,>:])[ \t]*$")
 _LIST_JOIN = re.compile(r",[ \t]*(?:and[ \t]+|or[ \t]+|&[ \t]*)?|[ \t]+(?:and|or|&)[ \t]+")
 _LOWER_NAME = re.compile(rf"{_LO}{{2,}}(?:[ \t]+{_LO}\.?)?(?:[ \t]+{_LO}{{2,}})?")
+# A lower-case name after a phrase that introduces one: any words that are not common
+# English words after "my name is", a given name first after "I'm" (in texts written
+# without capitals only, where "I am" is not followed by a capitalised name).
 _INTRODUCED_LOWER = re.compile(
-    rf"(?i:\bmy name is|\bname is|\bcalls? me|\bname[ \t]*:)[ \t]+({_LOWER_NAME.pattern})(?![\w@])"
+    rf"(?i:\bmy name is|\bname is|\bname's|\bcalls? me|\bcalled me|\bname[ \t]*:|(?P<weak>\bi'm|\bi am|\bthis is|\bdear))"
+    rf"[ \t]+({_LOWER_NAME.pattern})(?![\w@])"
 )
 
 # Kinds of capitalised words.
@@ -780,13 +792,13 @@ def _lexicon_kinds(lex: Lexicon) -> dict[str, int]:
     """The kind of every folded word the lists know; other words are name-like or unknown."""
     kinds: dict[str, int] = {}
     titles = set(_TITLES.split("|"))
-    for word in lex.given | lex.surnames | lex.common | lex.places | _STOP_WORDS | _ORG_WORDS | titles:
+    for word in lex.given | lex.surnames | lex.common | lex.places | lex.cities | _STOP_WORDS | _ORG_WORDS | titles:
         if word in _ORG_WORDS:
             kind = KIND_O
         elif word in _STOP_WORDS or word in titles or word in _WEEKDAYS:
             kind = KIND_C
         else:
-            common = word in lex.common or word in lex.places
+            common = word in lex.common or word in lex.places or (word in lex.cities and word not in lex.common_given)
             if word in lex.given:
                 kind = KIND_g if common else KIND_G
             elif word in lex.surnames:
@@ -880,7 +892,8 @@ class PersonRecognizer:
     supported_entities = (PERSON,)
     # Lower-case names after a phrase that introduces a name.
     SCREENS = {
-        "person_introduced": r"(?i)(?:my name is|name is|calls? me|name[ \t]*:)[ \t]+\p{Ll}",
+        "person_introduced": r"(?i)(?:my name is|name is|name's|calls? me|called me|name[ \t]*:)[ \t]+\p{Ll}",
+        "person_introduced_lower": r"(?:i'm|i am|this is|dear)[ \t]+\p{Ll}",
     }
     MAX_CACHED_WORDS = 300_000
 
@@ -913,7 +926,7 @@ class PersonRecognizer:
         starts, ends, scores = self._capitalised_names(batch.text, batch.words)
         docs = batch.doc_of(starts)
         offsets = batch.starts[docs]
-        lower = self._introduced_lower(batch, screens["person_introduced"])
+        lower = self._introduced_lower(batch, screens)
         return (
             np.concatenate([docs, lower[0]]),
             np.concatenate([starts - offsets, lower[1]]),
@@ -969,8 +982,17 @@ class PersonRecognizer:
         if todo.size:
             after = _snippets_after(text, end[todo])
             hit = _matches(before, _PERSON_BEFORE) | _matches(after, _PERSON_AFTER)
+            # A possessive is evidence for a name, not for a place or a common word that
+            # is also a name ("Israel's", "Congress's").
+            possessive_only = _matches(after, _POSSESSIVE) & ~_matches(before, _PERSON_BEFORE) & ~_matches(after, _PERSON_AFTER_WORD)
+            hit &= ~(possessive_only & (clear[todo] == 0))
             score[todo[hit]] = 0.7
             rest = todo[~hit]
+            # Two words that are names and nothing else, one of them from the name lists
+            # ("Ubul Csonka" is not: neither word is in the lists).
+            pair = rest[(size[rest] == 2) & ((k["g"] + k["s"])[rest] == 0) & ((k["G"] + k["S"])[rest] >= 1)]
+            score[pair] = 0.7
+            rest = rest[score[rest] == 0]
             single = rest[~multi[rest] & ((k0[rest] == KIND_S) | (k0[rest] == KIND_N))]
             if single.size:
                 after = _snippets_after(text, end[single])
@@ -981,6 +1003,10 @@ class PersonRecognizer:
             for i in listed.tolist():
                 if _alone_or_joined(text, int(start[i]), int(end[i])):
                     score[i] = 0.7
+        # One word after an article names a thing, not a person ("the Taliban", "the Louvre").
+        found = np.flatnonzero((score > 0) & ~multi)
+        if found.size:
+            score[found[_matches(_snippets_before(text, start[found]), _ARTICLE_BEFORE)]] = 0
         # A name followed in its run by a street type is a street's name ("Mathias Pass").
         found = np.flatnonzero(score > 0)
         following = seg_last[found] + 1
@@ -988,22 +1014,33 @@ class PersonRecognizer:
         street = following[words.joined[following] & (kind[following] == KIND_C)]
         street = street[[bool(_ANCHOR_KINDS[words.words[j]] & _ANCHOR_STREET_TYPE) for j in street.tolist()]]
         score[np.isin(seg_last, street - 1)] = 0
+        # "Torpy and Salinas were ...": two names joined by "and", then a plural verb.
+        unscored_names = (score == 0) & (clear > 0)
+        cand = np.flatnonzero(unscored_names[:-1] & unscored_names[1:] & (start[1:] - end[:-1] <= 7))
+        for i in cand.tolist():
+            if _AND_GAP.fullmatch(text, int(end[i]), int(start[i + 1])) and _PLURAL_VERB_AFTER.match(text, int(end[i + 1])):
+                score[i] = score[i + 1] = 0.7
         maybe = (score == 0) & (strong > 0)
         if maybe.any() and (score >= 0.85).any():
             score[_listed_with(text, start, end, score >= 0.85, maybe)] = 0.7
         keep = score > 0
         return start[keep], end[keep], score[keep]
 
-    def _introduced_lower(self, batch: Batch, screened: np.ndarray):
+    def _introduced_lower(self, batch: Batch, screens: dict):
         docs, starts, ends = [], [], []
-        lex = self.lex
-        for doc in np.flatnonzero(screened).tolist():
+        kinds = self._lexicon_kinds
+        weak_docs = screens["person_introduced_lower"] & batch.no_upper
+        for doc in np.flatnonzero(screens["person_introduced"] | weak_docs).tolist():
             for match in _INTRODUCED_LOWER.finditer(batch.views[doc]):
-                words = [fold_word(w.rstrip(".")) for w in match.group(1).split()]
-                if all(len(w) == 1 or (w in lex.given or w in lex.surnames) and w not in _STOP_WORDS for w in words):
+                if match.group("weak") is not None and not weak_docs[doc]:
+                    continue
+                words = [fold_word(w.rstrip(".")) for w in match.group(2).split()]
+                # a single letter (an initial), a name, or a word that is no common word
+                fits = all(len(w) == 1 or kinds.get(w, KIND_X) in (KIND_G, KIND_S, KIND_N, KIND_X) for w in words)
+                if fits and (match.group("weak") is None or kinds.get(words[0]) == KIND_G):
                     docs.append(doc)
-                    starts.append(match.start(1))
-                    ends.append(match.end(1))
+                    starts.append(match.start(2))
+                    ends.append(match.end(2))
         return np.array(docs, np.int64), np.array(starts, np.int64), np.array(ends, np.int64), np.full(len(docs), 0.7)
 
 
@@ -1159,7 +1196,10 @@ class StreetAddressRecognizer:
 
     supported_entities = (STREET_ADDRESS,)
     SCREENS = {
-        "address": rf"(?i:{_STREET_SUFFIXES})\.?[ \t]+[0-9]|\bul\.[ \t]|\b(?:PSC|CMR)[ \t]+[0-9]|P\.?[ \t]?O\.?[ \t]?Box",
+        "address": (
+            rf"(?i:{_STREET_SUFFIXES})\.?[ \t]+[0-9]|\bul\.[ \t]|\b(?:PSC|CMR)[ \t]+[0-9]|P\.?[ \t]?O\.?[ \t]?Box|"
+            r"(?i:corner|intersection) of"
+        ),
     }
     SCORE = 0.9  # above PERSON's: a name inside an address is part of the address
 
@@ -1207,9 +1247,18 @@ class StreetAddressRecognizer:
             words = _CAPITALISED_BEFORE.search(text, max(0, m.start() - 40), m.start())
             if words and _word_start(text, words.start()):
                 spans.append((words.start(), m.end()))
+        for m in _CORNER.finditer(text):
+            spans += [m.span("first"), m.span("second")]
         return spans
 
 
+# The two streets of a crossing: "the corner of Queen Street and Spadina Avenue",
+# "the intersection of 5th and Main".
+_STREET_WORD = rf"(?:{_CAP_WORD}|[0-9]+[A-Za-z]*\.?|de|del|della|la|le|di|da|do|dos|das|du|van|von|ul\.|u\.)"
+_CORNER = re.compile(
+    rf"(?i:\b(?:corner|intersection) of)[ \t]+(?:the[ \t]+)?(?P<first>{_STREET_WORD}(?:[ \t]+{_STREET_WORD}){{0,6}}?)"
+    rf"[ \t]+(?:and|&)[ \t]+(?P<second>{_STREET_WORD}(?:[ \t]+{_STREET_WORD}){{0,6}})"
+)
 _HOUSE_NUMBER_END = re.compile(rf"{_HOUSE_NUMBER}$")
 _CAPITALISED = re.compile(_UP)
 
@@ -1276,6 +1325,7 @@ class Batch:
         """``no_upper`` marks the views without an upper-case letter: they hold no
         capitalised word and are left out of the joined text (left empty)."""
         self.views = views
+        self.no_upper = no_upper if no_upper is not None else np.zeros(len(views), bool)
         joined = views
         if no_upper is not None and no_upper.any():
             joined = [("" if lower else view) for view, lower in zip(views, no_upper.tolist())]
