@@ -1117,6 +1117,10 @@ _STREET_SUFFIXES = (
     r"vegen|gata|gata|laan|straat|gracht|plein|utca|út|tér|körút|ulica|ulice|cesta|iela|gatve|tänav|sokak|caddesi"
 )
 _UNIT_WORDS = r"Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm"
+_US_STATES = (
+    r"AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|"
+    r"OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|GU|VI|AS|MP"
+)
 _UNIT = rf"(?:{_UNIT_WORDS})\.?[ \t]*#?[0-9]{{1,5}}[A-Za-z]?\b"
 _HOUSE_NUMBER = r"[0-9]{1,6}[A-Za-z]?(?:[-/][0-9]{1,4})?"
 _CITY_STATE_ZIP = rf"(?:,[ \t]*(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD},?[ \t]+[A-Z]{{2}}[ \t]+[0-9]{{4,5}}(?:-[0-9]{{4}})?)"
@@ -1198,7 +1202,7 @@ class StreetAddressRecognizer:
     SCREENS = {
         "address": (
             rf"(?i:{_STREET_SUFFIXES})\.?[ \t]+[0-9]|\bul\.[ \t]|\b(?:PSC|CMR)[ \t]+[0-9]|P\.?[ \t]?O\.?[ \t]?Box|"
-            r"(?i:corner|intersection) of"
+            rf"(?i:corner|intersection) of|\b(?:{_US_STATES})[ \t]+[0-9]{{4,5}}\b"
         ),
     }
     SCORE = 0.9  # above PERSON's: a name inside an address is part of the address
@@ -1249,9 +1253,45 @@ class StreetAddressRecognizer:
                 spans.append((words.start(), m.end()))
         for m in _CORNER.finditer(text):
             spans += [m.span("first"), m.span("second")]
-        return spans
+        spans += [m.span() for m in _TOWN_STATE_ZIP.finditer(text) if _word_start(text, m.start())]
+        return [_postal_block(text, s, e) for s, e in spans]
 
 
+# What an address takes along: a number right before it on its line ("07576 Kiannonkatu
+# 98"), and the lines after it of a postal block: a flat or suite, a town, a postal code
+# with a town or country ("Suite 084", "Zalakaros", "Hungary 06554", "1386 Asker").
+_NUMBER_BEFORE = re.compile(r"(?<![\w.,])[0-9]{1,6}[ \t]+$")
+_BLOCK_LINE_LEAD = re.compile(r"[ \t,]*\n[ \t>?*\-]*")  # the rest of the line, the next line's indent
+_BLOCK_LINE = re.compile(
+    rf"(?:{_UNIT}|(?:{_CAP_WORD}[ \t]+){{0,3}}{_CAP_WORD}(?:,?[ \t]+[0-9]{{4,6}})?|[0-9]{{4,6}}[ \t]+(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD})"
+    r"[ \t]*(?=\n|$)"
+)
+_MAX_BLOCK_LINES = 4
+
+
+def _postal_block(text: str, start: int, end: int) -> tuple[int, int]:
+    """An address span grown over the number before it and the postal-block lines after it."""
+    number = _NUMBER_BEFORE.search(text, max(0, start - 8), start)
+    if number:
+        start = number.start()
+    for _ in range(_MAX_BLOCK_LINES):
+        lead = _BLOCK_LINE_LEAD.match(text, end)
+        if lead is None:
+            break
+        line = _BLOCK_LINE.match(text, lead.end())
+        if line is None or line.end() == line.start():
+            break
+        end = line.end()
+    return start, end
+
+
+# "Lynn MA 01905", "780 Lynnway, Lynn MA 1905": a town, a US state code and a ZIP code
+# (five digits; four, a ZIP code that lost its leading zero, only after a street).
+_TOWN_STATE_ZIP = re.compile(
+    rf"(?:{_HOUSE_NUMBER}[ \t]+(?:{_CAP_WORD}[ \t]+){{0,3}}{_CAP_WORD},?[ \t]+(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD},?"
+    rf"[ \t]+(?:{_US_STATES})[ \t]+[0-9]{{4,5}}|(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD},?[ \t]+(?:{_US_STATES})[ \t]+[0-9]{{5}})"
+    r"(?:-[0-9]{4})?\b"
+)
 # The two streets of a crossing: "the corner of Queen Street and Spadina Avenue",
 # "the intersection of 5th and Main".
 _STREET_WORD = rf"(?:{_CAP_WORD}|[0-9]+[A-Za-z]*\.?|de|del|della|la|le|di|da|do|dos|das|du|van|von|ul\.|u\.)"
