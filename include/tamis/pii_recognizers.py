@@ -126,6 +126,10 @@ class OfflineEmailRecognizer(_Screened, EmailRecognizer):
     SCREEN = r"@"
     _extract = None
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        _email_domain_is_valid("example.com")  # loads the bundled public suffix list once per worker
+
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
         found = []
         for stretch in _AT_STRETCH.finditer(text):
@@ -258,6 +262,11 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
 
     SCREEN = _PHONE_SCREEN
     _screen = re.compile(_PHONE_SCREEN)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for region in self.supported_regions:
+            _number_patterns(region)  # compiled once per worker, not on the first number
 
     def analyze(self, text, entities, nlp_artifacts=None):
         results = []
@@ -774,13 +783,11 @@ _AFTER_CHARS = 12
 _JOINING_BEFORE = re.compile(r"(?i)(?:\b(?:by|with|for|and|to|from|under)|[,>:])[ \t]*$")
 _LIST_JOIN = re.compile(r",[ \t]*(?:and[ \t]+|or[ \t]+|&[ \t]*)?|[ \t]+(?:and|or|&)[ \t]+")
 _LOWER_NAME = re.compile(rf"{_LO}{{2,}}(?:[ \t]+{_LO}\.?)?(?:[ \t]+{_LO}{{2,}})?")
-# A lower-case name after a phrase that introduces one: any words that are not common
-# English words after "my name is", a given name first after "I'm" (in texts written
-# without capitals only, where "I am" is not followed by a capitalised name).
 _INTRODUCED_LOWER = re.compile(
-    rf"(?i:\bmy name is|\bname is|\bname's|\bcalls? me|\bcalled me|\bname[ \t]*:|(?P<weak>\bi'm|\bi am|\bthis is|\bdear))"
-    rf"[ \t]+({_LOWER_NAME.pattern})(?![\w@])"
+    rf"(?i:\bmy name is|\bname is|\bname's|\bcalls? me|\bcalled me|\bname[ \t]*:)[ \t]+({_LOWER_NAME.pattern})(?![\w@])"
 )
+_WEAK_INTRODUCERS = ("i'm ", "i am ", "this is ", "dear ")
+_LOWER_NAME_AFTER = re.compile(rf"[ \t]*({_LOWER_NAME.pattern})(?![\w@])")
 
 # Kinds of capitalised words.
 KIND_C, KIND_G, KIND_S, KIND_N, KIND_g, KIND_s, KIND_X, KIND_O = range(8)
@@ -893,8 +900,8 @@ class PersonRecognizer:
     # Lower-case names after a phrase that introduces a name.
     SCREENS = {
         "person_introduced": r"(?i)(?:my name is|name is|name's|calls? me|called me|name[ \t]*:)[ \t]+\p{Ll}",
-        "person_introduced_lower": r"(?:i'm|i am|this is|dear)[ \t]+\p{Ll}",
     }
+    LOWER_CASE_SCREENS = {"person_introduced_lower": r"(?:i'm|i am|this is|dear)[ \t]+\p{Ll}"}
     MAX_CACHED_WORDS = 300_000
 
     def __init__(self, supported_language: str = "en"):
@@ -1027,21 +1034,34 @@ class PersonRecognizer:
         return start[keep], end[keep], score[keep]
 
     def _introduced_lower(self, batch: Batch, screens: dict):
-        docs, starts, ends = [], [], []
+        """Lower-case names after a phrase that introduces one: "my name is", "call me",
+        "name:" anywhere; "I'm", "I am", "this is", "dear" in texts without capitals
+        (a given name must come first then)."""
+        found: list[tuple[int, int, int]] = []
         kinds = self._lexicon_kinds
-        weak_docs = screens["person_introduced_lower"] & batch.no_upper
-        for doc in np.flatnonzero(screens["person_introduced"] | weak_docs).tolist():
+
+        def take(doc: int, match: re.Match, weak: bool) -> None:
+            words = [fold_word(w.rstrip(".")) for w in match.group(1).split()]
+            # each word an initial, a name, or no common word
+            fits = all(len(w) == 1 or kinds.get(w, KIND_X) in (KIND_G, KIND_S, KIND_N, KIND_X) for w in words)
+            if fits and (not weak or kinds.get(words[0]) == KIND_G):
+                found.append((doc, match.start(1), match.end(1)))
+
+        for doc in np.flatnonzero(screens["person_introduced"]).tolist():
             for match in _INTRODUCED_LOWER.finditer(batch.views[doc]):
-                if match.group("weak") is not None and not weak_docs[doc]:
-                    continue
-                words = [fold_word(w.rstrip(".")) for w in match.group(2).split()]
-                # a single letter (an initial), a name, or a word that is no common word
-                fits = all(len(w) == 1 or kinds.get(w, KIND_X) in (KIND_G, KIND_S, KIND_N, KIND_X) for w in words)
-                if fits and (match.group("weak") is None or kinds.get(words[0]) == KIND_G):
-                    docs.append(doc)
-                    starts.append(match.start(2))
-                    ends.append(match.end(2))
-        return np.array(docs, np.int64), np.array(starts, np.int64), np.array(ends, np.int64), np.full(len(docs), 0.7)
+                take(doc, match, weak=False)
+        for doc in np.flatnonzero(screens["person_introduced_lower"]).tolist():
+            view = batch.views[doc]
+            for phrase in _WEAK_INTRODUCERS:  # literal searches: far faster than a pattern scan
+                at = view.find(phrase)
+                while at >= 0:
+                    if at == 0 or not view[at - 1].isalpha():
+                        match = _LOWER_NAME_AFTER.match(view, at + len(phrase))
+                        if match:
+                            take(doc, match, weak=True)
+                    at = view.find(phrase, at + 1)
+        docs, starts, ends = (np.array(c, np.int64) for c in zip(*found)) if found else (np.zeros(0, np.int64),) * 3
+        return docs, starts, ends, np.full(len(found), 0.7)
 
 
 def _snippets_before(text: str, starts: np.ndarray) -> pa.Array:
@@ -1155,6 +1175,9 @@ _FULL_STREET_TYPES = r"Street|Avenue|Road|Boulevard|Lane|Drive|Terrace|Highway|P
 _FULL_STREET_TYPE = re.compile(rf"(?:{_FULL_STREET_TYPES})s?\b")
 _CAPITALISED_BEFORE = re.compile(rf"(?:{_CAP_WORD}[ \t]+){{1,3}}$")
 
+# The address shapes, read in a document only when one of their anchors is in it.
+_SHAPE_NUMBERED, _SHAPE_WORD_LED, _SHAPE_SUFFIX, _SHAPE_FULL_TYPE, _SHAPE_CORNER, _SHAPE_TOWN = 1, 2, 4, 8, 16, 32
+_SHAPE_ALL = 63
 # Capitalised words that anchor an address shape, and what must sit near them.
 _ANCHOR_STREET_TYPE, _ANCHOR_FULL_TYPE, _ANCHOR_PREFIX, _ANCHOR_UNIT, _ANCHOR_SUFFIX = 1, 2, 4, 8, 16
 
@@ -1200,11 +1223,13 @@ class StreetAddressRecognizer:
 
     supported_entities = (STREET_ADDRESS,)
     SCREENS = {
-        "address": (
-            rf"(?i:{_STREET_SUFFIXES})\.?[ \t]+[0-9]|\bul\.[ \t]|\b(?:PSC|CMR)[ \t]+[0-9]|P\.?[ \t]?O\.?[ \t]?Box|"
-            rf"(?i:corner|intersection) of|\b(?:{_US_STATES})[ \t]+[0-9]{{4,5}}\b"
-        ),
+        "address_suffix": rf"(?i:{_STREET_SUFFIXES})\.?[ \t]+[0-9]",
+        "address_word": r"\bul\.[ \t]|\b(?:PSC|CMR)[ \t]+[0-9]|P\.?[ \t]?O\.?[ \t]?Box",
+        "address_corner": r"(?i:corner|intersection) of",
+        "address_town": rf"\b(?:{_US_STATES})[ \t]+[0-9]{{4,5}}\b",
     }
+    SHAPE_OF_SCREEN = {"address_suffix": _SHAPE_SUFFIX, "address_word": _SHAPE_WORD_LED, "address_corner": _SHAPE_CORNER,
+                       "address_town": _SHAPE_TOWN}
     SCORE = 0.9  # above PERSON's: a name inside an address is part of the address
 
     def __init__(self, supported_language: str = "en"):
@@ -1213,47 +1238,64 @@ class StreetAddressRecognizer:
     def scan(self, batch: Batch, screens: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(document, start, end, score) of the addresses in ``batch``, offsets into each
         document's view."""
-        docs = set(np.flatnonzero(screens["address"]).tolist())
+        shapes: dict[int, int] = {}  # document -> the shapes worth reading in it
+        for name, shape in self.SHAPE_OF_SCREEN.items():
+            for doc in np.flatnonzero(screens[name]).tolist():
+                shapes[doc] = shapes.get(doc, 0) | shape
         words = batch.words
         text = batch.text
         anchors = np.fromiter(map(_ANCHOR_KINDS.__getitem__, words.words), np.uint8, words.n)
         doc_of = batch.doc_of
         for i in np.flatnonzero(anchors).tolist():
             kind, start, end = int(anchors[i]), int(words.start[i]), int(words.end[i])
-            if (
-                (kind & _ANCHOR_STREET_TYPE and _numbered_street_before(text, start))
-                or (kind & _ANCHOR_FULL_TYPE and _capitalised_word_before(text, start))
-                or (kind & _ANCHOR_PREFIX and _DIGIT.search(text, end, end + _HOUSE_NUMBER_WINDOW))
-                or (kind & _ANCHOR_UNIT and _NUMBER_NEXT.match(text, end))
-                or (kind & _ANCHOR_SUFFIX and _HOUSE_NUMBER_NEXT.match(text, end))
+            shape = 0
+            if kind & _ANCHOR_STREET_TYPE and _numbered_street_before(text, start):
+                shape |= _SHAPE_NUMBERED
+            if kind & _ANCHOR_FULL_TYPE and _capitalised_word_before(text, start):
+                shape |= _SHAPE_FULL_TYPE
+            if (kind & _ANCHOR_PREFIX and _DIGIT.search(text, end, end + _HOUSE_NUMBER_WINDOW)) or (
+                kind & _ANCHOR_UNIT and _NUMBER_NEXT.match(text, end)
             ):
-                docs.add(int(doc_of(start)))
-        found = [(doc, s, e) for doc in sorted(docs) for s, e in self.spans(batch.views[doc])]
+                shape |= _SHAPE_WORD_LED
+            if kind & _ANCHOR_SUFFIX and _HOUSE_NUMBER_NEXT.match(text, end):
+                shape |= _SHAPE_SUFFIX
+            if shape:
+                doc = int(doc_of(start))
+                shapes[doc] = shapes.get(doc, 0) | shape
+        found = [(doc, s, e) for doc in sorted(shapes) for s, e in self.spans(batch.views[doc], shapes[doc])]
         docs_, starts, ends = (np.array(c, np.int64) for c in zip(*found)) if found else (np.zeros(0, np.int64),) * 3
         return docs_, starts, ends, np.full(len(found), self.SCORE)
 
     @staticmethod
-    def spans(text: str) -> list[tuple[int, int]]:
-        spans = [m.span() for m in _NUMBERED_STREET.finditer(text) if _word_start(text, m.start())]
-        spans += [m.span() for m in _WORD_LED_ADDRESS.finditer(text) if _word_start(text, m.start())]
-        for m in _NUMBER_AFTER_WORD.finditer(text):
-            start = m.start()
-            words = text[max(0, start - 60) : start].rsplit(None, 2)
-            if not words or not words[-1].lower().endswith(_STREET_SUFFIX_WORDS):
-                continue
-            start -= len(words[-1])
-            if len(words) > 1 and words[-2][:1].isupper() and text[start - 1 : start] in (" ", "\t"):
-                start -= len(words[-2]) + 1
-            spans.append((start, m.end()))
-        for m in _FULL_STREET_TYPE.finditer(text):
-            if m.start() == 0 or text[m.start() - 1] not in " \t":
-                continue
-            words = _CAPITALISED_BEFORE.search(text, max(0, m.start() - 40), m.start())
-            if words and _word_start(text, words.start()):
-                spans.append((words.start(), m.end()))
-        for m in _CORNER.finditer(text):
-            spans += [m.span("first"), m.span("second")]
-        spans += [m.span() for m in _TOWN_STATE_ZIP.finditer(text) if _word_start(text, m.start())]
+    def spans(text: str, shapes: int = _SHAPE_ALL) -> list[tuple[int, int]]:
+        """Address spans in ``text``, reading only the given shapes."""
+        spans = []
+        if shapes & _SHAPE_NUMBERED:
+            spans += [m.span() for m in _NUMBERED_STREET.finditer(text) if _word_start(text, m.start())]
+        if shapes & _SHAPE_WORD_LED:
+            spans += [m.span() for m in _WORD_LED_ADDRESS.finditer(text) if _word_start(text, m.start())]
+        if shapes & _SHAPE_SUFFIX:
+            for m in _NUMBER_AFTER_WORD.finditer(text):
+                start = m.start()
+                words = text[max(0, start - 60) : start].rsplit(None, 2)
+                if not words or not words[-1].lower().endswith(_STREET_SUFFIX_WORDS):
+                    continue
+                start -= len(words[-1])
+                if len(words) > 1 and words[-2][:1].isupper() and text[start - 1 : start] in (" ", "\t"):
+                    start -= len(words[-2]) + 1
+                spans.append((start, m.end()))
+        if shapes & _SHAPE_FULL_TYPE:
+            for m in _FULL_STREET_TYPE.finditer(text):
+                if m.start() == 0 or text[m.start() - 1] not in " \t":
+                    continue
+                words = _CAPITALISED_BEFORE.search(text, max(0, m.start() - 40), m.start())
+                if words and _word_start(text, words.start()):
+                    spans.append((words.start(), m.end()))
+        if shapes & _SHAPE_CORNER:
+            for m in _CORNER.finditer(text):
+                spans += [m.span("first"), m.span("second")]
+        if shapes & _SHAPE_TOWN:
+            spans += [m.span() for m in _TOWN_STATE_ZIP.finditer(text) if _word_start(text, m.start())]
         return [_postal_block(text, s, e) for s, e in spans]
 
 
@@ -1334,15 +1376,17 @@ _HEAD = re.compile(r"['’\-]")
 
 
 class _AnchorKinds(dict):
-    """The address anchor a capitalised word is, computed once per word: its part up to
-    an apostrophe or hyphen ("Street" of "Street-level") in _ANCHORS, or a word ending in
-    a street suffix ("Hauptstraße", "Koskikatu")."""
+    """The address anchors a capitalised word holds, computed once per word: its parts
+    between apostrophes and hyphens in _ANCHORS ("Street" of "Street-level", "Suite" of
+    "Ave-Suite"), or a word ending in a street suffix ("Hauptstraße", "Koskikatu")."""
 
     MAX_WORDS = 300_000
 
     def __missing__(self, word: str) -> int:
-        head = _HEAD.split(word, 1)[0] if ("-" in word or "'" in word or "’" in word) else word
-        kind = _ANCHORS.get(head, 0) | (_ANCHOR_SUFFIX if word.lower().endswith(_STREET_SUFFIX_WORDS) else 0)
+        parts = _HEAD.split(word) if ("-" in word or "'" in word or "’" in word) else [word]
+        kind = _ANCHOR_SUFFIX if word.lower().endswith(_STREET_SUFFIX_WORDS) else 0
+        for part in parts:
+            kind |= _ANCHORS.get(part, 0)
         if len(self) >= self.MAX_WORDS:
             self.clear()
         self[word] = kind
@@ -1510,10 +1554,13 @@ class Detector:
         if STREET_ADDRESS in entities:
             self.per_batch.append((STREET_ADDRESS, StreetAddressRecognizer(language)))
         screens = {f"pattern_{i}": r.SCREEN for i, r in enumerate(self.per_document)}
+        lower_case_screens = {}
         for _, recognizer in self.per_batch:
             screens.update(recognizer.SCREENS)
+            lower_case_screens.update(getattr(recognizer, "LOWER_CASE_SCREENS", {}))
         self.screens = screens
         self.any_screen = "|".join(f"(?:{s})" for s in screens.values())
+        self.lower_case_screens = lower_case_screens  # read only in texts without capitals
         _nfkc_changes()
 
     def detect(self, texts: pa.Array, extra=None) -> tuple[list[list[Finding]], np.ndarray]:
@@ -1541,6 +1588,14 @@ class Detector:
                 mask[changed] = True
                 screened_texts = pc.replace_with_mask(texts, pa.array(mask), pa.array([views[i] for i in changed], pa.string()))
         screens = self._screens(screened_texts)
+        upper = pc.match_substring_regex(screened_texts, r"\p{Lu}").to_numpy(zero_copy_only=False)
+        lower_case = np.flatnonzero(~upper)
+        for name, pattern in self.lower_case_screens.items():
+            hit = np.zeros(n, bool)
+            if lower_case.size:
+                subset = screened_texts.take(lower_case)
+                hit[lower_case[pc.match_substring_regex(subset, pattern).to_numpy(zero_copy_only=False)]] = True
+            screens[name] = hit
         found: list[list[Finding]] = [[] for _ in range(n)]
         min_score = self.min_score
         for i, recognizer in enumerate(self.per_document):
@@ -1550,7 +1605,6 @@ class Detector:
                         found[doc].append(Finding(r.start, r.end, r.entity_type, r.score))
         analysed = np.logical_or.reduce(list(screens.values())) if screens else np.zeros(n, bool)
         if self.per_batch:
-            upper = pc.match_substring_regex(screened_texts, r"\p{Lu}").to_numpy(zero_copy_only=False)
             batch = Batch(views, ~upper)
             analysed |= np.bincount(batch.doc_of(batch.words.start), minlength=n) > 0
             for entity, recognizer in self.per_batch:
