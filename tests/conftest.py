@@ -133,3 +133,131 @@ def moto_s3(tmp_path_factory):
     yield {"endpoint": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "bucket": "lake", "client": s3}
     server.terminate()
     server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A real Spark standalone cluster on loopback: a master and two one-core workers started
+    from pyspark's own distribution (its bin/spark-class and jars). Stops all it started."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import pyspark
+
+    home = Path(pyspark.__file__).resolve().parent
+    root = tmp_path_factory.mktemp("spark_cluster")
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(root / "logs"),
+           "SPARK_NO_DAEMONIZE": "1", "PYSPARK_PYTHON": sys.executable}
+    port, ui = free_port(), free_port()
+    spark_class = str(home / "bin" / "spark-class")
+
+    def start(*args: str, log: str) -> subprocess.Popen:
+        return subprocess.Popen([spark_class, *args], env=env, start_new_session=True,
+                                stdout=(root / log).open("w"), stderr=subprocess.STDOUT)
+
+    processes = [start("org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                       "--webui-port", str(ui), log="master.log")]
+    master = f"spark://127.0.0.1:{port}"
+    for i in range(2):
+        processes.append(start("org.apache.spark.deploy.worker.Worker", master, "--host", "127.0.0.1", "--cores", "1",
+                               "--memory", "2g", "--webui-port", str(free_port()), "--work-dir", str(root / f"work{i}"),
+                               log=f"worker{i}.log"))
+    deadline = time.time() + 120
+    alive = 0
+    while time.time() < deadline:
+        try:
+            state = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2).read())
+            alive = sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
+            if alive == 2:
+                break
+        except OSError:
+            pass
+        time.sleep(1)
+    try:
+        assert alive == 2, f"the Spark cluster did not come up: {(root / 'master.log').read_text()[-2000:]}"
+        yield {"master": master, "home": home, "ui": f"http://127.0.0.1:{ui}", "logs": root}
+    finally:
+        for process in reversed(processes):
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+class S3Tree:
+    """Reads a folder on the S3 server, to compare it with a local one."""
+
+    def __init__(self, moto_s3, prefix: str):
+        self.client, self.bucket, self.prefix = moto_s3["client"], moto_s3["bucket"], prefix
+
+    def read(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}")["Body"].read()
+
+    def keys(self, folder: str) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/{folder}/")
+        return sorted(o["Key"][len(self.prefix) + 1:] for page in pages for o in page.get("Contents", []))
+
+
+def same_dataset(remote: S3Tree, local: Path, stage: str) -> dict:
+    """A dataset on S3 holds what a local one holds: the same parts, side tables and commits
+    byte for byte (timings aside) and the same manifest figures. Returns the remote manifest."""
+    r = json.loads(remote.read(f"{stage}/_manifest.json"))
+    m = json.loads((local / stage / "_manifest.json").read_text())
+    for key in ("counts", "drop_reasons", "quarantine_reasons", "metrics"):
+        assert r[key] == m[key], (stage, key)
+    assert [(p["name"], p["sha256"]) for p in r["parts"]] == [(p["name"], p["sha256"]) for p in m["parts"]], stage
+    for folder in ("_dropped", "_quarantine"):
+        local_files = sorted(p.name for p in (local / stage / folder).glob("*.parquet")) if (local / stage / folder).exists() else []
+        assert [k.rsplit("/", 1)[1] for k in remote.keys(f"{stage}/{folder}")] == local_files, (stage, folder)
+        for name in local_files:
+            assert remote.read(f"{stage}/{folder}/{name}") == (local / stage / folder / name).read_bytes(), (stage, name)
+    for commit in sorted((local / stage / "_commits").glob("*.json")):
+        theirs = json.loads(remote.read(f"{stage}/_commits/{commit.name}"))
+        ours = json.loads(commit.read_text())
+        for record in (theirs, ours):
+            for timing in ("started_at", "elapsed_s"):
+                record.pop(timing)
+            record.pop("input")  # the input part's URL: s3:// there, a path here
+        assert theirs == ours, (stage, commit.name)
+    return r
+
+
+@pytest.fixture(scope="session")
+def local_build(tmp_path_factory):
+    """The default pipeline built on this machine with the local engine: what the other
+    engines and execution paths must reproduce."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("local_build")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAMIS_", "AWS_", "AIRFLOW_CONN_"))}
+    subprocess.run([sys.executable, "-m", "tamis.cli", "build", "--run-id", "local"], env={**env, "TAMIS_DATA_ROOT": str(root)},
+                   check=True, capture_output=True)
+    return root / "runs" / "local"
+
+
+NIGHTLY_DAYS = ["2026-11-20", "2026-11-21", "2026-11-22"]
+
+
+@pytest.fixture(scope="session")
+def local_nightly(tmp_path_factory):
+    """The sample's three days appended by `tamis nightly run`, in order, on this machine:
+    the corpus every other way of running the nightly ingest must reproduce."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("local_nightly")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAMIS_", "AWS_", "AIRFLOW_CONN_"))}
+    for day in NIGHTLY_DAYS:
+        done = subprocess.run([sys.executable, "-m", "tamis.cli", "nightly", "run", "--date", day, "--run-id", f"n-{day}"],
+                              env={**env, "TAMIS_DATA_ROOT": str(root)}, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return root / "corpus" / "default"

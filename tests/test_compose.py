@@ -226,9 +226,8 @@ def test_image_layout_matches_what_the_cluster_side_expects():
     copies = {args.split()[-1]: args.split()[0] for op, args in steps if op == "COPY"}
     assert copies[entrypoint[0]] == "k8s/image/entrypoint.sh"
     assert os.access(REPO / "k8s" / "image" / "entrypoint.sh", os.X_OK)
-    # Spark stages run spark_jobs/<stage>.py from the image's copy of the bundle.
-    for stage in tk.SparkConfig().stages:
-        assert (REPO / "spark_jobs" / f"{stage}.py").is_file(), stage
+    # SparkApplications run the driver entry point from the image's copy of the bundle.
+    assert (REPO / tk.SPARK_ENTRY).is_file() and tk.SPARK_ENTRY.startswith("spark_jobs/")
     env = " ".join(args for op, args in steps if op == "ENV")
     assert "SPARK_HOME=/usr/local/lib/python3.11/site-packages/pyspark" in env
     assert "AIRFLOW__CORE__DAGS_FOLDER=/opt/tamis/dags" in env

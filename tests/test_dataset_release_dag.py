@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-import jinja2
 import pytest
 
 from conftest import REPO
@@ -49,10 +46,27 @@ def test_release_steps_run_in_order_with_retries_timeouts_and_a_release_asset(da
 
 
 def test_the_manifest_task_records_the_corpus_run_that_triggered_it(dagbag):
-    task = dagbag.dags["dataset_release"].get_task("release_manifest")
-    template = jinja2.Environment().from_string(task.bash_command)
-    events = {"corpus": [SimpleNamespace(source_run_id="manual__1"), SimpleNamespace(source_run_id="manual__2")]}
-    rendered = template.render(run_id="asset_triggered__9", triggering_asset_events=events)
-    assert rendered.endswith("--run-id 'asset_triggered__9' --source-run-id 'manual__2'")
-    by_hand = template.render(run_id="manual__3", triggering_asset_events={})
-    assert by_hand.endswith("--source-run-id ''")
+    """Rendered by Airflow's own templater, with the triggering events as a task receives them."""
+    from datetime import datetime, timezone
+
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+    from tamis_airflow.corpus import corpus_asset
+
+    dag = dagbag.dags["dataset_release"]
+    task = dag.get_task("release_manifest")
+    asset = corpus_asset(load_pipeline("default"))
+
+    def event(run_id: str) -> AssetEventDagRunReferenceResult:
+        return AssetEventDagRunReferenceResult(
+            asset={"name": asset.name, "uri": asset.uri, "extra": {}}, extra={}, source_task_id="summary",
+            source_dag_id="corpus_build", source_run_id=run_id, source_map_index=-1, source_aliases=[],
+            timestamp=datetime(2026, 11, 20, tzinfo=timezone.utc))
+
+    def render(run_id: str, events: list) -> str:
+        context = {"run_id": run_id, "triggering_asset_events": TriggeringAssetEventsAccessor.build(events)}
+        return task.render_template(task.bash_command, context, jinja_env=dag.get_template_env())
+
+    assert render("asset_triggered__9", [event("manual__1"), event("manual__2")]).endswith(
+        "--run-id 'asset_triggered__9' --source-run-id 'manual__2'")
+    assert render("manual__3", []).endswith("--source-run-id ''")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import struct
 from pathlib import Path
 
@@ -153,11 +155,87 @@ def test_query_by_source_and_language_matches_a_scan(indexed, documents):
     assert few.column_names == ["id", "source"] and few.num_rows == 5
 
 
-def test_bad_query_is_a_clear_error(indexed):
-    with pytest.raises(lookup.QueryError, match="no_such_column"):
-        lookup.query(indexed["url"], "no_such_column = 1")
-    with pytest.raises(lookup.QueryError, match="single predicate"):
-        lookup.query(indexed["url"], "1=1; drop table x")
+FILTERS = [
+    # (filter, the same rows by pyarrow over the documents)
+    ("source IN ('web', 'books') AND NOT lang = 'fr'",
+     lambda d: pc.and_(pc.is_in(d["source"], pa.array(["web", "books"])), pc.invert(pc.equal(d["lang"], "fr")))),
+    ("token_count BETWEEN 100 AND 200 OR quality_symbol_ratio >= 0.3",
+     lambda d: pc.or_(pc.and_(pc.greater_equal(d["token_count"], 100), pc.less_equal(d["token_count"], 200)),
+                      pc.greater_equal(d["quality_symbol_ratio"], 0.3))),
+    ("id LIKE 'code/00%' and (lang <> 'en' or token_count > -1e9)",
+     lambda d: pc.starts_with(d["id"], "code/00")),
+    ('"source" = \'books\' and url IS NULL', lambda d: pc.equal(d["source"], "books")),
+    ("source NOT IN ('code') AND id NOT LIKE '%7'",
+     lambda d: pc.and_(pc.not_equal(d["source"], "code"), pc.invert(pc.ends_with(d["id"], "7")))),
+]
+
+
+@pytest.mark.parametrize("where, expected", FILTERS, ids=[f for f, _ in FILTERS])
+def test_filters_match_a_scan(indexed, documents, where, expected):
+    result = lookup.query(indexed["url"], where, columns=["id"])
+    wanted = documents.filter(expected(documents)).column("id").to_pylist()
+    assert wanted and sorted(result.column("id").to_pylist()) == sorted(wanted)
+
+
+def test_a_literal_is_a_value_whatever_it_holds(indexed):
+    assert lookup.query(indexed["url"], "source = 'web''; DROP TABLE t; --'").num_rows == 0
+    assert lookup.query(indexed["url"], "id = 'read_csv(''/etc/passwd'')'").num_rows == 0
+
+
+ESCAPES = [
+    ("read_csv('/etc/passwd')", "functions are not allowed"),
+    ("id IN (SELECT id FROM read_parquet('/etc/x.parquet'))", "expected a column or a value"),
+    ("id = (SELECT 1)", "expected a column or a value, found '('"),
+    ("true; COPY (SELECT 42) TO '{sentinel}'", "unexpected ';'"),
+    ("1=1; drop table x", "unexpected ';'"),
+    ("source = 'web' UNION SELECT * FROM read_csv_auto('/etc/passwd')", "unexpected '*'"),
+    ("source = 'web' UNION SELECT id FROM x", "expected AND, OR or the end, found 'UNION'"),
+    ("id = read_text('/etc/passwd')", "functions are not allowed"),
+    ("source = 'web' -- and more", "expected AND, OR or the end, found '-'"),
+    ("source = -- a comment", "expected a column or a value, found '-'"),
+    ("source = 'web' /* c */", "unexpected '/'"),
+    ("COPY", "unknown column 'COPY'"),
+    ('"read_csv" = 1', "unknown column 'read_csv'"),
+    ("getvariable('x') = 1", "functions are not allowed"),
+    ("source = $path", "unexpected '$'"),
+    ("source::VARCHAR = 'web'", "unexpected ':'"),
+    ("no_such_column = 1", "unknown column 'no_such_column'"),
+    ("(" * 200 + "true" + ")" * 200, "nested deeper"),
+]
+
+
+@pytest.mark.parametrize("where, message", ESCAPES, ids=[w[:40] for w, _ in ESCAPES])
+def test_anything_but_a_filter_over_the_index_columns_is_refused(indexed, tmp_path, where, message):
+    sentinel = tmp_path / "copied.csv"
+    with pytest.raises(lookup.QueryError, match=re.escape(message)):
+        lookup.query(indexed["url"], where.format(sentinel=sentinel))
+    assert not sentinel.exists()
+
+
+def test_unknown_columns_to_print_are_a_clear_error(indexed):
+    with pytest.raises(lookup.QueryError, match="not in the index"):
+        lookup.query(indexed["url"], None, columns=["id", "text"])
+
+
+def test_get_and_query_commands_print_what_the_lookups_return(indexed, documents, capsys):
+    from tamis.cli import main
+
+    assert main(["get", indexed["url"], "books/0003"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(lookup.get(indexed["url"], "books/0003"), default=str))
+    assert printed["text"] == documents.filter(pc.equal(documents["id"], "books/0003"))["text"][0].as_py()
+    assert main(["get", indexed["url"], "books/0003", "--index-only"]) == 0
+    assert "text" not in json.loads(capsys.readouterr().out)
+
+    assert main(["query", indexed["url"], "--where", "source = 'code' and lang = 'fr'", "--columns", "id,token_count"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = documents.filter(pc.and_(pc.equal(documents["source"], "code"), pc.equal(documents["lang"], "fr")))
+    assert sorted(r["id"] for r in rows) == sorted(expected["id"].to_pylist())
+    assert {tuple(r) for r in rows} == {("id", "token_count")}
+
+    assert main(["get", indexed["url"], "books/9999"]) == 2
+    assert main(["query", indexed["url"], "--where", "read_csv('/etc/passwd')"]) == 2
+    assert "tamis: error: --where: read_csv(...): functions are not allowed" in capsys.readouterr().err
 
 
 def test_megatron_idx_layout_and_sequences(indexed):
@@ -235,4 +313,5 @@ def test_index_written_to_and_read_from_object_storage(s3, indexed, documents):
     record = lookup.get(url, "books/0011")
     assert record["text"] == documents.filter(pc.equal(documents.column("id"), "books/0011")).column("text")[0].as_py()
     web = lookup.query(url, "source = 'web' and lang = 'fr'", columns=["id"])
-    assert sorted(web.column("id").to_pylist()) == [f"web/{i:04d}" for i in range(0, 60, 5)]
+    expected = documents.filter(pc.and_(pc.equal(documents["source"], "web"), pc.equal(documents["lang"], "fr")))
+    assert sorted(web.column("id").to_pylist()) == sorted(expected["id"].to_pylist())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,6 +14,7 @@ import pytest
 from conftest import REPO, write_jsonl
 from tamis.cli import run_one
 from tamis.dataset import Dataset
+from tamis.pipeline import ConfigError
 
 SPEECHES = REPO / "include/sample/web/date=2026-11-20/speeches.jsonl"
 
@@ -179,3 +182,151 @@ def test_unknown_source_is_a_clear_error(tmp_path, make_pipeline):
     pipeline = make_pipeline({"web": {"path": str(tmp_path / "web")}})
     with pytest.raises(ValueError, match="unknown sources \\['books'\\]"):
         ingest(pipeline, sources=["books"])
+
+
+def test_one_invalid_utf8_byte_quarantines_only_its_line(tmp_path, make_pipeline):
+    good = real_docs(3)
+    lines = [json.dumps(good[0]).encode(), b'{"id": "a", "text": "caf\xe9"}', json.dumps(good[1]).encode(),
+             b'{"id": "caf\xe9", "text": "a fine text"}', json.dumps(good[2]).encode()]
+    path = tmp_path / "web/a.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    pipeline = make_pipeline({"web": {"path": str(tmp_path / "web"), "id_field": "id"}})
+
+    manifest, dataset = ingest(pipeline)
+
+    assert_reconciles(manifest)
+    assert manifest["counts"] == {"in": 5, "kept": 3, "dropped": 0, "quarantined": 2}
+    quarantine = dataset.read_side("quarantine").sort_by("line").to_pylist()
+    assert [(q["line"], q["reason"]) for q in quarantine] == [(2, "invalid_utf8"), (4, "invalid_utf8")]
+    assert all(q["source_file"].endswith("web/a.jsonl") for q in quarantine)
+    assert sorted(dataset.read().column("id").to_pylist()) == sorted(f"web/{d['id']}" for d in good)
+
+
+def test_a_line_longer_than_max_doc_bytes_is_skipped_while_streaming(tmp_path, make_pipeline):
+    docs = real_docs(3)
+    small = max(len(json.dumps(d)) for d in docs) + 1
+    long_line = json.dumps({"id": "long", "text": "word " * (small // 5 + 100)})
+    lines = [json.dumps(docs[0]), long_line, json.dumps(docs[1]), long_line, json.dumps(docs[2])]
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web/a.jsonl").write_text("\n".join(lines) + "\n")
+    pipeline = make_pipeline({"web": {"path": str(tmp_path / "web"), "id_field": "id"}})
+
+    # Blocks smaller and larger than the long lines: the verdict must not depend on where a block ends.
+    for run_id, block_bytes in (("small-blocks", 1024), ("large-blocks", 1 << 20)):
+        manifest, dataset = ingest(pipeline, run_id, max_doc_bytes=small, block_bytes=block_bytes)
+        assert_reconciles(manifest)
+        assert manifest["quarantine_reasons"] == {"doc_too_large": 2}
+        quarantine = dataset.read_side("quarantine").sort_by("line").to_pylist()
+        assert [(q["line"], q["id"]) for q in quarantine] == [(2, "web/long"), (4, "web/long")]
+        assert all(f"> max_doc_bytes {small}" in q["detail"] and len(q["sample"]) <= 200 for q in quarantine)
+        assert sorted(dataset.read().column("id").to_pylist()) == sorted(f"web/{d['id']}" for d in docs)
+
+
+def test_a_600_mb_line_in_a_small_gzip_is_quarantined_in_bounded_memory(tmp_path):
+    """The line is skipped while it streams in: under a 1 GiB address-space cap the stage
+    finishes, where buffering the line (and parsing it) would need several times its size."""
+    source = tmp_path / "web"
+    source.mkdir()
+    with gzip.open(source / "a.jsonl.gz", "wb", compresslevel=1) as f:
+        f.write(json.dumps(real_docs(1)[0]).encode() + b'\n{"id": "huge", "text": "')
+        chunk = b"word " * (1 << 20)
+        for _ in range(120):  # 600 MiB
+            f.write(chunk)
+        f.write(b'"}\n' + json.dumps(real_docs(2)[1]).encode() + b"\n")
+    config = tmp_path / "p.yaml"
+    config.write_text(json.dumps({"name": "big", "storage_root": str(tmp_path / "store"),
+                                  "sources": {"web": {"path": str(source), "id_field": "id"}}, "stages": {"ingest": {}}}))
+    script = ("import resource, sys\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+              "from tamis.cli import main\n"
+              f"sys.exit(main(['run', 'ingest', '--pipeline', {str(config)!r}, '--run-id', 'r1', '--workers', '1']))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dataset = Dataset(str(tmp_path / "store/runs/r1/ingest"))
+    assert dataset.manifest()["counts"] == {"in": 3, "kept": 2, "dropped": 0, "quarantined": 1}
+    (entry,) = dataset.read_side("quarantine").to_pylist()
+    assert (entry["line"], entry["id"], entry["reason"]) == (2, "web/huge", "doc_too_large")
+    assert entry["source_file"].endswith("web/a.jsonl.gz")
+
+
+def write_row_groups(path, table, rows_per_group):
+    pq.write_table(table, path, row_group_size=rows_per_group)
+    return pq.ParquetFile(path).metadata
+
+
+def test_parquet_bytes_that_are_not_utf8_quarantine_their_record(tmp_path, make_pipeline):
+    texts = [d["text"] for d in real_docs(3)]
+    (tmp_path / "books").mkdir()
+    pq.write_table(pa.table({"id": pa.array([b"a", b"caf\xe9", b"c"], pa.binary()), "text": texts}),
+                   tmp_path / "books/binary_id.parquet")
+    # A writer that declared a string column but stored other bytes in it.
+    raw = pa.array([texts[0].encode(), b"caf\xe9", texts[2].encode()], pa.binary())
+    mislabelled = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+    pq.write_table(pa.table({"id": ["x", "y", "z"], "text": mislabelled}), tmp_path / "books/bad_text.parquet")
+    pipeline = make_pipeline({"books": {"path": str(tmp_path / "books"), "id_field": "id"}})
+
+    manifest, dataset = ingest(pipeline)
+
+    assert_reconciles(manifest)
+    assert manifest["counts"] == {"in": 6, "kept": 4, "dropped": 0, "quarantined": 2}
+    quarantine = {q["source_file"].rsplit("/", 1)[-1]: q for q in dataset.read_side("quarantine").to_pylist()}
+    assert {name: (q["line"], q["reason"]) for name, q in quarantine.items()} == {
+        "binary_id.parquet": (2, "invalid_utf8"), "bad_text.parquet": (2, "invalid_utf8")}
+    assert "'id'" in quarantine["binary_id.parquet"]["detail"]
+    assert "'text'" in quarantine["bad_text.parquet"]["detail"]
+    assert sorted(dataset.read().column("id").to_pylist()) == ["books/a", "books/c", "books/x", "books/z"]
+
+
+def test_parquet_column_of_a_type_that_is_not_text_quarantines_the_file(tmp_path, make_pipeline):
+    (tmp_path / "books").mkdir()
+    pq.write_table(pa.table({"id": ["a"], "url": [{"host": "example.org", "path": "/"}], "text": ["A fine document."]}),
+                   tmp_path / "books/struct_url.parquet")
+    pq.write_table(pa.table({"id": ["b"], "url": ["https://example.org/b"], "text": ["Another document."]}),
+                   tmp_path / "books/good.parquet")
+    pipeline = make_pipeline({"books": {"path": str(tmp_path / "books"), "id_field": "id", "url_field": "url"}})
+
+    manifest, dataset = ingest(pipeline)
+
+    assert_reconciles(manifest)
+    assert manifest["counts"]["kept"] == 1
+    (entry,) = dataset.read_side("quarantine").to_pylist()
+    assert entry["reason"] == "schema_mismatch" and entry["source_file"].endswith("struct_url.parquet")
+    assert "'url'" in entry["detail"] and "struct" in entry["detail"]
+
+
+def test_a_corrupt_parquet_page_quarantines_its_row_group_and_keeps_the_others(tmp_path, make_pipeline):
+    docs = real_docs(9)
+    (tmp_path / "books").mkdir()
+    path = tmp_path / "books/damaged.parquet"
+    metadata = write_row_groups(path, pa.table({"id": [d["id"] for d in docs], "text": [d["text"] for d in docs]}), 3)
+    text_chunk = metadata.row_group(1).column(1)
+    page = text_chunk.dictionary_page_offset or text_chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[page:page + 8] = b"\xff" * 8  # the page header no longer decodes
+    path.write_bytes(bytes(data))
+    pipeline = make_pipeline({"books": {"path": str(tmp_path / "books"), "id_field": "id"}})
+
+    manifest, dataset = ingest(pipeline)
+
+    assert_reconciles(manifest)
+    assert manifest["counts"]["kept"] == 6
+    (entry,) = dataset.read_side("quarantine").to_pylist()
+    assert entry["reason"] == "unreadable_row_group" and entry["source_file"].endswith("damaged.parquet")
+    assert "row group 1" in entry["detail"]
+    kept = set(dataset.read().column("id").to_pylist())
+    assert kept == {f"books/{d['id']}" for d in docs[:3] + docs[6:]}
+
+
+@pytest.mark.parametrize("name", ["x/y", "..", "x/../../OUTSIDE", ".hidden", "a b", ""])
+def test_unsafe_source_names_are_refused_when_the_pipeline_loads(tmp_path, make_pipeline, name):
+    write_jsonl(tmp_path / "web/a.jsonl", real_docs(1))
+    with pytest.raises(ConfigError, match="source name"):
+        make_pipeline({name: {"path": str(tmp_path / "web")}})
+    assert not (tmp_path / "OUTSIDE").exists()
+
+
+def test_source_names_with_letters_digits_dots_dashes_and_underscores_load(tmp_path, make_pipeline):
+    write_jsonl(tmp_path / "web/a.jsonl", real_docs(1))
+    pipeline = make_pipeline({name: {"path": str(tmp_path / "web")} for name in ("web", "web_en-2", "books.v2")})
+    assert sorted(pipeline.sources) == ["books.v2", "web", "web_en-2"]

@@ -1,27 +1,30 @@
-"""Near-duplicate removal: MinHash + LSH + connected components, local and incremental."""
+"""Near-duplicate removal: MinHash + LSH + exact verification + connected components,
+local and incremental."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from datasketch.lsh import _optimal_param
 
 from tamis import minhash
 from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.near_dedup import CLUSTERS_FILE, IndexMismatch, NearDedup, NearDedupParams
-from conftest import write_dataset
+from conftest import TEST_DATA, read_jsonl, write_dataset
 
 SAMPLE = Path(__file__).resolve().parents[1] / "include" / "sample" / "web" / "date=2026-11-20"
+THRESHOLD = 0.8
 
 
 def sample_docs(name: str = "wikipedia.jsonl", limit: int | None = None) -> list[dict]:
@@ -48,9 +51,63 @@ def dropped_pairs(url: str) -> dict[str, str]:
     return {r["id"]: r["detail"] for r in side.to_pylist()} if side.num_rows else {}
 
 
-def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = re.findall(r"[a-z0-9_\x80-\U0010ffff]+", text.lower())
-    return {tuple(words[i: i + n]) for i in range(len(words) - n + 1)} or {tuple(words)}
+def word_ngrams(text: str, n: int = 2) -> set[tuple[bytes, ...]]:
+    """Word n-grams as the stage defines words (ASCII letters, digits, '_' and non-ASCII
+    bytes, ASCII-lowercased), computed independently of it."""
+    words = [w.lower() for w in re.findall(rb"[A-Za-z0-9_\x80-\xff]+", text.encode())]
+    return {tuple(words[i: i + n]) for i in range(len(words) - n + 1)} or ({tuple(words)} if words else set())
+
+
+def true_jaccard(a: str, b: str, n: int = 2) -> float:
+    x, y = word_ngrams(a, n), word_ngrams(b, n)
+    return len(x & y) / len(x | y) if x | y else 0.0
+
+
+def copy_at_threshold(text: str, seed: int, above: bool) -> str:
+    """An edited copy whose true word 2-gram Jaccard with ``text`` lies right above (>=) or
+    right below (<) THRESHOLD: a fixed sequence of word substitutions, cut where the
+    Jaccard crosses the threshold (found by bisection, one substitution apart)."""
+    words = text.split()
+    rng = random.Random(seed)
+    edits = [(rng.randrange(len(words)), f"edit{rng.randrange(10**9)}") for _ in range(len(words))]
+
+    def edited(k: int) -> str:
+        out = list(words)
+        for i, token in edits[:k]:
+            out[i] = token
+        return " ".join(out)
+
+    lo, hi = 0, len(edits)  # true_jaccard(edited(lo)) >= THRESHOLD > true_jaccard(edited(hi))
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if true_jaccard(text, edited(mid)) >= THRESHOLD:
+            lo = mid
+        else:
+            hi = mid
+    return edited(lo if above else hi)
+
+
+@lru_cache(maxsize=1)
+def threshold_pairs() -> tuple[list[dict], list[dict], dict[str, str], dict[str, float]]:
+    """Real documents (movie reviews, Wikipedia articles, web pages from tests/data), and one
+    edited copy of each right at the threshold: every other copy just above it, the rest
+    just below. Returns (originals, copies, {above copy: its original}, {copy: true J})."""
+    texts = [r["text"] for r in read_jsonl(TEST_DATA / "web_en" / "movie_reviews_polarity_2000.jsonl.gz", 40)]
+    texts += [r["text"] for r in read_jsonl(TEST_DATA / "web_en" / "wikipedia_en_sample.jsonl.gz")
+              if 300 <= len(r["text"].split()) <= 4000][:14]
+    texts += [r["text"] for r in read_jsonl(TEST_DATA / "web_en" / "cc_c4_pile_fixtures_by_source.jsonl.gz")
+              if 300 <= len(r["text"].split()) <= 4000][:12]
+    originals, copies, expected, jaccard = [], [], {}, {}
+    for i, text in enumerate(texts):
+        above = i % 2 == 0
+        copy = copy_at_threshold(text, seed=i, above=above)
+        originals.append(record(f"orig/{i:03d}", text, source="orig"))
+        copy_id = f"copy/{i:03d}-{'above' if above else 'below'}"
+        copies.append(record(copy_id, copy, source="copy", date="2026-11-21"))
+        jaccard[copy_id] = true_jaccard(text, copy)
+        if above:
+            expected[copy_id] = f"orig/{i:03d}"
+    return originals, copies, expected, jaccard
 
 
 @pytest.fixture
@@ -64,9 +121,73 @@ def corpus(tmp_path) -> tuple[str, dict[str, str]]:
     return url, {c["id"]: f"wiki/{int(c['id'][-3:]):03d}" for c in copies}
 
 
-def test_optimal_bands_match_datasketch():
-    for threshold, num_perm in ((0.5, 128), (0.8, 128), (0.9, 256), (0.7, 64)):
-        assert minhash.optimal_bands(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
+def test_bands_for_recall_reach_the_recall_with_the_fewest_candidates_below_the_threshold():
+    grid = np.linspace(0.0, 1.0, 2001)
+    for threshold, num_perm, recall in ((0.8, 128, 0.97), (0.8, 256, 0.97), (0.7, 64, 0.9), (0.9, 128, 0.99), (0.5, 128, 0.97)):
+        bands, rows = minhash.bands_for_recall(threshold, num_perm, recall)
+        assert bands * rows <= num_perm
+        at_threshold = 1 - (1 - threshold ** rows) ** bands
+        assert at_threshold >= recall
+        below = grid[grid <= threshold]
+
+        def area(b, r):
+            return np.trapezoid(1 - (1 - below ** r) ** b, below)
+
+        # No other banding that reaches the recall makes fewer candidates below the threshold.
+        feasible = [(b, r) for r in range(1, num_perm + 1) for b in range(1, num_perm // r + 1)
+                    if 1 - (1 - threshold ** r) ** b >= recall]
+        assert area(bands, rows) <= min(area(b, r) for b, r in feasible) + 1e-9
+    with pytest.raises(ValueError, match="raise num_perm"):
+        minhash.bands_for_recall(0.5, 2, 0.9)  # at best 1 - 0.5^2 = 0.75
+
+
+def test_default_banding_makes_a_candidate_of_97_percent_of_the_pairs_at_the_threshold():
+    params = NearDedupParams()
+    config = params.minhash_config()
+    assert params.candidate_recall == 0.97 and params.threshold == THRESHOLD
+    assert minhash.candidate_probability(THRESHOLD, config.bands, config.rows) >= 0.97
+
+
+def test_s_curve_gives_the_candidate_probability_from_half_to_one():
+    curve = minhash.s_curve(15, 7)
+    grid = [j for j, _ in curve.points]
+    assert grid == pytest.approx([0.5 + 0.05 * k for k in range(11)])
+    for j, p in curve.points:
+        assert p == pytest.approx(1 - (1 - j ** 7) ** 15, abs=1e-12)
+    probabilities = [p for _, p in curve.points]
+    assert probabilities == sorted(probabilities) and probabilities[-1] == 1.0
+    assert curve.effective_threshold == pytest.approx((1 / 15) ** (1 / 7))
+    assert 0.3 < minhash.candidate_probability(curve.effective_threshold, 15, 7) < 0.7
+
+
+def test_exact_jaccard_of_shingle_sets_matches_python_sets():
+    config = minhash.MinHashConfig(ngram=2)
+    texts = [d["text"] for d in sample_docs(limit=6)]
+    texts += [perturb(t, seed=k, rate=0.08) for k, t in enumerate(texts)] + ["", "One", "one two", "Two one two"]
+    sets = minhash.shingle_sets(pa.array(texts), config)
+    assert sets.sizes.tolist() == [len(word_ngrams(t)) for t in texts]
+    a = np.array([i for i in range(len(texts)) for _ in range(len(texts))])
+    b = np.array([j for _ in range(len(texts)) for j in range(len(texts))])
+    exact = minhash.jaccard(sets, sets, a, b, chunk=5000)  # small runs: pairs span several chunks
+    expected = [true_jaccard(texts[i], texts[j]) for i, j in zip(a, b)]
+    assert exact.tolist() == pytest.approx(expected, abs=1e-4)
+    # Two containers (as in the Spark job, one per side of the pairs) give the same figures.
+    reversed_sets = minhash.ShingleSets.from_arrow(sets.take(np.arange(len(texts))[::-1]).to_arrow())
+    assert minhash.jaccard(sets, reversed_sets, a, len(texts) - 1 - b).tolist() == exact.tolist()
+
+
+def test_signature_verdicts_settle_only_what_a_binomial_tail_below_1e_9_allows():
+    num_perm, threshold = 128, THRESHOLD
+    agree = np.arange(num_perm + 1)
+    accept, reject = minhash.signature_verdicts(agree / num_perm, threshold, num_perm)
+
+    def tail(ks):  # P(K in ks) for K ~ Binomial(num_perm, threshold)
+        return sum(math.comb(num_perm, k) * threshold ** k * (1 - threshold) ** (num_perm - k) for k in ks)
+
+    first_accept, last_reject = agree[accept].min(), agree[reject].max()
+    assert tail(range(first_accept, num_perm + 1)) <= 1e-9 < tail(range(first_accept - 1, num_perm + 1))
+    assert tail(range(0, last_reject + 1)) <= 1e-9 < tail(range(0, last_reject + 2))
+    assert accept[num_perm] and reject[0] and not (accept | reject)[round(threshold * num_perm)]
 
 
 def test_signature_similarity_estimates_word_ngram_jaccard():
@@ -163,11 +284,78 @@ def test_verification_removes_pairs_below_the_threshold(tmp_path):
     rows += [record("w/half", " ".join(docs[0]["text"].split()[: len(docs[0]["text"].split()) // 2]))]
     url = write_dataset(tmp_path / "in", {"p": rows})
     loose = {"bands": 64, "rows": 1, "threshold": 0.8}
-    run_stage(NearDedup({**loose, "verify": False}), url, str(tmp_path / "raw"))
-    run_stage(NearDedup({**loose, "verify": True}), url, str(tmp_path / "verified"))
+    run_stage(NearDedup({**loose, "verify": "off"}), url, str(tmp_path / "raw"))
+    run_stage(NearDedup({**loose, "verify": "exact"}), url, str(tmp_path / "verified"))
     raw, verified = dropped_pairs(str(tmp_path / "raw")), dropped_pairs(str(tmp_path / "verified"))
     assert "w/half" in raw
     assert verified == {}
+
+
+def test_threshold_pairs_sit_right_at_the_threshold():
+    _, copies, expected, jaccard = threshold_pairs()
+    above = [j for c, j in jaccard.items() if c in expected]
+    below = [j for c, j in jaccard.items() if c not in expected]
+    assert len(above) >= 30 and len(below) >= 30
+    assert all(THRESHOLD <= j < THRESHOLD + 0.01 for j in above)
+    assert all(THRESHOLD - 0.01 <= j < THRESHOLD for j in below)
+
+
+# Every near pair is a candidate under 64 bands of 2 rows (probability 1 - 1e-28 at J = 0.8),
+# so verification alone decides: the exact Jaccard must split the pairs at the threshold.
+VERIFY_ONLY = {"bands": 64, "rows": 2}
+
+
+@pytest.mark.parametrize("params", [VERIFY_ONLY, {}], ids=["verification", "default"])
+def test_stage_splits_pairs_right_at_the_threshold(tmp_path, params):
+    originals, copies, expected, _ = threshold_pairs()
+    url = write_dataset(tmp_path / "in", {"p0": originals[::2] + copies[1::2], "p1": originals[1::2] + copies[::2]})
+    manifest = run_stage(NearDedup(params), url, str(tmp_path / "out"))
+    drops = dropped_pairs(str(tmp_path / "out"))
+    # Precision is exact: nothing below the threshold goes, and each copy names its original.
+    assert {copy: expected[copy] for copy in drops} == drops
+    if params:
+        assert drops == expected
+    else:
+        # The default banding makes a candidate of 97 % of the pairs at exactly the threshold.
+        assert len(drops) >= 0.9 * len(expected)
+    metrics = manifest["metrics"]
+    assert metrics["near_dup.verified_pairs"] == len(drops)
+    assert metrics["near_dup.verified_by_jaccard.0.80"] == len(drops)  # all in [0.80, 0.85)
+    assert sum(v for k, v in metrics.items() if k.startswith("near_dup.candidates_by_jaccard.")) \
+        == metrics["near_dup.candidate_pairs"]
+    assert metrics["near_dup.exact_jaccard_pairs"] >= len(drops)  # no signature settles a pair at 0.80
+
+
+def test_incremental_index_splits_pairs_right_at_the_threshold_as_one_run_does(tmp_path):
+    originals, copies, expected, _ = threshold_pairs()
+    whole = write_dataset(tmp_path / "whole", {"p0": originals, "p1": copies})
+    run_stage(NearDedup({}), whole, str(tmp_path / "out-whole"))
+    index_url = str(tmp_path / "index")
+    first = write_dataset(tmp_path / "batch1", {"b1": originals})
+    run_stage(NearDedup({"index_url": index_url}), first, str(tmp_path / "out1"))
+    # The originals' text is gone: the copies meet them only through the index's shingle sets.
+    shutil.rmtree(tmp_path / "batch1")
+    second = write_dataset(tmp_path / "batch2", {"b2": copies})
+    manifest = run_stage(NearDedup({"index_url": index_url}), second, str(tmp_path / "out2"))
+    drops = dropped_pairs(str(tmp_path / "out2"))
+    assert drops == dropped_pairs(str(tmp_path / "out-whole"))
+    assert {copy: expected[copy] for copy in drops} == drops and len(drops) >= 0.9 * len(expected)
+    assert manifest["metrics"]["near_dup.dropped_for_index"] == len(drops)
+    assert manifest["metrics"]["near_dup.exact_jaccard_pairs"] >= len(drops)
+
+
+def test_manifest_shows_the_s_curve_of_the_banding(corpus, tmp_path):
+    input_url, _ = corpus
+    params = {"num_perm": 64, "candidate_recall": 0.9}
+    metrics = run_stage(NearDedup(params), input_url, str(tmp_path / "out"))["metrics"]
+    config = NearDedupParams(**params).minhash_config()
+    assert (metrics["near_dup.s_curve.bands"], metrics["near_dup.s_curve.rows"]) == (config.bands, config.rows)
+    assert metrics["near_dup.s_curve.effective_threshold"] == pytest.approx((1 / config.bands) ** (1 / config.rows), abs=1e-6)
+    for k in range(11):
+        j = 0.5 + 0.05 * k
+        assert metrics[f"near_dup.s_curve.{j:.2f}"] == pytest.approx(1 - (1 - j ** config.rows) ** config.bands, abs=1e-6)
+    assert sum(v for k, v in metrics.items() if k.startswith("near_dup.verified_by_jaccard.")) \
+        == metrics["near_dup.verified_pairs"] == 5
 
 
 def test_bad_input_empty_one_word_huge_and_repeated_documents(tmp_path):
@@ -225,6 +413,9 @@ def test_index_built_with_other_settings_is_refused(tmp_path):
     run_stage(NearDedup({"index_url": index_url}), url, str(tmp_path / "out1"))
     with pytest.raises(IndexMismatch, match="built with"):
         run_stage(NearDedup({"index_url": index_url, "ngram": 3}), url, str(tmp_path / "out2"))
+    # An index without shingle sets cannot serve exact verification.
+    with pytest.raises(IndexMismatch, match="shingle_sets"):
+        run_stage(NearDedup({"index_url": index_url, "verify": "estimate"}), url, str(tmp_path / "out3"))
 
 
 def test_params_are_validated():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tamis.dataset import Dataset
 from tamis.pipeline import SourceConfig
 from tamis.runner import run_stage
 from tamis.stages.quality import QualityFilter
+from tamis.text_stats import words
 from conftest import write_dataset
 
 SAMPLE = Path(__file__).resolve().parent.parent / "include" / "sample"
@@ -165,11 +167,19 @@ def test_bad_inputs_are_dropped_with_a_reason_not_a_crash():
 
 
 def test_no_model_means_no_model_library_is_imported():
-    stage = QualityFilter()
-    stage.check_ready()
-    result = stage.process_batch(records([ARTICLE]))
-    assert "quality_model_score" not in result.kept.column_names
-    assert "fasttext" not in sys.modules and "kenlm" not in sys.modules
+    # In a fresh interpreter: the language stage, run earlier in the session, loads fastText.
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from tamis.stages.quality import QualityFilter\n"
+        "stage = QualityFilter()\n"
+        "stage.check_ready()\n"
+        f"result = stage.process_batch(pa.table({{'id': ['a'], 'source': ['web'], 'text': [{ARTICLE!r}]}}))\n"
+        "assert 'quality_model_score' not in result.kept.column_names\n"
+        "print(sorted(m for m in ('fasttext', 'kenlm') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
 
 
 def test_missing_model_file_fails_before_any_work(tmp_path):
@@ -190,3 +200,12 @@ def test_counts_reconcile_through_the_runner(tmp_path):
     out = Dataset(str(tmp_path / "out")).read()
     assert sorted(out.column("id").to_pylist()) == ["repo/0", "web/0"]
     assert {"word_count", "mean_word_length", "alpha_ratio"} <= set(out.column_names)
+
+
+def test_prose_figures_count_the_rules_words_and_are_null_for_code():
+    table = pa.concat_tables([records([ARTICLE]), records([BISECT], "repo")])
+    rows = {r["id"]: r for r in QualityFilter(context=CODE_CONTEXT).process_batch(table).kept.to_pylist()}
+    spelled = [w for w in words(ARTICLE) if any(c.isalnum() for c in w)]
+    assert rows["web/0"]["word_count"] == len(spelled)
+    assert rows["web/0"]["mean_word_length"] == pytest.approx(sum(map(len, spelled)) / len(spelled), abs=1e-3)
+    assert rows["repo/0"]["word_count"] is None and rows["repo/0"]["alpha_ratio"] is None

@@ -75,8 +75,10 @@ def released(tmp_path_factory):
         run_one(pipeline, stage, "corpus-1")
     config = release_config(pipeline)
     manifest = release(pipeline, config, source_run_id="corpus-1", run_id="manual__test")
+    # Later tests change the workspace; the lock as released is kept here.
+    lock_bytes = (Path(config.workspace) / LOCK_FILE).read_bytes()
     return {"root": root, "sources": sources, "path": path, "pipeline": pipeline, "config": config,
-            "manifest": manifest, "workspace": Path(config.workspace)}
+            "manifest": manifest, "workspace": Path(config.workspace), "lock_bytes": lock_bytes}
 
 
 def test_dvc_yaml_has_one_stage_per_pipeline_stage_chained_in_pipeline_order(tmp_path):
@@ -115,7 +117,7 @@ def test_workspace_params_spell_out_every_effective_stage_param(released):
     by_name = {s["name"]: s for s in params["stages"]}
     effective = released["pipeline"].stage("exact_dedup").params.model_dump(mode="json")
     assert by_name["exact_dedup"]["params"] == effective and effective["key"] == "normalized"
-    assert by_name["ingest"]["params"]["max_doc_bytes"] == 10_000_000
+    assert by_name["ingest"]["params"] == released["pipeline"].stage("ingest").params.model_dump(mode="json")
     assert params["sources"]["web"]["path"] == "sources/web"
     lock = yaml.safe_load((released["workspace"] / LOCK_FILE).read_text())
     (locked,) = lock["stages"]["exact_dedup"]["params"]["pipeline.yaml"].values()
@@ -224,3 +226,25 @@ def test_a_changed_param_reruns_that_stage_and_not_the_ones_before_it(released):
     lock = yaml.safe_load((released["workspace"] / LOCK_FILE).read_text())
     (locked,) = lock["stages"]["normalize"]["params"]["pipeline.yaml"].values()
     assert locked["params"]["max_blank_lines"] == 0
+
+
+def test_a_release_is_an_mlflow_run_with_the_hashes_of_dvc_lock(released):
+    """``tamis release manifest`` logs the release; read back, its datasets carry DVC's own hashes."""
+    import mlflow
+
+    from tamis.release import track
+
+    manifest, config = released["manifest"], released["config"]
+    track(released["pipeline"], config, manifest)
+    pointer = json.loads((Path(config.remote) / "releases" / manifest["version"] / "mlflow.json").read_text())
+    run = mlflow.MlflowClient(tracking_uri=pointer["tracking_uri"]).get_run(pointer["run_id"])
+    assert run.data.tags["tamis.kind"] == "release" and run.data.tags["tamis.release_version"] == manifest["version"]
+    assert run.data.tags["dvc.lock_sha256"] == hashlib.sha256(released["lock_bytes"]).hexdigest()
+    digests = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    lock = yaml.safe_load(released["lock_bytes"])
+    final = list(STAGES)[-1]
+    assert digests[f"release:{manifest['version']}"] == lock["stages"][final]["outs"][0]["md5"]
+    for source in ("web", "udhr"):
+        tracked = yaml.safe_load((released["workspace"] / "sources" / f"{source}.dvc").read_text())
+        assert digests[f"source:{source}"] == tracked["outs"][0]["md5"]
+    assert run.data.params[f"stage.{final}.key"] == str(manifest["stages"][-1]["params"]["key"])

@@ -200,3 +200,31 @@ def test_a_whole_dataset_stage_runs_shard_by_shard_only_after_its_plan(tmp_path,
     manifest = run_one(pipeline, "exact_dedup", "r", step="manifest")
     assert manifest["counts"] == {"in": 3, "kept": 2, "dropped": 1, "quarantined": 0}
     assert manifest["drop_reasons"] == {"exact_duplicate": 1}
+
+
+def test_fused_stages_write_what_separate_runs_write(tmp_path, make_pipeline):
+    """One pass over each shard for ingest -> normalize -> halver: every stage still gets its
+    own dataset, byte for byte the one a separate run writes, and its own manifest."""
+    from tamis.runner import run_fused
+
+    build_corpus(tmp_path / "web", files=6, docs_per_file=40)
+    pipeline = make_pipeline({"web": {"path": str(tmp_path / "web")}}, workers=2)
+    separate = [str(tmp_path / "separate" / n) for n in ("ingest", "normalize", "halver")]
+    run_stage(pipeline.stage("ingest"), None, separate[0], workers=2)
+    run_stage(pipeline.stage("normalize"), separate[0], separate[1], workers=2)
+    run_stage(_Halver(), separate[1], separate[2], workers=2)
+    fused = [str(tmp_path / "fused" / n) for n in ("ingest", "normalize", "halver")]
+    manifests = run_fused([pipeline.stage("ingest"), pipeline.stage("normalize"), _Halver()], None, fused, workers=2)
+    import hashlib
+
+    for k, (one, manifest) in enumerate(zip(separate, manifests)):
+        expected = Dataset(one).manifest()
+        assert [p["sha256"] for p in manifest["parts"]] == [p["sha256"] for p in expected["parts"]]
+        assert manifest["counts"] == expected["counts"] and manifest["drop_reasons"] == expected["drop_reasons"]
+        if k:  # each manifest names the one it read, as in separate runs
+            previous = (Path(fused[k - 1]) / "_manifest.json").read_bytes()
+            assert manifest["input_manifest_sha256"] == hashlib.sha256(previous).hexdigest()
+    assert manifests[2]["counts"]["dropped"] > 0
+    # A later run of one stage alone finds the fused output complete, not stale.
+    again = run_stage(_Halver(), fused[1], fused[2])
+    assert again == manifests[2] | {"fused_with": manifests[2]["fused_with"]}

@@ -16,6 +16,8 @@ import pytest
 from conftest import airflow_env
 from tamis.pipeline import load_pipeline, safe_run_id
 
+pytestmark = pytest.mark.slow
+
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 TAMIS = [sys.executable, "-m", "tamis.cli"]
 AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "TAMIS_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")

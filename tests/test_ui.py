@@ -1,6 +1,6 @@
 """The report pages as a person sees them: the Airflow api-server with the report plugin,
-SimpleAuthManager users, a corpus_build run, and headless Chromium signing in through
-Airflow's login form. Screenshots of the pages go to docs/.
+SimpleAuthManager users, corpus_build runs, three nightly runs, and headless Chromium
+signing in through Airflow's login form.
 
 Per-DAG access is the auth manager's: with multi-team on, the DAG bundle belongs to team
 ``data``; ``analyst`` is a viewer in that team, ``outsider`` a viewer in another team.
@@ -8,12 +8,18 @@ Per-DAG access is the auth manager's: with multi-team on, the DAG bundle belongs
 The DAG runs are real runs in Airflow's database, triggered through its REST API; their data
 is written by ``tamis build``, the command the run's tasks call one stage at a time,
 while Airflow sets up. The first run is then marked successful through Airflow's REST
-API; the second stops in ``normalize`` before its manifest was written.
+API; the second stops in ``normalize`` before its manifest was written. The nightly runs
+are ``tamis nightly run`` over the sample's three days, the command nightly_ingest's tasks
+call step by step; the third day re-crawls documents of the first, a spike of duplicates
+that the drift check flags.
+
+``scripts/screenshots.py`` serves the same site to take the pictures in docs/.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -36,13 +42,19 @@ from conftest import REPO, airflow_env
 from tamis.dataset import Dataset
 from tamis.pipeline import load_pipeline, safe_run_id
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-DOCS = REPO / "docs"
 RUN_ID = "manual__2026-11-22T09:00:00+00:00"
 STOPPED_RUN_ID = "manual__2026-11-22T10:00:00+00:00"
+NIGHTS = ["2026-11-20", "2026-11-21", "2026-11-22"]
 USERS = {"analyst": ("viewer:data", "analyst-pw"), "outsider": ("viewer:other", "outsider-pw"),
          "operator": ("user:data", "operator-pw")}
+
+
+def night_run(day: str) -> str:
+    return f"nightly_{day}"
 
 
 def _free_port() -> int:
@@ -56,9 +68,9 @@ def _airflow(env: dict, *args: str) -> None:
     assert result.returncode == 0, f"airflow {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ui")
+@contextlib.contextmanager
+def serve(root: Path):
+    """The data, Airflow's database and the api-server with its users; yields where they are."""
     home, data = root / "home", root / "data"
     home.mkdir()
     passwords = root / "passwords.json"
@@ -78,7 +90,10 @@ def site(tmp_path_factory):
     }
     # The data and Airflow's database are prepared side by side: neither needs the other.
     build = subprocess.Popen([str(BIN / "tamis"), "build", "--run-id", RUN_ID, "--workers", "1"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             stdout=(root / "build.log").open("w"), stderr=subprocess.STDOUT)
+    nights = subprocess.Popen(["bash", "-c", " && ".join(
+        f"{BIN / 'tamis'} nightly run --run-id {night_run(day)} --date {day} --workers 1" for day in NIGHTS)],
+        env=env, stdout=(root / "nightly.log").open("w"), stderr=subprocess.STDOUT)
     _airflow(env, "db", "migrate")
     _airflow(env, "teams", "create", "data")  # the auth manager refuses to start with users of unknown teams
     _airflow(env, "teams", "create", "other")
@@ -87,8 +102,8 @@ def site(tmp_path_factory):
                               start_new_session=True)
     try:
         _airflow(env, "dags", "reserialize")
-        output, _ = build.communicate(timeout=300)
-        assert build.returncode == 0, output[-3000:]
+        for process, log in ((build, "build.log"), (nights, "nightly.log")):
+            assert process.wait(timeout=900) == 0, (root / log).read_text()[-3000:]
         os.environ["TAMIS_DATA_ROOT"] = str(data)
         try:
             pipeline = load_pipeline("default")
@@ -117,9 +132,16 @@ def site(tmp_path_factory):
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: the group this test started
             server.wait(30)
-        if build.poll() is None:
-            build.kill()
-            build.wait(30)
+        for process in (build, nights):
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    with serve(tmp_path_factory.mktemp("ui")) as served:
+        yield served
 
 
 def _wait_for(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
@@ -262,6 +284,23 @@ def test_pages_need_a_signed_in_user(site):
     assert status == 303 and location.startswith("/auth/login?next=")
 
 
+def test_pages_forbid_scripts_and_foreign_content_yet_keep_their_style(site, browser):
+    url = site["base"] + run_href(RUN_ID)
+    request = urllib.request.Request(url, headers={"Cookie": f"_token={site['tokens']['analyst']}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        headers = response.headers
+    policy = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
+    assert policy["default-src"] == "'none'" and "script-src" not in policy and policy["frame-ancestors"] == "'self'"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    browser.open(url)
+    # Chromium enforces the policy: the page's own style sheet still applies.
+    assert "system-ui" in browser.js("getComputedStyle(document.body).fontFamily")
+    # Markup that slipped into a page runs nothing.
+    browser.js("document.body.insertAdjacentHTML('beforeend', '<img src=x onerror=\"document.title=1\">')")
+    time.sleep(0.5)
+    assert browser.js("document.title") != "1"
+
+
 def test_runs_page_lists_both_runs_with_their_state(site, browser):
     browser.open(site["base"] + "/tamis/")
     rows = browser.js("Array.from(document.querySelectorAll('#runs tbody tr')).map(r => [r.dataset.run, r.children[2].textContent])")
@@ -269,7 +308,6 @@ def test_runs_page_lists_both_runs_with_their_state(site, browser):
     browser.open(site["base"] + "/plugin/tamis_reports")  # the nav entry: the page inside the Airflow UI
     browser.wait("document.querySelector('iframe') && document.querySelector('iframe').contentDocument"
                  " && document.querySelector('iframe').contentDocument.querySelector('#runs')")
-    browser.screenshot(DOCS / "report_runs.png")
 
 
 def test_run_report_funnel_equals_the_manifests(site, browser):
@@ -288,9 +326,6 @@ def test_run_report_funnel_equals_the_manifests(site, browser):
     assert sum(int(t.rsplit(": ", 1)[1].replace(",", "")) for t in histogram) == final
     gates = browser.js("Object.fromEntries(Array.from(document.querySelectorAll('#gates details.gate')).map(d => [d.dataset.stage, d.dataset.success]))")
     assert gates == {s: str(Dataset(pipeline.stage_url(RUN_ID, s)).gate_result()["success"]).lower() for s in pipeline.stage_names}
-    browser.resize(1200, min(browser.js("document.documentElement.scrollHeight"), 2400))
-    browser.screenshot(DOCS / "report_run.png")
-    browser.resize(1200, 800)
 
 
 def test_run_report_is_a_tab_of_the_dag_run_in_the_airflow_ui(site, browser):
@@ -298,7 +333,6 @@ def test_run_report_is_a_tab_of_the_dag_run_in_the_airflow_ui(site, browser):
     frame = "document.querySelector('iframe') && document.querySelector('iframe').contentDocument"
     browser.wait(f"{frame} && {frame}.querySelector('#funnel')")
     assert browser.js(f"{frame}.querySelector('h1').textContent") == f"corpus_build / {RUN_ID}"
-    browser.screenshot(DOCS / "report_in_dag_run.png")
 
 
 def document_stage_url(pipeline) -> str:
@@ -318,7 +352,12 @@ def test_record_browser_finds_a_record_by_id(site, browser):
     browser.open(f"{site['base']}{run_href(RUN_ID)}/records?source=web")
     sources = browser.js("Array.from(document.querySelectorAll('#records td.source')).map(c => c.textContent)")
     assert sources and set(sources) == {"web"}
-    browser.screenshot(DOCS / "report_records.png")
+    assert "through the index" in browser.js("document.querySelector('.meta').textContent")
+    stage = pipeline.stage_names[3]  # a filter that drops documents
+    browser.open(f"{site['base']}{run_href(RUN_ID)}/records?stage={stage}&status=dropped")
+    shown = browser.js("Array.from(document.querySelectorAll('#records tbody tr')).map(r => [r.querySelector('td.id').textContent, r.querySelector('td.reason').textContent])")
+    dropped = {r["id"]: r["reason"] for r in Dataset(pipeline.stage_url(RUN_ID, stage)).read_side("dropped").to_pylist()}
+    assert shown and all(dropped[i] == reason for i, reason in shown)
 
 
 def test_stopped_run_shows_which_stages_finished(site, browser):
@@ -342,3 +381,98 @@ def test_user_without_access_to_the_dag_sees_no_report(site):
     assert status == 200 and RUN_ID not in body and "do not have access" in body
     status, body = _request(site["base"] + run_href(RUN_ID), token)
     assert status == 403 and "Funnel" not in body
+
+
+# --------------------------------------------------------------------------- trends, examples, comparison
+
+
+def trends_href() -> str:
+    return "/tamis/pipelines/default/trends"
+
+
+def night_manifests(pipeline, day: str) -> dict[str, dict]:
+    return {s: Dataset(pipeline.stage_url(night_run(day), s)).manifest() for s in pipeline.corpus_stages}
+
+
+def biggest_jump(pipeline) -> tuple[str, str, float]:
+    """(stage, rule, change) of the drop rate of the last night furthest from the mean of the nights before."""
+    rates = []
+    for day in NIGHTS:
+        rates.append({(stage, rule): count / m["counts"]["in"]
+                      for stage, m in night_manifests(pipeline, day).items() for rule, count in m["drop_reasons"].items()})
+    jumps = {key: rates[-1].get(key, 0.0) - sum(r.get(key, 0.0) for r in rates[:-1]) / (len(rates) - 1)
+             for key in set().union(*rates)}
+    (stage, rule), change = max(jumps.items(), key=lambda kv: abs(kv[1]))
+    return stage, rule, change
+
+
+def test_walk_from_a_spike_on_the_trends_page_to_the_documents_behind_it(site, browser):
+    pipeline = site["pipeline"]
+    stage, rule, change = biggest_jump(pipeline)
+    assert change > pipeline.reports.drift.tolerance  # the third night's spike
+    browser.open(site["base"] + trends_href())
+    assert browser.js("document.querySelector('#drift-status').dataset.status") == "breach"
+    flagged = browser.js("Array.from(document.querySelectorAll('#drift tr.breach')).map(r => [r.dataset.run, r.dataset.series])")
+    assert [night_run(NIGHTS[-1]), f"drop_rate/{stage}/{rule}"] in flagged
+    # The spike is the red point of the rule's line; a person clicks it.
+    point = f"document.querySelector('#rules-{stage} circle.breach[data-series={json.dumps(rule)}]')"
+    assert browser.js(f"{point}.dataset.run") == NIGHTS[-1]
+    browser.js(f"{point}.dispatchEvent(new MouseEvent('click', {{bubbles: true}}))")
+    browser.wait("location.pathname.endsWith('/examples') && document.querySelector('#examples-title')")
+    shown = browser.js("Array.from(document.querySelectorAll('.example')).map(e => e.dataset.id)")
+    dropped = Dataset(pipeline.stage_url(night_run(NIGHTS[-1]), stage)).read_side("dropped").to_pylist()
+    assert sorted(shown) == sorted(r["id"] for r in dropped if r["reason"] == rule)[: len(shown)] and shown
+    texts = browser.js("Array.from(document.querySelectorAll('.example .doc')).map(e => e.textContent)")
+    assert all(t and t != "(text not shown)" for t in texts)
+    # ... and opens the first document.
+    browser.js("document.querySelector('.example a.document').click()")
+    browser.wait("document.querySelector('#journey')")
+    assert browser.js("document.querySelector('#document-id').textContent") == shown[0]
+    steps = browser.js("Array.from(document.querySelectorAll('#journey tbody tr')).map(r => [r.dataset.stage, r.dataset.status])")
+    names = pipeline.corpus_stages
+    assert steps == [[s, "kept"] for s in names[: names.index(stage)]] + [[stage, "dropped"]]
+    assert browser.js("document.querySelector('#journey tr[data-status=dropped] .reason').textContent") == rule
+
+
+def test_compare_two_nights_counts_and_parameters_side_by_side(site, browser):
+    pipeline = site["pipeline"]
+    a, b = night_run(NIGHTS[1]), night_run(NIGHTS[2])
+    browser.open(site["base"] + trends_href())
+    browser.js(f"""(() => {{ const f = document.querySelector('#compare-form');
+        f.querySelector('select[name=a]').value = {json.dumps(a)}; f.querySelector('select[name=b]').value = {json.dumps(b)};
+        f.querySelector('button').click(); }})()""")
+    browser.wait("document.querySelector('#compare-counts')")
+    cells = browser.js("""Array.from(document.querySelectorAll('#compare-counts tbody tr')).map(r => [r.dataset.stage,
+        r.dataset.name, r.dataset.kind, r.querySelector('[data-side=a]').dataset.value,
+        r.querySelector('[data-side=b]').dataset.value, r.querySelector('.diff').dataset.diff])""")
+    shown = {(s, n, k): (int(x), int(y), int(d)) for s, n, k, x, y, d in cells}
+    ma, mb = night_manifests(pipeline, NIGHTS[1]), night_manifests(pipeline, NIGHTS[2])
+    for stage in pipeline.corpus_stages:
+        for key in ("in", "kept", "dropped", "quarantined"):
+            x, y = ma[stage]["counts"][key], mb[stage]["counts"][key]
+            assert shown[(stage, key, "count")] == (x, y, y - x), (stage, key)
+        for rule in set(ma[stage]["drop_reasons"]) | set(mb[stage]["drop_reasons"]):
+            x, y = ma[stage]["drop_reasons"].get(rule, 0), mb[stage]["drop_reasons"].get(rule, 0)
+            assert shown[(stage, rule, "dropped")] == (x, y, y - x), (stage, rule)
+    params = browser.js("Array.from(document.querySelectorAll('#compare-params tbody tr')).map(r => [r.dataset.stage, r.dataset.param])")
+    expected = sorted([s, k] for s in pipeline.corpus_stages for k in ma[s]["params"]
+                      if ma[s]["params"][k] != mb[s]["params"][k])
+    assert sorted(params) == expected and ["ingest", "date"] in expected  # each night reads its own day
+
+
+def test_run_report_counts_link_to_the_documents_behind_them(site, browser):
+    browser.open(site["base"] + run_href(RUN_ID))
+    link = browser.js("document.querySelector('#reasons tbody tr a').getAttribute('href')")
+    row = browser.js("[document.querySelector('#reasons tbody tr').dataset.stage, document.querySelector('#reasons tbody tr').dataset.rule]")
+    browser.open(site["base"] + link)
+    assert browser.js("document.querySelector('#examples-title').textContent") == f"{row[0]}: documents dropped by {row[1]}"
+    total = Dataset(site["pipeline"].stage_url(RUN_ID, row[0])).manifest()["drop_reasons"][row[1]]
+    assert browser.js("document.querySelectorAll('.example').length") == min(total, 20)
+
+
+def test_a_user_without_access_gets_no_trends(site):
+    status, body = _request(site["base"] + trends_href(), site["tokens"]["outsider"], cookie=True)
+    assert status == 403 and "Drift" not in body
+    status, body = _request(site["base"] + f"/tamis/pipelines/default/runs/{night_run(NIGHTS[0])}/documents?id=x",
+                            site["tokens"]["outsider"], cookie=True)
+    assert status == 403

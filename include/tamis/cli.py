@@ -12,13 +12,14 @@ from typing import Any
 
 import yaml
 
+from tamis import storage
 from tamis.dataset import Dataset
 from tamis.engines import Engine, make_engine
 from tamis.gates import validate
 from tamis.lease import LeaseHeld
 from tamis.pipeline import ConfigError, Pipeline, check_pipeline, load_pipeline
 from tamis.release import ReleaseError
-from tamis.runner import StageError, run_stage
+from tamis.runner import StageError, run_fused, run_stage
 from tamis.storage import StorageError
 
 log = logging.getLogger("tamis")
@@ -106,9 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true")
     summary.set_defaults(func=_cmd_summary)
 
+    from tamis.lookup import add_lookup_commands
+    from tamis.quality_model import add_command as add_train_quality
     from tamis.release import add_release_commands
 
+    add_lookup_commands(sub)
     add_release_commands(sub)
+    add_train_quality(sub)
     return parser
 
 
@@ -141,8 +146,11 @@ class Engines:
         self.workers = workers or pipeline.workers
         self._spark: Engine | None = None
 
+    def name_for(self, stage: str) -> str:
+        return self.forced or self.pipeline.engine_for(stage)
+
     def for_stage(self, stage: str) -> Engine:
-        name = self.forced or self.pipeline.engine_for(stage)
+        name = self.name_for(stage)
         if name == "spark":
             if self._spark is None:
                 spark = self.pipeline.execution.spark
@@ -210,6 +218,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
 
 def validate_one(pipeline: Pipeline, stage: str, run_id: str, dataset_url: str | None = None,
                  allow_empty: bool = False) -> dict[str, Any]:
+    storage.check_reachable(pipeline.storage_root)
     config = pipeline.gate(stage)
     if allow_empty:
         config = config.model_copy(update={"min_rows": 0})
@@ -226,14 +235,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def append_day(pipeline: Pipeline, run_id: str, day: str, owner: str | None) -> dict[str, Any]:
-    from tamis import corpus, nightly
+    from tamis import corpus, nightly, tracking
+    from tamis.trends import apply_drift_check
 
     if owner:
         nightly.check_claim(pipeline, day, owner)
+    drift = apply_drift_check(pipeline, run_id, day)  # with on_breach: fail, a breach stops here
     last = pipeline.corpus_stages[-1]
     manifest = corpus.append(pipeline.stage_url(run_id, last), pipeline.corpus_url, day, pipeline.corpus_hash_key())
     if owner:
         nightly.release(pipeline, day, owner)
+    tracking.track_nightly(pipeline, run_id, day, manifest, drift)
     return manifest
 
 
@@ -269,11 +281,13 @@ def _cmd_nightly_run(args: argparse.Namespace) -> int:
     nightly.claim(pipeline, args.date, owner, args.wait_s)
     try:
         engines = Engines(pipeline, args.engine, args.workers)
-        for stage in pipeline.corpus_stages:
-            run_one(pipeline, stage, args.run_id, overrides=nightly_overrides(pipeline, stage, args.date), engines=engines)
-            if not validate_one(pipeline, stage, args.run_id, allow_empty=True)["success"]:
-                print(f"tamis: quality gate of stage {stage!r} failed; the day was not appended", file=sys.stderr)
-                return 1
+        overrides = {stage: nightly_overrides(pipeline, stage, args.date) for stage in pipeline.corpus_stages}
+        for group in stage_groups(pipeline, engines, pipeline.corpus_stages):
+            run_group(pipeline, group, args.run_id, engines, overrides)
+            for stage in group:
+                if not validate_one(pipeline, stage, args.run_id, allow_empty=True)["success"]:
+                    print(f"tamis: quality gate of stage {stage!r} failed; the day was not appended", file=sys.stderr)
+                    return 1
         manifest = append_day(pipeline, args.run_id, args.date, owner)
     finally:
         nightly.release(pipeline, args.date, owner)
@@ -294,19 +308,56 @@ def _cmd_build(args: argparse.Namespace) -> int:
         pipeline.spec(stage)  # an unknown stage is an error before anything runs
         overrides.setdefault(stage, {})[name] = value
     engines = Engines(pipeline, args.engine, args.workers)
-    for stage in pipeline.stage_names:
-        run_one(pipeline, stage, args.run_id, overrides=overrides.get(stage), engines=engines, rebuild=args.rebuild)
-        if not validate_one(pipeline, stage, args.run_id)["success"]:
-            print(f"tamis: quality gate of stage {stage!r} failed; later stages were not run", file=sys.stderr)
-            return 1
-    print(format_summary(run_summary(pipeline, args.run_id)))
+    for group in stage_groups(pipeline, engines, pipeline.stage_names):
+        run_group(pipeline, group, args.run_id, engines, overrides, args.rebuild)
+        for stage in group:
+            if not validate_one(pipeline, stage, args.run_id)["success"]:
+                print(f"tamis: quality gate of stage {stage!r} failed; later stages were not run", file=sys.stderr)
+                return 1
+    summary = run_summary(pipeline, args.run_id)
+    print(format_summary(summary))
+    track_build(pipeline, args.run_id, summary)
     return 0
+
+
+def stage_groups(pipeline: Pipeline, engines: Engines, stages: list[str]) -> list[list[str]]:
+    """Stages in order, consecutive per-batch stages on one engine together when the pipeline
+    fuses them (``execution.fuse_batch_stages``), else one stage a group."""
+    groups: list[tuple[list[str], bool]] = []
+    for stage in stages:
+        fusable = pipeline.execution.fuse_batch_stages and pipeline.stage_type(stage).kind == "batch"
+        if fusable and groups and groups[-1][1] and engines.name_for(stage) == engines.name_for(groups[-1][0][-1]):
+            groups[-1][0].append(stage)
+        else:
+            groups.append(([stage], fusable))
+    return [group for group, _ in groups]
+
+
+def run_group(pipeline: Pipeline, group: list[str], run_id: str, engines: Engines,
+              overrides: dict[str, dict[str, Any]], rebuild: bool = False) -> None:
+    if len(group) == 1:
+        run_one(pipeline, group[0], run_id, overrides=overrides.get(group[0]), engines=engines, rebuild=rebuild)
+        return
+    input_url, _ = stage_io(pipeline, group[0], run_id)
+    run_fused([pipeline.stage(s, overrides.get(s)) for s in group], input_url,
+              [pipeline.stage_url(run_id, s) for s in group], engine=engines.for_stage(group[0]), rebuild=rebuild)
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    summary = run_summary(load_pipeline(args.pipeline), args.run_id)
+    pipeline = load_pipeline(args.pipeline)
+    storage.check_reachable(pipeline.storage_root)
+    summary = run_summary(pipeline, args.run_id)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    track_build(pipeline, args.run_id, summary)
     return 0
+
+
+def track_build(pipeline: Pipeline, run_id: str, summary: dict[str, Any]) -> None:
+    """The end of a corpus build: the run goes to experiment tracking (MLflow)."""
+    from tamis import tracking
+
+    if any(s["status"] == "done" for s in summary["stages"]):
+        tracking.track_corpus_build(pipeline, run_id, summary)
 
 
 def run_summary(pipeline: Pipeline, run_id: str) -> dict[str, Any]:

@@ -160,5 +160,8 @@ class ExecutionConfig(_Strict):
     """``execution`` in a pipeline YAML: the switch between this machine, Spark and the cluster."""
 
     mode: Literal["local", "spark", "kubernetes"] = "local"
+    # `tamis build` and `tamis nightly run`: consecutive per-batch stages on one engine run in
+    # one pass over each shard (each still writes its own dataset); DAG tasks stay per stage.
+    fuse_batch_stages: bool = False
     spark: SparkExecution = Field(default_factory=SparkExecution)
     kubernetes: KubernetesExecution = Field(default_factory=KubernetesExecution)

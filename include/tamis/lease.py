@@ -208,6 +208,9 @@ def _expired(record: dict[str, Any]) -> bool:
 
 
 def _precondition_failed(exc: Exception) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    return "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text
+    """A conditional write lost (S3 412, or 409 when two conditional writes race); s3fs
+    hands these on as OSErrors carrying S3's message."""
+    text = f"{type(exc).__name__} {exc} {exc.__cause__ or ''}"
+    return any(marker in text for marker in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                             "pre-conditions you specified did not hold"))
 

@@ -4,16 +4,20 @@ without scanning the corpus.
 * :func:`get` — one document by id: a row-group read of ``metadata.parquet`` (sorted by
   id, so the row-group statistics name the single group to read), then one row group of
   the document's part.
-* :func:`query` — the index rows matching a SQL predicate over the index columns,
-  through DuckDB, which skips row groups by their statistics.
+* :func:`query` — the index rows matching a filter over the index columns (comparisons,
+  IN, BETWEEN, LIKE, IS NULL, AND/OR/NOT: :mod:`tamis.index_filter`), through DuckDB,
+  which skips row groups by their statistics.
 * :func:`sequence` — one packed sequence from ``tokens.bin`` by its offset index.
 
-The ``tamis get`` and ``tamis query`` commands call these.
+The ``tamis get`` and ``tamis query`` commands (:func:`add_lookup_commands`) call these.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import json
+import sys
 from typing import Any
 
 import numpy as np
@@ -22,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tamis import storage
+from tamis.index_filter import FilterError, compile_filter
 from tamis.stages.index import (
     BINARY_PREFIX,
     DOCUMENTS_KEY,
@@ -85,19 +90,29 @@ def get(dataset_url: str, doc_id: str, with_record: bool = True) -> dict[str, An
 
 def query(
     dataset_url: str,
-    where: str,
+    where: str | None = None,
     columns: list[str] | None = None,
     limit: int | None = None,
+    offset: int | None = None,
 ) -> pa.Table:
-    """Index rows matching ``where`` (a DuckDB SQL predicate, e.g. ``source = 'code' and lang = 'en'``)."""
+    """Index rows matching ``where``, a filter over the index columns such as
+    ``source = 'code' and lang in ('en', 'fr')`` (the grammar of :mod:`tamis.index_filter`;
+    None: every row)."""
     import duckdb  # only the query path needs it
 
-    if ";" in where:
-        raise QueryError(f"--where must be a single predicate, without ';': {where!r}")
     url = metadata_url(dataset_url)
     fs, path = storage.filesystem(url)
     if not fs.exists(path):
         raise NoIndex(f"{dataset_url} has no index ({INDEX_DIR}/{METADATA_FILE}); run the index stage on it")
+    with fs.open(path, "rb") as f:
+        index_columns = pq.read_schema(f).names
+    unknown = [c for c in columns or [] if c not in index_columns]
+    if unknown:
+        raise QueryError(f"columns {unknown} are not in the index of {dataset_url}; it has {', '.join(index_columns)}")
+    try:
+        predicate = compile_filter(where, index_columns) if where is not None else None
+    except FilterError as exc:
+        raise QueryError(str(exc)) from None
     if "://" in url and not url.startswith("file://"):
         # Object stores go through this URL's own fsspec filesystem (its endpoint and
         # credentials), registered on a connection of its own.
@@ -108,11 +123,17 @@ def query(
         cursor = _database().cursor()  # a cursor per call: the shared database is never used by two threads
         source = path
     select = ", ".join(_quote(c) for c in columns) if columns else "*"
-    sql = f"SELECT {select} FROM read_parquet($path) WHERE ({where})"
+    sql = f"SELECT {select} FROM read_parquet($path)"
+    params: dict[str, Any] = {"path": source}
+    if predicate is not None:
+        sql += f" WHERE {predicate.sql}"
+        params.update(predicate.params)
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
+    if offset:
+        sql += f" OFFSET {int(offset)}"
     try:
-        return cursor.sql(sql, params={"path": source}).to_arrow_table()
+        return cursor.sql(sql, params=params).to_arrow_table()
     except duckdb.Error as exc:
         raise QueryError(f"query {where!r} failed on {url}: {exc}") from exc
     finally:
@@ -165,6 +186,13 @@ def _row_groups_holding(parquet: pq.ParquetFile, doc_id: str) -> list[int]:
     return groups
 
 
+def documents_url(dataset_url: str) -> str:
+    """The dataset holding the full records of an index's documents."""
+    fs, path = storage.filesystem(metadata_url(dataset_url))
+    with fs.open(path, "rb") as f:
+        return _documents_url(dataset_url, pq.ParquetFile(f).schema_arrow.metadata or {})
+
+
 def _documents_url(dataset_url: str, key_values: dict[bytes, bytes]) -> str:
     # A sibling of the indexed dataset is found next to it even after the run folder moved.
     name = key_values.get(DOCUMENTS_NAME_KEY)
@@ -180,3 +208,40 @@ def _documents_url(dataset_url: str, key_values: dict[bytes, bytes]) -> str:
 
 def _quote(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
+
+
+# --------------------------------------------------------------------------- commands
+
+def add_lookup_commands(sub: argparse._SubParsersAction) -> None:
+    """``tamis get`` and ``tamis query``, on the index a dataset's index stage wrote."""
+    get_cmd = sub.add_parser("get", help="print one document of an indexed dataset by id (JSON)")
+    get_cmd.add_argument("dataset", help="URL of the dataset the index stage wrote (holds _index/)")
+    get_cmd.add_argument("id", help="the document id, <source>/<id>")
+    get_cmd.add_argument("--index-only", action="store_true", help="only the index entry; no document part is read")
+    get_cmd.set_defaults(func=_cmd_get)
+
+    query_cmd = sub.add_parser("query", help="print the index rows matching a filter (JSON Lines)")
+    query_cmd.add_argument("dataset", help="URL of the dataset the index stage wrote (holds _index/)")
+    query_cmd.add_argument("--where", help="filter over the index columns: comparisons, IN, BETWEEN, LIKE, IS NULL, "
+                                           "AND, OR, NOT, e.g. \"source = 'code' and token_count > 500\" (default: every row)")
+    query_cmd.add_argument("--columns", help="comma-separated index columns to print (default: all)")
+    query_cmd.add_argument("--limit", type=int, help="at most this many rows")
+    query_cmd.set_defaults(func=_cmd_query)
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    record = get(args.dataset, args.id, with_record=not args.index_only)
+    if record is None:
+        raise IndexLookupError(f"no document {args.id!r} in the index of {args.dataset}")
+    print(json.dumps(record, ensure_ascii=False, default=str))
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    table = query(args.dataset, args.where, columns=columns, limit=args.limit)
+    out = sys.stdout
+    for batch in table.to_batches():
+        for row in batch.to_pylist():
+            out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    return 0

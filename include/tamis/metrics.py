@@ -13,16 +13,28 @@ The figures, all labelled ``stage`` and ``pipeline``:
 - ``tamis_docs_per_second`` (gauge): documents read per second of the stage's run
 - ``tamis_errors_total`` (counter): records quarantined as bad input
 - ``tamis_drop_rate`` (gauge): dropped / read
-- ``tamis_duplicate_rate`` (gauge, dedup stages): duplicates dropped / read
-- ``tamis_pii_detection_rate`` (gauge, stages that count ``pii.entity.<TYPE>``): PII
-  entities found per document read (bookkeeping counters such as ``pii.findings`` are
-  not entities and do not count)
+- ``tamis_duplicate_rate`` (gauge, stages that declare duplicate drop reasons in their
+  manifest, ``declares.duplicate_reasons``): records dropped for those reasons / read
+- ``tamis_pii_detection_rate`` (gauge, stages that count PII: ``pii.entity.<TYPE>`` or
+  ``pii.findings`` in their manifest): entities found per document read (bookkeeping
+  counters such as ``pii.findings`` are not entities and do not count)
+
+Counters count documents over all runs, on both paths: statsd_exporter adds up what it
+receives, and the textfile adds each run's count to the value the file already holds, so
+``increase()`` over a window is what the runs in it processed. Gauges hold the last run's
+figure until the next run replaces it.
+
+After the drift check of a nightly run (:mod:`tamis.trends`), labelled ``stage="drift"``:
+
+- ``tamis_drift_breaches`` (gauge): rates further from their trailing mean than the tolerance
+- ``tamis_drift_max_change`` (gauge): the largest distance of a rate from its trailing mean
 
 Metrics never stop a stage: a failed send is logged and dropped.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -31,9 +43,20 @@ from typing import Any
 
 log = logging.getLogger("tamis.metrics")
 
-DEDUP_STAGES = ("exact_dedup", "near_dedup")
-COUNTERS = ("tamis_docs_processed_total", "tamis_errors_total")
+# Every figure a stage exports: name -> (Prometheus type, help text).
+METRICS = {
+    "tamis_docs_processed_total": ("counter", "Documents read by the stage, over all its runs."),
+    "tamis_docs_per_second": ("gauge", "Documents read per second in the stage's last run."),
+    "tamis_errors_total": ("counter", "Records quarantined as bad input by the stage, over all its runs."),
+    "tamis_drop_rate": ("gauge", "Share of the documents read that the stage's last run dropped."),
+    "tamis_duplicate_rate": ("gauge", "Share of the documents read that the stage's last run dropped as duplicates."),
+    "tamis_pii_detection_rate": ("gauge", "PII entities found per document read in the stage's last run."),
+    "tamis_drift_breaches": ("gauge", "Rates of the last nightly run further from their trailing mean than the tolerance."),
+    "tamis_drift_max_change": ("gauge", "The largest distance of a rate of the last nightly run from its trailing mean."),
+}
+COUNTERS = tuple(name for name, (kind, _) in METRICS.items() if kind == "counter")
 PII_ENTITY_PREFIX = "pii.entity."
+PII_FINDINGS = "pii.findings"
 
 
 def pii_entity_counts(manifest_metrics: dict[str, Any]) -> dict[str, int]:
@@ -55,7 +78,6 @@ def stage_metrics(manifest: dict[str, Any]) -> dict[str, float]:
     counts = manifest.get("counts", {})
     n_in = int(counts.get("in", 0))
     dropped = int(counts.get("dropped", 0))
-    stage = manifest.get("stage", "")
     rate = manifest.get("docs_per_s")
     if rate is None:
         elapsed = manifest.get("elapsed_s") or 0
@@ -66,10 +88,15 @@ def stage_metrics(manifest: dict[str, Any]) -> dict[str, float]:
         "tamis_errors_total": float(counts.get("quarantined", 0)),
         "tamis_drop_rate": dropped / n_in if n_in else 0.0,
     }
-    if stage in DEDUP_STAGES:
-        figures["tamis_duplicate_rate"] = dropped / n_in if n_in else 0.0
-    pii = pii_entity_counts(manifest.get("metrics", {}))
-    if pii or stage == "pii":
+    duplicate_reasons = manifest.get("declares", {}).get("duplicate_reasons") or []
+    if duplicate_reasons:
+        reasons = manifest.get("drop_reasons", {})
+        duplicates = sum(int(reasons.get(reason, 0)) for reason in duplicate_reasons)
+        figures["tamis_duplicate_rate"] = duplicates / n_in if n_in else 0.0
+    stage_counters = manifest.get("metrics", {})
+    pii = pii_entity_counts(stage_counters)
+    # A PII stage that found nothing still reports its rate: 0, not a missing series.
+    if pii or PII_FINDINGS in stage_counters:
         figures["tamis_pii_detection_rate"] = sum(pii.values()) / n_in if n_in else 0.0
     return figures
 
@@ -79,20 +106,60 @@ def statsd_lines(figures: dict[str, float], stage: str, pipeline: str) -> list[s
     return [f"{name}:{_number(value)}|{'c' if name in COUNTERS else 'g'}|{tags}" for name, value in figures.items()]
 
 
-def prometheus_text(figures: dict[str, float], stage: str, pipeline: str) -> str:
+def prometheus_text(figures: dict[str, float], stage: str, pipeline: str,
+                    previous: dict[str, float] | None = None) -> str:
+    """The textfile of a stage; counters add this run's figure to ``previous`` (the values
+    the file held: see :func:`read_prometheus_counters`)."""
     labels = f'stage="{_label(stage)}",pipeline="{_label(pipeline)}"'
+    previous = previous or {}
     lines = []
     for name, value in figures.items():
-        lines.append(f"# TYPE {name} {'counter' if name in COUNTERS else 'gauge'}")
+        if name in COUNTERS:
+            value += previous.get(name, 0.0)
+        kind, help_text = METRICS[name]
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
         lines.append(f"{name}{{{labels}}} {_number(value)}")
     return "\n".join(lines) + "\n"
+
+
+def read_prometheus_counters(text: str) -> dict[str, float]:
+    """Counter values of a stage's textfile; what cannot be read counts as a counter reset."""
+    values = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match["name"] in COUNTERS:
+            try:
+                values[match["name"]] = float(match["value"])
+            except ValueError:
+                continue
+    return values
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{.*\})?\s+(?P<value>\S+)\s*$")
 
 
 def emit_stage_metrics(manifest: dict[str, Any], pipeline: str) -> dict[str, float]:
     """Send a finished stage's figures to StatsD and/or a Prometheus textfile, as configured
     by the environment; return the figures (also when nothing is configured)."""
-    stage = manifest.get("stage", "unknown")
     figures = stage_metrics(manifest)
+    emit(figures, manifest.get("stage", "unknown"), pipeline)
+    return figures
+
+
+def drift_metrics(result: dict[str, Any]) -> dict[str, float]:
+    changes = [abs(b["change"]) for b in result.get("breaches", [])]
+    return {"tamis_drift_breaches": float(len(changes)), "tamis_drift_max_change": max(changes, default=0.0)}
+
+
+def emit_drift_metrics(result: dict[str, Any], pipeline: str) -> dict[str, float]:
+    """Send the figures of a nightly run's drift check, labelled ``stage="drift"``."""
+    figures = drift_metrics(result)
+    emit(figures, "drift", pipeline)
+    return figures
+
+
+def emit(figures: dict[str, float], stage: str, pipeline: str) -> None:
     host = os.environ.get("TAMIS_STATSD_HOST")
     if host:
         port = int(os.environ.get("TAMIS_STATSD_PORT") or 8125)
@@ -107,15 +174,26 @@ def emit_stage_metrics(manifest: dict[str, Any], pipeline: str) -> dict[str, flo
     if folder:
         name = f"tamis_{_file_part(pipeline)}_{_file_part(stage)}.prom"
         try:
-            # Written aside and renamed: the collector reads only *.prom and never half a file.
             os.makedirs(folder, exist_ok=True)
             final = os.path.join(folder, name)
-            with open(final + f".{os.getpid()}.tmp", "w") as f:
-                f.write(prometheus_text(figures, stage, pipeline))
-            os.replace(f.name, final)
+            # The folder is locked while a file is read and replaced, so two runs of a stage
+            # never lose a count; the file is written aside and renamed, so the collector
+            # (which reads only *.prom) never sees half of one.
+            lock = os.open(folder, os.O_RDONLY)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    with open(final) as f:
+                        previous = read_prometheus_counters(f.read())
+                except FileNotFoundError:
+                    previous = {}
+                with open(final + f".{os.getpid()}.tmp", "w") as f:
+                    f.write(prometheus_text(figures, stage, pipeline, previous))
+                os.replace(f.name, final)
+            finally:
+                os.close(lock)
         except OSError as exc:
             log.warning("metrics: could not write %s in %s: %s", name, folder, exc)
-    return figures
 
 
 def _family(host: str) -> socket.AddressFamily:

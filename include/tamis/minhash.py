@@ -8,11 +8,15 @@ The pipeline of one batch of documents is fully vectorised:
    few numpy passes per byte; word n-grams combine token hashes.
 2. signatures: rensa (Rust) turns the flat shingle hashes into an (n, num_perm) uint32
    MinHash matrix.
-3. LSH: each band of ``rows`` signature values is hashed to one uint64 key.
+3. LSH: each band of ``rows`` signature values is hashed to one uint64 key. Bands and
+   rows are chosen for recall at the threshold (``bands_for_recall``): a pair whose
+   Jaccard is exactly the threshold becomes a candidate with a set probability.
 4. candidates: documents sharing a band key are linked to the first member of the
-   bucket and to their predecessor (members ordered by id), optionally verified by the
-   signature-estimated Jaccard, and joined into clusters with connected components.
-5. survivors: a deterministic rule (``first``, ``longest``, ``highest_quality``) picks
+   bucket and to their predecessor (members ordered by id).
+5. verification: the exact Jaccard of each candidate pair on the documents' shingle sets
+   (``shingle_sets``, ``jaccard``), or the signature estimate; pairs below the threshold
+   are dropped, the rest joined into clusters with connected components.
+6. survivors: a deterministic rule (``first``, ``longest``, ``highest_quality``) picks
    one document per cluster; the others are near duplicates of it.
 
 The same functions run locally and inside Spark executors, so both paths give the same
@@ -87,30 +91,80 @@ class MinHashConfig:
 
 # --------------------------------------------------------------------------- LSH parameters
 
-def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
-    """(bands, rows) minimising the weighted false-positive + false-negative probability,
-    the same search as datasketch's MinHashLSH."""
+def candidate_probability(similarity, bands: int, rows: int) -> np.ndarray:
+    """Probability that two documents of this Jaccard similarity share at least one band
+    key: 1 - (1 - s^rows)^bands, the LSH S-curve."""
+    s = np.asarray(similarity, dtype=np.float64)
+    with np.errstate(divide="ignore"):  # log1p(-1) = -inf at s = 1 gives probability 1
+        return -np.expm1(bands * np.log1p(-(s ** rows)))  # accurate where s^rows is tiny
+
+
+def bands_for_recall(threshold: float, num_perm: int, candidate_recall: float) -> tuple[int, int]:
+    """(bands, rows) with bands*rows <= num_perm that make a candidate of a pair at exactly
+    ``threshold`` with probability >= ``candidate_recall`` and, among those, the fewest
+    candidates below the threshold (the least area under the S-curve on [0, threshold]):
+    every such candidate costs a verification and is then rejected."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    return _optimal_bands(round(threshold, 6), num_perm, fp_weight, fn_weight)
+    if not 0.0 < candidate_recall < 1.0:
+        raise ValueError(f"candidate_recall must be in (0, 1), got {candidate_recall}")
+    return _bands_for_recall(round(threshold, 6), num_perm, round(candidate_recall, 6))
 
 
 @lru_cache(maxsize=64)
-def _optimal_bands(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> tuple[int, int]:
-    from scipy.integrate import quad
-
-    best, best_error = (1, 1), math.inf
-    for b in range(1, num_perm + 1):
-        for r in range(1, num_perm // b + 1):
-            fp = quad(lambda s: 1 - (1 - s ** r) ** b, 0.0, threshold)[0]
-            fn = quad(lambda s: 1 - (1 - (1 - s ** r) ** b), threshold, 1.0)[0]
-            error = fp * fp_weight + fn * fn_weight
-            if error < best_error:
-                best, best_error = (b, r), error
+def _bands_for_recall(threshold: float, num_perm: int, candidate_recall: float) -> tuple[int, int]:
+    below = np.linspace(0.0, threshold, 1001)
+    best, best_area = None, math.inf
+    for rows in range(1, num_perm + 1):
+        # More bands only raise the curve everywhere: the fewest that reach the recall win.
+        at_threshold = threshold ** rows
+        if at_threshold <= 0.0:
+            break
+        bands = max(1, math.ceil(math.log1p(-candidate_recall) / math.log1p(-at_threshold))) if at_threshold < 1 else 1
+        while bands * rows <= num_perm and candidate_probability(threshold, bands, rows) < candidate_recall:
+            bands += 1  # rounding of the closed form
+        if bands * rows > num_perm:
+            continue
+        area = float(np.trapezoid(candidate_probability(below, bands, rows), below))
+        if area < best_area:
+            best, best_area = (bands, rows), area
+    if best is None:
+        raise ValueError(f"no banding of {num_perm} permutations makes a candidate of a pair at Jaccard {threshold} "
+                         f"with probability >= {candidate_recall}: raise num_perm or lower candidate_recall")
     return best
 
 
+@dataclass(frozen=True)
+class SCurve:
+    """Where the banding puts its S-curve."""
+
+    bands: int
+    rows: int
+    effective_threshold: float  # (1/bands)^(1/rows): where the curve is steepest
+    points: tuple[tuple[float, float], ...]  # (Jaccard, candidate probability), J = 0.5, 0.55, ... 1.0
+
+
+def s_curve(bands: int, rows: int, start: float = 0.5, step: float = 0.05) -> SCurve:
+    """The candidate probability of the banding at J = start, start + step, ... 1.0."""
+    grid = np.round(np.arange(start, 1.0 + step / 2, step), 4)
+    probability = candidate_probability(grid, bands, rows)
+    return SCurve(bands, rows, float((1.0 / bands) ** (1.0 / rows)),
+                  tuple((float(j), float(p)) for j, p in zip(grid, probability)))
+
+
 # --------------------------------------------------------------------------- hashing
+
+def sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique by sort: numpy 2.3+ hashes integers in np.unique, tens of times slower
+    than sorting them for millions of values."""
+    x = np.sort(x)
+    if len(x) < 2:
+        return x
+    keep = np.empty(len(x), dtype=bool)
+    keep[0] = True
+    np.not_equal(x[1:], x[:-1], out=keep[1:])
+    return x[keep]
+
 
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: spreads the weak low bits of a polynomial hash (wraps mod 2^64)."""
@@ -183,7 +237,10 @@ def shingle_hashes(texts: pa.Array, config: MinHashConfig) -> tuple[np.ndarray, 
 
 
 def _doc_of(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    return np.searchsorted(offsets, positions, side="right") - 1
+    """Document of each of the ascending byte ``positions``: one binary search per document
+    boundary, not per position."""
+    per_doc = np.diff(np.searchsorted(positions, offsets))
+    return np.repeat(np.arange(len(offsets) - 1), per_doc)
 
 
 def _word_shingles(data, offsets, n_docs, n, lowercase: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +250,7 @@ def _word_shingles(data, offsets, n_docs, n, lowercase: bool) -> tuple[np.ndarra
     ends = np.flatnonzero(edges == -1)
     # A word never spans two documents: cut where one document ends and the next begins
     # inside a run of word bytes.
-    inner = np.unique(offsets[1:-1])  # empty documents repeat an offset
+    inner = sorted_unique(offsets[1:-1])  # empty documents repeat an offset
     inner = inner[(inner > 0) & (inner < len(data))]
     cuts = inner[word[inner] & word[inner - 1]]
     if len(cuts):
@@ -312,10 +369,187 @@ def band_keys(sig: np.ndarray, config: MinHashConfig) -> np.ndarray:
 
 def similarity(sig_a: np.ndarray, sig_b: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Signature-estimated Jaccard of row pairs (sig_a[i], sig_b[i])."""
-    out = np.empty(len(sig_a), dtype=np.float32)
+    out = np.empty(len(sig_a), dtype=np.float64)
     for s in range(0, len(sig_a), chunk):
         out[s: s + chunk] = (sig_a[s: s + chunk] == sig_b[s: s + chunk]).mean(axis=1)
     return out
+
+
+def pair_similarity(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Signature-estimated Jaccard of the pairs (sig[a[i]], sig[b[i]]), gathering a chunk of
+    pairs at a time: never two copies of the signatures of every pair."""
+    out = np.empty(len(a), dtype=np.float64)
+    for s in range(0, len(a), chunk):
+        out[s: s + chunk] = similarity(sig[a[s: s + chunk]], sig[b[s: s + chunk]], chunk)
+    return out
+
+
+# --------------------------------------------------------------------------- exact Jaccard
+
+@dataclass
+class ShingleSets:
+    """The distinct shingles of each document as sorted 32-bit hashes in one flat array:
+    document i owns ``values[offsets[i]:offsets[i + 1]]``.
+
+    32 bits (the top half of the 64-bit shingle hash) halve the memory of the sets and let
+    a pair index and a shingle share one uint64 sort key. Two distinct shingles of a pair
+    collide with probability about union^2 / 2^33, which moves its Jaccard by about
+    union / 2^33: 1e-5 for documents of 10^5 shingles.
+    """
+
+    values: np.ndarray  # uint32
+    offsets: np.ndarray  # int64, n + 1
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def take(self, idx: np.ndarray) -> ShingleSets:
+        idx = np.asarray(idx, dtype=np.int64)
+        sizes = self.sizes[idx]
+        return ShingleSets(self.values[_ranges(self.offsets[idx], sizes)], _offsets_of(sizes))
+
+    @classmethod
+    def concat(cls, parts: list[ShingleSets]) -> ShingleSets:
+        if not parts:
+            return cls.empty()
+        return cls(np.concatenate([p.values for p in parts]), _offsets_of(np.concatenate([p.sizes for p in parts])))
+
+    @classmethod
+    def empty(cls, n: int = 0) -> ShingleSets:
+        return cls(np.empty(0, np.uint32), np.zeros(n + 1, np.int64))
+
+    def to_arrow(self) -> pa.Array:
+        """One binary value per document: its hashes as little-endian uint32."""
+        data = pa.py_buffer(np.ascontiguousarray(self.values, dtype="<u4").tobytes())
+        byte_offsets = self.offsets * 4
+        if byte_offsets[-1] < 2**31:
+            return pa.Array.from_buffers(pa.binary(), len(self), [None, pa.py_buffer(byte_offsets.astype(np.int32)), data])
+        return pa.Array.from_buffers(pa.large_binary(), len(self), [None, pa.py_buffer(byte_offsets), data])
+
+    @classmethod
+    def from_arrow(cls, column: pa.Array | pa.ChunkedArray) -> ShingleSets:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks() if column.num_chunks else pa.array([], pa.large_binary())
+        data, offsets = _string_buffers(pc.fill_null(column.cast(pa.large_binary()), b""))
+        if offsets[-1] % 4 or np.any(offsets % 4):
+            raise ValueError("shingle sets must be whole uint32 arrays")
+        return cls(data.view("<u4").astype(np.uint32, copy=False), offsets // 4)
+
+
+def _offsets_of(sizes: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return offsets
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(starts[i], starts[i] + lengths[i]) for all i."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    heads = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - heads, lengths) + np.arange(total, dtype=np.int64)
+
+
+def shingle_sets(texts: pa.Array | pa.ChunkedArray, config: MinHashConfig) -> ShingleSets:
+    """The shingle set of every document, from the same shingle hashes as its signature."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks() if texts.num_chunks else pa.array([], type=pa.string())
+    values, sizes = [], np.zeros(len(texts), dtype=np.int64)
+    for start, chunk in _chunks(texts, CHUNK_BYTES):
+        hashes, per_doc = shingle_hashes(chunk, config)
+        doc = np.repeat(np.arange(len(chunk), dtype=np.uint64), per_doc)
+        keys = sorted_unique((doc << _U64(32)) | (hashes >> _U64(32)))  # sorted by document, then hash
+        values.append((keys & _U64(0xFFFFFFFF)).astype(np.uint32))
+        sizes[start: start + len(chunk)] = np.bincount((keys >> _U64(32)).astype(np.int64), minlength=len(chunk))
+    return ShingleSets(np.concatenate(values) if values else np.empty(0, np.uint32), _offsets_of(sizes))
+
+
+def jaccard(left: ShingleSets, right: ShingleSets, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """Exact Jaccard of the pairs (left[a[i]], right[b[i]]).
+
+    Each value is tagged with its pair's index in the high 32 bits, so the smaller sets of
+    all pairs form one sorted array and the larger sets another: one binary search of the
+    former in the latter counts every intersection, without sorting anything. Pairs are
+    taken in runs of about ``chunk`` shingles to bound memory."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    size_a, size_b = left.sizes[a], right.sizes[b]
+    out = np.zeros(len(a), dtype=np.float64)
+    ends = np.cumsum(size_a + size_b)
+    start = 0
+    while start < len(a):
+        base = ends[start - 1] if start else 0
+        stop = max(int(np.searchsorted(ends, base + chunk, side="right")), start + 1)
+        sa, sb = size_a[start:stop], size_b[start:stop]
+        a_smaller = sa <= sb
+        small = _tagged(left, right, a[start:stop], b[start:stop], a_smaller)
+        large = _tagged(left, right, a[start:stop], b[start:stop], ~a_smaller)
+        inter = np.zeros(stop - start, dtype=np.int64)
+        if len(small) and len(large):
+            at = np.minimum(np.searchsorted(large, small), len(large) - 1)
+            both = small[large[at] == small]
+            inter = np.bincount((both >> _U64(32)).astype(np.int64), minlength=stop - start)
+        union = sa + sb - inter
+        out[start:stop] = inter / np.maximum(union, 1)
+        start = stop
+    return out
+
+
+def _tagged(left: ShingleSets, right: ShingleSets, a: np.ndarray, b: np.ndarray, from_left: np.ndarray) -> np.ndarray:
+    """For pair i, the set left[a[i]] where from_left[i] else right[b[i]], each value
+    tagged (i << 32 | value): ascending, as pairs ascend and every set is sorted."""
+    starts = np.where(from_left, left.offsets[a], right.offsets[b])
+    sizes = np.where(from_left, left.sizes[a], right.sizes[b])
+    where = _ranges(starts, sizes)
+    side = np.repeat(from_left, sizes)
+    values = np.empty(len(where), dtype=np.uint64)
+    values[side] = left.values[where[side]]
+    values[~side] = right.values[where[~side]]
+    return (np.repeat(np.arange(len(a), dtype=np.uint64), sizes) << _U64(32)) | values
+
+
+def passes(similarity: np.ndarray, threshold: float) -> np.ndarray:
+    """Verification's rule, the same on every path: similarity >= threshold, up to float rounding."""
+    return np.asarray(similarity, dtype=np.float64) >= threshold - 1e-9
+
+
+# A verdict taken from the signatures alone is wrong with at most this probability per pair.
+SIGNATURE_VERDICT_ERROR = 1e-9
+
+
+def signature_verdicts(estimate: np.ndarray, threshold: float, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """(accept, reject): the candidate pairs whose signature estimate settles verification.
+
+    Each of the num_perm MinHash values of two documents agrees with probability J (their
+    Jaccard), so the number of agreements is Binomial(num_perm, J). A pair is accepted when
+    so many agree that a pair below the threshold would show as many with probability
+    <= SIGNATURE_VERDICT_ERROR, and rejected when so few agree that a pair at or above the
+    threshold would show as few with that probability. At 0.8 with 128 values: accepted
+    from 126 agreements, rejected at 72 or fewer. Only the pairs in between need their
+    exact Jaccard, and only their documents need their shingle sets.
+    """
+    low, high = _verdict_bounds(round(threshold, 6), num_perm)
+    agree = np.rint(np.asarray(estimate, dtype=np.float64) * num_perm)
+    return agree >= high, agree <= low
+
+
+@lru_cache(maxsize=64)
+def _verdict_bounds(threshold: float, num_perm: int) -> tuple[int, int]:
+    k = np.arange(num_perm + 1)
+    log_pmf = np.array([math.lgamma(num_perm + 1) - math.lgamma(i + 1) - math.lgamma(num_perm - i + 1)
+                        + i * math.log(threshold) + (num_perm - i) * math.log1p(-threshold) for i in k])
+    pmf = np.exp(log_pmf)
+    lower_tail = np.cumsum(pmf)  # P(K <= k) at J = threshold: the most a pair at or above it can have
+    upper_tail = np.cumsum(pmf[::-1])[::-1]  # P(K >= k) at J = threshold: the most a pair below it can have
+    low = int(k[lower_tail <= SIGNATURE_VERDICT_ERROR].max()) if (lower_tail <= SIGNATURE_VERDICT_ERROR).any() else -1
+    high = int(k[upper_tail <= SIGNATURE_VERDICT_ERROR].min()) if (upper_tail <= SIGNATURE_VERDICT_ERROR).any() else num_perm + 1
+    return low, high
 
 
 # --------------------------------------------------------------------------- clusters
@@ -329,11 +563,13 @@ def candidate_edges(keys: np.ndarray, order: np.ndarray, active: np.ndarray | No
     """
     n = len(keys)
     idx = np.arange(n) if active is None else np.flatnonzero(active)
+    idx = idx[np.argsort(order[idx], kind="stable")]  # by rank: a stable sort by key keeps it within a bucket
     a_parts, b_parts = [], []
     for band in range(keys.shape[1]):
         k = keys[idx, band]
-        sorted_ = idx[np.lexsort((order[idx], k))]
-        ks = keys[sorted_, band]
+        by_key = np.argsort(k, kind="stable")
+        sorted_ = idx[by_key]
+        ks = k[by_key]
         if len(ks) < 2:
             continue
         new_group = np.empty(len(ks), dtype=bool)
@@ -350,7 +586,7 @@ def candidate_edges(keys: np.ndarray, order: np.ndarray, active: np.ndarray | No
     a = np.concatenate(a_parts).astype(np.int64)
     b = np.concatenate(b_parts).astype(np.int64)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    codes = np.unique(lo * n + hi)
+    codes = sorted_unique(lo * n + hi)
     return codes // n, codes % n
 
 
@@ -409,30 +645,34 @@ class Clusters:
 
     survivor: np.ndarray  # index of each document's survivor (itself when kept)
     labels: np.ndarray  # component label of each document
-    candidate_pairs: int
-    verified_pairs: int
+    candidate_similarity: np.ndarray | None  # similarity of each candidate pair; None: not verified
+    verified: np.ndarray  # bool per candidate pair: the pair is an edge of a cluster
 
     @property
     def duplicate(self) -> np.ndarray:
         return self.survivor != np.arange(len(self.survivor))
 
+    @property
+    def candidate_pairs(self) -> int:
+        return len(self.verified)
 
-def cluster(sig: np.ndarray, keys: np.ndarray, active: np.ndarray, id_order: np.ndarray, priority: np.ndarray,
-            threshold: float | None) -> Clusters:
-    """Candidate pairs -> optional verification (estimated Jaccard >= threshold) ->
-    connected components -> one survivor per component."""
-    a, b = candidate_edges(keys, id_order, active)
-    candidates = len(a)
-    if threshold is not None and len(a):
-        keep = similarity(sig[a], sig[b]) >= np.float32(threshold) - np.float32(1e-6)
-        a, b = a[keep], b[keep]
-    labels = components(len(sig), a, b)
-    return Clusters(survivors(labels, priority), labels, candidates, len(a))
+    @property
+    def verified_pairs(self) -> int:
+        return int(np.count_nonzero(self.verified))
 
 
-def cluster_table(ids: pa.Array, sig: np.ndarray, clusters: Clusters, sample_pairs: int) -> pa.Table:
+def cluster(n: int, a: np.ndarray, b: np.ndarray, similarity: np.ndarray | None, threshold: float,
+            priority: np.ndarray) -> Clusters:
+    """Candidate pairs (a, b) -> verification (similarity >= threshold; every pair when
+    ``similarity`` is None) -> connected components -> one survivor per component."""
+    verified = passes(similarity, threshold) if similarity is not None else np.ones(len(a), dtype=bool)
+    labels = components(n, a[verified], b[verified])
+    return Clusters(survivors(labels, priority), labels, similarity, verified)
+
+
+def cluster_table(ids: pa.Array, clusters: Clusters, sample_pairs: int, pair_similarity) -> pa.Table:
     """One row per duplicate cluster: survivor id, size, member ids, and a sample of
-    (survivor, member) pairs with their estimated similarity."""
+    (survivor, member) pairs with their similarity, from ``pair_similarity(a, b)``."""
     dup = np.flatnonzero(clusters.duplicate)
     schema = pa.schema([
         ("survivor_id", pa.string()), ("size", pa.int64()), ("duplicate_ids", pa.list_(pa.string())),
@@ -443,7 +683,6 @@ def cluster_table(ids: pa.Array, sig: np.ndarray, clusters: Clusters, sample_pai
     surv = clusters.survivor[dup]
     order = np.lexsort((dup, surv))
     dup, surv = dup[order], surv[order]
-    sims = similarity(sig[surv], sig[dup])
     heads = np.flatnonzero(np.r_[True, surv[1:] != surv[:-1]])
     sizes = np.diff(np.r_[heads, len(dup)])
     position = np.arange(len(dup)) - np.repeat(heads, sizes)
@@ -451,8 +690,9 @@ def cluster_table(ids: pa.Array, sig: np.ndarray, clusters: Clusters, sample_pai
     member_ids = pc.take(ids, pa.array(dup))
     survivor_ids = pc.take(ids, pa.array(surv[heads]))
     pair_mask = position < sample_pairs
+    sims = pair_similarity(surv[pair_mask], dup[pair_mask])
     pairs = pa.StructArray.from_arrays(
-        [pc.take(ids, pa.array(surv[pair_mask])), pc.filter(member_ids, pa.array(pair_mask)), pa.array(sims[pair_mask])],
+        [pc.take(ids, pa.array(surv[pair_mask])), pc.filter(member_ids, pa.array(pair_mask)), pa.array(sims, pa.float32())],
         names=["id_a", "id_b", "similarity"],
     )
     pair_heads = np.r_[0, np.cumsum(np.minimum(sizes, sample_pairs))]

@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -34,11 +35,13 @@ from tamis.gates import GateConfig, gate_config
 from tamis.release import ReleaseConfig
 from tamis.stage import CorpusContext, PathParam, Stage
 from tamis.stages import UnknownStage, make_stage, stage_class
+from tamis.tracking import MlflowConfig
+from tamis.trends import DriftConfig
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
-_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class ConfigError(ValueError):
@@ -51,12 +54,25 @@ class _Strict(BaseModel):
 
 class SourceConfig(_Strict):
     path: str
-    format: Literal["auto", "jsonl", "jsonl.gz", "parquet", "text"] = "auto"
+    format: Literal["auto", "jsonl", "jsonl.gz", "parquet", "text", "warc"] = "auto"
     text_field: str = "text"
     id_field: str | None = None
     url_field: str | None = None
     # What kind of text the source holds; quality rules differ for code and prose.
     type: Literal["prose", "code"] = "prose"
+
+    # A source name starts record ids (``<source>/<record id>``) and output part names, so it
+    # holds no '/' (ids stay unambiguous) and cannot climb out of a folder.
+    SAFE_NAME: ClassVar[re.Pattern] = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+    @classmethod
+    def check_name(cls, name: str) -> str:
+        if not cls.SAFE_NAME.fullmatch(name) or ".." in name:
+            raise ValueError(
+                f"source name {name!r} is not allowed: use 1 to 64 letters, digits, '.', '-' or '_', "
+                "starting with a letter or digit, with no '..'"
+            )
+        return name
 
 
 class StageSpec(_Strict):
@@ -110,6 +126,13 @@ class Nightly(_Strict):
         return str(value)
 
 
+class Reports(_Strict):
+    """What the report pages check across runs, and where runs are tracked."""
+
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+
 class Pipeline(_Strict):
     name: str
     path: str = Field(exclude=True)
@@ -124,21 +147,20 @@ class Pipeline(_Strict):
     orchestration: Orchestration = Field(default_factory=Orchestration)
     nightly: Nightly = Field(default_factory=Nightly)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    reports: Reports = Field(default_factory=Reports)
 
     @field_validator("name")
     @classmethod
     def _pipeline_name(cls, value: str) -> str:
-        if not _SOURCE_NAME.match(value):
+        if not _PIPELINE_NAME.match(value):
             raise ValueError(f"pipeline name {value!r} must hold only letters, digits, '.', '_' and '-'")
         return value
 
     @field_validator("sources")
     @classmethod
-    def _source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+    def _source_names_are_safe(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
         for name in value:
-            if not _SOURCE_NAME.match(name) or name in (".", ".."):
-                raise ValueError(f"source name {name!r} must start with a letter or digit and hold only letters, "
-                                 "digits, '.', '_' and '-' (it becomes part of ids and file names)")
+            SourceConfig.check_name(name)
         return value
 
     @field_validator("stages", mode="before")
@@ -373,16 +395,39 @@ def resolve_path(path: str, base: Path) -> str:
 
 def _resolve_stage_paths(cls: type[Stage], params: dict[str, Any], base: Path) -> dict[str, Any]:
     """Stage parameters typed as paths, resolved against the config's folder."""
-    params = dict(params)
-    for field_name, field in cls.Params.model_fields.items():
-        value = params.get(field_name)
-        marker = next((m for m in field.metadata if isinstance(m, PathParam)), None)
+    return _resolve_model_paths(cls.Params, params, base)
+
+
+def _resolve_model_paths(model: type[BaseModel], values: dict[str, Any], base: Path) -> dict[str, Any]:
+    values = dict(values)
+    for field_name, field in model.model_fields.items():
+        value = values.get(field_name)
+        nested = _nested_model(field.annotation)
+        if nested is not None and isinstance(value, dict):
+            values[field_name] = _resolve_model_paths(nested, value, base)  # a group of params (quality.model)
+            continue
+        marker = _path_marker(field)
         if marker is None or not isinstance(value, str) or not value or "://" in value or Path(value).is_absolute():
             continue
         if marker.may_be_name and not marker.looks_like_path(value) and not (base / value).exists():
             continue  # a name (e.g. a tokenizer on the hub), not a path
-        params[field_name] = resolve_path(value, base)
-    return params
+        values[field_name] = resolve_path(value, base)
+    return values
+
+
+def _path_marker(field) -> PathParam | None:
+    """The PathParam of a field typed ``LocalPath``, ``PathOrName`` or ``LocalPath | None``."""
+    found = [m for m in field.metadata if isinstance(m, PathParam)]
+    for arg in typing.get_args(field.annotation):
+        if typing.get_origin(arg) is typing.Annotated:
+            found += [m for m in arg.__metadata__ if isinstance(m, PathParam)]
+    return found[0] if found else None
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
 
 
 class DuplicateKey(ValueError):

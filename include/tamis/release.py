@@ -65,7 +65,7 @@ COMMITS_DIR = "_commits"
 VOLATILE_MANIFEST_KEYS = ("finished_at", "elapsed_s", "docs_per_s", "workers", "engine", "fingerprint_sha256")
 # Files of a run's bookkeeping (what made the output, who was writing it), not of the data.
 RUN_FILES = ("_fingerprint.json", "_lease.json")
-VOLATILE_COMMIT_KEYS = ("elapsed_s",)
+VOLATILE_COMMIT_KEYS = ("started_at", "elapsed_s")
 
 
 class ReleaseError(RuntimeError):
@@ -572,8 +572,17 @@ def _run_step(step: str, args: argparse.Namespace, pipeline: Pipeline, config: R
                                run_id=args.run_id or None)
         else:
             manifest = write_release(pipeline, config, args.source_run_id or None, args.run_id or None)
+        track(pipeline, config, manifest)
         print(json.dumps({"version": manifest["version"], "remote": config.remote,
                           "final": manifest["final"]["path"], "lock_sha256": manifest["dvc"]["lock_sha256"]}))
+
+
+def track(pipeline: Pipeline, config: ReleaseConfig, manifest: dict[str, Any]) -> None:
+    """The release as an MLflow run; its pointer goes beside the release manifest on the remote."""
+    from tamis import storage, tracking
+
+    target = storage.join(config.remote, "releases", manifest["version"])
+    tracking.track_release(pipeline, manifest, config.workspace, _remote_filesystem(config, target))
 
 
 def _cmd_seal(args: argparse.Namespace) -> int:

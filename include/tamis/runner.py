@@ -20,6 +20,7 @@ A run of a stage into an output dataset:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -38,7 +39,7 @@ from tamis.engines import Engine, TaskFailed
 from tamis.engines.local import LocalEngine
 from tamis.lease import Lease
 from tamis.metrics import emit_stage_metrics
-from tamis.stage import DROPPED_SCHEMA, QUARANTINE_SCHEMA, DatasetStage, Stage
+from tamis.stage import DROPPED_SCHEMA, QUARANTINE_SCHEMA, BatchResult, DatasetStage, Stage
 
 log = logging.getLogger("tamis.runner")
 
@@ -94,23 +95,9 @@ def run_stage(
     fingerprint = stage_fingerprint(stage, input_url, output_url, shards)
 
     with Lease(output_url):
-        found = _stored_fingerprint(output_url)
-        if rebuild and found != fingerprint and _has_any_output(output_url):
-            log.info("%s: %s was made by a different run; rebuilding it", stage.name, output_url)
-            _clear_output(output_url)
-            found = None
-        if found is not None and found != fingerprint:
-            raise StaleOutput(
-                f"{stage.name}: {output_url} was made by a different run ({describe_difference(found, fingerprint)}); "
-                "use a new --run-id or --output, or --rebuild to replace it")
-        if found is None and _has_any_output(output_url):
-            raise StaleOutput(f"{stage.name}: {output_url} holds output without a fingerprint; use --rebuild to replace it")
-        if output.is_complete():
+        if _claim_output(stage, output_url, fingerprint, rebuild):
             log.info("%s: %s is already complete, nothing to do", stage.name, output_url)
             return output.manifest()
-        if found is None:
-            storage.write_json_atomic(storage.join(output_url, FINGERPRINT), fingerprint, output_url)
-
         stats = _committed(output, shards)
         pending = [s for s in shards if s.name not in stats]
         if stats and step == "all" and only_shards is None:
@@ -125,7 +112,7 @@ def run_stage(
                 raise StageError(f"{stage.name}: {len(pending)} shards are not committed yet, e.g. "
                                  f"{', '.join(s.name for s in pending[:5])}; run them first")
         work_url = storage.join(output_url, WORK_DIR)
-        plan_metrics: dict[str, int] = {}
+        plan_metrics: dict[str, float] = {}
 
         with engine.running(stage) as run:
             if isinstance(stage, DatasetStage):
@@ -152,9 +139,40 @@ def run_stage(
             return None
 
         manifest = _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics, fingerprint, started)
-        storage.write_json_atomic(output.manifest_url, manifest, output_url)
-        storage.remove_tree(storage.join(output_url, "_tmp"))
-        storage.remove_tree(work_url)
+        _finish(stage, output_url, manifest)
+    return _done(stage, manifest)
+
+
+def _claim_output(stage: Stage, output_url: str, fingerprint: dict[str, Any], rebuild: bool) -> bool:
+    """Under the output's lease: refuse (or, rebuilding, clear) an output made by another
+    run, record this run's fingerprint, and tell whether the output is complete already."""
+    found = _stored_fingerprint(output_url)
+    if found is None and _has_any_output(output_url):
+        # The mapped tasks of one stage share its lease: a sibling may have written the
+        # fingerprint between the two reads, and then the output is its, not a stranger's.
+        found = _stored_fingerprint(output_url)
+        if found is None and not rebuild:
+            raise StaleOutput(f"{stage.name}: {output_url} holds output without a fingerprint; use --rebuild to replace it")
+    if rebuild and found != fingerprint and _has_any_output(output_url):
+        log.info("%s: %s was made by a different run; rebuilding it", stage.name, output_url)
+        _clear_output(output_url)
+        found = None
+    if found is not None and found != fingerprint:
+        raise StaleOutput(
+            f"{stage.name}: {output_url} was made by a different run ({describe_difference(found, fingerprint)}); "
+            "use a new --run-id or --output, or --rebuild to replace it")
+    if found is None:
+        storage.write_json_atomic(storage.join(output_url, FINGERPRINT), fingerprint, output_url)
+    return Dataset(output_url).is_complete()
+
+
+def _finish(stage: Stage, output_url: str, manifest: dict[str, Any]) -> None:
+    storage.write_json_atomic(Dataset(output_url).manifest_url, manifest, output_url)
+    storage.remove_tree(storage.join(output_url, "_tmp"))
+    storage.remove_tree(storage.join(output_url, WORK_DIR))
+
+
+def _done(stage: Stage, manifest: dict[str, Any]) -> dict[str, Any]:
     emit_stage_metrics(manifest, stage.context.get("pipeline", ""))
     c = manifest["counts"]
     log.info(
@@ -162,6 +180,112 @@ def run_stage(
         stage.name, manifest["elapsed_s"], c["in"], c["kept"], c["dropped"], c["quarantined"],
     )
     return manifest
+
+
+# --------------------------------------------------------------------------- fused stages
+
+class FusedStages(Stage):
+    """Consecutive per-batch stages run in one pass over each shard: the first reads the
+    shard, each batch it keeps goes through the next stage's ``process_batch``, and so on.
+    Every stage still writes its own dataset (parts, side tables, commits, manifest, so its
+    gate and its report row are whole); what is saved is reading, decoding and scheduling
+    each shard once per stage."""
+
+    def __init__(self, stages: list[Stage]):
+        super().__init__({}, stages[0].context, name="+".join(s.name for s in stages))
+        self.stages = stages
+
+    def setup(self) -> None:
+        for stage in self.stages:
+            stage.setup()
+
+
+def run_fused(stages: list[Stage], input_url: str | None, output_urls: list[str], engine: Engine | None = None,
+              workers: int = 1, rebuild: bool = False, progress_every_s: float = 10.0) -> list[dict[str, Any]]:
+    """Run per-batch ``stages`` (each reading the one before) fused: see :class:`FusedStages`.
+    Returns their manifests, which are the ones separate runs would write."""
+    if any(isinstance(stage, DatasetStage) for stage in stages):
+        raise StageError("only per-batch stages can run fused")
+    started = time.time()
+    engine = engine or LocalEngine(workers)
+    for url in [input_url, *output_urls]:
+        if url:
+            storage.check_reachable(url)
+    for stage in stages:
+        stage.check_ready()
+    shards = stages[0].input_shards(input_url)
+    names = [s.name for s in shards]
+    if len(set(names)) != len(names):
+        raise StageError(f"{stages[0].name}: input shard names are not unique: {sorted(names)}")
+    # A later stage's input does not exist yet: its fingerprint names the fingerprint of the
+    # stage before it, and takes the input manifest's hash once the group is done.
+    fingerprints = [stage_fingerprint(stages[0], input_url, output_urls[0], shards)]
+    for stage, output_url in zip(stages[1:], output_urls[1:]):
+        after = hashlib.sha256(json.dumps(fingerprints[-1], sort_keys=True).encode()).hexdigest()
+        fingerprints.append({**stage_fingerprint(stage, None, output_url, []), "input": {"after_fingerprint": after}})
+    with contextlib.ExitStack() as held:
+        for url in output_urls:
+            held.enter_context(Lease(url))
+        complete = [_claim_output(stage, url, fp, rebuild) for stage, url, fp in zip(stages, output_urls, fingerprints)]
+        if all(complete):
+            return [Dataset(url).manifest() for url in output_urls]
+        committed = [_committed(Dataset(url), shards) for url in output_urls]
+        pending = [s for s in shards if not all(s.name in c for c in committed)]
+        redo = {s.name for s in pending}  # a shard not committed by every stage is redone by all
+        stats = [{k: v for k, v in c.items() if k not in redo} for c in committed]
+        fused = FusedStages(stages)
+        progress = _Progress(fused.name, shards, stats[0], progress_every_s)
+        with engine.running(fused) as run:
+            try:
+                for index, commits in run.imap(_fused_task, [(shard, output_urls) for shard in pending]):
+                    for k, commit in enumerate(commits):
+                        stats[k][pending[index].name] = commit
+                    progress.shard_done(pending[index], commits[0])
+            except TaskFailed as failed:
+                shard = pending[failed.index]
+                raise StageError(f"{fused.name}: shard {shard.name} ({shard.url}) failed: "
+                                 f"{type(failed.error).__name__}: {failed.error}") from failed.error
+        manifests = []
+        stage_input, stage_shards = input_url, shards
+        for k, (stage, output_url) in enumerate(zip(stages, output_urls)):
+            fingerprint = fingerprints[k]
+            if k:
+                manifest_sha = hashlib.sha256(storage.read_bytes(Dataset(stage_input).manifest_url)).hexdigest()
+                fingerprint = {**fingerprint, "input": {"manifest_sha256": manifest_sha}}
+                storage.write_json_atomic(storage.join(output_url, FINGERPRINT), fingerprint, output_url)
+            manifest = _manifest(stage, stage_input, output_url, stage_shards, stats[k], engine, {}, fingerprint, started)
+            manifest["fused_with"] = [s.name for s in stages]
+            _finish(stage, output_url, manifest)
+            manifests.append(manifest)
+            stage_input = output_url
+            stage_shards = [InputShard(name=s.name, url=Dataset(output_url).part_url(s.name),
+                                       size_bytes=stats[k][s.name]["part"]["bytes"]) for s in shards]
+    return [_done(stage, manifest) for stage, manifest in zip(stages, manifests)]
+
+
+def _fused_task(fused: FusedStages, task: tuple[InputShard, list[str]]) -> list[dict[str, Any]]:
+    shard, output_urls = task
+    chain = [(stage, Dataset(url)) for stage, url in zip(fused.stages, output_urls)]
+    writers = [_ShardWriters(dataset, shard.name) for _, dataset in chain]
+    started = time.time()
+    try:
+        for result in fused.stages[0].run_shard(shard):
+            writers[0].add(fused.stages[0], shard, result)
+            table = result.kept
+            for (stage, _), writer in zip(chain[1:], writers[1:]):
+                result = stage.process_batch(table)
+                writer.add(stage, shard, result)
+                table = result.kept
+        parts = [w.publish() for w in writers]
+    finally:
+        for writer in writers:
+            writer.discard()
+    commits = []
+    inputs = [shard.url] + [dataset.part_url(shard.name) for _, dataset in chain[:-1]]
+    for (stage, dataset), writer, part, source in zip(chain, writers, parts, inputs):
+        size = shard.size_bytes if source == shard.url else commits[-1]["part"]["bytes"]
+        commits.append(writer.commit(shard, source, size, part, time.time() - started))
+    return commits
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -209,11 +333,14 @@ def _short(value: Any) -> str:
 
 def _stored_fingerprint(output_url: str) -> dict[str, Any] | None:
     url = storage.join(output_url, FINGERPRINT)
-    return storage.read_json(url) if storage.exists(url) else None
+    fs, path = storage.filesystem(url)
+    fs.invalidate_cache(path.rsplit("/", 1)[0])  # other processes write here: never trust a cached listing
+    return storage.read_json(url) if fs.exists(path) else None
 
 
 def _has_any_output(output_url: str) -> bool:
     fs, path = storage.filesystem(output_url)
+    fs.invalidate_cache(path)
     if not fs.exists(path):
         return False
     return any(not p.rstrip("/").endswith(("_lease.json", "/_tmp")) for p in fs.ls(path, detail=False))
@@ -228,7 +355,7 @@ def _clear_output(output_url: str) -> None:
 
 # --------------------------------------------------------------------------- plan and shards
 
-def _plan(stage: DatasetStage, shards, work_url, engine, run, fingerprint, may_plan: bool) -> dict[str, int]:
+def _plan(stage: DatasetStage, shards, work_url, engine, run, fingerprint, may_plan: bool) -> dict[str, float]:
     """The whole-dataset plan: reused when an earlier step of this run wrote it, else made."""
     marker = storage.join(work_url, PLAN_DONE)
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
@@ -245,7 +372,7 @@ def _plan(stage: DatasetStage, shards, work_url, engine, run, fingerprint, may_p
         metrics = (planner or stage.plan)(shards, work_url, run)
     except TaskFailed as failed:  # a map step of the plan: the stage's own error says what is wrong
         raise failed.error from None
-    metrics = {k: int(v) for k, v in sorted((metrics or {}).items())}
+    metrics = dict(sorted((metrics or {}).items()))
     storage.write_json_atomic(marker, {"fingerprint": key, "metrics": metrics,
                                        "elapsed_s": round(time.time() - started, 3)}, work_url)
     log.info("%s: planned in %.1fs", stage.name, time.time() - started)
@@ -269,55 +396,76 @@ def _shard_task(stage: Stage, task: tuple[InputShard, str, str]) -> dict[str, An
 def run_shard(stage: Stage, shard: InputShard, output_url: str, work_url: str | None = None) -> dict[str, Any]:
     """Process one shard and commit it. Runs on a worker of the engine."""
     started = time.time()
-    dataset = Dataset(output_url)
-    kept = _PartWriter(dataset, dataset.part_url(shard.name))
-    dropped = _PartWriter(dataset, dataset.dropped_url(shard.name), DROPPED_SCHEMA)
-    quarantined = _PartWriter(dataset, dataset.quarantine_url(shard.name), QUARANTINE_SCHEMA)
-    counts: Counter = Counter()
-    drop_reasons: Counter = Counter()
-    quarantine_reasons: Counter = Counter()
-    metrics: Counter = Counter()
+    writers = _ShardWriters(Dataset(output_url), shard.name)
     if isinstance(stage, DatasetStage):
         results = stage.apply(shard, work_url or storage.join(output_url, WORK_DIR))
     else:
         results = stage.run_shard(shard)
     try:
         for result in results:
-            n_in = result.counted_in
-            n_out = result.kept.num_rows + result.dropped.num_rows + result.quarantined.num_rows
-            if n_in != n_out:
-                raise CountsDoNotReconcile(
-                    f"{stage.name}: shard {shard.name}: in={n_in} but kept+dropped+quarantined={n_out}"
-                )
-            counts["in"] += n_in
-            counts["kept"] += result.kept.num_rows
-            counts["dropped"] += result.dropped.num_rows
-            counts["quarantined"] += result.quarantined.num_rows
-            drop_reasons.update(_value_counts(result.dropped, "reason"))
-            quarantine_reasons.update(_value_counts(result.quarantined, "reason"))
-            metrics.update(result.metrics)
-            kept.write(result.kept)
-            dropped.write(result.dropped)
-            quarantined.write(result.quarantined)
-        part = kept.publish(always=True)
-        dropped.publish()
-        quarantined.publish()
+            writers.add(stage, shard, result)
+        part = writers.publish()
     finally:
-        for writer in (kept, dropped, quarantined):
+        writers.discard()
+    return writers.commit(shard, shard.url, shard.size_bytes, part, time.time() - started)
+
+
+class _ShardWriters:
+    """One shard's output in one dataset: the kept part, the side tables and the counters;
+    a commit file makes it visible."""
+
+    def __init__(self, dataset: Dataset, name: str):
+        self.dataset = dataset
+        self.kept = _PartWriter(dataset, dataset.part_url(name))
+        self.dropped = _PartWriter(dataset, dataset.dropped_url(name), DROPPED_SCHEMA)
+        self.quarantined = _PartWriter(dataset, dataset.quarantine_url(name), QUARANTINE_SCHEMA)
+        self.counts: Counter = Counter()
+        self.drop_reasons: Counter = Counter()
+        self.quarantine_reasons: Counter = Counter()
+        self.metrics: Counter = Counter()
+
+    def add(self, stage: Stage, shard: InputShard, result: BatchResult) -> None:
+        n_in = result.counted_in
+        n_out = result.kept.num_rows + result.dropped.num_rows + result.quarantined.num_rows
+        if n_in != n_out:
+            raise CountsDoNotReconcile(f"{stage.name}: shard {shard.name}: in={n_in} but kept+dropped+quarantined={n_out}")
+        self.counts["in"] += n_in
+        self.counts["kept"] += result.kept.num_rows
+        self.counts["dropped"] += result.dropped.num_rows
+        self.counts["quarantined"] += result.quarantined.num_rows
+        self.drop_reasons.update(_value_counts(result.dropped, "reason"))
+        self.quarantine_reasons.update(_value_counts(result.quarantined, "reason"))
+        self.metrics.update(result.metrics)
+        self.kept.write(result.kept)
+        self.dropped.write(result.dropped)
+        self.quarantined.write(result.quarantined)
+
+    def publish(self) -> dict[str, Any] | None:
+        part = self.kept.publish(always=True)
+        self.dropped.publish()
+        self.quarantined.publish()
+        return part
+
+    def discard(self) -> None:
+        for writer in (self.kept, self.dropped, self.quarantined):
             writer.discard()
-    commit = {
-        "name": shard.name,
-        "input": shard.url,
-        "counts": {k: counts[k] for k in ("in", "kept", "dropped", "quarantined")},
-        "drop_reasons": dict(sorted(drop_reasons.items())),
-        "quarantine_reasons": dict(sorted(quarantine_reasons.items())),
-        "metrics": dict(sorted(metrics.items())),
-        "input_bytes": shard.size_bytes,
-        "part": part,
-        "elapsed_s": round(time.time() - started, 3),
-    }
-    storage.write_json_atomic(dataset.commit_url(shard.name), commit, output_url)
-    return commit
+
+    def commit(self, shard: InputShard, source_url: str, input_bytes: int, part: dict[str, Any] | None,
+               elapsed_s: float) -> dict[str, Any]:
+        commit = {
+            "name": shard.name,
+            "input": source_url,
+            "counts": {k: self.counts[k] for k in ("in", "kept", "dropped", "quarantined")},
+            "drop_reasons": dict(sorted(self.drop_reasons.items())),
+            "quarantine_reasons": dict(sorted(self.quarantine_reasons.items())),
+            "metrics": dict(sorted(self.metrics.items())),
+            "input_bytes": input_bytes,
+            "part": part,
+            "started_at": round(time.time() - elapsed_s, 3),
+            "elapsed_s": round(elapsed_s, 3),
+        }
+        storage.write_json_atomic(self.dataset.commit_url(shard.name), commit, self.dataset.url)
+        return commit
 
 
 class _PartWriter:
@@ -410,9 +558,12 @@ def _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics,
     counts = {k: totals[k] for k in ("in", "kept", "dropped", "quarantined")}
     if counts["in"] != counts["kept"] + counts["dropped"] + counts["quarantined"]:
         raise CountsDoNotReconcile(f"{stage.name}: counts do not reconcile: {counts}")
-    elapsed = time.time() - started
+    # From the first shard's start: shards committed by earlier tasks of the run (mapped pods
+    # before a manifest step, a resumed run) count in the stage's time.
+    elapsed = time.time() - min([started, *(stats[s.name].get("started_at", started) for s in shards)])
     return {
         "stage": stage.name,
+        "pipeline": stage.context.get("pipeline"),
         "type": fingerprint["type"],
         "declares": declarations(stage),
         "engine": engine.name,

@@ -11,7 +11,8 @@ from tamis.stages import known_types, stage_class
 
 def pipeline_schema() -> dict[str, Any]:
     schema = Pipeline.model_json_schema()
-    schema["properties"].pop("path", None)
+    schema["properties"].pop("path", None)  # the file's own location, not a key in it
+    schema["required"] = [key for key in schema.get("required", []) if key != "path"]
     definitions = schema.setdefault("$defs", {})
     variants = []
     for type_name in known_types():

@@ -33,10 +33,17 @@ def storage_options(url: str) -> dict[str, Any]:
     """
     if not url.startswith("s3://"):
         return {}
-    # Fail in seconds, not minutes, when the endpoint is down.
+    # Fail in seconds, not minutes, when the endpoint is down or stops answering: each request
+    # waits at most the read timeout, and is tried S3_ATTEMPTS times in all (botocore's own
+    # retries are off, so they do not multiply s3fs's).
+    read_timeout = float(os.environ.get("TAMIS_S3_READ_TIMEOUT_S", "30"))
     options: dict[str, Any] = {
-        "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2, "mode": "standard"}},
+        "config_kwargs": {"connect_timeout": min(5.0, read_timeout), "read_timeout": read_timeout,
+                          "retries": {"max_attempts": 1, "mode": "standard"}},
     }
+    import s3fs
+
+    s3fs.S3FileSystem.retries = S3_ATTEMPTS  # s3fs takes it from the class only
     endpoint = s3_endpoint()
     if endpoint:
         options["client_kwargs"] = {"endpoint_url": endpoint}
@@ -44,6 +51,9 @@ def storage_options(url: str) -> dict[str, Any]:
         options["key"] = os.environ["AWS_ACCESS_KEY_ID"]
         options["secret"] = os.environ.get("AWS_SECRET_ACCESS_KEY")
     return options
+
+
+S3_ATTEMPTS = 2
 
 
 def s3_endpoint() -> str | None:

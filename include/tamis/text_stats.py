@@ -1,123 +1,158 @@
-"""Per-document text statistics computed over whole Arrow columns.
+"""Per-document text figures for the quality rules, computed by native code over whole Arrow columns.
 
-A column of documents is split into a flat column of pieces (words, lines, paragraphs)
-plus the index of the document each piece came from; per-document figures are then
-numpy reductions over that index (``bincount``, ``unique``). No Python loop runs per
-document or per piece.
+``native/textscan.c`` reads the UTF-8 buffer of a string column and writes every figure the
+rules need, one C pass per document and no Python per document. It sees each text as the
+normalize stage would leave it (NFC is applied here, to the few documents it can change),
+and splits words as the reference filters do (spaCy 3.8's English tokenizer), with the
+character classes and special cases of ``native/text_tables.json``.
+The library is built at install time (``pip install -e .`` via setup.py, run by
+scripts/setup.sh) and loaded with ctypes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ctypes
+import json
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Sentence-final punctuation across scripts (Latin, CJK, Arabic, Devanagari, Ethiopic, Burmese).
-TERMINAL_PUNCTUATION = ".!?\"'”’»)。！？．…؟।۔።။"
+NATIVE = Path(__file__).resolve().parent / "native"
+
+FLAG_NAMES = (
+    "space", "py_alpha", "unicode_punct", "letter", "word_char", "digit", "sentence_punct", "dt_punct",
+    "dt_terminal", "prefix", "suffix", "period_after", "alpha", "alpha_lower", "alpha_upper", "quote",
+    "icon", "unspaced", "nfc_unsafe",
+)
+SIGNALS = (
+    "chars", "letters", "spaces", "unspaced_letters", "tokens", "words", "word_chars", "alpha_tokens",
+    "hashes", "ellipses", "gopher_lines", "bullet_lines", "ellipsis_lines", "stop_words",
+    "paragraphs", "dup_paragraphs", "dup_paragraph_chars", "lines", "dup_lines", "dup_line_chars",
+    "lorem_ipsum", "curly_bracket", "sentences", "notice_lines",
+    "fineweb_lines", "fineweb_punct_lines", "fineweb_short_lines", "fineweb_dup_chars", "newlines", "nfc_unsafe",
+)
+
+_p = ctypes.c_void_p
+_i64 = ctypes.c_int64
+_i32 = ctypes.c_int32
 
 
-@dataclass
-class Pieces:
-    """Flattened pieces of a batch of documents."""
-
-    values: pa.Array  # the pieces, flat
-    doc: np.ndarray  # int64: the document each piece belongs to
-    n_docs: int
-
-    def per_doc_sum(self, weights: np.ndarray | None = None) -> np.ndarray:
-        return np.bincount(self.doc, weights=weights, minlength=self.n_docs)
-
-    def per_doc_count(self, mask: np.ndarray) -> np.ndarray:
-        return np.bincount(self.doc[mask], minlength=self.n_docs)
-
-    def per_doc_max(self, values: np.ndarray) -> np.ndarray:
-        out = np.zeros(self.n_docs, dtype=values.dtype)
-        np.maximum.at(out, self.doc, values)
-        return out
-
-    def filter(self, mask: np.ndarray) -> "Pieces":
-        return Pieces(self.values.filter(pa.array(mask)), self.doc[mask], self.n_docs)
-
-
-def split(lists: pa.Array, n_docs: int) -> Pieces:
-    """Flatten a list<string> column (one list per document) into :class:`Pieces`."""
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks()
-    values = pc.list_flatten(lists)
-    doc = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    return Pieces(values, doc, n_docs)
-
-
-def lengths(values: pa.Array) -> np.ndarray:
-    return pc.utf8_length(values).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def mask(values: pa.Array) -> np.ndarray:
-    return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
+class _Native:
+    def __init__(self) -> None:
+        found = sorted(NATIVE.glob("_textscan*.so"))
+        if not found:
+            raise RuntimeError(
+                f"tamis: error: the native text scanner is not built (no _textscan*.so in {NATIVE}); "
+                "run scripts/setup.sh (or: pip install -e .) on a machine with a C compiler"
+            )
+        lib = ctypes.CDLL(str(found[-1]))
+        lib.tq_init.argtypes = [_p, _p, _p, _p, _p, _i64, _p, _p, _i64, _p, _p]
+        lib.tq_init.restype = ctypes.c_int
+        lib.tq_signals.argtypes = [_i64, _p, _p, _p, _p, _p, _p, _p, _i32, _i32, _i32, _i32, _i32, _p, _i32, _p, _i32, _p]
+        lib.tq_signals.restype = _i64
+        lib.tq_tokens.argtypes = [_p, _i64, ctypes.c_int, _p, _p, _p, _i64]
+        lib.tq_tokens.restype = _i64
+        tables = json.loads((NATIVE / "text_tables.json").read_text(encoding="utf-8"))
+        flags = np.zeros(0x110000, dtype=np.uint32)
+        for bit, name in enumerate(FLAG_NAMES):
+            for lo, hi in tables["flags"][name]:
+                flags[lo : hi + 1] |= np.uint32(1 << bit)
+        self.flags = flags
+        specials = tables["specials"]
+        sp_chars, sp_off = _code_points(list(specials))
+        pieces = [n for lengths in specials.values() for n in lengths]
+        piece_off = np.concatenate([[0], np.cumsum([len(v) for v in specials.values()])]).astype(np.int64)
+        ad_chars, ad_off = _code_points(tables["currency"] + tables["units"])
+        patterns = [tables["matcher"].get(orth, []) for orth in specials]
+        mt_pieces = np.array([n for p in patterns for n in p] or [0], np.int32)
+        mt_off = np.concatenate([[0], np.cumsum([len(p) for p in patterns])]).astype(np.int64)
+        pieces = np.array(pieces, np.int32)
+        if lib.tq_init(flags.ctypes.data, sp_chars.ctypes.data, sp_off.ctypes.data, pieces.ctypes.data,
+                       piece_off.ctypes.data, len(specials), ad_chars.ctypes.data, ad_off.ctypes.data, len(ad_off) - 1,
+                       mt_pieces.ctypes.data, mt_off.ctypes.data):
+            raise MemoryError("tamis: error: the native text scanner could not allocate its tables")
+        self.lib = lib
 
 
-def counts(values: pa.Array) -> np.ndarray:
-    return pc.fill_null(values, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+@lru_cache(maxsize=1)
+def native() -> _Native:
+    return _Native()
 
 
-def codes(values: pa.Array) -> np.ndarray:
-    """Integer ids such that equal strings get equal ids (within this call)."""
-    if len(values) == 0:
-        return np.zeros(0, dtype=np.int64)
-    encoded = pc.dictionary_encode(values)
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+def _code_points(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    joined = "".join(strings)
+    chars = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).copy() if joined else np.zeros(1, np.uint32)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in strings])]).astype(np.int64)
+    return chars, offsets
 
 
-def repeated(pieces: Pieces, ids: np.ndarray | None = None) -> np.ndarray:
-    """True for each piece equal to an earlier piece of the same document."""
-    ids = codes(pieces.values) if ids is None else ids
-    out = np.ones(len(ids), dtype=bool)
-    if len(ids) == 0:
-        return out
-    key = pieces.doc * (int(ids.max()) + 1) + ids
-    _, first = np.unique(key, return_index=True)
-    out[first] = False
-    return out
+def scan(
+    text: pa.Array,
+    prose: np.ndarray,
+    stop_lang: np.ndarray,
+    stop_lists: list[tuple[str, ...]],
+    short_line_length: int,
+    min_words_per_line: int,
+    top_ns: list[int],
+    dup_ns: list[int],
+    max_word_length: int = 1000,
+    line_requires_terminal_punct: bool = False,
+) -> dict[str, np.ndarray]:
+    """Every figure of ``SIGNALS`` per document, plus ``top_<n>`` and ``dup_<n>`` (characters)."""
+    text = text.cast(pa.large_string())
+    stops = _code_points([w for words in stop_lists for w in words])
+    lang_first = np.concatenate([[0], np.cumsum([len(w) for w in stop_lists])]).astype(np.int64)
+    settings = (stops, lang_first, short_line_length, min_words_per_line, max_word_length, int(line_requires_terminal_punct),
+                np.array(top_ns or [0], np.int32), len(top_ns), np.array(dup_ns or [0], np.int32), len(dup_ns))
+    prose = np.ascontiguousarray(prose, dtype=np.uint8)
+    stop_lang = np.ascontiguousarray(stop_lang, dtype=np.int32)
+    out = _run(text, prose, stop_lang, settings)
+    # NFC can change only the texts holding a character whose quick check is not Yes: those few
+    # are normalized (Arrow's utf8proc) and scanned again.
+    again = np.flatnonzero(out[SIGNALS.index("nfc_unsafe")] > 0)
+    if len(again):
+        rows = pa.array(again, pa.int64())
+        normalized = pc.utf8_normalize(text.take(rows), "NFC")
+        out[:, again] = _run(normalized, prose[again], stop_lang[again], settings)
+    n = len(text)
+    result = {name: out[i, :n] for i, name in enumerate(SIGNALS)}
+    for j, k in enumerate(top_ns):
+        result[f"top_{k}"] = out[len(SIGNALS) + j, :n]
+    for j, k in enumerate(dup_ns):
+        result[f"dup_{k}"] = out[len(SIGNALS) + len(top_ns) + j, :n]
+    return result
 
 
-def ngram_fractions(
-    words: Pieces, word_ids: np.ndarray, word_chars: np.ndarray, top_ns: list[int], dup_ns: list[int]
-) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """Gopher repetition signals, as fractions of each document's word characters.
+def _run(text: pa.Array, prose: np.ndarray, stop_lang: np.ndarray, settings: tuple) -> np.ndarray:
+    (stop_chars, stop_off), lang_first, short_line, min_words, max_word, terminal, tops, n_top, dups, n_dup = settings
+    n = len(text)
+    _, offsets_buf, data_buf = text.buffers()
+    offsets = np.ascontiguousarray(np.frombuffer(offsets_buf, dtype=np.int64)[text.offset : text.offset + n + 1])
+    data_address = data_buf.address if data_buf is not None and data_buf.size else np.zeros(1, np.uint8).ctypes.data
+    out = np.zeros((len(SIGNALS) + n_top + n_dup, max(n, 1)), dtype=np.float64)
+    status = native().lib.tq_signals(
+        n, offsets.ctypes.data, data_address, prose.ctypes.data, stop_lang.ctypes.data, stop_chars.ctypes.data,
+        stop_off.ctypes.data, lang_first.ctypes.data, len(lang_first) - 1, short_line, min_words, max_word, terminal,
+        tops.ctypes.data, n_top, dups.ctypes.data, n_dup, out.ctypes.data,
+    )
+    if status:
+        raise MemoryError("tamis: error: the native text scanner ran out of memory")
+    return out[:, :n] if n else out[:, :0]
 
-    top[n]: characters covered by the most frequent n-gram (its length times its count).
-    dup[n]: characters of words inside a repeated occurrence of any n-gram.
-    """
-    n_words = len(word_ids)
-    total = np.maximum(words.per_doc_sum(word_chars), 1)
-    cumulative = np.concatenate([[0], np.cumsum(word_chars)])
-    top: dict[int, np.ndarray] = {}
-    dup: dict[int, np.ndarray] = {}
-    for n in sorted(set(top_ns) | set(dup_ns)):
-        m = n_words - n + 1
-        if m <= 0:
-            top[n] = np.zeros(words.n_docs)
-            dup[n] = np.zeros(words.n_docs)
-            continue
-        starts = np.flatnonzero(words.doc[:m] == words.doc[n - 1 :])
-        # A polynomial hash of the n word ids, salted with the document (uint64 wraps).
-        key = words.doc[starts].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        for k in range(n):
-            key = key * np.uint64(1_000_003) + word_ids[starts + k].astype(np.uint64)
-        _, first, count = np.unique(key, return_index=True, return_counts=True)
-        if n in top_ns:
-            ngram_chars = cumulative[starts[first] + n] - cumulative[starts[first]]
-            top[n] = np.zeros(words.n_docs)
-            np.maximum.at(top[n], words.doc[starts[first]], (count * ngram_chars).astype(np.float64))
-            top[n] = top[n] / total
-        if n in dup_ns:
-            again = np.ones(len(starts), dtype=bool)
-            again[first] = False
-            cover = np.zeros(n_words + 1, dtype=np.int64)
-            np.add.at(cover, starts[again], 1)
-            np.add.at(cover, starts[again] + n, -1)
-            covered = np.cumsum(cover[:-1]) > 0
-            dup[n] = words.per_doc_sum(word_chars * covered) / total
-    return top, dup
+
+def words(text: str, prose: bool = True) -> list[str]:
+    """The words the rules count in one text (seen as normalize leaves it), for tests and tools."""
+    lib = native().lib
+    data = unicodedata.normalize("NFC", text).encode("utf-8")
+    points = np.zeros(len(data) + 1, np.uint32)
+    length = np.zeros(1, np.int64)
+    spans = np.zeros(2 * (len(data) + 1), np.int32)
+    count = lib.tq_tokens(data, len(data), int(prose), points.ctypes.data, length.ctypes.data, spans.ctypes.data, len(data) + 1)
+    if count < 0:
+        raise MemoryError("tamis: error: the native text scanner ran out of memory")
+    canonical = points[: length[0]].tobytes().decode("utf-32-le")
+    return [canonical[spans[2 * k] : spans[2 * k] + spans[2 * k + 1]] for k in range(count)]

@@ -14,6 +14,7 @@ trained on the corpus itself, with an end-of-text and a padding token.
 from __future__ import annotations
 
 import argparse
+import sys
 import gzip
 import json
 from pathlib import Path
@@ -218,7 +219,7 @@ def _text_batches(url: str, column: str) -> Iterator[list[str]]:
             yield batch
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tamis.tokenizer", description="Train a byte-level BPE tokenizer.")
     parser.add_argument("dataset_url", help="tamis dataset URL, or a .parquet/.jsonl/.jsonl.gz file")
     parser.add_argument("output_path", help="tokenizer.json path, or a folder to hold it")
@@ -227,11 +228,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-frequency", type=int, default=2)
     parser.add_argument("--max-docs", type=int, default=None)
     args = parser.parse_args(argv)
-    out = train_tokenizer(
-        args.dataset_url, args.output_path, args.vocab_size, args.text_column, args.min_frequency, args.max_docs
-    )
+    try:
+        out = train_tokenizer(
+            args.dataset_url, args.output_path, args.vocab_size, args.text_column, args.min_frequency, args.max_docs
+        )
+    except (ValueError, OSError, LookupError) as exc:
+        print(f"tamis: error: {exc}", file=sys.stderr)
+        return 2
     print(out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -94,7 +94,8 @@ def stage_tasks(pipeline: Pipeline, stage: str, argv: list[str], pipeline_ref: s
 def build_corpus_dag(pipeline_name: str = "default", dag_id: str = "corpus_build") -> DAG:
     pipeline = checked_pipeline(pipeline_name)
     pipeline_ref = "{{ params.pipeline }}"
-    known = sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+    # A DAG built from a YAML path outside include/pipelines offers that path.
+    known = sorted({*(p.stem for p in PIPELINES_DIR.glob("*.yaml")), pipeline_name})
     with DAG(
         dag_id=dag_id,
         description=f"Build a training corpus from the sources of pipeline {pipeline.name!r}",
@@ -105,7 +106,7 @@ def build_corpus_dag(pipeline_name: str = "default", dag_id: str = "corpus_build
         default_args=default_args(pipeline),
         tags=["tamis", "corpus"],
         params={
-            "pipeline": Param(pipeline.name, type="string", enum=known,
+            "pipeline": Param(pipeline_name, type="string", enum=known,
                               description="pipeline config under include/pipelines (same stages as this DAG)"),
             "sources": Param([], type="array", items={"type": "string"},
                              description="sources to ingest; empty means every source of the pipeline"),

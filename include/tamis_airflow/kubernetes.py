@@ -43,6 +43,15 @@ def kubernetes_config(pipeline: Pipeline) -> KubernetesExecution:
     return pipeline.execution.kubernetes
 
 
+def pod_connections(pipeline: Pipeline) -> list[str]:
+    """Airflow connections whose Secrets every pod gets: the configured ones, and the storage
+    connection when the store is S3 (a pod cannot read the data without it)."""
+    names = list(kubernetes_config(pipeline).connections)
+    if pipeline.storage_root.startswith("s3://") and pipeline.storage_connection not in names:
+        names.append(pipeline.storage_connection)
+    return names
+
+
 def connection_secret_name(conn_id: str) -> str:
     return check_dns_label(CONNECTION_SECRET_PREFIX + re.sub(r"[^a-z0-9-]+", "-", conn_id.lower()).strip("-"))
 
@@ -54,7 +63,7 @@ def _pod_kwargs(pipeline: Pipeline, cfg: KubernetesExecution) -> dict[str, Any]:
     from kubernetes.client import models as k8s
     from airflow.providers.cncf.kubernetes.secret import Secret
 
-    secret_names = [*cfg.secrets, *(connection_secret_name(c) for c in cfg.connections)]
+    secret_names = [*cfg.secrets, *(connection_secret_name(c) for c in pod_connections(pipeline))]
     timeout = cfg.execution_timeout_s or pipeline.orchestration.task_timeout_s
     return {
         "kubernetes_conn_id": cfg.kubernetes_conn_id,
@@ -179,7 +188,7 @@ def spark_application(pipeline: Pipeline, stage: str, arguments: list[str]) -> d
     env = [{"name": k, "value": v} for k, v in cfg.env.items()]
     env_from = ([{"configMapRef": {"name": n}} for n in cfg.config_maps]
                 + [{"secretRef": {"name": n}} for n in cfg.secrets]
-                + [{"secretRef": {"name": connection_secret_name(c)}} for c in cfg.connections])
+                + [{"secretRef": {"name": connection_secret_name(c)}} for c in pod_connections(pipeline)])
     tolerations = [{k: v for k, v in {"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect,
                                       "tolerationSeconds": t.toleration_seconds}.items() if v is not None}
                    for t in cfg.tolerations]

@@ -9,20 +9,22 @@ its thread pool.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 from functools import lru_cache
 from html import escape
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tamis import report, storage
 from tamis.dataset import Dataset
-from tamis.pipeline import ConfigError, load_pipeline
+from tamis.pipeline import ConfigError, load_pipeline, safe_run_id
 from tamis_reports import charts
 
 URL_PREFIX = "/tamis"
@@ -30,10 +32,22 @@ URL_PREFIX = "/tamis"
 REPORTED_DAGS = ("corpus_build", "nightly_ingest")
 RUNS_SHOWN = 100
 TEXT_CHARS = 400  # of each record in the browser
+RECORDS_PER_PAGE = 25
 HISTOGRAM_ROWS = 500_000  # a page reads at most this many values per histogram
 
 app = FastAPI(title="tamis data-quality reports", docs_url=None, redoc_url=None, openapi_url=None)
 _bearer = HTTPBearer(auto_error=False)
+
+
+@app.middleware("http")
+async def _security_headers(request: Request, call_next):
+    """The pages run no script and load nothing from elsewhere; the policy says so, so that
+    text from a corpus that slipped past escaping could still do nothing."""
+    response = await call_next(request)
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
 
 
 class LoginRequired(Exception):
@@ -175,6 +189,12 @@ def runs_page(request: Request, user=Depends(_user)):
     else:
         body = ('<table id="runs"><thead><tr><th>DAG</th><th>run</th><th>state</th><th>date</th><th>pipeline</th>'
                 '<th>progress</th><th>documents out</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+    if dags:
+        from tamis.pipeline import PIPELINES_DIR
+
+        trends = " · ".join(f'<a class="trends" href="{URL_PREFIX}/pipelines/{quote(p.stem, safe="")}/trends">{escape(p.stem)}</a>'
+                            for p in sorted(PIPELINES_DIR.glob("*.yaml")))
+        body = f'<p class="meta">Trends and drift across runs, by pipeline: {trends}</p>{body}'
     return _page("Runs", f"<h1>Data-quality reports</h1>{body}")
 
 
@@ -188,15 +208,17 @@ def run_page(dag_id: str, run_id: str, user=Depends(_user)):
         return _page(title, head + '<p class="message" id="no-data">This run has not written any dataset yet '
                      f'(no folder at <code>{escape(run_url)}</code>).</p>', crumbs=True)
     data = report.run_report(run_url, stages)
-    sections = [head, _stage_table(data), _funnel_section(data), _reasons_section(data),
-                _distributions(data), _clusters_section(data), _pii_section(data), _gates_section(data),
+    links = RunLinks(run["pipeline"], safe_run_id(run_id))
+    sections = [head, _run_facts(run_url, links), _stage_table(data, links), _funnel_section(data),
+                _reasons_section(data, links), _distributions(data), _clusters_section(data, links),
+                _pii_section(data, links), _gates_section(data),
                 f'<p><a id="browse" href="{_run_href(dag_id, run_id)}/records">Browse records</a></p>']
     return _page(title, "".join(sections), crumbs=True)
 
 
 @app.get("/dags/{dag_id}/runs/{run_id}/records", response_class=HTMLResponse)
 def records_page(dag_id: str, run_id: str, stage: str = "", id: str = "", source: str = "", lang: str = "",
-                 user=Depends(_user)):
+                 status: str = "kept", offset: int = Query(0, ge=0), user=Depends(_user)):
     run, stages, run_url = _resolve(dag_id, run_id, user)
     done = [s for s in stages if report.stage_status(storage.join(run_url, s))["status"] == "done"]
     if not done:
@@ -205,14 +227,26 @@ def records_page(dag_id: str, run_id: str, stage: str = "", id: str = "", source
     stage = stage or next((s for s in reversed(done) if "text" in report.dataset_columns(storage.join(run_url, s))), done[-1])
     if stage not in done:
         raise HTTPException(404, f"stage {stage!r} has no finished dataset in run {run_id!r}; finished: {', '.join(done)}")
+    if status not in ("kept", "dropped"):
+        raise HTTPException(404, f"status {status!r}: kept or dropped")
+    links = RunLinks(run["pipeline"], safe_run_id(run_id))
     stage_url = storage.join(run_url, stage)
     columns = report.dataset_columns(stage_url)
     stamp = _finished_at(stage_url)
     sources = [v for v, _ in _value_counts(stage_url, "source", stamp, 200)] if "source" in columns else []
     langs = [v for v, _ in _value_counts(stage_url, "lang", stamp, 200)] if "lang" in columns else []
-    found = report.find_records(stage_url, record_id=id.strip() or None, source=source or None, lang=lang or None,
-                               text_chars=TEXT_CHARS)
+    index_url = report.index_of(run_url, done, stage)
+    via = ""
+    if status == "dropped":
+        found = _dropped_records(stage_url, links, offset)
+    elif index_url is not None and not id.strip():
+        found = report.indexed_records(index_url, {"source": source, "lang": lang}, offset, RECORDS_PER_PAGE, TEXT_CHARS)
+        via = f" (through the index of {escape(index_url.rstrip('/').rsplit('/', 1)[-1])})"
+    else:
+        found = report.find_records(stage_url, record_id=id.strip() or None, source=source or None, lang=lang or None,
+                                   limit=RECORDS_PER_PAGE, text_chars=TEXT_CHARS, offset=offset)
     form = (f'<form method="get" id="filter"><label>stage {_select("stage", done, stage, empty=False)}</label> '
+            f'<label>records {_select("status", ["kept", "dropped"], status, empty=False)}</label> '
             f'<label>id <input name="id" value="{escape(id)}" size="40"></label> '
             f'<label>source {_select("source", sources, source)}</label> ')
     if langs:
@@ -222,15 +256,39 @@ def records_page(dag_id: str, run_id: str, stage: str = "", id: str = "", source
         head = "".join(f"<th>{escape(c)}</th>" for c in found["columns"])
         body = "".join(
             "<tr class=\"record\">" + "".join(
-                f'<td class="{escape(c)}">{escape("" if r.get(c) is None else str(r[c]))}</td>' for c in found["columns"]
+                f'<td class="{escape(c)}">{_record_cell(c, r, links)}</td>' for c in found["columns"]
             ) + "</tr>" for r in found["rows"])
         result = f'<table id="records"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
     else:
         result = f'<p class="message" id="no-records">{escape(found["message"] or "no record matches")}</p>'
+    base = f"{_run_href(dag_id, run_id)}/records?" + urlencode(
+        {k: v for k, v in {"stage": stage, "status": status, "id": id, "source": source, "lang": lang}.items() if v})
+    pager = ""
+    if offset or found.get("next_offset") is not None:
+        pager = '<p class="pager">' + (f'<a id="previous" href="{escape(base)}&offset={max(offset - RECORDS_PER_PAGE, 0)}">'
+                                      "previous</a> " if offset else "")
+        pager += (f'<a id="next" href="{escape(base)}&offset={found["next_offset"]}">next</a>'
+                  if found.get("next_offset") is not None else "") + "</p>"
     title = f"records of {dag_id} / {run_id}"
     back = f'<p><a href="{_run_href(dag_id, run_id)}">Back to the report</a></p>'
-    return _page(title, f"<h1>Records: {escape(stage)}</h1>{back}{form}<p class=\"meta\">first 25 matches; texts cut "
-                 f"at {TEXT_CHARS} characters</p>{result}", crumbs=True)
+    return _page(title, f"<h1>Records: {escape(stage)}</h1>{back}{form}<p class=\"meta\">{RECORDS_PER_PAGE} per page{via}; "
+                 f"texts cut at {TEXT_CHARS} characters</p>{result}{pager}", crumbs=True)
+
+
+def _dropped_records(stage_url: str, links: RunLinks, offset: int) -> dict:
+    data = report.dropped_examples(stage_url, None, offset, RECORDS_PER_PAGE)
+    rows = [{"id": r["id"], "source": r["source"], "reason": r["reason"], "detail": r["detail"],
+             "text": None if r["snippet"] is None else r["snippet"]["before"][:TEXT_CHARS]} for r in data["rows"]]
+    return {"columns": ["id", "source", "reason", "detail", "text"], "rows": rows, "next_offset": data["next_offset"],
+            "message": None if rows else "this stage dropped no document"}
+
+
+def _record_cell(column: str, row: dict, links: RunLinks) -> str:
+    value = row.get(column)
+    text = escape("" if value is None else str(value))
+    if column == "id" and value:
+        return f'<a href="{escape(links.document(str(value)))}">{text}</a>'
+    return text
 
 
 def _resolve(dag_id: str, run_id: str, user):
@@ -250,14 +308,69 @@ def _resolve(dag_id: str, run_id: str, user):
 # --------------------------------------------------------------------------- sections
 
 
-def _stage_table(data: dict) -> str:
+class RunLinks:
+    """Where the documents behind a run's numbers are: the pages keyed by the run's folder."""
+
+    def __init__(self, pipeline: str, folder: str):
+        self.pipeline, self.folder = pipeline, folder
+
+    def _href(self, *parts: str, **query: str) -> str:
+        query = {k: v for k, v in query.items() if v}
+        path = "/".join([URL_PREFIX, "pipelines", quote(self.pipeline, safe=""), *parts])
+        return path + ("?" + urlencode(query) if query else "")
+
+    def examples(self, stage: str = "", **query: str) -> str:
+        return self._href("runs", self.folder, "examples", stage=stage, **query)
+
+    def cluster(self, stage: str, doc_id: str) -> str:
+        return self._href("runs", self.folder, "clusters", stage=stage, id=doc_id)
+
+    def document(self, doc_id: str) -> str:
+        return self._href("runs", self.folder, "documents", id=doc_id)
+
+    def trends(self) -> str:
+        return self._href("trends")
+
+    def compare(self) -> str:
+        return self._href("compare", a=self.folder)
+
+
+def _count_link(value: int, href: str | None) -> str:
+    return f'<a href="{escape(href)}">{charts.number(value)}</a>' if href and value else charts.number(value)
+
+
+def _run_facts(run_url: str, links: RunLinks) -> str:
+    """Where the run is tracked, what its drift check said, and where to go next."""
+    from tamis.tracking import read_pointer
+    from tamis.trends import DRIFT_FILE
+
+    facts = [f'<a id="examples-index" href="{escape(links.examples())}">documents behind every number</a>',
+             f'<a id="trends" href="{escape(links.trends())}">trends of pipeline {escape(links.pipeline)}</a>',
+             f'<a id="compare" href="{escape(links.compare())}">compare with another run</a>']
+    pointer = read_pointer(run_url)
+    if pointer:
+        facts.append(f'MLflow run <code id="mlflow-run" title="{escape(pointer.get("tracking_uri", ""))}">'
+                     f'{escape(pointer.get("run_id", ""))}</code> (experiment {escape(pointer.get("experiment", ""))})')
+    drift_url = storage.join(run_url, DRIFT_FILE)
+    if storage.exists(drift_url):
+        drift = storage.read_json(drift_url)
+        facts.append(f'drift check of {escape(str(drift.get("date")))}: <b id="drift" data-status="{escape(drift.get("status", ""))}">'
+                     f'{escape(drift.get("status", ""))}</b>' + (f' ({len(drift.get("breaches", []))} rates)' if drift.get("breaches") else ""))
+    return '<p class="meta">' + " · ".join(facts) + "</p>"
+
+
+def _stage_table(data: dict, links: RunLinks) -> str:
     rows = []
     for s in data["stages"]:
         gate = s["gate"]
         gate_cell = "—" if gate is None else ("passed" if gate["success"] else "FAILED")
         if s["status"] == "done":
             c = s["counts"]
-            cells = "".join(f'<td class="num" data-count="{k}">{charts.number(c[k])}</td>' for k in ("in", "kept", "dropped", "quarantined"))
+            targets = {"dropped": links.examples(s["stage"], kind="dropped"),
+                       "quarantined": links.examples(s["stage"], kind="quarantined",
+                                                     rule=next(iter(s["quarantine_reasons"]), ""))}
+            cells = "".join(f'<td class="num" data-count="{k}">{_count_link(c[k], targets.get(k))}</td>'
+                            for k in ("in", "kept", "dropped", "quarantined"))
             rate = (c["dropped"] + c["quarantined"]) / c["in"] if c["in"] else 0.0
             cells += f'<td class="num">{rate:.1%}</td><td class="num">{s["elapsed_s"] or 0:.1f}</td>'
         else:
@@ -276,13 +389,14 @@ def _funnel_section(data: dict) -> str:
     return f'<h2>Funnel</h2><div class="figure">{charts.funnel(rows)}</div>'
 
 
-def _reasons_section(data: dict) -> str:
+def _reasons_section(data: dict, links: RunLinks) -> str:
     rows = report.reasons_by_rule(data)
     if not rows:
         return "<h2>Drop reasons</h2><p class=\"message\">No document was dropped or quarantined.</p>"
     items = [(f'{r["stage"]}: {r["rule"]}', r["count"]) for r in rows]
     table = "".join(f'<tr data-stage="{escape(r["stage"])}" data-rule="{escape(r["rule"])}"><td>{escape(r["stage"])}</td>'
-                    f'<td>{escape(r["rule"])}</td><td>{r["kind"]}</td><td class="num">{charts.number(r["count"])}</td></tr>'
+                    f'<td>{escape(r["rule"])}</td><td>{r["kind"]}</td><td class="num">'
+                    f'{_count_link(r["count"], links.examples(r["stage"], kind=r["kind"], rule=r["rule"]))}</td></tr>'
                     for r in rows)
     return (f'<h2>Drop reasons</h2><div class="figure">{charts.hbars(items, "documents by drop rule", charts.DROPPED, 230)}</div>'
             '<table id="reasons"><thead><tr><th>stage</th><th>rule</th><th>kind</th><th>documents</th></tr></thead>'
@@ -335,7 +449,7 @@ def _histogram_block(url: str, column: str, stage: str, title: str, unit: str, e
             f"{charts.histogram(h['edges'], h['counts'], title, unit)}<p class=\"meta\">{stats}</p></div>")
 
 
-def _clusters_section(data: dict) -> str:
+def _clusters_section(data: dict, links: RunLinks) -> str:
     blocks = []
     for s in data["stages"]:
         if s["status"] != "done":
@@ -344,7 +458,8 @@ def _clusters_section(data: dict) -> str:
         if samples is None:
             continue
         items = "".join(
-            f'<div class="cluster"><p><b>{c["size"]} documents</b>{_similarity(c["similarity"])}</p>'
+            f'<div class="cluster"><p><b><a class="cluster-link" href="{escape(links.cluster(s["stage"], c["survivor_id"]))}">'
+            f'{c["size"]} documents</a></b>{_similarity(c["similarity"])}</p>'
             f'<p class="doc"><span class="id">{escape(c["survivor_id"])} (kept)</span>{escape(c["survivor_text"])}</p>'
             f'<p class="doc"><span class="id">{escape(c["duplicate_id"] or "")} (dropped)</span>{escape(c["duplicate_text"])}</p></div>'
             for c in samples["clusters"])
@@ -357,12 +472,15 @@ def _similarity(value: float | None) -> str:
     return "" if value is None else f" · estimated similarity {value}"
 
 
-def _pii_section(data: dict) -> str:
+def _pii_section(data: dict, links: RunLinks) -> str:
     blocks = []
     for s in data["stages"]:
         if s["status"] == "done" and s["pii"]:
+            types = " · ".join(f'<a href="{escape(links.examples(s["stage"], kind="pii", entity=t))}">{escape(t)} '
+                               f'({charts.number(c)})</a>' for t, c in s["pii"].items())
             blocks.append(f'<h3>{escape(s["stage"])}</h3><div class="figure" id="pii">'
-                          f'{charts.hbars(list(s["pii"].items()), "PII entities found by type")}</div>')
+                          f'{charts.hbars(list(s["pii"].items()), "PII entities found by type")}</div>'
+                          f'<p class="meta pii-types">documents with: {types}</p>')
     return ("<h2>PII found (counts by entity type)</h2>" + "".join(blocks)) if blocks else ""
 
 
@@ -408,7 +526,21 @@ td.state.success{color:#2f855a} td.state.failed{color:#c53030}
 .doc .id{display:block;color:#4a5568;font-family:monospace} td.text{white-space:pre-wrap;font-size:12px;max-width:560px} td.date{white-space:nowrap}
 details.gate{margin:4px 0;font-size:13px} details.gate table{margin-left:16px}
 nav{font-size:13px;margin-bottom:6px} form label{margin-right:10px;font-size:13px}
+mark{background:#fefcbf;outline:1px solid #d69e2e} .changed{background:#fed7d7} .after .changed{background:#c6f6d5}
+.example{border-bottom:1px solid #e2e8f0;padding:4px 0} .pair,.cluster-grid{display:flex;gap:10px;align-items:flex-start}
+.side,.member{flex:1;min-width:0;border:1px solid #e2e8f0;padding:4px 8px} .member.survivor{border-color:#2f855a}
+.cluster-grid{flex-wrap:wrap} .member{flex:1 1 30%;max-width:32%} .member .text{max-height:260px;overflow:auto}
+.member a.document{word-break:break-all}
+.text{white-space:pre-wrap;font-size:12px} h4{font-size:12px;margin:2px 0;color:#4a5568} .pager{font-size:13px}
+tr.breach td{background:#fff5f5} td.diff{font-weight:600}
 """
+
+# The one inline style sheet is allowed by its hash; the Airflow UI shows the pages in a frame.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; "
+    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()}'; "
+    "img-src 'self' data:; form-action 'self'; frame-ancestors 'self'; base-uri 'none'"
+)
 
 
 def _page(title: str, body: str, crumbs: bool = False) -> str:
@@ -425,3 +557,6 @@ def _select(name: str, values: list[str], chosen: str, empty: bool = True) -> st
     options = ['<option value="">any</option>'] if empty else []
     options += [f'<option value="{escape(v)}"{" selected" if v == chosen else ""}>{escape(v)}</option>' for v in values]
     return f'<select name="{name}">{"".join(options)}</select>'
+
+
+from tamis_reports import views  # noqa: E402,F401  (the pages across runs register on this app)

@@ -108,3 +108,64 @@ def histogram(edges: list[float], counts: list[int], label: str, unit: str = "")
 
 def _clip(text: str, size: int) -> str:
     return text if len(text) <= size else text[: size - 1] + "…"
+
+
+PALETTE = ("#3182ce", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#319795", "#b7791f", "#4a5568")
+BREACH = "#c53030"
+
+
+def lines(labels: list[str], series: list[dict], label: str, percent: bool = False, height: int = 160,
+          titles: list[str] | None = None) -> str:
+    """Values over runs: one line per series (``name``, ``values`` with None for a run without
+    it, optional ``links`` and ``breaches`` per run), ``labels`` under the axis and ``titles``
+    (default: the labels) in each point's tooltip. Each point is a link when it has one, and
+    a breached point is drawn larger, in red, with class ``breach``."""
+    titles = titles or labels
+    left, right, top, bottom = 56, 150, 12, 30
+    plot_w, plot_h = WIDTH - left - right, height - top - bottom
+    values = [v for s in series for v in s["values"] if v is not None]
+    peak = max(values, default=0.0) or 1.0
+    n = max(len(labels), 1)
+    step = plot_w / max(n - 1, 1)
+
+    def x(i: int) -> float:
+        return left + (i * step if n > 1 else plot_w / 2)
+
+    def y(v: float) -> float:
+        return top + plot_h - v / peak * plot_h
+
+    def fmt(v: float) -> str:
+        return f"{v:.1%}" if percent else number(round(v, 3))
+
+    body = [f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#999"/>']
+    for frac in (0.5, 1.0):
+        body.append(f'<line x1="{left}" y1="{y(peak * frac):.1f}" x2="{left + plot_w}" y2="{y(peak * frac):.1f}" stroke="#eee"/>'
+                    f'<text x="{left - 6}" y="{y(peak * frac) + 4:.1f}" text-anchor="end">'
+                    f'{f"{peak * frac:.0%}" if percent and peak * frac >= 0.1 else fmt(peak * frac) if percent else short(peak * frac)}</text>')
+    every = max(1, (n + 7) // 8)
+    for i, text in enumerate(labels):
+        if i % every == 0 or i == n - 1:
+            body.append(f'<text x="{x(i):.1f}" y="{height - 10}" text-anchor="middle" font-size="10">{escape(text)}</text>')
+    for k, s in enumerate(series):
+        color = PALETTE[k % len(PALETTE)]
+        points = [(x(i), y(v)) for i, v in enumerate(s["values"]) if v is not None]
+        if len(points) > 1:
+            path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+            body.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        links = s.get("links") or [None] * len(labels)
+        breaches = s.get("breaches") or [False] * len(labels)
+        for i, v in enumerate(s["values"]):
+            if v is None:
+                continue
+            hot = bool(breaches[i])
+            dot = (f'<circle class="point{" breach" if hot else ""}" cx="{x(i):.1f}" cy="{y(v):.1f}" r="{5 if hot else 3}" '
+                   f'fill="{BREACH if hot else color}" data-series="{escape(s["name"])}" data-run="{escape(labels[i])}" '
+                   f'data-value="{v:.6g}"><title>{escape(s["name"])} · {escape(titles[i])}: {fmt(v)}'
+                   f'{" (drift)" if hot else ""}</title></circle>')
+            body.append(f'<a href="{escape(links[i])}">{dot}</a>' if links[i] else dot)
+        legend_y = top + 12 + k * 15
+        body.append(f'<rect x="{left + plot_w + 12}" y="{legend_y - 9}" width="10" height="10" fill="{color}"/>'
+                    f'<text x="{left + plot_w + 26}" y="{legend_y}">{escape(_clip(s["name"], 20))}</text>')
+    if not series:
+        body.append(f'<text x="{left}" y="{top + 20}">nothing to show</text>')
+    return _svg(height, body, label, "lines")

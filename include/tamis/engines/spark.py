@@ -70,7 +70,9 @@ class SparkEngine:
 
     @classmethod
     def connect(cls, master: str | None = None, conf: dict[str, str] | None = None) -> "SparkEngine":
-        return cls(session(master, conf))
+        engine = cls(session(master, conf))
+        log.info("spark: running on %s with %d cores", engine.session.sparkContext.master, engine.workers)
+        return engine
 
     @property
     def workers(self) -> int:

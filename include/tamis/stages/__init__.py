@@ -32,6 +32,11 @@ BUILT_IN: dict[str, str] = {
     "pack": "tamis.stages.pack:Pack",
     "mix": "tamis.stages.mix:Mix",
     "index": "tamis.stages.index:IndexStage",
+    "url_filter": "tamis.stages.url_filter:UrlFilter",
+    "domain_cap": "tamis.stages.domain_cap:DomainCap",
+    "safety": "tamis.stages.safety:ContentSafety",
+    "decontaminate": "tamis.stages.decontaminate:Decontaminate",
+    "repeated_lines": "tamis.stages.repeated_lines:RepeatedLines",
 }
 
 

@@ -14,18 +14,29 @@ so a document the corpus already holds is dropped without its text being read ag
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from tamis import storage
 from tamis.corpus import content_hashes, corpus_state, hash_files, known_hashes
-from tamis.stage import CorpusContext, DropListStage, InputShard, StageParams, write_drop_plan
+from tamis.stage import (
+    CorpusContext,
+    DropListStage,
+    InputShard,
+    StageParams,
+    write_drop_plan,
+)
 
 REASON = "exact_duplicate"
 _HASH_BYTES = 16
+# Plan memory per document: its hash, shard and row numbers, its id, and the sort's indices.
+STATE_BYTES_PER_ROW = 96
 # Spark takes no fixed-size binary: hashes travel as plain binary there.
 _HASHED_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("id", pa.string()), ("hash", pa.binary())])
 
@@ -37,6 +48,10 @@ class ExactDedupParams(StageParams):
     corpus_url: str | None = None
     # The partition being replaced by this run is not compared against itself.
     exclude_partition: str | None = None
+    # Plan state held at once (hashes, ids and positions, about STATE_BYTES_PER_ROW a
+    # document); beyond it the hashes are partitioned on disk and each partition is
+    # deduplicated alone, so the memory does not grow with the corpus.
+    memory_budget_mb: int = Field(default=1024, ge=8)
 
 
 class ExactDedup(DropListStage):
@@ -61,6 +76,11 @@ class ExactDedup(DropListStage):
     # -- plan ----------------------------------------------------------------------------
 
     def plan(self, shards: list[InputShard], work_url: str, engine) -> dict[str, int]:
+        files = hash_files(self.params.corpus_url, self.params.exclude_partition) if self.params.corpus_url else []
+        rows = sum(_footer_rows(s.url) for s in shards) + sum(_footer_rows(url) for url in files)
+        partitions = max(1, math.ceil(rows * STATE_BYTES_PER_ROW / (self.params.memory_budget_mb << 20)))
+        if partitions > 1:
+            return self._plan_on_disk(shards, files, work_url, engine, partitions)
         hashed = engine.map(_hash_shard, [s.url for s in shards])
         names = [s.name for s in shards]
         if self.params.corpus_url:
@@ -70,7 +90,28 @@ class ExactDedup(DropListStage):
         duplicates = find_duplicates(names, hashed)
         for name, (rows, survivors) in duplicates.items():
             write_drop_plan(work_url, name, rows, survivors)
+        # Only a plan that spilled reports partitions: the count is the local engine's, and
+        # the in-memory plan must report what Spark's does.
         return {"exact_dedup.corpus_documents": len(hashed[0][1]) if self.params.corpus_url else 0}
+
+    def _plan_on_disk(self, shards: list[InputShard], files: list[str], work_url: str, run, partitions: int) -> dict[str, int]:
+        """The same plan with bounded memory: every row's (shard, row, id, hash) is written to
+        the partition its hash falls in, each partition is sorted and deduplicated alone
+        (a hash lives in one partition, so its first copy is found there), and each shard's
+        duplicates are gathered from the partitions last. Corpus files get shard numbers
+        -n..-1, so they come first, as in memory."""
+        folder = storage.join(work_url, "hashes")
+        run.map(_partition_rows, [(i, s.url, partitions, folder, False) for i, s in enumerate(shards)])
+        corpus_rows = sum(run.map(_partition_rows, [(j - len(files), url, partitions, folder, True)
+                                                    for j, url in enumerate(files)]))
+        run.map(_deduplicate_partition, [(p, folder) for p in range(partitions)])
+        for i, shard in enumerate(shards):
+            found = _read_tables(storage.join(folder, "duplicates", f"s{i:06d}"))
+            if found is not None and found.num_rows:
+                found = found.sort_by("row")
+                write_drop_plan(work_url, shard.name, found.column("row"), found.column("survivor"))
+        storage.remove_tree(folder)
+        return {"exact_dedup.corpus_documents": corpus_rows, "exact_dedup.spill_partitions": partitions}
 
     def plan_spark(self, shards: list[InputShard], work_url: str, run) -> dict[str, int]:
         """The same plan as Spark jobs: hashes per shard on the executors, the first of each
@@ -95,6 +136,71 @@ class ExactDedup(DropListStage):
         duplicates.groupBy("shard").applyInArrow(
             lambda table: _write_shard_plan(table, names, work_url), "shard int, rows long").collect()
         return {"exact_dedup.corpus_documents": corpus_documents}
+
+
+def _footer_rows(url: str) -> int:
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def _partition_rows(stage: ExactDedup, job: tuple[int, str, int, str, bool]) -> int:
+    """Write one shard's (or corpus hash file's) rows to the partitions of their hashes."""
+    shard, url, partitions, folder, is_corpus = job
+    if is_corpus:
+        fs, path = storage.filesystem(url)
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        digests = table.column("hash").combine_chunks()
+        hashes = np.frombuffer(digests.buffers()[1], np.uint8)[digests.offset * _HASH_BYTES:]
+        hashes = hashes[: len(digests) * _HASH_BYTES].reshape(-1, _HASH_BYTES)
+        table = _hashed_table(shard, hashes, table.column("id").to_pylist())
+    else:
+        hashes, ids = _hash_shard(stage, url)
+        table = _hashed_table(shard, hashes, ids)
+    part_of = (hashes[:, 0].astype(np.int64) << 8 | hashes[:, 1]) % partitions if len(hashes) else np.zeros(0, np.int64)
+    for p in np.unique(part_of):
+        _write_table(table.filter(pa.array(part_of == p)), storage.join(folder, f"p{p:06d}", f"{shard + 10**6:07d}.parquet"))
+    return table.num_rows
+
+
+def _deduplicate_partition(stage: ExactDedup, job: tuple[int, str]) -> None:
+    """Within one partition: every row that repeats an earlier (shard, row) of its hash,
+    with that first copy's id, written by shard."""
+    p, folder = job
+    table = _read_tables(storage.join(folder, f"p{p:06d}"))
+    if table is None or table.num_rows == 0:
+        return
+    table = table.sort_by([("hash", "ascending"), ("shard", "ascending"), ("row", "ascending")])
+    hashes = table.column("hash").combine_chunks()
+    first = np.ones(table.num_rows, dtype=bool)
+    first[1:] = ~pc.equal(hashes.slice(1), hashes.slice(0, len(hashes) - 1)).to_numpy(zero_copy_only=False)
+    head = np.maximum.accumulate(np.where(first, np.arange(table.num_rows), 0))
+    shard = table.column("shard").to_numpy()
+    repeat = ~first & (shard >= 0)
+    found = pa.table({"shard": table.column("shard").filter(pa.array(repeat)),
+                      "row": table.column("row").filter(pa.array(repeat)),
+                      "survivor": table.column("id").take(pa.array(head[repeat], pa.int64()))})
+    for s in np.unique(found.column("shard").to_numpy()):
+        part = found.filter(pc.equal(found.column("shard"), int(s)))
+        _write_table(part, storage.join(folder, "duplicates", f"s{s:06d}", f"p{p:06d}.parquet"))
+
+
+def _write_table(table: pa.Table, url: str) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    storage.write_bytes_atomic(url, sink.getvalue().to_pybytes(), url.rsplit("/", 1)[0])
+
+
+def _read_tables(folder: str) -> pa.Table | None:
+    fs, path = storage.filesystem(folder)
+    if not fs.exists(path):
+        return None
+    tables = []
+    for file in sorted(fs.glob(f"{path}/*.parquet")):
+        with fs.open(file, "rb") as f:
+            tables.append(pq.read_table(f))
+    return pa.concat_tables(tables) if tables else None
 
 
 def _hash_shard(stage: ExactDedup, url: str) -> tuple[np.ndarray, list[str]]:

@@ -1,32 +1,31 @@
-"""Ingest: raw source files (jsonl, jsonl.gz, parquet, plain-text dirs) into records.
+"""Ingest: raw source files (jsonl, jsonl.gz, parquet, plain-text dirs, WARC) into records.
 
 Sources are laid out by date partition (``<source path>/date=YYYY-MM-DD/<files>``);
-files directly under the source path belong to the run's date. Each input file is one
-shard. Ids are stable: ``<source>/<record id>`` when the source has an id field, else
-``<source>/<hash of file path and record ordinal>``.
+files outside any ``date=`` folder get the date named by ``undated``. Each input file is
+one shard. Ids are stable: ``<source>/<record id>`` when the source has an id field, else
+``<source>/<hash of file path and record ordinal>``; a text file's id is
+``<source>/<its path in the source>``.
 
-JSON Lines are parsed with Arrow's reader block by block; a block that Arrow rejects
-(a malformed line, invalid UTF-8, a wrongly typed field) is re-read line by line so
-that only the bad lines are quarantined, each with its file, line number and reason.
+The readers in :mod:`tamis.sources` read the files and reject bad input (a malformed line,
+invalid UTF-8, a line longer than ``max_doc_bytes``, a damaged row group or file) with its
+line and reason; this stage turns what they read into records and quarantines the rejects.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import re
+import json
 from collections import Counter
-from typing import Iterator
+from typing import Iterator, Literal
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pj
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from tamis import storage
+from tamis.sources import Chunk, Fields, SkippedEntry, SourceFile, list_source, read_jsonl, read_parquet, read_text, reject
+from tamis.sources.chunk import SAMPLE_CHARS
+from tamis.sources.warc import WARC_COLUMNS, read_warc
 from tamis.stage import QUARANTINE_SCHEMA, BatchResult, CorpusContext, InputShard, Stage, StageParams, split_by_reason
 
 RECORD_SCHEMA = pa.schema(
@@ -36,20 +35,23 @@ RECORD_SCHEMA = pa.schema(
         ("date", pa.string()),
         ("url", pa.string()),
         ("text", pa.string()),
+        *WARC_COLUMNS,  # a web archive's fetch date and content type; null for other sources
     ]
 )
-_DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz", ".parquet": "parquet", ".txt": "text"}
-SAMPLE_CHARS = 200
 
 
 class IngestParams(StageParams):
+    # A larger document, or a JSON line longer than this, is quarantined; a long line is
+    # skipped while it streams in, never held whole.
     max_doc_bytes: int = Field(default=10_000_000, gt=0)
     block_bytes: int = Field(default=8 << 20, gt=0)
     sources: list[str] | None = None  # None: every source of the pipeline
     date: str | None = None  # only this date partition (nightly ingest); None: all of them
-    undated: str = "undated"  # date recorded for files outside any date= partition
+    # Date recorded for files outside any date= partition; it names output parts, so no '/'.
+    undated: str = Field(default="undated", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     sample_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    # Main-text extraction of WARC sources' HTML (benchmarks/html_extraction.py).
+    html_extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
 
 
 class Ingest(Stage):
@@ -74,236 +76,130 @@ class Ingest(Stage):
         return sorted(self.params.sources or self.context.get("sources", {}))
 
     def input_shards(self, input_url: str | None) -> list[InputShard]:
+        """One shard per file; per date, one more for the source's entries that cannot be
+        read, so that each is counted (quarantined with its reason)."""
         shards = []
         for source_name in self._selected():
             source = self.context["sources"][source_name]
-            fs, root = storage.filesystem(source.path)
-            protocol = source.path.split("://", 1)[0] + "://" if "://" in source.path else ""
-            by_date: dict[str, list[tuple[str, int]]] = {}
-            for path, info in sorted(fs.find(root, detail=True).items()):
-                if info["type"] != "file":
-                    continue
-                rel = path[len(root.rstrip("/")) + 1 :]
-                parts = rel.split("/")
-                if any(p.startswith((".", "_")) for p in parts):
-                    continue
-                match = _DATE_DIR.match(parts[0]) if len(parts) > 1 else None
-                date = match.group(1) if match else self.params.undated
-                if self.params.date and date != self.params.date:
-                    continue
-                if _file_format(path, source.format) is None:
-                    continue
-                by_date.setdefault(date, []).append((protocol + path, info["size"]))
-            for date, files in sorted(by_date.items()):
-                for k, (url, size) in enumerate(files):
-                    rel = url[len(protocol + root.rstrip("/")) + 1 :]
-                    shards.append(
-                        InputShard(
-                            name=f"{date}_{source_name}_{k:05d}",
-                            url=url,
-                            size_bytes=size,
-                            attrs=(("source", source_name), ("date", date), ("relpath", rel)),
-                        )
-                    )
+            listing = list_source(source.path, source.format, self.params.undated, self.params.date)
+            files: dict[str, list[SourceFile]] = {}
+            skipped: dict[str, list[SkippedEntry]] = {}
+            for f in listing.files:
+                files.setdefault(f.date, []).append(f)
+            for entry in listing.skipped:
+                skipped.setdefault(entry.date, []).append(entry)
+            for date in sorted(files.keys() | skipped.keys()):
+                for k, f in enumerate(files.get(date, [])):
+                    attrs = (("source", source_name), ("date", date), ("relpath", f.relpath), ("format", f.format))
+                    shards.append(InputShard(name=f"{date}_{source_name}_{k:05d}", url=f.url, size_bytes=f.size, attrs=attrs))
+                if date in skipped:
+                    entries = json.dumps([[e.url, e.reason, e.detail] for e in skipped[date]])
+                    attrs = (("source", source_name), ("date", date), ("skipped", entries))
+                    shards.append(InputShard(name=f"{date}_{source_name}_skipped", url=source.path, size_bytes=0, attrs=attrs))
         return shards
 
     def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
-        source = self.context["sources"][shard.attr("source")]
-        fmt = _file_format(shard.url, source.format)
-        reader = _FileReader(shard, source, self.params)
-        if shard.size_bytes == 0:
-            yield reader.whole_file_quarantined("empty_file", "the file has no bytes")
+        if shard.attr("skipped") is not None:
+            yield _skipped_entries(shard)
             return
+        source = self.context["sources"][shard.attr("source")]
+        fields = Fields(source.text_field, source.id_field, source.url_field)
+        records = _Records(shard, self.params, source.text_field)
+        if shard.size_bytes == 0:
+            yield records.result(reject("empty_file", "the file has no bytes"))
+            return
+        fmt = shard.attr("format")
         if fmt == "parquet":
-            yield from reader.parquet()
+            chunks = read_parquet(shard.url, fields)
+        elif fmt == "warc":
+            chunks = read_warc(shard.url, self.params.max_doc_bytes, self.params.html_extractor)
         elif fmt == "text":
-            yield reader.text_file()
+            chunks = read_text(shard.url, shard.size_bytes, shard.attr("relpath"), self.params.max_doc_bytes)
         else:
-            yield from reader.jsonl(compressed=fmt == "jsonl.gz")
+            chunks = read_jsonl(shard.url, fields, fmt == "jsonl.gz", self.params.block_bytes, self.params.max_doc_bytes)
+        for chunk in chunks:
+            yield records.result(chunk)
 
 
-def _file_format(path: str, configured: str) -> str | None:
-    if configured != "auto":
-        return configured
-    name = path.rsplit("/", 1)[-1].lower()
-    for suffix, fmt in sorted(_FORMATS.items(), key=lambda kv: -len(kv[0])):
-        if name.endswith(suffix):
-            return fmt
-    return None
+def _skipped_entries(shard: InputShard) -> BatchResult:
+    entries = json.loads(shard.attr("skipped"))
+    quarantined = pa.table(
+        {
+            "source_file": [url for url, _, _ in entries],
+            "line": pa.nulls(len(entries), pa.int64()),
+            "id": pa.nulls(len(entries), pa.string()),
+            "reason": [reason for _, reason, _ in entries],
+            "detail": [detail for _, _, detail in entries],
+            "sample": pa.nulls(len(entries), pa.string()),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+    return BatchResult(kept=RECORD_SCHEMA.empty_table(), quarantined=quarantined)
 
 
-class _FileReader:
-    def __init__(self, shard: InputShard, source, params: IngestParams):
+class _Records:
+    """Turns what a reader read from one file into the stage's records: ids, source and
+    date, and the records quarantined (no text, too large) or dropped (empty, sampled out)."""
+
+    def __init__(self, shard: InputShard, params: IngestParams, text_field: str):
         self.shard = shard
-        self.source = source
         self.params = params
+        self.text_field = text_field
         self.source_name = shard.attr("source")
         self.date = shard.attr("date")
         self.relpath = shard.attr("relpath")
-        self.ordinal = 0  # records seen so far in this file: the basis of generated ids
-        fields = [(source.text_field, pa.string())]
-        if source.id_field:
-            fields.append((source.id_field, pa.string()))
-        if source.url_field:
-            fields.append((source.url_field, pa.string()))
-        self.json_options = pj.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore")
 
-    # -- formats -------------------------------------------------------------------------
-
-    def jsonl(self, compressed: bool) -> Iterator[BatchResult]:
-        fs, path = storage.filesystem(self.shard.url)
-        with fs.open(path, "rb") as raw:
-            stream = gzip.GzipFile(fileobj=raw) if compressed else raw
-            first_line = 1
-            try:
-                for block in _line_blocks(stream, self.params.block_bytes):
-                    yield self._json_block(block, first_line)
-                    first_line += block.count(b"\n")
-            except (OSError, EOFError) as exc:  # truncated or corrupt gzip stream
-                yield self.whole_file_quarantined("unreadable_file", f"{type(exc).__name__}: {exc}", line=first_line)
-
-    def _json_block(self, block: bytes, first_line: int) -> BatchResult:
-        try:
-            table = pj.read_json(
-                io.BytesIO(block),
-                parse_options=self.json_options,
-                read_options=pj.ReadOptions(block_size=max(len(block) + 1, 1 << 20), use_threads=False),
-            )
-        except (pa.ArrowInvalid, UnicodeDecodeError):
-            return self._json_lines_slowly(block, first_line)
-        return self._records(table, lines=None)
-
-    def _json_lines_slowly(self, block: bytes, first_line: int) -> BatchResult:
-        text_field, id_field, url_field = self.source.text_field, self.source.id_field, self.source.url_field
-        rows: dict[str, list] = {text_field: [], "_id": [], "_url": [], "_line": []}
-        bad: list[tuple[int, str, str, bytes]] = []
-        for offset, line in enumerate(block.split(b"\n")):
-            if not line.strip():
-                continue
-            number = first_line + offset
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                bad.append((number, "invalid_utf8", f"byte {exc.start}: {exc.reason}", line))
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                bad.append((number, "malformed_json", str(exc), line))
-                continue
-            if not isinstance(record, dict):
-                bad.append((number, "not_an_object", f"a JSON {type(record).__name__}, not an object", line))
-                continue
-            text = record.get(text_field)
-            if text is not None and not isinstance(text, str):
-                bad.append((number, "bad_field_type", f"field {text_field!r} is a {type(text).__name__}, not a string", line))
-                continue
-            rows[text_field].append(text)
-            rows["_id"].append(None if not id_field or record.get(id_field) is None else str(record[id_field]))
-            rows["_url"].append(None if not url_field or record.get(url_field) is None else str(record[url_field]))
-            rows["_line"].append(number)
-        columns = {text_field: pa.array(rows[text_field], pa.string())}
-        if id_field:
-            columns[id_field] = pa.array(rows["_id"], pa.string())
-        if url_field:
-            columns[url_field] = pa.array(rows["_url"], pa.string())
-        result = self._records(pa.table(columns), lines=rows["_line"])
-        if bad:
-            result.quarantined = pa.concat_tables([result.quarantined, self._quarantine_rows(bad)])
-        return result
-
-    def parquet(self) -> Iterator[BatchResult]:
-        fs, path = storage.filesystem(self.shard.url)
-        with fs.open(path, "rb") as f:
-            try:
-                parquet = pq.ParquetFile(f)
-            except (pa.ArrowInvalid, OSError) as exc:
-                yield self.whole_file_quarantined("unreadable_parquet", str(exc))
-                return
-            schema = parquet.schema_arrow
-            problem = self._parquet_schema_problem(schema)
-            if problem:
-                yield self.whole_file_quarantined("schema_mismatch", problem)
-                return
-            columns = [c for c in (self.source.text_field, self.source.id_field, self.source.url_field) if c]
-            for batch in parquet.iter_batches(batch_size=4096, columns=columns):
-                table = pa.Table.from_batches([batch])
-                yield self._records(table.cast(pa.schema([(c, pa.string()) for c in columns])), lines=None)
-
-    def _parquet_schema_problem(self, schema: pa.Schema) -> str | None:
-        text_field = self.source.text_field
-        if text_field not in schema.names:
-            return f"missing column {text_field!r} (columns: {', '.join(schema.names)})"
-        if not pa.types.is_string(schema.field(text_field).type) and not pa.types.is_large_string(schema.field(text_field).type):
-            return f"column {text_field!r} is {schema.field(text_field).type}, not a string"
-        for optional in (self.source.id_field, self.source.url_field):
-            if optional and optional not in schema.names:
-                return f"missing column {optional!r}"
-        return None
-
-    def text_file(self) -> BatchResult:
-        data = storage.read_bytes(self.shard.url)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return self.whole_file_quarantined("invalid_utf8", f"byte {exc.start}: {exc.reason}")
-        table = pa.table({self.source.text_field: pa.array([text], pa.string())})
-        result = self._records(table, lines=None, ids=[f"{self.source_name}/{self.relpath}"])
-        return result
-
-    # -- records -------------------------------------------------------------------------
-
-    def _records(self, table: pa.Table, lines: list[int] | None, ids: list[str] | None = None) -> BatchResult:
-        n = table.num_rows
-        text = table.column(self.source.text_field)
-        if ids is None:
-            ids = self._ids(table, n)
-        url = table.column(self.source.url_field) if self.source.url_field else pa.nulls(n, pa.string())
+    def result(self, chunk: Chunk) -> BatchResult:
+        read = chunk.records
+        n = read.num_rows
+        text = read.column("text")
         records = pa.table(
             {
-                "id": pa.array(ids, pa.string()),
+                "id": self._ids(read),
                 "source": pa.array([self.source_name] * n, pa.string()),
                 "date": pa.array([self.date] * n, pa.string()),
-                "url": url,
+                "url": read.column("url"),
                 "text": text,
+                **{name: read.column(name) if name in read.column_names else pa.nulls(n, kind) for name, kind in WARC_COLUMNS},
             },
             schema=RECORD_SCHEMA,
         )
-        self.ordinal += n
         missing = pc.is_null(text)
-        too_large = pc.greater(pc.binary_length(pc.fill_null(text, "")), self.params.max_doc_bytes)
+        too_large = pc.fill_null(pc.greater(pc.binary_length(text), self.params.max_doc_bytes), False)
         to_quarantine = pc.or_(missing, too_large)
-        quarantined = self._quarantine_records(records.filter(to_quarantine), pc.filter(missing, to_quarantine), lines, to_quarantine)
+        quarantined = pa.concat_tables([
+            self._quarantine_records(records.filter(to_quarantine), pc.filter(missing, to_quarantine),
+                                     pc.filter(read.column("line"), to_quarantine)),
+            self._quarantine_rejected(chunk.rejected),
+        ])
         records = records.filter(pc.invert(to_quarantine))
         reasons = pc.if_else(pc.equal(pc.utf8_trim_whitespace(records.column("text")), ""), "empty_text", pa.scalar(None, pa.string()))
         if self.params.sample_fraction < 1.0:
             reasons = pc.coalesce(reasons, _sampled_out(records.column("id"), self.params.sample_fraction))
         kept, dropped = split_by_reason(records, reasons)
-        return BatchResult(kept=kept, dropped=dropped, quarantined=quarantined, metrics=Counter({"ingest.bytes": int(pc.sum(pc.binary_length(kept.column("text"))).as_py() or 0)}))
+        text_bytes = pc.sum(pc.binary_length(kept.column("text"))).as_py() or 0
+        metrics = Counter({"ingest.bytes": text_bytes}) + chunk.metrics
+        return BatchResult(kept=kept, dropped=dropped, quarantined=quarantined, metrics=metrics)
 
-    def _ids(self, table: pa.Table, n: int) -> list[str]:
-        id_field = self.source.id_field
-        given = table.column(id_field).to_pylist() if id_field else [None] * n
-        prefix = f"{self.source_name}/"
-        ids = []
-        for k, value in enumerate(given):
-            if value is None:
-                key = f"{self.relpath}\x00{self.ordinal + k}".encode()
-                value = hashlib.blake2b(key, digest_size=8).hexdigest()
-            ids.append(prefix + value)
-        return ids
+    def _ids(self, read: pa.Table) -> pa.ChunkedArray:
+        """``<source>/<record id>``, or ``<source>/<hash of file path and ordinal>`` for a record without one."""
+        ids = pc.binary_join_element_wise(self.source_name, read.column("id"), "/")
+        if ids.null_count == 0:
+            return ids
+        generated = [
+            f"{self.source_name}/" + hashlib.blake2b(f"{self.relpath}\x00{ordinal}".encode(), digest_size=8).hexdigest()
+            for ordinal in pc.filter(read.column("ordinal"), pc.is_null(ids)).to_pylist()
+        ]
+        return pc.replace_with_mask(ids.combine_chunks(), pc.is_null(ids).combine_chunks(), pa.array(generated, pa.string()))
 
-    def _quarantine_records(self, records: pa.Table, missing: pa.Array, lines, mask) -> pa.Table:
+    def _quarantine_records(self, records: pa.Table, missing: pa.ChunkedArray, lines: pa.ChunkedArray) -> pa.Table:
         if records.num_rows == 0:
             return QUARANTINE_SCHEMA.empty_table()
-        line_numbers = pc.filter(pa.array(lines, pa.int64()), mask) if lines is not None else pa.nulls(records.num_rows, pa.int64())
-        texts = records.column("text").to_pylist()
-        missing_flags = missing.to_pylist()
         reasons, details, samples = [], [], []
-        for text, is_missing in zip(texts, missing_flags):
+        for text, is_missing in zip(records.column("text").to_pylist(), missing.to_pylist()):
             if is_missing:
                 reasons.append("missing_text_field")
-                details.append(f"no string field {self.source.text_field!r}")
+                details.append(f"no string field {self.text_field!r}")
                 samples.append(None)
             else:
                 reasons.append("doc_too_large")
@@ -312,7 +208,7 @@ class _FileReader:
         return pa.table(
             {
                 "source_file": pa.array([self.shard.url] * records.num_rows, pa.string()),
-                "line": line_numbers,
+                "line": lines,
                 "id": records.column("id"),
                 "reason": pa.array(reasons, pa.string()),
                 "detail": pa.array(details, pa.string()),
@@ -321,50 +217,19 @@ class _FileReader:
             schema=QUARANTINE_SCHEMA,
         )
 
-    def _quarantine_rows(self, bad: list[tuple[int, str, str, bytes]]) -> pa.Table:
+    def _quarantine_rejected(self, rejected: pa.Table) -> pa.Table:
+        n = rejected.num_rows
         return pa.table(
             {
-                "source_file": [self.shard.url] * len(bad),
-                "line": [b[0] for b in bad],
-                "id": [None] * len(bad),
-                "reason": [b[1] for b in bad],
-                "detail": [b[2] for b in bad],
-                "sample": [b[3][:SAMPLE_CHARS].decode("utf-8", "replace") for b in bad],
+                "source_file": pa.array([self.shard.url] * n, pa.string()),
+                "line": rejected.column("line"),
+                "id": pc.binary_join_element_wise(self.source_name, rejected.column("id"), "/"),
+                "reason": rejected.column("reason"),
+                "detail": rejected.column("detail"),
+                "sample": rejected.column("sample"),
             },
             schema=QUARANTINE_SCHEMA,
         )
-
-    def whole_file_quarantined(self, reason: str, detail: str, line: int | None = None) -> BatchResult:
-        """A file that yields no records at all still counts: one unit in, one quarantined."""
-        quarantined = pa.table(
-            {
-                "source_file": [self.shard.url],
-                "line": [line],
-                "id": [None],
-                "reason": [reason],
-                "detail": [detail],
-                "sample": [None],
-            },
-            schema=QUARANTINE_SCHEMA,
-        )
-        return BatchResult(kept=RECORD_SCHEMA.empty_table(), quarantined=quarantined)
-
-
-def _line_blocks(stream, block_bytes: int) -> Iterator[bytes]:
-    """Yield blocks of whole lines of about ``block_bytes`` (a longer line is one block)."""
-    pending = b""
-    while True:
-        chunk = stream.read(block_bytes)
-        if not chunk:
-            break
-        pending += chunk
-        cut = pending.rfind(b"\n")
-        if cut < 0:
-            continue
-        yield pending[: cut + 1]
-        pending = pending[cut + 1 :]
-    if pending:
-        yield pending + b"\n"
 
 
 def _sampled_out(ids: pa.ChunkedArray, fraction: float) -> pa.Array:

@@ -1,21 +1,26 @@
 """Near-duplicate removal: MinHash signatures, LSH banding, connected components.
 
-Plan, map step (on the engine's workers): every shard's texts become MinHash
-signatures. Plan, reduce: band keys -> candidate pairs -> optional verification by the
-signature-estimated Jaccard -> connected components -> one survivor per cluster by a
-deterministic rule; each shard's drops go to its drop plan. Apply (per shard): drop every
-other member with reason ``near_duplicate`` and the survivor's id as detail. On Spark
-(:func:`plan_on_spark`) the map, the candidate pairs and the verification are Spark jobs.
+Plan, map step (on the engine's workers): every shard's texts become MinHash signatures.
+Plan, reduce: band keys (bands x rows chosen so that a pair at exactly the threshold
+becomes a candidate with probability ``candidate_recall``) -> candidate pairs ->
+verification by the exact Jaccard of the candidates' shingle sets (only documents that
+have a candidate are read and shingled again, again on the workers) -> connected
+components -> one survivor per cluster by a deterministic rule; each shard's drops go to
+its drop plan. Apply (per shard): drop every other member with reason ``near_duplicate``
+and the survivor's id as detail. On Spark (:func:`plan_on_spark`) the signatures, the
+candidate pairs, their verification and the match against the index are Spark jobs.
 
-Incremental: with ``index_url`` the signatures of everything already kept persist as
-Parquet; a new batch is compared with itself and with the index (only index rows
-sharing a band key with the batch are read), indexed documents always survive, and the
-batch's own survivors are appended to the index as one part. The part is named after
-the day (nightly runs) or the output dataset, so a resumed or repeated run replaces its
-own part instead of matching against it.
+Incremental: with ``index_url`` the signatures and shingle sets of everything already
+kept persist as Parquet; a new batch is compared with itself and with the index (only
+index rows sharing a band key with the batch are read), indexed documents always
+survive, and the batch's own survivors are appended to the index as one part. The part
+is named after the day (nightly runs) or the output dataset, so a resumed or repeated run
+replaces its own part instead of matching against it.
 
 Side output: ``_clusters/clusters.parquet`` (survivor, size, duplicate ids, a sample
-of pairs with their estimated similarity).
+of pairs with their similarity). Manifest metrics (from the plan): the S-curve of
+the banding (``near_dup.s_curve.*``) and the candidate and verified pairs per Jaccard
+bin (``near_dup.candidates_by_jaccard.*``, ``near_dup.verified_by_jaccard.*``).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import hashlib
 import io
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +45,8 @@ from tamis.stage import READ_BATCH_ROWS, BatchResult, CorpusContext, DropListSta
 REASON = "near_duplicate"
 INDEX_META = "_index.json"
 CLUSTERS_FILE = "_clusters/clusters.parquet"
+INDEX_ROW_GROUP = 4096  # index rows per row group: a lookup reads the groups that hold a match
+JACCARD_BIN = 0.05
 
 
 class NearDedupParams(StageParams):
@@ -47,12 +55,14 @@ class NearDedupParams(StageParams):
     lowercase: bool = True
     num_perm: int = Field(default=128, ge=2, le=1024)
     threshold: float = Field(default=0.8, gt=0.0, lt=1.0)  # Jaccard similarity that makes a near duplicate
-    bands: int | None = Field(default=None, ge=1)  # None: derived from threshold and num_perm
+    # Probability that a pair at exactly `threshold` becomes a candidate; bands x rows are derived from it.
+    candidate_recall: float = Field(default=0.97, gt=0.0, lt=1.0)
+    bands: int | None = Field(default=None, ge=1)  # None: derived from threshold, num_perm and candidate_recall
     rows: int | None = Field(default=None, ge=1)
-    fp_weight: float = Field(default=0.5, ge=0.0)  # weights of the (bands, rows) search
-    fn_weight: float = Field(default=0.5, ge=0.0)
     seed: int = 42
-    verify: bool = True  # keep only candidate pairs whose estimated Jaccard reaches the threshold
+    # exact: Jaccard of the candidates' shingle sets; estimate: from their signatures
+    # (about +-0.035 at J = 0.8 with 128 permutations); off: every candidate pair is a duplicate.
+    verify: Literal["exact", "estimate", "off"] = "exact"
     keep: Literal["first", "longest", "highest_quality"] = "first"
     quality_column: str | None = None  # required by keep=highest_quality; higher is better
     index_url: str | None = None  # signatures of the corpus kept so far (incremental runs)
@@ -73,8 +83,8 @@ class NearDedupParams(StageParams):
         return self
 
     def minhash_config(self) -> minhash.MinHashConfig:
-        bands, rows = (self.bands, self.rows) if self.bands else minhash.optimal_bands(
-            self.threshold, self.num_perm, self.fp_weight, self.fn_weight)
+        bands, rows = (self.bands, self.rows) if self.bands else minhash.bands_for_recall(
+            self.threshold, self.num_perm, self.candidate_recall)
         return minhash.MinHashConfig(shingle=self.shingle, ngram=self.ngram, num_perm=self.num_perm, bands=bands,
                                      rows=rows, seed=self.seed, lowercase=self.lowercase)
 
@@ -86,6 +96,7 @@ class Signed:
     meta: pa.Table  # tier, id, source, date, length, quality
     sig: np.ndarray  # (n, num_perm) uint32
     shingles: np.ndarray  # (n,) shingle count; 0 = nothing to compare
+    sets: minhash.ShingleSets | None = None  # when kept for exact verification of every document
 
 
 class NearDedup(DropListStage):
@@ -102,20 +113,24 @@ class NearDedup(DropListStage):
     def dependencies(self, output_url: str) -> dict[str, str]:
         if not self.params.index_url:
             return {}
-        index = SignatureIndex(self.params.index_url, self.params.minhash_config())
-        return {"index": index.state(exclude=self.params.index_part or _run_key(output_url))}
+        return {"index": self.index().state(exclude=self.params.index_part or _run_key(output_url))}
 
-    def plan(self, shards: list[InputShard], work_url: str, engine) -> dict[str, int]:
+    def index(self) -> "SignatureIndex":
+        return SignatureIndex(self.params.index_url, self.params.minhash_config(),
+                              shingle_sets=self.params.verify == "exact")
+
+    def plan(self, shards: list[InputShard], work_url: str, run) -> dict[str, int | float]:
         params = self.params
         config = params.minhash_config()
         output_url = work_url.rsplit("/", 1)[0]
         part = params.index_part or _run_key(output_url)
-        new, sizes = _gather(engine.imap(_sign_shard, [s.url for s in shards]), [s.url for s in shards], config.num_perm)
+        # The index keeps the shingle set of every survivor: then every set is made in the map.
+        keep_sets = params.verify == "exact" and bool(params.index_url) and params.update_index
+        urls = [s.url for s in shards]
+        new, sizes = _gather(run.imap(_sign_shard, [(url, keep_sets) for url in urls]), urls, config.num_perm)
         keys = minhash.band_keys(new.sig, config)
-        indexed = None
-        if params.index_url:
-            indexed = SignatureIndex(params.index_url, config).matching(keys, exclude=part)
-        plan = plan_drops(new, keys, indexed, config, params)
+        indexed = self.index().matching(keys, exclude=part) if params.index_url else None
+        plan = plan_drops(new, keys, indexed, config, params, lambda rows: _reread_sets(run, urls, sizes, rows))
         shard_of = np.repeat(np.arange(len(shards)), sizes)
         row_of = np.arange(len(shard_of)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         for i in np.unique(shard_of[plan.dropped]):
@@ -123,10 +138,10 @@ class NearDedup(DropListStage):
             write_drop_plan(work_url, shards[i].name, row_of[plan.dropped[mask]], plan.survivor_ids[mask].tolist())
         write_parquet_atomic(plan.clusters, storage.join(output_url, CLUSTERS_FILE), output_url)
         if params.index_url and params.update_index:
-            SignatureIndex(params.index_url, config).write_part(part, plan.kept_signed)
+            self.index().write_part(part, plan.kept_signed)
         return dict(plan.summary)
 
-    def plan_spark(self, shards: list[InputShard], work_url: str, run) -> dict[str, int]:
+    def plan_spark(self, shards: list[InputShard], work_url: str, run) -> dict[str, int | float]:
         return plan_on_spark(self, shards, work_url, run)
 
     def batch_metrics(self, table: pa.Table, result: BatchResult) -> Counter:
@@ -146,11 +161,12 @@ def _source_metrics(table: pa.Table, dropped: pa.Table) -> Counter:
 
 # --------------------------------------------------------------------------- map
 
-def _sign_shard(stage: NearDedup, url: str) -> Signed:
-    return sign_part(url, stage.params.minhash_config(), stage.params.quality_column)
+def _sign_shard(stage: NearDedup, item: tuple[str, bool]) -> Signed:
+    url, keep_sets = item
+    return sign_part(url, stage.params.minhash_config(), stage.params.quality_column, keep_sets)
 
 
-def sign_part(url: str, config: minhash.MinHashConfig, quality_column: str | None) -> Signed:
+def sign_part(url: str, config: minhash.MinHashConfig, quality_column: str | None, keep_sets: bool = False) -> Signed:
     fs, path = storage.filesystem(url)
     with fs.open(path, "rb") as f:
         parquet = pq.ParquetFile(f)
@@ -160,7 +176,7 @@ def sign_part(url: str, config: minhash.MinHashConfig, quality_column: str | Non
             raise ValueError(f"{url}: near_dedup needs columns 'id' and 'text', found {names}")
         if quality_column and quality_column not in names:
             raise ValueError(f"{url}: quality_column {quality_column!r} is not a column ({names})")
-        sigs, counts, metas = [], [], []
+        sigs, counts, metas, sets = [], [], [], []
         # Batches bound the text held at once; only signatures and metadata accumulate.
         for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
             text = batch.column("text")
@@ -169,9 +185,55 @@ def sign_part(url: str, config: minhash.MinHashConfig, quality_column: str | Non
             counts.append(shingles)
             metas.append(_meta(batch, tier=1, quality_column=quality_column,
                                length=pc.fill_null(pc.binary_length(text), 0)))
+            if keep_sets:
+                sets.append(minhash.shingle_sets(text, config))
+    empty_sets = minhash.ShingleSets.empty() if keep_sets else None
     if not metas:
-        return Signed(_empty_meta(), np.empty((0, config.num_perm), np.uint32), np.empty(0, np.int64))
-    return Signed(pa.concat_tables(metas), np.concatenate(sigs), np.concatenate(counts))
+        return Signed(_empty_meta(), np.empty((0, config.num_perm), np.uint32), np.empty(0, np.int64), empty_sets)
+    return Signed(pa.concat_tables(metas), np.concatenate(sigs), np.concatenate(counts),
+                  minhash.ShingleSets.concat(sets) if keep_sets else None)
+
+
+def _shard_sets_task(stage: NearDedup, item: tuple[str, np.ndarray]) -> minhash.ShingleSets:
+    url, rows = item
+    return shard_sets(url, rows, stage.params.minhash_config())
+
+
+def shard_sets(url: str, rows: np.ndarray, config: minhash.MinHashConfig) -> minhash.ShingleSets:
+    """Shingle sets of the given rows (ascending) of one shard, read again from its text:
+    only the row groups that hold them are read, and their texts are shingled a few
+    megabytes at a time."""
+    fs, path = storage.filesystem(url)
+    parts, pending, pending_bytes = [], [], 0
+    with fs.open(path, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        group_rows = np.array([parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)], np.int64)
+        group_ends = np.cumsum(group_rows)
+        group_of = np.searchsorted(group_ends, rows, side="right")
+        for g in minhash.sorted_unique(group_of):
+            local = rows[group_of == g] - (group_ends[g] - group_rows[g])
+            text = parquet.read_row_group(int(g), columns=["text"]).column("text").take(pa.array(local, pa.int64()))
+            pending.append(text.combine_chunks())
+            pending_bytes += text.nbytes
+            if pending_bytes >= minhash.CHUNK_BYTES:
+                parts.append(minhash.shingle_sets(pa.concat_arrays(pending), config))
+                pending, pending_bytes = [], 0
+    if pending:
+        parts.append(minhash.shingle_sets(pa.concat_arrays(pending), config))
+    found = minhash.ShingleSets.concat(parts)
+    if len(found) != len(rows):
+        raise ValueError(f"{url}: {len(rows)} rows asked for, {len(found)} found: the shard changed while it was read")
+    return found
+
+
+def _reread_sets(run, urls: list[str], sizes: np.ndarray, rows: np.ndarray) -> minhash.ShingleSets:
+    """Shingle sets of documents ``rows`` (ascending indices over all shards), one task per
+    shard that holds any of them."""
+    firsts = np.cumsum(sizes) - sizes
+    shard = np.searchsorted(np.cumsum(sizes), rows, side="right")
+    wanted = np.unique(shard)
+    jobs = [(urls[i], rows[shard == i] - firsts[i]) for i in wanted]
+    return minhash.ShingleSets.concat(run.map(_shard_sets_task, jobs))
 
 
 def _meta(batch, tier: int, quality_column: str | None, length) -> pa.Table:
@@ -211,15 +273,18 @@ def _gather(results: Iterator[tuple[int, Signed]], urls: list[str], num_perm: in
     sig = np.empty((int(sizes.sum()), num_perm), dtype=np.uint32)
     shingles = np.empty(int(sizes.sum()), dtype=np.int64)
     starts = np.cumsum(sizes) - sizes
-    metas: list[pa.Table | None] = [None] * len(urls)
+    metas: list = [None] * len(urls)
+    sets: list = [None] * len(urls)
     for i, part in results:
         if len(part.sig) != sizes[i]:
             raise ValueError(f"{urls[i]}: read {len(part.sig)} rows, its footer says {sizes[i]}")
         sig[starts[i]: starts[i] + sizes[i]] = part.sig
         shingles[starts[i]: starts[i] + sizes[i]] = part.shingles
         metas[i] = part.meta.cast(_META_SCHEMA)
+        sets[i] = part.sets
     meta = pa.concat_tables(metas) if metas else _empty_meta()
-    return Signed(meta, sig, shingles), sizes
+    kept_sets = minhash.ShingleSets.concat(sets) if sets and all(s is not None for s in sets) else None
+    return Signed(meta, sig, shingles, kept_sets), sizes
 
 
 # --------------------------------------------------------------------------- reduce
@@ -234,10 +299,16 @@ class DropPlan:
 
 
 def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray] | None,
-               config: minhash.MinHashConfig, params: NearDedupParams) -> DropPlan:
-    """Cluster the new documents (and the matching indexed ones) and decide who goes."""
+               config: minhash.MinHashConfig, params: NearDedupParams,
+               load_sets: Callable[[np.ndarray], minhash.ShingleSets] | None = None) -> DropPlan:
+    """Cluster the new documents (and the matching indexed ones) and decide who goes.
+
+    ``load_sets(rows)`` gives the shingle sets of new documents ``rows`` (ascending) when
+    ``new`` does not hold them: exact verification asks only for documents with a candidate.
+    """
     n_new = len(new.sig)
     all_meta, all_sig, all_keys, active = new.meta, new.sig, keys, new.shingles > 0
+    old = None
     if indexed is not None and len(indexed[0].sig):
         old, old_keys = indexed
         all_meta = pa.concat_tables([new.meta, old.meta.cast(_META_SCHEMA)])
@@ -245,25 +316,114 @@ def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray]
         all_keys = np.concatenate([keys, old_keys])
         active = np.concatenate([active, np.ones(len(old.sig), dtype=bool)])
     priority = minhash.priority_rank(all_meta, params.keep)
-    found = minhash.cluster(all_sig, all_keys, active, minhash.id_rank(all_meta.column("id")), priority,
-                            params.threshold if params.verify else None)
+    a, b = minhash.candidate_edges(all_keys, minhash.id_rank(all_meta.column("id")), active)
+    if params.verify == "exact":
+        fresh_sets = new.sets.take if new.sets is not None else load_sets
+        candidate_similarity, pair_similarity, exact_pairs = _exact_verification(
+            all_sig, a, b, n_new, fresh_sets, old.sets if old is not None else None, params.threshold)
+    else:
+        def pair_similarity(x, y):
+            return minhash.pair_similarity(all_sig, x, y)
+        candidate_similarity = pair_similarity(a, b) if params.verify == "estimate" else None
+        exact_pairs = 0
+    if candidate_similarity is not None:
+        pair_similarity = reusing_known_pairs(a, b, candidate_similarity, len(all_sig), pair_similarity)
+    found = minhash.cluster(len(all_sig), a, b, candidate_similarity, params.threshold, priority)
     # Indexed documents are already in the corpus: they are never dropped here.
     found.survivor[n_new:] = np.arange(n_new, len(all_sig))
     dropped = np.flatnonzero(found.duplicate[:n_new])
     ids = all_meta.column("id").combine_chunks()
     survivor_ids = np.asarray(pc.take(ids, pa.array(found.survivor[dropped], pa.int64())).to_pylist(), dtype=object)
-    clusters = minhash.cluster_table(ids, all_sig, found, params.sample_pairs)
+    clusters = minhash.cluster_table(ids, found, params.sample_pairs, pair_similarity)
     kept = np.flatnonzero(~found.duplicate[:n_new] & (new.shingles > 0))
-    kept_signed = Signed(new.meta.take(pa.array(kept, pa.int64())), new.sig[kept], new.shingles[kept])
-    summary = Counter({
+    kept_signed = Signed(new.meta.take(pa.array(kept, pa.int64())), new.sig[kept], new.shingles[kept],
+                         new.sets.take(kept) if new.sets is not None else None)
+    summary = +Counter({
         "near_dup.candidate_pairs": found.candidate_pairs,
         "near_dup.verified_pairs": found.verified_pairs,
+        "near_dup.exact_jaccard_pairs": exact_pairs,
         "near_dup.clusters": clusters.num_rows,
         "near_dup.no_shingles": int(n_new - np.count_nonzero(new.shingles)),
         "near_dup.index_rows_matched": len(all_sig) - n_new,
         "near_dup.dropped_for_index": int(np.count_nonzero(found.survivor[dropped] >= n_new)),
     })
-    return DropPlan(dropped, survivor_ids, clusters, kept_signed, +summary)
+    summary.update(pair_metrics(config, candidate_similarity, found.verified))
+    return DropPlan(dropped, survivor_ids, clusters, kept_signed, summary)
+
+
+def _exact_verification(sig: np.ndarray, a: np.ndarray, b: np.ndarray, n_new: int,
+                        fresh_sets: Callable[[np.ndarray], minhash.ShingleSets],
+                        indexed_sets: minhash.ShingleSets | None, threshold: float):
+    """Similarity of every candidate pair: the signature estimate where it settles the
+    verdict beyond doubt (``minhash.signature_verdicts``), the exact Jaccard elsewhere, from
+    the shingle sets of just those pairs' documents (new ones from ``fresh_sets(rows)``,
+    indexed ones, numbered from ``n_new``, from ``indexed_sets``). Also returns the
+    similarity function of the cluster report (exact where both sets are at hand) and the
+    number of pairs that needed their exact Jaccard."""
+    estimate = minhash.pair_similarity(sig, a, b)
+    accept, reject = minhash.signature_verdicts(estimate, threshold, sig.shape[1])
+    open_ = ~(accept | reject)
+    involved = minhash.sorted_unique(np.concatenate([a[open_], b[open_]]))
+    fresh, known = involved[involved < n_new], involved[involved >= n_new] - n_new
+    sets = minhash.ShingleSets.concat([fresh_sets(fresh) if len(fresh) else minhash.ShingleSets.empty()]
+                                      + ([indexed_sets.take(known)] if len(known) else []))
+    position = np.full(len(sig), -1, dtype=np.int64)
+    position[involved] = np.arange(len(involved))
+    similarity = estimate.copy()
+    similarity[open_] = minhash.jaccard(sets, sets, position[a[open_]], position[b[open_]])
+
+    def pair_similarity(x, y):
+        out = minhash.pair_similarity(sig, x, y)
+        both = (position[x] >= 0) & (position[y] >= 0)
+        out[both] = minhash.jaccard(sets, sets, position[x[both]], position[y[both]])
+        return out
+
+    return similarity, pair_similarity, int(np.count_nonzero(open_))
+
+
+def reusing_known_pairs(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, n: int, measure):
+    """``measure(x, y)`` that takes the similarity of an already measured pair (a[i], b[i])
+    from ``similarity`` instead of measuring it again (n: the number of documents). Most
+    survivor-member pairs of the cluster report are candidate pairs: they show the
+    similarity their verification used."""
+    codes = np.minimum(a, b) * n + np.maximum(a, b)
+    order = np.argsort(codes, kind="stable")
+    codes, similarity = codes[order], np.asarray(similarity, dtype=np.float64)[order]
+
+    def pair_similarity(x, y):
+        wanted = np.minimum(x, y) * n + np.maximum(x, y)
+        at = np.minimum(np.searchsorted(codes, wanted), max(len(codes) - 1, 0))
+        known = codes[at] == wanted if len(codes) else np.zeros(len(x), dtype=bool)
+        out = np.empty(len(x), dtype=np.float64)
+        out[known] = similarity[at[known]]
+        if not known.all():
+            out[~known] = measure(x[~known], y[~known])
+        return out
+
+    return pair_similarity
+
+
+def pair_metrics(config: minhash.MinHashConfig, candidate_similarity: np.ndarray | None,
+                 verified: np.ndarray) -> dict[str, float | int]:
+    """The banding's S-curve and the candidate and verified pairs per Jaccard bin:
+
+    - ``near_dup.s_curve.bands`` / ``.rows``, ``near_dup.s_curve.effective_threshold``
+      ((1/bands)^(1/rows)), ``near_dup.s_curve.<J>`` for J = 0.50, 0.55 ... 1.00: the
+      probability that a pair of Jaccard J becomes a candidate;
+    - ``near_dup.candidates_by_jaccard.<bin>`` and ``near_dup.verified_by_jaccard.<bin>``:
+      pairs whose measured similarity lies in [bin, bin + 0.05) (1.00: identical sets);
+      empty bins are left out, and there are none when verification is off.
+    """
+    curve = minhash.s_curve(config.bands, config.rows)
+    metrics: dict[str, float | int] = {"near_dup.s_curve.bands": config.bands, "near_dup.s_curve.rows": config.rows,
+                                       "near_dup.s_curve.effective_threshold": round(curve.effective_threshold, 6)}
+    metrics.update({f"near_dup.s_curve.{j:.2f}": round(p, 6) for j, p in curve.points})
+    if candidate_similarity is not None:
+        for name, sims in (("candidates", candidate_similarity), ("verified", candidate_similarity[verified])):
+            bins = np.floor(np.asarray(sims, np.float64) / JACCARD_BIN + 1e-9).astype(np.int64)
+            for k in np.flatnonzero(np.bincount(bins)):
+                metrics[f"near_dup.{name}_by_jaccard.{k * JACCARD_BIN:.2f}"] = int(np.count_nonzero(bins == k))
+    return metrics
 
 
 # --------------------------------------------------------------------------- incremental index
@@ -273,24 +433,29 @@ class IndexMismatch(ValueError):
 
 
 class SignatureIndex:
-    """Signatures and band keys of the documents kept so far, as Parquet parts:
+    """Signatures, band keys and (for exact verification) shingle sets of the documents
+    kept so far, as Parquet parts:
 
-        <index_url>/_index.json        the MinHash settings every part was built with
-        <index_url>/<run key>.parquet  id, source, date, band_000.., sig (one part per run)
+        <index_url>/_index.json          the MinHash settings every part was built with
+        <index_url>/<run key>.parquet    id, source, date, band_000.., sig[, shingles] (one part per run)
         <index_url>/<run key>/*.parquet  the same, as several files (a part Spark wrote)
     """
 
-    def __init__(self, url: str, config: minhash.MinHashConfig):
+    def __init__(self, url: str, config: minhash.MinHashConfig, shingle_sets: bool = True):
         self.url = url
         self.config = config
+        self.shingle_sets = shingle_sets
+
+    def fingerprint(self) -> dict:
+        return {**self.config.fingerprint(), "shingle_sets": self.shingle_sets}
 
     def _check(self) -> bool:
         meta_url = storage.join(self.url, INDEX_META)
         if not storage.exists(meta_url):
             return False
         found = storage.read_json(meta_url)
-        if found != self.config.fingerprint():
-            raise IndexMismatch(f"index {self.url} was built with {found}, this stage uses {self.config.fingerprint()}; "
+        if found != self.fingerprint():
+            raise IndexMismatch(f"index {self.url} was built with {found}, this stage uses {self.fingerprint()}; "
                                 "use a new index_url or the same MinHash settings")
         return True
 
@@ -306,8 +471,7 @@ class SignatureIndex:
             if name.startswith(("_", ".")):
                 continue
             if entry["type"] == "directory":
-                files = sorted(f for f in fs.glob(f"{entry['name'].rstrip('/')}/*.parquet"))
-                parts[name] = [protocol + f for f in files]
+                parts[name] = [protocol + f for f in sorted(fs.glob(f"{entry['name'].rstrip('/')}/*.parquet"))]
             elif name.endswith(".parquet"):
                 parts[name[: -len(".parquet")]] = [protocol + entry["name"]]
         return dict(sorted(parts.items()))
@@ -317,24 +481,26 @@ class SignatureIndex:
 
     def state(self, exclude: str | None) -> str:
         """A version of the index without part ``exclude``: what an incremental run compares against."""
-        digest = hashlib.sha256(json.dumps(self.config.fingerprint(), sort_keys=True).encode())
+        digest = hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode())
         for name, files in self.part_files().items():
             if name == exclude:
                 continue
             for url in files:
                 fs, path = storage.filesystem(url)
                 info = fs.info(path)
-                digest.update(f"{name}/{url.rsplit('/', 1)[-1]}:{info.get('size')}:{info.get('ETag') or info.get('mtime')}".encode())
+                digest.update(f"{name}/{url.rsplit('/', 1)[-1]}:{info.get('size')}:"
+                              f"{info.get('ETag') or info.get('mtime')}".encode())
         return digest.hexdigest()
 
     def matching(self, keys: np.ndarray, exclude: str | None = None) -> tuple[Signed, np.ndarray] | None:
         """Indexed documents sharing at least one band key with ``keys``: only their band
-        columns are read in full; signatures are read for the matching rows."""
+        columns are read in full; signatures and sets come from the row groups that match."""
         if not self._check():
             return None
         bands = band_columns(self.config)
-        wanted = [np.unique(keys[:, i]) for i in range(self.config.bands)]
-        metas, sigs, found_keys = [], [], []
+        wanted = [minhash.sorted_unique(keys[:, i]) for i in range(self.config.bands)]
+        metas, sigs, found_keys, sets = [], [], [], []
+        columns = ["id", "source", "date", "sig"] + (["shingles"] if self.shingle_sets else [])
         for name, files in self.part_files().items():
             if name == exclude:
                 continue
@@ -343,25 +509,32 @@ class SignatureIndex:
                 with fs.open(path, "rb") as f:
                     part = pq.ParquetFile(f)
                     band_table = part.read(columns=bands)
-                    part_keys = np.column_stack([band_table.column(b).to_numpy() for b in bands]) if band_table.num_rows \
-                        else np.empty((0, len(bands)), np.uint64)
+                    part_keys = np.column_stack([band_table.column(b).to_numpy() for b in bands]) \
+                        if band_table.num_rows else np.empty((0, len(bands)), np.uint64)
                     hit = np.zeros(len(part_keys), dtype=bool)
                     for i in range(len(bands)):
                         hit |= np.isin(part_keys[:, i], wanted[i])
                     if not hit.any():
                         continue
-                    rows = part.read(columns=["id", "source", "date", "sig"]).filter(pa.array(hit))
+                    group_rows = np.array([part.metadata.row_group(g).num_rows for g in range(part.num_row_groups)])
+                    group_ends = np.cumsum(group_rows)
+                    groups = np.unique(np.searchsorted(group_ends, np.flatnonzero(hit), side="right"))
+                    in_groups = np.concatenate([np.arange(group_ends[g] - group_rows[g], group_ends[g]) for g in groups])
+                    rows = part.read_row_groups(groups.tolist(), columns=columns).filter(pa.array(hit[in_groups]))
                 sigs.append(signature_matrix(rows.column("sig"), self.config.num_perm))
                 found_keys.append(part_keys[hit])
                 metas.append(_meta(rows, tier=0, quality_column=None, length=None))
+                if self.shingle_sets:
+                    sets.append(minhash.ShingleSets.from_arrow(rows.column("shingles")))
         if not metas:
             return None
         meta = pa.concat_tables(metas)
-        return Signed(meta, np.concatenate(sigs), np.ones(meta.num_rows, np.int64)), np.concatenate(found_keys)
+        found_sets = minhash.ShingleSets.concat(sets) if self.shingle_sets else None
+        return Signed(meta, np.concatenate(sigs), np.ones(meta.num_rows, np.int64), found_sets), np.concatenate(found_keys)
 
     def prepare(self) -> None:
         if not self._check():
-            storage.write_json_atomic(storage.join(self.url, INDEX_META), self.config.fingerprint(), self.url)
+            storage.write_json_atomic(storage.join(self.url, INDEX_META), self.fingerprint(), self.url)
 
     def remove_part(self, name: str) -> None:
         storage.remove_tree(storage.join(self.url, f"{name}.parquet"))
@@ -370,23 +543,27 @@ class SignatureIndex:
     def write_part(self, run_key: str, signed: Signed) -> None:
         self.prepare()
         keys = minhash.band_keys(signed.sig, self.config)
-        table = index_rows(signed.meta.column("id"), signed.meta.column("source"), signed.meta.column("date"),
-                           keys, signed.sig, self.config)
+        table = index_rows(signed.meta.column("id"), signed.meta.column("source"), signed.meta.column("date"), keys,
+                           signed.sig, self.config, signed.sets if self.shingle_sets else None)
         self.remove_part(run_key)
-        write_parquet_atomic(table, storage.join(self.url, f"{run_key}.parquet"), self.url)
+        write_parquet_atomic(table, storage.join(self.url, f"{run_key}.parquet"), self.url, row_group_size=INDEX_ROW_GROUP)
 
 
 def band_columns(config: minhash.MinHashConfig) -> list[str]:
     return [f"band_{i:03d}" for i in range(config.bands)]
 
 
-def index_rows(ids, sources, dates, keys: np.ndarray, sig: np.ndarray, config: minhash.MinHashConfig) -> pa.Table:
-    """Index rows: id, source, date, one uint64 column per band, the signature as fixed-size bytes."""
+def index_rows(ids, sources, dates, keys: np.ndarray, sig: np.ndarray, config: minhash.MinHashConfig,
+               sets: minhash.ShingleSets | None = None) -> pa.Table:
+    """Index rows: id, source, date, one uint64 column per band, the signature as fixed-size
+    bytes, and the shingle set when the index keeps them."""
     columns = {"id": ids, "source": sources, "date": dates}
     for i, column in enumerate(band_columns(config)):
         columns[column] = pa.array(np.ascontiguousarray(keys[:, i]), pa.uint64())
     width = config.num_perm * 4
     columns["sig"] = pa.Array.from_buffers(pa.binary(width), len(sig), [None, pa.py_buffer(np.ascontiguousarray(sig).tobytes())])
+    if sets is not None:
+        columns["shingles"] = sets.to_arrow()
     return pa.table(columns)
 
 
@@ -410,9 +587,9 @@ def _run_key(output_url: str) -> str:
     return "run-" + hashlib.sha256(output_url.rstrip("/").encode()).hexdigest()[:16]
 
 
-def write_parquet_atomic(table: pa.Table, url: str, dataset_url: str) -> None:
+def write_parquet_atomic(table: pa.Table, url: str, dataset_url: str, row_group_size: int | None = None) -> None:
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
     storage.write_bytes_atomic(url, sink.getvalue(), dataset_url)
 
 
@@ -421,18 +598,21 @@ def write_parquet_atomic(table: pa.Table, url: str, dataset_url: str) -> None:
 _SPARK_ROWS = pa.schema([
     ("shard", pa.int32()), ("row", pa.int64()), ("tier", pa.int8()), ("id", pa.string()), ("source", pa.string()),
     ("date", pa.string()), ("length", pa.int64()), ("quality", pa.float64()), ("shingles", pa.int64()),
-    ("keys", pa.list_(pa.int64())), ("sig", pa.binary()),
+    ("keys", pa.list_(pa.int64())), ("sig", pa.binary()), ("sets", pa.binary()),
 ])
-_SPARK_PAIRS = pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("similarity", pa.float32())])
+_SPARK_PAIRS = pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("similarity", pa.float64())])
+_SPARK_SETS = pa.schema([("id", pa.string()), ("sets", pa.binary())])
 
 
-def plan_on_spark(stage: NearDedup, shards: list[InputShard], work_url: str, run) -> dict[str, int]:
+def plan_on_spark(stage: NearDedup, shards: list[InputShard], work_url: str, run) -> dict[str, int | float]:
     """The plan of :meth:`NearDedup.plan` with its heavy steps as Spark jobs: signatures on
     the executors, candidate pairs by a shuffle on band keys (members of a bucket ordered by
-    id, linked to the first member and to their predecessor, as locally), verification on
-    the executors, matching against the corpus index by a join. Only the verified edges and
-    the documents they touch come to the driver, where clusters and survivors are chosen
-    with the local functions: both engines drop the same documents for the same survivors."""
+    id, linked to the first member and to their predecessor, as locally), the match against
+    the corpus index by a join, verification on the executors (the signatures settle the
+    clear pairs; the documents of the others alone are shingled again, by tasks that read
+    just their rows). Only the scored pairs and the documents of the verified ones come to
+    the driver, where clusters and survivors are chosen with the local functions: both
+    engines drop the same documents for the same survivors and report the same figures."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -440,9 +620,11 @@ def plan_on_spark(stage: NearDedup, shards: list[InputShard], work_url: str, run
     config = params.minhash_config()
     output_url = work_url.rsplit("/", 1)[0]
     part = params.index_part or _run_key(output_url)
-    new = run.frame(_signed_rows, [(i, s.url) for i, s in enumerate(shards)], _SPARK_ROWS).cache()
+    exact = params.verify == "exact"
+    keep_sets = exact and bool(params.index_url) and params.update_index
+    new = run.frame(_signed_rows, [(i, s.url, keep_sets) for i, s in enumerate(shards)], _SPARK_ROWS).cache()
     pool = new
-    index = SignatureIndex(params.index_url, config) if params.index_url else None
+    index = stage.index() if params.index_url else None
     if index is not None and index._check():
         files = [url for name, urls in index.part_files().items() if name != part for url in urls]
         indexed = run.frame(_indexed_rows, [(i - len(files), url) for i, url in enumerate(files)], _SPARK_ROWS)
@@ -457,28 +639,44 @@ def plan_on_spark(stage: NearDedup, shards: list[InputShard], work_url: str, run
     pairs = linked.where("head != id").select(F.col("head").alias("x"), "id") \
         .unionByName(linked.where("prev is not null").select(F.col("prev").alias("x"), "id")) \
         .select(F.least("x", "id").alias("id_a"), F.greatest("x", "id").alias("id_b")).distinct()
-    sigs = pool.select("id", "sig")
-    with_sigs = pairs.join(sigs.withColumnRenamed("id", "id_a").withColumnRenamed("sig", "sig_a"), "id_a") \
-        .join(sigs.withColumnRenamed("id", "id_b").withColumnRenamed("sig", "sig_b"), "id_b")
-    num_perm = config.num_perm
-    edges = with_sigs.select("id_a", "id_b", "sig_a", "sig_b").mapInArrow(
-        lambda batches: _verify_batches(batches, num_perm), from_arrow_spark(_SPARK_PAIRS)).toArrow()
-    candidate_pairs = edges.num_rows
-    if params.verify and edges.num_rows:
-        sims = edges.column("similarity").to_numpy()
-        edges = edges.filter(pa.array(sims >= np.float32(params.threshold) - np.float32(1e-6)))
+    scored = _score(pairs, pool.select("id", F.col("sig").alias("v")), config.num_perm, "signatures")
+    similarity = scored.column("similarity").to_numpy().copy()
+    exact_pairs, set_docs = 0, run.session.createDataFrame([], from_arrow_spark(_SPARK_SETS))
+    if exact and scored.num_rows:
+        accept, reject = minhash.signature_verdicts(similarity, params.threshold, config.num_perm)
+        open_ = ~(accept | reject)
+        exact_pairs = int(np.count_nonzero(open_))
+        if exact_pairs:
+            open_pairs = scored.select(["id_a", "id_b"]).filter(pa.array(open_))
+            set_docs = _set_docs(run, shards, new, pool, open_pairs).cache()
+            measured = _score(run.session.createDataFrame(open_pairs), set_docs.select("id", F.col("sets").alias("v")),
+                              config.num_perm, "sets")
+            at = pc.index_in(_pair_keys(open_pairs), value_set=_pair_keys(measured)).to_numpy(zero_copy_only=False)
+            if np.isnan(at.astype(np.float64)).any():
+                raise RuntimeError(f"near_dedup (spark): {exact_pairs} pairs to verify, fewer verified")
+            similarity[np.flatnonzero(open_)] = measured.column("similarity").to_numpy()[at.astype(np.int64)]
+    candidate_similarity = similarity if params.verify != "off" else None
+    verified = minhash.passes(similarity, params.threshold) if candidate_similarity is not None \
+        else np.ones(scored.num_rows, dtype=bool)
+    edges = scored.filter(pa.array(verified))
 
     node_ids = pa.chunked_array([edges.column("id_a"), edges.column("id_b")]).unique() if edges.num_rows \
         else pa.array([], pa.string())
     nodes = _SPARK_ROWS.empty_table()
     if len(node_ids):
         wanted = run.session.createDataFrame(pa.table({"id": node_ids}))
-        nodes = pool.join(F.broadcast(wanted), "id", "left_semi").select(*_SPARK_ROWS.names).toArrow()
+        nodes = pool.drop("sets").join(F.broadcast(wanted), "id", "left_semi") \
+            .join(set_docs, "id", "left").select(*_SPARK_ROWS.names).toArrow()
         # The local order: new documents by (shard, row), then indexed ones by (file, row).
         nodes = nodes.sort_by([("tier", "descending"), ("shard", "ascending"), ("row", "ascending")])
-    summary, drops, clusters = _choose_survivors(nodes, edges, candidate_pairs, params, config)
+    summary, drops, clusters = _choose_survivors(nodes, edges, scored.set_column(2, "similarity", pa.array(similarity)),
+                                                 params, config)
+    summary["near_dup.candidate_pairs"] = scored.num_rows
+    summary["near_dup.exact_jaccard_pairs"] = exact_pairs
     summary["near_dup.no_shingles"] = new.where("shingles = 0").count()
     summary["near_dup.index_rows_matched"] = pool.count() - new.count()
+    summary = +summary
+    summary.update(pair_metrics(config, candidate_similarity, verified))
     for shard in np.unique(drops["shard"]):
         mask = drops["shard"] == shard
         write_drop_plan(work_url, shards[int(shard)].name, drops["row"][mask], drops["survivor"][mask].tolist())
@@ -491,10 +689,11 @@ def plan_on_spark(stage: NearDedup, shards: list[InputShard], work_url: str, run
                                                         "row": pa.array(drops["row"], pa.int64())}))
         kept = new.where("shingles > 0").join(F.broadcast(dropped), ["shard", "row"], "left_anti")
         folder = storage.join(params.index_url, part)
+        with_sets = index.shingle_sets
         kept.select(*_SPARK_ROWS.names).mapInArrow(
-            lambda batches: _write_index_file(batches, folder, config), "rows long").collect()
+            lambda batches: _write_index_file(batches, folder, config, with_sets), "rows long").collect()
     new.unpersist()
-    return {k: int(v) for k, v in summary.items() if v}
+    return dict(summary)
 
 
 def from_arrow_spark(schema: pa.Schema):
@@ -503,10 +702,65 @@ def from_arrow_spark(schema: pa.Schema):
     return from_arrow_schema(schema)
 
 
-def _signed_rows(stage: NearDedup, item: tuple[int, str]) -> Iterator[pa.Table]:
-    shard, url = item
+def _score(pairs, values, num_perm: int, kind: str) -> pa.Table:
+    """(id_a, id_b, similarity) of every pair: from the signatures, or the exact Jaccard of
+    the shingle sets, computed on the executors."""
+    with_values = pairs.join(values.withColumnRenamed("id", "id_a").withColumnRenamed("v", "v_a"), "id_a") \
+        .join(values.withColumnRenamed("id", "id_b").withColumnRenamed("v", "v_b"), "id_b")
+    return with_values.select("id_a", "id_b", "v_a", "v_b").mapInArrow(
+        lambda batches: _verify_batches(batches, num_perm, kind), from_arrow_spark(_SPARK_PAIRS)).toArrow()
+
+
+def _verify_batches(batches, num_perm: int, kind: str):
+    for batch in batches:
+        if kind == "sets":
+            a = minhash.ShingleSets.from_arrow(batch.column("v_a"))
+            b = minhash.ShingleSets.from_arrow(batch.column("v_b"))
+            rows = np.arange(batch.num_rows)
+            similarity = minhash.jaccard(a, b, rows, rows)
+        else:
+            similarity = minhash.pair_similarity(
+                np.concatenate([signature_matrix(batch.column("v_a"), num_perm),
+                                signature_matrix(batch.column("v_b"), num_perm)]),
+                np.arange(batch.num_rows), np.arange(batch.num_rows) + batch.num_rows)
+        yield pa.RecordBatch.from_arrays([batch.column("id_a"), batch.column("id_b"),
+                                          pa.array(similarity, pa.float64())], names=["id_a", "id_b", "similarity"])
+
+
+def _pair_keys(table: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(table.column("id_a"), table.column("id_b"), "\x00")
+
+
+def _set_docs(run, shards: list[InputShard], new, pool, open_pairs: pa.Table):
+    """(id, sets) of the documents of the pairs to verify exactly: new ones shingled again
+    from just their rows, indexed ones from the index."""
+    from pyspark.sql import functions as F
+
+    ids = pa.chunked_array([open_pairs.column("id_a"), open_pairs.column("id_b")]).unique()
+    wanted = run.session.createDataFrame(pa.table({"id": ids}))
+    located = new.select("id", "shard", "row").join(F.broadcast(wanted), "id", "left_semi").toArrow()
+    jobs = []
+    shard_numbers = located.column("shard").to_numpy()
+    for shard in np.unique(shard_numbers):
+        mask = shard_numbers == shard
+        rows = located.column("row").to_numpy()[mask]
+        order = np.argsort(rows)
+        jobs.append((shards[int(shard)].url, rows[order], np.asarray(located.column("id").to_pylist(), dtype=object)[mask][order]))
+    fresh = run.frame(_set_rows, jobs, _SPARK_SETS)
+    indexed = pool.where("tier = 0").select("id", "sets").join(F.broadcast(wanted), "id", "left_semi")
+    return fresh.unionByName(indexed)
+
+
+def _set_rows(stage: NearDedup, job) -> Iterator[pa.Table]:
+    url, rows, ids = job
+    sets = shard_sets(url, rows, stage.params.minhash_config())
+    yield pa.table({"id": pa.array(list(ids), pa.string()), "sets": sets.to_arrow()}, schema=_SPARK_SETS)
+
+
+def _signed_rows(stage: NearDedup, item: tuple[int, str, bool]) -> Iterator[pa.Table]:
+    shard, url, keep_sets = item
     config = stage.params.minhash_config()
-    signed = sign_part(url, config, stage.params.quality_column)
+    signed = sign_part(url, config, stage.params.quality_column, keep_sets)
     n = len(signed.sig)
     keys = minhash.band_keys(signed.sig, config).view(np.int64)  # Spark has no unsigned 64-bit type
     meta = signed.meta
@@ -517,6 +771,7 @@ def _signed_rows(stage: NearDedup, item: tuple[int, str]) -> Iterator[pa.Table]:
         "shingles": pa.array(signed.shingles, pa.int64()),
         "keys": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * config.bands), pa.array(keys.ravel())),
         "sig": _sig_column(signed.sig),
+        "sets": signed.sets.to_arrow().cast(pa.binary()) if signed.sets is not None else pa.nulls(n, pa.binary()),
     }, schema=_SPARK_ROWS)
 
 
@@ -529,6 +784,7 @@ def _indexed_rows(stage: NearDedup, item: tuple[int, str]) -> Iterator[pa.Table]
     n = table.num_rows
     keys = np.column_stack([table.column(b).to_numpy() for b in band_columns(config)]) if n \
         else np.empty((0, config.bands), np.uint64)
+    sets = table.column("shingles").cast(pa.binary()) if "shingles" in table.column_names else pa.nulls(n, pa.binary())
     yield pa.table({
         "shard": pa.array(np.full(n, file_number, np.int32)), "row": pa.array(np.arange(n, dtype=np.int64)),
         "tier": pa.array(np.zeros(n, np.int8)), "id": table.column("id"), "source": table.column("source"),
@@ -537,6 +793,7 @@ def _indexed_rows(stage: NearDedup, item: tuple[int, str]) -> Iterator[pa.Table]
         "keys": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * config.bands),
                                          pa.array(keys.astype(np.uint64).view(np.int64).ravel())),
         "sig": _sig_column(signature_matrix(table.column("sig"), config.num_perm)),
+        "sets": sets,
     }, schema=_SPARK_ROWS)
 
 
@@ -546,17 +803,7 @@ def _sig_column(sig: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(sig).tobytes())])
 
 
-def _verify_batches(batches, num_perm: int):
-    """(id_a, id_b, sig_a, sig_b) -> the estimated Jaccard of each pair."""
-    for batch in batches:
-        a = signature_matrix(batch.column("sig_a"), num_perm)
-        b = signature_matrix(batch.column("sig_b"), num_perm)
-        yield pa.RecordBatch.from_arrays(
-            [batch.column("id_a"), batch.column("id_b"), pa.array(minhash.similarity(a, b), pa.float32())],
-            names=["id_a", "id_b", "similarity"])
-
-
-def _write_index_file(batches, folder: str, config: minhash.MinHashConfig):
+def _write_index_file(batches, folder: str, config: minhash.MinHashConfig, with_sets: bool):
     import uuid
 
     tables = [pa.Table.from_batches([b]) for b in batches]
@@ -565,40 +812,56 @@ def _write_index_file(batches, folder: str, config: minhash.MinHashConfig):
         table = pa.concat_tables(tables)
         flat = pc.list_flatten(table.column("keys")).to_numpy(zero_copy_only=False)
         keys = flat.astype(np.int64).view(np.uint64).reshape(-1, config.bands)
+        sets = minhash.ShingleSets.from_arrow(table.column("sets")) if with_sets else None
         out = index_rows(table.column("id"), table.column("source"), table.column("date"), keys,
-                         signature_matrix(table.column("sig"), config.num_perm), config)
-        write_parquet_atomic(out, storage.join(folder, f"{uuid.uuid4().hex}.parquet"), folder)
+                         signature_matrix(table.column("sig"), config.num_perm), config, sets)
+        write_parquet_atomic(out, storage.join(folder, f"{uuid.uuid4().hex}.parquet"), folder,
+                             row_group_size=INDEX_ROW_GROUP)
     yield pa.RecordBatch.from_arrays([pa.array([rows], pa.int64())], names=["rows"])
 
 
-def _choose_survivors(nodes: pa.Table, edges: pa.Table, candidate_pairs: int, params: NearDedupParams,
+def _choose_survivors(nodes: pa.Table, edges: pa.Table, scored: pa.Table, params: NearDedupParams,
                       config: minhash.MinHashConfig) -> tuple[Counter, dict[str, np.ndarray], pa.Table]:
-    """Clusters and survivors among the documents that have a verified edge."""
+    """Clusters and survivors among the documents that have a verified edge, and the cluster
+    report with the similarity each pair was judged by, as the local stage gives them."""
     n = nodes.num_rows
     ids = nodes.column("id").combine_chunks() if n else pa.array([], pa.string())
     sig = signature_matrix(nodes.column("sig"), config.num_perm)
-    a = pc.index_in(edges.column("id_a"), value_set=ids).to_numpy(zero_copy_only=False).astype(np.int64) if n \
-        else np.empty(0, np.int64)
-    b = pc.index_in(edges.column("id_b"), value_set=ids).to_numpy(zero_copy_only=False).astype(np.int64) if n \
-        else np.empty(0, np.int64)
+
+    def positions(column) -> np.ndarray:
+        found = pc.index_in(column, value_set=ids).to_numpy(zero_copy_only=False) if n else np.full(len(column), np.nan)
+        return found
+
+    a, b = positions(edges.column("id_a")).astype(np.int64), positions(edges.column("id_b")).astype(np.int64)
     meta = pa.table({"tier": nodes.column("tier"), "id": ids, "date": nodes.column("date"),
                      "length": nodes.column("length"), "quality": nodes.column("quality")})
-    labels = minhash.components(n, a, b)
-    survivor = minhash.survivors(labels, minhash.priority_rank(meta, params.keep))
+    found = minhash.cluster(n, a, b, None, params.threshold, minhash.priority_rank(meta, params.keep))
     tier = nodes.column("tier").to_numpy()
     indexed = np.flatnonzero(tier == 0)
-    survivor[indexed] = indexed  # already in the corpus: never dropped here
-    found = minhash.Clusters(survivor, labels, candidate_pairs, len(a))
+    found.survivor[indexed] = indexed  # already in the corpus: never dropped here
+    has_set = nodes.column("sets").is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, dtype=bool)
+    sets = minhash.ShingleSets.from_arrow(nodes.column("sets").fill_null(b"")) if n else minhash.ShingleSets.empty()
+
+    def pair_similarity(x, y):  # exact where both documents were shingled again, as locally
+        out = minhash.pair_similarity(sig, x, y)
+        both = has_set[x] & has_set[y]
+        out[both] = minhash.jaccard(sets, sets, x[both], y[both])
+        return out
+
+    if params.verify != "off" and n:
+        ca, cb = positions(scored.column("id_a")), positions(scored.column("id_b"))
+        among = ~(np.isnan(ca.astype(np.float64)) | np.isnan(cb.astype(np.float64)))
+        pair_similarity = reusing_known_pairs(ca[among].astype(np.int64), cb[among].astype(np.int64),
+                                              scored.column("similarity").to_numpy()[among], n, pair_similarity)
     dropped = np.flatnonzero(found.duplicate & (tier == 1))
     drops = {
         "shard": nodes.column("shard").to_numpy()[dropped], "row": nodes.column("row").to_numpy()[dropped],
-        "survivor": np.asarray(pc.take(ids, pa.array(survivor[dropped], pa.int64())).to_pylist(), dtype=object),
+        "survivor": np.asarray(pc.take(ids, pa.array(found.survivor[dropped], pa.int64())).to_pylist(), dtype=object),
     }
-    clusters = minhash.cluster_table(ids, sig, found, params.sample_pairs)
+    clusters = minhash.cluster_table(ids, found, params.sample_pairs, pair_similarity)
     summary = Counter({
-        "near_dup.candidate_pairs": candidate_pairs,
         "near_dup.verified_pairs": len(a),
         "near_dup.clusters": clusters.num_rows,
-        "near_dup.dropped_for_index": int(np.count_nonzero(tier[survivor[dropped]] == 0)),
+        "near_dup.dropped_for_index": int(np.count_nonzero(tier[found.survivor[dropped]] == 0)),
     })
     return summary, drops, clusters
