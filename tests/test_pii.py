@@ -412,6 +412,17 @@ def test_names_in_context_are_masked(masker):
     ]
 
 
+def test_a_name_that_names_a_place_is_not_a_person(masker):
+    texts = [
+        "Five Alabama counties, including Jefferson County, adopted the system.",
+        "Come on down to Robin Park Leisure Centre on Saturday.",
+        "Thomas Jefferson won the vote, and Jefferson said so.",
+    ]
+    masked = masker.process_batch(records(texts)).kept.column("text").to_pylist()
+    assert masked[:2] == texts[:2]
+    assert masked[2] == "<PERSON> won the vote, and <PERSON> said so."
+
+
 def test_entity_metrics_feed_the_report_and_the_detection_rate(tmp_path, synth, monkeypatch):
     chosen = [synth[i] for i in sorted(SENTENCE_IDS.values())] + [synth["presidio-00002"], synth["presidio-00001"]]
     texts = [r["text"] for r in chosen]

@@ -745,6 +745,32 @@ _ORG_WORDS = frozenset(
        "solutions", "industries", "enterprises", "laboratories", "labs", "ventures", "airlines", "airways",
        "pharmaceuticals", "studios", "productions", "bros"]
 )
+# Words that close the name of a place, a building, an institution, a prize or a law: a
+# name followed by one in its run of capitalised words is that thing's name ("Jefferson
+# County", "Robin Park Leisure Centre", "Nobel Prize"). Words that are also given names or
+# surnames ("Hall", "Temple", "Lake") are left out.
+_PLACE_WORDS = frozenset(
+    ["county", "township", "borough", "district", "islands", "mountains", "centre", "memorial", "museum", "library",
+     "stadium", "airport", "cathedral", "academy", "theatre", "theater", "prison", "palace", "building", "empire",
+     "republic", "ministry", "department", "award", "awards", "prize", "lecture", "lectures", "scholarship", "fund",
+     "doctrine", "act"]
+)
+
+
+class _ClosesName(dict):
+    """Whether a capitalised word is one of _PLACE_WORDS, computed once per word."""
+
+    MAX_WORDS = 300_000
+
+    def __missing__(self, word: str) -> bool:
+        closes = word.lower() in _PLACE_WORDS
+        if len(self) >= self.MAX_WORDS:
+            self.clear()
+        self[word] = closes
+        return closes
+
+
+_CLOSES_NAME = _ClosesName()
 # Weekdays are in the place list (with the months) and some are given names or surnames:
 # they are never a name.
 _WEEKDAYS = frozenset(["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"])
@@ -799,10 +825,10 @@ def _lexicon_kinds(lex: Lexicon) -> dict[str, int]:
     """The kind of every folded word the lists know; other words are name-like or unknown."""
     kinds: dict[str, int] = {}
     titles = set(_TITLES.split("|"))
-    for word in lex.given | lex.surnames | lex.common | lex.places | lex.cities | _STOP_WORDS | _ORG_WORDS | titles:
+    for word in lex.given | lex.surnames | lex.common | lex.places | lex.cities | _STOP_WORDS | _ORG_WORDS | _PLACE_WORDS | titles:
         if word in _ORG_WORDS:
             kind = KIND_O
-        elif word in _STOP_WORDS or word in titles or word in _WEEKDAYS:
+        elif word in _STOP_WORDS or word in titles or word in _WEEKDAYS or word in _PLACE_WORDS:
             kind = KIND_C
         else:
             common = word in lex.common or word in lex.places or (word in lex.cities and word not in lex.common_given)
@@ -1021,6 +1047,13 @@ class PersonRecognizer:
         street = following[words.joined[following] & (kind[following] == KIND_C)]
         street = street[[bool(_ANCHOR_KINDS[words.words[j]] & _ANCHOR_STREET_TYPE) for j in street.tolist()]]
         score[np.isin(seg_last, street - 1)] = 0
+        # A name followed later in its run by a place word is a place's name ("Jefferson County").
+        found = np.flatnonzero(score > 0)
+        if found.size:
+            closes_upto = np.cumsum(np.fromiter(map(_CLOSES_NAME.__getitem__, words.words), np.int32, n))
+            run_last = np.flatnonzero(np.append(run[1:] != run[:-1], True))
+            last = seg_last[found]
+            score[found[closes_upto[run_last[run[last]]] > closes_upto[last]]] = 0
         # "Torpy and Salinas were ...": two names joined by "and", then a plural verb.
         unscored_names = (score == 0) & (clear > 0)
         cand = np.flatnonzero(unscored_names[:-1] & unscored_names[1:] & (start[1:] - end[:-1] <= 7))
