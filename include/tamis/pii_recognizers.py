@@ -648,6 +648,13 @@ class Lexicon:
         # One-word names of large cities: places, unless they are common given names.
         self.cities = {fold_word(c) for c in raw["cities"] if " " not in c}
         self.common_given = {fold_word(n) for n in raw["common_given_names"]}
+        # Names of large cities of several words, but not those shaped like a person's
+        # name (a given name first, every word a name: "Benito Juárez", "George Town").
+        self.multiword_cities = set()
+        for city in raw["cities"]:
+            words = [fold_word(w) for w in city.split()]
+            if len(words) > 1 and not (words[0] in self.given and all(w in self.given or w in self.surnames for w in words)):
+                self.multiword_cities.add(" ".join(words))
         self.model = raw["name_model"]
         # The model as dense tables over the letters a-z and the marks ^ $: a gram of n
         # such characters is a number in base 29 (0 stands for any other character).
@@ -1054,6 +1061,12 @@ class PersonRecognizer:
             run_last = np.flatnonzero(np.append(run[1:] != run[:-1], True))
             last = seg_last[found]
             score[found[closes_upto[run_last[run[last]]] > closes_upto[last]]] = 0
+        # A name of several words that is a large city's name is the city ("Los Angeles").
+        found = np.flatnonzero((score > 0) & multi)
+        if found.size:
+            cities = self.lex.multiword_cities
+            spans = zip(start[found].tolist(), end[found].tolist())
+            score[found[[" ".join(map(fold_word, text[s:e].split())) in cities for s, e in spans]]] = 0
         # "Torpy and Salinas were ...": two names joined by "and", then a plural verb.
         unscored_names = (score == 0) & (clear > 0)
         cand = np.flatnonzero(unscored_names[:-1] & unscored_names[1:] & (start[1:] - end[:-1] <= 7))
