@@ -59,7 +59,6 @@ import re
 import unicodedata
 from datetime import date
 from functools import lru_cache
-from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import ClassVar, NamedTuple
@@ -73,7 +72,6 @@ from presidio_analyzer import (
     EntityRecognizer,
     Pattern,
     PatternRecognizer,
-    RecognizerResult,
 )
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
@@ -931,10 +929,10 @@ class PersonRecognizer:
 
     supported_entities = (PERSON,)
     # Lower-case names after a phrase that introduces a name.
-    SCREENS = {
+    SCREENS: ClassVar[dict[str, str]] = {
         "person_introduced": r"(?i)(?:my name is|name is|name's|calls? me|called me|name[ \t]*:)[ \t]+\p{Ll}",
     }
-    LOWER_CASE_SCREENS = {"person_introduced_lower": r"(?:i'm|i am|this is|dear)[ \t]+\p{Ll}"}
+    LOWER_CASE_SCREENS: ClassVar[dict[str, str]] = {"person_introduced_lower": r"(?:i'm|i am|this is|dear)[ \t]+\p{Ll}"}
     MAX_CACHED_WORDS = 300_000
 
     def __init__(self, supported_language: str = "en"):
@@ -1268,13 +1266,13 @@ class StreetAddressRecognizer:
     upper-case forms), from the screen."""
 
     supported_entities = (STREET_ADDRESS,)
-    SCREENS = {
+    SCREENS: ClassVar[dict[str, str]] = {
         "address_suffix": rf"(?i:{_STREET_SUFFIXES})\.?[ \t]+[0-9]",
         "address_word": r"\bul\.[ \t]|\b(?:PSC|CMR)[ \t]+[0-9]|P\.?[ \t]?O\.?[ \t]?Box",
         "address_corner": r"(?i:corner|intersection) of",
         "address_town": rf"\b(?:{_US_STATES})[ \t]+[0-9]{{4,5}}\b",
     }
-    SHAPE_OF_SCREEN = {"address_suffix": _SHAPE_SUFFIX, "address_word": _SHAPE_WORD_LED, "address_corner": _SHAPE_CORNER,
+    SHAPE_OF_SCREEN: ClassVar[dict[str, int]] = {"address_suffix": _SHAPE_SUFFIX, "address_word": _SHAPE_WORD_LED, "address_corner": _SHAPE_CORNER,
                        "address_town": _SHAPE_TOWN}
     SCORE = 0.9  # above PERSON's: a name inside an address is part of the address
 
