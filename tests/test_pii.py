@@ -413,6 +413,19 @@ def test_names_in_context_are_masked(masker):
     ]
 
 
+def test_a_name_that_names_a_place_is_not_a_person(masker):
+    texts = [
+        "Five Alabama counties, including Jefferson County, adopted the system.",
+        "Come on down to Robin Park Leisure Centre on Saturday.",
+        "He moved from Los Angeles to Las Vegas in 1990.",
+        "Thomas Jefferson won the vote, and Jefferson said so.",
+        "Benito Juárez was president of Mexico.",
+    ]
+    masked = masker.process_batch(records(texts)).kept.column("text").to_pylist()
+    assert masked[:3] == texts[:3]
+    assert masked[3:] == ["<PERSON> won the vote, and <PERSON> said so.", "<PERSON> was president of Mexico."]
+
+
 def test_entity_metrics_feed_the_report_and_the_detection_rate(tmp_path, synth, monkeypatch):
     chosen = [synth[i] for i in sorted(SENTENCE_IDS.values())] + [synth["presidio-00002"], synth["presidio-00001"]]
     texts = [r["text"] for r in chosen]

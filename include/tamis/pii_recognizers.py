@@ -1,18 +1,36 @@
-"""Presidio recognizers for the PII stage, built to run offline and fast.
+"""Recognizers and the batch detector of the PII stage, built to run offline and fast.
 
-Each recognizer carries a ``SCREEN``: a cheap regular expression that every text it
-could match must contain. The stage ORs the screens of the enabled recognizers and runs
-them over a whole Arrow column at once (RE2), so most documents never reach Presidio;
-each recognizer checks its own screen again before its costlier patterns. Screens use
-``[0-9]`` rather than ``\\d`` so that Python's ``re`` and RE2 agree on what they match.
+The detector (:class:`Detector`) reads a whole batch at once. Each document is seen
+NFKC-folded (full-width digits and ``＠`` read as ASCII), and findings are mapped back to
+the original characters. Cheap screens (RE2 regular expressions that every text a
+recognizer could match must contain) run over the whole text column in one Arrow pass,
+so most documents never reach the costlier recognizers:
+
+- pattern types run per document, on the documents their screen matched, with Presidio's
+  recognizers and validators (checksums, python-phonenumbers, the public suffix list
+  bundled with tldextract) and context rules against look-alikes;
+- PERSON runs once over the batch's documents joined into one string: its capitalised
+  words are found by one regular-expression split, looked up in the name lists through a
+  per-worker cache, grouped into candidate names with numpy, and the context rules read
+  short snippets around the candidates in one RE2 pass each;
+- STREET_ADDRESS runs on the documents that hold one of its anchors (a street-type word
+  after a number, a street prefix, a flat or box number...), found from the same
+  capitalised words.
+
+Screens use ``[0-9]`` rather than ``\\d`` so that Python's ``re`` and RE2 agree on what
+they match.
 
 Changes to Presidio's own recognizers, and why:
 - e-mail: Presidio validates the domain with tldextract, which fetches the public
   suffix list over the network on first use; here it reads the list bundled with
-  tldextract and never goes online.
+  tldextract and never goes online. Its pattern runs only on the whitespace-free
+  stretches that hold an ``@``, where every match lies.
 - phone: Presidio runs python-phonenumbers' matcher over the whole text once per
   region (tens of milliseconds on a 2 KB page); here it runs only on runs of digits and
-  separators holding at least ``MIN_PHONE_DIGITS`` digits, with a few characters around.
+  separators holding at least ``MIN_PHONE_DIGITS`` digits, with a few characters around,
+  and only when some part of the run could be kept by the rules below; the regions tried
+  are those where some part of the run could be a valid number at all (checked against
+  python-phonenumbers' own number patterns, a far cheaper test than its matcher).
 - phone: a number python-phonenumbers accepts is kept only with phone-like context
   ("tel", "call", "mobile"... before it, "office", "fax"... after it) or a phone-like
   format (a leading "+", an area code in parentheses, or separators that group the digits
@@ -33,22 +51,27 @@ context rules.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import ipaddress
 import json
 import re
 import unicodedata
 from datetime import date
-from functools import lru_cache
+from functools import cache, lru_cache
+from operator import itemgetter
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
+import numpy as np
 import phonenumbers
+import pyarrow as pa
+import pyarrow.compute as pc
+from phonenumbers import PhoneMetadata
 from presidio_analyzer import (
     EntityRecognizer,
     Pattern,
     PatternRecognizer,
-    RecognizerResult,
 )
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
@@ -61,12 +84,18 @@ from presidio_analyzer.predefined_recognizers import (
 from spacy.lang.en.stop_words import STOP_WORDS
 
 CN_RESIDENT_ID = "CN_RESIDENT_ID"
+PERSON = "PERSON"
+STREET_ADDRESS = "STREET_ADDRESS"
 MIN_PHONE_DIGITS = 7
-# Digits with at most three separators between them: every phone candidate below holds
-# such a run of MIN_PHONE_DIGITS digits.
-_PHONE_SCREEN = r"[0-9](?:[ \t().\-/]{0,3}[0-9]){%d}" % (MIN_PHONE_DIGITS - 1)
-_PHONE_RUN = re.compile(r"[0-9](?:[ \t]?[().\-/]?[ \t]?[0-9])+")
-_PHONE_WINDOW_PAD = 3  # characters around a run: "+", "(" and the matcher's boundary checks
+
+
+class Finding(NamedTuple):
+    """One value found in a document: character offsets, entity type, confidence."""
+
+    start: int
+    end: int
+    entity_type: str
+    score: float
 
 
 class _Screened:
@@ -86,17 +115,40 @@ class _Screened:
         return super().analyze(text, entities, nlp_artifacts, regex_flags)
 
 
+# A whitespace-free stretch around an "@": Presidio's e-mail pattern matches no
+# whitespace, so each of its matches lies inside one such stretch.
+_AT_STRETCH = re.compile(r"[^\s@]*@[^\s]*")
+
+
 class OfflineEmailRecognizer(_Screened, EmailRecognizer):
     SCREEN = r"@"
     _extract = None
 
-    def validate_result(self, pattern_text: str) -> bool:
-        if OfflineEmailRecognizer._extract is None:
-            import tldextract
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        _email_domain_is_valid("example.com")  # loads the bundled public suffix list once per worker
 
-            # No URLs: never fetch the suffix list; no cache dir: never write one.
-            OfflineEmailRecognizer._extract = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=())
-        return OfflineEmailRecognizer._extract(pattern_text).fqdn != ""
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+        found = []
+        for stretch in _AT_STRETCH.finditer(text):
+            for r in super().analyze(stretch.group(), entities, nlp_artifacts, regex_flags):
+                r.start += stretch.start()
+                r.end += stretch.start()
+                found.append(r)
+        return found
+
+    def validate_result(self, pattern_text: str) -> bool:
+        return _email_domain_is_valid(pattern_text.rpartition("@")[2])
+
+
+@lru_cache(maxsize=4096)
+def _email_domain_is_valid(domain: str) -> bool:
+    if OfflineEmailRecognizer._extract is None:
+        import tldextract
+
+        # No URLs: never fetch the suffix list; no cache dir: never write one.
+        OfflineEmailRecognizer._extract = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=())
+    return OfflineEmailRecognizer._extract(domain).fqdn != ""
 
 
 class CardRecognizer(_Screened, CreditCardRecognizer):
@@ -186,29 +238,99 @@ class ScreenedUsSsnRecognizer(_Screened, UsSsnRecognizer):
 _SSN_CONTEXT = re.compile(r"(?i)(?:\bssn|\bss#|\bss no|social[ \t-]security(?:[ \t]+(?:number|no\.?|#))?)\b[^\n]{0,24}$")
 
 
+# -- phone numbers -----------------------------------------------------------------------
+
+# Digits with at most three separators between them: every phone candidate below holds
+# such a run of MIN_PHONE_DIGITS digits.
+_PHONE_SCREEN = r"[0-9](?:[ \t().\-/]{0,3}[0-9]){%d}" % (MIN_PHONE_DIGITS - 1)
+_PHONE_RUN = re.compile(r"[0-9](?:[ \t]?[().\-/]?[ \t]?[0-9])+")
+_PHONE_WINDOW_PAD = 3  # characters around a run: "+", "(" and the matcher's boundary checks
+_MAX_GROUPS_PER_NUMBER = 6  # digit groups in one number: "+44 (0) 20 7393 1500" has five
+
+
 class CandidatePhoneRecognizer(PhoneRecognizer):
     """Presidio's phone recognizer, run on digit runs instead of the whole text.
 
-    Regions are tried in order and the search stops at the first region whose matches
-    span the whole run: the later regions would only find the same number again."""
+    python-phonenumbers' matcher costs about a millisecond per run and region, so a run
+    reaches it only when some part of it (a span of whole digit groups, as the matcher
+    finds them) would pass :func:`accept_phone`, and only for the regions where that
+    part could be a valid number. Regions are tried in order and the search stops at the
+    first region whose matches span the whole run: later regions would only find the
+    same number again."""
 
     SCREEN = _PHONE_SCREEN
     _screen = re.compile(_PHONE_SCREEN)
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for region in self.supported_regions:
+            _number_patterns(region)  # compiled once per worker, not on the first number
+
     def analyze(self, text, entities, nlp_artifacts=None):
         results = []
+        lines = _Lines(text)
         for run in _PHONE_RUN.finditer(text):
-            digits = sum(ch.isdigit() for ch in run.group())
-            if digits < MIN_PHONE_DIGITS:
+            start, end = run.span()
+            groups = [m.span() for m in _DIGIT_GROUPS.finditer(text, start, end)]
+            if sum(e - s for s, e in groups) < MIN_PHONE_DIGITS:
                 continue
-            lo = max(0, run.start() - _PHONE_WINDOW_PAD)
-            hi = min(len(text), run.end() + _PHONE_WINDOW_PAD)
-            for start, end, region in _phone_matches(text[lo:hi], run.start() - lo, run.end() - lo, self.supported_regions, self.leniency):
-                if not_a_phone(text, start + lo, end + lo) or not phone_like(text, start + lo, end + lo):
-                    continue
-                result = self._get_recognizer_result(_Span(start + lo, end + lo), text, region, nlp_artifacts)
-                results.append(result)
+            regions = self._regions_worth_trying(text, start, end, groups, lines)
+            if not regions:
+                continue
+            lo = max(0, start - _PHONE_WINDOW_PAD)
+            hi = min(len(text), end + _PHONE_WINDOW_PAD)
+            for s, e, region in _phone_matches(text[lo:hi], start - lo, end - lo, regions, self.leniency):
+                if accept_phone(text, s + lo, e + lo, lines):
+                    results.append(self._get_recognizer_result(_Span(s + lo, e + lo), text, region, nlp_artifacts))
         return EntityRecognizer.remove_duplicates(results)
+
+    def _regions_worth_trying(self, text: str, start: int, end: int, groups: list, lines: _Lines) -> tuple:
+        """The regions, in order, where some part of the run could be a phone number the
+        rules keep; empty when there is none. The parts tried are spans of whole digit
+        groups (as the matcher finds numbers), led by the "+" or "(" before them if any."""
+        if lines.arithmetic(start):
+            return ()  # every number on an arithmetic line is rejected
+        context = _phone_word_near(text, start, end)
+        lo = max(0, start - _PHONE_WINDOW_PAD)
+        international = "+" in text[lo:start] or self.leniency == 0  # "possible" numbers: no pattern test
+        regions = self.supported_regions
+        valid_in: set = set()
+        n = len(groups)
+        values = [text[s:e] for s, e in groups]
+        sizes = [e - s for s, e in groups]
+        years = [size == 4 and _YEAR_GROUP.fullmatch(v) is not None for v, size in zip(values, sizes)]
+        paren_before = [False] + ["(" in text[groups[k - 1][1] : groups[k][0]] for k in range(1, n)]
+        for i in range(n):
+            starts = [groups[i][0]]  # where a number could start: the group, or a "+" or "(" before it
+            at = groups[i][0]
+            while at > lo and text[at - 1] in "+( \t":
+                at -= 1
+                if text[at] in "+(":
+                    starts.append(at)
+            plus = international or any(text[s] == "+" for s in starts[1:])
+            led_by_zero = values[i][0] == "0"
+            digits, longest, ones, parenthesised, all_years = "", 0, 0, False, True
+            for j in range(i, min(n, i + _MAX_GROUPS_PER_NUMBER)):
+                digits += values[j]
+                longest = max(longest, sizes[j])
+                ones += sizes[j] == 1
+                all_years = all_years and years[j]
+                parenthesised = parenthesised or (j > i and paren_before[j])
+                if ones > 2:
+                    break  # accept_phone: digit-by-digit sequences
+                count = j - i + 1
+                if not (context or parenthesised or len(starts) > 1) and not (
+                    2 <= count <= 5 and (longest <= 5 or led_by_zero) and sizes[j] >= 2
+                ):
+                    continue  # accept_phone: neither context, format nor phone grouping
+                if count > 1 and all_years:
+                    continue  # accept_phone: years
+                new = regions if plus else _regions_where_valid(digits, regions)
+                if not valid_in.issuperset(new) and any(accept_phone(text, s, groups[j][1], lines) for s in starts):
+                    valid_in.update(new)
+                    if len(valid_in) == len(regions):
+                        return regions
+        return tuple(r for r in regions if r in valid_in)
 
 
 class _Span:
@@ -218,42 +340,175 @@ class _Span:
         self.start, self.end = start, end
 
 
+class _Lines:
+    """Line bounds and per-line facts of one text, computed once per line."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self._arithmetic: dict[int, bool] = {}
+
+    def bounds(self, at: int) -> tuple[int, int]:
+        text = self.text
+        line_start = text.rfind("\n", 0, at) + 1
+        line_end = text.find("\n", at)
+        return line_start, (line_end if line_end >= 0 else len(text))
+
+    def arithmetic(self, at: int) -> bool:
+        line_start, line_end = self.bounds(at)
+        known = self._arithmetic.get(line_start)
+        if known is None:
+            known = self._arithmetic[line_start] = _ARITHMETIC.search(self.text, line_start, line_end) is not None
+        return known
+
+
+@cache
+def _number_patterns(region: str) -> tuple:
+    """(national prefix for parsing, its transform rule, country code, international
+    prefix, the lengths and one pattern of every number type of every region sharing the
+    country code): python-phonenumbers' own patterns. A valid number's national
+    significant number has one of these lengths and matches one of these types (and its
+    region's general pattern, not tested: leaving it out only lets more through)."""
+    metadata = PhoneMetadata.metadata_for_region(region)
+    code = metadata.country_code
+    types: list[str] = []
+    lengths: set[int] = set()
+    for other in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, (region,)):
+        md = PhoneMetadata.metadata_for_region(other)
+        if md is None:
+            continue
+        if md.general_desc is not None and md.general_desc.possible_length:
+            lengths.update(md.general_desc.possible_length)
+        for desc in (md.premium_rate, md.toll_free, md.shared_cost, md.voip, md.personal_number, md.pager, md.uan,
+                     md.voicemail, md.fixed_line, md.mobile):
+            if desc is not None and desc.national_number_pattern and desc.national_number_pattern not in types:
+                types.append(desc.national_number_pattern)
+                lengths.update(desc.possible_length or ())
+    prefix = re.compile(metadata.national_prefix_for_parsing) if metadata.national_prefix_for_parsing else None
+    idd = re.compile(metadata.international_prefix) if metadata.international_prefix else None
+    number_types = re.compile("|".join(f"(?:{t})" for t in types)) if types else None
+    # possible_length lists may be empty ("same as the general description"): no length test then
+    lengths_known = all(
+        (d is None or not d.national_number_pattern or d.possible_length)
+        for other in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, (region,))
+        for md in [PhoneMetadata.metadata_for_region(other)] if md is not None
+        for d in (md.general_desc,)
+    )
+    return prefix, metadata.national_prefix_transform_rule, str(code), idd, number_types, (frozenset(lengths) if lengths_known else None)
+
+
+_COUNTRY_CODES = frozenset(str(code) for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+
+
+@lru_cache(maxsize=65536)
+def _regions_where_valid(digits: str, regions: tuple) -> frozenset:
+    """The regions among ``regions`` where python-phonenumbers could find ``digits``
+    (written without "+") a valid number; see :func:`_could_be_valid`."""
+    out: list[str] = []
+    for region, same in _regions_by_rules(regions):
+        if _could_be_valid(digits, region):
+            out.extend(same)
+    return frozenset(out)
+
+
+@lru_cache(maxsize=64)
+def _regions_by_rules(regions: tuple) -> list[tuple[str, list[str]]]:
+    """``regions`` grouped by the parsing rules and patterns they share (US and CA: +1)."""
+    groups: dict[tuple, list[str]] = {}
+    for region in regions:
+        prefix, transform, code, idd, _, _ = _number_patterns(region)
+        key = (code, prefix.pattern if prefix else None, transform, idd.pattern if idd else None)
+        groups.setdefault(key, []).append(region)
+    return [(same[0], same) for same in groups.values()]
+
+
+def _could_be_valid(digits: str, region: str) -> bool:
+    """False only when python-phonenumbers would find ``digits``, parsed for ``region``
+    without a "+", invalid: no national significant number it could strip them to (the
+    country code, the national prefix or a carrier code off the front) has the length and
+    matches a number type of the region's country code. Numbers led by an international
+    prefix may belong to any country and are left to the library."""
+    prefix, transform, code, idd, number_types, lengths = _number_patterns(region)
+    if idd is not None:
+        match = idd.match(digits)
+        if match and any(digits[match.end() : match.end() + k] in _COUNTRY_CODES for k in (1, 2, 3)):
+            return True  # a country code after an international prefix: any country's number
+    if number_types is None:
+        return False
+    candidates = {digits}
+    for number in (digits, digits[len(code) :] if digits.startswith(code) else None):
+        if not number:
+            continue
+        candidates.add(number)
+        match = prefix.match(number) if prefix is not None else None
+        if match:
+            candidates.add(number[match.end() :])
+            if transform:
+                candidates.add(prefix.sub(transform, number, count=1))
+    return any(n and (lengths is None or len(n) in lengths) and number_types.fullmatch(n) for n in candidates)
+
+
 _DIGIT_GROUPS = re.compile(r"[0-9]+")
+_YEAR = r"(?:1[5-9]|20)[0-9]{2}"
+_YEARS = re.compile(rf"{_YEAR}(?:[ \t]?[-/.–][ \t]?{_YEAR}|[ \t]{_YEAR})+")
+_YEAR_IN_PARENTHESES = re.compile(rf"\({_YEAR}\)")
+_YEAR_GROUP = re.compile(_YEAR)
 _ISBN_CONTEXT = re.compile(r"(?i)isbn")
 _DATE_START = re.compile(r"(?:1[89]|20)[0-9]{2}[-/.](?:0[1-9]|1[0-2])[-/.](?:0[1-9]|[12][0-9]|3[01])(?![0-9])")
-
-
-def not_a_phone(text: str, start: int, end: int) -> bool:
-    """Numbers that python-phonenumbers accepts but the page shows are something else.
-
-    Measured on web pages, most such matches are decimals and table columns
-    ("0.235  -0.685", "12.0292272567749"), digit-by-digit sequences ("0 3 4 5 1 6 2 7"),
-    the fraction part of a decimal, dates ("2021-06-17 18") and ISBNs ("0-393-02895-5")."""
-    value = text[start:end]
-    groups = _DIGIT_GROUPS.findall(value)
-    if sum(len(g) == 1 for g in groups) > 2 or "  " in value or _DATE_START.match(value):
-        return True
-    if "." in value and (value.lstrip("+(-").startswith("0.") or max(map(len, groups)) >= 6):
-        return True
-    before, after = text[max(0, start - 2) : start], text[end : end + 2]
-    if (len(before) == 2 and before[1] in ".," and before[0].isdigit()) or (
-        len(after) == 2 and after[0] in ".," and after[1].isdigit()
-    ):
-        return True  # the digits continue a decimal number
-    return bool(_ISBN_CONTEXT.search(text, max(0, start - 24), start))
-
-
 _PHONE_WORDS = (
     r"phone|telephone|tel|ph|mobile|mob|cell|cellphone|fax|call|calls|called|calling|dial|text|sms|whatsapp|"
     r"contact|hotline|helpline|reach|ring|answering|messages|office|desk|home|work|landline|"
     r"telefon|téléphone|teléfono|telefone|handy|portable|móvil|celular"
 )
 _PHONE_WORDS_CJK = r"電話|电话|手机|手機|座机|联系|拨打|致电|呼叫|携帯"
-# A phone word shortly before the number, on its line or as the label line above it.
-_PHONE_BEFORE = re.compile(
-    rf"(?i)(?:(?<![^\W\d_])(?:{_PHONE_WORDS})(?![^\W\d_])|{_PHONE_WORDS_CJK}|[☎📞✆])[^\n]{{0,24}}(?:\n[ \t]*)?$"
-)
 _PHONE_AFTER = re.compile(r"(?i)^[ \t]*[-(,]?[ \t]*(?:office|fax|mobile|cell|home|work|desk|tel|phone|ext\.?|x[0-9])\b")
+# The words of _PHONE_BEFORE and _PHONE_AFTER, which both read whole words (letters with
+# no letter on either side): without one of them near a run, no number in the run has
+# phone context.
+_PHONE_WORD_SET = frozenset(_PHONE_WORDS.split("|")) | {"ext", "x"}
+_LETTER_RUN = re.compile(r"[^\W\d_]+")
+_PHONE_SIGN = re.compile(rf"{_PHONE_WORDS_CJK}|[☎📞✆]")
+_PHONE_WORDS_ONLY = frozenset(_PHONE_WORDS.split("|"))
+
+
+_PHONE_BEFORE_CHARS = 40
+_PHONE_BEFORE_GAP = 24
+
+
+def _phone_word_before(text: str, start: int) -> bool:
+    """A phone word (a whole word: no letter on either side) or sign within the 40
+    characters before ``start``, followed by at most 24 characters on its line and
+    optionally a line break and blanks: on the number's line, or the label line above."""
+    lo = max(0, start - _PHONE_BEFORE_CHARS)
+    ends = [m.end() for m in _PHONE_SIGN.finditer(text, lo, start)]
+    for m in _LETTER_RUN.finditer(text, lo, start):
+        if m.group().lower() in _PHONE_WORDS_ONLY and not (m.start() == lo and lo > 0 and _is_letter(text[lo - 1])):
+            ends.append(m.end())
+    for at in ends:
+        tail = text[at:start]
+        if _label_tail(tail) or (tail.endswith("\n") and _label_tail(tail[:-1])):
+            return True
+    return False
+
+
+def _label_tail(tail: str) -> bool:
+    """At most 24 characters on the label's line, then nothing or a line break and blanks."""
+    line_break = tail.find("\n")
+    if line_break < 0:
+        return len(tail) <= _PHONE_BEFORE_GAP
+    return line_break <= _PHONE_BEFORE_GAP and not tail[line_break + 1 :].strip(" \t")
+
+
+def _is_letter(ch: str) -> bool:
+    return ch.isalpha()
+
+
+
+
+def _phone_word_near(text: str, start: int, end: int) -> bool:
+    lo, hi = max(0, start - 48), min(len(text), end + 20)
+    if _PHONE_SIGN.search(text, lo, hi):
+        return True
+    return not _PHONE_WORD_SET.isdisjoint(map(str.lower, _LETTER_RUN.findall(text, lo, hi)))
 _NOT_PHONE_BEFORE = re.compile(
     r"(?i)(?:\b(?:order|invoice|ref|reference|ticket|case|tracking|isbn|issn|sku|serial|part|model|version|ver|"
     r"v|build|patent|doi|pmid|id|account|acct|transaction|receipt|confirmation|booking|item|product|no|nr)\b\.?"
@@ -266,32 +521,51 @@ _ARITHMETIC = re.compile(r"[0-9][ \t]*[-+*/×÷x=^][ \t]*[0-9][^\n]*=|=[ \t]*[0-
 _SEPARATORS = re.compile(r"[ \t.\-/]+")
 
 
-def phone_like(text: str, start: int, end: int) -> bool:
-    """A number python-phonenumbers accepts is taken for a phone number only with phone
-    context or a phone-like format, and never when it reads as something else."""
+def accept_phone(text: str, start: int, end: int, lines: _Lines | None = None) -> bool:
+    """Whether a number python-phonenumbers accepts at ``text[start:end]`` is kept.
+
+    Numbers that read as something else are rejected. Measured on web pages, most such
+    matches are decimals and table columns ("0.235  -0.685", "12.0292272567749"),
+    digit-by-digit sequences ("0 3 4 5 1 6 2 7"), the fraction part of a decimal, dates
+    ("2021-06-17 18"), years ("1804-1813", "1896 1897 1898", "802 (2008)"), ISBNs
+    ("0-393-02895-5"), IPv4 addresses, prices, thousands grouping, arithmetic and numbers
+    after an order/invoice-like label. The rest is kept only with phone context or a
+    phone-like format."""
     value = text[start:end]
-    line_start = text.rfind("\n", 0, start) + 1
-    line_end = text.find("\n", end)
-    line = text[line_start : line_end if line_end >= 0 else len(text)]
-    context = bool(
-        _PHONE_BEFORE.search(text, max(0, start - 40), start) or _PHONE_AFTER.match(text[end : end + 16])
-    )
+    groups = _DIGIT_GROUPS.findall(value)
+    if not groups or sum(len(g) == 1 for g in groups) > 2 or "  " in value or _DATE_START.match(value):
+        return False
+    if _YEARS.fullmatch(value) or _YEAR_IN_PARENTHESES.search(value):
+        return False
+    if "." in value and (value.lstrip("+(-").startswith("0.") or max(map(len, groups)) >= 6):
+        return False
+    before, after = text[max(0, start - 2) : start], text[end : end + 2]
+    if (len(before) == 2 and before[1] in ".," and before[0].isdigit()) or (
+        len(after) == 2 and after[0] in ".," and after[1].isdigit()
+    ):
+        return False  # the digits continue a decimal number
+    if _ISBN_CONTEXT.search(text, max(0, start - 24), start):
+        return False
     digits = value.lstrip("+(")
     if _IPV4_LIKE.fullmatch(digits) or _THOUSANDS.fullmatch(digits) or _DAY_FIRST_DATE.fullmatch(digits):
         return False
-    if text[max(0, start - 1) : start] in ("$", "€", "£", "¥", "₹") or _ARITHMETIC.search(line):
+    if text[max(0, start - 1) : start] in ("$", "€", "£", "¥", "₹"):
         return False
+    lines = lines or _Lines(text)
+    if lines.arithmetic(start):
+        return False
+    line_start = lines.bounds(start)[0]
     if _NOT_PHONE_BEFORE.search(text, max(line_start, start - 32), start):
         return False  # a label right before it names it as something else
-    if context:
+    if _phone_word_before(text, start) or _PHONE_AFTER.match(text[end : end + 16]):
         return True
     if value.startswith("+") or "(" in value:
         return True
-    groups = [g for g in _SEPARATORS.split(value) if g]
+    parts = [g for g in _SEPARATORS.split(value) if g]
     # Grouped like a phone number: 2 to 5 groups, none longer than 5 digits (or led by a
     # trunk prefix "0", as in "0961-7596216"), the last of 2 or more.
-    short = max(map(len, groups)) <= 5 or groups[0].startswith("0")
-    return 2 <= len(groups) <= 5 and short and len(groups[-1]) >= 2
+    short = max(map(len, parts)) <= 5 or parts[0].startswith("0")
+    return 2 <= len(parts) <= 5 and short and len(parts[-1]) >= 2
 
 
 @lru_cache(maxsize=4096)
@@ -305,6 +579,8 @@ def _phone_matches(window: str, run_start: int, run_end: int, regions: tuple, le
             break
     return tuple(found)
 
+
+# -- CN resident identity numbers ----------------------------------------------------------
 
 # Region code (first digit 1-8), birth date YYYYMMDD, sequence, check character.
 _CN_ID_PATTERN = r"(?<![0-9A-Za-z])[1-8][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx](?![0-9A-Za-z])"
@@ -344,11 +620,9 @@ class CnResidentIdRecognizer(_Screened, PatternRecognizer):
         return cn_resident_id_is_valid(pattern_text)
 
 
-# -- PERSON and STREET_ADDRESS ---------------------------------------------------------
+# -- PERSON --------------------------------------------------------------------------------
 
 LEXICON_PATH = Path(__file__).resolve().parent / "data" / "pii_lexicon.json.gz"
-PERSON = "PERSON"
-STREET_ADDRESS = "STREET_ADDRESS"
 
 
 def fold_word(word: str) -> str:
@@ -369,13 +643,75 @@ class Lexicon:
         self.surnames = {fold_word(n) for n in raw["surnames"]}
         self.common = set(raw["common_words"])
         self.places = {fold_word(w) for p in raw["places"] for w in p.split()}
+        # One-word names of large cities: places, unless they are common given names.
+        self.cities = {fold_word(c) for c in raw["cities"] if " " not in c}
+        self.common_given = {fold_word(n) for n in raw["common_given_names"]}
+        # Names of large cities of several words, but not those shaped like a person's
+        # name (a given name first, every word a name: "Benito Juárez", "George Town").
+        self.multiword_cities = set()
+        for city in raw["cities"]:
+            words = [fold_word(w) for w in city.split()]
+            if len(words) > 1 and not (words[0] in self.given and all(w in self.given or w in self.surnames for w in words)):
+                self.multiword_cities.add(" ".join(words))
         self.model = raw["name_model"]
+        # The model as dense tables over the letters a-z and the marks ^ $: a gram of n
+        # such characters is a number in base 29 (0 stands for any other character).
+        self._tables = {n: np.zeros(_GRAM_BASE**n) for n in _GRAM_LENGTHS}
+        for gram, weight in self.model.items():
+            if all(c in _GRAM_ALPHABET for c in gram):
+                self._tables[len(gram)][_gram_index(gram)] = weight
 
-    def name_score(self, folded: str) -> float:
-        marked = "^" + folded + "$"
-        model = self.model
-        grams = {marked[i : i + n] for n in (2, 3, 4) for i in range(len(marked) - n + 1)}
-        return sum(model.get(g, 0.0) for g in grams)
+    def name_scores(self, folded: list[str]) -> np.ndarray:
+        """Naive Bayes name-likeness of each word: the sum of the model's weights of its
+        distinct character 2- to 4-grams, the word marked "^word$"; > 0 leans to a name.
+
+        Words of a-z (with ' or -, which no gram of the model holds) are scored all at
+        once, each distinct gram of a word an index into a dense table; words of other
+        letters one at a time."""
+        total = np.zeros(len(folded))
+        if not folded:
+            return total
+        plain = [i for i, w in enumerate(folded) if _GRAM_PLAIN.fullmatch(w)]
+        if plain:
+            words_plain = [folded[i] for i in plain]
+            marked = "".join(f"^{w}$" for w in words_plain).encode("ascii", "replace")  # ’ becomes ?, code 0
+            codes = _GRAM_CODES[np.frombuffer(marked, np.uint8)].astype(np.int64)
+            lengths = np.fromiter(map(len, words_plain), np.int64, len(plain)) + 2
+            word_end = np.cumsum(lengths)
+            word_of = np.repeat(np.arange(len(plain), dtype=np.int64), lengths)
+            scores = np.zeros(len(plain))
+            for n, table in self._tables.items():
+                starts = np.arange(codes.size - n + 1)
+                starts = starts[starts + n <= word_end[word_of[starts]]]
+                index = np.zeros(starts.size, np.int64)
+                for k in range(n):
+                    index = index * _GRAM_BASE + codes[starts + k]
+                size = _GRAM_BASE**n
+                keyed = np.sort(word_of[starts] * size + index)
+                distinct = keyed[np.append(True, keyed[1:] != keyed[:-1])]  # each gram counts once per word
+                scores += np.bincount(distinct // size, weights=table[distinct % size], minlength=len(plain))
+            total[plain] = scores
+        get = self.model.get
+        for i in sorted(set(range(len(folded))).difference(plain)):
+            m = f"^{folded[i]}$"
+            total[i] = sum(get(g, 0.0) for g in {m[j : j + n] for n in _GRAM_LENGTHS for j in range(len(m) - n + 1)})
+        return np.round(total, 9)
+
+
+_GRAM_LENGTHS = (2, 3, 4)
+_GRAM_ALPHABET = {c: i + 1 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz^$")}
+_GRAM_BASE = len(_GRAM_ALPHABET) + 1
+_GRAM_PLAIN = re.compile(r"[a-z'’\-]*")
+_GRAM_CODES = np.zeros(256, np.uint8)
+for _char, _code in _GRAM_ALPHABET.items():
+    _GRAM_CODES[ord(_char)] = _code
+
+
+def _gram_index(gram: str) -> int:
+    index = 0
+    for ch in gram:
+        index = index * _GRAM_BASE + _GRAM_ALPHABET[ch]
+    return index
 
 
 @lru_cache(maxsize=1)
@@ -391,48 +727,188 @@ def _letters(predicate) -> str:
 
 _UP = f"[{_letters(str.isupper)}]"
 _LO = f"[{_letters(str.islower)}]"
-_NAME_TOKEN = rf"{_UP}{_LO}+(?:['’\-]{_UP}?{_LO}+)*"
-# Capitalised words in a row, with initials ("J", "J.") between them.
-_CAPITALISED_RUN = re.compile(
-    rf"(?<![\w@/.]){_NAME_TOKEN}(?:[ \t]+(?:{_NAME_TOKEN}|{_UP}\.?(?=[ \t]+{_UP}{_LO})))*(?![\w@])"
+# A capitalised word: "Smith", "O'Brien", "Jones-Smith", "McDowell", "DeSantis"; a
+# possessive "'s" is left out ("Smith" of "Smith's"), as the context rules read it.
+_NAME_TOKEN = (
+    rf"{_UP}{_LO}+(?:(?:(?<=Mc)|(?<=Mac)|(?<=De)|(?<=Di)|(?<=Le)|(?<=La)){_UP}{_LO}+)?"
+    rf"(?:(?:['’](?!s(?![^\W\d_]))|-){_UP}?{_LO}+)*"
 )
-_TOKEN = re.compile(r"\S+")
+_NAME_TOKEN_SPLIT = re.compile(f"({_NAME_TOKEN})")
+# The gap between two capitalised words of one run: blanks, or an initial between blanks.
+_JOIN_GAP = re.compile(rf"[ \t]+(?:({_UP})\.?[ \t]+)?")
 _TITLES = (
     r"mr|mrs|ms|miss|mx|dr|prof|professor|sir|dame|lady|lord|madam|madame|mme|mlle|herr|frau|sr|sra|srta|"
     r"rev|reverend|fr|father|sister|brother|capt|captain|col|gen|lt|sgt|judge|officer|uncle|aunt|president|senator"
 )
-_TITLE_BEFORE = re.compile(rf"(?i)\b(?:{_TITLES})\.?[ \t]*$")
-_TITLE_WORD = re.compile(_TITLES)
 # Function words are never names, whatever the name lists hold ("You" and "Will" are
 # surnames in the census list).
 _STOP_WORDS = frozenset(STOP_WORDS) | {"apt", "suite", "unit", "flat", "floor", "room", "box"}
-# Phrases after which the next words are a name whatever they look like.
-_INTRODUCED = re.compile(
-    r"(?i)(?:\bmy name is|\bname is|\bnamed|\bcalled|\bcall me|\bi'm|\bi am|\bthis is|\bname[ \t]*[:?]|\bdear|"
-    r"\bsigned|\bsincerely,?|\bregards,?|\bborn|\bknown as|\bnée|\bnee|\baka)[ \t]*$"
+_ORG_WORDS = frozenset(
+    ["inc", "ltd", "llc", "plc", "gmbh", "corp", "co", "company", "group", "partners", "associates", "bank", "university", "college", "school", "institute", "foundation", "hospital", "church", "hotel", "club", "society", "council", "agency", "committee", "records", "orchestra", "band"]
+    # designators that close a company's name ("Russell Investments", "Rand Corporation")
+    + ["corporation", "incorporated", "limited", "holdings", "investments", "consulting", "consultants", "technologies",
+       "solutions", "industries", "enterprises", "laboratories", "labs", "ventures", "airlines", "airways",
+       "pharmaceuticals", "studios", "productions", "bros"]
 )
-# Words right before or after a capitalised word that point at a person.
-_PERSON_BEFORE = re.compile(
-    r"(?i)\b(?:said|says|told|asked|wrote|hi|hello|hey|thanks|thank you|meet|met|contact|ask|son|daughter|wife|"
-    r"husband|brother|sister|mother|father|kid|child|partner|friend|colleague|boss|author|director|producer|singer|"
-    r"player|writer|songwriter|commenter|guardian|beneficiary|manager|assistant|founder|ceo|starring|featuring|"
-    r"directed by|written by|feat\.?)[ \t,:]*$"
+# Words that close the name of a place, a building, an institution, a prize or a law: a
+# name followed by one in its run of capitalised words is that thing's name ("Jefferson
+# County", "Robin Park Leisure Centre", "Nobel Prize"). Words that are also given names or
+# surnames ("Hall", "Temple", "Lake") are left out.
+_PLACE_WORDS = frozenset(
+    ["county", "township", "borough", "district", "islands", "mountains", "centre", "memorial", "museum", "library",
+     "stadium", "airport", "cathedral", "academy", "theatre", "theater", "prison", "palace", "building", "empire",
+     "republic", "ministry", "department", "award", "awards", "prize", "lecture", "lectures", "scholarship", "fund",
+     "doctrine", "act"]
 )
-_PERSON_AFTER = re.compile(
-    r"(?i)^(?:[ \t]*,?[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who)\b|['’]s\b|[ \t]*:)"
-)
-# Verbs after a surname or a name-like word that make it a person's name.
-_VERB_AFTER = re.compile(r"^[ \t]+(?:is|was|has|had|will|would|lives|lived|began|spent|shouted|spoke|sang|played)\b")
-# Words that join names in a list or a sentence: evidence only for words that look like names.
-_JOINING_BEFORE = re.compile(r"(?i)(?:\b(?:by|with|for|and|to|from|under)|[,>:])[ \t]*$")
+
+
+class _ClosesName(dict):
+    """Whether a capitalised word is one of _PLACE_WORDS, computed once per word."""
+
+    MAX_WORDS = 300_000
+
+    def __missing__(self, word: str) -> bool:
+        closes = word.lower() in _PLACE_WORDS
+        if len(self) >= self.MAX_WORDS:
+            self.clear()
+        self[word] = closes
+        return closes
+
+
+_CLOSES_NAME = _ClosesName()
+# Weekdays are in the place list (with the months) and some are given names or surnames:
+# they are never a name.
+_WEEKDAYS = frozenset(["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"])
 _SURNAME_SUFFIX = re.compile(
     r"(?:ov|ova|ev|eva|sky|ski|ska|skaya|ic|vich|vna|enko|chuk|yan|dze|shvili|escu|poulos|akis|sson|dottir|"
     r"nen|inen|ova|oglu|ini|elli|etti|ucci|berg|mann|stein)$"
 )
-_LOWER_NAME = re.compile(rf"{_LO}{{2,}}(?:[ \t]+{_LO}\.?)?(?:[ \t]+{_LO}{{2,}})?")
-_ORG_WORDS = frozenset(
-    ["inc", "ltd", "llc", "plc", "gmbh", "corp", "co", "company", "group", "partners", "associates", "bank", "university", "college", "school", "institute", "foundation", "hospital", "church", "hotel", "club", "society", "council", "agency", "committee", "records", "orchestra", "band"]
+# The context rules read short snippets before and after a candidate, in one RE2 pass
+# over all snippets (RE2's \b knows ASCII letters only, where Python's knows all).
+# A title or a phrase after which the next words are a name whatever they look like.
+_TITLE_OR_INTRODUCED_BEFORE = (
+    rf"(?i)(?:\b(?:{_TITLES})\.?|\bmy name is|\bname is|\bname's|\bnamed(?: him| her| them)?|\bcalled(?: me| him| her)?|"
+    r"\bcalls? (?:me|him|her)|\bi'm|\bi am|\bthis is|\bname[ \t]*[:?]|\bdear|\bsigned|\bsincerely,?|\bregards,?|\bborn|"
+    r"\bknown as|\bnée|\bnee|\baka)[ \t]*$"
 )
+# Words right before or after a capitalised word that point at a person.
+_PERSON_BEFORE = (
+    r"(?i)\b(?:said|says|told|asked|wrote|hi|hello|hey|thanks|thank you|meet|met|contact|ask|wife|husband|"
+    r"(?:son|daughter|brother|sister|mother|father|kid|partner|friend|colleague|boss|author|director|producer|singer|"
+    r"player|writer|songwriter|commenter|guardian|beneficiary|manager|assistant|founder|ceo)s?|child|children|"
+    r"starring|featuring|directed by|written by|feat\.?)[ \t,:]*$"
+)
+_PERSON_AFTER = (
+    r"(?i)^(?:[ \t]*,?[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who)\b|['’]s\b|[ \t]*:)"
+)
+_ARTICLE_BEFORE = r"(?i)\b(?:the|a|an)[ \t]+$"
+_AND_GAP = re.compile(r"[ \t]+(?:and|&)[ \t]+")
+_PLURAL_VERB_AFTER = re.compile(r"[ \t]+(?:were|are|have|had|both|each)\b")
+_POSSESSIVE = r"^['’]s\b"
+_PERSON_AFTER_WORD = r"(?i)^(?:[ \t]*,?[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who)\b|[ \t]*:)"
+# Verbs after a surname or a name-like word that make it a person's name.
+_VERB_AFTER = r"^[ \t]+(?:is|was|has|had|will|would|lives|lived|began|spent|shouted|spoke|sang|played)\b"
+_BEFORE_CHARS = 40
+_AFTER_CHARS = 12
+# Words that join names in a list or a sentence: evidence only for words that look like names.
+_JOINING_BEFORE = re.compile(r"(?i)(?:\b(?:by|with|for|and|to|from|under)|[,>:])[ \t]*$")
+_LIST_JOIN = re.compile(r",[ \t]*(?:and[ \t]+|or[ \t]+|&[ \t]*)?|[ \t]+(?:and|or|&)[ \t]+")
+_LOWER_NAME = re.compile(rf"{_LO}{{2,}}(?:[ \t]+{_LO}\.?)?(?:[ \t]+{_LO}{{2,}})?")
+_INTRODUCED_LOWER = re.compile(
+    rf"(?i:\bmy name is|\bname is|\bname's|\bcalls? me|\bcalled me|\bname[ \t]*:)[ \t]+({_LOWER_NAME.pattern})(?![\w@])"
+)
+_WEAK_INTRODUCERS = ("i'm ", "i am ", "this is ", "dear ")
+_LOWER_NAME_AFTER = re.compile(rf"[ \t]*({_LOWER_NAME.pattern})(?![\w@])")
+
+# Kinds of capitalised words.
+KIND_C, KIND_G, KIND_S, KIND_N, KIND_g, KIND_s, KIND_X, KIND_O = range(8)
+_KIND_LETTERS = "CGSNgsXO"  # C common word or place, G given name, S surname, N name-like,
+# g/s given name or surname that is also a common word or place, X unknown, O organisation word
+
+
+def _lexicon_kinds(lex: Lexicon) -> dict[str, int]:
+    """The kind of every folded word the lists know; other words are name-like or unknown."""
+    kinds: dict[str, int] = {}
+    titles = set(_TITLES.split("|"))
+    for word in lex.given | lex.surnames | lex.common | lex.places | lex.cities | _STOP_WORDS | _ORG_WORDS | _PLACE_WORDS | titles:
+        if word in _ORG_WORDS:
+            kind = KIND_O
+        elif word in _STOP_WORDS or word in titles or word in _WEEKDAYS or word in _PLACE_WORDS:
+            kind = KIND_C
+        else:
+            common = word in lex.common or word in lex.places or (word in lex.cities and word not in lex.common_given)
+            if word in lex.given:
+                kind = KIND_g if common else KIND_G
+            elif word in lex.surnames:
+                kind = KIND_s if common else KIND_S
+            else:
+                kind = KIND_C
+        kinds[word] = kind
+    return kinds
+
+
+_CHAR_WORD, _CHAR_AT, _CHAR_SLASH_DOT, _CHAR_BLANK, _CHAR_NONE = 1, 2, 4, 8, 16
+_WORD_CHAR = re.compile(r"\w")
+
+
+class _CharClasses(dict):
+    """Bits describing one character (or "" for none), computed once per character."""
+
+    def __missing__(self, ch: str) -> int:
+        if ch == "":
+            bits = _CHAR_NONE
+        else:
+            bits = (_CHAR_WORD if _WORD_CHAR.match(ch) else 0) | (_CHAR_AT if ch == "@" else 0)
+            bits |= (_CHAR_SLASH_DOT if ch in "/." else 0) | (_CHAR_BLANK if ch in " \t" else 0)
+        self[ch] = bits
+        return bits
+
+
+_CHAR_CLASSES = _CharClasses()
+_FIRST_CHAR = itemgetter(slice(0, 1))
+_LAST_CHAR = itemgetter(slice(-1, None))
+
+
+class CapitalisedWords:
+    """The capitalised words of a text (Upper-lower, with ' or - inside), found by one
+    regular-expression split, with what sits around each of them."""
+
+    def __init__(self, text: str):
+        parts = _NAME_TOKEN_SPLIT.split(text)
+        self.text = text
+        self.words: list[str] = parts[1::2]
+        n = self.n = len(self.words)
+        lengths = np.fromiter(map(len, parts), np.int64, len(parts))
+        ends = np.cumsum(lengths)
+        self.end = ends[1::2]
+        self.start = self.end - lengths[1::2]
+        gaps = parts[0::2]  # gaps[i] comes before word i; gaps[n] after the last
+        gap_length = lengths[0::2]
+        classes = _CHAR_CLASSES.__getitem__
+        first = np.fromiter(map(classes, map(_FIRST_CHAR, gaps)), np.uint8, n + 1)
+        last = np.fromiter(map(classes, map(_LAST_CHAR, gaps)), np.uint8, n + 1)
+        # A word starts a run only after a character that is not a letter, digit, "@", "/"
+        # or "." (an empty gap means the previous word touches it); a word ends one only
+        # before a character that is not a letter, digit or "@".
+        inner = np.arange(n + 1) > 0
+        inner_end = np.arange(n + 1) < n
+        bad_before = ((last & (_CHAR_WORD | _CHAR_AT | _CHAR_SLASH_DOT)) != 0) | ((last & _CHAR_NONE) != 0) & inner
+        bad_after = ((first & (_CHAR_WORD | _CHAR_AT)) != 0) | ((first & _CHAR_NONE) != 0) & inner_end
+        self.usable = ~bad_before[:n] & ~bad_after[1:]
+        # Words joined into one run: a gap of blanks, or of an initial between blanks.
+        joined = np.zeros(n, bool)
+        initial = np.zeros(n, bool)
+        blank = (first[:n] & _CHAR_BLANK) != 0
+        joined[(gap_length[:n] == 1) & blank] = True
+        maybe = np.flatnonzero((gap_length[:n] > 1) & (gap_length[:n] <= 16) & blank)
+        if maybe.size:
+            matches = [_JOIN_GAP.fullmatch(gaps[i]) for i in maybe.tolist()]
+            hit = np.fromiter((m is not None for m in matches), bool, maybe.size)
+            joined[maybe[hit]] = True
+            initial[maybe[hit]] = [m.group(1) is not None for m in matches if m is not None]
+        joined[:1] = False
+        self.joined = joined & self.usable & np.roll(self.usable, 1)  # word i continues the run of word i-1
+        self.initial_before = initial & self.joined
 
 
 class PersonRecognizer:
@@ -445,144 +921,243 @@ class PersonRecognizer:
       a person ("said", "Mr.", "my name is", "'s", a line of its own...);
     - anything capitalised, or lower case words from the name lists, right after a phrase
       that introduces a name ("my name is", "Dear", "Name:").
-    Scores: 0.85 for a given name with more evidence, 0.7 for context alone."""
+    Scores: 0.85 for a given name with more evidence, 0.7 for context alone.
+
+    The whole batch is read at once: its capitalised words come from one split, their
+    kinds from a per-worker cache, the runs and their evidence are numpy arrays, and the
+    context rules read snippets around the candidates in one RE2 pass each."""
 
     supported_entities = (PERSON,)
-    # An upper-case letter, or a phrase that introduces a lower-case name (RE2 and the
-    # regex module both read \p{Lu}).
-    SCREEN = r"\p{Lu}|(?i:name|call me)"
+    # Lower-case names after a phrase that introduces a name.
+    SCREENS: ClassVar[dict[str, str]] = {
+        "person_introduced": r"(?i)(?:my name is|name is|name's|calls? me|called me|name[ \t]*:)[ \t]+\p{Ll}",
+    }
+    LOWER_CASE_SCREENS: ClassVar[dict[str, str]] = {"person_introduced_lower": r"(?:i'm|i am|this is|dear)[ \t]+\p{Ll}"}
+    MAX_CACHED_WORDS = 300_000
 
     def __init__(self, supported_language: str = "en"):
         self.supported_language = supported_language
         self.lex = lexicon()
-        self._kinds: dict[str, str] = {}
+        self._lexicon_kinds = _lexicon_kinds(self.lex)
+        self._kinds: dict[str, int] = {}
 
-    def _kind(self, token: str) -> str:
-        """G given name, S surname, N name-like, g/s given name or surname that is also a
-        common word or place, C common word or place, I initial, O organisation word."""
-        kind = self._kinds.get(token)
-        if kind is not None:
-            return kind
-        word = token.rstrip(".")
-        folded = fold_word(word)
-        lex = self.lex
-        if len(word) == 1:
-            kind = "I"
-        elif folded in _ORG_WORDS:
-            kind = "O"
-        elif folded in _STOP_WORDS or _TITLE_WORD.fullmatch(folded):
-            kind = "C"
-        else:
-            common = folded in lex.common or folded in lex.places
-            if folded in lex.given:
-                kind = "g" if common else "G"
-            elif folded in lex.surnames:
-                kind = "s" if common else "S"
-            elif common:
-                kind = "C"
-            elif _SURNAME_SUFFIX.search(folded) or lex.name_score(folded) > 0:
-                kind = "N"
-            else:
-                kind = "X"
-        if len(self._kinds) < 200_000:
-            self._kinds[token] = kind
-        return kind
+    def kinds(self, words: list[str]) -> np.ndarray:
+        """The kind of each word, from a per-worker cache filled a batch at a time."""
+        cache = self._kinds
+        new = list(set(words).difference(cache))
+        if len(cache) + len(new) > self.MAX_CACHED_WORDS:
+            cache.clear()
+            new = list(set(words))
+        if new:
+            folded = list(map(fold_word, new))
+            kinds = list(map(self._lexicon_kinds.get, folded))
+            unknown = [i for i, k in enumerate(kinds) if k is None]
+            scores = self.lex.name_scores([folded[i] for i in unknown])
+            for i, score in zip(unknown, scores.tolist()):
+                kinds[i] = KIND_N if score > 0 or _SURNAME_SUFFIX.search(folded[i]) else KIND_X
+            cache.update(zip(new, kinds))
+        return np.fromiter(map(cache.__getitem__, words), np.int8, len(words))
 
-    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
-        found = []
-        maybe = []  # (start, end) of name-like words with too little evidence of their own
-        for run in _CAPITALISED_RUN.finditer(text):
-            tokens = [(t.start() + run.start(), t.end() + run.start(), t.group()) for t in _TOKEN.finditer(run.group())]
-            kinds = [self._kind(t[2]) for t in tokens]
-            if "O" in kinds:
-                continue  # an organisation's name, though it may hold a person's
-            i, n = 0, len(tokens)
-            while i < n:
-                if kinds[i] in "CI":
-                    i += 1
-                    continue
-                j = i
-                while j + 1 < n and kinds[j + 1] != "C":
-                    j += 1
-                while kinds[j] == "I":
-                    j -= 1
-                score = self._judge(text, tokens[i][0], tokens[j][1], kinds[i : j + 1])
-                if score:
-                    found.append(_result(PERSON, tokens[i][0], tokens[j][1], score))
-                elif any(k in "GSNgs" for k in kinds[i : j + 1]):
-                    maybe.append((tokens[i][0], tokens[j][1]))
-                i = j + 1
-        seeds = [r for r in found if r.score >= 0.85]  # names that stand on their own
-        if maybe and seeds:
-            found.extend(_listed_with(text, seeds, maybe))
-        lex = self.lex
-        for match in _INTRODUCED_LOWER.finditer(text):
+    def scan(self, batch: Batch, screens: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(document, start, end, score) of the names in ``batch``, offsets into each
+        document's view."""
+        starts, ends, scores = self._capitalised_names(batch.text, batch.words)
+        docs = batch.doc_of(starts)
+        offsets = batch.starts[docs]
+        lower = self._introduced_lower(batch, screens)
+        return (
+            np.concatenate([docs, lower[0]]),
+            np.concatenate([starts - offsets, lower[1]]),
+            np.concatenate([ends - offsets, lower[2]]),
+            np.concatenate([scores, lower[3]]),
+        )
+
+    def _capitalised_names(self, text: str, words: CapitalisedWords):
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+        n = words.n
+        if n == 0:
+            return empty
+        kind = self.kinds(words.words)
+        usable = words.usable
+        joined = words.joined
+        run = np.cumsum(~joined) - 1
+        organisation = np.zeros(run[-1] + 1, bool)
+        organisation[run[usable & (kind == KIND_O)]] = True  # an organisation's name, though it may hold a person's
+        member = usable & (kind != KIND_C) & ~organisation[run]
+        first = member & ~(joined & np.roll(member, 1))
+        at = np.flatnonzero(member)
+        if at.size == 0:
+            return empty
+        opens = first[at]
+        seg_first = at[opens]
+        seg_last = at[np.append(opens[1:], True)]
+        bounds = np.flatnonzero(opens)
+
+        def count(mask: np.ndarray) -> np.ndarray:
+            return np.add.reduceat(mask[at].astype(np.int32), bounds)
+
+        k = {letter: count(kind == code) for code, letter in enumerate(_KIND_LETTERS)}
+        size = np.diff(np.append(bounds, at.size))
+        inner_initial = count(words.initial_before & ~first) > 0
+        k0 = kind[seg_first]
+        start = words.start[seg_first]
+        end = words.end[seg_last]
+        strong = k["G"] + k["S"] + 0.5 * (k["N"] + k["g"] + k["s"])
+        clear = k["G"] + k["S"] + k["N"]
+        multi = size >= 2
+
+        score = np.zeros(seg_first.size)
+        by_kinds = np.where(multi, ((k0 == KIND_G) | (k0 == KIND_g)) & (strong >= 1.5) | (strong >= 2), k0 == KIND_G)
+        score[by_kinds] = 0.85
+        todo = np.flatnonzero(score == 0)
+        if todo.size:
+            before = _snippets_before(text, start[todo])
+            introduced = _matches(before, _TITLE_OR_INTRODUCED_BEFORE)
+            score[todo[introduced]] = 0.85
+            weak = ~introduced & (strong[todo] >= 0.5)
+            before = before.filter(pa.array(weak))
+            todo = todo[weak]
+        if todo.size:
+            after = _snippets_after(text, end[todo])
+            hit = _matches(before, _PERSON_BEFORE) | _matches(after, _PERSON_AFTER)
+            # A possessive is evidence for a name, not for a place or a common word that
+            # is also a name ("Israel's", "Congress's").
+            possessive_only = _matches(after, _POSSESSIVE) & ~_matches(before, _PERSON_BEFORE) & ~_matches(after, _PERSON_AFTER_WORD)
+            hit &= ~(possessive_only & (clear[todo] == 0))
+            score[todo[hit]] = 0.7
+            rest = todo[~hit]
+            # Two words that are names and nothing else, one of them from the name lists
+            # ("Ubul Csonka" is not: neither word is in the lists).
+            pair = rest[(size[rest] == 2) & ((k["g"] + k["s"])[rest] == 0) & ((k["G"] + k["S"])[rest] >= 1)]
+            score[pair] = 0.7
+            rest = rest[score[rest] == 0]
+            single = rest[~multi[rest] & ((k0[rest] == KIND_S) | (k0[rest] == KIND_N))]
+            if single.size:
+                after = _snippets_after(text, end[single])
+                score[single[_matches(after, _VERB_AFTER)]] = 0.7
+            listed = rest[multi[rest] & (clear[rest] > 0)]
+            score[listed[inner_initial[listed]]] = 0.85  # "Ravil G Yefimov": an initial between names
+            listed = listed[~inner_initial[listed] & (strong[listed] + 0.25 * k["X"][listed] >= 0.75)]
+            for i in listed.tolist():
+                if _alone_or_joined(text, int(start[i]), int(end[i])):
+                    score[i] = 0.7
+        # One word after an article names a thing, not a person ("the Taliban", "the Louvre").
+        found = np.flatnonzero((score > 0) & ~multi)
+        if found.size:
+            score[found[_matches(_snippets_before(text, start[found]), _ARTICLE_BEFORE)]] = 0
+        # A name followed in its run by a street type is a street's name ("Mathias Pass").
+        found = np.flatnonzero(score > 0)
+        following = seg_last[found] + 1
+        following = following[following < n]
+        street = following[words.joined[following] & (kind[following] == KIND_C)]
+        street = street[[bool(_ANCHOR_KINDS[words.words[j]] & _ANCHOR_STREET_TYPE) for j in street.tolist()]]
+        score[np.isin(seg_last, street - 1)] = 0
+        # A name followed later in its run by a place word is a place's name ("Jefferson County").
+        found = np.flatnonzero(score > 0)
+        if found.size:
+            closes_upto = np.cumsum(np.fromiter(map(_CLOSES_NAME.__getitem__, words.words), np.int32, n))
+            run_last = np.flatnonzero(np.append(run[1:] != run[:-1], True))
+            last = seg_last[found]
+            score[found[closes_upto[run_last[run[last]]] > closes_upto[last]]] = 0
+        # A name of several words that is a large city's name is the city ("Los Angeles").
+        found = np.flatnonzero((score > 0) & multi)
+        if found.size:
+            cities = self.lex.multiword_cities
+            spans = zip(start[found].tolist(), end[found].tolist())
+            score[found[[" ".join(map(fold_word, text[s:e].split())) in cities for s, e in spans]]] = 0
+        # "Torpy and Salinas were ...": two names joined by "and", then a plural verb.
+        unscored_names = (score == 0) & (clear > 0)
+        cand = np.flatnonzero(unscored_names[:-1] & unscored_names[1:] & (start[1:] - end[:-1] <= 7))
+        for i in cand.tolist():
+            if _AND_GAP.fullmatch(text, int(end[i]), int(start[i + 1])) and _PLURAL_VERB_AFTER.match(text, int(end[i + 1])):
+                score[i] = score[i + 1] = 0.7
+        maybe = (score == 0) & (strong > 0)
+        if maybe.any() and (score >= 0.85).any():
+            score[_listed_with(text, start, end, score >= 0.85, maybe)] = 0.7
+        keep = score > 0
+        return start[keep], end[keep], score[keep]
+
+    def _introduced_lower(self, batch: Batch, screens: dict):
+        """Lower-case names after a phrase that introduces one: "my name is", "call me",
+        "name:" anywhere; "I'm", "I am", "this is", "dear" in texts without capitals
+        (a given name must come first then)."""
+        found: list[tuple[int, int, int]] = []
+        kinds = self._lexicon_kinds
+
+        def take(doc: int, match: re.Match, weak: bool) -> None:
             words = [fold_word(w.rstrip(".")) for w in match.group(1).split()]
-            if all(len(w) == 1 or (w in lex.given or w in lex.surnames) and w not in _STOP_WORDS for w in words):
-                found.append(_result(PERSON, *match.span(1), 0.7))
-        return found
+            # each word an initial, a name, or no common word
+            fits = all(len(w) == 1 or kinds.get(w, KIND_X) in (KIND_G, KIND_S, KIND_N, KIND_X) for w in words)
+            if fits and (not weak or kinds.get(words[0]) == KIND_G):
+                found.append((doc, match.start(1), match.end(1)))
 
-    def _judge(self, text: str, start: int, end: int, kinds: list[str]) -> float:
-        line_start = text.rfind("\n", 0, start) + 1
-        before = text[max(line_start, start - 40) : start]
-        if _TITLE_BEFORE.search(before) or _INTRODUCED.search(before):
-            return 0.85
-        strong = sum(k in "GS" for k in kinds) + 0.5 * sum(k in "Ngs" for k in kinds)
-        if len(kinds) >= 2:
-            if (kinds[0] in "Gg" and strong >= 1.5) or strong >= 2:
-                return 0.85
-        elif kinds[0] == "G":
-            return 0.85
-        if strong < 0.5:
-            return 0.0
-        if _PERSON_BEFORE.search(before) or _PERSON_AFTER.match(text[end : end + 12]):
-            return 0.7
-        if len(kinds) == 1:
-            return 0.7 if kinds[0] in "SN" and _VERB_AFTER.match(text[end : end + 12]) else 0.0
-        clear = sum(k in "GSN" for k in kinds)  # words that are names and nothing else
-        if clear and "I" in kinds[1:-1]:
-            return 0.85  # "Ravil G Yefimov": an initial between names
-        if clear and strong + 0.25 * kinds.count("X") >= 0.75:
-            line_end = text.find("\n", end)
-            alone = not text[line_start:start].strip(" \t>*-•") and (line_end < 0 or not text[end:line_end].strip())
-            if alone or _JOINING_BEFORE.search(before):
-                return 0.7
-        return 0.0
+        for doc in np.flatnonzero(screens["person_introduced"]).tolist():
+            for match in _INTRODUCED_LOWER.finditer(batch.views[doc]):
+                take(doc, match, weak=False)
+        for doc in np.flatnonzero(screens["person_introduced_lower"]).tolist():
+            view = batch.views[doc]
+            for phrase in _WEAK_INTRODUCERS:  # literal searches: far faster than a pattern scan
+                at = view.find(phrase)
+                while at >= 0:
+                    if at == 0 or not view[at - 1].isalpha():
+                        match = _LOWER_NAME_AFTER.match(view, at + len(phrase))
+                        if match:
+                            take(doc, match, weak=True)
+                    at = view.find(phrase, at + 1)
+        docs, starts, ends = (np.array(c, np.int64) for c in zip(*found)) if found else (np.zeros(0, np.int64),) * 3
+        return docs, starts, ends, np.full(len(found), 0.7)
 
 
-_LIST_JOIN = re.compile(r",[ \t]*(?:and[ \t]+|or[ \t]+|&[ \t]*)?|[ \t]+(?:and|or|&)[ \t]+")
+def _snippets_before(text: str, starts: np.ndarray) -> pa.Array:
+    return pa.array([text[s - _BEFORE_CHARS if s > _BEFORE_CHARS else 0 : s] for s in starts.tolist()], pa.string())
 
 
-def _listed_with(text: str, found: list, maybe: list[tuple[int, int]]) -> list:
-    """Name-like words listed next to a name ("Kónya, Becker and Vasquez") are names too."""
-    edges = {(r.start, r.end) for r in found}
-    added = []
-    for _ in range(3):  # a list grows one neighbour a round, from either side
-        starts = {s for s, _ in edges}
-        ends = {e for _, e in edges}
-        new = []
-        for start, end in maybe:
-            if (start, end) in edges:
-                continue
-            after = _LIST_JOIN.match(text, end)
-            before = [e for e in ends if e < start and _LIST_JOIN.fullmatch(text, e, start)]
-            if before or (after and after.end() in starts):
-                new.append((start, end))
-        if not new:
+def _snippets_after(text: str, ends: np.ndarray) -> pa.Array:
+    return pa.array([text[e : e + _AFTER_CHARS] for e in ends.tolist()], pa.string())
+
+
+def _matches(snippets: pa.Array, pattern: str) -> np.ndarray:
+    return pc.match_substring_regex(snippets, pattern).to_numpy(zero_copy_only=False)
+
+
+def _alone_or_joined(text: str, start: int, end: int) -> bool:
+    """The candidate fills its line (a signature, a list of names), or follows a word that
+    joins it to what comes before ("by", "with", ",")."""
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = text.find("\n", end)
+    alone = not text[line_start:start].strip(" \t>*-•") and (line_end < 0 or not text[end:line_end].strip())
+    return alone or _JOINING_BEFORE.search(text, max(line_start, start - _BEFORE_CHARS), start) is not None
+
+
+def _listed_with(text: str, start: np.ndarray, end: np.ndarray, seed: np.ndarray, maybe: np.ndarray) -> np.ndarray:
+    """Name-like words listed next to a name ("Kónya, Becker and Vasquez") are names too:
+    the candidates, among ``maybe``, joined by a list separator to a name, or to one
+    found this way (a list grows one neighbour a round, from either side, three rounds)."""
+    n = start.size
+    linked = np.zeros(n, bool)  # candidate i is joined to candidate i + 1
+    near = np.flatnonzero((start[1:] - end[:-1] <= 8) & (maybe[1:] | maybe[:-1]))
+    for i in near.tolist():
+        linked[i] = _LIST_JOIN.fullmatch(text, int(end[i]), int(start[i + 1])) is not None
+    edge = seed.copy()
+    added = np.zeros(n, bool)
+    for _ in range(3):
+        prev_edge = np.zeros(n, bool)
+        prev_edge[1:] = edge[:-1] & linked[:-1]
+        next_edge = np.zeros(n, bool)
+        next_edge[:-1] = edge[1:] & linked[:-1]
+        new = maybe & ~edge & (prev_edge | next_edge)
+        if not new.any():
             break
-        edges.update(new)
-        added.extend(_result(PERSON, s, e, 0.7) for s, e in new)
+        edge |= new
+        added |= new
     return added
 
 
-_INTRODUCED_LOWER = re.compile(
-    rf"(?i:\bmy name is|\bname is|\bcall me|\bname[ \t]*:)[ \t]+({_LOWER_NAME.pattern})(?![\w@])"
-)
 
 
-def _result(entity: str, start: int, end: int, score: float) -> RecognizerResult:
-    return RecognizerResult(entity_type=entity, start=start, end=end, score=score)
 
+
+# -- STREET_ADDRESS ------------------------------------------------------------------------
 
 _CAP_WORD = rf"{_UP}[\w'’.\-]*"
 _EN_STREET_TYPES = (
@@ -605,7 +1180,12 @@ _STREET_SUFFIXES = (
     r"straße|strasse|str\.|weg|gasse|platz|allee|damm|ufer|katu|tie|kuja|polku|vej|gade|gatan|vägen|väg|veien|"
     r"vegen|gata|gata|laan|straat|gracht|plein|utca|út|tér|körút|ulica|ulice|cesta|iela|gatve|tänav|sokak|caddesi"
 )
-_UNIT = r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm)\.?[ \t]*#?[0-9]{1,5}[A-Za-z]?\b"
+_UNIT_WORDS = r"Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm"
+_US_STATES = (
+    r"AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|"
+    r"OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|GU|VI|AS|MP"
+)
+_UNIT = rf"(?:{_UNIT_WORDS})\.?[ \t]*#?[0-9]{{1,5}}[A-Za-z]?\b"
 _HOUSE_NUMBER = r"[0-9]{1,6}[A-Za-z]?(?:[-/][0-9]{1,4})?"
 _CITY_STATE_ZIP = rf"(?:,[ \t]*(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD},?[ \t]+[A-Z]{{2}}[ \t]+[0-9]{{4,5}}(?:-[0-9]{{4}})?)"
 # Each address shape is led by something rare (a digit, a literal word), so a scan skips
@@ -635,8 +1215,38 @@ _WORD_LED_ADDRESS = re.compile(
 _NUMBER_AFTER_WORD = re.compile(rf"\.?[ \t]+{_HOUSE_NUMBER}\b(?:,?[ \t]+{_UNIT})?")
 _STREET_SUFFIX_WORDS = tuple(w.replace("\\.", ".") for w in _STREET_SUFFIXES.split("|"))
 # Marina Fort Street: no number, a full street-type word, found from the type word back.
-_FULL_STREET_TYPE = re.compile(r"(?:Street|Avenue|Road|Boulevard|Lane|Drive|Terrace|Highway|Parkway|Crescent|Alley)s?\b")
+_FULL_STREET_TYPES = r"Street|Avenue|Road|Boulevard|Lane|Drive|Terrace|Highway|Parkway|Crescent|Alley"
+_FULL_STREET_TYPE = re.compile(rf"(?:{_FULL_STREET_TYPES})s?\b")
 _CAPITALISED_BEFORE = re.compile(rf"(?:{_CAP_WORD}[ \t]+){{1,3}}$")
+
+# The address shapes, read in a document only when one of their anchors is in it.
+_SHAPE_NUMBERED, _SHAPE_WORD_LED, _SHAPE_SUFFIX, _SHAPE_FULL_TYPE, _SHAPE_CORNER, _SHAPE_TOWN = 1, 2, 4, 8, 16, 32
+_SHAPE_ALL = 63
+# Capitalised words that anchor an address shape, and what must sit near them.
+_ANCHOR_STREET_TYPE, _ANCHOR_FULL_TYPE, _ANCHOR_PREFIX, _ANCHOR_UNIT, _ANCHOR_SUFFIX = 1, 2, 4, 8, 16
+
+
+def _address_anchors() -> dict[str, int]:
+    anchors: dict[str, int] = {}
+
+    def add(words: list[str], kind: int) -> None:
+        for word in words:
+            anchors[word] = anchors.get(word, 0) | kind
+
+    types = _EN_STREET_TYPES.split("|")
+    add(types + [w + "s" for w in types], _ANCHOR_STREET_TYPE)
+    full = _FULL_STREET_TYPES.split("|")
+    add(full + [w + "s" for w in full], _ANCHOR_FULL_TYPE)
+    add([w.replace("\\.", "") for w in _STREET_PREFIXES.split("|") if w[:1].isupper()], _ANCHOR_PREFIX)
+    add(_UNIT_WORDS.split("|") + ["Box"], _ANCHOR_UNIT)
+    return anchors
+
+
+_ANCHORS = _address_anchors()
+_DIGIT = re.compile(r"[0-9]")
+_NUMBER_NEXT = re.compile(r"\.?[ \t]*#?[0-9]")
+_HOUSE_NUMBER_NEXT = re.compile(r"\.?[ \t]+[0-9]")
+_HOUSE_NUMBER_WINDOW = 200  # a house number before a street type, or after a street prefix
 
 
 def _word_start(text: str, at: int) -> bool:
@@ -647,34 +1257,292 @@ class StreetAddressRecognizer:
     """Street addresses by their shape: a house number and words ending in a street type
     ("12 Oak Street"), a street-type prefix ("Via Roma 5"), a street-type suffix
     ("Mannerheimintie 12", "Hauptstraße 3"), PO and military boxes, and flat or suite
-    numbers; a following "City, ST 12345" joins the span."""
+    numbers; a following "City, ST 12345" joins the span.
+
+    The shapes are read only in documents holding one of their anchors: a street-type
+    word with a digit before it, a full street-type word after a space ("Fort Street"),
+    a street prefix with a digit after it, a flat/suite/box word followed by a number
+    (all from the batch's capitalised words), or what they do not cover (lower-case and
+    upper-case forms), from the screen."""
 
     supported_entities = (STREET_ADDRESS,)
-    SCREEN = r"[0-9]|Street|Avenue|Road|Boulevard|Lane|Drive|Terrace|Highway|Parkway|Crescent|Alley"
+    SCREENS: ClassVar[dict[str, str]] = {
+        "address_suffix": rf"(?i:{_STREET_SUFFIXES})\.?[ \t]+[0-9]",
+        "address_word": r"\bul\.[ \t]|\b(?:PSC|CMR)[ \t]+[0-9]|P\.?[ \t]?O\.?[ \t]?Box",
+        "address_corner": r"(?i:corner|intersection) of",
+        "address_town": rf"\b(?:{_US_STATES})[ \t]+[0-9]{{4,5}}\b",
+    }
+    SHAPE_OF_SCREEN: ClassVar[dict[str, int]] = {"address_suffix": _SHAPE_SUFFIX, "address_word": _SHAPE_WORD_LED, "address_corner": _SHAPE_CORNER,
+                       "address_town": _SHAPE_TOWN}
     SCORE = 0.9  # above PERSON's: a name inside an address is part of the address
 
     def __init__(self, supported_language: str = "en"):
         self.supported_language = supported_language
 
-    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
-        spans = [m.span() for m in _NUMBERED_STREET.finditer(text) if _word_start(text, m.start())]
-        spans += [m.span() for m in _WORD_LED_ADDRESS.finditer(text) if _word_start(text, m.start())]
-        for m in _NUMBER_AFTER_WORD.finditer(text):
-            start = m.start()
-            words = text[max(0, start - 60) : start].rsplit(None, 2)
-            if not words or not words[-1].lower().endswith(_STREET_SUFFIX_WORDS):
-                continue
-            start -= len(words[-1])
-            if len(words) > 1 and words[-2][:1].isupper() and text[start - 1 : start] in (" ", "\t"):
-                start -= len(words[-2]) + 1
-            spans.append((start, m.end()))
-        for m in _FULL_STREET_TYPE.finditer(text):
-            if m.start() == 0 or text[m.start() - 1] not in " \t":
-                continue
-            words = _CAPITALISED_BEFORE.search(text, max(0, m.start() - 40), m.start())
-            if words and _word_start(text, words.start()):
-                spans.append((words.start(), m.end()))
-        return [_result(STREET_ADDRESS, s, e, self.SCORE) for s, e in spans]
+    def scan(self, batch: Batch, screens: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(document, start, end, score) of the addresses in ``batch``, offsets into each
+        document's view."""
+        shapes: dict[int, int] = {}  # document -> the shapes worth reading in it
+        for name, shape in self.SHAPE_OF_SCREEN.items():
+            for doc in np.flatnonzero(screens[name]).tolist():
+                shapes[doc] = shapes.get(doc, 0) | shape
+        words = batch.words
+        text = batch.text
+        anchors = np.fromiter(map(_ANCHOR_KINDS.__getitem__, words.words), np.uint8, words.n)
+        doc_of = batch.doc_of
+        for i in np.flatnonzero(anchors).tolist():
+            kind, start, end = int(anchors[i]), int(words.start[i]), int(words.end[i])
+            shape = 0
+            if kind & _ANCHOR_STREET_TYPE and _numbered_street_before(text, start):
+                shape |= _SHAPE_NUMBERED
+            if kind & _ANCHOR_FULL_TYPE and _capitalised_word_before(text, start):
+                shape |= _SHAPE_FULL_TYPE
+            if (kind & _ANCHOR_PREFIX and _DIGIT.search(text, end, end + _HOUSE_NUMBER_WINDOW)) or (
+                kind & _ANCHOR_UNIT and _NUMBER_NEXT.match(text, end)
+            ):
+                shape |= _SHAPE_WORD_LED
+            if kind & _ANCHOR_SUFFIX and _HOUSE_NUMBER_NEXT.match(text, end):
+                shape |= _SHAPE_SUFFIX
+            if shape:
+                doc = int(doc_of(start))
+                shapes[doc] = shapes.get(doc, 0) | shape
+        found = [(doc, s, e) for doc in sorted(shapes) for s, e in self.spans(batch.views[doc], shapes[doc])]
+        docs_, starts, ends = (np.array(c, np.int64) for c in zip(*found)) if found else (np.zeros(0, np.int64),) * 3
+        return docs_, starts, ends, np.full(len(found), self.SCORE)
+
+    @staticmethod
+    def spans(text: str, shapes: int = _SHAPE_ALL) -> list[tuple[int, int]]:
+        """Address spans in ``text``, reading only the given shapes."""
+        spans = []
+        if shapes & _SHAPE_NUMBERED:
+            spans += [m.span() for m in _NUMBERED_STREET.finditer(text) if _word_start(text, m.start())]
+        if shapes & _SHAPE_WORD_LED:
+            spans += [m.span() for m in _WORD_LED_ADDRESS.finditer(text) if _word_start(text, m.start())]
+        if shapes & _SHAPE_SUFFIX:
+            for m in _NUMBER_AFTER_WORD.finditer(text):
+                start = m.start()
+                words = text[max(0, start - 60) : start].rsplit(None, 2)
+                if not words or not words[-1].lower().endswith(_STREET_SUFFIX_WORDS):
+                    continue
+                start -= len(words[-1])
+                if len(words) > 1 and words[-2][:1].isupper() and text[start - 1 : start] in (" ", "\t"):
+                    start -= len(words[-2]) + 1
+                spans.append((start, m.end()))
+        if shapes & _SHAPE_FULL_TYPE:
+            for m in _FULL_STREET_TYPE.finditer(text):
+                if m.start() == 0 or text[m.start() - 1] not in " \t":
+                    continue
+                words = _CAPITALISED_BEFORE.search(text, max(0, m.start() - 40), m.start())
+                if words and _word_start(text, words.start()):
+                    spans.append((words.start(), m.end()))
+        if shapes & _SHAPE_CORNER:
+            for m in _CORNER.finditer(text):
+                spans += [m.span("first"), m.span("second")]
+        if shapes & _SHAPE_TOWN:
+            spans += [m.span() for m in _TOWN_STATE_ZIP.finditer(text) if _word_start(text, m.start())]
+        return [_postal_block(text, s, e) for s, e in spans]
+
+
+# What an address takes along: a number right before it on its line ("07576 Kiannonkatu
+# 98"), and the lines after it of a postal block: a flat or suite, a town, a postal code
+# with a town or country ("Suite 084", "Zalakaros", "Hungary 06554", "1386 Asker").
+_NUMBER_BEFORE = re.compile(r"(?<![\w.,])[0-9]{1,6}[ \t]+$")
+_BLOCK_LINE_LEAD = re.compile(r"[ \t,]*\n[ \t>?*\-]*")  # the rest of the line, the next line's indent
+_BLOCK_LINE = re.compile(
+    rf"(?:{_UNIT}|(?:{_CAP_WORD}[ \t]+){{0,3}}{_CAP_WORD}(?:,?[ \t]+[0-9]{{4,6}})?|[0-9]{{4,6}}[ \t]+(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD})"
+    r"[ \t]*(?=\n|$)"
+)
+_MAX_BLOCK_LINES = 4
+
+
+def _postal_block(text: str, start: int, end: int) -> tuple[int, int]:
+    """An address span grown over the number before it and the postal-block lines after it."""
+    number = _NUMBER_BEFORE.search(text, max(0, start - 8), start)
+    if number:
+        start = number.start()
+    for _ in range(_MAX_BLOCK_LINES):
+        lead = _BLOCK_LINE_LEAD.match(text, end)
+        if lead is None:
+            break
+        line = _BLOCK_LINE.match(text, lead.end())
+        if line is None or line.end() == line.start():
+            break
+        end = line.end()
+    return start, end
+
+
+# "Lynn MA 01905", "780 Lynnway, Lynn MA 1905": a town, a US state code and a ZIP code
+# (five digits; four, a ZIP code that lost its leading zero, only after a street).
+_TOWN_STATE_ZIP = re.compile(
+    rf"(?:{_HOUSE_NUMBER}[ \t]+(?:{_CAP_WORD}[ \t]+){{0,3}}{_CAP_WORD},?[ \t]+(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD},?"
+    rf"[ \t]+(?:{_US_STATES})[ \t]+[0-9]{{4,5}}|(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD},?[ \t]+(?:{_US_STATES})[ \t]+[0-9]{{5}})"
+    r"(?:-[0-9]{4})?\b"
+)
+# The two streets of a crossing: "the corner of Queen Street and Spadina Avenue",
+# "the intersection of 5th and Main".
+_STREET_WORD = rf"(?:{_CAP_WORD}|[0-9]+[A-Za-z]*\.?|de|del|della|la|le|di|da|do|dos|das|du|van|von|ul\.|u\.)"
+_CORNER = re.compile(
+    rf"(?i:\b(?:corner|intersection) of)[ \t]+(?:the[ \t]+)?(?P<first>{_STREET_WORD}(?:[ \t]+{_STREET_WORD}){{0,6}}?)"
+    rf"[ \t]+(?:and|&)[ \t]+(?P<second>{_STREET_WORD}(?:[ \t]+{_STREET_WORD}){{0,6}})"
+)
+_HOUSE_NUMBER_END = re.compile(rf"{_HOUSE_NUMBER}$")
+_CAPITALISED = re.compile(_UP)
+
+
+_CAP_WORD_END = re.compile(rf"{_CAP_WORD}$")
+
+
+def _capitalised_word_before(text: str, at: int) -> bool:
+    """A word ending in a capitalised word, then blanks, right before ``at`` (as in
+    "Fort Street")."""
+    before = text[max(0, at - 40) : at]
+    if not before.endswith((" ", "\t")):
+        return False
+    words = before.split()
+    return bool(words) and _CAP_WORD_END.search(words[-1]) is not None
+
+
+def _numbered_street_before(text: str, at: int) -> bool:
+    """What _NUMBERED_STREET needs before a street-type word: a capitalised word right
+    before it, and a house number among the four words before that."""
+    before = text[max(0, at - _HOUSE_NUMBER_WINDOW) : at]
+    if not before.endswith((" ", "\t")):
+        return False
+    words = before.split()
+    return (
+        len(words) >= 2
+        and _CAPITALISED.match(words[-1]) is not None
+        and any(_HOUSE_NUMBER_END.search(w) for w in words[-5:-1])
+    )
+
+
+_HEAD = re.compile(r"['’\-]")
+
+
+class _AnchorKinds(dict):
+    """The address anchors a capitalised word holds, computed once per word: its parts
+    between apostrophes and hyphens in _ANCHORS ("Street" of "Street-level", "Suite" of
+    "Ave-Suite"), or a word ending in a street suffix ("Hauptstraße", "Koskikatu")."""
+
+    MAX_WORDS = 300_000
+
+    def __missing__(self, word: str) -> int:
+        parts = _HEAD.split(word) if ("-" in word or "'" in word or "’" in word) else [word]
+        kind = _ANCHOR_SUFFIX if word.lower().endswith(_STREET_SUFFIX_WORDS) else 0
+        for part in parts:
+            kind |= _ANCHORS.get(part, 0)
+        if len(self) >= self.MAX_WORDS:
+            self.clear()
+        self[word] = kind
+        return kind
+
+
+_ANCHOR_KINDS = _AnchorKinds()
+
+
+# -- the batch detector ------------------------------------------------------------------
+
+SEPARATOR = "\n\n"  # between documents in a batch's joined text: no rule reads across it
+
+
+class Batch:
+    """The documents of one batch as detection sees them (NFKC-folded views), joined into
+    one string for the recognizers that read the whole batch at once."""
+
+    def __init__(self, views: list[str], no_upper: np.ndarray | None = None):
+        """``no_upper`` marks the views without an upper-case letter: they hold no
+        capitalised word and are left out of the joined text (left empty)."""
+        self.views = views
+        self.no_upper = no_upper if no_upper is not None else np.zeros(len(views), bool)
+        joined = views
+        if no_upper is not None and no_upper.any():
+            joined = [("" if lower else view) for view, lower in zip(views, no_upper.tolist())]
+        self.text = SEPARATOR.join(joined)
+        lengths = np.fromiter(map(len, joined), np.int64, len(joined))
+        self.starts = np.zeros(len(joined), np.int64)
+        np.cumsum(lengths[:-1] + len(SEPARATOR), out=self.starts[1:])
+        self._words: CapitalisedWords | None = None
+
+    @property
+    def words(self) -> CapitalisedWords:
+        if self._words is None:
+            self._words = CapitalisedWords(self.text)
+        return self._words
+
+    def doc_of(self, positions):
+        return np.searchsorted(self.starts, positions, "right") - 1
+
+
+@lru_cache(maxsize=1)
+def _nfkc_changes() -> tuple[dict[int, str], re.Pattern, re.Pattern, str]:
+    """The characters NFKC changes (planes 0-2; the higher planes hold no compatibility
+    characters): what it changes each to, Python patterns for those of the Basic
+    Multilingual Plane (a bitmap, fast to scan) and for all of them, and an RE2 class."""
+    table: dict[int, str] = {}
+    ranges: list[list[int]] = []
+    for c in range(0x80, 0x30000):
+        if 0xD800 <= c < 0xE000:
+            continue
+        ch = chr(c)
+        folded = unicodedata.normalize("NFKC", ch)
+        if folded != ch:
+            table[c] = folded
+            if ranges and ranges[-1][1] == c - 1:
+                ranges[-1][1] = c
+            else:
+                ranges.append([c, c])
+
+    def python_class(spans) -> str:
+        return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in spans)
+
+    bmp = [r for r in ranges if r[1] < 0x10000]
+    higher = [r for r in ranges if r[1] >= 0x10000]
+    bmp_pattern = re.compile(f"[{python_class(bmp)}]")
+    all_pattern = re.compile(f"[{python_class(bmp)}]|[{python_class(higher)}]")
+    re2 = "".join(f"\\x{{{a:x}}}" if a == b else f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in ranges)
+    return table, bmp_pattern, all_pattern, f"[{re2}]"
+
+
+def folded_view(text: str) -> tuple[str, np.ndarray | None]:
+    """The NFKC-folded view of ``text`` and, when its length differs, the original offset
+    of each view character (plus one past the end). Characters are folded one at a time,
+    so each view character comes from exactly one original character."""
+    table, bmp_pattern, all_pattern, _ = _nfkc_changes()
+    pattern = all_pattern if max(text, default="\0") > "\uffff" else bmp_pattern
+    view = pattern.sub(lambda m: table[ord(m.group())], text)
+    if len(view) == len(text):
+        return view, None
+    widths = np.ones(len(text), np.int64)
+    for m in pattern.finditer(text):
+        widths[m.start()] = len(table[ord(m.group())])
+    index = np.repeat(np.arange(len(text), dtype=np.int64), widths)
+    return view, np.append(index, len(text))
+
+
+def _to_original(found: list[Finding], index: np.ndarray | None) -> list[Finding]:
+    """Findings on a folded view moved back onto the original text's offsets."""
+    if index is None:
+        return found
+    return [f._replace(start=int(index[f.start]), end=int(index[f.end - 1]) + 1) for f in found]
+
+
+def non_overlapping(found: list[Finding]) -> list[Finding]:
+    """Keep the best of overlapping findings: higher score, then longer span, then
+    earlier; in text order."""
+    if len(found) < 2:
+        return found
+    ordered = sorted(found, key=lambda r: (-r.score, r.start - r.end, r.start, r.entity_type))
+    starts: list[int] = []  # kept spans, sorted and disjoint
+    kept: list = []
+    for r in ordered:
+        at = bisect.bisect_right(starts, r.start)
+        if at > 0 and kept[at - 1].end > r.start:
+            continue
+        if at < len(kept) and kept[at].start < r.end:
+            continue
+        starts.insert(at, r.start)
+        kept.insert(at, r)
+    return kept
 
 
 PATTERN_ENTITIES = (
@@ -692,7 +1560,8 @@ RULE_ENTITIES = (PERSON, STREET_ADDRESS)
 def pattern_recognizers(
     entities: list[str], language: str, phone_regions: list[str], phone_leniency: int = 1, ip_public_only: bool = True
 ) -> list:
-    """The recognizers for the pattern and rule entities among ``entities``."""
+    """Presidio-based recognizers for the pattern entities among ``entities``: each reads
+    one document at a time, on the documents its ``SCREEN`` matched."""
     build = {
         "EMAIL_ADDRESS": lambda: OfflineEmailRecognizer(supported_language=language),
         "PHONE_NUMBER": lambda: CandidatePhoneRecognizer(
@@ -703,10 +1572,114 @@ def pattern_recognizers(
         "IBAN_CODE": lambda: ScreenedIbanRecognizer(supported_language=language),
         "US_SSN": lambda: ScreenedUsSsnRecognizer(supported_language=language),
         CN_RESIDENT_ID: lambda: CnResidentIdRecognizer(supported_language=language),
-        PERSON: lambda: PersonRecognizer(supported_language=language),
-        STREET_ADDRESS: lambda: StreetAddressRecognizer(supported_language=language),
     }
     return [build[e]() for e in entities if e in build]
+
+
+class Detector:
+    """Finds the PII of a batch of texts: pattern recognizers per screened document,
+    PERSON and STREET_ADDRESS over the whole batch, optional extra findings per document
+    (a spaCy model), then the best of overlapping findings, on the original offsets."""
+
+    def __init__(
+        self,
+        entities: list[str],
+        phone_regions: list[str],
+        phone_leniency: int = 1,
+        ip_public_only: bool = True,
+        min_score: float = 0.4,
+        language: str = "en",
+    ):
+        self.min_score = min_score
+        self.per_document = pattern_recognizers(entities, language, phone_regions, phone_leniency, ip_public_only)
+        self.per_batch = []
+        if PERSON in entities:
+            self.per_batch.append((PERSON, PersonRecognizer(language)))
+        if STREET_ADDRESS in entities:
+            self.per_batch.append((STREET_ADDRESS, StreetAddressRecognizer(language)))
+        screens = {f"pattern_{i}": r.SCREEN for i, r in enumerate(self.per_document)}
+        lower_case_screens = {}
+        for _, recognizer in self.per_batch:
+            screens.update(recognizer.SCREENS)
+            lower_case_screens.update(getattr(recognizer, "LOWER_CASE_SCREENS", {}))
+        self.screens = screens
+        self.any_screen = "|".join(f"(?:{s})" for s in screens.values())
+        self.lower_case_screens = lower_case_screens  # read only in texts without capitals
+        _nfkc_changes()
+
+    def detect(self, texts: pa.Array, extra=None) -> tuple[list[list[Finding]], np.ndarray]:
+        """Non-overlapping findings of each text of ``texts`` (a string array without
+        nulls), in text order, with offsets into the original text, and which texts were
+        analysed (matched a screen or hold a capitalised word). ``extra(view)``, when
+        given, adds findings of its own on each folded view."""
+        n = len(texts)
+        if n == 0:
+            return [], np.zeros(0, bool)
+        views = texts.to_pylist()
+        indexes: dict[int, np.ndarray] = {}
+        screened_texts = texts
+        non_ascii = np.flatnonzero(~pc.string_is_ascii(texts).to_numpy(zero_copy_only=False))
+        if non_ascii.size:
+            changes = pc.match_substring_regex(texts.take(non_ascii), _nfkc_changes()[3])
+            changed = []
+            for i in non_ascii[changes.to_numpy(zero_copy_only=False)].tolist():
+                views[i], index = folded_view(views[i])
+                changed.append(i)
+                if index is not None:
+                    indexes[i] = index
+            if changed:
+                mask = np.zeros(n, bool)
+                mask[changed] = True
+                screened_texts = pc.replace_with_mask(texts, pa.array(mask), pa.array([views[i] for i in changed], pa.string()))
+        screens = self._screens(screened_texts)
+        upper = pc.match_substring_regex(screened_texts, r"\p{Lu}").to_numpy(zero_copy_only=False)
+        lower_case = np.flatnonzero(~upper)
+        for name, pattern in self.lower_case_screens.items():
+            hit = np.zeros(n, bool)
+            if lower_case.size:
+                subset = screened_texts.take(lower_case)
+                hit[lower_case[pc.match_substring_regex(subset, pattern).to_numpy(zero_copy_only=False)]] = True
+            screens[name] = hit
+        found: list[list[Finding]] = [[] for _ in range(n)]
+        min_score = self.min_score
+        for i, recognizer in enumerate(self.per_document):
+            for doc in np.flatnonzero(screens[f"pattern_{i}"]).tolist():
+                for r in recognizer.analyze(views[doc], recognizer.supported_entities, None):
+                    if r.score >= min_score:
+                        found[doc].append(Finding(r.start, r.end, r.entity_type, r.score))
+        analysed = np.logical_or.reduce(list(screens.values())) if screens else np.zeros(n, bool)
+        if self.per_batch:
+            batch = Batch(views, ~upper)
+            analysed |= np.bincount(batch.doc_of(batch.words.start), minlength=n) > 0
+            for entity, recognizer in self.per_batch:
+                docs, starts, ends, scores = recognizer.scan(batch, screens)
+                keep = scores >= min_score
+                for doc, s, e, score in zip(docs[keep].tolist(), starts[keep].tolist(), ends[keep].tolist(), scores[keep].tolist()):
+                    found[doc].append(Finding(s, e, entity, score))
+        if extra is not None:
+            analysed[:] = True
+            for doc, view in enumerate(views):
+                found[doc].extend(f for f in extra(view) if f.score >= min_score)
+        out = []
+        for doc, findings in enumerate(found):
+            if len(findings) > 1:
+                findings = non_overlapping(findings)
+            out.append(_to_original(findings, indexes.get(doc)) if findings else findings)
+        return out, analysed
+
+    def _screens(self, texts: pa.Array) -> dict[str, np.ndarray]:
+        """Which texts each screen matches: one pass for all screens, then each screen
+        over the texts that pass."""
+        n = len(texts)
+        any_hit = np.flatnonzero(pc.match_substring_regex(texts, self.any_screen).to_numpy(zero_copy_only=False))
+        subset = texts.take(any_hit) if any_hit.size < n else texts
+        screens = {}
+        for name, pattern in self.screens.items():
+            hit = np.zeros(n, bool)
+            if any_hit.size:
+                hit[any_hit[pc.match_substring_regex(subset, pattern).to_numpy(zero_copy_only=False)]] = True
+            screens[name] = hit
+        return screens
 
 
 __all__ = [
@@ -715,8 +1688,14 @@ __all__ = [
     "PERSON",
     "RULE_ENTITIES",
     "STREET_ADDRESS",
+    "Batch",
     "CnResidentIdRecognizer",
-    "RecognizerResult",
+    "Detector",
+    "Finding",
+    "PersonRecognizer",
+    "StreetAddressRecognizer",
     "cn_resident_id_is_valid",
+    "folded_view",
+    "non_overlapping",
     "pattern_recognizers",
 ]

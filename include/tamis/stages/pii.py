@@ -12,14 +12,16 @@ Detection runs offline, with nothing downloaded (see :mod:`tamis.pii_recognizers
 
 Detection sees each text NFKC-folded (full-width digits and ``＠`` read as ASCII); spans
 are mapped back to the original characters, so masking replaces exactly the characters of
-each value and keeps everything around it as it was. Each value gets its own mask.
+each value and keeps everything around it as it was. Each value gets its own mask; where
+findings overlap, the higher score wins, then the longer span.
 
-Speed: each recognizer's screen (a cheap regular expression every text it could match
-contains) runs over the whole text column at once (Arrow, RE2), and a recognizer runs
-only on the texts its screen matched. Long documents are analysed in chunks of
-``chunk_chars`` that overlap by ``chunk_overlap`` characters; where findings overlap,
-the higher score wins, then the longer span. Documents over ``max_chars`` are dropped
-unscanned (reason ``pii_too_long``), since nothing can be said about what they hold.
+Speed: a batch is read at once. Cheap screens run over the whole text column in one
+Arrow (RE2) pass and pattern recognizers run only on the texts their screen matched;
+names are found over the batch's texts joined into one string, with numpy doing the
+per-word work (see :class:`tamis.pii_recognizers.Detector`). The spaCy model, when set,
+reads long texts in chunks of ``chunk_chars`` that overlap by ``chunk_overlap``
+characters. Documents over ``max_chars`` are dropped unscanned (reason ``pii_too_long``),
+since nothing can be said about what they hold.
 
 Outcomes per ``action``: ``mask`` replaces each finding with ``mask`` (``{entity}`` is the
 entity type, e.g. ``<EMAIL_ADDRESS>``); ``remove`` drops documents with any finding
@@ -34,9 +36,8 @@ hold types and counts only.
 
 from __future__ import annotations
 
-import bisect
+import gc
 import logging
-import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -107,7 +108,12 @@ class PiiMask(Stage):
     Params = PiiParams
 
     def setup(self) -> None:
-        self._build()  # recognizers and the spaCy pipeline, once per worker, never pickled
+        self._build()  # recognizers, word lists and the spaCy pipeline, once per worker, never pickled
+        # What is loaded now lives as long as the worker: moved out of the collector's
+        # reach, the next full collections skip its half a million objects (one full
+        # pass over them costs about as much as masking a megabyte of text).
+        gc.collect()
+        gc.freeze()
 
     def check_ready(self) -> None:
         model = self.params.ner_model
@@ -123,78 +129,52 @@ class PiiMask(Stage):
     # -- detection -------------------------------------------------------------------
 
     def _build(self):
-        """(recognizers, their screens or None, spaCy pipeline or None), once per process."""
+        """(the detector, the spaCy pipeline or None), once per process."""
         engines = self.__dict__.get("_engines")
         if engines is not None:
             return engines
         _quiet_presidio_logs()
-        from tamis.pii_recognizers import pattern_recognizers
+        from tamis.pii_recognizers import Detector
 
         p = self.params
-        recognizers = pattern_recognizers(
-            p.entities, _PRESIDIO_LANGUAGE, p.phone_regions, p.phone_leniency, p.ip_public_only
+        detector = Detector(
+            [e for e in p.entities if e not in NER_ENTITIES], p.phone_regions, p.phone_leniency, p.ip_public_only,
+            p.min_score, _PRESIDIO_LANGUAGE,
         )
-        screens = [getattr(r, "SCREEN", None) for r in recognizers]
         nlp = None
         if p.ner_model is not None:
             self.check_ready()
             import spacy
 
             nlp = spacy.load(p.ner_model)
-        engines = (recognizers, screens, nlp)
+        engines = (detector, nlp)
         self.__dict__["_engines"] = engines
         return engines
 
     def find(self, text: str) -> list:
-        """Non-overlapping findings in ``text``, in text order, with offsets into ``text``."""
-        import regex  # reads the screens as RE2 does (\p{Lu})
+        """Non-overlapping findings in ``text`` (``start``, ``end``, ``entity_type``,
+        ``score``), in text order, with offsets into ``text``: the batch path for one text."""
+        return self._detect(pa.array([text], pa.string()))[0][0]
 
-        recognizers, screens, _ = self._build()
-        view, index = _folded(text)
-        active = [r for r, s in zip(recognizers, screens) if s is None or regex.search(s, view)]
-        return _to_original(self._detect(view, active), index)
-
-    def _detect(self, view: str, active: list) -> list:
-        p = self.params
-        nlp = self._build()[2]
-        wanted = set(p.entities)
-        step = p.chunk_chars - p.chunk_overlap
-        found = []
-        for start in range(0, max(len(view) - p.chunk_overlap, 1), step):
-            chunk = view[start : start + p.chunk_chars]
-            for recognizer in active:
-                for r in recognizer.analyze(chunk, recognizer.supported_entities, None):
-                    if r.score >= p.min_score:
-                        r.start += start
-                        r.end += start
-                        found.append(r)
-            if nlp is not None:
-                found.extend(_spacy_findings(nlp, chunk, start, wanted))
-        return _non_overlapping(found)
+    def _detect(self, texts: pa.Array) -> tuple[list[list], np.ndarray]:
+        detector, nlp = self._build()
+        extra = None
+        if nlp is not None:
+            wanted = set(self.params.entities)
+            extra = lambda view: _spacy_findings(nlp, view, self.params.chunk_chars, self.params.chunk_overlap, wanted)  # noqa: E731
+        return detector.detect(texts, extra)
 
     # -- the batch ---------------------------------------------------------------------
 
     def process_batch(self, table: pa.Table) -> BatchResult:
         p = self.params
         n = table.num_rows
-        recognizers, screens, nlp = self._build()
         text = table.column("text").combine_chunks() if n else pa.array([], pa.string())
         is_null = pc.is_null(text).to_numpy(zero_copy_only=False)
         lengths = pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False)
         too_long = lengths > p.max_chars
-        folded = pc.utf8_normalize(text, "NFKC")
-        changed = pc.fill_null(pc.not_equal(folded, text), False).to_numpy(zero_copy_only=False)
-        screened = []
-        for screen in screens:
-            if screen is None or nlp is not None:
-                screened.append(None)
-            else:
-                screened.append(pc.fill_null(pc.match_substring_regex(folded, screen), False).to_numpy(zero_copy_only=False))
-        any_screen = ~is_null & (lengths > 0)
-        if all(s is not None for s in screened):
-            any_screen &= np.logical_or.reduce(screened) if screened else False
-        candidate = any_screen & ~too_long
-        todo = np.flatnonzero(candidate)
+        todo = np.flatnonzero(~is_null & (lengths > 0) & ~too_long)
+        found_by_doc, analysed = self._detect(text.take(pa.array(todo, pa.int64())))
 
         counts = np.zeros(n, np.int32)
         types: list[str | None] = [None] * n
@@ -202,28 +182,23 @@ class PiiMask(Stage):
         masked: dict[int, str] = {}
         metrics: Counter = Counter()
         by_type_docs: dict[int, Counter] = {}
-        pairs = list(zip(recognizers, screened))
-        for i, doc in zip(todo.tolist(), text.take(pa.array(todo, pa.int64())).to_pylist()):
-            active = [r for r, s in pairs if s is None or s[i]]
-            if changed[i]:
-                view, index = _folded(doc)
-                found = _to_original(self._detect(view, active), index)
-            else:
-                found = self._detect(doc, active)
-            if not found:
-                continue
+        with_findings = [j for j, found in enumerate(found_by_doc) if found]
+        originals = text.take(pa.array(todo[with_findings], pa.int64())).to_pylist() if p.action == "mask" else None
+        for k, j in enumerate(with_findings):
+            i = int(todo[j])
+            found = found_by_doc[j]
             per_type = Counter(r.entity_type for r in found)
             by_type_docs[i] = per_type
             counts[i] = len(found)
             types[i] = ",".join(sorted(per_type))
             metrics.update({f"pii.entity.{t}": c for t, c in per_type.items()})
             if p.action == "mask":
-                masked[i] = self._mask(doc, found)
+                masked[i] = self._mask(originals[k], found)
             elif p.action == "flag":
                 spans[i] = [{"start": r.start, "end": r.end, "entity": r.entity_type} for r in found]
 
-        metrics["pii.docs_screened_out"] += int(n - len(todo) - too_long.sum())
-        metrics["pii.docs_analysed"] += len(todo)
+        metrics["pii.docs_screened_out"] += int(n - int(analysed.sum()) - too_long.sum())
+        metrics["pii.docs_analysed"] += int(analysed.sum())
         metrics["pii.docs_with_pii"] += len(by_type_docs)
         metrics["pii.findings"] += int(counts.sum())
 
@@ -266,38 +241,18 @@ class PiiMask(Stage):
         return "".join(pieces)
 
 
-def _folded(text: str) -> tuple[str, list[int] | None]:
-    """The NFKC-folded view of ``text`` and, when it differs, the original offset of each
-    view character (plus one past the end). Characters are folded one at a time, so each
-    view character comes from exactly one original character."""
-    if text.isascii():
-        return text, None
-    pieces = [unicodedata.normalize("NFKC", ch) for ch in text]
-    if all(len(piece) == 1 for piece in pieces) and "".join(pieces) == text:
-        return text, None
-    index = [i for i, piece in enumerate(pieces) for _ in piece]
-    index.append(len(text))
-    return "".join(pieces), index
-
-
-def _to_original(found: list, index: list[int] | None) -> list:
-    """Findings on a folded view moved back onto the original text's offsets."""
-    if index is None:
-        return found
-    for r in found:
-        r.start = index[r.start]
-        r.end = index[r.end - 1] + 1
-    return found
-
-
-def _spacy_findings(nlp, chunk: str, offset: int, wanted: set[str]) -> list:
-    from presidio_analyzer import RecognizerResult
+def _spacy_findings(nlp, view: str, chunk_chars: int, overlap: int, wanted: set[str]) -> list:
+    """spaCy's PERSON / LOCATION entities in ``view``, read in overlapping chunks (spaCy
+    limits the length of one text)."""
+    from tamis.pii_recognizers import Finding
 
     out = []
-    for ent in nlp(chunk).ents:
-        entity = _SPACY_LABELS.get(ent.label_)
-        if entity in wanted:
-            out.append(RecognizerResult(entity, ent.start_char + offset, ent.end_char + offset, 0.85))
+    step = chunk_chars - overlap
+    for start in range(0, max(len(view) - overlap, 1), step):
+        for ent in nlp(view[start : start + chunk_chars]).ents:
+            entity = _SPACY_LABELS.get(ent.label_)
+            if entity in wanted:
+                out.append(Finding(ent.start_char + start, ent.end_char + start, entity, 0.85))
     return out
 
 
@@ -317,21 +272,3 @@ def _quiet_presidio_logs() -> None:
         logger.setLevel(logging.WARNING)
         if not any(isinstance(f, _WithholdText) for f in logger.filters):
             logger.addFilter(_WithholdText())
-
-
-def _non_overlapping(results: list) -> list:
-    """Keep the best of overlapping findings: higher score, then longer span, then earlier."""
-    if len(results) < 2:
-        return results
-    ordered = sorted(results, key=lambda r: (-r.score, r.start - r.end, r.start, r.entity_type))
-    starts: list[int] = []  # kept spans, sorted and disjoint
-    kept: list = []
-    for r in ordered:
-        at = bisect.bisect_right(starts, r.start)
-        if at > 0 and kept[at - 1].end > r.start:
-            continue
-        if at < len(kept) and kept[at].start < r.end:
-            continue
-        starts.insert(at, r.start)
-        kept.insert(at, r)
-    return kept
