@@ -62,6 +62,7 @@ class IngestParams(StageParams):
 class Ingest(Stage):
     type_name = "ingest"
     Params = IngestParams
+    params: IngestParams
     reads_sources = True
     default_gate = {"required_columns": ["id", "source", "date", "text"]}
 

@@ -169,6 +169,7 @@ def _examined(text: pa.Array, max_chars: int) -> pa.Array:
 class LanguageFilter(Stage):
     type_name = "language"
     Params = LanguageParams
+    params: LanguageParams
 
     def __init__(self, params=None, context=None, name=None):
         super().__init__(params, context, name)

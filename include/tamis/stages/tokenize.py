@@ -39,6 +39,7 @@ class TokenizeParams(StageParams):
 class Tokenize(Stage):
     type_name = "tokenize"
     Params = TokenizeParams
+    params: TokenizeParams
     joins_corpus = False
     default_gate = {"required_columns": ["id", "source", "text", "input_ids", "token_count"]}
 
