@@ -89,6 +89,7 @@ class Tokenize(Stage):
         flat = np.concatenate(flat_parts) if flat_parts else np.empty(0, np.int32)
         counts = np.concatenate(count_parts) if count_parts else np.empty(0, np.int64)
         if self.params.add_eos:
+            assert self._eos_id is not None, "setup finds the end-of-text token whenever add_eos is on"
             flat = np.insert(flat, np.cumsum(counts)[counts > 0], np.int32(self._eos_id))
             counts = counts + (counts > 0)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
