@@ -363,7 +363,9 @@ def _write_sorted_partition(batches, folder: str):
     if rows:
         sink = pa.BufferOutputStream()
         pq.write_table(pa.concat_tables(tables), sink, compression="zstd")
-        partition = TaskContext.get().partitionId()
+        task = TaskContext.get()
+        assert task is not None, "mapInArrow runs this inside a Spark task"
+        partition = task.partitionId()
         storage.write_bytes_atomic(storage.join(folder, f"{partition:06d}.parquet"), sink.getvalue().to_pybytes(), folder)
     yield pa.RecordBatch.from_arrays([pa.array([rows], pa.int64())], names=["rows"])
 

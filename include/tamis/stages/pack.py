@@ -133,6 +133,7 @@ class Pack(DatasetStage):
     def apply(self, shard: InputShard, work_url: str) -> Iterator[BatchResult]:
         if self._pad_id is None:
             self.setup()
+        assert self._pad_id is not None, "setup finds the padding token"
         fs, folder = storage.filesystem(storage.join(work_url, "pack", shard.name))
         protocol = work_url.split("://", 1)[0] + "://" if "://" in work_url else ""
         urls = sorted(protocol + p for p in fs.glob(f"{folder}/*.parquet")) if fs.exists(folder) else []
