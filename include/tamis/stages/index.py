@@ -76,7 +76,8 @@ class IndexStage(DatasetStage):
     joins_corpus = False
     default_gate = {"required_columns": ["id", "input_ids", "doc_ids", "doc_offsets", "n_pad"], "min_text_chars": None}
 
-    def __init__(self, params=None, context=None, name=None):
+    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+                 name: str | None = None) -> None:
         super().__init__(params, context, name)
         self._input_url: str | None = None
 

@@ -28,7 +28,7 @@ import importlib.util
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -171,7 +171,8 @@ class LanguageFilter(Stage):
     Params = LanguageParams
     params: LanguageParams
 
-    def __init__(self, params=None, context=None, name=None):
+    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+                 name: str | None = None) -> None:
         super().__init__(params, context, name)
         self._detectors: dict[str, object] = {}
 

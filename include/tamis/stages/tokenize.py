@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections import Counter
 from itertools import chain
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
+from tokenizers import Tokenizer
 
 from tamis import storage
 from tamis.stage import BatchResult, PathOrName, Stage, StageParams, split_by_reason
@@ -43,9 +45,10 @@ class Tokenize(Stage):
     joins_corpus = False
     default_gate = {"required_columns": ["id", "source", "text", "input_ids", "token_count"]}
 
-    def __init__(self, params=None, context=None, name=None):
+    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+                 name: str | None = None) -> None:
         super().__init__(params, context, name)
-        self._tokenizer = None
+        self._tokenizer: Tokenizer | None = None
         self._eos_id: int | None = None
 
     def setup(self) -> None:
