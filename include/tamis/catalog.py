@@ -79,7 +79,7 @@ def find(version: str) -> Release | None:
 
 
 def _stored_manifests(config: ReleaseConfig) -> list[dict[str, Any]]:
-    fs, root = remote_filesystem(config, storage.join(config.remote, "releases"))
+    fs, root = remote_filesystem(config, storage.join(config.remote_url, "releases"))
     if not fs.exists(root):
         return []
     manifests = []
@@ -185,7 +185,7 @@ def view(release: Release) -> tuple[str, str] | None:
     hot = hot_folder(release)
     if hot is not None:
         return str(hot), "hot"
-    workspace = Path(release.config.workspace)
+    workspace = Path(release.config.workspace_folder)
     try:
         current = json.loads((workspace / RELEASE_FILE).read_text())["version"]
         lock = (workspace / LOCK_FILE).read_bytes()

@@ -361,7 +361,7 @@ def track_build(pipeline: Pipeline, run_id: str, summary: dict[str, Any]) -> Non
 
 
 def run_summary(pipeline: Pipeline, run_id: str) -> dict[str, Any]:
-    stages = []
+    stages: list[dict[str, Any]] = []
     for name in pipeline.stage_names:
         dataset = Dataset(pipeline.stage_url(run_id, name))
         if not dataset.is_complete():

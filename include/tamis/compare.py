@@ -45,12 +45,17 @@ def count_rows(a: dict[str, dict], b: dict[str, dict], stages: list[str]) -> lis
         if ma is None and mb is None:
             continue
         for key in ("in", "kept", "dropped", "quarantined"):
-            rows.append(_row(name, key, "count", ma and ma["counts"].get(key, 0), mb and mb["counts"].get(key, 0)))
+            rows.append(_row(name, key, "count", _count(ma, "counts", key), _count(mb, "counts", key)))
         for kind, field in (("dropped", "drop_reasons"), ("quarantined", "quarantine_reasons")):
             rules = sorted(set((ma or {}).get(field, {})) | set((mb or {}).get(field, {})))
             for rule in rules:
-                rows.append(_row(name, rule, kind, ma and ma[field].get(rule, 0), mb and mb[field].get(rule, 0)))
+                rows.append(_row(name, rule, kind, _count(ma, field, rule), _count(mb, field, rule)))
     return rows
+
+
+def _count(manifest: dict | None, field: str, key: str) -> int | None:
+    """A count of a manifest's ``field`` (0 when not listed); None for a stage the run lacks."""
+    return None if manifest is None else manifest[field].get(key, 0)
 
 
 def _row(stage: str, name: str, kind: str, a: int | None, b: int | None) -> dict[str, Any]:
@@ -60,7 +65,7 @@ def _row(stage: str, name: str, kind: str, a: int | None, b: int | None) -> dict
 
 def param_diff(a: dict[str, dict], b: dict[str, dict], stages: list[str]) -> list[dict[str, Any]]:
     """Every parameter whose value differs between the two runs, by stage."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in stages:
         ma, mb = a.get(name), b.get(name)
         if ma is None or mb is None:

@@ -136,10 +136,13 @@ def validate(dataset_url: str, stage: str, config: GateConfig) -> dict[str, Any]
         definition = context.validation_definitions.add(gx.ValidationDefinition(name=suite.name, data=batch, suite=suite))
         results.append(definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY"))
 
-    failed = [
-        {"suite": r.suite_name, "expectation": e.expectation_config.type, "kwargs": _plain(e.expectation_config.kwargs)}
-        for r in results for e in r.results if not e.success
-    ]
+    failed = []
+    for r in results:
+        for e in r.results:
+            if not e.success:
+                expectation = e.expectation_config
+                assert expectation is not None, "a validation result names the expectation it checked"
+                failed.append({"suite": r.suite_name, "expectation": expectation.type, "kwargs": _plain(expectation.kwargs)})
     summary = {
         "stage": stage,
         "dataset": dataset_url,

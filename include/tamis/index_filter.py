@@ -85,6 +85,7 @@ def _tokens(text: str) -> list[_Token]:
         if not match or match.end() == at:
             raise FilterError(f"--where: unexpected {text[at]!r} at character {at + 1} of {_shown(text)}")
         kind = match.lastgroup
+        assert kind is not None, "every alternative of _TOKEN is a named group"
         tokens.append(_Token(kind, match[kind], match.start(kind)))
         at = match.end()
 

@@ -64,7 +64,7 @@ class SourceConfig(_Strict):
     """
 
     # Never None once read (``_infer_kind``); optional in the JSON Schema, as in the YAML.
-    kind: Literal["local", "s3", "git", "http"] = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    kind: Literal["local", "s3", "git", "http"] = Field(default=None, validate_default=False)  # type: ignore[call-overload]
     path: str | None = None
     url: str | None = None
     revision: str | None = None  # git: a branch, tag or commit; default HEAD
@@ -163,7 +163,9 @@ class SourceConfig(_Strict):
         if self.kind == "git":
             where = f"{self.url}@{self.revision or 'HEAD'}"
             return f"{where}:{self.subdir}" if self.subdir else where
-        return self.url if self.kind == "http" else self.path
+        address = self.url if self.kind == "http" else self.path
+        assert address is not None, "_fits_its_kind requires the url or the path of every kind"
+        return address
 
 
 def _check_remote_url(url: str, kind: str) -> None:

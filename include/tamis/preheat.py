@@ -77,7 +77,7 @@ def stored_manifest(config: ReleaseConfig, version: str) -> dict[str, Any]:
     """The release manifest of ``version`` as the remote holds it."""
     from tamis.release import RELEASE_FILE, remote_filesystem
 
-    url = storage.join(config.remote, "releases", version, RELEASE_FILE)
+    url = storage.join(config.remote_url, "releases", version, RELEASE_FILE)
     fs, path = remote_filesystem(config, url)
     if not fs.exists(path):
         raise PreheatError(f"preheat: the release store {config.remote} has no release {version}")
@@ -105,7 +105,7 @@ def preheat(config: ReleaseConfig, version: str) -> dict[str, Any]:
     try:
         copied = 0
         for entry in contents["files"]:
-            source_url = store_object_url(config.remote, entry["md5"])
+            source_url = store_object_url(config.remote_url, entry["md5"])
             fs, path = remote_filesystem(config, source_url)
             target = staging / entry["path"]
             target.parent.mkdir(parents=True, exist_ok=True)

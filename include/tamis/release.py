@@ -124,6 +124,18 @@ class ReleaseConfig(BaseModel):
 
         return check_dns_label(value)
 
+    @property
+    def workspace_folder(self) -> str:
+        """The workspace, once :func:`release_config` has filled in its default."""
+        assert self.workspace is not None, "release_config fills in the workspace"
+        return self.workspace
+
+    @property
+    def remote_url(self) -> str:
+        """The remote, once :func:`release_config` has filled in its default."""
+        assert self.remote is not None, "release_config fills in the remote"
+        return self.remote
+
 
 def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) -> ReleaseConfig:
     """The ``release:`` block of the pipeline config (paths already resolved against its
@@ -233,7 +245,7 @@ def prepare_workspace(pipeline: Pipeline, config: ReleaseConfig) -> Path:
     from tamis import storage
     from tamis.sources.location import location
 
-    workspace = Path(config.workspace)
+    workspace = Path(config.workspace_folder)
     workspace.mkdir(parents=True, exist_ok=True)
     names = sorted(pipeline.sources)
     for name in names:
@@ -241,8 +253,8 @@ def prepare_workspace(pipeline: Pipeline, config: ReleaseConfig) -> Path:
         _write_if_changed(workspace / SOURCES_DIR / f"{name}{ORIGIN_SUFFIX}", json.dumps(origin, indent=2, sort_keys=True))
     _write_if_changed(workspace / PIPELINE_FILE, yaml.safe_dump(workspace_pipeline(pipeline), sort_keys=False))
     _write_if_changed(workspace / DVC_FILE, yaml.safe_dump(dvc_stages(pipeline), sort_keys=False))
-    remote: dict[str, str] = {"url": _dvc_remote_url(config.remote)}
-    endpoint = config.endpoint_url or (storage.s3_endpoint() if config.remote.startswith("s3://") else None)
+    remote: dict[str, str] = {"url": _dvc_remote_url(config.remote_url)}
+    endpoint = config.endpoint_url or (storage.s3_endpoint() if config.remote_url.startswith("s3://") else None)
     if endpoint:
         remote["endpointurl"] = endpoint
     with _dvc_repo(workspace, "prepare", create=True) as repo:
@@ -400,7 +412,7 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
     stage's, an ingest part whose input is not a snapshotted raw file, or an out whose hash
     differs from dvc.lock (the workspace was changed after ``dvc repro``).
     """
-    workspace = Path(config.workspace)
+    workspace = Path(config.workspace_folder)
     lock_path = workspace / LOCK_FILE
     if not lock_path.exists():
         raise ReleaseError(f"release: no {LOCK_FILE} in {workspace}; run `dvc repro` first")
@@ -596,10 +608,10 @@ def write_release(pipeline: Pipeline, config: ReleaseConfig, source_run_id: str 
     from tamis import storage
 
     manifest = release_manifest(pipeline, config, source_run_id, run_id)
-    workspace = Path(config.workspace)
+    workspace = Path(config.workspace_folder)
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     (workspace / RELEASE_FILE).write_bytes(body)
-    target = storage.join(config.remote, "releases", manifest["version"])
+    target = storage.join(config.remote_url, "releases", manifest["version"])
     fs, root = remote_filesystem(config, target)
     fs.makedirs(root, exist_ok=True)
     fs.pipe({f"{root}/{RELEASE_FILE}": body,
@@ -681,10 +693,10 @@ def _run_step(step: str, args: argparse.Namespace, pipeline: Pipeline, config: R
     if step == "prepare":
         prepare_workspace(pipeline, config)
     elif step == "repro":
-        result = repro(Path(config.workspace), force=args.force)
+        result = repro(Path(config.workspace_folder), force=args.force)
         print(json.dumps({"ran": result["ran"], "up_to_date": result["up_to_date"]}))
     elif step == "push":
-        print(json.dumps({"remote": push(Path(config.workspace), config)["remote"]}))
+        print(json.dumps({"remote": push(Path(config.workspace_folder), config)["remote"]}))
     elif step == "preheat":
         from tamis.preheat import preheat
 
@@ -705,12 +717,12 @@ def track(pipeline: Pipeline, config: ReleaseConfig, manifest: dict[str, Any]) -
     """The release as an MLflow run; its pointer goes beside the release manifest on the remote."""
     from tamis import storage, tracking
 
-    target = storage.join(config.remote, "releases", manifest["version"])
-    tracking.track_release(pipeline, manifest, config.workspace, remote_filesystem(config, target))
+    target = storage.join(config.remote_url, "releases", manifest["version"])
+    tracking.track_release(pipeline, manifest, config.workspace_folder, remote_filesystem(config, target))
 
 
 def last_release_version(config: ReleaseConfig) -> str:
-    path = Path(config.workspace) / RELEASE_FILE
+    path = Path(config.workspace_folder) / RELEASE_FILE
     if not path.exists():
         raise ReleaseError(f"release: no {RELEASE_FILE} in {config.workspace}; write the release manifest first")
     return json.loads(path.read_text())["version"]

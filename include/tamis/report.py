@@ -861,7 +861,7 @@ def document_journey(run_url: str, stages: list[str], doc_id: str, part: str | N
             continue
         if kept is not None:
             text = kept.get("text") if isinstance(kept.get("text"), str) else None
-            step = {"stage": name, "status": "kept", "record": {k: v for k, v in kept.items()
+            step: dict[str, Any] = {"stage": name, "status": "kept", "record": {k: v for k, v in kept.items()
                                                               if k not in ("text", "input_ids", "pii_spans")
                                                               and not isinstance(v, (list, dict, bytes))}}
             if text is not None:

@@ -250,7 +250,8 @@ def run_fused(stages: list[Stage], input_url: str | None, output_urls: list[str]
         for k, (stage, output_url) in enumerate(zip(stages, output_urls)):
             fingerprint = fingerprints[k]
             if k:
-                manifest_sha = hashlib.sha256(storage.read_bytes(Dataset(stage_input).manifest_url)).hexdigest()
+                previous = Dataset(output_urls[k - 1])  # this stage's input
+                manifest_sha = hashlib.sha256(storage.read_bytes(previous.manifest_url)).hexdigest()
                 fingerprint = {**fingerprint, "input": {"manifest_sha256": manifest_sha}}
                 storage.write_json_atomic(storage.join(output_url, FINGERPRINT), fingerprint, output_url)
             manifest = _manifest(stage, stage_input, output_url, stage_shards, stats[k], engine, {}, fingerprint, started)
@@ -280,7 +281,7 @@ def _fused_task(fused: FusedStages, task: tuple[InputShard, list[str]]) -> list[
     finally:
         for writer in writers:
             writer.discard()
-    commits = []
+    commits: list[dict[str, Any]] = []
     inputs = [shard.url] + [dataset.part_url(shard.name) for _, dataset in chain[:-1]]
     for writer, part, source in zip(writers, parts, inputs):
         size = shard.size_bytes if source == shard.url else commits[-1]["part"]["bytes"]
@@ -296,6 +297,7 @@ def stage_fingerprint(stage: Stage, input_url: str | None, output_url: str, shar
     cls = type(stage)
     source = inspect.getsourcefile(cls)
     code = hashlib.sha256(open(source, "rb").read()).hexdigest() if source else None
+    input_key: dict[str, Any]
     if input_url is not None and Dataset(input_url).is_complete():
         input_key = {"manifest_sha256": hashlib.sha256(storage.read_bytes(Dataset(input_url).manifest_url)).hexdigest()}
     else:
@@ -485,27 +487,31 @@ class _PartWriter:
         if table.num_rows == 0:
             self._last_empty = table
             return
-        if self._writer is None:
-            self._open(table.schema)
-        elif table.schema != self._writer.schema:
-            table = table.cast(self._writer.schema)
-        self._writer.write_table(table)
+        writer = self._writer
+        if writer is None:
+            writer = self._open(table.schema)
+        elif table.schema != writer.schema:
+            table = table.cast(writer.schema)
+        writer.write_table(table)
         self.rows += table.num_rows
 
-    def _open(self, schema: pa.Schema) -> None:
+    def _open(self, schema: pa.Schema) -> pq.ParquetWriter:
         self._tmp = storage.tmp_url(self.dataset.url, self.final_url.rsplit("/", 1)[-1])
         fs, path = storage.filesystem(self._tmp)
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         self._file = fs.open(path, "wb")
         self._writer = pq.ParquetWriter(self._file, schema, **PARQUET_OPTIONS)
+        return self._writer
 
     def publish(self, always: bool = False) -> dict[str, Any] | None:
-        if self._writer is None:
+        writer = self._writer
+        if writer is None:
             if not always:
                 return None
             schema = self.schema or (self._last_empty.schema if self._last_empty is not None else pa.schema([]))
-            self._open(schema)
-        self._writer.close()
+            writer = self._open(schema)
+        assert self._file is not None and self._tmp is not None, "_open opens the file that its writer writes"
+        writer.close()
         self._file.close()
         fs, path = storage.filesystem(self._tmp)
         digest = hashlib.sha256()

@@ -22,7 +22,7 @@ declarations and never name particular stages.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -231,7 +231,7 @@ class DatasetStage(Stage):
 
     kind = "dataset"
 
-    def plan(self, shards: list[InputShard], work_url: str, engine: Engine) -> dict[str, int]:
+    def plan(self, shards: list[InputShard], work_url: str, engine: Engine) -> Mapping[str, float]:
         raise NotImplementedError
 
     def apply(self, shard: InputShard, work_url: str) -> Iterator[BatchResult]:

@@ -64,13 +64,12 @@ class _Native:
         self.flags = flags
         specials = tables["specials"]
         sp_chars, sp_off = _code_points(list(specials))
-        pieces = [n for lengths in specials.values() for n in lengths]
+        pieces = np.array([n for lengths in specials.values() for n in lengths], np.int32)
         piece_off = np.concatenate([[0], np.cumsum([len(v) for v in specials.values()])]).astype(np.int64)
         ad_chars, ad_off = _code_points(tables["currency"] + tables["units"])
         patterns = [tables["matcher"].get(orth, []) for orth in specials]
         mt_pieces = np.array([n for p in patterns for n in p] or [0], np.int32)
         mt_off = np.concatenate([[0], np.cumsum([len(p) for p in patterns])]).astype(np.int64)
-        pieces = np.array(pieces, np.int32)
         if lib.tq_init(flags.ctypes.data, sp_chars.ctypes.data, sp_off.ctypes.data, pieces.ctypes.data,
                        piece_off.ctypes.data, len(specials), ad_chars.ctypes.data, ad_off.ctypes.data, len(ad_off) - 1,
                        mt_pieces.ctypes.data, mt_off.ctypes.data):

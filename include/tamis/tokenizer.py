@@ -208,15 +208,15 @@ def _text_batches(url: str, column: str) -> Iterator[list[str]]:
         raise ValueError(f"training text {url!r}: expected a tamis dataset, .parquet, .jsonl or .jsonl.gz")
     with fs.open(path, "rb") as raw:
         lines = gzip.open(raw, "rt", encoding="utf-8") if path.endswith(".gz") else (line.decode("utf-8") for line in raw)
-        batch: list[str] = []
+        texts: list[str] = []
         for line in lines:
             if line.strip():
-                batch.append(json.loads(line).get(column) or "")
-            if len(batch) == 1024:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+                texts.append(json.loads(line).get(column) or "")
+            if len(texts) == 1024:
+                yield texts
+                texts = []
+        if texts:
+            yield texts
 
 
 def main(argv: list[str] | None = None) -> int:

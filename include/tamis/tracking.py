@@ -225,7 +225,8 @@ def _log(pipeline, where, kind, run_id, manifests, datasets, artifacts, extra_me
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # a local path fits two equal source kinds
                 source = resolve_dataset_source(entry["url"])
-            dataset = MetaDataset(source=source, name=entry["name"], digest=entry["dvc_md5"])
+            # mlflow marks Dataset.profile abstract without ABCMeta, and MetaDataset leaves it out.
+            dataset = MetaDataset(source=source, name=entry["name"], digest=entry["dvc_md5"])  # type: ignore[abstract]
             inputs.append(DatasetInput(dataset._to_mlflow_entity(),
                                        tags=[InputTag("mlflow.data.context", entry["context"])]))
         if inputs:
@@ -255,7 +256,8 @@ def _quote(value: str) -> str:
 
 
 def _stage_files(pipeline: Pipeline, run_id: str, stages: list[str]) -> tuple[dict, dict]:
-    manifests, artifacts = {}, {}
+    manifests: dict[str, dict[str, Any]] = {}
+    artifacts: dict[str, Any] = {}  # file name -> JSON object, or the bytes of a file
     for name in stages:
         dataset = Dataset(pipeline.stage_url(run_id, name))
         if not dataset.is_complete():

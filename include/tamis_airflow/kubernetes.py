@@ -177,6 +177,7 @@ def shard_batches_task(pipeline: Pipeline, stage: str, pipeline_ref: str, argv: 
             os.environ.update(connection_env(Connection.get(connection)))
         for conn_id in sources:  # listing a Git, HTTP or S3 source reaches it
             os.environ.update(connection_env(Connection.get(conn_id), source_only=True))
+        assert run_id is not None, "Airflow fills a task's run_id argument from the DAG run's context"
         return shard_batches(pipeline_ref, stage, run_id, argv, per_task)
 
     return list_shards(pipeline_ref, argv)

@@ -25,8 +25,9 @@ def build_nightly_dag(pipeline_name: str = "default", dag_id: str = "nightly_ing
         # A data interval, not a trigger time: the run for day D starts once D is over and
         # its logical date (ds) is D, the partition it reads.
         schedule=CronDataIntervalTimetable(nightly.schedule, timezone="UTC"),
-        start_date=pendulum.parse(nightly.start_date, tz="UTC"),
-        end_date=pendulum.parse(nightly.end_date, tz="UTC") if nightly.end_date else None,
+        # pendulum.parse is typed to return a date, time or duration too; a date string gives a DateTime.
+        start_date=pendulum.parse(nightly.start_date, tz="UTC"),  # type: ignore[arg-type]
+        end_date=pendulum.parse(nightly.end_date, tz="UTC") if nightly.end_date else None,  # type: ignore[arg-type]
         catchup=nightly.catchup,
         max_active_runs=1,
         default_args=default_args(pipeline),

@@ -63,7 +63,7 @@ def funnel(rows: list[dict], label: str = "documents per stage") -> str:
     span = WIDTH - label_width - 90
     body = []
     for i, (name, color) in enumerate((("kept", KEPT), ("dropped", DROPPED), ("quarantined", QUARANTINED))):
-        x = label_width + i * 110
+        x: float = label_width + i * 110
         body.append(f'<rect x="{x}" y="4" width="12" height="12" fill="{color}"/><text x="{x + 17}" y="14">{name}</text>')
     for i, r in enumerate(rows):
         y = top + i * row

@@ -176,17 +176,20 @@ def _diff_block(diff: dict[str, Any], before: str = "before", after: str = "afte
 
 def _series_links(pipeline: str, runs: list[trends.RunSummary], key: str) -> list[str | None]:
     part = trends.split_key(key)
-    links = []
+    stage = part["stage"]
+    links: list[str | None] = []
     for run in runs:
-        if part["kind"] in ("drop_rate", "quarantine_rate"):
+        if stage is None:  # a language share: of the run's output, not of one stage's documents
+            links.append(None)
+        elif part["kind"] in ("drop_rate", "quarantine_rate"):
             kind = "dropped" if part["kind"] == "drop_rate" else "quarantined"
-            links.append(examples_href(pipeline, run.folder, part["stage"], kind=kind, rule=part["name"]))
+            links.append(examples_href(pipeline, run.folder, stage, kind=kind, rule=part["name"]))
         elif part["kind"] == "duplicate_rate":
-            reasons = run.stages.get(part["stage"], {}).get("declares", {}).get("duplicate_reasons") or []
-            links.append(examples_href(pipeline, run.folder, part["stage"], kind="dropped", rule=reasons[0])
+            reasons = run.stages.get(stage, {}).get("declares", {}).get("duplicate_reasons") or []
+            links.append(examples_href(pipeline, run.folder, stage, kind="dropped", rule=reasons[0])
                          if reasons else None)
         elif part["kind"] == "pii_rate":
-            links.append(examples_href(pipeline, run.folder, part["stage"], kind="pii", entity=part["name"]))
+            links.append(examples_href(pipeline, run.folder, stage, kind="pii", entity=part["name"]))
         else:
             links.append(None)
     return links
@@ -227,6 +230,13 @@ def _rate(kind: str, value: float, signed: bool = False) -> str:
     return f"{value:+.2%}" if signed else f"{value:.2%}"
 
 
+def _key_part(key: str, part: str) -> str:
+    """The stage or the name in a rate key chosen by its prefix, which has it."""
+    value = trends.split_key(key)[part]
+    assert value is not None, f"rate key {key!r} has no {part}"
+    return value
+
+
 def _top_keys(runs: list[trends.RunSummary], prefix: str) -> list[str]:
     peaks: dict[str, float] = {}
     for run in runs:
@@ -258,11 +268,11 @@ def trends_page(name: str, user=Depends(_user)):
     for stage in pipeline.stage_names:
         keys = _top_keys(runs, f"drop_rate/{stage}/") + _top_keys(runs, f"quarantine_rate/{stage}/")
         if keys:
-            names = [trends.split_key(k)["name"] for k in keys]
+            names = [_key_part(k, "name") for k in keys]
             sections.append(_chart(name, runs, keys, names, f"{stage}: drop rate by rule", breaches, f"rules-{stage}"))
     dup = _top_keys(runs, "duplicate_rate/")
     if dup:
-        sections.append(_chart(name, runs, dup, [trends.split_key(k)["stage"] for k in dup], "duplicate rate",
+        sections.append(_chart(name, runs, dup, [_key_part(k, "stage") for k in dup], "duplicate rate",
                                breaches, "duplicates"))
     pii = _top_keys(runs, "pii_rate/")
     if pii:
@@ -270,7 +280,7 @@ def trends_page(name: str, user=Depends(_user)):
                                "PII entities per document, by type", breaches, "pii-rates", percent=False))
     langs = _top_keys(runs, "lang_share/")
     if langs:
-        sections.append(_chart(name, runs, langs, [trends.split_key(k)["name"] for k in langs], "language mix",
+        sections.append(_chart(name, runs, langs, [_key_part(k, "name") for k in langs], "language mix",
                                breaches, "languages"))
     sections.append(_counts_chart(pipeline, runs))
     tokens = [r.tokens for r in runs]
@@ -299,14 +309,14 @@ def _counts_chart(pipeline: Pipeline, runs: list[trends.RunSummary]) -> str:
 
 
 def _drift_section(name: str, runs: list[trends.RunSummary]) -> str:
-    nightly = [r for r in runs if r.drift is not None]
-    if not nightly:
+    checked = [(r, r.drift) for r in runs if r.drift is not None]
+    if not checked:
         return "<h2>Drift</h2><p class=\"message\">No nightly run has been checked yet.</p>"
-    last = nightly[-1]
-    status = last.drift.get("status", "?")
+    last, last_drift = checked[-1]
+    status = last_drift.get("status", "?")
     rows = []
-    for run in reversed(nightly):
-        for b in run.drift.get("breaches", []):
+    for run, drift in reversed(checked):
+        for b in drift.get("breaches", []):
             links = _series_links(name, [run], b["series"])
             target = links[0] or href(name, "runs", run.folder, "examples")
             rows.append(
@@ -318,8 +328,8 @@ def _drift_section(name: str, runs: list[trends.RunSummary]) -> str:
     table = ('<table id="drift"><thead><tr><th>night</th><th>rate</th><th>value</th><th>baseline</th><th>change</th>'
              '<th>day</th><th></th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>") if rows else ""
     return (f'<h2>Drift</h2><p id="drift-status" data-status="{escape(status)}">Last checked night '
-            f'<b>{escape(last.date)}</b>: <b>{escape(status)}</b> ({last.drift.get("checked", 0)} rates against '
-            f'{last.drift.get("window", 0)} nights).</p>{table}')
+            f'<b>{escape(last.date)}</b>: <b>{escape(status)}</b> ({last_drift.get("checked", 0)} rates against '
+            f'{last_drift.get("window", 0)} nights).</p>{table}')
 
 
 def _runs_table(name: str, runs: list[trends.RunSummary], owners: dict) -> str:
@@ -366,7 +376,7 @@ def _releases_section(pipeline: Pipeline, owners: dict) -> str:
         config = release_config(pipeline)
     except (ConfigError, ValueError):
         return ""
-    releases = _releases(config.remote, config.endpoint_url or "")
+    releases = _releases(config.remote_url, config.endpoint_url or "")
     if not releases:
         return ""
     rows = "".join(
@@ -375,7 +385,7 @@ def _releases_section(pipeline: Pipeline, owners: dict) -> str:
         f'<td>{escape(r.get("source_run_id") or "—")}</td><td>{_mlflow_cell(r.get("mlflow"))}</td></tr>'
         for r in releases)
     return ('<h2>Releases</h2><p class="meta">Each is restored with <code>dvc pull</code> from its folder '
-            f'<code>{escape(config.remote)}/releases/&lt;version&gt;</code> (dvc.lock, dvc.yaml, pipeline.yaml).</p>'
+            f'<code>{escape(config.remote_url)}/releases/&lt;version&gt;</code> (dvc.lock, dvc.yaml, pipeline.yaml).</p>'
             '<table id="releases"><thead><tr><th>version</th><th>created</th><th>DVC revision (dvc.lock)</th>'
             f'<th>from run</th><th>MLflow</th></tr></thead><tbody>{rows}</tbody></table>')
 
@@ -571,7 +581,7 @@ def document_page(name: str, folder: str, id: str, part: str = "", user=Depends(
         rows.append(f'<tr data-stage="{escape(step["stage"])}" data-status="{escape(step["status"])}">'
                     f'<td>{escape(step["stage"])}</td><td>{what}</td></tr>')
     last_text = next((s["text"] for s in reversed(journey["steps"]) if s.get("text") is not None), None)
-    record = next((s["record"] for s in reversed(journey["steps"]) if s.get("record")), {})
+    record: dict[str, Any] = next((s["record"] for s in reversed(journey["steps"]) if s.get("record")), {})
     fields = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in record.items())
     body = (f'<h1 id="document-id">{escape(id)}</h1><p class="meta">run {escape(folder)} · part {escape(journey["part"] or "")}</p>'
             '<h2>Through the stages</h2><table id="journey"><thead><tr><th>stage</th><th>what happened</th></tr></thead>'

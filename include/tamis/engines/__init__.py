@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from tamis.stage import Stage
 
-TaskFn = Callable[[Stage, Any], Any]
+# fn(stage, item): the stage is the one running, so a task names its own stage class.
+TaskFn = Callable[[Any, Any], Any]
 
 
 class TaskFailed(Exception):
@@ -29,7 +30,8 @@ class TaskFailed(Exception):
 
 
 class EngineRun(Protocol):
-    workers: int
+    @property
+    def workers(self) -> int: ...
 
     def map(self, fn: TaskFn, items: Sequence[Any]) -> list[Any]: ...
 
@@ -38,7 +40,9 @@ class EngineRun(Protocol):
 
 class Engine(Protocol):
     name: str
-    workers: int
+
+    @property
+    def workers(self) -> int: ...
 
     def running(self, stage: Stage) -> AbstractContextManager[EngineRun]: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -51,7 +52,7 @@ class Chunk:
     metrics: Counter = field(default_factory=Counter)  # the reader's own counts (records it passed over)
 
 
-def rejected(rows: list[tuple[int | None, str | None, str, str, str | None]]) -> pa.Table:
+def rejected(rows: Sequence[tuple[int | None, str | None, str, str, str | None]]) -> pa.Table:
     """Rejected input from (line, id, reason, detail, sample) tuples."""
     columns = list(zip(*rows)) or [()] * len(REJECTED_SCHEMA)
     return pa.table([pa.array(c, type=f.type) for c, f in zip(columns, REJECTED_SCHEMA)], schema=REJECTED_SCHEMA)

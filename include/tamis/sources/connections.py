@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -72,7 +73,7 @@ def env_name(conn_id: str) -> str:
     return f"AIRFLOW_CONN_{conn_id.upper()}"
 
 
-def get_connection(conn_id: str, environ: dict[str, str] | None = None) -> Connection:
+def get_connection(conn_id: str, environ: Mapping[str, str] | None = None) -> Connection:
     environ = os.environ if environ is None else environ
     name = env_name(conn_id)
     value = environ.get(name)

@@ -16,7 +16,7 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 from fsspec.implementations.local import LocalFileSystem
@@ -88,6 +88,7 @@ def list_source(url: str, configured_format: str = "auto", undated: str = "undat
             listing.skipped.append(SkippedEntry(entry_url, relpath, entry_date, "unsupported_format",
                                                 f"no reader for this file name (known: {known}; or set the source's format)"))
         else:
+            assert detail is not None, "the walk says why it skips an entry"
             listing.skipped.append(SkippedEntry(entry_url, relpath, entry_date, kind, detail))
     listing.files.sort(key=lambda f: f.relpath)
     listing.skipped.sort(key=lambda s: s.relpath)
@@ -102,7 +103,7 @@ def _walk_local(root: str) -> Iterator[Entry]:
     return _walk_folder(root, "", frozenset({_identity(os.stat(root))}))
 
 
-def _walk_folder(folder: str, relfolder: str, above: frozenset) -> Iterator[Entry]:
+def _walk_folder(folder: str, relfolder: str, above: frozenset) -> Generator[Entry, None, int]:
     """Yields the folder's entries; returns how many it yielded."""
     count = 0
     try:

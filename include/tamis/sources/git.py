@@ -126,6 +126,7 @@ def _export(mirror: Path, url: str, commit: str, dest: Path) -> list[list[str]]:
 
     process = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=mirror, env=_env(None, url),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None, "both are pipes"
     try:
         with tarfile.open(fileobj=process.stdout, mode="r|") as archive:
             archive.extractall(dest, filter=safe)

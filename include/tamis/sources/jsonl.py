@@ -64,7 +64,7 @@ class LineBlocks:
     for every line longer than ``max_line_bytes``, in stream order. Holds at most one block
     and ``max_line_bytes`` of an unfinished line."""
 
-    def __init__(self, stream: IO[bytes], block_bytes: int, max_line_bytes: int):
+    def __init__(self, stream: IO[bytes] | gzip.GzipFile, block_bytes: int, max_line_bytes: int):
         self.stream = stream
         self.block_bytes = block_bytes
         self.max_line_bytes = max_line_bytes

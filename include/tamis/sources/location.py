@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,30 +83,35 @@ class SourceLocation:
 class FolderLocation(SourceLocation):
     """A local folder, an NFS mount or an ``s3://`` prefix."""
 
+    @property
+    def path(self) -> str:
+        assert self.config.path is not None, "SourceConfig requires the path of a local or s3 source"
+        return self.config.path
+
     def _fs(self):
         if self.config.kind == "s3" and self.config.connection:
             from fsspec.core import url_to_fs
 
-            return url_to_fs(self.config.path, **self.connection.s3_options())[0]
+            return url_to_fs(self.path, **self.connection.s3_options())[0]
         return None
 
     def check_ready(self) -> None:
         # A source reached with its own connection is checked when it is listed: the
         # connection is handed to tasks, not to whatever parses the pipeline.
-        if not self.config.connection and not storage.exists(self.config.path):
-            raise FileNotFoundError(f"path {self.config.path} does not exist")
+        if not self.config.connection and not storage.exists(self.path):
+            raise FileNotFoundError(f"path {self.path} does not exist")
 
     def list(self, undated: str = "undated", date: str | None = None) -> Listing:
-        return list_source(self.config.path, self.config.format, undated, date, fs=self._fs())
+        return list_source(self.path, self.config.format, undated, date, fs=self._fs())
 
     def open(self, url: str, listed_size: int) -> Opened:
         fs, path = open_target(url, self._fs())
         return Opened(fs, path, listed_size)
 
     def snapshot(self, dest: Path) -> dict[str, Any]:
-        fs, root = open_target(self.config.path, self._fs())
+        fs, root = open_target(self.path, self._fs())
         if not fs.exists(root):
-            raise FileNotFoundError(f"source path {self.config.path} does not exist")
+            raise FileNotFoundError(f"source path {self.path} does not exist")
         mirror(fs, root, dest)
         return self.origin()
 
@@ -115,16 +121,21 @@ class GitLocation(SourceLocation):
         super().__init__(config)
         self.commit: str | None = None
 
+    @property
+    def url(self) -> str:
+        assert self.config.url is not None, "SourceConfig requires the url of a git source"
+        return self.config.url
+
     def resolve(self) -> str:
         """The commit the revision names, fixed for the rest of this object's life."""
         if self.commit is None:
-            self.commit = git.resolve(self.config.url, self.config.revision or "HEAD", self.connection)
+            self.commit = git.resolve(self.url, self.config.revision or "HEAD", self.connection)
         return self.commit
 
     def _root(self, tree: Path, commit: str) -> Path:
         root = tree / self.config.subdir if self.config.subdir else tree
         if not root.is_dir():
-            raise git.GitError(f"git: {self.config.url} at {commit} has no folder {self.config.subdir!r}")
+            raise git.GitError(f"git: {self.url} at {commit} has no folder {self.config.subdir!r}")
         return root
 
     def _in_repository(self, relpath: str) -> str:
@@ -132,11 +143,11 @@ class GitLocation(SourceLocation):
 
     def list(self, undated: str = "undated", date: str | None = None) -> Listing:
         commit = self.resolve()
-        tree = git.tree(self.config.url, commit, self.connection)
+        tree = git.tree(self.url, commit, self.connection)
         found = list_source(str(self._root(tree, commit)), self.config.format, undated, date)
 
         def named(relpath: str) -> str:
-            return git.lineage_url(self.config.url, commit, self._in_repository(relpath))
+            return git.lineage_url(self.url, commit, self._in_repository(relpath))
 
         listing = Listing(files=[replace(f, url=named(f.relpath)) for f in found.files],
                           skipped=[replace(s, url=named(s.relpath)) for s in found.skipped])
@@ -155,26 +166,36 @@ class GitLocation(SourceLocation):
         return Opened(*storage.filesystem(str(local)), listed_size)
 
     def origin(self) -> dict[str, Any]:
-        return {**super().origin(), "url": self.config.url, "revision": self.config.revision or "HEAD",
+        return {**super().origin(), "url": self.url, "revision": self.config.revision or "HEAD",
                 "subdir": self.config.subdir, "commit": self.resolve()}
 
     def snapshot(self, dest: Path) -> dict[str, Any]:
         commit = self.resolve()
-        fs, root = storage.filesystem(str(self._root(git.tree(self.config.url, commit, self.connection), commit)))
+        fs, root = storage.filesystem(str(self._root(git.tree(self.url, commit, self.connection), commit)))
         mirror(fs, root, dest, exclude={git.SKIPPED_FILE})
         return self.origin()
 
 
 class HttpLocation(SourceLocation):
+    @property
+    def url(self) -> str:
+        assert self.config.url is not None, "SourceConfig requires the url of an http source"
+        return self.config.url
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        assert self.config.checksums is not None, "SourceConfig requires the checksums of an http source"
+        return self.config.checksums
+
     def _files(self, undated: str, date: str | None) -> list[tuple[str, str, str]]:
         """(path under the url, its sha256, its date) of the listed files, in path order."""
-        rows = [(relpath, digest, partition_date(relpath, undated)) for relpath, digest in sorted(self.config.checksums.items())]
+        rows = [(relpath, digest, partition_date(relpath, undated)) for relpath, digest in sorted(self.checksums.items())]
         return [row for row in rows if not date or row[2] == date]
 
     def list(self, undated: str = "undated", date: str | None = None) -> Listing:
         listing = Listing()
         for relpath, digest, entry_date in self._files(undated, date):
-            url = http.lineage_url(self.config.url, relpath, digest)
+            url = http.lineage_url(self.url, relpath, digest)
             fmt = file_format(relpath, self.config.format)
             if fmt is None:
                 listing.skipped.append(SkippedEntry(url, relpath, entry_date, "unsupported_format",
@@ -182,7 +203,7 @@ class HttpLocation(SourceLocation):
                                                     "or set the source's format)"))
                 continue
             try:
-                size = http.size(http.file_url(self.config.url, relpath), self.connection)
+                size = http.size(http.file_url(self.url, relpath), self.connection)
             except http.FileGone as exc:
                 listing.skipped.append(SkippedEntry(url, relpath, entry_date, "missing_file", str(exc)))
                 continue
@@ -202,7 +223,7 @@ class HttpLocation(SourceLocation):
         return Opened(fs, path, local.stat().st_size)
 
     def origin(self) -> dict[str, Any]:
-        return {**super().origin(), "url": self.config.url, "checksums": dict(sorted(self.config.checksums.items()))}
+        return {**super().origin(), "url": self.url, "checksums": dict(sorted(self.checksums.items()))}
 
     def snapshot(self, dest: Path) -> dict[str, Any]:
         """The files whose bytes match their checksum; the others are named in the origin."""
@@ -214,7 +235,7 @@ class HttpLocation(SourceLocation):
             if target.is_file() and storage.sha256(str(target)) == digest:
                 continue
             try:
-                local = http.download(http.file_url(self.config.url, relpath), digest, self.connection)
+                local = http.download(http.file_url(self.url, relpath), digest, self.connection)
             except (http.ChecksumMismatch, http.FileGone) as exc:
                 rejected.append({"path": relpath, "reason": "checksum_mismatch" if isinstance(exc, http.ChecksumMismatch)
                                  else "missing_file", "detail": str(exc)})
@@ -239,7 +260,7 @@ def partition_date(relpath: str, undated: str) -> str:
     return match.group(1) if match else undated
 
 
-def mirror(fs, root: str, dest: Path, exclude: set[str] = frozenset()) -> None:
+def mirror(fs, root: str, dest: Path, exclude: AbstractSet[str] = frozenset()) -> None:
     """Copy every file under ``root`` to ``dest``, removing what is no longer there; a local
     file of the same size and modification time is kept, so DVC does not rehash it."""
     root = root.rstrip("/")

@@ -86,7 +86,7 @@ def resolve(type_name: str) -> type[Stage] | Callable[..., Any]:
 def make_stage(type_name: str, name: str, params: dict[str, Any], context: dict[str, Any]) -> Stage:
     """An instance of stage type ``type_name`` called ``name``."""
     target = resolve(type_name)
-    if inspect.isclass(target):
+    if isinstance(target, type):
         return target(params, context=context, name=name)
     return FunctionStage(target, params, context=context, name=name)
 
@@ -94,4 +94,4 @@ def make_stage(type_name: str, name: str, params: dict[str, Any], context: dict[
 def stage_class(type_name: str) -> type[Stage]:
     """The class of a stage type (FunctionStage for a function)."""
     target = resolve(type_name)
-    return target if inspect.isclass(target) else FunctionStage
+    return target if isinstance(target, type) else FunctionStage

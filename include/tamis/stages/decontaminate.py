@@ -94,7 +94,7 @@ class Decontaminate(Stage):
             kept = table.append_column("contaminated_by", pa.array(sets_of, pa.string()))
             metrics["decontaminate.flagged"] += len(matches)
             return BatchResult(kept=kept, metrics=metrics)
-        reasons = np.where(np.equal(details, None), None, REASON)
+        reasons = np.where(np.equal(details, None), None, REASON)  # type: ignore[call-overload]  # numpy's stubs take no None operand
         kept, dropped = split_by_reason(table, reasons.tolist(), details.tolist())
         return BatchResult(kept=kept, dropped=dropped, metrics=metrics)
 

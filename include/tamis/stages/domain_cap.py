@@ -112,7 +112,8 @@ class DomainCap(DatasetStage):
                 rank[order] = np.arange(len(rows)) - starts + seen[sorted_d]
                 over[rows] = rank >= limits[d]
                 np.add.at(seen, d, 1)
-            reasons = np.where(over, REASON, None)
+            reasons = np.full(n, None, dtype=object)
+            reasons[over] = REASON
             details = np.full(n, None, dtype=object)
             for i in np.flatnonzero(over):
                 details[i] = f"{names[index[i]]}: cap {self.params.max_per_domain} reached"

@@ -78,8 +78,8 @@ class ExactDedup(DropListStage):
 
     def plan(self, shards: list[InputShard], work_url: str, engine) -> dict[str, int]:
         files = hash_files(self.params.corpus_url, self.params.exclude_partition) if self.params.corpus_url else []
-        rows = sum(_footer_rows(s.url) for s in shards) + sum(_footer_rows(url) for url in files)
-        partitions = max(1, math.ceil(rows * STATE_BYTES_PER_ROW / (self.params.memory_budget_mb << 20)))
+        total_rows = sum(_footer_rows(s.url) for s in shards) + sum(_footer_rows(url) for url in files)
+        partitions = max(1, math.ceil(total_rows * STATE_BYTES_PER_ROW / (self.params.memory_budget_mb << 20)))
         if partitions > 1:
             return self._plan_on_disk(shards, files, work_url, engine, partitions)
         hashed = engine.map(_hash_shard, [s.url for s in shards])

@@ -76,7 +76,8 @@ class IndexStage(DatasetStage):
     joins_corpus = False
     default_gate = {"required_columns": ["id", "input_ids", "doc_ids", "doc_offsets", "n_pad"], "min_text_chars": None}
 
-    def __init__(self, params=None, context=None, name=None):
+    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+                 name: str | None = None) -> None:
         super().__init__(params, context, name)
         self._input_url: str | None = None
 
@@ -363,7 +364,9 @@ def _write_sorted_partition(batches, folder: str):
     if rows:
         sink = pa.BufferOutputStream()
         pq.write_table(pa.concat_tables(tables), sink, compression="zstd")
-        partition = TaskContext.get().partitionId()
+        task = TaskContext.get()
+        assert task is not None, "mapInArrow runs this inside a Spark task"
+        partition = task.partitionId()
         storage.write_bytes_atomic(storage.join(folder, f"{partition:06d}.parquet"), sink.getvalue().to_pybytes(), folder)
     yield pa.RecordBatch.from_arrays([pa.array([rows], pa.int64())], names=["rows"])
 

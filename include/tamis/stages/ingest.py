@@ -62,6 +62,7 @@ class IngestParams(StageParams):
 class Ingest(Stage):
     type_name = "ingest"
     Params = IngestParams
+    params: IngestParams
     reads_sources = True
     default_gate = {"required_columns": ["id", "source", "date", "text"]}
 
@@ -110,7 +111,8 @@ class Ingest(Stage):
                 skipped.setdefault(entry.date, []).append(entry)
             for date in sorted(files.keys() | skipped.keys()):
                 for k, f in enumerate(files.get(date, [])):
-                    attrs = (("source", source_name), ("date", date), ("relpath", f.relpath), ("format", f.format))
+                    attrs: tuple[tuple[str, str], ...] = (("source", source_name), ("date", date), ("relpath", f.relpath),
+                                                          ("format", f.format))
                     shards.append(InputShard(name=f"{date}_{source_name}_{k:05d}", url=f.url, size_bytes=f.size, attrs=attrs))
                 if date in skipped:
                     entries = json.dumps([[e.url, e.reason, e.detail] for e in skipped[date]])
@@ -120,14 +122,17 @@ class Ingest(Stage):
         return shards
 
     def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
-        if shard.attr("skipped") is not None:
-            yield _skipped_entries(shard)
+        skipped = shard.attr("skipped")
+        if skipped is not None:
+            yield _skipped_entries(skipped)
             return
-        source = self.context["sources"][shard.attr("source")]
+        source_name = shard.attr("source")
+        assert source_name is not None, "input_shards names the source of every shard"
+        source = self.context["sources"][source_name]
         fields = Fields(source.text_field, source.id_field, source.url_field)
         records = _Records(shard, self.params, source.text_field)
         try:
-            opened = self._location(shard.attr("source")).open(shard.url, shard.size_bytes)
+            opened = self._location(source_name).open(shard.url, shard.size_bytes)
         except RejectedFile as exc:
             yield records.result(reject(exc.reason, exc.detail))
             return
@@ -140,7 +145,9 @@ class Ingest(Stage):
         elif fmt == "warc":
             chunks = read_warc(opened.path, self.params.max_doc_bytes, self.params.html_extractor, fs=opened.fs)
         elif fmt == "text":
-            chunks = read_text(opened.path, opened.size, shard.attr("relpath"), self.params.max_doc_bytes, fs=opened.fs)
+            relpath = shard.attr("relpath")
+            assert relpath is not None, "input_shards gives every source file its relpath"
+            chunks = read_text(opened.path, opened.size, relpath, self.params.max_doc_bytes, fs=opened.fs)
         else:
             chunks = read_jsonl(opened.path, fields, fmt == "jsonl.gz", self.params.block_bytes, self.params.max_doc_bytes,
                                 fs=opened.fs)
@@ -148,8 +155,9 @@ class Ingest(Stage):
             yield records.result(chunk)
 
 
-def _skipped_entries(shard: InputShard) -> BatchResult:
-    entries = json.loads(shard.attr("skipped"))
+def _skipped_entries(skipped: str) -> BatchResult:
+    """The source's unreadable entries (a shard's ``skipped`` attribute, JSON), quarantined."""
+    entries = json.loads(skipped)
     quarantined = pa.table(
         {
             "source_file": [url for url, _, _ in entries],
@@ -222,7 +230,9 @@ class _Records:
     def _quarantine_records(self, records: pa.Table, missing: pa.ChunkedArray, lines: pa.ChunkedArray) -> pa.Table:
         if records.num_rows == 0:
             return QUARANTINE_SCHEMA.empty_table()
-        reasons, details, samples = [], [], []
+        reasons: list[str] = []
+        details: list[str] = []
+        samples: list[str | None] = []
         for text, is_missing in zip(records.column("text").to_pylist(), missing.to_pylist()):
             if is_missing:
                 reasons.append("missing_text_field")

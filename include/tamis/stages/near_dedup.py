@@ -114,8 +114,11 @@ class NearDedupParams(StageParams):
         return self
 
     def minhash_config(self) -> minhash.MinHashConfig:
-        bands, rows = (self.bands, self.rows) if self.bands else minhash.bands_for_recall(
-            self.threshold, self.num_perm, self.candidate_recall)
+        if self.bands:
+            assert self.rows is not None, "_consistent requires rows along with bands"
+            bands, rows = self.bands, self.rows
+        else:
+            bands, rows = minhash.bands_for_recall(self.threshold, self.num_perm, self.candidate_recall)
         return minhash.MinHashConfig(shingle=self.shingle, ngram=self.ngram, num_perm=self.num_perm, bands=bands,
                                      rows=rows, seed=self.seed, lowercase=self.lowercase)
 
@@ -147,6 +150,7 @@ class NearDedup(DropListStage):
         return {"index": self.index().state(exclude=self.params.index_part or _run_key(output_url))}
 
     def index(self) -> SignatureIndex:
+        assert self.params.index_url, "only a stage given an index_url has an index"
         return SignatureIndex(self.params.index_url, self.params.minhash_config(),
                               shingle_sets=self.params.verify == "exact")
 
@@ -371,8 +375,14 @@ def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray]
 
     def sets_of(rows: np.ndarray) -> minhash.ShingleSets:
         fresh, known = rows[rows < n_new], rows[rows >= n_new] - n_new
-        return minhash.ShingleSets.concat([fresh_sets(fresh) if len(fresh) else minhash.ShingleSets.empty()]
-                                          + ([old.sets.take(known)] if len(known) else []))
+        parts = [minhash.ShingleSets.empty()]
+        if len(fresh):
+            assert fresh_sets is not None, "exact verification signs with sets, or is given load_sets"
+            parts = [fresh_sets(fresh)]
+        if len(known):
+            assert old is not None and old.sets is not None, "an index for exact verification keeps the sets"
+            parts.append(old.sets.take(known))
+        return minhash.ShingleSets.concat(parts)
 
     decision = decide(all_meta, all_sig, a, b, n_new, sets_of, params, sets_at_once)
     kept = np.flatnonzero(~decision.found.duplicate[:n_new] & (new.shingles > 0))
@@ -503,7 +513,7 @@ class _SetFile:
         values = np.empty(int(offsets[-1]), dtype=np.uint32)
         for row, start, end in zip(rows.tolist(), offsets[:-1].tolist(), offsets[1:].tolist()):
             self.file.seek(int(self.offsets[row]) * 4)
-            self.file.readinto(values[start:end].view(np.uint8))
+            self.file.readinto(values[start:end].view(np.uint8))  # type: ignore[arg-type]  # numpy types its buffer protocol from Python 3.12
         return minhash.ShingleSets(values, offsets)
 
     def jaccard(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -673,10 +683,10 @@ def plan_on_disk(stage: NearDedup, shards: list[InputShard], sizes: np.ndarray, 
     if index is not None and params.update_index:
         index.prepare()
         index.remove_part(part)
-        part_folder = storage.join(params.index_url, part)
+        part_folder = storage.join(index.url, part)
         shard_of = np.searchsorted(np.cumsum(sizes), dropped, side="right")
         run.map(_index_shard, [(files[i], dropped[shard_of == i] - starts[i],
-                                storage.join(part_folder, f"s{i:06d}.parquet"), params.index_url)
+                                storage.join(part_folder, f"s{i:06d}.parquet"), index.url)
                                for i in range(len(shards))])
     storage.remove_tree(folder)
     summary = decision.summary(config, no_shingles=no_shingles, index_rows_matched=len(matched))
@@ -702,6 +712,7 @@ def _spill_shard(stage: NearDedup, job: tuple[int, str, int, int, int, str, bool
     docs = signed.meta.cast(_META_SCHEMA).append_column("shingles", pa.array(signed.shingles, pa.int64())) \
         .append_column("sig", _fixed_sig(signed.sig))
     if keep_sets:
+        assert signed.sets is not None, "sign_part keeps the sets when asked to"
         docs = docs.append_column("sets", signed.sets.to_arrow())
     write_parquet_atomic(docs, _docs_url(folder, shard), folder, row_group_size=INDEX_ROW_GROUP)
     banded = np.flatnonzero(signed.shingles > 0)  # documents without shingles are never banded
@@ -1099,7 +1110,7 @@ def plan_on_spark(stage: NearDedup, shards: list[InputShard], work_url: str, run
         dropped = run.session.createDataFrame(pa.table({"shard": pa.array(drops["shard"], pa.int32()),
                                                         "row": pa.array(drops["row"], pa.int64())}))
         kept = new.where("shingles > 0").join(F.broadcast(dropped), ["shard", "row"], "left_anti")
-        folder = storage.join(params.index_url, part)
+        folder = storage.join(index.url, part)
         with_sets = index.shingle_sets
         kept.select(*_SPARK_ROWS.names).mapInArrow(
             lambda batches: _write_index_file(batches, folder, config, with_sets), "rows long").collect()

@@ -31,6 +31,7 @@ class NormalizeParams(StageParams):
 class Normalize(Stage):
     type_name = "normalize"
     Params = NormalizeParams
+    params: NormalizeParams
 
     def process_batch(self, table: pa.Table) -> BatchResult:
         p = self.params

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -88,7 +88,8 @@ class Pack(DatasetStage):
     joins_corpus = False
     default_gate = {"required_columns": ["id", "input_ids", "doc_ids", "doc_offsets", "n_pad"], "min_text_chars": None}
 
-    def __init__(self, params=None, context=None, name=None):
+    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+                 name: str | None = None) -> None:
         super().__init__(params, context, name)
         self._pad_id: int | None = None
 
@@ -133,6 +134,7 @@ class Pack(DatasetStage):
     def apply(self, shard: InputShard, work_url: str) -> Iterator[BatchResult]:
         if self._pad_id is None:
             self.setup()
+        assert self._pad_id is not None, "setup finds the padding token"
         fs, folder = storage.filesystem(storage.join(work_url, "pack", shard.name))
         protocol = work_url.split("://", 1)[0] + "://" if "://" in work_url else ""
         urls = sorted(protocol + p for p in fs.glob(f"{folder}/*.parquet")) if fs.exists(folder) else []

@@ -168,6 +168,7 @@ class QualityParams(StageParams):
 class QualityFilter(Stage):
     type_name = "quality"
     Params = QualityParams
+    params: QualityParams
 
     def check_ready(self) -> None:
         model = self.params.model

@@ -103,7 +103,7 @@ class RepeatedLines(DatasetStage):
             pos = np.minimum(np.searchsorted(repeated, hashes), len(repeated) - 1)
             remove = counted & (repeated[pos] == hashes)
             changed = np.bincount(pieces.doc[remove], minlength=n) > 0
-            metrics = Counter()
+            metrics: Counter[str] = Counter()
             if not changed.any():
                 yield BatchResult(kept=table)
                 continue
@@ -119,7 +119,8 @@ class RepeatedLines(DatasetStage):
             table = table.set_column(table.column_names.index("text"), "text", new_text)
             short = changed & (lengths(new_text) < p.min_doc_chars)
             removed_lines = np.bincount(pieces.doc[remove], minlength=n)
-            reasons = np.where(short, REASON, None)
+            reasons = np.full(n, None, dtype=object)
+            reasons[short] = REASON
             details = np.full(n, None, dtype=object)
             left = lengths(new_text)
             for i in np.flatnonzero(short):

@@ -37,7 +37,7 @@ from pydantic import Field
 from tamis.stage import BatchResult, LocalPath, Stage, StageParams, split_by_reason
 
 Category = Literal["hate", "violence", "sexual", "self_harm"]
-CATEGORIES: tuple[str, ...] = ("hate", "violence", "sexual", "self_harm")
+CATEGORIES: tuple[Category, ...] = ("hate", "violence", "sexual", "self_harm")
 DEFAULT_LISTS = Path(__file__).resolve().parent.parent / "data" / "safety"
 
 
@@ -128,13 +128,13 @@ class ContentSafety(Stage):
         for category in self.params.categories:
             hit = scores[category] >= self.params.thresholds.get(category, self.params.threshold)
             metrics[f"safety.hits.{category}"] += int(hit.sum())
-            reasons[hit & np.equal(reasons, None)] = f"safety.{category}"
+            reasons[hit & np.equal(reasons, None)] = f"safety.{category}"  # type: ignore[call-overload]  # numpy's stubs take no None operand
             table = table.append_column(f"safety_{category}", pa.array(np.round(scores[category], 4), pa.float32()))
         if self.params.action == "flag":
-            metrics["safety.flagged"] += int(np.not_equal(reasons, None).sum())
+            metrics["safety.flagged"] += int(np.not_equal(reasons, None).sum())  # type: ignore[call-overload]  # numpy's stubs take no None operand
             return BatchResult(kept=table, metrics=metrics)
         details = np.full(n, None, dtype=object)
-        for i in np.flatnonzero(np.not_equal(reasons, None)):
+        for i in np.flatnonzero(np.not_equal(reasons, None)):  # type: ignore[call-overload]  # numpy's stubs take no None operand
             details[i] = ", ".join(f"{c} {scores[c][i]:.3f}" for c in self.params.categories)
         kept, dropped = split_by_reason(table, reasons.tolist(), details.tolist())
         return BatchResult(kept=kept, dropped=dropped, metrics=metrics)

@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections import Counter
 from itertools import chain
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
+from tokenizers import Tokenizer
 
 from tamis import storage
 from tamis.stage import BatchResult, PathOrName, Stage, StageParams, split_by_reason
@@ -39,12 +41,14 @@ class TokenizeParams(StageParams):
 class Tokenize(Stage):
     type_name = "tokenize"
     Params = TokenizeParams
+    params: TokenizeParams
     joins_corpus = False
     default_gate = {"required_columns": ["id", "source", "text", "input_ids", "token_count"]}
 
-    def __init__(self, params=None, context=None, name=None):
+    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+                 name: str | None = None) -> None:
         super().__init__(params, context, name)
-        self._tokenizer = None
+        self._tokenizer: Tokenizer | None = None
         self._eos_id: int | None = None
 
     def setup(self) -> None:
@@ -88,6 +92,7 @@ class Tokenize(Stage):
         flat = np.concatenate(flat_parts) if flat_parts else np.empty(0, np.int32)
         counts = np.concatenate(count_parts) if count_parts else np.empty(0, np.int64)
         if self.params.add_eos:
+            assert self._eos_id is not None, "setup finds the end-of-text token whenever add_eos is on"
             flat = np.insert(flat, np.cumsum(counts)[counts > 0], np.int32(self._eos_id))
             counts = counts + (counts > 0)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)

@@ -165,7 +165,7 @@ class UrlFilter(Stage):
         metrics: Counter = Counter({"url_filter.no_url": url.null_count} if url.null_count else {})
 
         def mark(kind: str, hit_list: np.ndarray, detail) -> None:
-            new = (hit_list >= 0) & np.equal(reasons, None)
+            new = (hit_list >= 0) & np.equal(reasons, None)  # type: ignore[call-overload]  # numpy's stubs take no None operand
             for i in np.flatnonzero(hit_list >= 0):
                 metrics[f"url_filter.hits.{REASON_KIND[kind]}.{lists.names[hit_list[i]]}"] += 1
             for i in np.flatnonzero(new):
