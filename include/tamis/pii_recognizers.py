@@ -61,7 +61,7 @@ from datetime import date
 from functools import cache, lru_cache
 from operator import itemgetter
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import phonenumbers
@@ -122,7 +122,7 @@ _AT_STRETCH = re.compile(r"[^\s@]*@[^\s]*")
 
 class OfflineEmailRecognizer(_Screened, EmailRecognizer):
     SCREEN = r"@"
-    _extract = None
+    _extract: Any = None  # tldextract.TLDExtract, made at first use
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -235,7 +235,9 @@ class ScreenedUsSsnRecognizer(_Screened, UsSsnRecognizer):
         return found
 
 
-_SSN_CONTEXT = re.compile(r"(?i)(?:\bssn|\bss#|\bss no|social[ \t-]security(?:[ \t]+(?:number|no\.?|#))?)\b[^\n]{0,24}$")
+_SSN_CONTEXT = re.compile(
+    r"(?i)(?:\bssn|\bss#|\bss no|social[ \t-]security(?:[ \t]+(?:number|no\.?|#))?)\b[^\n]{0,24}$"
+)
 
 
 # -- phone numbers -----------------------------------------------------------------------
@@ -369,6 +371,7 @@ def _number_patterns(region: str) -> tuple:
     significant number has one of these lengths and matches one of these types (and its
     region's general pattern, not tested: leaving it out only lets more through)."""
     metadata = PhoneMetadata.metadata_for_region(region)
+    assert metadata is not None and metadata.country_code is not None, f"phonenumbers has no metadata for {region}"
     code = metadata.country_code
     types: list[str] = []
     lengths: set[int] = set()
@@ -378,8 +381,18 @@ def _number_patterns(region: str) -> tuple:
             continue
         if md.general_desc is not None and md.general_desc.possible_length:
             lengths.update(md.general_desc.possible_length)
-        for desc in (md.premium_rate, md.toll_free, md.shared_cost, md.voip, md.personal_number, md.pager, md.uan,
-                     md.voicemail, md.fixed_line, md.mobile):
+        for desc in (
+            md.premium_rate,
+            md.toll_free,
+            md.shared_cost,
+            md.voip,
+            md.personal_number,
+            md.pager,
+            md.uan,
+            md.voicemail,
+            md.fixed_line,
+            md.mobile,
+        ):
             if desc is not None and desc.national_number_pattern and desc.national_number_pattern not in types:
                 types.append(desc.national_number_pattern)
                 lengths.update(desc.possible_length or ())
@@ -390,10 +403,18 @@ def _number_patterns(region: str) -> tuple:
     lengths_known = all(
         (d is None or not d.national_number_pattern or d.possible_length)
         for other in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, (region,))
-        for md in [PhoneMetadata.metadata_for_region(other)] if md is not None
+        for md in [PhoneMetadata.metadata_for_region(other)]
+        if md is not None
         for d in (md.general_desc,)
     )
-    return prefix, metadata.national_prefix_transform_rule, str(code), idd, number_types, (frozenset(lengths) if lengths_known else None)
+    return (
+        prefix,
+        metadata.national_prefix_transform_rule,
+        str(code),
+        idd,
+        number_types,
+        (frozenset(lengths) if lengths_known else None),
+    )
 
 
 _COUNTRY_CODES = frozenset(str(code) for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
@@ -502,13 +523,13 @@ def _is_letter(ch: str) -> bool:
     return ch.isalpha()
 
 
-
-
 def _phone_word_near(text: str, start: int, end: int) -> bool:
     lo, hi = max(0, start - 48), min(len(text), end + 20)
     if _PHONE_SIGN.search(text, lo, hi):
         return True
     return not _PHONE_WORD_SET.isdisjoint(map(str.lower, _LETTER_RUN.findall(text, lo, hi)))
+
+
 _NOT_PHONE_BEFORE = re.compile(
     r"(?i)(?:\b(?:order|invoice|ref|reference|ticket|case|tracking|isbn|issn|sku|serial|part|model|version|ver|"
     r"v|build|patent|doi|pmid|id|account|acct|transaction|receipt|confirmation|booking|item|product|no|nr)\b\.?"
@@ -516,7 +537,9 @@ _NOT_PHONE_BEFORE = re.compile(
 )
 _IPV4_LIKE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _THOUSANDS = re.compile(r"[0-9]{1,3}(?:[.,'][0-9]{3})+")
-_DAY_FIRST_DATE = re.compile(r"(?:0?[1-9]|[12][0-9]|3[01])[./-](?:0?[1-9]|1[0-2])[./-](?:1[89]|20)?[0-9]{2}|(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12][0-9]|3[01])/(?:1[89]|20)?[0-9]{2}")
+_DAY_FIRST_DATE = re.compile(
+    r"(?:0?[1-9]|[12][0-9]|3[01])[./-](?:0?[1-9]|1[0-2])[./-](?:1[89]|20)?[0-9]{2}|(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12][0-9]|3[01])/(?:1[89]|20)?[0-9]{2}"
+)
 _ARITHMETIC = re.compile(r"[0-9][ \t]*[-+*/×÷x=^][ \t]*[0-9][^\n]*=|=[ \t]*[0-9(]|[0-9][ \t]+[-+*/×÷][ \t]+[0-9]")
 _SEPARATORS = re.compile(r"[ \t.\-/]+")
 
@@ -651,7 +674,9 @@ class Lexicon:
         self.multiword_cities = set()
         for city in raw["cities"]:
             words = [fold_word(w) for w in city.split()]
-            if len(words) > 1 and not (words[0] in self.given and all(w in self.given or w in self.surnames for w in words)):
+            if len(words) > 1 and not (
+                words[0] in self.given and all(w in self.given or w in self.surnames for w in words)
+            ):
                 self.multiword_cities.add(" ".join(words))
         self.model = raw["name_model"]
         # The model as dense tables over the letters a-z and the marks ^ $: a gram of n
@@ -744,21 +769,99 @@ _TITLES = (
 # surnames in the census list).
 _STOP_WORDS = frozenset(STOP_WORDS) | {"apt", "suite", "unit", "flat", "floor", "room", "box"}
 _ORG_WORDS = frozenset(
-    ["inc", "ltd", "llc", "plc", "gmbh", "corp", "co", "company", "group", "partners", "associates", "bank", "university", "college", "school", "institute", "foundation", "hospital", "church", "hotel", "club", "society", "council", "agency", "committee", "records", "orchestra", "band"]
+    [
+        "inc",
+        "ltd",
+        "llc",
+        "plc",
+        "gmbh",
+        "corp",
+        "co",
+        "company",
+        "group",
+        "partners",
+        "associates",
+        "bank",
+        "university",
+        "college",
+        "school",
+        "institute",
+        "foundation",
+        "hospital",
+        "church",
+        "hotel",
+        "club",
+        "society",
+        "council",
+        "agency",
+        "committee",
+        "records",
+        "orchestra",
+        "band",
+    ]
     # designators that close a company's name ("Russell Investments", "Rand Corporation")
-    + ["corporation", "incorporated", "limited", "holdings", "investments", "consulting", "consultants", "technologies",
-       "solutions", "industries", "enterprises", "laboratories", "labs", "ventures", "airlines", "airways",
-       "pharmaceuticals", "studios", "productions", "bros"]
+    + [
+        "corporation",
+        "incorporated",
+        "limited",
+        "holdings",
+        "investments",
+        "consulting",
+        "consultants",
+        "technologies",
+        "solutions",
+        "industries",
+        "enterprises",
+        "laboratories",
+        "labs",
+        "ventures",
+        "airlines",
+        "airways",
+        "pharmaceuticals",
+        "studios",
+        "productions",
+        "bros",
+    ]
 )
 # Words that close the name of a place, a building, an institution, a prize or a law: a
 # name followed by one in its run of capitalised words is that thing's name ("Jefferson
 # County", "Robin Park Leisure Centre", "Nobel Prize"). Words that are also given names or
 # surnames ("Hall", "Temple", "Lake") are left out.
 _PLACE_WORDS = frozenset(
-    ["county", "township", "borough", "district", "islands", "mountains", "centre", "memorial", "museum", "library",
-     "stadium", "airport", "cathedral", "academy", "theatre", "theater", "prison", "palace", "building", "empire",
-     "republic", "ministry", "department", "award", "awards", "prize", "lecture", "lectures", "scholarship", "fund",
-     "doctrine", "act"]
+    [
+        "county",
+        "township",
+        "borough",
+        "district",
+        "islands",
+        "mountains",
+        "centre",
+        "memorial",
+        "museum",
+        "library",
+        "stadium",
+        "airport",
+        "cathedral",
+        "academy",
+        "theatre",
+        "theater",
+        "prison",
+        "palace",
+        "building",
+        "empire",
+        "republic",
+        "ministry",
+        "department",
+        "award",
+        "awards",
+        "prize",
+        "lecture",
+        "lectures",
+        "scholarship",
+        "fund",
+        "doctrine",
+        "act",
+    ]
 )
 
 
@@ -798,14 +901,14 @@ _PERSON_BEFORE = (
     r"player|writer|songwriter|commenter|guardian|beneficiary|manager|assistant|founder|ceo)s?|child|children|"
     r"starring|featuring|directed by|written by|feat\.?)[ \t,:]*$"
 )
-_PERSON_AFTER = (
-    r"(?i)^(?:[ \t]*,?[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who)\b|['’]s\b|[ \t]*:)"
-)
+_PERSON_AFTER = r"(?i)^(?:[ \t]*,?[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who)\b|['’]s\b|[ \t]*:)"
 _ARTICLE_BEFORE = r"(?i)\b(?:the|a|an)[ \t]+$"
 _AND_GAP = re.compile(r"[ \t]+(?:and|&)[ \t]+")
 _PLURAL_VERB_AFTER = re.compile(r"[ \t]+(?:were|are|have|had|both|each)\b")
 _POSSESSIVE = r"^['’]s\b"
-_PERSON_AFTER_WORD = r"(?i)^(?:[ \t]*,?[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who)\b|[ \t]*:)"
+_PERSON_AFTER_WORD = (
+    r"(?i)^(?:[ \t]*,?[ \t]*(?:said|says|told|asked|wrote|replied|explained|lives|lived|was born|who)\b|[ \t]*:)"
+)
 # Verbs after a surname or a name-like word that make it a person's name.
 _VERB_AFTER = r"^[ \t]+(?:is|was|has|had|will|would|lives|lived|began|spent|shouted|spoke|sang|played)\b"
 _BEFORE_CHARS = 40
@@ -830,7 +933,17 @@ def _lexicon_kinds(lex: Lexicon) -> dict[str, int]:
     """The kind of every folded word the lists know; other words are name-like or unknown."""
     kinds: dict[str, int] = {}
     titles = set(_TITLES.split("|"))
-    for word in lex.given | lex.surnames | lex.common | lex.places | lex.cities | _STOP_WORDS | _ORG_WORDS | _PLACE_WORDS | titles:
+    for word in (
+        lex.given
+        | lex.surnames
+        | lex.common
+        | lex.places
+        | lex.cities
+        | _STOP_WORDS
+        | _ORG_WORDS
+        | _PLACE_WORDS
+        | titles
+    ):
         if word in _ORG_WORDS:
             kind = KIND_O
         elif word in _STOP_WORDS or word in titles or word in _WEEKDAYS or word in _PLACE_WORDS:
@@ -950,12 +1063,12 @@ class PersonRecognizer:
             new = list(set(words))
         if new:
             folded = list(map(fold_word, new))
-            kinds = list(map(self._lexicon_kinds.get, folded))
+            kinds: list[int | None] = list(map(self._lexicon_kinds.get, folded))
             unknown = [i for i, k in enumerate(kinds) if k is None]
             scores = self.lex.name_scores([folded[i] for i in unknown])
             for i, score in zip(unknown, scores.tolist()):
                 kinds[i] = KIND_N if score > 0 or _SURNAME_SUFFIX.search(folded[i]) else KIND_X
-            cache.update(zip(new, kinds))
+            cache.update(zip(new, kinds))  # type: ignore[arg-type]  # every None was replaced above
         return np.fromiter(map(cache.__getitem__, words), np.int8, len(words))
 
     def scan(self, batch: Batch, screens: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -1022,7 +1135,9 @@ class PersonRecognizer:
             hit = _matches(before, _PERSON_BEFORE) | _matches(after, _PERSON_AFTER)
             # A possessive is evidence for a name, not for a place or a common word that
             # is also a name ("Israel's", "Congress's").
-            possessive_only = _matches(after, _POSSESSIVE) & ~_matches(before, _PERSON_BEFORE) & ~_matches(after, _PERSON_AFTER_WORD)
+            possessive_only = (
+                _matches(after, _POSSESSIVE) & ~_matches(before, _PERSON_BEFORE) & ~_matches(after, _PERSON_AFTER_WORD)
+            )
             hit &= ~(possessive_only & (clear[todo] == 0))
             score[todo[hit]] = 0.7
             rest = todo[~hit]
@@ -1069,7 +1184,9 @@ class PersonRecognizer:
         unscored_names = (score == 0) & (clear > 0)
         cand = np.flatnonzero(unscored_names[:-1] & unscored_names[1:] & (start[1:] - end[:-1] <= 7))
         for i in cand.tolist():
-            if _AND_GAP.fullmatch(text, int(end[i]), int(start[i + 1])) and _PLURAL_VERB_AFTER.match(text, int(end[i + 1])):
+            if _AND_GAP.fullmatch(text, int(end[i]), int(start[i + 1])) and _PLURAL_VERB_AFTER.match(
+                text, int(end[i + 1])
+            ):
                 score[i] = score[i + 1] = 0.7
         maybe = (score == 0) & (strong > 0)
         if maybe.any() and (score >= 0.85).any():
@@ -1100,9 +1217,9 @@ class PersonRecognizer:
                 at = view.find(phrase)
                 while at >= 0:
                     if at == 0 or not view[at - 1].isalpha():
-                        match = _LOWER_NAME_AFTER.match(view, at + len(phrase))
-                        if match:
-                            take(doc, match, weak=True)
+                        after = _LOWER_NAME_AFTER.match(view, at + len(phrase))
+                        if after:
+                            take(doc, after, weak=True)
                     at = view.find(phrase, at + 1)
         docs, starts, ends = (np.array(c, np.int64) for c in zip(*found)) if found else (np.zeros(0, np.int64),) * 3
         return docs, starts, ends, np.full(len(found), 0.7)
@@ -1153,10 +1270,6 @@ def _listed_with(text: str, start: np.ndarray, end: np.ndarray, seed: np.ndarray
     return added
 
 
-
-
-
-
 # -- STREET_ADDRESS ------------------------------------------------------------------------
 
 _CAP_WORD = rf"{_UP}[\w'’.\-]*"
@@ -1187,7 +1300,9 @@ _US_STATES = (
 )
 _UNIT = rf"(?:{_UNIT_WORDS})\.?[ \t]*#?[0-9]{{1,5}}[A-Za-z]?\b"
 _HOUSE_NUMBER = r"[0-9]{1,6}[A-Za-z]?(?:[-/][0-9]{1,4})?"
-_CITY_STATE_ZIP = rf"(?:,[ \t]*(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD},?[ \t]+[A-Z]{{2}}[ \t]+[0-9]{{4,5}}(?:-[0-9]{{4}})?)"
+_CITY_STATE_ZIP = (
+    rf"(?:,[ \t]*(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD},?[ \t]+[A-Z]{{2}}[ \t]+[0-9]{{4,5}}(?:-[0-9]{{4}})?)"
+)
 # Each address shape is led by something rare (a digit, a literal word), so a scan skips
 # most positions at once; word boundaries before a match are checked afterwards, since a
 # leading look-behind would slow the scan down.
@@ -1272,8 +1387,12 @@ class StreetAddressRecognizer:
         "address_corner": r"(?i:corner|intersection) of",
         "address_town": rf"\b(?:{_US_STATES})[ \t]+[0-9]{{4,5}}\b",
     }
-    SHAPE_OF_SCREEN: ClassVar[dict[str, int]] = {"address_suffix": _SHAPE_SUFFIX, "address_word": _SHAPE_WORD_LED, "address_corner": _SHAPE_CORNER,
-                       "address_town": _SHAPE_TOWN}
+    SHAPE_OF_SCREEN: ClassVar[dict[str, int]] = {
+        "address_suffix": _SHAPE_SUFFIX,
+        "address_word": _SHAPE_WORD_LED,
+        "address_corner": _SHAPE_CORNER,
+        "address_town": _SHAPE_TOWN,
+    }
     SCORE = 0.9  # above PERSON's: a name inside an address is part of the address
 
     def __init__(self, supported_language: str = "en"):
@@ -1332,9 +1451,9 @@ class StreetAddressRecognizer:
             for m in _FULL_STREET_TYPE.finditer(text):
                 if m.start() == 0 or text[m.start() - 1] not in " \t":
                     continue
-                words = _CAPITALISED_BEFORE.search(text, max(0, m.start() - 40), m.start())
-                if words and _word_start(text, words.start()):
-                    spans.append((words.start(), m.end()))
+                before = _CAPITALISED_BEFORE.search(text, max(0, m.start() - 40), m.start())
+                if before and _word_start(text, before.start()):
+                    spans.append((before.start(), m.end()))
         if shapes & _SHAPE_CORNER:
             for m in _CORNER.finditer(text):
                 spans += [m.span("first"), m.span("second")]
@@ -1592,13 +1711,13 @@ class Detector:
     ):
         self.min_score = min_score
         self.per_document = pattern_recognizers(entities, language, phone_regions, phone_leniency, ip_public_only)
-        self.per_batch = []
+        self.per_batch: list[tuple[str, PersonRecognizer | StreetAddressRecognizer]] = []
         if PERSON in entities:
             self.per_batch.append((PERSON, PersonRecognizer(language)))
         if STREET_ADDRESS in entities:
             self.per_batch.append((STREET_ADDRESS, StreetAddressRecognizer(language)))
         screens = {f"pattern_{i}": r.SCREEN for i, r in enumerate(self.per_document)}
-        lower_case_screens = {}
+        lower_case_screens: dict[str, str] = {}
         for _, recognizer in self.per_batch:
             screens.update(recognizer.SCREENS)
             lower_case_screens.update(getattr(recognizer, "LOWER_CASE_SCREENS", {}))
@@ -1630,7 +1749,9 @@ class Detector:
             if changed:
                 mask = np.zeros(n, bool)
                 mask[changed] = True
-                screened_texts = pc.replace_with_mask(texts, pa.array(mask), pa.array([views[i] for i in changed], pa.string()))
+                screened_texts = pc.replace_with_mask(
+                    texts, pa.array(mask), pa.array([views[i] for i in changed], pa.string())
+                )
         screens = self._screens(screened_texts)
         upper = pc.match_substring_regex(screened_texts, r"\p{Lu}").to_numpy(zero_copy_only=False)
         lower_case = np.flatnonzero(~upper)
@@ -1654,7 +1775,9 @@ class Detector:
             for entity, recognizer in self.per_batch:
                 docs, starts, ends, scores = recognizer.scan(batch, screens)
                 keep = scores >= min_score
-                for doc, s, e, score in zip(docs[keep].tolist(), starts[keep].tolist(), ends[keep].tolist(), scores[keep].tolist()):
+                for doc, s, e, score in zip(
+                    docs[keep].tolist(), starts[keep].tolist(), ends[keep].tolist(), scores[keep].tolist()
+                ):
                     found[doc].append(Finding(s, e, entity, score))
         if extra is not None:
             analysed[:] = True

@@ -51,8 +51,15 @@ from tamis.stage import BatchResult, Stage, StageParams, split_by_reason
 
 NER_ENTITIES = ("LOCATION",)  # only with ner_model
 DEFAULT_ENTITIES = [
-    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS", "IBAN_CODE", "US_SSN", "CN_RESIDENT_ID",
-    "PERSON", "STREET_ADDRESS",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IP_ADDRESS",
+    "IBAN_CODE",
+    "US_SSN",
+    "CN_RESIDENT_ID",
+    "PERSON",
+    "STREET_ADDRESS",
 ]
 DEFAULT_PHONE_REGIONS = ["US", "GB", "DE", "FR", "IN", "CA", "BR", "CN"]
 _PRESIDIO_LANGUAGE = "en"
@@ -99,13 +106,16 @@ class PiiParams(StageParams):
         try:
             self.mask.format(entity="X")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"mask {self.mask!r} is not a valid template (only {{entity}} may be used): {exc}") from None
+            raise ValueError(
+                f"mask {self.mask!r} is not a valid template (only {{entity}} may be used): {exc}"
+            ) from None
         return self
 
 
 class PiiMask(Stage):
     type_name = "pii"
     Params = PiiParams
+    params: PiiParams
 
     def setup(self) -> None:
         self._build()  # recognizers, word lists and the spaCy pipeline, once per worker, never pickled
@@ -138,8 +148,12 @@ class PiiMask(Stage):
 
         p = self.params
         detector = Detector(
-            [e for e in p.entities if e not in NER_ENTITIES], p.phone_regions, p.phone_leniency, p.ip_public_only,
-            p.min_score, _PRESIDIO_LANGUAGE,
+            [e for e in p.entities if e not in NER_ENTITIES],
+            p.phone_regions,
+            p.phone_leniency,
+            p.ip_public_only,
+            p.min_score,
+            _PRESIDIO_LANGUAGE,
         )
         nlp = None
         if p.ner_model is not None:
@@ -183,7 +197,7 @@ class PiiMask(Stage):
         metrics: Counter = Counter()
         by_type_docs: dict[int, Counter] = {}
         with_findings = [j for j, found in enumerate(found_by_doc) if found]
-        originals = text.take(pa.array(todo[with_findings], pa.int64())).to_pylist() if p.action == "mask" else None
+        originals = text.take(pa.array(todo[with_findings], pa.int64())).to_pylist() if p.action == "mask" else []
         for k, j in enumerate(with_findings):
             i = int(todo[j])
             found = found_by_doc[j]
@@ -206,8 +220,8 @@ class PiiMask(Stage):
         details = np.full(n, None, dtype=object)
         if too_long.any():
             reasons[too_long] = "pii_too_long"
-            for i in np.flatnonzero(too_long):
-                details[i] = f"{int(lengths[i])} characters > max_chars {p.max_chars}; not scanned"
+            for long_doc in np.flatnonzero(too_long):
+                details[long_doc] = f"{int(lengths[long_doc])} characters > max_chars {p.max_chars}; not scanned"
         if p.action == "remove":
             for i, per_type in by_type_docs.items():
                 reasons[i] = "pii_found"
@@ -218,7 +232,9 @@ class PiiMask(Stage):
             mask_array = np.zeros(n, bool)
             mask_array[rows] = True
             # replace_with_mask takes the replacements in row order.
-            new_text = pc.replace_with_mask(text, pa.array(mask_array), pa.array([masked[i] for i in sorted(masked)], pa.string()))
+            new_text = pc.replace_with_mask(
+                text, pa.array(mask_array), pa.array([masked[i] for i in sorted(masked)], pa.string())
+            )
             table = table.set_column(table.schema.get_field_index("text"), "text", new_text)
             metrics["pii.docs_masked"] += len(masked)
         table = table.append_column("pii_count", pa.array(counts, pa.int32()))
