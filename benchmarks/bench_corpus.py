@@ -16,11 +16,19 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = {
-    "web": ["web_en/wikipedia_en_sample.jsonl", "web_en/us_presidential_speeches.jsonl",
-            "web_en/movie_reviews_polarity_2000.jsonl.gz", "web_en/cc_c4_pile_fixtures_by_source.jsonl",
-            "web_en/trafilatura_eval_en_pages.jsonl", "quality/dclm_human_quality.jsonl"],
+    "web": [
+        "web_en/wikipedia_en_sample.jsonl",
+        "web_en/us_presidential_speeches.jsonl",
+        "web_en/movie_reviews_polarity_2000.jsonl.gz",
+        "web_en/cc_c4_pile_fixtures_by_source.jsonl",
+        "web_en/trafilatura_eval_en_pages.jsonl",
+        "quality/dclm_human_quality.jsonl",
+    ],
     "code": ["code/code_00.jsonl.gz", "code/code_01.jsonl.gz", "code/code_02.jsonl.gz", "code/code_03.jsonl.gz"],
-    "multilingual": ["multilingual/udhr_unicode_388docs.jsonl.gz", "multilingual/trafilatura_eval_pages_non_en.jsonl.gz"],
+    "multilingual": [
+        "multilingual/udhr_unicode_388docs.jsonl.gz",
+        "multilingual/trafilatura_eval_pages_non_en.jsonl.gz",
+    ],
 }
 SHARE = {"web": 0.6, "code": 0.25, "multilingual": 0.15}
 
@@ -39,8 +47,9 @@ def edited(text: str, rng: random.Random, rate: float) -> str:
     return " ".join(words)
 
 
-def build_corpus(root: Path, target_mb: float, files_per_source: int = 8, seed: int = 0,
-                 data: Path = DATA) -> tuple[int, int]:
+def build_corpus(
+    root: Path, target_mb: float, files_per_source: int = 8, seed: int = 0, data: Path = DATA
+) -> tuple[int, int]:
     """Write about ``target_mb`` MB of JSON Lines under ``root``; returns (bytes, documents)."""
     rng = random.Random(seed)
     total_bytes = total_docs = 0
@@ -61,7 +70,7 @@ def build_corpus(root: Path, target_mb: float, files_per_source: int = 8, seed: 
         for i in range(0, len(rows), per_file):
             out = root / source / "date=2026-11-20" / f"part{i // per_file:03d}.jsonl"
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[i:i + per_file]))
+            out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[i : i + per_file]))
         total_bytes += int(size)
         total_docs += len(rows)
     return total_bytes, total_docs
@@ -85,10 +94,15 @@ def pipeline_yaml(corpus: Path, store: Path, stages: list[str], workers: int, ex
             stage["documents"] = "mix" if "mix" in stages else None
         chosen[name] = stage
     config = {
-        "name": "bench", "storage_root": str(store), "workers": workers,
+        "name": "bench",
+        "storage_root": str(store),
+        "workers": workers,
         "execution": execution or {"mode": "local"},
-        "sources": {"web": {"path": str(corpus / "web")}, "code": {"path": str(corpus / "code"), "type": "code"},
-                    "multilingual": {"path": str(corpus / "multilingual")}},
+        "sources": {
+            "web": {"path": str(corpus / "web")},
+            "code": {"path": str(corpus / "code"), "type": "code"},
+            "multilingual": {"path": str(corpus / "multilingual")},
+        },
         "stages": chosen,
     }
     return yaml.safe_dump(config, sort_keys=False)

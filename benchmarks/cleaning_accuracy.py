@@ -90,7 +90,10 @@ def report_quality(data: Path) -> None:
     result = stage.process_batch(as_table([r["text"] for r in dclm]))
     elapsed = time.perf_counter() - started
     kept = {int(i) for i in result.kept.column("id").to_pylist()}
-    for subset, rows in (("all", range(len(dclm))), ("unanimous", [i for i, r in enumerate(dclm) if r.get("annotators_unanimous")])):
+    for subset, rows in (
+        ("all", range(len(dclm))),
+        ("unanimous", [i for i, r in enumerate(dclm) if r.get("annotators_unanimous")]),
+    ):
         rows = list(rows)
         high = {i for i in rows if dclm[i]["label"] == 1}
         kept_here = kept & set(rows)
@@ -101,8 +104,10 @@ def report_quality(data: Path) -> None:
         print(f"\n== quality vs DCLM human labels ({subset}: {len(rows)} docs, {len(high)} high)")
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         correct = tp + len(set(rows) - high - kept_here)
-        print(f"kept {len(kept_here)}  precision {precision:.3f} (base rate {base:.3f})  recall {recall:.3f}"
-              f"  F1 {f1:.3f}  accuracy {correct / len(rows):.3f}")
+        print(
+            f"kept {len(kept_here)}  precision {precision:.3f} (base rate {base:.3f})  recall {recall:.3f}"
+            f"  F1 {f1:.3f}  accuracy {correct / len(rows):.3f}"
+        )
     print(f"({len(dclm) / elapsed:.0f} docs/s)")
     print("drop reasons:", dict(Counter(result.dropped.column("reason").to_pylist()).most_common()))
 

@@ -73,7 +73,9 @@ def time_stage(stage, texts: list[str]) -> tuple[float, float, int]:
     tables = []
     for start in range(0, len(texts), BATCH):
         chunk = texts[start : start + BATCH]
-        tables.append(pa.table({"id": [str(i) for i in range(len(chunk))], "source": ["web"] * len(chunk), "text": chunk}))
+        tables.append(
+            pa.table({"id": [str(i) for i in range(len(chunk))], "source": ["web"] * len(chunk), "text": chunk})
+        )
     started, cpu = time.perf_counter(), time.process_time()
     kept = sum(stage.process_batch(table).kept.num_rows for table in tables)
     return time.perf_counter() - started, time.process_time() - cpu, kept
@@ -106,7 +108,9 @@ def main() -> None:
     Path(f.name).unlink()
 
     print(f"{'step':44} {'MB/s/core':>9} {'docs/s/core':>11} {'kept':>6}")
-    print(f"{'tamis quality (Gopher+repetition+C4+FineWeb)':44} {mb / quality_cpu:9.1f} {n / quality_cpu:11.0f} {quality_kept:6d}")
+    print(
+        f"{'tamis quality (Gopher+repetition+C4+FineWeb)':44} {mb / quality_cpu:9.1f} {n / quality_cpu:11.0f} {quality_kept:6d}"
+    )
     if peer.returncode != 0:
         print(f"datatrove side failed (run it with a Python that has datatrove==0.10.1):\n{peer.stderr[-2000:]}")
     else:
@@ -116,12 +120,16 @@ def main() -> None:
         peer_s = sum(r["seconds"] for r in results.values())
         peer_cpu = sum(r["cpu"] for r in results.values())
         print(f"{'datatrove, the four filters together':44} {mb / peer_cpu:9.2f} {n / peer_cpu:11.1f}")
-        print(f"ratio quality: tamis is {peer_cpu / quality_cpu:.1f}x datatrove's four filters per core "
-              f"({peer_s / quality_s:.1f}x by wall clock)")
+        print(
+            f"ratio quality: tamis is {peer_cpu / quality_cpu:.1f}x datatrove's four filters per core "
+            f"({peer_s / quality_s:.1f}x by wall clock)"
+        )
 
     print(f"\n{'tamis language (lid.176 + lingua fallback)':44} {n / language_s:9.0f} {language_kept:6d}")
-    print("datatrove LanguageFilter: not run (it downloads lid.176.bin at first use; offline here). "
-          "benchmarks/language_detectors.py compares the detectors themselves")
+    print(
+        "datatrove LanguageFilter: not run (it downloads lid.176.bin at first use; offline here). "
+        "benchmarks/language_detectors.py compares the detectors themselves"
+    )
     try:
         import langid
     except ImportError:
@@ -129,7 +137,10 @@ def main() -> None:
     else:
         langid.classify("warm up")
         max_chars = LanguageFilter().params.max_chars
-        for label, sample in (("whole document", texts), (f"first {max_chars} chars, as ours", [t[:max_chars] for t in texts])):
+        for label, sample in (
+            ("whole document", texts),
+            (f"first {max_chars} chars, as ours", [t[:max_chars] for t in texts]),
+        ):
             started = time.perf_counter()
             for text in sample:
                 langid.classify(text)

@@ -34,10 +34,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WEB = ["web_en/wikipedia_en_sample.jsonl", "web_en/us_presidential_speeches.jsonl",
-       "web_en/movie_reviews_polarity_2000.jsonl.gz", "web_en/cc_c4_pile_fixtures_by_source.jsonl",
-       "web_en/trafilatura_eval_en_pages.jsonl", "quality/dclm_human_quality.jsonl"]
-STAGES = {"near_dedup": ("tamis.stages.near_dedup", "NearDedup"), "exact_dedup": ("tamis.stages.exact_dedup", "ExactDedup")}
+WEB = [
+    "web_en/wikipedia_en_sample.jsonl",
+    "web_en/us_presidential_speeches.jsonl",
+    "web_en/movie_reviews_polarity_2000.jsonl.gz",
+    "web_en/cc_c4_pile_fixtures_by_source.jsonl",
+    "web_en/trafilatura_eval_en_pages.jsonl",
+    "quality/dclm_human_quality.jsonl",
+]
+STAGES = {
+    "near_dedup": ("tamis.stages.near_dedup", "NearDedup"),
+    "exact_dedup": ("tamis.stages.exact_dedup", "ExactDedup"),
+}
 
 
 def web_texts(data: Path) -> list[str]:
@@ -79,8 +87,11 @@ def build_corpus(root: Path, data: Path, target_mb: float, part_mb: float, seed:
     per = -(-len(rows) // parts)
     for k in range(parts):
         name = f"part{k:02d}"
-        pq.write_table(pa.Table.from_pylist(rows[k * per: (k + 1) * per]), root / f"{name}.parquet",
-                       row_group_size=READ_BATCH_ROWS)
+        pq.write_table(
+            pa.Table.from_pylist(rows[k * per : (k + 1) * per]),
+            root / f"{name}.parquet",
+            row_group_size=READ_BATCH_ROWS,
+        )
         manifest.append({"name": name, "bytes": (root / f"{name}.parquet").stat().st_size})
     (root / "_manifest.json").write_text(json.dumps({"parts": manifest}))
     return str(root), len(rows), size
@@ -88,8 +99,12 @@ def build_corpus(root: Path, data: Path, target_mb: float, part_mb: float, seed:
 
 def plan_in_process(stage: str, input_url: str, output_url: str, params: dict) -> dict:
     """The stage's plan step in a fresh interpreter, so that its peak RSS is its own."""
-    out = subprocess.run([sys.executable, __file__, "_plan", stage, input_url, output_url, json.dumps(params)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "_plan", stage, input_url, output_url, json.dumps(params)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -106,8 +121,17 @@ def _plan_child(stage: str, input_url: str, output_url: str, params: dict) -> No
     elapsed = time.time() - started
     work = Path(output_url) / WORK_DIR
     done = json.loads((work / PLAN_DONE).read_text())
-    print(json.dumps({"elapsed_s": elapsed, "rss_peak_mb": _rss_mb("VmHWM"), "rss_floor_mb": floor,
-                      "plans": _plan_digest(work), "metrics": done["metrics"]}))
+    print(
+        json.dumps(
+            {
+                "elapsed_s": elapsed,
+                "rss_peak_mb": _rss_mb("VmHWM"),
+                "rss_floor_mb": floor,
+                "plans": _plan_digest(work),
+                "metrics": done["metrics"],
+            }
+        )
+    )
 
 
 def _rss_mb(field: str) -> float:
@@ -138,8 +162,10 @@ def main() -> None:
     stages = args.stages.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="tamis-stage-memory-"))
     try:
-        print("| stage | input | memory_budget_mb | seconds | peak RSS MB | floor MB | plan peak MB | "
-              "plan peak B/doc | spill partitions |")
+        print(
+            "| stage | input | memory_budget_mb | seconds | peak RSS MB | floor MB | plan peak MB | "
+            "plan peak B/doc | spill partitions |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for scale in sorted({1, args.scale}):
             input_url, docs, size = build_corpus(tmp / f"corpus-{scale}", args.data, args.mb * scale, args.part_mb)
@@ -152,14 +178,20 @@ def main() -> None:
                     runs[plan] = r
                     own = r["rss_peak_mb"] - r["rss_floor_mb"]
                     partitions = next((v for k, v in r["metrics"].items() if k.endswith(".spill_partitions")), "-")
-                    print(f"| {stage} | {label} | {plan} | {r['elapsed_s']:.1f} | {r['rss_peak_mb']:.0f} | "
-                          f"{r['rss_floor_mb']:.0f} | {own:.0f} | {own * 2**20 / docs:.0f} | {partitions} |", flush=True)
+                    print(
+                        f"| {stage} | {label} | {plan} | {r['elapsed_s']:.1f} | {r['rss_peak_mb']:.0f} | "
+                        f"{r['rss_floor_mb']:.0f} | {own:.0f} | {own * 2**20 / docs:.0f} | {partitions} |",
+                        flush=True,
+                    )
                     shutil.rmtree(out, ignore_errors=True)
                 default, small = runs.values()
                 same = "same drop plans" if default["plans"] == small["plans"] else "DIFFERENT DROP PLANS"
                 peaks = [r["rss_peak_mb"] - r["rss_floor_mb"] for r in (default, small)]
-                print(f"|   | | {args.budget_mb} / 1024: time x{small['elapsed_s'] / default['elapsed_s']:.2f}, "
-                      f"plan peak x{peaks[1] / max(peaks[0], 1):.2f}, {same} | | | | | | |", flush=True)
+                print(
+                    f"|   | | {args.budget_mb} / 1024: time x{small['elapsed_s'] / default['elapsed_s']:.2f}, "
+                    f"plan peak x{peaks[1] / max(peaks[0], 1):.2f}, {same} | | | | | | |",
+                    flush=True,
+                )
             shutil.rmtree(tmp / f"corpus-{scale}", ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,14 +25,27 @@ from datatrove.pipeline.filters import (
 from datatrove.utils.text import split_into_words
 
 GOPHER_OFF = dict(
-    min_doc_words=None, max_doc_words=None, min_avg_word_length=None, max_avg_word_length=None,
-    max_symbol_word_ratio=None, max_bullet_lines_ratio=None, max_ellipsis_lines_ratio=None,
-    max_non_alpha_words_ratio=None, min_stop_words=None,
+    min_doc_words=None,
+    max_doc_words=None,
+    min_avg_word_length=None,
+    max_avg_word_length=None,
+    max_symbol_word_ratio=None,
+    max_bullet_lines_ratio=None,
+    max_ellipsis_lines_ratio=None,
+    max_non_alpha_words_ratio=None,
+    min_stop_words=None,
 )
 REPETITION_OFF = dict(
-    dup_line_frac=None, dup_para_frac=None, dup_line_char_frac=None, dup_para_char_frac=None, top_n_grams=(), dup_n_grams=()
+    dup_line_frac=None,
+    dup_para_frac=None,
+    dup_line_char_frac=None,
+    dup_para_char_frac=None,
+    top_n_grams=(),
+    dup_n_grams=(),
 )
-C4_OFF = dict(filter_no_terminal_punct=False, min_num_sentences=-1, filter_lorem_ipsum=False, filter_curly_bracket=False)
+C4_OFF = dict(
+    filter_no_terminal_punct=False, min_num_sentences=-1, filter_lorem_ipsum=False, filter_curly_bracket=False
+)
 FINEWEB_OFF = dict(line_punct_thr=0.0, short_line_thr=1.0, char_duplicates_ratio=1.0, new_line_ratio=float("inf"))
 
 GROUPS = {
@@ -60,10 +73,14 @@ RULES = {
     "gopher_dup_para_char_frac": _one(GopherRepetitionFilter, REPETITION_OFF, dup_para_char_frac=0.2),
     "gopher_dup_line_frac": _one(GopherRepetitionFilter, REPETITION_OFF, dup_line_frac=0.3),
     "gopher_dup_line_char_frac": _one(GopherRepetitionFilter, REPETITION_OFF, dup_line_char_frac=0.2),
-    **{f"gopher_top_{n}gram": _one(GopherRepetitionFilter, REPETITION_OFF, top_n_grams=((n, f),))
-       for n, f in ((2, 0.2), (3, 0.18), (4, 0.16))},
-    **{f"gopher_dup_{n}gram": _one(GopherRepetitionFilter, REPETITION_OFF, dup_n_grams=((n, f),))
-       for n, f in ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))},
+    **{
+        f"gopher_top_{n}gram": _one(GopherRepetitionFilter, REPETITION_OFF, top_n_grams=((n, f),))
+        for n, f in ((2, 0.2), (3, 0.18), (4, 0.16))
+    },
+    **{
+        f"gopher_dup_{n}gram": _one(GopherRepetitionFilter, REPETITION_OFF, dup_n_grams=((n, f),))
+        for n, f in ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
+    },
     "c4_lorem_ipsum": _one(C4QualityFilter, C4_OFF, filter_lorem_ipsum=True),
     "c4_curly_bracket": _one(C4QualityFilter, C4_OFF, filter_curly_bracket=True),
     "c4_min_sentences": _one(C4QualityFilter, C4_OFF, min_num_sentences=5),
@@ -90,8 +107,10 @@ def keeps(step, text: str, doc_id: str) -> bool | None:
 def decide(doc_id: str, text: str) -> dict:
     groups = {name: keeps(step, text, doc_id) for name, step in GROUPS.items()}
     rules = {name: keeps(step, text, doc_id) for name, step in RULES.items()}
-    for name, count in (("gopher_hash_word_ratio", text.count("#")),
-                        ("gopher_ellipsis_word_ratio", text.count("...") + text.count("…"))):
+    for name, count in (
+        ("gopher_hash_word_ratio", text.count("#")),
+        ("gopher_ellipsis_word_ratio", text.count("...") + text.count("…")),
+    ):
         try:
             rules[name] = _symbol_ratio(text, count)
         except ZeroDivisionError:

@@ -26,10 +26,17 @@ import yaml
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCES = {
-    "web": ["web_en/wikipedia_en_sample.jsonl", "web_en/us_presidential_speeches.jsonl",
-            "web_en/movie_reviews_polarity_2000.jsonl.gz", "web_en/cc_c4_pile_fixtures_by_source.jsonl"],
+    "web": [
+        "web_en/wikipedia_en_sample.jsonl",
+        "web_en/us_presidential_speeches.jsonl",
+        "web_en/movie_reviews_polarity_2000.jsonl.gz",
+        "web_en/cc_c4_pile_fixtures_by_source.jsonl",
+    ],
     "code": ["code/code_00.jsonl.gz", "code/code_01.jsonl.gz"],
-    "multilingual": ["multilingual/udhr_unicode_388docs.jsonl.gz", "multilingual/trafilatura_eval_pages_non_en.jsonl.gz"],
+    "multilingual": [
+        "multilingual/udhr_unicode_388docs.jsonl.gz",
+        "multilingual/trafilatura_eval_pages_non_en.jsonl.gz",
+    ],
 }
 
 
@@ -58,7 +65,7 @@ def build_corpus(root: Path, target_mb: int, files: int) -> tuple[int, int]:
         for i in range(0, len(rows), per_file):
             out = root / source / "date=2026-11-20" / f"part{i // per_file:03d}.jsonl"
             out.parent.mkdir(parents=True, exist_ok=True)
-            data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[i:i + per_file])
+            data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[i : i + per_file])
             out.write_text(data)
             total_bytes += len(data.encode())
         total_docs += len(rows)
@@ -98,7 +105,11 @@ def run_stages(config: str, workers: int) -> None:
     for stage in ("ingest", "normalize", "exact_dedup"):
         started = time.perf_counter()
         manifest = run_one(pipeline, stage, f"w{workers}", workers=workers)
-        timings[stage] = {"s": time.perf_counter() - started, "in": manifest["counts"]["in"], "kept": manifest["counts"]["kept"]}
+        timings[stage] = {
+            "s": time.perf_counter() - started,
+            "in": manifest["counts"]["in"],
+            "kept": manifest["counts"]["kept"],
+        }
     sampler.stop.set()
     sampler.join()
     print(json.dumps({"timings": timings, "peak_rss_mib": sampler.peak / 2**20}))
@@ -118,17 +129,30 @@ def main() -> None:
         root = Path(tmp)
         total_bytes, total_docs = build_corpus(root / "sources", args.mb, args.files)
         config = root / "bench.yaml"
-        config.write_text(yaml.safe_dump({
-            "name": "bench", "storage_root": str(root / "store"),
-            "sources": {name: {"path": str(root / "sources" / name), "id_field": "id",
-                               "type": "code" if name == "code" else "prose"} for name in SOURCES},
-            "stages": {"ingest": {}, "normalize": {}, "exact_dedup": {}},
-        }, sort_keys=False))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "bench",
+                    "storage_root": str(root / "store"),
+                    "sources": {
+                        name: {
+                            "path": str(root / "sources" / name),
+                            "id_field": "id",
+                            "type": "code" if name == "code" else "prose",
+                        }
+                        for name in SOURCES
+                    },
+                    "stages": {"ingest": {}, "normalize": {}, "exact_dedup": {}},
+                },
+                sort_keys=False,
+            )
+        )
         print(f"corpus: {total_bytes / 1e6:.1f} MB, {total_docs} docs, {args.files} files")
         results = {}
         for workers in (1, 2):
-            out = subprocess.run([sys.executable, __file__, "--child", str(config), str(workers)],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(config), str(workers)], capture_output=True, text=True
+            )
             if out.returncode != 0:
                 sys.exit(f"the {workers}-worker run failed:\n{out.stderr[-3000:]}")
             results[workers] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -138,10 +162,14 @@ def main() -> None:
             total_s = 0.0
             for stage, t in result["timings"].items():
                 total_s += t["s"]
-                print(f"{workers:>7} {stage:<12} {t['s']:>8.2f} {total_bytes / 1e6 / t['s']:>8.1f} {t['in'] / t['s']:>9.0f}")
+                print(
+                    f"{workers:>7} {stage:<12} {t['s']:>8.2f} {total_bytes / 1e6 / t['s']:>8.1f} {t['in'] / t['s']:>9.0f}"
+                )
             totals[workers] = total_s
-            print(f"{workers:>7} {'all three':<12} {total_s:>8.2f} {total_bytes / 1e6 / total_s:>8.1f} "
-                  f"{total_docs / total_s:>9.0f}   peak RSS {result['peak_rss_mib']:.0f} MiB")
+            print(
+                f"{workers:>7} {'all three':<12} {total_s:>8.2f} {total_bytes / 1e6 / total_s:>8.1f} "
+                f"{total_docs / total_s:>9.0f}   peak RSS {result['peak_rss_mib']:.0f} MiB"
+            )
         print(f"scaling 2 workers / 1 worker: {totals[1] / totals[2]:.2f}x")
         print(f"kept after exact dedup: {results[1]['timings']['exact_dedup']['kept']} of {total_docs}")
 

@@ -61,7 +61,9 @@ def precision_recall(rows: list[tuple[float, float, float]]) -> tuple[float, flo
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--html-dir", type=Path, required=True, help="html/ of the article-extraction-benchmark checkout")
+    parser.add_argument(
+        "--html-dir", type=Path, required=True, help="html/ of the article-extraction-benchmark checkout"
+    )
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--repeat", type=int, default=1, help="passes over the pages for the speed figure")
     args = parser.parse_args()
@@ -85,7 +87,9 @@ def main() -> int:
 
 
 def print_results(pages: dict[str, str], gold: dict[str, str], mb: float, warc: str, repeat: int) -> None:
-    print(f"{'extractor':<14}{'precision':>10}{'recall':>10}{'F1':>8}{'pages/s/core':>14}{'MB/s/core':>11}{'WARC pages/s/core':>19}")
+    print(
+        f"{'extractor':<14}{'precision':>10}{'recall':>10}{'F1':>8}{'pages/s/core':>14}{'MB/s/core':>11}{'WARC pages/s/core':>19}"
+    )
     for name, extract in EXTRACTORS.items():
         extract("<html><body><p>warm up</p></body></html>")
         started = time.perf_counter()
@@ -99,16 +103,20 @@ def print_results(pages: dict[str, str], gold: dict[str, str], mb: float, warc: 
         warc_seconds = time.perf_counter() - started
         assert read == len(pages)
         p, r, f1 = precision_recall([tp_fp_fn(gold[k], out[k] or "") for k in pages])
-        print(f"{name:<14}{p:>10.3f}{r:>10.3f}{f1:>8.3f}{len(pages) / seconds:>14.1f}{mb / seconds:>11.2f}"
-              f"{len(pages) / warc_seconds:>19.1f}")
+        print(
+            f"{name:<14}{p:>10.3f}{r:>10.3f}{f1:>8.3f}{len(pages) / seconds:>14.1f}{mb / seconds:>11.2f}"
+            f"{len(pages) / warc_seconds:>19.1f}"
+        )
 
 
 def warc_record(key: str, html: bytes) -> bytes:
     """One gzipped WARC response record holding ``html`` (as a crawler writes it)."""
     http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html
-    head = (f"WARC/1.1\r\nWARC-Type: response\r\nWARC-Record-ID: <urn:uuid:{key[:8]}-0000-4000-8000-{key[8:20]}>\r\n"
-            f"WARC-Date: 2026-11-20T00:00:00Z\r\nWARC-Target-URI: https://example.org/{key}\r\n"
-            f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(http)}\r\n\r\n").encode()
+    head = (
+        f"WARC/1.1\r\nWARC-Type: response\r\nWARC-Record-ID: <urn:uuid:{key[:8]}-0000-4000-8000-{key[8:20]}>\r\n"
+        f"WARC-Date: 2026-11-20T00:00:00Z\r\nWARC-Target-URI: https://example.org/{key}\r\n"
+        f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(http)}\r\n\r\n"
+    ).encode()
     return gzip.compress(head + http + b"\r\n\r\n", mtime=0)
 
 

@@ -92,8 +92,16 @@ def load_corpus(data: Path) -> pa.Table:
                     continue
                 language = record.get(lang) or record.get("language") or "und" if lang == "lang" else lang
                 digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-                rows.append({"id": f"{source}/{digest}", "source": source, "date": "2026-11-20",
-                             "url": record.get("url"), "text": text, "lang": str(language)})
+                rows.append(
+                    {
+                        "id": f"{source}/{digest}",
+                        "source": source,
+                        "date": "2026-11-20",
+                        "url": record.get("url"),
+                        "text": text,
+                        "lang": str(language),
+                    }
+                )
     table = pa.Table.from_pylist(rows)
     # Content-hash ids repeat for identical texts; keep the first, as exact dedup would.
     _, first = np.unique(np.array(table.column("id").to_pylist(), dtype=object), return_index=True)
@@ -105,13 +113,17 @@ def add_signals(table: pa.Table) -> pa.Table:
     texts = table.column("text").to_pylist()
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.train_from_iterator(texts[:2000], trainers.BpeTrainer(
-        vocab_size=4096, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tokenizer.train_from_iterator(
+        texts[:2000],
+        trainers.BpeTrainer(vocab_size=4096, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
+    )
     counts = [len(e.ids) for e in tokenizer.encode_batch(texts)]
     n_chars = pc.utf8_length(table.column("text"))
     n_words = pc.list_value_length(pc.utf8_split_whitespace(table.column("text")))
     table = table.append_column("quality_n_chars", n_chars)
-    table = table.append_column("quality_mean_word_len", pc.divide(pc.cast(n_chars, pa.float64()), pc.max_element_wise(n_words, 1)))
+    table = table.append_column(
+        "quality_mean_word_len", pc.divide(pc.cast(n_chars, pa.float64()), pc.max_element_wise(n_words, 1))
+    )
     return table.append_column("token_count", pa.array(counts, pa.int32()))
 
 
@@ -122,8 +134,9 @@ def write_documents(table: pa.Table, url: str) -> None:
     parts = []
     for k in range(PARTS):
         name = f"2026-11-20_docs_{k:05d}"
-        pq.write_table(table.slice(k * step, step), root / f"{name}.parquet", row_group_size=ROW_GROUP_ROWS,
-                       compression="zstd")
+        pq.write_table(
+            table.slice(k * step, step), root / f"{name}.parquet", row_group_size=ROW_GROUP_ROWS, compression="zstd"
+        )
         parts.append({"name": name, "input": "benchmark", "bytes": (root / f"{name}.parquet").stat().st_size})
     storage.write_json_atomic(storage.join(url, "_manifest.json"), {"parts": parts}, url)
 
@@ -144,9 +157,11 @@ def main() -> None:
     run_stage(IndexStage({"documents": None, "row_group_rows": 1024}), docs_url, index_url, workers=1)
     corpus_bytes = sum(p.stat().st_size for p in Path(docs_url).glob("*.parquet"))
     index_bytes = (Path(index_url) / "_index" / "metadata.parquet").stat().st_size
-    print(f"corpus: {corpus.num_rows} documents, {PARTS} parts, {corpus_bytes / 1e6:.1f} MB Parquet "
-          f"(built in {built - started:.1f}s); index {index_bytes / 1e6:.2f} MB "
-          f"(built in {time.perf_counter() - built:.1f}s)")
+    print(
+        f"corpus: {corpus.num_rows} documents, {PARTS} parts, {corpus_bytes / 1e6:.1f} MB Parquet "
+        f"(built in {built - started:.1f}s); index {index_bytes / 1e6:.2f} MB "
+        f"(built in {time.perf_counter() - built:.1f}s)"
+    )
 
     target = corpus.column("id")[corpus.num_rows // 2].as_py()
     dataset = ds.dataset(docs_url, format="parquet")

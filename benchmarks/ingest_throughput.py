@@ -30,9 +30,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-FILES = ["web_en/wikipedia_en_sample.jsonl", "web_en/us_presidential_speeches.jsonl",
-         "web_en/cc_c4_pile_fixtures_by_source.jsonl", "code/code_00.jsonl.gz",
-         "multilingual/udhr_unicode_388docs.jsonl.gz", "multilingual/trafilatura_eval_pages_non_en.jsonl.gz"]
+FILES = [
+    "web_en/wikipedia_en_sample.jsonl",
+    "web_en/us_presidential_speeches.jsonl",
+    "web_en/cc_c4_pile_fixtures_by_source.jsonl",
+    "code/code_00.jsonl.gz",
+    "multilingual/udhr_unicode_388docs.jsonl.gz",
+    "multilingual/trafilatura_eval_pages_non_en.jsonl.gz",
+]
 
 
 def read_rows(data: Path) -> list[dict]:
@@ -60,7 +65,7 @@ def build(root: Path, data: Path, target_mb: int, long_line_mb: int) -> dict[str
     for fmt in ("jsonl", "jsonl_gz", "parquet"):
         (root / fmt).mkdir(parents=True)
     for i in range(files):
-        part = rows[i * per_file:(i + 1) * per_file]
+        part = rows[i * per_file : (i + 1) * per_file]
         data_bytes = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part).encode()
         (root / "jsonl" / f"part{i}.jsonl").write_bytes(data_bytes)
         (root / "jsonl_gz" / f"part{i}.jsonl.gz").write_bytes(gzip.compress(data_bytes, compresslevel=6))
@@ -86,9 +91,17 @@ def child(config: str, source: str) -> None:
     pipeline = load_pipeline(config)
     started, cpu_started = time.perf_counter(), time.process_time()
     manifest = run_one(pipeline, "ingest", source, workers=1, overrides={"sources": [source]})
-    print(json.dumps({"s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu_started, "counts": manifest["counts"],
-                      "quarantine_reasons": manifest["quarantine_reasons"],
-                      "peak_rss_mib": peak_rss_mib()}))
+    print(
+        json.dumps(
+            {
+                "s": time.perf_counter() - started,
+                "cpu_s": time.process_time() - cpu_started,
+                "counts": manifest["counts"],
+                "quarantine_reasons": manifest["quarantine_reasons"],
+                "peak_rss_mib": peak_rss_mib(),
+            }
+        )
+    )
 
 
 def peak_rss_mib() -> float:
@@ -116,16 +129,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         sizes = build(root / "sources", args.data, args.mb, args.long_line_mb)
-        print(f"corpus: {sizes['jsonl'] / 1e6:.1f} MB of JSON Lines in 8 files (also gzipped and as Parquet); "
-              f"one {args.long_line_mb} MiB line in a {(root / 'sources/long_line/a.jsonl.gz').stat().st_size / 1e6:.1f} MB gzip")
+        print(
+            f"corpus: {sizes['jsonl'] / 1e6:.1f} MB of JSON Lines in 8 files (also gzipped and as Parquet); "
+            f"one {args.long_line_mb} MiB line in a {(root / 'sources/long_line/a.jsonl.gz').stat().st_size / 1e6:.1f} MB gzip"
+        )
         configs, envs = {}, {}
         for name, include in trees.items():
             configs[name] = root / f"{name}.yaml"
-            configs[name].write_text(yaml.safe_dump({
-                "name": "bench", "storage_root": str(root / "store" / name),
-                "sources": {s: {"path": str(root / "sources" / s), "id_field": "id", "url_field": "url"} for s in sizes},
-                "stages": {"ingest": {}},
-            }))
+            configs[name].write_text(
+                yaml.safe_dump(
+                    {
+                        "name": "bench",
+                        "storage_root": str(root / "store" / name),
+                        "sources": {
+                            s: {"path": str(root / "sources" / s), "id_field": "id", "url_field": "url"} for s in sizes
+                        },
+                        "stages": {"ingest": {}},
+                    }
+                )
+            )
             envs[name] = {**os.environ, "PYTHONPATH": str(Path(include).resolve())}
         # Trees take turns, case by case, so that a change in the machine's load hits both alike.
         results: dict[str, dict[str, dict]] = {name: {} for name in trees}
@@ -133,8 +155,13 @@ def main() -> None:
             for _ in range(args.repeat if source != "long_line" else 1):
                 for name in trees:
                     subprocess.run(["rm", "-rf", str(root / "store" / name / "runs" / source)], check=True)
-                    out = subprocess.run([sys.executable, __file__, "--child", str(configs[name]), source],
-                                         capture_output=True, text=True, env=envs[name], check=False)
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--child", str(configs[name]), source],
+                        capture_output=True,
+                        text=True,
+                        env=envs[name],
+                        check=False,
+                    )
                     if out.returncode != 0:
                         result = {"failed": out.stderr.strip().splitlines()[-1][:200]}
                     else:
@@ -151,11 +178,16 @@ def main() -> None:
                     continue
                 rate = f"{sizes[source] / 1e6 / r['cpu_s']:.1f}" if sizes[source] else "-"
                 outcome = f"kept {r['counts']['kept']}, quarantined {r['quarantine_reasons'] or 0}"
-                print(f"{name:<10} {source:<10} {r['s']:>7.2f} {r['cpu_s']:>7.2f} {rate:>9} {r['peak_rss_mib']:>13.0f}  {outcome}")
+                print(
+                    f"{name:<10} {source:<10} {r['s']:>7.2f} {r['cpu_s']:>7.2f} {rate:>9} {r['peak_rss_mib']:>13.0f}  {outcome}"
+                )
         names = list(results)
         for other in names[1:]:
-            ratios = [f"{s} {results[names[0]][s]['cpu_s'] / results[other][s]['cpu_s']:.2f}x"
-                      for s in sizes if "cpu_s" in results[names[0]][s] and "cpu_s" in results[other][s]]
+            ratios = [
+                f"{s} {results[names[0]][s]['cpu_s'] / results[other][s]['cpu_s']:.2f}x"
+                for s in sizes
+                if "cpu_s" in results[names[0]][s] and "cpu_s" in results[other][s]
+            ]
             print(f"{other} vs {names[0]}, CPU time ratio (>1: {other} is faster): " + ", ".join(ratios))
 
 

@@ -114,8 +114,11 @@ def labelled_sets(data: Path) -> dict[str, tuple[list[str], list[str]]]:
     sets["UDHR, languages all three know"] = ([t for t, _ in common], [l for _, l in common])
 
     pages = read_jsonl(data / "multilingual" / "trafilatura_eval_pages_non_en.jsonl.gz")
-    agreed = [(r["text"], r["langid_pred"]) for r in pages
-              if r["html_lang"] and r["html_lang"].replace("_", "-").split("-")[0].lower() == r["langid_pred"]]
+    agreed = [
+        (r["text"], r["langid_pred"])
+        for r in pages
+        if r["html_lang"] and r["html_lang"].replace("_", "-").split("-")[0].lower() == r["langid_pred"]
+    ]
     sets["web pages, html_lang = langid"] = ([t for t, _ in agreed], [l for _, l in agreed])
     return sets
 
@@ -126,8 +129,11 @@ def speed_sets(data: Path, sets: dict) -> dict[str, list[str]]:
         if path.name.endswith((".jsonl", ".jsonl.gz")):
             web_en.extend(r["text"] for r in read_jsonl(path))
     pages = [r["text"] for r in read_jsonl(data / "multilingual" / "trafilatura_eval_pages_non_en.jsonl.gz")]
-    return {"web_en documents": web_en, "multilingual web pages": pages,
-            "lingua sentences": sets["lingua sentences, 30 languages"][0]}
+    return {
+        "web_en documents": web_en,
+        "multilingual web pages": pages,
+        "lingua sentences": sets["lingua sentences, 30 languages"][0],
+    }
 
 
 def table_header(first: str, width: int, columns: list[str]) -> str:
@@ -162,8 +168,10 @@ def main() -> None:
                 confusions[set_name, name] = Counter((l, p) for p, l, r in zip(langs, labels, right) if not r)
         print(f"{set_name + f' ({len(texts)})':40} " + " ".join(row))
     for (set_name, name), counts in confusions.items():
-        print(f"  {set_name}, {name}: top confusions (label->predicted) "
-              + ", ".join(f"{l}->{p} {c}" for (l, p), c in counts.most_common(4)))
+        print(
+            f"  {set_name}, {name}: top confusions (label->predicted) "
+            + ", ".join(f"{l}->{p} {c}" for (l, p), c in counts.most_common(4))
+        )
 
     print("\n== 2. as a filter, default thresholds: kept with the right label / kept with a wrong one")
     print(table_header("set", 40, names))
@@ -188,8 +196,10 @@ def main() -> None:
     print("\n== 4a. calibration: share right within each band of the detector's own score")
     print("   (sentences, UDHR lingua set and web pages together; texts in the band)")
     print(f"{'score band':12} " + " ".join(f"{name:>16}" for name in STANDALONE))
-    pooled = {name: (np.concatenate([s for s, _ in pairs]), np.concatenate([r for _, r in pairs]))
-              for name, pairs in top_scores.items()}
+    pooled = {
+        name: (np.concatenate([s for s, _ in pairs]), np.concatenate([r for _, r in pairs]))
+        for name, pairs in top_scores.items()
+    }
     for low, high in pairwise(BANDS):
         cells = []
         for name in STANDALONE:

@@ -95,13 +95,16 @@ def true_jaccard(a: frozenset, b: frozenset) -> float:
 
 # --------------------------------------------------------------------------- S-curve
 
+
 def print_s_curve() -> None:
     from tamis import minhash
     from tamis.stages.near_dedup import NearDedupParams
 
     default = NearDedupParams().minhash_config()
-    curves = {f"default {default.bands} x {default.rows} of {default.num_perm}": minhash.s_curve(default.bands, default.rows),
-              "previous 9 x 13 of 128": minhash.s_curve(9, 13)}
+    curves = {
+        f"default {default.bands} x {default.rows} of {default.num_perm}": minhash.s_curve(default.bands, default.rows),
+        "previous 9 x 13 of 128": minhash.s_curve(9, 13),
+    }
     wide = NearDedupParams(num_perm=256).minhash_config()
     curves[f"{wide.bands} x {wide.rows} of 256"] = minhash.s_curve(wide.bands, wide.rows)
     print(f"\n== S-curve: probability that a pair of Jaccard J becomes a candidate (threshold {THRESHOLD}) ==")
@@ -172,11 +175,11 @@ def _edit_block(tokens, target: float, rng: random.Random, other):
     if rng.random() < 0.5:
         m = min(n - 2, round(n * (1 - target)))
         at = rng.randrange(n - m + 1)
-        return tokens[:at] + tokens[at + m:]
+        return tokens[:at] + tokens[at + m :]
     m = min(len(other), round(n * (1 / target - 1)))
     at = rng.randrange(n + 1)
     start = rng.randrange(len(other) - m + 1)
-    return tokens[:at] + other[start: start + m] + tokens[at:]
+    return tokens[:at] + other[start : start + m] + tokens[at:]
 
 
 def _edit_layout(tokens, rng: random.Random):
@@ -240,9 +243,10 @@ def perturbation_set(seed: int = 14) -> LabelledPairs:
             elif kind == "block":
                 edited = _edit_block(tokens, target, rng, token_lists[rng.randrange(len(token_lists))])
             else:
-                half = target ** 0.5
-                edited = _edit_words(_edit_block(tokens, half, rng, token_lists[rng.randrange(len(token_lists))]),
-                                     half, rng, vocab)
+                half = target**0.5
+                edited = _edit_words(
+                    _edit_block(tokens, half, rng, token_lists[rng.randrange(len(token_lists))]), half, rng, vocab
+                )
             pairs.append((len(texts), len(texts) + 1, f"copy:{kind}"))
             texts += [text, _join(edited)]
             kinds += [name, name]
@@ -270,6 +274,7 @@ def perturbation_set(seed: int = 14) -> LabelledPairs:
 
 # --------------------------------------------------------------------------- predictors
 
+
 def tamis_survivors(texts: list[str], params: dict) -> tuple[np.ndarray, dict]:
     """The stage's reduce (``plan_drops``) over in-memory texts: the survivor of every
     document, and the summary metrics it would write to the manifest."""
@@ -282,11 +287,24 @@ def tamis_survivors(texts: list[str], params: dict) -> tuple[np.ndarray, dict]:
     sig, shingles = minhash.signatures(column, config)
     n = len(texts)
     ids = pa.array([f"{i:08d}" for i in range(n)])
-    meta = pa.table({"tier": pa.array(np.ones(n, np.int8)), "id": ids, "source": pa.nulls(n, pa.string()),
-                     "date": pa.nulls(n, pa.string()), "length": pa.array(np.arange(n), pa.int64()),
-                     "quality": pa.nulls(n, pa.float64())})
-    plan = plan_drops(Signed(meta, sig, shingles), minhash.band_keys(sig, config), None, config, p,
-                      lambda rows: minhash.shingle_sets(column.take(pa.array(rows)), config))
+    meta = pa.table(
+        {
+            "tier": pa.array(np.ones(n, np.int8)),
+            "id": ids,
+            "source": pa.nulls(n, pa.string()),
+            "date": pa.nulls(n, pa.string()),
+            "length": pa.array(np.arange(n), pa.int64()),
+            "quality": pa.nulls(n, pa.float64()),
+        }
+    )
+    plan = plan_drops(
+        Signed(meta, sig, shingles),
+        minhash.band_keys(sig, config),
+        None,
+        config,
+        p,
+        lambda rows: minhash.shingle_sets(column.take(pa.array(rows)), config),
+    )
     survivor = np.arange(n)
     survivor[plan.dropped] = np.array([int(s) for s in plan.survivor_ids], dtype=np.int64)
     return survivor, dict(plan.summary)
@@ -365,6 +383,7 @@ def neighbour_pairs(neighbours: list[set]) -> set:
 
 # --------------------------------------------------------------------------- scoring
 
+
 def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
@@ -395,8 +414,9 @@ def score_perturbation(data: LabelledPairs, predicted: set, true_j) -> dict:
     fp = int(np.count_nonzero(found & ~positive))
     fn = int(np.count_nonzero(~found & positive))
     bins = bin_of(jaccard)
-    per_bin = [(int(np.count_nonzero(bins == k)), int(np.count_nonzero(found & (bins == k))))
-               for k in range(len(BIN_EDGES))]
+    per_bin = [
+        (int(np.count_nonzero(bins == k)), int(np.count_nonzero(found & (bins == k)))) for k in range(len(BIN_EDGES))
+    ]
     return {"prf": prf(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn, "extra": len(extra), "per_bin": per_bin}
 
 
@@ -419,25 +439,33 @@ def perturbation() -> None:
 
     positives = int(np.count_nonzero(data.jaccard >= THRESHOLD))
     near = int(np.count_nonzero((data.jaccard >= 0.75) & (data.jaccard < 0.85)))
-    print(f"\n== perturbation set: {len(data.texts)} documents, {len(data.pairs)} labelled pairs "
-          f"({positives} at true J >= {THRESHOLD}, {near} at 0.75-0.85, "
-          f"{sum(k == 'template' for k in data.kind)} template pairs); built in {time.time() - started:.0f}s ==")
+    print(
+        f"\n== perturbation set: {len(data.texts)} documents, {len(data.pairs)} labelled pairs "
+        f"({positives} at true J >= {THRESHOLD}, {near} at 0.75-0.85, "
+        f"{sum(k == 'template' for k in data.kind)} template pairs); built in {time.time() - started:.0f}s =="
+    )
     results = {}
     for label, params in PERTURBATION_VARIANTS.items():
         t0 = time.time()
         survivor, summary = tamis_survivors(data.texts, params)
         elapsed = time.time() - t0
         results[label] = score_perturbation(data, cluster_pairs(survivor), true_j)
-        results[label]["note"] = (f"{summary.get('near_dup.candidate_pairs', 0)} candidates, "
-                                  f"{summary.get('near_dup.verified_pairs', 0)} verified, {elapsed:.1f}s")
+        results[label]["note"] = (
+            f"{summary.get('near_dup.candidate_pairs', 0)} candidates, "
+            f"{summary.get('near_dup.verified_pairs', 0)} verified, {elapsed:.1f}s"
+        )
     t0 = time.time()
     results["peer: datasketch words"] = score_perturbation(data, neighbour_pairs(peer_neighbours(data.texts)), true_j)
     results["peer: datasketch words"]["note"] = f"{time.time() - t0:.1f}s"
     print(f"{'method':<32}{'P':>7}{'R':>7}{'F1':>7}{'TP':>6}{'FP':>5}{'FN':>5}   (extra predicted pairs judged)  notes")
     for label, r in results.items():
         p, rec, f = r["prf"]
-        print(f"{label:<32}{p:>7.3f}{rec:>7.3f}{f:>7.3f}{r['tp']:>6}{r['fp']:>5}{r['fn']:>5}   ({r['extra']})  {r['note']}")
-    print(f"\nshare of pairs predicted duplicate, per bin of true Jaccard (bins >= {THRESHOLD}: recall; below: false positives)")
+        print(
+            f"{label:<32}{p:>7.3f}{rec:>7.3f}{f:>7.3f}{r['tp']:>6}{r['fp']:>5}{r['fn']:>5}   ({r['extra']})  {r['note']}"
+        )
+    print(
+        f"\nshare of pairs predicted duplicate, per bin of true Jaccard (bins >= {THRESHOLD}: recall; below: false positives)"
+    )
     labels = list(results)
     print(f"{'true J':<8}{'pairs':>7}" + "".join(f"{lab.replace('tamis ', '')[:22]:>24}" for lab in labels))
     for k, name in enumerate(bin_labels()):
@@ -451,6 +479,7 @@ def perturbation() -> None:
 
 # --------------------------------------------------------------------------- labelled sets
 
+
 def labelled_sets() -> dict[str, tuple[list[str], set, set]]:
     """name -> (texts, positive pairs, negative pairs) with pairs as (i, j), i < j."""
     sets = {}
@@ -460,7 +489,9 @@ def labelled_sets() -> dict[str, tuple[list[str], set, set]]:
     pos = {(i, i + n) for i in range(n)}
     sets["cpython"] = (texts, pos, _all_pairs(len(texts)) - pos)
 
-    licences = [(r["text"], _licence(r["declared_license"])) for r in read_jsonl(NEAR_DUP / "license_texts_clusters.jsonl")]
+    licences = [
+        (r["text"], _licence(r["declared_license"])) for r in read_jsonl(NEAR_DUP / "license_texts_clusters.jsonl")
+    ]
     licences = [(t, l) for t, l in licences if l]
     texts = [t for t, _ in licences]
     pos, neg = set(), set()
@@ -472,9 +503,17 @@ def labelled_sets() -> dict[str, tuple[list[str], set, set]]:
     readmes = read_jsonl(NEAR_DUP / "readme_version_lineages.jsonl.gz")
     texts = [r["text"] for r in readmes]
     where = {(r["cluster"], r["version_index"]): i for i, r in enumerate(readmes)}
-    pos = {tuple(sorted((i, where[(r["cluster"], r["version_index"] + 1)])))
-           for i, r in enumerate(readmes) if (r["cluster"], r["version_index"] + 1) in where}
-    neg = {(i, j) for i in range(len(readmes)) for j in range(i + 1, len(readmes)) if readmes[i]["cluster"] != readmes[j]["cluster"]}
+    pos = {
+        tuple(sorted((i, where[(r["cluster"], r["version_index"] + 1)])))
+        for i, r in enumerate(readmes)
+        if (r["cluster"], r["version_index"] + 1) in where
+    }
+    neg = {
+        (i, j)
+        for i in range(len(readmes))
+        for j in range(i + 1, len(readmes))
+        if readmes[i]["cluster"] != readmes[j]["cluster"]
+    }
     sets["readme"] = (texts, pos, neg)
 
     sts = [r for r in read_jsonl(NEAR_DUP / "stsb_en_all_splits.jsonl") if r["score"] >= 4.5 or r["score"] <= 2.0]
@@ -490,10 +529,22 @@ def _all_pairs(n: int) -> set:
 
 
 _LICENCE_NAMES = {
-    "mit": "MIT", "mit license": "MIT", "isc": "ISC", "isc license": "ISC", "apache-2.0": "Apache-2.0",
-    "apache license 2.0": "Apache-2.0", "apache 2.0": "Apache-2.0", "asl 2": "Apache-2.0", "bsd-3-clause": "BSD-3-Clause",
-    "modified bsd license": "BSD-3-Clause", "bsd 3-clause license": "BSD-3-Clause", "bsd-2-clause": "BSD-2-Clause",
-    "blueoak-1.0.0": "BlueOak-1.0.0", "mpl-2.0": "MPL-2.0", "mit-0": "MIT-0", "psf-2.0": "PSF-2.0",
+    "mit": "MIT",
+    "mit license": "MIT",
+    "isc": "ISC",
+    "isc license": "ISC",
+    "apache-2.0": "Apache-2.0",
+    "apache license 2.0": "Apache-2.0",
+    "apache 2.0": "Apache-2.0",
+    "asl 2": "Apache-2.0",
+    "bsd-3-clause": "BSD-3-Clause",
+    "modified bsd license": "BSD-3-Clause",
+    "bsd 3-clause license": "BSD-3-Clause",
+    "bsd-2-clause": "BSD-2-Clause",
+    "blueoak-1.0.0": "BlueOak-1.0.0",
+    "mpl-2.0": "MPL-2.0",
+    "mit-0": "MIT-0",
+    "psf-2.0": "PSF-2.0",
 }
 
 
@@ -547,11 +598,14 @@ def accuracy(variants: dict[str, dict]) -> None:
     peer = results["peer: datasketch words"]
     for label, (_, _, f, macro) in results.items():
         if label.startswith("tamis"):
-            print(f"{label}: pooled F1 {f:.3f} vs peer {peer[2]:.3f} (ratio {f / peer[2]:.2f}); "
-                  f"macro F1 {macro:.3f} vs {peer[3]:.3f} (ratio {macro / peer[3]:.2f})")
+            print(
+                f"{label}: pooled F1 {f:.3f} vs peer {peer[2]:.3f} (ratio {f / peer[2]:.2f}); "
+                f"macro F1 {macro:.3f} vs {peer[3]:.3f} (ratio {macro / peer[3]:.2f})"
+            )
 
 
 # --------------------------------------------------------------------------- speed corpus
+
 
 def corpus_texts() -> list[tuple[str, str]]:
     """(source, text) of every real document under ../shared/data (research-only files excluded)."""
@@ -587,7 +641,9 @@ def build_corpus(root: Path, target_mb: float, seed: int = 0, parts: int = 8) ->
         copy += 1
         for i, (source, text) in enumerate(base):
             t = _perturb(text, rng)
-            rows.append({"id": f"{source}/{i:07d}-c{copy}", "source": f"{source}_copy", "date": "2026-11-21", "text": t})
+            rows.append(
+                {"id": f"{source}/{i:07d}-c{copy}", "source": f"{source}_copy", "date": "2026-11-21", "text": t}
+            )
             size += len(t.encode())
             if size >= target_mb * 1e6:
                 break
@@ -600,8 +656,11 @@ def build_corpus(root: Path, target_mb: float, seed: int = 0, parts: int = 8) ->
         # Row groups of one read batch, as the runner writes the stages' outputs.
         from tamis.stage import READ_BATCH_ROWS
 
-        pq.write_table(pa.Table.from_pylist(rows[k * per: (k + 1) * per]), root / f"{name}.parquet",
-                       row_group_size=READ_BATCH_ROWS)
+        pq.write_table(
+            pa.Table.from_pylist(rows[k * per : (k + 1) * per]),
+            root / f"{name}.parquet",
+            row_group_size=READ_BATCH_ROWS,
+        )
         manifest.append({"name": name, "bytes": (root / f"{name}.parquet").stat().st_size})
     (root / "_manifest.json").write_text(json.dumps({"parts": manifest}))
     return str(root), len(rows), size
@@ -609,8 +668,12 @@ def build_corpus(root: Path, target_mb: float, seed: int = 0, parts: int = 8) ->
 
 def run_stage_in_process(input_url: str, output_url: str, workers: int, params: dict | None = None) -> dict:
     """The stage in a fresh interpreter, so that its peak RSS is its own."""
-    out = subprocess.run([sys.executable, __file__, "_stage", input_url, output_url, str(workers), json.dumps(params or {})],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "_stage", input_url, output_url, str(workers), json.dumps(params or {})],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -651,8 +714,18 @@ def _stage_child(input_url: str, output_url: str, workers: int, params: dict) ->
     status = Path("/proc/self/status").read_text()
     rss_self = int(status.split("VmHWM:")[1].split()[0]) / 1024  # this process's own peak since exec
     rss_children = worker_peak[0] / 2**20
-    print(json.dumps({"elapsed_s": elapsed, "cpu_s": cpu, "counts": manifest["counts"], "rss_main_mb": rss_self,
-                      "rss_worker_mb": rss_children, "metrics": manifest["metrics"]}))
+    print(
+        json.dumps(
+            {
+                "elapsed_s": elapsed,
+                "cpu_s": cpu,
+                "counts": manifest["counts"],
+                "rss_main_mb": rss_self,
+                "rss_worker_mb": rss_children,
+                "metrics": manifest["metrics"],
+            }
+        )
+    )
 
 
 def peer_speed(texts: list[str]) -> float:
@@ -691,35 +764,54 @@ def speed(args) -> None:
         peer_s = peer_speed(subset)
         peer_mbs = subset_bytes / 1e6 / peer_s
         peer_docs = len(subset) / peer_s
-        print(f"peer (datasketch per-word + MinHashLSH), 1 core, on a {subset_bytes / 1e6:.1f} MB subset: "
-              f"{peer_docs:.0f} docs/s, {peer_mbs:.2f} MB/s -> {mb / peer_mbs:.0f}s extrapolated to the corpus")
+        print(
+            f"peer (datasketch per-word + MinHashLSH), 1 core, on a {subset_bytes / 1e6:.1f} MB subset: "
+            f"{peer_docs:.0f} docs/s, {peer_mbs:.2f} MB/s -> {mb / peer_mbs:.0f}s extrapolated to the corpus"
+        )
         results = {}
-        runs = [("default", 1, {}), ("default", 2, {}), ("previous 9x13, estimate", 1, {"bands": 9, "rows": 13, "verify": "estimate"}),
-                ("256 perms", 1, {"num_perm": 256})]
+        runs = [
+            ("default", 1, {}),
+            ("default", 2, {}),
+            ("previous 9x13, estimate", 1, {"bands": 9, "rows": 13, "verify": "estimate"}),
+            ("256 perms", 1, {"num_perm": 256}),
+        ]
         for label, workers, params in runs:
             r = run_stage_in_process(input_url, str(tmp / "out"), workers, params)
             shutil.rmtree(tmp / "out", ignore_errors=True)
             results[(label, workers)] = r
             c, m = r["counts"], r["metrics"]
-            print(f"tamis stage, {label}, {workers} worker(s): {r['elapsed_s']:.1f}s wall ({r['cpu_s']:.1f}s CPU), "
-                  f"{c['in'] / r['elapsed_s']:.0f} docs/s, {mb / r['elapsed_s']:.1f} MB/s, dropped {c['dropped']} of {c['in']}, "
-                  f"{m.get('near_dup.candidate_pairs', 0)} candidates, {m.get('near_dup.verified_pairs', 0)} verified, "
-                  f"peak RSS main {r['rss_main_mb']:.0f} MB / worker {r['rss_worker_mb']:.0f} MB")
+            print(
+                f"tamis stage, {label}, {workers} worker(s): {r['elapsed_s']:.1f}s wall ({r['cpu_s']:.1f}s CPU), "
+                f"{c['in'] / r['elapsed_s']:.0f} docs/s, {mb / r['elapsed_s']:.1f} MB/s, dropped {c['dropped']} of {c['in']}, "
+                f"{m.get('near_dup.candidate_pairs', 0)} candidates, {m.get('near_dup.verified_pairs', 0)} verified, "
+                f"peak RSS main {r['rss_main_mb']:.0f} MB / worker {r['rss_worker_mb']:.0f} MB"
+            )
             if workers == 1:
-                print(f"  vs peer on 1 core: {peer_s / (subset_bytes / 1e6) * mb / r['elapsed_s']:.1f}x by wall time, "
-                      f"{peer_s / (subset_bytes / 1e6) * mb / r['cpu_s']:.1f}x by CPU time (peer: CPU time)")
-        print(f"scaling 1 -> 2 workers: {results[('default', 1)]['elapsed_s'] / results[('default', 2)]['elapsed_s']:.2f}x "
-              f"(machine has {os.cpu_count()} cores)")
+                print(
+                    f"  vs peer on 1 core: {peer_s / (subset_bytes / 1e6) * mb / r['elapsed_s']:.1f}x by wall time, "
+                    f"{peer_s / (subset_bytes / 1e6) * mb / r['cpu_s']:.1f}x by CPU time (peer: CPU time)"
+                )
+        print(
+            f"scaling 1 -> 2 workers: {results[('default', 1)]['elapsed_s'] / results[('default', 2)]['elapsed_s']:.2f}x "
+            f"(machine has {os.cpu_count()} cores)"
+        )
         metrics = results[("default", 1)]["metrics"]
         print("manifest figures of the default run:")
         for prefix in ("near_dup.s_curve.", "near_dup.candidates_by_jaccard.", "near_dup.verified_by_jaccard."):
-            print("  " + prefix + "*: " + ", ".join(f"{k[len(prefix):]}={v}" for k, v in metrics.items() if k.startswith(prefix)))
+            print(
+                "  "
+                + prefix
+                + "*: "
+                + ", ".join(f"{k[len(prefix) :]}={v}" for k, v in metrics.items() if k.startswith(prefix))
+            )
         if args.rss_scale > 1:
             big_url, big_docs, big_size = build_corpus(tmp / "corpus-big", args.corpus_mb * args.rss_scale, seed=2)
             r = run_stage_in_process(big_url, str(tmp / "out-big"), 1)
-            print(f"tamis stage at {big_size / 1e6:.0f} MB ({big_docs} docs), 1 worker: {r['elapsed_s']:.1f}s, "
-                  f"{big_size / 1e6 / r['elapsed_s']:.1f} MB/s, peak RSS {r['rss_main_mb']:.0f} MB "
-                  f"(vs {results[('default', 1)]['rss_main_mb']:.0f} MB at {mb:.0f} MB)")
+            print(
+                f"tamis stage at {big_size / 1e6:.0f} MB ({big_docs} docs), 1 worker: {r['elapsed_s']:.1f}s, "
+                f"{big_size / 1e6 / r['elapsed_s']:.1f} MB/s, peak RSS {r['rss_main_mb']:.0f} MB "
+                f"(vs {results[('default', 1)]['rss_main_mb']:.0f} MB at {mb:.0f} MB)"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -81,8 +81,12 @@ def stock_presidio_analyzer():
     registry = RecognizerRegistry(supported_languages=["en"])
     for recognizer in (PhoneRecognizer(), CreditCardRecognizer(), IpRecognizer(), IbanRecognizer(), UsSsnRecognizer()):
         registry.add_recognizer(recognizer)
-    registry.add_recognizer(type("StockEmail", (EmailRecognizer,), {"validate_result": OfflineEmailRecognizer.validate_result})())
-    return AnalyzerEngine(nlp_engine=NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}]), registry=registry)
+    registry.add_recognizer(
+        type("StockEmail", (EmailRecognizer,), {"validate_result": OfflineEmailRecognizer.validate_result})()
+    )
+    return AnalyzerEngine(
+        nlp_engine=NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}]), registry=registry
+    )
 
 
 def stock_find(min_score: float):
@@ -125,7 +129,9 @@ def evaluate(name: str, find, covered: set[str], path: Path, labels: dict[str, s
 
     print(f"\n== {name} on {path.name}: {len(records)} records, {elapsed:.2f}s")
     f1_by_type = {}
-    print(f"{'entity':<16}{'gold':>6}{'found':>7}{'precision':>11}{'recall':>8}{'f1':>7}{'exact':>7}{'fp_in_other':>13}")
+    print(
+        f"{'entity':<16}{'gold':>6}{'found':>7}{'precision':>11}{'recall':>8}{'f1':>7}{'exact':>7}{'fp_in_other':>13}"
+    )
     for t in sorted(set(gold_n) | set(found_n)):
         p = tp_found[t] / found_n[t] if found_n[t] else float("nan")
         r = tp_gold[t] / gold_n[t] if gold_n[t] else float("nan")
@@ -144,19 +150,33 @@ def evaluate(name: str, find, covered: set[str], path: Path, labels: dict[str, s
 def look_alikes(per_kind: int = 40, seed: int = 7) -> dict[str, list[str]]:
     """Sentences holding a number that is not PII, ``per_kind`` of each kind."""
     rng = random.Random(seed)
+
     def d(n: int) -> str:
         return "".join(rng.choice("0123456789") for _ in range(n))
 
     makers = {
-        "order numbers": lambda: rng.choice(["Your order number {} has shipped.", "Order #{} is pending.",
-                                             "Invoice no. {} was paid.", "Tracking {} left the depot."]).format(
-            rng.choice([d(10), f"{d(3)}-{d(3)}-{d(4)}", f"{d(4)} {d(4)} {d(2)}"])),
+        "order numbers": lambda: rng.choice(
+            [
+                "Your order number {} has shipped.",
+                "Order #{} is pending.",
+                "Invoice no. {} was paid.",
+                "Tracking {} left the depot.",
+            ]
+        ).format(rng.choice([d(10), f"{d(3)}-{d(3)}-{d(4)}", f"{d(4)} {d(4)} {d(2)}"])),
         "arithmetic": lambda: f"We know that {d(4)} * {d(4)} = {d(7)}, and {d(7)} - {d(6)} = {d(7)}.",
-        "private IPv4": lambda: f"Point the client at {rng.choice(['10', '192.168', '172.16'])}."
-                                f"{'.'.join(str(rng.randint(0, 255)) for _ in range(2))}.{rng.randint(1, 254)} first.",
-        "documentation IPv4": lambda: f"The manual uses {rng.choice(['192.0.2', '198.51.100', '203.0.113'])}.{rng.randint(1, 254)} as the server.",
-        "versions": lambda: f"Upgrade to version {rng.randint(1, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 30)}.{rng.randint(0, 99)} today.",
-        "dates": lambda: f"It moved from {rng.randint(1990, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} to {rng.randint(1, 28):02d}.{rng.randint(1, 12):02d}.{rng.randint(1990, 2030)}.",
+        "private IPv4": lambda: (
+            f"Point the client at {rng.choice(['10', '192.168', '172.16'])}."
+            f"{'.'.join(str(rng.randint(0, 255)) for _ in range(2))}.{rng.randint(1, 254)} first."
+        ),
+        "documentation IPv4": lambda: (
+            f"The manual uses {rng.choice(['192.0.2', '198.51.100', '203.0.113'])}.{rng.randint(1, 254)} as the server."
+        ),
+        "versions": lambda: (
+            f"Upgrade to version {rng.randint(1, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 30)}.{rng.randint(0, 99)} today."
+        ),
+        "dates": lambda: (
+            f"It moved from {rng.randint(1990, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} to {rng.randint(1, 28):02d}.{rng.randint(1, 12):02d}.{rng.randint(1990, 2030)}."
+        ),
         "ISBN-13": lambda: f"The paperback is ISBN 978-{d(1)}-{d(3)}-{d(5)}-{d(1)}.",
         "UUIDs": lambda: f"Request {d(8)}-{d(4)}-4{d(3)}-a{d(3)}-{d(12)} failed.",
         "prices": lambda: f"It costs ${rng.randint(1, 999)},{d(3)},{d(3)}.{d(2)} at auction.",

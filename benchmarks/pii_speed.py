@@ -114,16 +114,22 @@ def main() -> None:
     rows = []
     cpu, metrics = time_stage({}, texts)
     found = {k.removeprefix("pii.entity."): v for k, v in sorted(metrics.items()) if k.startswith("pii.entity.")}
-    print(f"tamis pii (default, 9 types): {metrics.get('pii.findings', 0)} findings in {metrics.get('pii.docs_with_pii', 0)} docs: {found}")
+    print(
+        f"tamis pii (default, 9 types): {metrics.get('pii.findings', 0)} findings in {metrics.get('pii.docs_with_pii', 0)} docs: {found}"
+    )
     rows.append(("tamis pii, default (9 types)", len(texts) / cpu))
     pattern_types = [e for e in PiiMask().params.entities if e not in ("PERSON", "STREET_ADDRESS")]
     cpu, metrics = time_stage({"entities": pattern_types}, texts)
-    print(f"tamis pii (7 pattern types): {metrics.get('pii.findings', 0)} findings; "
-          f"{metrics.get('pii.docs_analysed', 0)} of {len(texts)} docs passed the screens")
+    print(
+        f"tamis pii (7 pattern types): {metrics.get('pii.findings', 0)} findings; "
+        f"{metrics.get('pii.docs_analysed', 0)} of {len(texts)} docs passed the screens"
+    )
     rows.append(("tamis pii, 7 pattern types", len(texts) / cpu))
     cpu, metrics = time_stage({"entities": ["EMAIL_ADDRESS", "IP_ADDRESS"]}, texts)
     rows.append(("tamis pii, EMAIL_ADDRESS + IP_ADDRESS", len(texts) / cpu))
-    print(f"tamis pii (e-mail, IP): {metrics.get('pii.findings', 0)} findings in {metrics.get('pii.docs_with_pii', 0)} docs")
+    print(
+        f"tamis pii (e-mail, IP): {metrics.get('pii.findings', 0)} findings in {metrics.get('pii.docs_with_pii', 0)} docs"
+    )
 
     rows.append(("stock Presidio analyzer, 6 types", len(texts) / time_stock_presidio(texts)))
 

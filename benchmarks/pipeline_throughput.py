@@ -29,8 +29,19 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_corpus import REPO, build_corpus, pipeline_yaml  # noqa: E402
 
-STAGES = ["ingest", "normalize", "language", "quality", "pii", "exact_dedup", "near_dedup", "tokenize", "mix", "pack",
-          "index"]
+STAGES = [
+    "ingest",
+    "normalize",
+    "language",
+    "quality",
+    "pii",
+    "exact_dedup",
+    "near_dedup",
+    "tokenize",
+    "mix",
+    "pack",
+    "index",
+]
 RUN = """
 import json, sys, time
 from tamis.cli import Engines, run_group, stage_groups
@@ -106,8 +117,13 @@ class WorkerPeak(threading.Thread):
 
 
 def run_tamis(config: Path, workers: int, env: dict) -> tuple[dict, int]:
-    process = subprocess.Popen([sys.executable, "-c", RUN, str(config), str(workers)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", RUN, str(config), str(workers)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     sampler = WorkerPeak(process.pid)
     sampler.start()
     out, err = process.communicate()
@@ -137,11 +153,15 @@ def main() -> int:
         label = f"{workers} worker{'s' if workers > 1 else ''}{' fused' if fused else ''}"
         config = out / f"p{workers}{'f' if fused else ''}.yaml"
         execution = {"mode": "local", "fuse_batch_stages": True} if fused else None
-        config.write_text(pipeline_yaml(corpus, out / f"store-{workers}{'f' if fused else ''}", STAGES, workers, execution))
+        config.write_text(
+            pipeline_yaml(corpus, out / f"store-{workers}{'f' if fused else ''}", STAGES, workers, execution)
+        )
         stages, peak = run_tamis(config, workers, env)
         runs[label] = (workers, stages, peak)
-        print(f"{label}: {sum(s['s'] for s in stages.values()):.1f}s, peak RSS of one worker {peak / 2**20:.0f} MiB",
-              flush=True)
+        print(
+            f"{label}: {sum(s['s'] for s in stages.values()):.1f}s, peak RSS of one worker {peak / 2**20:.0f} MiB",
+            flush=True,
+        )
 
     labels = list(runs)
     print("\n| stage | " + " | ".join(f"{label}: MB/s per core" for label in labels) + " | docs/s (1 worker) |")
@@ -167,18 +187,25 @@ def main() -> int:
     if not peer.exists():
         print(f"(no peer virtualenv at {peer}: run benchmarks/peer_venv.sh for the datatrove comparison)")
         return 0
-    done = subprocess.run([str(peer), "-c", PEER, str(corpus), str(out / "datatrove"),
-                           str(REPO / "include/sample/tokenizer.json")], capture_output=True, text=True)
+    done = subprocess.run(
+        [str(peer), "-c", PEER, str(corpus), str(out / "datatrove"), str(REPO / "include/sample/tokenizer.json")],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         print(f"datatrove failed: {done.stderr[-2000:]}")
         return 1
     peer_times = json.loads(done.stdout.strip().splitlines()[-1])
     peer_total = sum(peer_times.values())
-    ours = sum(first[s]["s"] for s in ("ingest", "normalize", "quality", "pii", "exact_dedup", "near_dedup", "tokenize"))
+    ours = sum(
+        first[s]["s"] for s in ("ingest", "normalize", "quality", "pii", "exact_dedup", "near_dedup", "tokenize")
+    )
     print("\ndatatrove 0.10.1, one worker: " + ", ".join(f"{k} {v:.1f}s" for k, v in peer_times.items()))
-    print(f"datatrove: {mb / peer_total:.2f} MB/s per core; tamis, the same steps (ingest to tokenize, "
-          f"language apart): {mb / ours:.2f} MB/s per core = {peer_total / ours:.2f}x datatrove; "
-          f"the whole tamis pipeline: {mb / totals[labels[0]]:.2f} MB/s per core")
+    print(
+        f"datatrove: {mb / peer_total:.2f} MB/s per core; tamis, the same steps (ingest to tokenize, "
+        f"language apart): {mb / ours:.2f} MB/s per core = {peer_total / ours:.2f}x datatrove; "
+        f"the whole tamis pipeline: {mb / totals[labels[0]]:.2f} MB/s per core"
+    )
     return 0
 
 

@@ -45,9 +45,26 @@ def read(path: Path) -> list[dict]:
 
 
 def train(output: Path, **inputs) -> str:
-    args = Namespace(output=str(output), labelled=None, label_column="label", high=None, positive=None, negative=None,
-                     text_column="text", max_chars=10_000, valid_fraction=0.0, threshold=0.5, epoch=25, lr=0.5,
-                     word_ngrams=2, dim=64, min_count=2, bucket=200_000, seed=0, loss="softmax")
+    args = Namespace(
+        output=str(output),
+        labelled=None,
+        label_column="label",
+        high=None,
+        positive=None,
+        negative=None,
+        text_column="text",
+        max_chars=10_000,
+        valid_fraction=0.0,
+        threshold=0.5,
+        epoch=25,
+        lr=0.5,
+        word_ngrams=2,
+        dim=64,
+        min_count=2,
+        bucket=200_000,
+        seed=0,
+        loss="softmax",
+    )
     for key, value in inputs.items():
         setattr(args, key, value)
     run_command(args)
@@ -78,29 +95,47 @@ def main() -> int:
         train_file.write_text("".join(json.dumps(r) + "\n" for r, h in zip(rows, held) if not h))
         models = {
             "labels": train(tmp / "labels.bin", labelled=str(train_file), high=["1"]),
-            "dclm recipe": train(tmp / "recipe.bin",
-                                 positive=[str(args.data / "web_en" / f) for f in ("wikipedia_en_sample.jsonl", "us_presidential_speeches.jsonl")],
-                                 negative=[str(args.data / "web_en" / "cc_c4_pile_fixtures_by_source.jsonl")]),
+            "dclm recipe": train(
+                tmp / "recipe.bin",
+                positive=[
+                    str(args.data / "web_en" / f)
+                    for f in ("wikipedia_en_sample.jsonl", "us_presidential_speeches.jsonl")
+                ],
+                negative=[str(args.data / "web_en" / "cc_c4_pile_fixtures_by_source.jsonl")],
+            ),
         }
         rules = QualityFilter(params).process_batch(table)
-        rules_kept = np.isin(table.column("id").to_numpy(zero_copy_only=False), rules.kept.column("id").to_numpy(zero_copy_only=False))
-        print(f"held-out DCLM human labels: {len(test)} documents ({int(high.sum())} high quality); "
-              f"precision / recall of kept vs high, min_score {args.min_score}")
+        rules_kept = np.isin(
+            table.column("id").to_numpy(zero_copy_only=False), rules.kept.column("id").to_numpy(zero_copy_only=False)
+        )
+        print(
+            f"held-out DCLM human labels: {len(test)} documents ({int(high.sum())} high quality); "
+            f"precision / recall of kept vs high, min_score {args.min_score}"
+        )
         print(f"{'rules alone':<34}{pr(rules_kept, high):>16}")
         for name, path in models.items():
             # Model alone: every document scored, none dropped by rules.
             alone = QualityFilter(_rules_off(params) | {"model": {"path": path}}).process_batch(table)
             score = np.array(alone.kept.column("quality_model_score").to_pylist())
-            both_ids = set(QualityFilter({**params, "model": {"path": path, "min_score": args.min_score}})
-                           .process_batch(table).kept.column("id").to_pylist())
+            both_ids = set(
+                QualityFilter({**params, "model": {"path": path, "min_score": args.min_score}})
+                .process_batch(table)
+                .kept.column("id")
+                .to_pylist()
+            )
             both = np.array([i in both_ids for i in table.column("id").to_pylist()])
             print(f"{'model alone (' + name + ')':<34}{pr(score >= args.min_score, high):>16}")
             print(f"{'rules + model (' + name + ')':<34}{pr(both, high):>16}")
 
-        every = pa.table({"id": [r["id"] for r in rows], "source": ["dclm"] * len(rows), "text": [r["text"] for r in rows]})
+        every = pa.table(
+            {"id": [r["id"] for r in rows], "source": ["dclm"] * len(rows), "text": [r["text"] for r in rows]}
+        )
         mb = sum(len(r["text"].encode()) for r in rows) / 1e6
         timings = {}
-        for label, stage in (("rules", QualityFilter(params)), ("rules + model", QualityFilter({**params, "model": {"path": models["labels"]}}))):
+        for label, stage in (
+            ("rules", QualityFilter(params)),
+            ("rules + model", QualityFilter({**params, "model": {"path": models["labels"]}})),
+        ):
             stage.setup()
             stage.process_batch(every.slice(0, 5))
             started = time.perf_counter()
@@ -114,15 +149,48 @@ def main() -> int:
 
 def _rules_off(params: dict) -> dict:
     """The stage's parameters with every rule off: the model alone decides."""
-    gopher = {k: None for k in ("min_words", "max_words", "min_mean_word_length", "max_mean_word_length", "max_hash_word_ratio",
-                                "max_ellipsis_word_ratio", "max_bullet_lines_ratio", "max_ellipsis_lines_ratio",
-                                "min_alpha_words_ratio", "min_stop_words", "max_dup_line_frac", "max_dup_para_frac",
-                                "max_dup_line_char_frac", "max_dup_para_char_frac")}
-    return {**params, "gopher": gopher | {"max_top_ngram_char_frac": {}, "max_dup_ngram_char_frac": {}},
-            "c4": {"lorem_ipsum": False, "curly_bracket": False, "min_sentences": None, "max_boilerplate_lines_ratio": None},
-            "fineweb": {"min_line_punct_ratio": None, "max_short_line_ratio": None, "max_char_dup_ratio": None, "max_list_ratio": None},
-            "code": {"autogenerated": False, "max_encoded_fraction": None, "max_line_length": None,
-                     "max_mean_line_length": None, "min_alnum_fraction": None}}
+    gopher = {
+        k: None
+        for k in (
+            "min_words",
+            "max_words",
+            "min_mean_word_length",
+            "max_mean_word_length",
+            "max_hash_word_ratio",
+            "max_ellipsis_word_ratio",
+            "max_bullet_lines_ratio",
+            "max_ellipsis_lines_ratio",
+            "min_alpha_words_ratio",
+            "min_stop_words",
+            "max_dup_line_frac",
+            "max_dup_para_frac",
+            "max_dup_line_char_frac",
+            "max_dup_para_char_frac",
+        )
+    }
+    return {
+        **params,
+        "gopher": gopher | {"max_top_ngram_char_frac": {}, "max_dup_ngram_char_frac": {}},
+        "c4": {
+            "lorem_ipsum": False,
+            "curly_bracket": False,
+            "min_sentences": None,
+            "max_boilerplate_lines_ratio": None,
+        },
+        "fineweb": {
+            "min_line_punct_ratio": None,
+            "max_short_line_ratio": None,
+            "max_char_dup_ratio": None,
+            "max_list_ratio": None,
+        },
+        "code": {
+            "autogenerated": False,
+            "max_encoded_fraction": None,
+            "max_line_length": None,
+            "max_mean_line_length": None,
+            "min_alnum_fraction": None,
+        },
+    }
 
 
 if __name__ == "__main__":

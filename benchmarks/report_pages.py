@@ -34,11 +34,18 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = [  # research-only files are left out
-    "web_en/wikipedia_en_sample.jsonl", "web_en/us_presidential_speeches.jsonl", "web_en/movie_reviews_polarity_2000.jsonl.gz",
-    "web_en/trafilatura_eval_en_pages.jsonl", "web_en/cc_c4_pile_fixtures_by_source.jsonl",
-    "multilingual/trafilatura_eval_pages_non_en.jsonl.gz", "multilingual/udhr_unicode_388docs.jsonl.gz",
-    "quality/article_extraction_benchmark.jsonl", "quality/dclm_human_quality.jsonl", "pii/presidio_synth_v2.jsonl",
-    "code/code_00.jsonl.gz", "code/code_01.jsonl.gz",
+    "web_en/wikipedia_en_sample.jsonl",
+    "web_en/us_presidential_speeches.jsonl",
+    "web_en/movie_reviews_polarity_2000.jsonl.gz",
+    "web_en/trafilatura_eval_en_pages.jsonl",
+    "web_en/cc_c4_pile_fixtures_by_source.jsonl",
+    "multilingual/trafilatura_eval_pages_non_en.jsonl.gz",
+    "multilingual/udhr_unicode_388docs.jsonl.gz",
+    "quality/article_extraction_benchmark.jsonl",
+    "quality/dclm_human_quality.jsonl",
+    "pii/presidio_synth_v2.jsonl",
+    "code/code_00.jsonl.gz",
+    "code/code_01.jsonl.gz",
 ]
 PIECE_CHARS = 300
 RUN = "bench"
@@ -57,7 +64,7 @@ def pieces(data: Path, wanted: int) -> list[dict]:
         for text in texts:
             for start in range(0, len(text), PIECE_CHARS):
                 cut = text.rfind(" ", start, start + PIECE_CHARS + 60)
-                piece = text[start:cut if cut > start else start + PIECE_CHARS].strip()
+                piece = text[start : cut if cut > start else start + PIECE_CHARS].strip()
                 if piece:
                     out.append({"id": f"p{len(out):07d}", "text": piece})
                 if len(out) >= originals:
@@ -83,18 +90,33 @@ def build(data: Path, work: Path, docs: int) -> object:
     per_file = 10_000
     for k in range(0, len(rows), per_file):
         with open(source / f"part_{k // per_file:03d}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows[k:k + per_file])
+            f.writelines(json.dumps(r) + "\n" for r in rows[k : k + per_file])
     config = {
-        "name": "bench_report", "storage_root": str(work / "store"), "workers": os.cpu_count() or 2,
+        "name": "bench_report",
+        "storage_root": str(work / "store"),
+        "workers": os.cpu_count() or 2,
         "sources": {"web": {"path": str(work / "src"), "id_field": "id"}},
         "stages": [
-            {"name": "ingest", "type": "ingest"}, {"name": "normalize", "type": "normalize"},
+            {"name": "ingest", "type": "ingest"},
+            {"name": "normalize", "type": "normalize"},
             # Pieces of a few sentences: the rules for whole documents would drop most of them.
-            {"name": "quality", "type": "quality", "params": {"gopher": {"min_words": 10, "min_stop_words": 1},
-                                                               "c4": {"min_sentences": 1}}},
-            {"name": "pii", "type": "pii", "params": {"entities": ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS"]}},
-            {"name": "exact_dedup", "type": "exact_dedup"}, {"name": "near_dedup", "type": "near_dedup"},
-            {"name": "tokenize", "type": "tokenize", "params": {"tokenizer": str(REPO / "include/sample/tokenizer.json")}},
+            {
+                "name": "quality",
+                "type": "quality",
+                "params": {"gopher": {"min_words": 10, "min_stop_words": 1}, "c4": {"min_sentences": 1}},
+            },
+            {
+                "name": "pii",
+                "type": "pii",
+                "params": {"entities": ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS"]},
+            },
+            {"name": "exact_dedup", "type": "exact_dedup"},
+            {"name": "near_dedup", "type": "near_dedup"},
+            {
+                "name": "tokenize",
+                "type": "tokenize",
+                "params": {"tokenizer": str(REPO / "include/sample/tokenizer.json")},
+            },
             {"name": "index", "type": "index", "params": {"documents": None, "binary": False}},
         ],
         "gates": {"default": {"max_drop_rate": 1.0}},
@@ -108,8 +130,14 @@ def build(data: Path, work: Path, docs: int) -> object:
         manifest = run_one(pipeline, stage, RUN)
         print(f"  {stage:<12} {manifest['counts']}  {time.perf_counter() - started:.1f}s", flush=True)
     shutil.copytree(pipeline.run_url(RUN), pipeline.run_url(OTHER))
-    run_one(pipeline, "near_dedup", OTHER, input_url=pipeline.stage_url(RUN, "exact_dedup"),
-            overrides={"threshold": 0.6}, rebuild=True)
+    run_one(
+        pipeline,
+        "near_dedup",
+        OTHER,
+        input_url=pipeline.stage_url(RUN, "exact_dedup"),
+        overrides={"threshold": 0.6},
+        rebuild=True,
+    )
     return pipeline
 
 
@@ -125,8 +153,11 @@ def add_history(pipeline, nights: int) -> None:
         for stage in pipeline.stage_names:
             (target / stage).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / stage / "_manifest.json", target / stage / "_manifest.json")
-        storage.write_json_atomic(str(target / DRIFT_FILE), {"date": day, "status": "ok", "breaches": [], "checked": 40,
-                                                              "window": 7}, str(target))
+        storage.write_json_atomic(
+            str(target / DRIFT_FILE),
+            {"date": day, "status": "ok", "breaches": [], "checked": 40, "window": 7},
+            str(target),
+        )
 
 
 def pages(pipeline) -> dict[str, callable]:
@@ -141,8 +172,11 @@ def pages(pipeline) -> dict[str, callable]:
     views.authorize = lambda user, folder: None
     views.dag_runs_by_folder = lambda: {}
     views._readable_dags = lambda user: list(reports_app.REPORTED_DAGS)
-    reports_app._resolve = lambda dag, run, user: ({"pipeline": pipeline.name, "state": "success"}, pipeline.stage_names,
-                                                    pipeline.run_url(RUN))
+    reports_app._resolve = lambda dag, run, user: (
+        {"pipeline": pipeline.name, "state": "success"},
+        pipeline.stage_names,
+        pipeline.run_url(RUN),
+    )
     run_url = pipeline.run_url(RUN)
     quality = Dataset(f"{run_url}/quality").manifest()
     rule = max(quality["drop_reasons"], key=quality["drop_reasons"].get)
@@ -153,22 +187,31 @@ def pages(pipeline) -> dict[str, callable]:
     return {
         "trends (30 nights)": lambda: views.trends_page(name, user=None),
         "run report": lambda: reports_app.run_page("corpus_build", RUN, user=None),
-        "records via index, page 1": lambda: reports_app.records_page("corpus_build", RUN, stage="tokenize", status="kept",
-                                                                       offset=0, user=None),
-        "records via index, page 40": lambda: reports_app.records_page("corpus_build", RUN, stage="tokenize", status="kept",
-                                                                        offset=1000, user=None),
-        "records by id": lambda: reports_app.records_page("corpus_build", RUN, stage="tokenize", id=kept, status="kept",
-                                                           offset=0, user=None),
-        f"examples: {rule}, page 1": lambda: views.examples_page(name, RUN, stage="quality", kind="dropped", rule=rule,
-                                                                  entity="", offset=0, user=None),
-        f"examples: {rule}, last page": lambda: views.examples_page(name, RUN, stage="quality", kind="dropped", rule=rule,
-                                                                     entity="", offset=max(total - 20, 0), user=None),
-        "examples: PII EMAIL_ADDRESS": lambda: views.examples_page(name, RUN, stage="pii", kind="pii", rule="",
-                                                                   entity="EMAIL_ADDRESS", offset=0, user=None),
-        "before/after: normalize": lambda: views.examples_page(name, RUN, stage="normalize", kind="changed", rule="",
-                                                               entity="", offset=0, user=None),
+        "records via index, page 1": lambda: reports_app.records_page(
+            "corpus_build", RUN, stage="tokenize", status="kept", offset=0, user=None
+        ),
+        "records via index, page 40": lambda: reports_app.records_page(
+            "corpus_build", RUN, stage="tokenize", status="kept", offset=1000, user=None
+        ),
+        "records by id": lambda: reports_app.records_page(
+            "corpus_build", RUN, stage="tokenize", id=kept, status="kept", offset=0, user=None
+        ),
+        f"examples: {rule}, page 1": lambda: views.examples_page(
+            name, RUN, stage="quality", kind="dropped", rule=rule, entity="", offset=0, user=None
+        ),
+        f"examples: {rule}, last page": lambda: views.examples_page(
+            name, RUN, stage="quality", kind="dropped", rule=rule, entity="", offset=max(total - 20, 0), user=None
+        ),
+        "examples: PII EMAIL_ADDRESS": lambda: views.examples_page(
+            name, RUN, stage="pii", kind="pii", rule="", entity="EMAIL_ADDRESS", offset=0, user=None
+        ),
+        "before/after: normalize": lambda: views.examples_page(
+            name, RUN, stage="normalize", kind="changed", rule="", entity="", offset=0, user=None
+        ),
         "duplicate cluster": lambda: views.cluster_page(name, RUN, stage="near_dedup", id=near["id"], user=None),
-        "document (from an example)": lambda: views.document_page(name, RUN, id=near["id"], part=near["part"], user=None),
+        "document (from an example)": lambda: views.document_page(
+            name, RUN, id=near["id"], part=near["part"], user=None
+        ),
         "document (by id only)": lambda: views.document_page(name, RUN, id=kept, part="", user=None),
         "compare two runs": lambda: views.compare_page(name, a=RUN, b=OTHER, user=None),
     }
@@ -194,8 +237,10 @@ def main() -> None:
         add_history(pipeline, args.nights)
     from tamis.dataset import Dataset
 
-    print(f"run: {Dataset(pipeline.stage_url(RUN, 'ingest')).manifest()['counts']['in']:,} documents in, "
-          f"{Dataset(pipeline.stage_url(RUN, 'tokenize')).manifest()['counts']['kept']:,} out")
+    print(
+        f"run: {Dataset(pipeline.stage_url(RUN, 'ingest')).manifest()['counts']['in']:,} documents in, "
+        f"{Dataset(pipeline.stage_url(RUN, 'tokenize')).manifest()['counts']['kept']:,} out"
+    )
     print(f"{'page':<34}{'cold ms':>10}{'warm ms':>10}{'bytes':>10}")
     slowest = 0.0
     for label, page in pages(pipeline).items():

@@ -49,7 +49,10 @@ def load_set(data: Path, name: str) -> list[tuple[str, str]]:
     if name == "web_en":
         paths = sorted(p for p in (data / "web_en").iterdir() if p.name.endswith((".jsonl", ".jsonl.gz")))
     elif name == "multilingual":
-        paths = [data / "multilingual" / "trafilatura_eval_pages_non_en.jsonl.gz", data / "multilingual" / "udhr_unicode_388docs.jsonl.gz"]
+        paths = [
+            data / "multilingual" / "trafilatura_eval_pages_non_en.jsonl.gz",
+            data / "multilingual" / "udhr_unicode_388docs.jsonl.gz",
+        ]
     elif name == "code":
         paths = sorted((data / "code").glob("code_*.jsonl.gz"))
     else:
@@ -76,8 +79,11 @@ def reference(texts: dict[str, str], peer_python: str, cache: Path) -> dict[str,
                 f.write(json.dumps({"id": doc_id, "text": text}) + "\n")
         started = time.perf_counter()
         tmp = out.with_suffix(".part")
-        subprocess.run([peer_python, str(HERE / "datatrove_rules.py"), str(src), str(tmp)], check=True,
-                       env={"OMP_NUM_THREADS": "1", "LOGURU_LEVEL": "ERROR"})
+        subprocess.run(
+            [peer_python, str(HERE / "datatrove_rules.py"), str(src), str(tmp)],
+            check=True,
+            env={"OMP_NUM_THREADS": "1", "LOGURU_LEVEL": "ERROR"},
+        )
         tmp.rename(out)
         src.unlink()
         print(f"  (datatrove judged {len(texts)} documents in {time.perf_counter() - started:.0f} s)")
@@ -101,8 +107,10 @@ def compare(label: str, ours: np.ndarray, theirs: list, ids: list[str]) -> tuple
     n = int(known.sum())
     agreement = same.sum() / max(n, 1)
     examples = lambda rows: ", ".join(ids[i] for i in rows[:5])  # noqa: E731
-    line = (f"{label:30} {int((~ours & known).sum()):7d} {int((~ref & known).sum()):7d} {100 * agreement:7.2f} %"
-            f" {len(we_keep):6d} {len(we_drop):6d}" + (f" {len(known) - n:5d}" if n < len(known) else ""))
+    line = (
+        f"{label:30} {int((~ours & known).sum()):7d} {int((~ref & known).sum()):7d} {100 * agreement:7.2f} %"
+        f" {len(we_keep):6d} {len(we_drop):6d}" + (f" {len(known) - n:5d}" if n < len(known) else "")
+    )
     if len(we_keep):
         line += f"\n{'':32}tamis keeps, datatrove drops: {examples(we_keep)}"
     if len(we_drop):
@@ -110,7 +118,9 @@ def compare(label: str, ours: np.ndarray, theirs: list, ids: list[str]) -> tuple
     return line, agreement
 
 
-def report(name: str, docs: list[tuple[str, str]], peer_python: str, cache: Path, params: QualityParams) -> dict[str, float]:
+def report(
+    name: str, docs: list[tuple[str, str]], peer_python: str, cache: Path, params: QualityParams
+) -> dict[str, float]:
     texts = normalized(docs)
     docs = [(d, t) for d, t in docs if d in texts]
     ref = reference(texts, peer_python, cache)
@@ -144,8 +154,12 @@ def main() -> None:
     parser.add_argument("--peer-python", default=str(HERE / ".peer-venv" / "bin" / "python"))
     parser.add_argument("--sets", default="web_en,multilingual,code")
     parser.add_argument("--cache", type=Path, default=HERE / "out" / "rule_fidelity")
-    parser.add_argument("--profile", choices=["reference", "defaults"], default="reference",
-                        help="tamis's rules as the reference has them (default), or tamis's own defaults")
+    parser.add_argument(
+        "--profile",
+        choices=["reference", "defaults"],
+        default="reference",
+        help="tamis's rules as the reference has them (default), or tamis's own defaults",
+    )
     args = parser.parse_args()
     params = QualityParams.reference() if args.profile == "reference" else QualityParams()
     print(f"tamis profile: {args.profile}")

@@ -59,9 +59,26 @@ def train_fold(rows: list[dict], folder: Path, k: int) -> str:
             cats = [c for c, code in CODES.items() if r.get(code) == 1]
             f.write(json.dumps({"text": r["prompt"], "categories": cats}) + "\n")
     model = str(folder / f"fold{k}.bin")
-    args = Namespace(output=model, labelled=str(path), label_column="categories", high=None, positive=None, negative=None,
-                     text_column="text", max_chars=10_000, valid_fraction=0.0, threshold=0.5, epoch=25, lr=0.5,
-                     word_ngrams=2, dim=32, min_count=1, bucket=200_000, seed=0, loss="ova")
+    args = Namespace(
+        output=model,
+        labelled=str(path),
+        label_column="categories",
+        high=None,
+        positive=None,
+        negative=None,
+        text_column="text",
+        max_chars=10_000,
+        valid_fraction=0.0,
+        threshold=0.5,
+        epoch=25,
+        lr=0.5,
+        word_ngrams=2,
+        dim=32,
+        min_count=1,
+        bucket=200_000,
+        seed=0,
+        loss="ova",
+    )
     run_command(args)
     return model
 
@@ -78,7 +95,9 @@ def main() -> int:
     lists = ContentSafety({"threshold": args.threshold})
     list_scores = lists.scores(texts)
 
-    fold = np.array([int(hashlib.blake2b(r["prompt"].encode(), digest_size=4).hexdigest(), 16) % args.folds for r in rows])
+    fold = np.array(
+        [int(hashlib.blake2b(r["prompt"].encode(), digest_size=4).hexdigest(), 16) % args.folds for r in rows]
+    )
     model_scores = {c: np.zeros(len(rows)) for c in CATEGORIES}
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.folds):
@@ -89,7 +108,9 @@ def main() -> int:
                 model_scores[c][held] = scored[c]
         speed_model = model
 
-        print(f"labelled set: {len(rows)} texts (openai/moderation-api-release samples-1680); threshold {args.threshold}")
+        print(
+            f"labelled set: {len(rows)} texts (openai/moderation-api-release samples-1680); threshold {args.threshold}"
+        )
         print(f"{'category':<11}{'positives':>10}{'known':>7}  {'lists P/R':>13}  {'model P/R':>13}  {'both P/R':>13}")
         for c in CATEGORIES:
             known = np.array([CODES[c] in r for r in rows])
@@ -100,8 +121,15 @@ def main() -> int:
                 cells.append(f"{p:.2f} / {r:.2f}")
             print(f"{c:<11}{pos:>10}{int(known.sum()):>7}  {cells[0]:>13}  {cells[1]:>13}  {cells[2]:>13}")
 
-        clean = [r["text"] for name in ("wikipedia_en_sample.jsonl", "us_presidential_speeches.jsonl",
-                                         "movie_reviews_polarity_2000.jsonl.gz") for r in read(args.data / "web_en" / name)]
+        clean = [
+            r["text"]
+            for name in (
+                "wikipedia_en_sample.jsonl",
+                "us_presidential_speeches.jsonl",
+                "movie_reviews_polarity_2000.jsonl.gz",
+            )
+            for r in read(args.data / "web_en" / name)
+        ]
         clean_scores = lists.scores(pa.array(clean, pa.string()))
         flagged = ", ".join(f"{c} {np.mean(clean_scores[c] >= args.threshold):.2%}" for c in CATEGORIES)
         print(f"clean text flagged by the lists ({len(clean)} Wikipedia, speech and review documents): {flagged}")
@@ -115,7 +143,9 @@ def main() -> int:
             for start in range(0, len(clean), 2048):
                 stage.process_batch(table.slice(start, 2048))
             seconds = time.perf_counter() - started
-            print(f"speed, {label}: {len(clean) / seconds:,.0f} docs/s/core ({mb / seconds:.1f} MB/s), {len(clean)} docs of {mb:.1f} MB")
+            print(
+                f"speed, {label}: {len(clean) / seconds:,.0f} docs/s/core ({mb / seconds:.1f} MB/s), {len(clean)} docs of {mb:.1f} MB"
+            )
     return 0
 
 

@@ -51,8 +51,13 @@ def free_port() -> int:
 
 
 def git(*args: str, cwd: Path) -> None:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.org", "GIT_COMMITTER_NAME": "b",
-           "GIT_COMMITTER_EMAIL": "b@example.org"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "b",
+        "GIT_AUTHOR_EMAIL": "b@example.org",
+        "GIT_COMMITTER_NAME": "b",
+        "GIT_COMMITTER_EMAIL": "b@example.org",
+    }
     subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
@@ -72,12 +77,20 @@ def sources(root: Path, files: list[Path]) -> dict[str, dict]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     checksums = {f"{DAY}/{f.name}": hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
     port = free_port()
-    moto = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                      aws_access_key_id="bench", aws_secret_access_key="bench")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
     for _ in range(100):
         try:
             s3.create_bucket(Bucket="bench")
@@ -86,8 +99,14 @@ def sources(root: Path, files: list[Path]) -> dict[str, dict]:
             time.sleep(0.1)
     for f in files:
         s3.upload_file(str(f), "bench", f"corpus/{DAY}/{f.name}")
-    os.environ["AIRFLOW_CONN_BENCH_S3"] = json.dumps({"conn_type": "aws", "login": "bench", "password": "bench",
-                                                      "extra": {"endpoint_url": f"http://127.0.0.1:{port}"}})
+    os.environ["AIRFLOW_CONN_BENCH_S3"] = json.dumps(
+        {
+            "conn_type": "aws",
+            "login": "bench",
+            "password": "bench",
+            "extra": {"endpoint_url": f"http://127.0.0.1:{port}"},
+        }
+    )
     return {
         "local": {"path": str(local)},
         "git": {"kind": "git", "url": f"file://{root / 'repo.git'}", "revision": "main", "subdir": "corpus"},
@@ -106,8 +125,17 @@ def ingest_seconds(root: Path, name: str, source: dict, cold: bool) -> float:
     import yaml
 
     path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "storage_root": str(root / "store"), "workers": 1,
-                                    "sources": {name: source}, "stages": {"ingest": {}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "storage_root": str(root / "store"),
+                "workers": 1,
+                "sources": {name: source},
+                "stages": {"ingest": {}},
+            }
+        )
+    )
     stage = load_pipeline(str(path)).stage("ingest")
     if cold:
         shutil.rmtree(root / "cache", ignore_errors=True)
@@ -132,10 +160,19 @@ def store(root: Path, files: list[Path], copies: int) -> tuple[ReleaseConfig, li
             obj.parent.mkdir(parents=True, exist_ok=True)
             obj.write_bytes(data + bytes([k]))
             plain.append(obj)
-            entries.append({"path": f"data/index/copy{k}/{f.name}", "bytes": len(data) + 1, "md5": md5,
-                            "sha256": hashlib.sha256(data + bytes([k])).hexdigest()})
-    manifest = {"version": "bench-1", "pipeline": "bench",
-                "contents": {"datasets": ["index"], "files": entries, "bytes": sum(e["bytes"] for e in entries)}}
+            entries.append(
+                {
+                    "path": f"data/index/copy{k}/{f.name}",
+                    "bytes": len(data) + 1,
+                    "md5": md5,
+                    "sha256": hashlib.sha256(data + bytes([k])).hexdigest(),
+                }
+            )
+    manifest = {
+        "version": "bench-1",
+        "pipeline": "bench",
+        "contents": {"datasets": ["index"], "files": entries, "bytes": sum(e["bytes"] for e in entries)},
+    }
     (remote / "releases/bench-1").mkdir(parents=True)
     (remote / "releases/bench-1/release.json").write_text(json.dumps(manifest))
     return ReleaseConfig(workspace=str(root / "ws"), remote=str(remote), hot=str(root / "hot")), plain
@@ -182,8 +219,10 @@ def main() -> None:
             preheat(config, "bench-1")
             ours.append(time.perf_counter() - started)
         print(f"{'copy, unverified':<26}{min(peer):>7.2f} s {total / min(peer):>7.1f} MB/s")
-        print(f"{'preheat, sha256 verified':<26}{min(ours):>7.2f} s {total / min(ours):>7.1f} MB/s"
-              f"  ({min(peer) / min(ours):.2f}x the copy's speed)")
+        print(
+            f"{'preheat, sha256 verified':<26}{min(ours):>7.2f} s {total / min(ours):>7.1f} MB/s"
+            f"  ({min(peer) / min(ours):.2f}x the copy's speed)"
+        )
     finally:
         kinds["_stop"]()
         shutil.rmtree(root, ignore_errors=True)

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_corpus import build_corpus, pipeline_yaml  # noqa: E402
 
 STAGES = ["ingest", "normalize", "quality", "exact_dedup", "near_dedup", "tokenize", "pack"]
-RUN = """
+RUN = (
+    """
 import json, sys, time
 from tamis.cli import Engines, run_one
 from tamis.pipeline import load_pipeline
@@ -42,7 +43,9 @@ for stage in %r:
     run_one(pipeline, stage, "bench", engines=engines)
     times[stage] = time.time() - started
 print(json.dumps(times))
-""" % STAGES
+"""
+    % STAGES
+)
 
 
 class PeakRss(threading.Thread):
@@ -74,8 +77,9 @@ def free_port() -> int:
 def run_config(config: Path, engine: str, workers: int, env: dict, roots) -> tuple[dict, int]:
     sampler = PeakRss(roots)
     sampler.start()
-    done = subprocess.run([sys.executable, "-c", RUN, str(config), engine, str(workers)], env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, str(config), engine, str(workers)], env=env, capture_output=True, text=True
+    )
     sampler.stop.set()
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
@@ -89,15 +93,49 @@ def start_cluster(workers: int, root: Path) -> tuple[str, list[subprocess.Popen]
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
     port, ui = free_port(), free_port()
     spark_class = str(home / "bin" / "spark-class")
-    procs = [subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port",
-                               str(port), "--webui-port", str(ui)], env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [
+                spark_class,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui),
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     master = f"spark://127.0.0.1:{port}"
     for i in range(workers):
-        procs.append(subprocess.Popen([spark_class, "org.apache.spark.deploy.worker.Worker", master, "--host", "127.0.0.1",
-                                       "--cores", "1", "--memory", "3g", "--webui-port", str(free_port()),
-                                       "--work-dir", str(root / f"w{workers}-{i}")], env=env, start_new_session=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    spark_class,
+                    "org.apache.spark.deploy.worker.Worker",
+                    master,
+                    "--host",
+                    "127.0.0.1",
+                    "--cores",
+                    "1",
+                    "--memory",
+                    "3g",
+                    "--webui-port",
+                    str(free_port()),
+                    "--work-dir",
+                    str(root / f"w{workers}-{i}"),
+                ],
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     for _ in range(120):
         try:
             state = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2).read())
@@ -118,6 +156,7 @@ def executor_roots(procs: list[subprocess.Popen]):
             except psutil.Error:
                 pass
         return found
+
     return roots
 
 
@@ -141,6 +180,7 @@ def main() -> int:
         def local_roots(me=me):
             kids = me.children()
             return [w for k in kids for w in k.children(recursive=True) if "python" in w.name()] or kids
+
         times, peak = run_config(config, "local", workers, env, local_roots)
         results[f"local x{workers}"] = (times, peak)
         print(f"local x{workers}: {sum(times.values()):.1f}s", flush=True)
@@ -148,8 +188,15 @@ def main() -> int:
         master, procs = start_cluster(workers, out)
         try:
             config = out / f"spark{workers}.yaml"
-            config.write_text(pipeline_yaml(corpus, out / f"store-spark{workers}", STAGES, workers,
-                                            {"mode": "spark", "spark": {"master": master}}))
+            config.write_text(
+                pipeline_yaml(
+                    corpus,
+                    out / f"store-spark{workers}",
+                    STAGES,
+                    workers,
+                    {"mode": "spark", "spark": {"master": master}},
+                )
+            )
             times, peak = run_config(config, "spark", workers, env, executor_roots(procs))
             results[f"spark x{workers}"] = (times, peak)
             print(f"spark x{workers}: {sum(times.values()):.1f}s", flush=True)
@@ -167,10 +214,14 @@ def main() -> int:
     print(f"| {'all':<12} | " + " | ".join(f"{mb / totals[k]:.2f}" for k in results) + " |")
     print("| peak RSS of one worker | " + " | ".join(f"{p / 2**20:.0f} MiB" for _, p in results.values()) + " |")
     for workers in (1, 2):
-        print(f"Spark overhead at {workers} core(s): local {totals[f'local x{workers}']:.1f}s / spark "
-              f"{totals[f'spark x{workers}']:.1f}s = {totals[f'local x{workers}'] / totals[f'spark x{workers}']:.2f}x")
-    print(f"scaling 2/1: local {totals['local x1'] / totals['local x2']:.2f}x, "
-          f"spark {totals['spark x1'] / totals['spark x2']:.2f}x")
+        print(
+            f"Spark overhead at {workers} core(s): local {totals[f'local x{workers}']:.1f}s / spark "
+            f"{totals[f'spark x{workers}']:.1f}s = {totals[f'local x{workers}'] / totals[f'spark x{workers}']:.2f}x"
+        )
+    print(
+        f"scaling 2/1: local {totals['local x1'] / totals['local x2']:.2f}x, "
+        f"spark {totals['spark x1'] / totals['spark x2']:.2f}x"
+    )
     return 0
 
 

@@ -106,11 +106,15 @@ def run(args: argparse.Namespace, work: Path) -> None:
 
     tables = load_corpus(data, args.max_docs_per_file)
     corpus = pa.concat_tables(tables)
-    print(f"corpus: {corpus.num_rows} documents, {sum(len(t) for t in corpus.column('text').to_pylist()) / 1e6:.1f} M chars")
+    print(
+        f"corpus: {corpus.num_rows} documents, {sum(len(t) for t in corpus.column('text').to_pylist()) / 1e6:.1f} M chars"
+    )
 
     started = time.perf_counter()
     tokenizer_path = train_tokenizer(str(data / WEB_FILES[4]), str(work / "tokenizer.json"), vocab_size=args.vocab_size)
-    print(f"train_tokenizer (byte-level BPE, vocab {args.vocab_size}, wikipedia sample): {time.perf_counter() - started:.1f}s")
+    print(
+        f"train_tokenizer (byte-level BPE, vocab {args.vocab_size}, wikipedia sample): {time.perf_counter() - started:.1f}s"
+    )
 
     # Tokenize: raw encode_batch against the stage, same documents, same process and threads.
     tokenizer = load_tokenizer(str(tokenizer_path))
@@ -138,7 +142,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
         for name, fn in (("encode_batch", raw), ("encode_batch_fast", raw_fast), ("stage", staged)):
             wall, cpu = timed(fn)
             best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-    print(f"tokenizer threads: {os.environ.get('RAYON_NUM_THREADS', os.cpu_count())}, {raw_tokens} tokens, best of {args.repeats}")
+    print(
+        f"tokenizer threads: {os.environ.get('RAYON_NUM_THREADS', os.cpu_count())}, {raw_tokens} tokens, best of {args.repeats}"
+    )
     for name, (wall, cpu) in best.items():
         label = "tokenize stage" if name == "stage" else f"raw {name}"
         print(f"{label:24s} {raw_tokens / wall / 1e6:.3f} M tokens/s wall, {raw_tokens / cpu / 1e6:.3f} M tokens/CPU-s")
@@ -158,7 +164,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
     print(f"tokenized: {manifest['counts']}, {lengths.sum()} tokens, docs > seq_len: {(lengths > L).sum()}")
     for mode in ("best_fit", "concat"):
         started = time.perf_counter()
-        m = run_stage(Pack({"tokenizer": str(tokenizer_path), "seq_len": L, "mode": mode}), str(tokenized_url), str(work / mode))
+        m = run_stage(
+            Pack({"tokenizer": str(tokenizer_path), "seq_len": L, "mode": mode}), str(tokenized_url), str(work / mode)
+        )
         x = m["metrics"]
         total = x["pack.sequences"] * L
         print(
@@ -176,9 +184,15 @@ def run(args: argparse.Namespace, work: Path) -> None:
     m = run_stage(Tokenize({"tokenizer": sample_tokenizer}), ingested, sample_tokenized)
     print(f"sample corpus (include/sample): {m['counts']['kept']} documents, {m['metrics']['tokenize.tokens']} tokens")
     for mode in ("best_fit", "concat"):
-        m = run_stage(Pack({"tokenizer": sample_tokenizer, "seq_len": L, "mode": mode}), sample_tokenized, str(work / f"sample_{mode}"))
+        m = run_stage(
+            Pack({"tokenizer": sample_tokenizer, "seq_len": L, "mode": mode}),
+            sample_tokenized,
+            str(work / f"sample_{mode}"),
+        )
         x = m["metrics"]
-        print(f"pack {mode:9s} seq_len {L}: {x['pack.sequences']} sequences, padding {x['pack.pad_tokens'] / (x['pack.sequences'] * L):.4%} of tokens")
+        print(
+            f"pack {mode:9s} seq_len {L}: {x['pack.sequences']} sequences, padding {x['pack.pad_tokens'] / (x['pack.sequences'] * L):.4%} of tokens"
+        )
     print_pad_to_max(Dataset(sample_tokenized).read(["token_count"]).column("token_count").to_numpy(), L)
 
 

@@ -25,12 +25,16 @@ import pyarrow as pa
 from tamis.stages.url_filter import UrlFilter
 
 REPO = Path(__file__).resolve().parents[1]
-PEER_ASSET = REPO / "benchmarks/.peer-venv/lib/python3.11/site-packages/datatrove/assets/url_filterblacklistsv0_3_0.tar.gz"
+PEER_ASSET = (
+    REPO / "benchmarks/.peer-venv/lib/python3.11/site-packages/datatrove/assets/url_filterblacklistsv0_3_0.tar.gz"
+)
 
 
 def table(urls: list[str]) -> pa.Table:
     urls = [u if "://" in u else "http://" + u for u in urls]
-    return pa.table({"id": [str(i) for i in range(len(urls))], "source": ["b"] * len(urls), "text": ["t"] * len(urls), "url": urls})
+    return pa.table(
+        {"id": [str(i) for i in range(len(urls))], "source": ["b"] * len(urls), "text": ["t"] * len(urls), "url": urls}
+    )
 
 
 def main() -> int:
@@ -48,7 +52,9 @@ def main() -> int:
             (Path(tmp) / "domains").rename(lists / "domains" / "ut1_adult.txt")
             source = f"{args.ut1.name} (UT1 urls)"
         else:
-            adult = table(gzip.decompress((REPO / "tests/data/urls/ut1_adult_urls.txt.gz").read_bytes()).decode().split())
+            adult = table(
+                gzip.decompress((REPO / "tests/data/urls/ut1_adult_urls.txt.gz").read_bytes()).decode().split()
+            )
             lists = None
             source = "tests/data/urls/ut1_adult_urls.txt.gz (excerpt)"
         print(f"positives: {adult.num_rows} adult URLs from {source}; negatives: {pages.num_rows} page/article URLs")
@@ -61,11 +67,15 @@ def main() -> int:
             stage.setup()
             setup = time.perf_counter() - started
             started = time.perf_counter()
-            caught = sum(stage.process_batch(adult.slice(i, 2048)).dropped.num_rows for i in range(0, adult.num_rows, 2048))
+            caught = sum(
+                stage.process_batch(adult.slice(i, 2048)).dropped.num_rows for i in range(0, adult.num_rows, 2048)
+            )
             seconds = time.perf_counter() - started
             false = stage.process_batch(pages).dropped.num_rows
-            print(f"{name:<32}{caught / adult.num_rows:>8.3f}{(pages.num_rows - false) / pages.num_rows:>16.3f}"
-                  f"{adult.num_rows / seconds:>13,.0f}{setup:>9.1f}")
+            print(
+                f"{name:<32}{caught / adult.num_rows:>8.3f}{(pages.num_rows - false) / pages.num_rows:>16.3f}"
+                f"{adult.num_rows / seconds:>13,.0f}{setup:>9.1f}"
+            )
     return 0
 
 

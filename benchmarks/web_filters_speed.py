@@ -47,10 +47,19 @@ def documents(data: Path, copies: int) -> pa.Table:
                 texts += [json.loads(line)["text"] for line in f if line.strip()]
     urls = []
     for name in ("page_urls", "ut1_adult_urls"):
-        urls += [u if "://" in u else "http://" + u for u in gzip.decompress((REPO / "tests/data/urls" / f"{name}.txt.gz").read_bytes()).decode().split()]
+        urls += [
+            u if "://" in u else "http://" + u
+            for u in gzip.decompress((REPO / "tests/data/urls" / f"{name}.txt.gz").read_bytes()).decode().split()
+        ]
     texts = texts * copies
-    return pa.table({"id": [f"d{i}" for i in range(len(texts))], "source": ["web"] * len(texts),
-                     "url": [urls[i % len(urls)] for i in range(len(texts))], "text": texts})
+    return pa.table(
+        {
+            "id": [f"d{i}" for i in range(len(texts))],
+            "source": ["web"] * len(texts),
+            "url": [urls[i % len(urls)] for i in range(len(texts))],
+            "text": texts,
+        }
+    )
 
 
 def per_batch(stage, table: pa.Table) -> float:
@@ -72,8 +81,13 @@ def main() -> int:
     n, mb = table.num_rows, sum(len(t.encode()) for t in table.column("text").to_pylist()) / 1e6
     print(f"{n} documents, {mb:.1f} MB; one core; same run")
     results = {}
-    for name, stage in (("normalize", Normalize()), ("quality (rules)", QualityFilter()), ("url_filter", UrlFilter()),
-                        ("safety (lists)", ContentSafety()), ("decontaminate", Decontaminate({"eval_sets": args.eval_sets}))):
+    for name, stage in (
+        ("normalize", Normalize()),
+        ("quality (rules)", QualityFilter()),
+        ("url_filter", UrlFilter()),
+        ("safety (lists)", ContentSafety()),
+        ("decontaminate", Decontaminate({"eval_sets": args.eval_sets})),
+    ):
         results[name] = per_batch(stage, table)
     with tempfile.TemporaryDirectory() as tmp:
         parts = Path(tmp) / "in"
@@ -83,8 +97,10 @@ def main() -> int:
             pq.write_table(table.slice(start, 20_000), parts / f"p{k}.parquet")
             entries.append({"name": f"p{k}", "bytes": (parts / f"p{k}.parquet").stat().st_size})
         (parts / "_manifest.json").write_text(json.dumps({"parts": entries}))
-        for name, stage in (("domain_cap (plan + apply)", DomainCap({"max_per_domain": 100})),
-                            ("repeated_lines (plan + apply)", RepeatedLines({"max_repeats": 10}))):
+        for name, stage in (
+            ("domain_cap (plan + apply)", DomainCap({"max_per_domain": 100})),
+            ("repeated_lines (plan + apply)", RepeatedLines({"max_repeats": 10})),
+        ):
             started = time.perf_counter()
             run_stage(stage, str(parts), str(Path(tmp) / name.split()[0]), workers=1)
             results[name] = time.perf_counter() - started

@@ -47,8 +47,59 @@ from collections import Counter
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "include" / "tamis" / "data" / "pii_lexicon.json.gz"
-US_STATES = ["Alabama", "Alaska", "Arizona", "Arkansas", "California", "Colorado", "Connecticut", "Delaware", "Florida", "Georgia", "Hawaii", "Idaho", "Illinois", "Indiana", "Iowa", "Kansas", "Kentucky", "Louisiana", "Maine", "Maryland", "Massachusetts", "Michigan", "Minnesota", "Mississippi", "Missouri", "Montana", "Nebraska", "Nevada", "Ohio", "Oklahoma", "Oregon", "Pennsylvania", "Tennessee", "Texas", "Utah", "Vermont", "Virginia", "Washington", "Wisconsin", "Wyoming"] + ["New Hampshire", "New Jersey", "New Mexico", "New York", "North Carolina", "North Dakota",
-             "Rhode Island", "South Carolina", "South Dakota", "West Virginia"]
+US_STATES = [
+    "Alabama",
+    "Alaska",
+    "Arizona",
+    "Arkansas",
+    "California",
+    "Colorado",
+    "Connecticut",
+    "Delaware",
+    "Florida",
+    "Georgia",
+    "Hawaii",
+    "Idaho",
+    "Illinois",
+    "Indiana",
+    "Iowa",
+    "Kansas",
+    "Kentucky",
+    "Louisiana",
+    "Maine",
+    "Maryland",
+    "Massachusetts",
+    "Michigan",
+    "Minnesota",
+    "Mississippi",
+    "Missouri",
+    "Montana",
+    "Nebraska",
+    "Nevada",
+    "Ohio",
+    "Oklahoma",
+    "Oregon",
+    "Pennsylvania",
+    "Tennessee",
+    "Texas",
+    "Utah",
+    "Vermont",
+    "Virginia",
+    "Washington",
+    "Wisconsin",
+    "Wyoming",
+] + [
+    "New Hampshire",
+    "New Jersey",
+    "New Mexico",
+    "New York",
+    "North Carolina",
+    "North Dakota",
+    "Rhode Island",
+    "South Carolina",
+    "South Dakota",
+    "West Virginia",
+]
 
 
 def sha256(path: Path) -> str:
@@ -56,8 +107,23 @@ def sha256(path: Path) -> str:
 
 
 # Everyday names of countries and regions that CLDR's English names do not hold.
-ALTERNATE_PLACE_NAMES = ["America", "Britain", "Great Britain", "England", "Scotland", "Wales", "Northern Ireland",
-                         "Holland", "Korea", "Burma", "Persia", "Siberia", "Scandinavia", "Arabia", "Palestine"]
+ALTERNATE_PLACE_NAMES = [
+    "America",
+    "Britain",
+    "Great Britain",
+    "England",
+    "Scotland",
+    "Wales",
+    "Northern Ireland",
+    "Holland",
+    "Korea",
+    "Burma",
+    "Persia",
+    "Siberia",
+    "Scandinavia",
+    "Arabia",
+    "Palestine",
+]
 
 
 def given_names(wheel: Path, min_births: int) -> list[str]:
@@ -161,16 +227,29 @@ def main() -> None:
     model = name_model({fold(n) for n in given + family}, set(common), args.min_count, args.min_weight)
     lexicon = {
         "sources": {
-            "given_names": {"file": args.babynames.name, "sha256": sha256(args.babynames), "min_births": args.min_births},
+            "given_names": {
+                "file": args.babynames.name,
+                "sha256": sha256(args.babynames),
+                "min_births": args.min_births,
+            },
             "surnames": {"file": args.census_names.name, "sha256": sha256(args.census_names)},
             "common_words": {"file": str(args.words), "sha256": sha256(args.words)},
-            "places": {"from": "babel CLDR territories and regions, languages, days, months (en); pytz time-zone "
-                                "cities; US states; ALTERNATE_PLACE_NAMES"},
-            "cities": {"file": args.geonames.name, "sha256": sha256(args.geonames), "min_population": args.min_population,
-                       "data": "GeoNames cities15000 (CC BY 4.0)"},
+            "places": {
+                "from": "babel CLDR territories and regions, languages, days, months (en); pytz time-zone "
+                "cities; US states; ALTERNATE_PLACE_NAMES"
+            },
+            "cities": {
+                "file": args.geonames.name,
+                "sha256": sha256(args.geonames),
+                "min_population": args.min_population,
+                "data": "GeoNames cities15000 (CC BY 4.0)",
+            },
             "common_given_names": {"from": "given_names", "min_births": args.common_births},
-            "name_model": {"from": "given_names + surnames against common_words", "min_count": args.min_count,
-                           "min_weight": args.min_weight},
+            "name_model": {
+                "from": "given_names + surnames against common_words",
+                "min_count": args.min_count,
+                "min_weight": args.min_weight,
+            },
         },
         "given_names": given,
         "surnames": family,

@@ -27,9 +27,14 @@ from tamis.stages.quality import QualityFilter
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "tests" / "data" / "rule_fidelity"
-INPUTS = ["web_en/wikipedia_en_sample.jsonl.gz", "web_en/us_presidential_speeches.jsonl.gz",
-          "web_en/movie_reviews_polarity_2000.jsonl.gz", "web_en/cc_c4_pile_fixtures_by_source.jsonl.gz",
-          "code/code_03.jsonl.gz", "rule_fidelity/udhr_sample.jsonl.gz"]
+INPUTS = [
+    "web_en/wikipedia_en_sample.jsonl.gz",
+    "web_en/us_presidential_speeches.jsonl.gz",
+    "web_en/movie_reviews_polarity_2000.jsonl.gz",
+    "web_en/cc_c4_pile_fixtures_by_source.jsonl.gz",
+    "code/code_03.jsonl.gz",
+    "rule_fidelity/udhr_sample.jsonl.gz",
+]
 
 
 def read(path: Path) -> list[dict]:
@@ -53,7 +58,10 @@ def main() -> None:
 
     udhr = read(args.data / "multilingual" / "udhr_unicode_388docs.jsonl.gz")
     spaced = [r for r in udhr if not QualityFilter.unspaced(r["text"])]
-    write(OUT / "udhr_sample.jsonl.gz", [{"id": r["id"], "iso639_3": r["iso639_3"], "text": r["text"]} for r in spaced[::9][:40]])
+    write(
+        OUT / "udhr_sample.jsonl.gz",
+        [{"id": r["id"], "iso639_3": r["iso639_3"], "text": r["text"]} for r in spaced[::9][:40]],
+    )
 
     docs = [(f"{name}:{r['id']}", r["text"]) for name in INPUTS for r in read(REPO / "tests" / "data" / name)]
     table = pa.table({"id": [d for d, _ in docs], "source": ["web"] * len(docs), "text": [t for _, t in docs]})
@@ -63,8 +71,11 @@ def main() -> None:
         with open(src, "w", encoding="utf-8") as f:
             for doc_id, text in zip(kept.column("id").to_pylist(), kept.column("text").to_pylist()):
                 f.write(json.dumps({"id": doc_id, "text": text}) + "\n")
-        subprocess.run([args.peer_python, str(REPO / "benchmarks" / "datatrove_rules.py"), str(src), str(dst)],
-                       check=True, env={"OMP_NUM_THREADS": "1", "LOGURU_LEVEL": "ERROR"})
+        subprocess.run(
+            [args.peer_python, str(REPO / "benchmarks" / "datatrove_rules.py"), str(src), str(dst)],
+            check=True,
+            env={"OMP_NUM_THREADS": "1", "LOGURU_LEVEL": "ERROR"},
+        )
         decisions = [json.loads(line) for line in dst.read_text(encoding="utf-8").splitlines()]
     write(OUT / "reference.jsonl.gz", decisions)
     dropped = {g: sum(d["groups"][g] is False for d in decisions) for g in decisions[0]["groups"]}

@@ -21,9 +21,48 @@ import pyarrow.parquet as pq
 
 DATA = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data")
 OUT = Path(__file__).resolve().parents[1] / "include" / "sample"
-UDHR_LANGS = ["eng", "cmn_hans", "cmn_hant", "jpn", "deu", "fra", "spa", "por_PT", "ita", "rus", "arb", "hin",
-              "kor", "nld", "pol", "tur", "vie", "swe", "ukr", "pes_1", "heb", "tha", "ind", "ell_monotonic", "ces",
-              "fin", "dan", "hun", "ron", "bul", "ben", "swh", "zul", "amh", "tam", "kat", "hye", "khm", "yor", "mya"]
+UDHR_LANGS = [
+    "eng",
+    "cmn_hans",
+    "cmn_hant",
+    "jpn",
+    "deu",
+    "fra",
+    "spa",
+    "por_PT",
+    "ita",
+    "rus",
+    "arb",
+    "hin",
+    "kor",
+    "nld",
+    "pol",
+    "tur",
+    "vie",
+    "swe",
+    "ukr",
+    "pes_1",
+    "heb",
+    "tha",
+    "ind",
+    "ell_monotonic",
+    "ces",
+    "fin",
+    "dan",
+    "hun",
+    "ron",
+    "bul",
+    "ben",
+    "swh",
+    "zul",
+    "amh",
+    "tam",
+    "kat",
+    "hye",
+    "khm",
+    "yor",
+    "mya",
+]
 
 
 def read(path: Path):
@@ -40,10 +79,15 @@ def write_jsonl(path: Path, rows: list[dict], compress: bool = False) -> None:
 
 def main() -> None:
     web = DATA / "web_en"
-    wiki = [{"id": r["id"], "url": f"https://en.wikipedia.org/wiki/{r['title'].replace(' ', '_')}", "text": r["text"]}
-            for r in read(web / "wikipedia_en_sample.jsonl")[:40]]
+    wiki = [
+        {"id": r["id"], "url": f"https://en.wikipedia.org/wiki/{r['title'].replace(' ', '_')}", "text": r["text"]}
+        for r in read(web / "wikipedia_en_sample.jsonl")[:40]
+    ]
     speeches = [{"id": r["id"], "text": r["text"]} for r in read(web / "us_presidential_speeches.jsonl")[::6]]
-    fixtures = [{"id": r["id"], "text": r["text"], "origin": r["source"]} for r in read(web / "cc_c4_pile_fixtures_by_source.jsonl")]
+    fixtures = [
+        {"id": r["id"], "text": r["text"], "origin": r["source"]}
+        for r in read(web / "cc_c4_pile_fixtures_by_source.jsonl")
+    ]
     reviews = [{"id": r["id"], "text": r["text"]} for r in read(web / "movie_reviews_polarity_2000.jsonl.gz")[::8]]
     write_jsonl(OUT / "web/date=2026-11-20/wikipedia.jsonl", wiki)
     write_jsonl(OUT / "web/date=2026-11-20/speeches.jsonl", speeches)
@@ -58,13 +102,17 @@ def main() -> None:
     code = []
     for name in ["code_00", "code_01", "code_03"]:
         code += read(DATA / "code" / f"{name}.jsonl.gz")
-    picked = [r for r in code if r["language"] == "Python"][::12] + [r for r in code if r["language"] in ("Rust", "Go")][::3]
-    table = pa.table({
-        "id": [f"{r['repo']}:{r['path']}" for r in picked],
-        "text": [r["text"] for r in picked],
-        "language": [r["language"] for r in picked],
-        "license": [r["license"] for r in picked],
-    })
+    picked = [r for r in code if r["language"] == "Python"][::12] + [
+        r for r in code if r["language"] in ("Rust", "Go")
+    ][::3]
+    table = pa.table(
+        {
+            "id": [f"{r['repo']}:{r['path']}" for r in picked],
+            "text": [r["text"] for r in picked],
+            "language": [r["language"] for r in picked],
+            "license": [r["license"] for r in picked],
+        }
+    )
     (OUT / "code/date=2026-11-20").mkdir(parents=True, exist_ok=True)
     pq.write_table(table, OUT / "code/date=2026-11-20/files.parquet", compression="zstd")
 

@@ -29,8 +29,11 @@ SUBSETS = [
 # (file, field, values): the records whose field has one of the values, in file order.
 SELECTED = [
     # UDHR in scripts lid.176 and lingua do not read, and in languages lid.176 lacks.
-    ("multilingual/udhr_unicode_388docs.jsonl.gz", "lang_code",
-     {"chr", "iii", "tzm_tfng", "ike", "xho", "sna", "sot", "tsn", "mri", "lug"}),
+    (
+        "multilingual/udhr_unicode_388docs.jsonl.gz",
+        "lang_code",
+        {"chr", "iii", "tzm_tfng", "ike", "xho", "sna", "sot", "tsn", "mri", "lug"},
+    ),
 ]
 
 

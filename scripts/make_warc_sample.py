@@ -27,7 +27,7 @@ PAGES = {
     "creativecommons.org.about.html.gz": "https://creativecommons.org/about/",
     "en.wikipedia.org.tsne.html.gz": "https://en.wikipedia.org/wiki/T-distributed_stochastic_neighbor_embedding",
     "wikimediafoundation.org.turkey.html.gz": "https://wikimediafoundation.org/news/2020/01/15/"
-                                              "access-to-wikipedia-restored-in-turkey-after-more-than-two-and-a-half-years/",
+    "access-to-wikipedia-restored-in-turkey-after-more-than-two-and-a-half-years/",
     "rueda.wikidot.com.enchufla.html.gz": "http://rueda.wikidot.com/enchufla",
 }
 
@@ -73,19 +73,38 @@ def main() -> int:
     for name, uri in PAGES.items():
         page = gzip.decompress((HTML / name).read_bytes())
         add("request", uri, http_request(uri), "application/http; msgtype=request")
-        add("response", uri, http_response("200 OK", {"Content-Type": "text/html; charset=utf-8"}, page),
-            "application/http; msgtype=response")
+        add(
+            "response",
+            uri,
+            http_response("200 OK", {"Content-Type": "text/html; charset=utf-8"}, page),
+            "application/http; msgtype=response",
+        )
         add("metadata", uri, b"fetchTimeMs: 100\r\n", "application/warc-fields")
     # Responses that are not documents, each quarantined with its reason.
-    add("response", "http://creativecommons.org/about", http_response(
-        "301 Moved Permanently", {"Location": PAGES["creativecommons.org.about.html.gz"], "Content-Type": "text/html"}, b""),
-        "application/http; msgtype=response")
+    add(
+        "response",
+        "http://creativecommons.org/about",
+        http_response(
+            "301 Moved Permanently",
+            {"Location": PAGES["creativecommons.org.about.html.gz"], "Content-Type": "text/html"},
+            b"",
+        ),
+        "application/http; msgtype=response",
+    )
     udhr = (ROOT / "include" / "sample" / "udhr" / "date=2026-11-20" / "eng.txt").read_bytes()
-    add("response", "https://www.ohchr.org/udhr/eng.txt",
-        http_response("200 OK", {"Content-Type": "text/plain; charset=utf-8"}, udhr), "application/http; msgtype=response")
+    add(
+        "response",
+        "https://www.ohchr.org/udhr/eng.txt",
+        http_response("200 OK", {"Content-Type": "text/plain; charset=utf-8"}, udhr),
+        "application/http; msgtype=response",
+    )
     packed = gzip.compress(gzip.decompress((HTML / "en.wikipedia.org.tsne.html.gz").read_bytes()), mtime=0)
-    add("response", "https://en.wikipedia.org/wiki/T-SNE",
-        http_response("200 OK", {"Content-Type": "text/html; charset=utf-8"}, packed), "application/http; msgtype=response")
+    add(
+        "response",
+        "https://en.wikipedia.org/wiki/T-SNE",
+        http_response("200 OK", {"Content-Type": "text/html; charset=utf-8"}, packed),
+        "application/http; msgtype=response",
+    )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_bytes(b"".join(members))
     print(f"{OUT.relative_to(ROOT)}: {n} records, {OUT.stat().st_size} bytes")

@@ -24,8 +24,9 @@ from tamis.dataset import Dataset  # noqa: E402
 from tamis.pipeline import safe_run_id  # noqa: E402
 
 
-def shoot(browser: Chromium, url: str, path: Path, ready: str = "document.readyState === 'complete'",
-          tall: bool = True) -> None:
+def shoot(
+    browser: Chromium, url: str, path: Path, ready: str = "document.readyState === 'complete'", tall: bool = True
+) -> None:
     browser.resize(1200, 800)
     browser.open(url, ready)
     if tall:
@@ -45,11 +46,21 @@ def main() -> int:
         try:
             browser.sign_in(base, "/tamis/", "analyst")
             frame = "document.querySelector('iframe') && document.querySelector('iframe').contentDocument"
-            shoot(browser, f"{base}/plugin/tamis_reports", out / "report_runs.png", f"{frame} && {frame}.querySelector('#runs')",
-                  tall=False)
+            shoot(
+                browser,
+                f"{base}/plugin/tamis_reports",
+                out / "report_runs.png",
+                f"{frame} && {frame}.querySelector('#runs')",
+                tall=False,
+            )
             shoot(browser, base + run_href(RUN_ID), out / "report_run.png")
-            shoot(browser, f"{base}/dags/corpus_build/runs/{RUN_ID}/plugin/tamis_run_report", out / "report_in_dag_run.png",
-                  f"{frame} && {frame}.querySelector('#funnel')", tall=False)
+            shoot(
+                browser,
+                f"{base}/dags/corpus_build/runs/{RUN_ID}/plugin/tamis_run_report",
+                out / "report_in_dag_run.png",
+                f"{frame} && {frame}.querySelector('#funnel')",
+                tall=False,
+            )
             shoot(browser, f"{base}{run_href(RUN_ID)}/records?source=web", out / "report_records.png")
             shoot(browser, f"{base}/tamis/pipelines/default/trends", out / "report_trends.png")
             last = night_run(NIGHTS[-1])
@@ -60,12 +71,20 @@ def main() -> int:
             shoot(browser, base + document, out / "report_document.png")
             query = urllib.parse.urlencode({"a": night_run(NIGHTS[1]), "b": last})
             shoot(browser, f"{base}/tamis/pipelines/default/compare?{query}", out / "report_compare.png")
-            masking = next(s for s in pipeline.stage_names
-                           if any(k.startswith("pii.") for k in Dataset(pipeline.stage_url(RUN_ID, s)).manifest()["metrics"]))
-            shoot(browser, f"{base}/tamis/pipelines/default/runs/{safe_run_id(RUN_ID)}/examples?stage={masking}&kind=changed",
-                  out / "report_before_after.png")
+            masking = next(
+                s
+                for s in pipeline.stage_names
+                if any(k.startswith("pii.") for k in Dataset(pipeline.stage_url(RUN_ID, s)).manifest()["metrics"])
+            )
+            shoot(
+                browser,
+                f"{base}/tamis/pipelines/default/runs/{safe_run_id(RUN_ID)}/examples?stage={masking}&kind=changed",
+                out / "report_before_after.png",
+            )
             browser.open(base + run_href(RUN_ID))
-            cluster = browser.js("(document.querySelector('a.cluster-link') || {getAttribute: () => null}).getAttribute('href')")
+            cluster = browser.js(
+                "(document.querySelector('a.cluster-link') || {getAttribute: () => null}).getAttribute('href')"
+            )
             if cluster:
                 shoot(browser, base + cluster, out / "report_cluster.png")
         finally:

@@ -18,7 +18,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 def make_pipeline(tmp_path):
     """Write a pipeline YAML into tmp_path and load it; sources are {name: {path, ...}}."""
 
-    def make(sources: dict, stages: dict | None = None, gates: dict | None = None, workers: int = 1, name: str = "test"):
+    def make(
+        sources: dict, stages: dict | None = None, gates: dict | None = None, workers: int = 1, name: str = "test"
+    ):
         config = {
             "name": name,
             "storage_root": str(tmp_path / "store"),
@@ -116,21 +118,46 @@ def moto_s3(tmp_path_factory):
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+    )
     for _ in range(100):
         try:
             iam.create_user(UserName="tamis")
             break
         except Exception:
             time.sleep(0.1)
-    iam.put_user_policy(UserName="tamis", PolicyName="all", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName="tamis",
+        PolicyName="all",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        ),
+    )
     key = iam.create_access_key(UserName="tamis")["AccessKey"]
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                      aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+    )
     s3.create_bucket(Bucket="lake")
-    yield {"endpoint": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "bucket": "lake", "client": s3}
+    yield {
+        "endpoint": endpoint,
+        "key": key["AccessKeyId"],
+        "secret": key["SecretAccessKey"],
+        "bucket": "lake",
+        "client": s3,
+    }
     server.terminate()
     server.wait(timeout=10)
 
@@ -149,22 +176,57 @@ def spark_cluster(tmp_path_factory):
 
     home = Path(pyspark.__file__).resolve().parent
     root = tmp_path_factory.mktemp("spark_cluster")
-    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(root / "logs"),
-           "SPARK_NO_DAEMONIZE": "1", "PYSPARK_PYTHON": sys.executable}
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(home),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_LOG_DIR": str(root / "logs"),
+        "SPARK_NO_DAEMONIZE": "1",
+        "PYSPARK_PYTHON": sys.executable,
+    }
     port, ui = free_port(), free_port()
     spark_class = str(home / "bin" / "spark-class")
 
     def start(*args: str, log: str) -> subprocess.Popen:
-        return subprocess.Popen([spark_class, *args], env=env, start_new_session=True,
-                                stdout=(root / log).open("w"), stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [spark_class, *args],
+            env=env,
+            start_new_session=True,
+            stdout=(root / log).open("w"),
+            stderr=subprocess.STDOUT,
+        )
 
-    processes = [start("org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                       "--webui-port", str(ui), log="master.log")]
+    processes = [
+        start(
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(ui),
+            log="master.log",
+        )
+    ]
     master = f"spark://127.0.0.1:{port}"
     for i in range(2):
-        processes.append(start("org.apache.spark.deploy.worker.Worker", master, "--host", "127.0.0.1", "--cores", "1",
-                               "--memory", "2g", "--webui-port", str(free_port()), "--work-dir", str(root / f"work{i}"),
-                               log=f"worker{i}.log"))
+        processes.append(
+            start(
+                "org.apache.spark.deploy.worker.Worker",
+                master,
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                "1",
+                "--memory",
+                "2g",
+                "--webui-port",
+                str(free_port()),
+                "--work-dir",
+                str(root / f"work{i}"),
+                log=f"worker{i}.log",
+            )
+        )
     deadline = time.time() + 120
     alive = 0
     while time.time() < deadline:
@@ -202,8 +264,10 @@ class S3Tree:
         return self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}")["Body"].read()
 
     def keys(self, folder: str) -> list[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/{folder}/")
-        return sorted(o["Key"][len(self.prefix) + 1:] for page in pages for o in page.get("Contents", []))
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}/{folder}/"
+        )
+        return sorted(o["Key"][len(self.prefix) + 1 :] for page in pages for o in page.get("Contents", []))
 
 
 def same_dataset(remote: S3Tree, local: Path, stage: str) -> dict:
@@ -215,10 +279,17 @@ def same_dataset(remote: S3Tree, local: Path, stage: str) -> dict:
         assert r[key] == m[key], (stage, key)
     assert [(p["name"], p["sha256"]) for p in r["parts"]] == [(p["name"], p["sha256"]) for p in m["parts"]], stage
     for folder in ("_dropped", "_quarantine"):
-        local_files = sorted(p.name for p in (local / stage / folder).glob("*.parquet")) if (local / stage / folder).exists() else []
+        local_files = (
+            sorted(p.name for p in (local / stage / folder).glob("*.parquet"))
+            if (local / stage / folder).exists()
+            else []
+        )
         assert [k.rsplit("/", 1)[1] for k in remote.keys(f"{stage}/{folder}")] == local_files, (stage, folder)
         for name in local_files:
-            assert remote.read(f"{stage}/{folder}/{name}") == (local / stage / folder / name).read_bytes(), (stage, name)
+            assert remote.read(f"{stage}/{folder}/{name}") == (local / stage / folder / name).read_bytes(), (
+                stage,
+                name,
+            )
     for commit in sorted((local / stage / "_commits").glob("*.json")):
         theirs = json.loads(remote.read(f"{stage}/_commits/{commit.name}"))
         ours = json.loads(commit.read_text())
@@ -239,8 +310,12 @@ def local_build(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("local_build")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAMIS_", "AWS_", "AIRFLOW_CONN_"))}
-    subprocess.run([sys.executable, "-m", "tamis.cli", "build", "--run-id", "local"], env={**env, "TAMIS_DATA_ROOT": str(root)},
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "tamis.cli", "build", "--run-id", "local"],
+        env={**env, "TAMIS_DATA_ROOT": str(root)},
+        check=True,
+        capture_output=True,
+    )
     return root / "runs" / "local"
 
 
@@ -257,7 +332,12 @@ def local_nightly(tmp_path_factory):
     root = tmp_path_factory.mktemp("local_nightly")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAMIS_", "AWS_", "AIRFLOW_CONN_"))}
     for day in NIGHTLY_DAYS:
-        done = subprocess.run([sys.executable, "-m", "tamis.cli", "nightly", "run", "--date", day, "--run-id", f"n-{day}"],
-                              env={**env, "TAMIS_DATA_ROOT": str(root)}, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [sys.executable, "-m", "tamis.cli", "nightly", "run", "--date", day, "--run-id", f"n-{day}"],
+            env={**env, "TAMIS_DATA_ROOT": str(root)},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     return root / "corpus" / "default"

@@ -66,9 +66,16 @@ class FileServer:
 
 
 def git(*args: str, cwd: Path) -> str:
-    env = {"GIT_AUTHOR_NAME": "tamis", "GIT_AUTHOR_EMAIL": "tamis@example.org", "GIT_COMMITTER_NAME": "tamis",
-           "GIT_COMMITTER_EMAIL": "tamis@example.org", "GIT_AUTHOR_DATE": "2026-11-20T08:00:00Z",
-           "GIT_COMMITTER_DATE": "2026-11-20T08:00:00Z", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    env = {
+        "GIT_AUTHOR_NAME": "tamis",
+        "GIT_AUTHOR_EMAIL": "tamis@example.org",
+        "GIT_COMMITTER_NAME": "tamis",
+        "GIT_COMMITTER_EMAIL": "tamis@example.org",
+        "GIT_AUTHOR_DATE": "2026-11-20T08:00:00Z",
+        "GIT_COMMITTER_DATE": "2026-11-20T08:00:00Z",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(cwd),
+    }
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -82,8 +89,11 @@ def write_jsonl_lines(path: Path, rows: list[dict], compress: bool = False) -> b
 
 
 def wiki_rows(n: int, start: int = 0) -> list[dict]:
-    return [{"id": f"wiki-{i}", "text": r["text"][:3000]}
-            for i, r in enumerate(read_jsonl(TEST_DATA / "web_en/wikipedia_en_sample.jsonl.gz", start + n)) if i >= start]
+    return [
+        {"id": f"wiki-{i}", "text": r["text"][:3000]}
+        for i, r in enumerate(read_jsonl(TEST_DATA / "web_en/wikipedia_en_sample.jsonl.gz", start + n))
+        if i >= start
+    ]
 
 
 def make_repository(root: Path) -> dict:
@@ -117,8 +127,9 @@ def review_files(root: Path) -> dict[str, str]:
     checksums = {}
     for k, chunk in enumerate((rows[:6], rows[6:])):
         relpath = f"date=2026-11-20/reviews_{k}.jsonl.gz"
-        data = write_jsonl_lines(root / relpath, [{"id": f"review-{k}-{i}", "text": r["text"]} for i, r in enumerate(chunk)],
-                                 compress=True)
+        data = write_jsonl_lines(
+            root / relpath, [{"id": f"review-{k}-{i}", "text": r["text"]} for i, r in enumerate(chunk)], compress=True
+        )
         checksums[relpath] = hashlib.sha256(data).hexdigest()
     return checksums
 
@@ -143,7 +154,9 @@ def wait_for(url: str, server: subprocess.Popen, log: Path, timeout: float = 120
 
 
 def token(base: str, username: str, password: str) -> str:
-    return request(f"{base}/auth/token", None, method="POST", body={"username": username, "password": password})[1]["access_token"]
+    return request(f"{base}/auth/token", None, method="POST", body={"username": username, "password": password})[1][
+        "access_token"
+    ]
 
 
 def request(url: str, bearer: str | None, method: str = "GET", body: dict | None = None, cookie: bool = False):
@@ -159,7 +172,9 @@ def request(url: str, bearer: str | None, method: str = "GET", body: dict | None
     headers = {"Content-Type": "application/json"}
     if bearer:
         headers["Cookie" if cookie else "Authorization"] = f"_token={bearer}" if cookie else f"Bearer {bearer}"
-    req = urllib.request.Request(url, method=method, headers=headers, data=json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(
+        url, method=method, headers=headers, data=json.dumps(body).encode() if body is not None else None
+    )
     try:
         with urllib.request.build_opener(NoRedirect).open(req, timeout=60) as response:
             status, raw, location = response.status, response.read().decode(), response.headers.get("location")

@@ -20,13 +20,22 @@ from tamis.pipeline import load_pipeline
 from tamis_airflow import kubernetes as tk
 
 COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
-AIRFLOW_SERVICES = {"airflow-apiserver": "api-server", "airflow-scheduler": "scheduler",
-                    "airflow-dag-processor": "dag-processor", "airflow-triggerer": "triggerer"}
+AIRFLOW_SERVICES = {
+    "airflow-apiserver": "api-server",
+    "airflow-scheduler": "scheduler",
+    "airflow-dag-processor": "dag-processor",
+    "airflow-triggerer": "triggerer",
+}
 
 
 def compose_config(path: Path = REPO / "docker-compose.yaml", env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(COMPOSE_BINARY), "-f", str(path), "config", "--format", "json"],
-                          capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=REPO)
+    return subprocess.run(
+        [str(COMPOSE_BINARY), "-f", str(path), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -83,8 +92,11 @@ def test_compose_init_migrates_the_database_sets_the_password_and_creates_the_bu
     setup = script.split("<<'PY'\n", 1)[1].split("\nPY", 1)[0]
     # Run the init's own setup step against a real S3-compatible server on this machine.
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         endpoint = f"http://127.0.0.1:{port}"
         for _ in range(100):
@@ -93,17 +105,27 @@ def test_compose_init_migrates_the_database_sets_the_password_and_creates_the_bu
                 break
             except OSError:
                 time.sleep(0.1)
-        env = {**init["environment"], "AWS_ENDPOINT_URL": endpoint,
-               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "passwords.json")}
+        env = {
+            **init["environment"],
+            "AWS_ENDPOINT_URL": endpoint,
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "passwords.json"),
+        }
         for _ in range(2):  # a second run (a restarted stack) must also succeed
-            result = subprocess.run([sys.executable, "-"], input=setup, capture_output=True, text=True,
-                                    env={**os.environ, **env})
+            result = subprocess.run(
+                [sys.executable, "-"], input=setup, capture_output=True, text=True, env={**os.environ, **env}
+            )
             assert result.returncode == 0, result.stderr
         users = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]
         assert json.loads((tmp_path / "passwords.json").read_text()) == {
-            users.split(":")[0]: env["AIRFLOW_ADMIN_PASSWORD"]}
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])
+            users.split(":")[0]: env["AIRFLOW_ADMIN_PASSWORD"]
+        }
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_DEFAULT_REGION"],
+        )
         bucket = init["environment"]["TAMIS_DATA_ROOT"].removeprefix("s3://").split("/")[0]
         assert bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]
     finally:
@@ -113,8 +135,13 @@ def test_compose_init_migrates_the_database_sets_the_password_and_creates_the_bu
 
 def test_every_airflow_service_shares_database_secret_and_executor(resolved):
     envs = [resolved["services"][name]["environment"] for name in [*AIRFLOW_SERVICES, "airflow-init"]]
-    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__EXECUTOR",
-                "AIRFLOW_CONN_AWS_DEFAULT", "TAMIS_DATA_ROOT"):
+    for key in (
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__CORE__EXECUTOR",
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        "TAMIS_DATA_ROOT",
+    ):
         assert len({env[key] for env in envs}) == 1, key
     assert envs[0]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
     assert "@postgres:5432/" in envs[0]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
@@ -174,8 +201,11 @@ def dockerfile_instructions(path: Path = REPO / "Dockerfile") -> list[tuple[str,
 
 
 def dockerignore_patterns() -> list[str]:
-    return [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    return [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def ignored(path: str) -> bool:

@@ -29,7 +29,9 @@ def corpus_run(tmp_path_factory):
     env = {**os.environ, **airflow_env(home, data)}
     for command in (["db", "migrate"], ["dags", "reserialize"]):
         subprocess.run([AIRFLOW, *command], env=env, check=True, capture_output=True)
-    result = subprocess.run([AIRFLOW, "dags", "test", "corpus_build"], env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [AIRFLOW, "dags", "test", "corpus_build"], env=env, capture_output=True, text=True, timeout=900
+    )
     log = result.stdout + result.stderr
     finished = re.findall(r"DagRun Finished: dag_id=corpus_build.*?run_id=([^,]+),.*?state=(\w+)", log)
     assert result.returncode == 0 and finished, log[-5000:]
@@ -47,7 +49,9 @@ def test_the_run_succeeds_and_writes_under_the_run_folder(corpus_run):
     run_dir = corpus_run["data"] / "runs" / safe_run_id(corpus_run["run_id"])
     # Besides its stages, a run folder holds only run-level records named with a leading '_'
     # (_mlflow.json: where the run is tracked).
-    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("_")) == sorted(corpus_run["pipeline"].stage_names)
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("_")) == sorted(
+        corpus_run["pipeline"].stage_names
+    )
     assert (run_dir / "_mlflow.json").exists()
 
 
@@ -124,8 +128,10 @@ def test_every_gate_passed_after_checking_what_the_pipeline_asks_of_its_stage(co
 
 # A line the summary task printed, as the Airflow task log carries it.
 TASK_OUTPUT = re.compile(r"\[info\s*\] (?P<line>.*?) \[airflow\.task\.hooks\.\S*SubprocessHook\]")
-SUMMARY_ROW = re.compile(r"(?P<stage>\S+)\s+(?P<in>\d+)\s+(?P<kept>\d+)\s+(?P<dropped>\d+)\s+(?P<quarantined>\d+)"
-                         r"\s+(?P<seconds>\d+\.\d)\s*(?P<reasons>.*)")
+SUMMARY_ROW = re.compile(
+    r"(?P<stage>\S+)\s+(?P<in>\d+)\s+(?P<kept>\d+)\s+(?P<dropped>\d+)\s+(?P<quarantined>\d+)"
+    r"\s+(?P<seconds>\d+\.\d)\s*(?P<reasons>.*)"
+)
 
 
 def printed_summary(log: str, pipeline_name: str) -> list[str]:
@@ -133,7 +139,7 @@ def printed_summary(log: str, pipeline_name: str) -> list[str]:
     lines = [m["line"].rstrip() for m in TASK_OUTPUT.finditer(log)]
     start = max(i for i, line in enumerate(lines) if line.startswith(f"pipeline {pipeline_name}: "))
     end = next(i for i in range(start, len(lines)) if lines[i].startswith("elapsed (sum of stages): "))
-    return lines[start:end + 1]
+    return lines[start : end + 1]
 
 
 def test_the_summary_task_printed_every_stage_as_its_manifest_says(corpus_run):
@@ -153,6 +159,8 @@ def test_the_summary_task_printed_every_stage_as_its_manifest_says(corpus_run):
         reasons = {**manifest["drop_reasons"], **manifest["quarantine_reasons"]}
         shown = dict(item.split("=") for item in row["reasons"].split(", ")) if row["reasons"] else {}
         assert {k: int(v) for k, v in shown.items()} == {k: reasons[k] for k in shown}, row["stage"]
-        assert sorted(map(int, shown.values()), reverse=True) == sorted(reasons.values(), reverse=True)[:3], row["stage"]
+        assert sorted(map(int, shown.values()), reverse=True) == sorted(reasons.values(), reverse=True)[:3], row[
+            "stage"
+        ]
     assert lines[-2] == f"output: {pipeline.stage_url(run_id, pipeline.stage_names[-1])}"
     assert lines[-1] == f"elapsed (sum of stages): {elapsed:.1f}s"

@@ -43,8 +43,13 @@ def test_release_steps_run_in_order_with_retries_timeouts_and_a_release_asset(da
     for task in dag.tasks:
         assert task.retries == pipeline.orchestration.retries
         assert task.execution_timeout.total_seconds() >= pipeline.orchestration.task_timeout_s
-        step = {"prepare_workspace": "prepare", "dvc_repro": "repro", "dvc_push": "push",
-                "release_manifest": "manifest", "preheat": "preheat"}[task.task_id]
+        step = {
+            "prepare_workspace": "prepare",
+            "dvc_repro": "repro",
+            "dvc_push": "push",
+            "release_manifest": "manifest",
+            "preheat": "preheat",
+        }[task.task_id]
         assert f"tamis release {step} --pipeline default" in task.bash_command
     assert [a.uri for a in dag.get_task("release_manifest").outlets] == ["tamis://release/default"]
     # Training DAGs schedule on this one: it changes only once a verified hot copy is ready.
@@ -66,14 +71,21 @@ def test_the_manifest_task_records_the_corpus_run_that_triggered_it(dagbag):
 
     def event(run_id: str) -> AssetEventDagRunReferenceResult:
         return AssetEventDagRunReferenceResult(
-            asset={"name": asset.name, "uri": asset.uri, "extra": {}}, extra={}, source_task_id="summary",
-            source_dag_id="corpus_build", source_run_id=run_id, source_map_index=-1, source_aliases=[],
-            timestamp=datetime(2026, 11, 20, tzinfo=UTC))
+            asset={"name": asset.name, "uri": asset.uri, "extra": {}},
+            extra={},
+            source_task_id="summary",
+            source_dag_id="corpus_build",
+            source_run_id=run_id,
+            source_map_index=-1,
+            source_aliases=[],
+            timestamp=datetime(2026, 11, 20, tzinfo=UTC),
+        )
 
     def render(run_id: str, events: list) -> str:
         context = {"run_id": run_id, "triggering_asset_events": TriggeringAssetEventsAccessor.build(events)}
         return task.render_template(task.bash_command, context, jinja_env=dag.get_template_env())
 
     assert render("asset_triggered__9", [event("manual__1"), event("manual__2")]).endswith(
-        "--run-id 'asset_triggered__9' --source-run-id 'manual__2'")
+        "--run-id 'asset_triggered__9' --source-run-id 'manual__2'"
+    )
     assert render("manual__3", []).endswith("--source-run-id ''")

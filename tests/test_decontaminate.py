@@ -15,7 +15,9 @@ from tamis.runner import run_stage
 from tamis.stages.decontaminate import Decontaminate
 
 EVAL_DIR = REPO / "include/sample/eval"
-GSM8K = [json.loads(line) for line in gzip.decompress((EVAL_DIR / "gsm8k_test.jsonl.gz").read_bytes()).decode().splitlines()]
+GSM8K = [
+    json.loads(line) for line in gzip.decompress((EVAL_DIR / "gsm8k_test.jsonl.gz").read_bytes()).decode().splitlines()
+]
 WIKI = read_jsonl(TEST_DATA / "web_en/wikipedia_en_sample.jsonl.gz")
 SPEECHES = read_jsonl(TEST_DATA / "web_en/us_presidential_speeches.jsonl.gz")
 
@@ -38,7 +40,11 @@ def stage(eval_sets=EVAL_DIR, **params) -> Decontaminate:
 
 
 def test_a_page_quoting_a_benchmark_question_is_dropped_with_set_and_item():
-    texts = [pasted(WIKI[0]["text"], GSM8K[41]["question"]), WIKI[1]["text"], pasted(WIKI[2]["text"], GSM8K[7]["answer"])]
+    texts = [
+        pasted(WIKI[0]["text"], GSM8K[41]["question"]),
+        WIKI[1]["text"],
+        pasted(WIKI[2]["text"], GSM8K[7]["answer"]),
+    ]
     result = stage().process_batch(table(texts))
     assert result.dropped.column("id").to_pylist() == ["web/0", "web/2"]
     assert set(result.dropped.column("reason").to_pylist()) == {"decontaminate.ngram_overlap"}
@@ -82,7 +88,10 @@ def test_flag_keeps_the_document_and_names_every_set_it_overlaps(tmp_path):
 
 def test_counts_reconcile_and_the_eval_files_are_a_dependency(tmp_path):
     texts = [pasted(WIKI[i]["text"], GSM8K[i]["question"]) if i % 3 == 0 else WIKI[i]["text"] for i in range(30)]
-    write_dataset(tmp_path / "in", [table(texts[:15]), table(texts[15:]).set_column(0, "id", pa.array([f"w/{i}" for i in range(15)]))])
+    write_dataset(
+        tmp_path / "in",
+        [table(texts[:15]), table(texts[15:]).set_column(0, "id", pa.array([f"w/{i}" for i in range(15)]))],
+    )
     manifest = run_stage(stage(), str(tmp_path / "in"), str(tmp_path / "out"), workers=2)
     assert manifest["counts"] == {"in": 30, "kept": 20, "dropped": 10, "quarantined": 0}
     assert manifest["drop_reasons"] == {"decontaminate.ngram_overlap": 10}

@@ -19,14 +19,23 @@ def speeches(n):
 
 def build(tmp_path, make_pipeline, workers, key="normalized", run_id="r", memory_budget_mb=8):
     a, b, c = speeches(3)
-    write_jsonl(tmp_path / "web/date=2026-11-20/x.jsonl", [{"id": "1", "text": a}, {"id": "2", "text": b}, {"id": "3", "text": a}])
-    write_jsonl(tmp_path / "web/date=2026-11-21/y.jsonl", [{"id": "4", "text": "  " + b.upper().replace(" ", "\n ")}, {"id": "5", "text": c}])
+    write_jsonl(
+        tmp_path / "web/date=2026-11-20/x.jsonl",
+        [{"id": "1", "text": a}, {"id": "2", "text": b}, {"id": "3", "text": a}],
+    )
+    write_jsonl(
+        tmp_path / "web/date=2026-11-21/y.jsonl",
+        [{"id": "4", "text": "  " + b.upper().replace(" ", "\n ")}, {"id": "5", "text": c}],
+    )
     write_jsonl(tmp_path / "forum/date=2026-11-20/z.jsonl", [{"id": "6", "text": c}, {"id": "7", "text": a}])
-    pipeline = make_pipeline({
-        "web": {"path": str(tmp_path / "web"), "id_field": "id"},
-        "forum": {"path": str(tmp_path / "forum"), "id_field": "id"},
-    }, stages={"ingest": {}, "exact_dedup": {"key": key, "memory_budget_mb": memory_budget_mb}},
-        workers=workers)
+    pipeline = make_pipeline(
+        {
+            "web": {"path": str(tmp_path / "web"), "id_field": "id"},
+            "forum": {"path": str(tmp_path / "forum"), "id_field": "id"},
+        },
+        stages={"ingest": {}, "exact_dedup": {"key": key, "memory_budget_mb": memory_budget_mb}},
+        workers=workers,
+    )
     run_one(pipeline, "ingest", run_id)
     return run_one(pipeline, "exact_dedup", run_id)
 
@@ -57,7 +66,9 @@ def dropped_by_id(manifest):
     return {r["id"]: r["detail"] for r in Dataset(manifest["output"]).read_side("dropped").to_pylist()}
 
 
-def test_a_plan_over_its_memory_budget_is_partitioned_on_disk_and_drops_the_same_rows(tmp_path, make_pipeline, monkeypatch):
+def test_a_plan_over_its_memory_budget_is_partitioned_on_disk_and_drops_the_same_rows(
+    tmp_path, make_pipeline, monkeypatch
+):
     in_memory = build(tmp_path / "a", make_pipeline, workers=2, run_id="memory")
     # 7 documents at 3 MiB each against the smallest budget (8 MiB): three partitions.
     monkeypatch.setattr(exact_dedup, "STATE_BYTES_PER_ROW", 3 << 20)
@@ -69,11 +80,17 @@ def test_a_plan_over_its_memory_budget_is_partitioned_on_disk_and_drops_the_same
     assert not list((tmp_path / "b").rglob("hashes"))  # the partitions are removed once the plan is written
 
 
-def test_documents_the_corpus_holds_are_dropped_as_copies_of_the_corpus_ids_in_either_plan(tmp_path, make_pipeline, monkeypatch):
+def test_documents_the_corpus_holds_are_dropped_as_copies_of_the_corpus_ids_in_either_plan(
+    tmp_path, make_pipeline, monkeypatch
+):
     first = build(tmp_path, make_pipeline, workers=1, run_id="day-1")
-    pipeline = make_pipeline({"web": {"path": str(tmp_path / "web"), "id_field": "id"},
-                              "forum": {"path": str(tmp_path / "forum"), "id_field": "id"}},
-                             stages={"ingest": {}, "exact_dedup": {"memory_budget_mb": 8}})
+    pipeline = make_pipeline(
+        {
+            "web": {"path": str(tmp_path / "web"), "id_field": "id"},
+            "forum": {"path": str(tmp_path / "forum"), "id_field": "id"},
+        },
+        stages={"ingest": {}, "exact_dedup": {"memory_budget_mb": 8}},
+    )
     corpus.append(first["output"], pipeline.corpus_url, "2026-11-20", "normalized")
     again = {"corpus_url": pipeline.corpus_url}
     in_memory = run_one(pipeline, "exact_dedup", "day-1", output_url=str(tmp_path / "memory"), overrides=again)
@@ -81,7 +98,12 @@ def test_documents_the_corpus_holds_are_dropped_as_copies_of_the_corpus_ids_in_e
     on_disk = run_one(pipeline, "exact_dedup", "day-1", output_url=str(tmp_path / "disk"), overrides=again)
     assert on_disk["metrics"]["exact_dedup.spill_partitions"] == 5  # (7 + 3 corpus rows) x 4 MiB / 8 MiB
     # Every document is a copy of one the corpus already holds: the corpus's copy survives.
-    assert dropped_by_id(in_memory) == {**dropped_by_id(first), "forum/6": "forum/6", "forum/7": "forum/7", "web/2": "web/2"}
+    assert dropped_by_id(in_memory) == {
+        **dropped_by_id(first),
+        "forum/6": "forum/6",
+        "forum/7": "forum/7",
+        "web/2": "web/2",
+    }
     assert dropped_by_id(on_disk) == dropped_by_id(in_memory)
     assert in_memory["counts"]["kept"] == on_disk["counts"]["kept"] == 0
     assert on_disk["metrics"]["exact_dedup.corpus_documents"] == 3

@@ -37,7 +37,13 @@ def test_a_drop_rate_above_the_bound_fails_the_gate_and_the_command_exits_non_ze
 
 def test_extra_expectations_come_from_the_yaml(tmp_path, make_pipeline):
     rows = [{"id": "1", "text": "mail me at someone@example.org"}]
-    gates = {"default": {"expectations": [{"expect_column_values_to_not_match_regex": {"column": "text", "regex": "[\\w.]+@[\\w.]+"}}]}}
+    gates = {
+        "default": {
+            "expectations": [
+                {"expect_column_values_to_not_match_regex": {"column": "text", "regex": "[\\w.]+@[\\w.]+"}}
+            ]
+        }
+    }
     pipeline, url = ingest(tmp_path, make_pipeline, rows, gates=gates)
     result = validate(url, "ingest", pipeline.gate("ingest"))
     assert [f["expectation"] for f in result["failed"]] == ["expect_column_values_to_not_match_regex"]

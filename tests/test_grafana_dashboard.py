@@ -74,12 +74,18 @@ def test_every_panel_query_parses_and_reads_tamis_metrics_by_pipeline_and_stage(
                 assert selector.name in METRICS, (panel["title"], selector.name)
                 matchers = {(m.name, str(m.op), m.value) for m in selector.matchers.matchers}
                 # The dashboard's pipeline and stage pickers filter every series.
-                assert {("pipeline", "MatchOp.Re", "__var_pipeline__"), ("stage", "MatchOp.Re", "__var_stage__")} <= matchers
+                assert {
+                    ("pipeline", "MatchOp.Re", "__var_pipeline__"),
+                    ("stage", "MatchOp.Re", "__var_stage__"),
+                } <= matchers
                 used.add(selector.name)
             groupings = [n for n in walk(ast) if isinstance(n, promql_parser.AggregateExpr)]
-            assert groupings and all(g.modifier is not None and str(g.modifier.type).endswith("By")
-                                     and set(g.modifier.labels) == {"pipeline", "stage"}
-                                     for g in groupings), (panel["title"], target["expr"])
+            assert groupings and all(
+                g.modifier is not None
+                and str(g.modifier.type).endswith("By")
+                and set(g.modifier.labels) == {"pipeline", "stage"}
+                for g in groupings
+            ), (panel["title"], target["expr"])
             assert {"{{pipeline}}", "{{stage}}"} <= set(re.findall(r"\{\{\w+\}\}", target["legendFormat"]))
     assert used == set(METRICS)
 
@@ -106,7 +112,9 @@ def test_panels_have_unique_ids_and_fit_the_grid():
     for panel in panels():
         grid = panel["gridPos"]
         assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
-        cell = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        cell = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not cell & cells, f"{panel['title']} overlaps another panel"
         cells |= cell
 

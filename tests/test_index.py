@@ -36,17 +36,24 @@ def documents() -> pa.Table:
     for source, path, n, chars in CORPUS:
         for i, record in enumerate(read_jsonl(TEST_DATA / path, n)):
             text = record["text"][:chars]
-            rows.append({
-                "id": f"{source}/{i:04d}", "source": source, "date": "2026-11-20", "url": None, "text": text,
-                # a real, if crude, signal: code and prose are told apart by their symbol density
-                "lang": "en" if i % 5 else "fr",
-                "quality_symbol_ratio": sum(not c.isalnum() and not c.isspace() for c in text) / max(len(text), 1),
-            })
+            rows.append(
+                {
+                    "id": f"{source}/{i:04d}",
+                    "source": source,
+                    "date": "2026-11-20",
+                    "url": None,
+                    "text": text,
+                    # a real, if crude, signal: code and prose are told apart by their symbol density
+                    "lang": "en" if i % 5 else "fr",
+                    "quality_symbol_ratio": sum(not c.isalnum() and not c.isspace() for c in text) / max(len(text), 1),
+                }
+            )
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|eos|>"])
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|eos|>"]
+    )
     tokenizer.train_from_iterator([r["text"] for r in rows], trainer)
     assert tokenizer.token_to_id("<|eos|>") == EOS
     ids = [e.ids for e in tokenizer.encode_batch([r["text"] for r in rows])]
@@ -64,23 +71,40 @@ def pack(docs: pa.Table, seq_len: int) -> pa.Table:
         stream.extend(ids + [EOS])
     rows = []
     for row_start in range(0, len(stream), seq_len):
-        chunk = stream[row_start:row_start + seq_len]
+        chunk = stream[row_start : row_start + seq_len]
         n_pad = seq_len - len(chunk)
         doc_ids, offsets = [], []
         for doc_id, start, end in zip(owners, starts, starts[1:] + [len(stream)]):
             if start < row_start + seq_len and end > row_start:
                 doc_ids.append(doc_id)
                 offsets.append(max(start - row_start, 0))
-        rows.append({"id": f"seq/{len(rows):06d}", "input_ids": chunk + [EOS] * n_pad, "doc_ids": doc_ids,
-                     "doc_offsets": offsets, "source": [d.split("/")[0] for d in doc_ids], "n_pad": n_pad})
-    schema = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("doc_ids", pa.list_(pa.string())),
-                        ("doc_offsets", pa.list_(pa.int32())), ("source", pa.list_(pa.string())), ("n_pad", pa.int32())])
+        rows.append(
+            {
+                "id": f"seq/{len(rows):06d}",
+                "input_ids": chunk + [EOS] * n_pad,
+                "doc_ids": doc_ids,
+                "doc_offsets": offsets,
+                "source": [d.split("/")[0] for d in doc_ids],
+                "n_pad": n_pad,
+            }
+        )
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("input_ids", pa.list_(pa.int32())),
+            ("doc_ids", pa.list_(pa.string())),
+            ("doc_offsets", pa.list_(pa.int32())),
+            ("source", pa.list_(pa.string())),
+            ("n_pad", pa.int32()),
+        ]
+    )
     return pa.Table.from_pylist(rows, schema=schema)
 
 
 def write_parts(root: Path, table: pa.Table, parts: int = 2, row_group_rows: int = 50) -> str:
     step = -(-table.num_rows // parts)
     return write_dataset(root, [table.slice(k * step, step) for k in range(parts)], row_group_size=row_group_rows)
+
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory, documents):
@@ -97,8 +121,10 @@ def test_counts_reconcile_and_sequences_pass_through(indexed):
     c = indexed["manifest"]["counts"]
     assert c["in"] == c["kept"] == indexed["packed"].num_rows
     assert c["dropped"] == c["quarantined"] == 0
-    assert Dataset(indexed["url"]).read(["input_ids"]).column("input_ids").to_pylist() == \
-        indexed["packed"].column("input_ids").to_pylist()
+    assert (
+        Dataset(indexed["url"]).read(["input_ids"]).column("input_ids").to_pylist()
+        == indexed["packed"].column("input_ids").to_pylist()
+    )
 
 
 def test_metadata_index_is_sorted_by_id_in_small_row_groups(indexed, documents):
@@ -107,8 +133,18 @@ def test_metadata_index_is_sorted_by_id_in_small_row_groups(indexed, documents):
     ids = table.column("id").to_pylist()
     assert ids == sorted(documents.column("id").to_pylist())
     assert parquet.metadata.num_row_groups == -(-len(ids) // 32)
-    assert {"id", "source", "lang", "quality_symbol_ratio", "token_count", "shard", "row_group", "row", "seq",
-            "seq_offset"} <= set(table.column_names)
+    assert {
+        "id",
+        "source",
+        "lang",
+        "quality_symbol_ratio",
+        "token_count",
+        "shard",
+        "row_group",
+        "row",
+        "seq",
+        "seq_offset",
+    } <= set(table.column_names)
     assert "text" not in table.column_names and "input_ids" not in table.column_names
     assert indexed["manifest"]["metrics"]["index.documents"] == documents.num_rows
 
@@ -147,7 +183,9 @@ def test_packed_only_index_counts_pieces_and_tokens(tmp_path, documents):
 
 def test_query_by_source_and_language_matches_a_scan(indexed, documents):
     result = lookup.query(indexed["url"], "source = 'code' and lang = 'en'")
-    expected = documents.filter(pc.and_(pc.equal(documents.column("source"), "code"), pc.equal(documents.column("lang"), "en")))
+    expected = documents.filter(
+        pc.and_(pc.equal(documents.column("source"), "code"), pc.equal(documents.column("lang"), "en"))
+    )
     assert sorted(result.column("id").to_pylist()) == sorted(expected.column("id").to_pylist())
     few = lookup.query(indexed["url"], "quality_symbol_ratio > 0.1", columns=["id", "source"], limit=5)
     n_symbolic = pc.sum(pc.greater(documents.column("quality_symbol_ratio"), 0.1)).as_py()
@@ -157,16 +195,23 @@ def test_query_by_source_and_language_matches_a_scan(indexed, documents):
 
 FILTERS = [
     # (filter, the same rows by pyarrow over the documents)
-    ("source IN ('web', 'books') AND NOT lang = 'fr'",
-     lambda d: pc.and_(pc.is_in(d["source"], pa.array(["web", "books"])), pc.invert(pc.equal(d["lang"], "fr")))),
-    ("token_count BETWEEN 100 AND 200 OR quality_symbol_ratio >= 0.3",
-     lambda d: pc.or_(pc.and_(pc.greater_equal(d["token_count"], 100), pc.less_equal(d["token_count"], 200)),
-                      pc.greater_equal(d["quality_symbol_ratio"], 0.3))),
-    ("id LIKE 'code/00%' and (lang <> 'en' or token_count > -1e9)",
-     lambda d: pc.starts_with(d["id"], "code/00")),
-    ('"source" = \'books\' and url IS NULL', lambda d: pc.equal(d["source"], "books")),
-    ("source NOT IN ('code') AND id NOT LIKE '%7'",
-     lambda d: pc.and_(pc.not_equal(d["source"], "code"), pc.invert(pc.ends_with(d["id"], "7")))),
+    (
+        "source IN ('web', 'books') AND NOT lang = 'fr'",
+        lambda d: pc.and_(pc.is_in(d["source"], pa.array(["web", "books"])), pc.invert(pc.equal(d["lang"], "fr"))),
+    ),
+    (
+        "token_count BETWEEN 100 AND 200 OR quality_symbol_ratio >= 0.3",
+        lambda d: pc.or_(
+            pc.and_(pc.greater_equal(d["token_count"], 100), pc.less_equal(d["token_count"], 200)),
+            pc.greater_equal(d["quality_symbol_ratio"], 0.3),
+        ),
+    ),
+    ("id LIKE 'code/00%' and (lang <> 'en' or token_count > -1e9)", lambda d: pc.starts_with(d["id"], "code/00")),
+    ("\"source\" = 'books' and url IS NULL", lambda d: pc.equal(d["source"], "books")),
+    (
+        "source NOT IN ('code') AND id NOT LIKE '%7'",
+        lambda d: pc.and_(pc.not_equal(d["source"], "code"), pc.invert(pc.ends_with(d["id"], "7"))),
+    ),
 ]
 
 
@@ -227,7 +272,10 @@ def test_get_and_query_commands_print_what_the_lookups_return(indexed, documents
     assert main(["get", indexed["url"], "books/0003", "--index-only"]) == 0
     assert "text" not in json.loads(capsys.readouterr().out)
 
-    assert main(["query", indexed["url"], "--where", "source = 'code' and lang = 'fr'", "--columns", "id,token_count"]) == 0
+    assert (
+        main(["query", indexed["url"], "--where", "source = 'code' and lang = 'fr'", "--columns", "id,token_count"])
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     expected = documents.filter(pc.and_(pc.equal(documents["source"], "code"), pc.equal(documents["lang"], "fr")))
     assert sorted(r["id"] for r in rows) == sorted(expected["id"].to_pylist())
@@ -257,7 +305,9 @@ def test_megatron_idx_layout_and_sequences(indexed):
 
 
 def test_parquet_token_shards(indexed, tmp_path):
-    urls = export.export_parquet_shards(str(Path(indexed["run"]) / "pack"), str(tmp_path / "tokens"), sequences_per_shard=40)
+    urls = export.export_parquet_shards(
+        str(Path(indexed["run"]) / "pack"), str(tmp_path / "tokens"), sequences_per_shard=40
+    )
     n = indexed["packed"].num_rows
     assert len(urls) == -(-n // 40)
     tables = [pq.read_table(u) for u in urls]
@@ -282,7 +332,9 @@ def test_packed_input_without_its_documents_dataset_is_a_clear_error(tmp_path, d
 
 
 def test_duplicate_ids_are_refused(tmp_path, documents):
-    docs_url = write_parts(tmp_path / "tokenize", pa.concat_tables([documents.slice(0, 5), documents.slice(3, 5)]), parts=1)
+    docs_url = write_parts(
+        tmp_path / "tokenize", pa.concat_tables([documents.slice(0, 5), documents.slice(3, 5)]), parts=1
+    )
     with pytest.raises(IndexBuildError, match="appears more than once"):
         run_stage(IndexStage({"documents": None}), docs_url, str(tmp_path / "index"))
 
@@ -296,8 +348,12 @@ def s3(monkeypatch):
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "TAMIS_S3_ENDPOINT_URL": endpoint}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "TAMIS_S3_ENDPOINT_URL": endpoint,
+    }.items():
         monkeypatch.setenv(key, value)
     fs, _ = storage.filesystem("s3://tamis-index-test/")
     fs.mkdir("tamis-index-test")
@@ -308,8 +364,11 @@ def s3(monkeypatch):
 
 def test_index_written_to_and_read_from_object_storage(s3, indexed, documents):
     url = f"{s3}/run/index"
-    run_stage(IndexStage({"documents": str(Path(indexed["run"]) / "mix"), "binary": False}),
-              str(Path(indexed["run"]) / "pack"), url)
+    run_stage(
+        IndexStage({"documents": str(Path(indexed["run"]) / "mix"), "binary": False}),
+        str(Path(indexed["run"]) / "pack"),
+        url,
+    )
     record = lookup.get(url, "books/0011")
     assert record["text"] == documents.filter(pc.equal(documents.column("id"), "books/0011")).column("text")[0].as_py()
     web = lookup.query(url, "source = 'web' and lang = 'fr'", columns=["id"])

@@ -39,24 +39,30 @@ def test_reads_every_format_with_source_and_date(tmp_path, make_pipeline):
     docs = real_docs(6)
     write_jsonl(tmp_path / "web/date=2026-11-20/a.jsonl", docs[:2])
     (tmp_path / "web/date=2026-11-21").mkdir(parents=True)
-    (tmp_path / "web/date=2026-11-21/b.jsonl.gz").write_bytes(gzip.compress(
-        "".join(json.dumps(d) + "\n" for d in docs[2:4]).encode()))
+    (tmp_path / "web/date=2026-11-21/b.jsonl.gz").write_bytes(
+        gzip.compress("".join(json.dumps(d) + "\n" for d in docs[2:4]).encode())
+    )
     (tmp_path / "books").mkdir()
-    pq.write_table(pa.table({"id": ["x", "y"], "text": [d["text"] for d in docs[4:6]]}), tmp_path / "books/part.parquet")
+    pq.write_table(
+        pa.table({"id": ["x", "y"], "text": [d["text"] for d in docs[4:6]]}), tmp_path / "books/part.parquet"
+    )
     (tmp_path / "notes/date=2026-11-20").mkdir(parents=True)
     (tmp_path / "notes/date=2026-11-20/hello.txt").write_text("Bonjour tout le monde.\n")
-    pipeline = make_pipeline({
-        "web": {"path": str(tmp_path / "web"), "id_field": "id"},
-        "books": {"path": str(tmp_path / "books"), "id_field": "id"},
-        "notes": {"path": str(tmp_path / "notes"), "format": "text"},
-    })
+    pipeline = make_pipeline(
+        {
+            "web": {"path": str(tmp_path / "web"), "id_field": "id"},
+            "books": {"path": str(tmp_path / "books"), "id_field": "id"},
+            "notes": {"path": str(tmp_path / "notes"), "format": "text"},
+        }
+    )
 
     manifest, dataset = ingest(pipeline)
     table = dataset.read().sort_by("id")
 
     assert manifest["counts"] == {"in": 7, "kept": 7, "dropped": 0, "quarantined": 0}
     assert table.column("id").to_pylist() == sorted(
-        [f"web/{d['id']}" for d in docs[:4]] + ["books/x", "books/y", "notes/date=2026-11-20/hello.txt"])
+        [f"web/{d['id']}" for d in docs[:4]] + ["books/x", "books/y", "notes/date=2026-11-20/hello.txt"]
+    )
     by_id = {r["id"]: r for r in table.to_pylist()}
     assert by_id[f"web/{docs[3]['id']}"]["date"] == "2026-11-21"
     assert by_id["books/x"]["date"] == "undated"
@@ -89,12 +95,12 @@ def test_bad_json_lines_are_quarantined_with_file_line_and_reason(tmp_path, make
     good = real_docs(3)
     lines = [
         json.dumps(good[0]).encode(),
-        b'{"id": "broken", "text": "unterminated',        # malformed JSON
-        b'{"id": "latin1", "text": "caf\xe9"}',            # invalid UTF-8
+        b'{"id": "broken", "text": "unterminated',  # malformed JSON
+        b'{"id": "latin1", "text": "caf\xe9"}',  # invalid UTF-8
         json.dumps({"id": "no-text", "title": "x"}).encode(),  # missing text field
-        json.dumps({"id": "number", "text": 42}).encode(),   # wrong type
+        json.dumps({"id": "number", "text": 42}).encode(),  # wrong type
         json.dumps({"id": "blank", "text": "   \n "}).encode(),  # empty text
-        b"[1, 2, 3]",                                       # not an object
+        b"[1, 2, 3]",  # not an object
         json.dumps(good[1]).encode(),
     ]
     path = tmp_path / "web/a.jsonl"
@@ -109,7 +115,12 @@ def test_bad_json_lines_are_quarantined_with_file_line_and_reason(tmp_path, make
     assert manifest["drop_reasons"] == {"empty_text": 1}
     quarantine = dataset.read_side("quarantine").sort_by("line").to_pylist()
     assert [(q["line"], q["reason"]) for q in quarantine] == [
-        (2, "malformed_json"), (3, "invalid_utf8"), (4, "missing_text_field"), (5, "bad_field_type"), (7, "not_an_object")]
+        (2, "malformed_json"),
+        (3, "invalid_utf8"),
+        (4, "missing_text_field"),
+        (5, "bad_field_type"),
+        (7, "not_an_object"),
+    ]
     assert all(q["source_file"].endswith("web/a.jsonl") for q in quarantine)
     assert dataset.read().column("id").to_pylist() == [f"web/{good[0]['id']}", f"web/{good[1]['id']}"]
 
@@ -186,8 +197,13 @@ def test_unknown_source_is_a_clear_error(tmp_path, make_pipeline):
 
 def test_one_invalid_utf8_byte_quarantines_only_its_line(tmp_path, make_pipeline):
     good = real_docs(3)
-    lines = [json.dumps(good[0]).encode(), b'{"id": "a", "text": "caf\xe9"}', json.dumps(good[1]).encode(),
-             b'{"id": "caf\xe9", "text": "a fine text"}', json.dumps(good[2]).encode()]
+    lines = [
+        json.dumps(good[0]).encode(),
+        b'{"id": "a", "text": "caf\xe9"}',
+        json.dumps(good[1]).encode(),
+        b'{"id": "caf\xe9", "text": "a fine text"}',
+        json.dumps(good[2]).encode(),
+    ]
     path = tmp_path / "web/a.jsonl"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\n".join(lines) + b"\n")
@@ -235,12 +251,22 @@ def test_a_600_mb_line_in_a_small_gzip_is_quarantined_in_bounded_memory(tmp_path
             f.write(chunk)
         f.write(b'"}\n' + json.dumps(real_docs(2)[1]).encode() + b"\n")
     config = tmp_path / "p.yaml"
-    config.write_text(json.dumps({"name": "big", "storage_root": str(tmp_path / "store"),
-                                  "sources": {"web": {"path": str(source), "id_field": "id"}}, "stages": {"ingest": {}}}))
-    script = ("import resource, sys\n"
-              "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-              "from tamis.cli import main\n"
-              f"sys.exit(main(['run', 'ingest', '--pipeline', {str(config)!r}, '--run-id', 'r1', '--workers', '1']))\n")
+    config.write_text(
+        json.dumps(
+            {
+                "name": "big",
+                "storage_root": str(tmp_path / "store"),
+                "sources": {"web": {"path": str(source), "id_field": "id"}},
+                "stages": {"ingest": {}},
+            }
+        )
+    )
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from tamis.cli import main\n"
+        f"sys.exit(main(['run', 'ingest', '--pipeline', {str(config)!r}, '--run-id', 'r1', '--workers', '1']))\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     dataset = Dataset(str(tmp_path / "store/runs/r1/ingest"))
@@ -258,8 +284,10 @@ def write_row_groups(path, table, rows_per_group):
 def test_parquet_bytes_that_are_not_utf8_quarantine_their_record(tmp_path, make_pipeline):
     texts = [d["text"] for d in real_docs(3)]
     (tmp_path / "books").mkdir()
-    pq.write_table(pa.table({"id": pa.array([b"a", b"caf\xe9", b"c"], pa.binary()), "text": texts}),
-                   tmp_path / "books/binary_id.parquet")
+    pq.write_table(
+        pa.table({"id": pa.array([b"a", b"caf\xe9", b"c"], pa.binary()), "text": texts}),
+        tmp_path / "books/binary_id.parquet",
+    )
     # A writer that declared a string column but stored other bytes in it.
     raw = pa.array([texts[0].encode(), b"caf\xe9", texts[2].encode()], pa.binary())
     mislabelled = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
@@ -272,7 +300,9 @@ def test_parquet_bytes_that_are_not_utf8_quarantine_their_record(tmp_path, make_
     assert manifest["counts"] == {"in": 6, "kept": 4, "dropped": 0, "quarantined": 2}
     quarantine = {q["source_file"].rsplit("/", 1)[-1]: q for q in dataset.read_side("quarantine").to_pylist()}
     assert {name: (q["line"], q["reason"]) for name, q in quarantine.items()} == {
-        "binary_id.parquet": (2, "invalid_utf8"), "bad_text.parquet": (2, "invalid_utf8")}
+        "binary_id.parquet": (2, "invalid_utf8"),
+        "bad_text.parquet": (2, "invalid_utf8"),
+    }
     assert "'id'" in quarantine["binary_id.parquet"]["detail"]
     assert "'text'" in quarantine["bad_text.parquet"]["detail"]
     assert sorted(dataset.read().column("id").to_pylist()) == ["books/a", "books/c", "books/x", "books/z"]
@@ -280,10 +310,14 @@ def test_parquet_bytes_that_are_not_utf8_quarantine_their_record(tmp_path, make_
 
 def test_parquet_column_of_a_type_that_is_not_text_quarantines_the_file(tmp_path, make_pipeline):
     (tmp_path / "books").mkdir()
-    pq.write_table(pa.table({"id": ["a"], "url": [{"host": "example.org", "path": "/"}], "text": ["A fine document."]}),
-                   tmp_path / "books/struct_url.parquet")
-    pq.write_table(pa.table({"id": ["b"], "url": ["https://example.org/b"], "text": ["Another document."]}),
-                   tmp_path / "books/good.parquet")
+    pq.write_table(
+        pa.table({"id": ["a"], "url": [{"host": "example.org", "path": "/"}], "text": ["A fine document."]}),
+        tmp_path / "books/struct_url.parquet",
+    )
+    pq.write_table(
+        pa.table({"id": ["b"], "url": ["https://example.org/b"], "text": ["Another document."]}),
+        tmp_path / "books/good.parquet",
+    )
     pipeline = make_pipeline({"books": {"path": str(tmp_path / "books"), "id_field": "id", "url_field": "url"}})
 
     manifest, dataset = ingest(pipeline)
@@ -303,7 +337,7 @@ def test_a_corrupt_parquet_page_quarantines_its_row_group_and_keeps_the_others(t
     text_chunk = metadata.row_group(1).column(1)
     page = text_chunk.dictionary_page_offset or text_chunk.data_page_offset
     data = bytearray(path.read_bytes())
-    data[page:page + 8] = b"\xff" * 8  # the page header no longer decodes
+    data[page : page + 8] = b"\xff" * 8  # the page header no longer decodes
     path.write_bytes(bytes(data))
     pipeline = make_pipeline({"books": {"path": str(tmp_path / "books"), "id_field": "id"}})
 

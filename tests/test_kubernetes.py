@@ -37,14 +37,19 @@ FULL_KUBERNETES = {
     "namespace": "tamis",
     "resources": {"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"cpu": "4", "memory": "6Gi"}},
     "node_selector": {"workload": "batch"},
-    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "tamis", "effect": "NoSchedule"},
-                    {"key": "spot", "operator": "Exists", "toleration_seconds": 300, "effect": "NoExecute"}],
+    "tolerations": [
+        {"key": "dedicated", "operator": "Equal", "value": "tamis", "effect": "NoSchedule"},
+        {"key": "spot", "operator": "Exists", "toleration_seconds": 300, "effect": "NoExecute"},
+    ],
     "env": {"TAMIS_LOG_LEVEL": "INFO", "OMP_NUM_THREADS": 2},
     "secrets": ["tamis-hf-token"],
     "connections": ["aws_default"],
     "labels": {"team": "data"},
     "execution_timeout_s": 7200,
-    "spark": {"executor": {"instances": 8, "cores": 4, "memory": "12g"}, "conf": {"spark.sql.shuffle.partitions": "512"}},
+    "spark": {
+        "executor": {"instances": 8, "cores": 4, "memory": "12g"},
+        "conf": {"spark.sql.shuffle.partitions": "512"},
+    },
 }
 
 
@@ -87,17 +92,29 @@ def validate_part(value, definition: str) -> None:
     folder = f"kubernetes-json-schema/v{K8S_VERSION}.0-local-strict"
     schema = schema_contents(f"{folder}/{definition}.json", K8S_VERSION)
     definitions = schema_contents(f"{folder}/_definitions.json", K8S_VERSION)
-    registry = referencing.Registry().with_resources([
-        ("", referencing.Resource.from_contents(schema, default_specification=referencing.jsonschema.DRAFT202012)),
-        ("_definitions.json", referencing.Resource.from_contents(definitions,
-                                                                default_specification=referencing.jsonschema.DRAFT202012)),
-    ])
+    registry = referencing.Registry().with_resources(
+        [
+            ("", referencing.Resource.from_contents(schema, default_specification=referencing.jsonschema.DRAFT202012)),
+            (
+                "_definitions.json",
+                referencing.Resource.from_contents(
+                    definitions, default_specification=referencing.jsonschema.DRAFT202012
+                ),
+            ),
+        ]
+    )
     jsonschema.Draft202012Validator(schema, registry=registry).validate(value)
 
 
 def context_for(dag, task) -> dict:
-    return {"params": dag.params.dump(), "run_id": RUN_ID, "dag": dag, "task": task, "ds": "2026-11-22",
-            "triggering_asset_events": {}}
+    return {
+        "params": dag.params.dump(),
+        "run_id": RUN_ID,
+        "dag": dag,
+        "task": task,
+        "ds": "2026-11-22",
+        "triggering_asset_events": {},
+    }
 
 
 def parse_dags(monkeypatch, mode: str) -> dict:
@@ -133,15 +150,18 @@ def test_execution_switch_reads_the_environment(monkeypatch):
     assert tk.execution_config(load_pipeline("default")).mode == "kubernetes"
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"resources": {"requests": {"cpu": "two"}}}, "cpu"),
-    ({"namespace": "Tamis_Prod"}, "Tamis_Prod"),
-    ({"tolerations": [{"key": "a", "effect": "Sometimes"}]}, "effect"),
-    ({"imag": "tamis:1"}, "imag"),
-    ({"env": {"BAD NAME": "x"}}, "BAD NAME"),
-    ({"spark": {"driver": {"memory": "2GB"}}}, "2GB"),
-    ({"spark": {"stages": ["near_dedupe"]}}, "near_dedupe"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"resources": {"requests": {"cpu": "two"}}}, "cpu"),
+        ({"namespace": "Tamis_Prod"}, "Tamis_Prod"),
+        ({"tolerations": [{"key": "a", "effect": "Sometimes"}]}, "effect"),
+        ({"imag": "tamis:1"}, "imag"),
+        ({"env": {"BAD NAME": "x"}}, "BAD NAME"),
+        ({"spark": {"driver": {"memory": "2GB"}}}, "2GB"),
+        ({"spark": {"stages": ["near_dedupe"]}}, "near_dedupe"),
+    ],
+)
 def test_invalid_kubernetes_config_is_a_config_error_naming_the_field(tmp_path, bad, field):
     with pytest.raises(ConfigError, match=re.escape(field)):
         pipeline_with(tmp_path, {"mode": "kubernetes", "kubernetes": bad})
@@ -192,7 +212,9 @@ def test_a_pod_runs_the_command_line_the_local_task_runs(monkeypatch):
             elif isinstance(task, SparkKubernetesOperator):
                 argv = rendered(task, dag).template_spec["spark"]["spec"]["arguments"]
             else:
-                argv = serialize(rendered(task, dag).build_pod_request_obj(dry_run=True))["spec"]["containers"][0]["args"]
+                argv = serialize(rendered(task, dag).build_pod_request_obj(dry_run=True))["spec"]["containers"][0][
+                    "args"
+                ]
             assert argv == local_argv[1:], (dag_id, task.task_id)
             compared += 1
     assert compared >= 20
@@ -238,14 +260,20 @@ def test_pod_carries_resources_scheduling_env_and_credentials_from_config(cluste
     pod = serialize(op.build_pod_request_obj(dry_run=True))
     spec, container = pod["spec"], pod["spec"]["containers"][0]
     assert container["image"] == FULL_KUBERNETES["image"]
-    assert container["resources"] == {"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"cpu": "4", "memory": "6Gi"}}
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "3Gi"},
+        "limits": {"cpu": "4", "memory": "6Gi"},
+    }
     assert spec["nodeSelector"] == {"workload": "batch"}
     assert {t["key"] for t in spec["tolerations"]} == {"dedicated", "spot"}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["OMP_NUM_THREADS"] == "2" and env["TAMIS_EXECUTION"] == "kubernetes"
     refs = {(k, v["name"]) for source in container["envFrom"] for k, v in source.items()}
-    assert refs == {("configMapRef", "tamis-storage"), ("secretRef", "tamis-hf-token"),
-                    ("secretRef", "tamis-conn-aws-default")}
+    assert refs == {
+        ("configMapRef", "tamis-storage"),
+        ("secretRef", "tamis-hf-token"),
+        ("secretRef", "tamis-conn-aws-default"),
+    }
     # The pod template's hardening survives the merge with the operator's settings.
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -283,8 +311,9 @@ def spark_body(pipeline, stage="near_dedup"):
     with dag:
         op = tk.spark_stage_operator(pipeline, stage, stage, commands.stage_argv(stage, "default"))
     rendered(op, dag)
-    launcher = CustomObjectLauncher(name=op.name, namespace=op.namespace, kube_client=None, custom_obj_api=None,
-                                    template_body=op.template_body)
+    launcher = CustomObjectLauncher(
+        name=op.name, namespace=op.namespace, kube_client=None, custom_obj_api=None, template_body=op.template_body
+    )
     return op, launcher.body
 
 
@@ -298,7 +327,7 @@ def test_spark_application_has_the_crd_shape_and_its_driver_runs_the_stage_comma
         assert spec.get(field), f"SparkApplication spec lacks {field}"
     assert spec["type"] == "Python" and spec["mode"] == "cluster"
     main = spec["mainApplicationFile"].removeprefix("local://")
-    assert main.startswith(tk.IMAGE_ROOT + "/") and (REPO / main[len(tk.IMAGE_ROOT) + 1:]).is_file()
+    assert main.startswith(tk.IMAGE_ROOT + "/") and (REPO / main[len(tk.IMAGE_ROOT) + 1 :]).is_file()
     assert spec["image"] == FULL_KUBERNETES["image"]
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", body["metadata"]["name"])
     assert body["metadata"]["namespace"] == "tamis" == op.namespace
@@ -329,7 +358,9 @@ def test_spark_application_pod_parts_validate_against_core_schemas(cluster_pipel
 
 
 def test_spark_application_from_a_template_of_another_kind_is_refused(tmp_path):
-    pipeline = pipeline_with(tmp_path, {"mode": "kubernetes", "kubernetes": {"spark": {"template": "pod-template.yaml"}}})
+    pipeline = pipeline_with(
+        tmp_path, {"mode": "kubernetes", "kubernetes": {"spark": {"template": "pod-template.yaml"}}}
+    )
     with pytest.raises(ConfigError, match="SparkApplication"):
         tk.spark_application(pipeline, "near_dedup", [])
 
@@ -342,7 +373,8 @@ def test_connection_secret_hands_aws_credentials_to_pods_as_env():
 
     conn = Connection.from_uri(
         "aws://AKIAEXAMPLE:wJalr%2FEXAMPLEKEY@/?region_name=eu-west-1&endpoint_url=http%3A%2F%2Fminio%3A9000",
-        conn_id="aws_default")
+        conn_id="aws_default",
+    )
     secret = tk.connection_secret_manifest(conn, "tamis")
     validate_kind(secret)
     assert secret["metadata"]["name"] == "tamis-conn-aws-default" == tk.connection_secret_name("aws_default")
@@ -373,8 +405,17 @@ def test_every_core_manifest_validates_against_the_kubernetes_schema():
                 validate_kind(doc)
                 checked += 1
     kinds = {d["kind"] for d in all_documents()}
-    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Pod", "SparkApplication",
-            "PrometheusRule", "Kustomization"} <= kinds
+    assert {
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Pod",
+        "SparkApplication",
+        "PrometheusRule",
+        "Kustomization",
+    } <= kinds
     assert checked >= 9
 
 
@@ -398,8 +439,13 @@ def test_manifests_and_config_defaults_name_the_same_objects():
 def test_pod_launcher_role_grants_what_the_operators_need_and_is_bound():
     docs = all_documents()
     role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "tamis-pod-launcher")
-    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
     needed = [("", "pods", v) for v in ("create", "get", "list", "watch", "delete", "patch")]
     needed += [("", "pods/log", "get"), ("", "pods/exec", "create")]
     needed += [("sparkoperator.k8s.io", "sparkapplications", v) for v in ("create", "get", "list", "watch", "delete")]
@@ -413,7 +459,7 @@ def test_spark_template_embedded_pod_parts_validate():
     template = next(d for d in all_documents() if d["kind"] == "SparkApplication")
     assert template["apiVersion"] == "sparkoperator.k8s.io/v1beta2"
     main = template["spec"]["mainApplicationFile"].removeprefix("local://")
-    assert (REPO / main[len(tk.IMAGE_ROOT) + 1:]).is_file()
+    assert (REPO / main[len(tk.IMAGE_ROOT) + 1 :]).is_file()
     for role in ("driver", "executor"):
         validate_part(template["spec"][role]["securityContext"], "securitycontext-v1")
     assert all(isinstance(v, str) for v in template["spec"]["sparkConf"].values())
@@ -451,8 +497,9 @@ def test_image_entrypoint_runs_tamis_for_bare_arguments_and_commands_as_given(tm
     env = {**os.environ, "PATH": f"{shim.parent}:{venv_bin}:{os.environ['PATH']}"}
     bare = subprocess.run(["bash", str(entrypoint), "run", "--help"], env=env, capture_output=True, text=True)
     assert bare.returncode == 0 and "usage: tamis run" in bare.stdout
-    given = subprocess.run(["bash", str(entrypoint), "python", "-c", "print('as given')"], env=env,
-                           capture_output=True, text=True)
+    given = subprocess.run(
+        ["bash", str(entrypoint), "python", "-c", "print('as given')"], env=env, capture_output=True, text=True
+    )
     assert given.returncode == 0 and given.stdout.strip() == "as given"
 
 

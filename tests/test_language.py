@@ -26,8 +26,22 @@ with gzip.open(TEST_DATA / "multilingual" / "udhr_unicode_388docs.jsonl.gz", "rt
 DETECTORS = ["fasttext", "lingua", "cld2"]
 # UDHR file -> its language, for languages every detector knows.
 SHARED_LANGUAGES = {
-    "eng": "en", "deu": "de", "fra": "fr", "spa": "es", "rus": "ru", "arb": "ar", "cmn_hans": "zh", "jpn": "ja",
-    "kor": "ko", "hin": "hi", "ell_monotonic": "el", "heb": "he", "tha": "th", "tur": "tr", "vie": "vi", "pol": "pl",
+    "eng": "en",
+    "deu": "de",
+    "fra": "fr",
+    "spa": "es",
+    "rus": "ru",
+    "arb": "ar",
+    "cmn_hans": "zh",
+    "jpn": "ja",
+    "kor": "ko",
+    "hin": "hi",
+    "ell_monotonic": "el",
+    "heb": "he",
+    "tha": "th",
+    "tur": "tr",
+    "vie": "vi",
+    "pol": "pl",
 }
 
 
@@ -221,7 +235,10 @@ def test_counts_reconcile_through_the_runner(tmp_path):
     counts = manifest["counts"]
     assert counts == {"in": 8, "kept": 3, "dropped": 5, "quarantined": 0}
     assert manifest["drop_reasons"] == {
-        "lang_low_confidence": 1, "lang_not_allowed": 1, "lang_unknown_script": 1, "no_text": 2,
+        "lang_low_confidence": 1,
+        "lang_not_allowed": 1,
+        "lang_unknown_script": 1,
+        "no_text": 2,
     }
     out = Dataset(str(tmp_path / "out")).read(["id", "lang", "lang_score"])
     assert sorted(out.column("lang").to_pylist()) == ["en", "ja", "zu"]

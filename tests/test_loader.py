@@ -27,10 +27,14 @@ def binary(tmp_path_factory) -> tuple[str, list[list[int]]]:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=500, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|eos|>"]))
+    tokenizer.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=500, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|eos|>"]
+        ),
+    )
     stream = [t for e in tokenizer.encode_batch(texts) for t in e.ids + [0]]
-    rows = [stream[i:i + SEQ_LEN] for i in range(0, len(stream) - SEQ_LEN + 1, SEQ_LEN)]
+    rows = [stream[i : i + SEQ_LEN] for i in range(0, len(stream) - SEQ_LEN + 1, SEQ_LEN)]
     while len(rows) % 2 == 0 or len(rows) % 3 == 0:  # no world size divides it: ranks get uneven shares
         rows.pop()
     root = tmp_path_factory.mktemp("export")
@@ -43,7 +47,9 @@ def _epoch(prefix: str, world_size: int, workers: int, seed: int = 5, epoch: int
     """Sequence numbers each rank receives through a real DataLoader, in order."""
     seen = []
     for rank in range(world_size):
-        dataset = PackedSequenceDataset(prefix, rank=rank, world_size=world_size, seed=seed, batch_size=BATCH, epoch=epoch)
+        dataset = PackedSequenceDataset(
+            prefix, rank=rank, world_size=world_size, seed=seed, batch_size=BATCH, epoch=epoch
+        )
         loader = DataLoader(dataset, batch_size=BATCH, num_workers=workers)
         seen.append([i for batch in loader for i in batch["index"].tolist()])
     return seen

@@ -61,27 +61,35 @@ def test_a_users_stage_that_declares_duplicate_reasons_gets_a_duplicate_rate(rev
     assert figures["tamis_drop_rate"] == pytest.approx(sum(reasons.values()) / n_in)
 
 
-def test_the_built_in_dedup_under_another_name_is_measured_and_other_stages_have_no_duplicate_rate(tmp_path, make_pipeline):
+def test_the_built_in_dedup_under_another_name_is_measured_and_other_stages_have_no_duplicate_rate(
+    tmp_path, make_pipeline
+):
     rows = [{"id": str(i), "text": r["text"]} for i, r in enumerate(read_jsonl(REVIEWS, limit=30))]
     write_jsonl(tmp_path / "web" / "date=2026-11-20" / "a.jsonl", rows + rows[:12])
-    pipeline = make_pipeline({"web": {"path": str(tmp_path / "web"), "id_field": "id"}}, stages=[
-        {"name": "ingest", "type": "ingest"},
-        {"name": "normalize", "type": "normalize"},
-        {"name": "resent_copies", "type": "exact_dedup"},
-    ])
+    pipeline = make_pipeline(
+        {"web": {"path": str(tmp_path / "web"), "id_field": "id"}},
+        stages=[
+            {"name": "ingest", "type": "ingest"},
+            {"name": "normalize", "type": "normalize"},
+            {"name": "resent_copies", "type": "exact_dedup"},
+        ],
+    )
     for stage in pipeline.stage_names:
         run_one(pipeline, stage, "r")
     resent = Dataset(pipeline.stage_url("r", "resent_copies")).manifest()
     duplicates = _drop_reasons_read_back(pipeline.stage_url("r", "resent_copies"))
     assert sum(duplicates.values()) > 0
     assert metrics.stage_metrics(resent)["tamis_duplicate_rate"] == pytest.approx(
-        sum(duplicates[r] for r in resent["declares"]["duplicate_reasons"]) / resent["counts"]["in"])
+        sum(duplicates[r] for r in resent["declares"]["duplicate_reasons"]) / resent["counts"]["in"]
+    )
     normalize = Dataset(pipeline.stage_url("r", "normalize")).manifest()
     assert normalize["declares"]["duplicate_reasons"] == []
     assert "tamis_duplicate_rate" not in metrics.stage_metrics(normalize)
 
 
-def test_statsd_and_the_textfile_carry_the_same_figures_run_after_run(reviews_with_copies_and_stubs, tmp_path, monkeypatch):
+def test_statsd_and_the_textfile_carry_the_same_figures_run_after_run(
+    reviews_with_copies_and_stubs, tmp_path, monkeypatch
+):
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver.bind(("127.0.0.1", 0))
     receiver.settimeout(5)
@@ -113,4 +121,5 @@ def test_statsd_and_the_textfile_carry_the_same_figures_run_after_run(reviews_wi
         assert textfile[name] == pytest.approx(statsd[name], rel=1e-5), name
     assert textfile["tamis_docs_processed_total"] == sum(m["counts"]["in"] for m in manifests)
     assert textfile["tamis_drop_rate"] == pytest.approx(
-        manifests[-1]["counts"]["dropped"] / manifests[-1]["counts"]["in"], rel=1e-5)
+        manifests[-1]["counts"]["dropped"] / manifests[-1]["counts"]["in"], rel=1e-5
+    )

@@ -23,7 +23,10 @@ CORPUS = [
     ("books", "web_en/us_presidential_speeches.jsonl.gz", 40, 3000),
     ("code", "code/code_00.jsonl.gz", 200, 800),
 ]
-SOURCES = {name: SourceConfig(path=str(TEST_DATA / path), type="code" if name == "code" else "prose") for name, path, _, _ in CORPUS}
+SOURCES = {
+    name: SourceConfig(path=str(TEST_DATA / path), type="code" if name == "code" else "prose")
+    for name, path, _, _ in CORPUS
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +35,22 @@ def tokenized_docs() -> pa.Table:
     rows = []
     for source, path, n, chars in CORPUS:
         for i, record in enumerate(read_jsonl(TEST_DATA / path, n)):
-            rows.append({"id": f"{source}/{i:04d}", "source": source, "date": "2026-11-20", "url": None,
-                         "text": record["text"][:chars], "lang": "en"})
+            rows.append(
+                {
+                    "id": f"{source}/{i:04d}",
+                    "source": source,
+                    "date": "2026-11-20",
+                    "url": None,
+                    "text": record["text"][:chars],
+                    "lang": "en",
+                }
+            )
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|eos|>"])
+    trainer = trainers.BpeTrainer(
+        vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|eos|>"]
+    )
     tokenizer.train_from_iterator([r["text"] for r in rows], trainer)
     ids = [e.ids for e in tokenizer.encode_batch([r["text"] for r in rows])]
     table = pa.Table.from_pylist(rows)
@@ -55,8 +67,14 @@ def _write_dataset(root: Path, table: pa.Table, parts: int = 3) -> str:
     for k in range(parts):
         name = f"2026-11-20_part_{k:05d}"
         pq.write_table(table.slice(k * step, step), root / f"{name}.parquet", row_group_size=64)
-        entries.append({"name": name, "input": "test", "rows": min(step, max(table.num_rows - k * step, 0)),
-                        "bytes": (root / f"{name}.parquet").stat().st_size})
+        entries.append(
+            {
+                "name": name,
+                "input": "test",
+                "rows": min(step, max(table.num_rows - k * step, 0)),
+                "bytes": (root / f"{name}.parquet").stat().st_size,
+            }
+        )
     storage.write_json_atomic(storage.join(url, "_manifest.json"), {"parts": entries}, url)
     return url
 
@@ -103,7 +121,9 @@ def test_counts_reconcile_with_repeats_counted_apart(tmp_path, tokenized_docs):
     assert set(repeats.column("source").to_pylist()) == {"books"}
     originals = {i.split("#")[0] for i in repeats.column("id").to_pylist()}
     assert originals <= set(tokenized_docs.column("id").to_pylist())
-    assert all(i.endswith(f"#{e}") for i, e in zip(repeats.column("id").to_pylist(), repeats.column("epoch").to_pylist()))
+    assert all(
+        i.endswith(f"#{e}") for i, e in zip(repeats.column("id").to_pylist(), repeats.column("epoch").to_pylist())
+    )
     dropped = Dataset(str(tmp_path / "mix")).read_side("dropped")
     assert dropped.num_rows == c["dropped"]
     assert set(dropped.column("reason").to_pylist()) == {"mix_not_sampled"}
@@ -126,12 +146,16 @@ def test_epoch_cap_reports_the_shortfall_honestly(tmp_path, tokenized_docs):
     available = _tokens(tokenized_docs)
     budget = sum(available.values())
     weights = {"web": 0.2, "books": 0.7, "code": 0.1}  # books needs ~3 epochs, capped at 1.5
-    stage = Mix({"weights": weights, "token_budget": budget, "max_epochs_by_source": {"books": 1.5}},
-                context={"sources": SOURCES})
+    stage = Mix(
+        {"weights": weights, "token_budget": budget, "max_epochs_by_source": {"books": 1.5}},
+        context={"sources": SOURCES},
+    )
     manifest = run_stage(stage, input_url, str(tmp_path / "mix"), workers=1)
     shares = realized_shares(manifest)
     assert shares["books"]["capped"] and not shares["web"]["capped"]
-    assert abs(shares["books"]["tokens"] - 1.5 * available["books"]) <= max(tokenized_docs.column("token_count").to_pylist())
+    assert abs(shares["books"]["tokens"] - 1.5 * available["books"]) <= max(
+        tokenized_docs.column("token_count").to_pylist()
+    )
     assert shares["books"]["realized"] < weights["books"] - 0.05
     out = Dataset(str(tmp_path / "mix")).read()
     assert max(out.filter(pc.equal(out.column("source"), "books")).column("epoch").to_pylist()) == 1

@@ -46,7 +46,6 @@ def record(id_: str, text: str, source: str = "wiki", date: str = "2026-11-20", 
     return {"id": id_, "source": source, "date": date, "url": None, "text": text, **extra}
 
 
-
 def dropped_pairs(url: str) -> dict[str, str]:
     side = Dataset(url).read_side("dropped")
     return {r["id"]: r["detail"] for r in side.to_pylist()} if side.num_rows else {}
@@ -56,7 +55,7 @@ def word_ngrams(text: str, n: int = 2) -> set[tuple[bytes, ...]]:
     """Word n-grams as the stage defines words (ASCII letters, digits, '_' and non-ASCII
     bytes, ASCII-lowercased), computed independently of it."""
     words = [w.lower() for w in re.findall(rb"[A-Za-z0-9_\x80-\xff]+", text.encode())]
-    return {tuple(words[i: i + n]) for i in range(len(words) - n + 1)} or ({tuple(words)} if words else set())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)} or ({tuple(words)} if words else set())
 
 
 def true_jaccard(a: str, b: str, n: int = 2) -> float:
@@ -94,10 +93,16 @@ def threshold_pairs() -> tuple[list[dict], list[dict], dict[str, str], dict[str,
     edited copy of each right at the threshold: every other copy just above it, the rest
     just below. Returns (originals, copies, {above copy: its original}, {copy: true J})."""
     texts = [r["text"] for r in read_jsonl(TEST_DATA / "web_en" / "movie_reviews_polarity_2000.jsonl.gz", 40)]
-    texts += [r["text"] for r in read_jsonl(TEST_DATA / "web_en" / "wikipedia_en_sample.jsonl.gz")
-              if 300 <= len(r["text"].split()) <= 4000][:14]
-    texts += [r["text"] for r in read_jsonl(TEST_DATA / "web_en" / "cc_c4_pile_fixtures_by_source.jsonl.gz")
-              if 300 <= len(r["text"].split()) <= 4000][:12]
+    texts += [
+        r["text"]
+        for r in read_jsonl(TEST_DATA / "web_en" / "wikipedia_en_sample.jsonl.gz")
+        if 300 <= len(r["text"].split()) <= 4000
+    ][:14]
+    texts += [
+        r["text"]
+        for r in read_jsonl(TEST_DATA / "web_en" / "cc_c4_pile_fixtures_by_source.jsonl.gz")
+        if 300 <= len(r["text"].split()) <= 4000
+    ][:12]
     originals, copies, expected, jaccard = [], [], {}, {}
     for i, text in enumerate(texts):
         above = i % 2 == 0
@@ -116,27 +121,39 @@ def corpus(tmp_path) -> tuple[str, dict[str, str]]:
     """Two parts of real Wikipedia articles; the second also holds near copies of five of them."""
     docs = sample_docs(limit=24)
     originals = [record(f"wiki/{i:03d}", d["text"]) for i, d in enumerate(docs)]
-    copies = [record(f"copy/{i:03d}", perturb(docs[i]["text"], seed=i), source="mirror", date="2026-11-21")
-              for i in (1, 4, 9, 16, 20)]
+    copies = [
+        record(f"copy/{i:03d}", perturb(docs[i]["text"], seed=i), source="mirror", date="2026-11-21")
+        for i in (1, 4, 9, 16, 20)
+    ]
     url = write_dataset(tmp_path / "in", {"p0": originals[:12], "p1": originals[12:] + copies})
     return url, {c["id"]: f"wiki/{int(c['id'][-3:]):03d}" for c in copies}
 
 
 def test_bands_for_recall_reach_the_recall_with_the_fewest_candidates_below_the_threshold():
     grid = np.linspace(0.0, 1.0, 2001)
-    for threshold, num_perm, recall in ((0.8, 128, 0.97), (0.8, 256, 0.97), (0.7, 64, 0.9), (0.9, 128, 0.99), (0.5, 128, 0.97)):
+    for threshold, num_perm, recall in (
+        (0.8, 128, 0.97),
+        (0.8, 256, 0.97),
+        (0.7, 64, 0.9),
+        (0.9, 128, 0.99),
+        (0.5, 128, 0.97),
+    ):
         bands, rows = minhash.bands_for_recall(threshold, num_perm, recall)
         assert bands * rows <= num_perm
-        at_threshold = 1 - (1 - threshold ** rows) ** bands
+        at_threshold = 1 - (1 - threshold**rows) ** bands
         assert at_threshold >= recall
         below = grid[grid <= threshold]
 
         def area(b, r, below=below):
-            return np.trapezoid(1 - (1 - below ** r) ** b, below)
+            return np.trapezoid(1 - (1 - below**r) ** b, below)
 
         # No other banding that reaches the recall makes fewer candidates below the threshold.
-        feasible = [(b, r) for r in range(1, num_perm + 1) for b in range(1, num_perm // r + 1)
-                    if 1 - (1 - threshold ** r) ** b >= recall]
+        feasible = [
+            (b, r)
+            for r in range(1, num_perm + 1)
+            for b in range(1, num_perm // r + 1)
+            if 1 - (1 - threshold**r) ** b >= recall
+        ]
         assert area(bands, rows) <= min(area(b, r) for b, r in feasible) + 1e-9
     with pytest.raises(ValueError, match="raise num_perm"):
         minhash.bands_for_recall(0.5, 2, 0.9)  # at best 1 - 0.5^2 = 0.75
@@ -154,7 +171,7 @@ def test_s_curve_gives_the_candidate_probability_from_half_to_one():
     grid = [j for j, _ in curve.points]
     assert grid == pytest.approx([0.5 + 0.05 * k for k in range(11)])
     for j, p in curve.points:
-        assert p == pytest.approx(1 - (1 - j ** 7) ** 15, abs=1e-12)
+        assert p == pytest.approx(1 - (1 - j**7) ** 15, abs=1e-12)
     probabilities = [p for _, p in curve.points]
     assert probabilities == sorted(probabilities) and probabilities[-1] == 1.0
     assert curve.effective_threshold == pytest.approx((1 / 15) ** (1 / 7))
@@ -183,7 +200,7 @@ def test_signature_verdicts_settle_only_what_a_binomial_tail_below_1e_9_allows()
     accept, reject = minhash.signature_verdicts(agree / num_perm, threshold, num_perm)
 
     def tail(ks):  # P(K in ks) for K ~ Binomial(num_perm, threshold)
-        return sum(math.comb(num_perm, k) * threshold ** k * (1 - threshold) ** (num_perm - k) for k in ks)
+        return sum(math.comb(num_perm, k) * threshold**k * (1 - threshold) ** (num_perm - k) for k in ks)
 
     first_accept, last_reject = agree[accept].min(), agree[reject].max()
     assert tail(range(first_accept, num_perm + 1)) <= 1e-9 < tail(range(first_accept - 1, num_perm + 1))
@@ -199,7 +216,7 @@ def test_signature_similarity_estimates_word_ngram_jaccard():
     for i in range(len(texts)):
         a, b = word_ngrams(texts[i], 3), word_ngrams(variants[i], 3)
         exact = len(a & b) / len(a | b)
-        estimate = float(minhash.similarity(sig[i: i + 1], sig[len(texts) + i: len(texts) + i + 1])[0])
+        estimate = float(minhash.similarity(sig[i : i + 1], sig[len(texts) + i : len(texts) + i + 1])[0])
         assert abs(estimate - exact) < 0.15, (i, exact, estimate)
     unrelated = minhash.similarity(sig[:1], sig[1:2])[0]
     assert unrelated < 0.1
@@ -207,16 +224,22 @@ def test_signature_similarity_estimates_word_ngram_jaccard():
 
 def test_shingles_ignore_case_and_punctuation_and_count_short_documents():
     config = minhash.MinHashConfig(ngram=3)
-    hashes, counts = minhash.shingle_hashes(pa.array(["The cat sat, on the mat.", "the CAT sat on  the mat", "", None, "hi"]), config)
+    hashes, counts = minhash.shingle_hashes(
+        pa.array(["The cat sat, on the mat.", "the CAT sat on  the mat", "", None, "hi"]), config
+    )
     assert counts.tolist() == [4, 4, 0, 0, 1]
     assert hashes[:4].tolist() == hashes[4:8].tolist()
-    char_hashes, char_counts = minhash.shingle_hashes(pa.array(["naïve café", "ab"]), minhash.MinHashConfig(shingle="char", ngram=5))
+    char_hashes, char_counts = minhash.shingle_hashes(
+        pa.array(["naïve café", "ab"]), minhash.MinHashConfig(shingle="char", ngram=5)
+    )
     assert char_counts.tolist() == [len("naïve café") - 4, 1]
 
 
 def test_shingles_of_a_document_do_not_depend_on_its_neighbours_in_the_batch():
     # Documents are hashed as one concatenated buffer: words must not run across them.
-    texts = ["ends with a word", "", "", "starts", "Starts", "  spaced  ", "x"] + [d["text"] for d in sample_docs(limit=3)]
+    texts = ["ends with a word", "", "", "starts", "Starts", "  spaced  ", "x"] + [
+        d["text"] for d in sample_docs(limit=3)
+    ]
     for shingle in ("word", "char"):
         config = minhash.MinHashConfig(shingle=shingle, ngram=2)
         together, counts = minhash.shingle_hashes(pa.array(texts), config)
@@ -268,8 +291,11 @@ def test_keep_rules_pick_longest_or_highest_quality(tmp_path):
         record("a/3", perturb(text, seed=3), quality=0.9, date="2026-11-22"),
     ]
     url = write_dataset(tmp_path / "in", {"p": rows})
-    for keep, extra, survivor in (("first", {}, "a/1"), ("longest", {}, "a/2"),
-                                  ("highest_quality", {"quality_column": "quality"}, "a/3")):
+    for keep, extra, survivor in (
+        ("first", {}, "a/1"),
+        ("longest", {}, "a/2"),
+        ("highest_quality", {"quality_column": "quality"}, "a/3"),
+    ):
         out = str(tmp_path / keep)
         run_stage(NearDedup({"keep": keep, **extra}), url, out)
         drops = dropped_pairs(out)
@@ -322,8 +348,10 @@ def test_stage_splits_pairs_right_at_the_threshold(tmp_path, params):
     metrics = manifest["metrics"]
     assert metrics["near_dup.verified_pairs"] == len(drops)
     assert metrics["near_dup.verified_by_jaccard.0.80"] == len(drops)  # all in [0.80, 0.85)
-    assert sum(v for k, v in metrics.items() if k.startswith("near_dup.candidates_by_jaccard.")) \
+    assert (
+        sum(v for k, v in metrics.items() if k.startswith("near_dup.candidates_by_jaccard."))
         == metrics["near_dup.candidate_pairs"]
+    )
     assert metrics["near_dup.exact_jaccard_pairs"] >= len(drops)  # no signature settles a pair at 0.80
 
 
@@ -351,20 +379,31 @@ def test_manifest_shows_the_s_curve_of_the_banding(corpus, tmp_path):
     metrics = run_stage(NearDedup(params), input_url, str(tmp_path / "out"))["metrics"]
     config = NearDedupParams(**params).minhash_config()
     assert (metrics["near_dup.s_curve.bands"], metrics["near_dup.s_curve.rows"]) == (config.bands, config.rows)
-    assert metrics["near_dup.s_curve.effective_threshold"] == pytest.approx((1 / config.bands) ** (1 / config.rows), abs=1e-6)
+    assert metrics["near_dup.s_curve.effective_threshold"] == pytest.approx(
+        (1 / config.bands) ** (1 / config.rows), abs=1e-6
+    )
     for k in range(11):
         j = 0.5 + 0.05 * k
-        assert metrics[f"near_dup.s_curve.{j:.2f}"] == pytest.approx(1 - (1 - j ** config.rows) ** config.bands, abs=1e-6)
-    assert sum(v for k, v in metrics.items() if k.startswith("near_dup.verified_by_jaccard.")) \
-        == metrics["near_dup.verified_pairs"] == 5
+        assert metrics[f"near_dup.s_curve.{j:.2f}"] == pytest.approx(1 - (1 - j**config.rows) ** config.bands, abs=1e-6)
+    assert (
+        sum(v for k, v in metrics.items() if k.startswith("near_dup.verified_by_jaccard."))
+        == metrics["near_dup.verified_pairs"]
+        == 5
+    )
 
 
 def test_bad_input_empty_one_word_huge_and_repeated_documents(tmp_path):
     text = sample_docs(limit=1)[0]["text"]
     huge = (text + "\n") * (10_000_000 // len(text) + 1)
     identical = [record(f"same/{i:05d}", "The same short notice, repeated across many pages.") for i in range(10_000)]
-    rows = [record("bad/empty1", ""), record("bad/empty2", ""), record("bad/word1", "hello"),
-            record("bad/word2", "hello"), record("bad/huge", huge), record("bad/huge-copy", perturb(huge, seed=1, rate=0.0001))]
+    rows = [
+        record("bad/empty1", ""),
+        record("bad/empty2", ""),
+        record("bad/word1", "hello"),
+        record("bad/word2", "hello"),
+        record("bad/huge", huge),
+        record("bad/huge-copy", perturb(huge, seed=1, rate=0.0001)),
+    ]
     url = write_dataset(tmp_path / "in", {"odd": rows, "same": identical})
     manifest = run_stage(NearDedup({}), url, str(tmp_path / "out"))
     c = manifest["counts"]
@@ -381,7 +420,9 @@ def test_bad_input_empty_one_word_huge_and_repeated_documents(tmp_path):
 def test_incremental_batch_is_checked_against_the_index_without_recomputing_it(tmp_path):
     docs = sample_docs(limit=20)
     index_url = str(tmp_path / "index")
-    first = write_dataset(tmp_path / "batch1", {"b1": [record(f"wiki/{i:03d}", d["text"]) for i, d in enumerate(docs[:12])]})
+    first = write_dataset(
+        tmp_path / "batch1", {"b1": [record(f"wiki/{i:03d}", d["text"]) for i, d in enumerate(docs[:12])]}
+    )
     run_stage(NearDedup({"index_url": index_url}), first, str(tmp_path / "out1"))
     (part1,) = Path(index_url).glob("*.parquet")
     digest1 = hashlib.sha256(part1.read_bytes()).hexdigest()
@@ -435,17 +476,22 @@ def spill_partitions(documents: int, budget_mb: int = 8) -> int:
     return math.ceil(documents * bands * SPILLED_KEY_ROW_BYTES / (budget_mb << 20))
 
 
-@pytest.mark.parametrize("params", [{}, {"verify": "estimate", "keep": "longest"}, {"verify": "off"}],
-                         ids=["exact", "estimate", "off"])
+@pytest.mark.parametrize(
+    "params", [{}, {"verify": "estimate", "keep": "longest"}, {"verify": "off"}], ids=["exact", "estimate", "off"]
+)
 def test_a_plan_over_its_memory_budget_goes_to_disk_and_decides_the_same(tmp_path, monkeypatch, params):
     originals, copies, expected, _ = threshold_pairs()
     # Four more copies of the first original, their ids against the order of their rows: a
     # bucket links its members in id order, whichever plan builds it. And two documents
     # without shingles.
-    extra = [record(f"dup/{4 - i}", perturb(originals[0]["text"], seed=i, rate=0.01 * i), source="dup", date="2026-11-22")
-             for i in range(4)] + [record("dup/empty", ""), record("dup/empty-too", "")]
-    url = write_dataset(tmp_path / "in", {"p0": originals[::2] + copies[1::2] + extra[:2],
-                                          "p1": originals[1::2] + copies[::2] + extra[2:]})
+    extra = [
+        record(f"dup/{4 - i}", perturb(originals[0]["text"], seed=i, rate=0.01 * i), source="dup", date="2026-11-22")
+        for i in range(4)
+    ] + [record("dup/empty", ""), record("dup/empty-too", "")]
+    url = write_dataset(
+        tmp_path / "in",
+        {"p0": originals[::2] + copies[1::2] + extra[:2], "p1": originals[1::2] + copies[::2] + extra[2:]},
+    )
     params = {"memory_budget_mb": 8, **params}
     in_memory = run_stage(NearDedup(params), url, str(tmp_path / "memory"), workers=2)
     monkeypatch.setattr(near_dedup, "SET_BYTES_PER_TEXT_BYTE", PAIR_AT_A_TIME)
@@ -453,15 +499,20 @@ def test_a_plan_over_its_memory_budget_goes_to_disk_and_decides_the_same(tmp_pat
     spilled(monkeypatch)
     on_disk = run_stage(NearDedup(params), url, str(tmp_path / "disk"), workers=2)
     assert "near_dup.spill_partitions" not in in_memory["metrics"] | pair_at_a_time["metrics"]
-    assert on_disk["metrics"]["near_dup.spill_partitions"] == spill_partitions(len(originals) + len(copies) + len(extra))
-    assert decided(on_disk, str(tmp_path / "disk")) == decided(in_memory, str(tmp_path / "memory")) \
+    assert on_disk["metrics"]["near_dup.spill_partitions"] == spill_partitions(
+        len(originals) + len(copies) + len(extra)
+    )
+    assert (
+        decided(on_disk, str(tmp_path / "disk"))
+        == decided(in_memory, str(tmp_path / "memory"))
         == decided(pair_at_a_time, str(tmp_path / "pairs"))
+    )
     drops = dropped_pairs(str(tmp_path / "disk"))
     kin = {"orig/000", copies[0]["id"], *(f"dup/{i}" for i in range(1, 5))}
     survivors = {drops.pop(i) for i in sorted(kin & set(drops))}
     assert len(survivors) == 1 and survivors <= kin and "dup/empty" not in drops
     # Every other drop is an original or its edited copy, naming the other.
-    assert drops and all(min(pair)[len("copy/"):][:3] == max(pair)[len("orig/"):][:3] for pair in drops.items())
+    assert drops and all(min(pair)[len("copy/") :][:3] == max(pair)[len("orig/") :][:3] for pair in drops.items())
     if not params.get("verify"):
         assert {copy: expected[copy] for copy in drops} == drops  # exact: nothing below the threshold goes
     assert on_disk["metrics"]["near_dup.no_shingles"] == 2
@@ -482,11 +533,19 @@ def test_a_spilled_nightly_plan_matches_the_index_and_writes_a_part_the_next_day
     days = {
         "2026-11-20": {"a": originals[:33], "b": originals[33:]},
         # The day's copies of earlier documents, new documents, and a near copy of one of them.
-        "2026-11-21": {"c": copies[:33] + fresh[:5], "d": copies[33:] + fresh[5:]
-                       + [record("fresh/003-copy", perturb(fresh[3]["text"], seed=3), date="2026-11-21")]},
+        "2026-11-21": {
+            "c": copies[:33] + fresh[:5],
+            "d": copies[33:]
+            + fresh[5:]
+            + [record("fresh/003-copy", perturb(fresh[3]["text"], seed=3), date="2026-11-21")],
+        },
         # Near copies of a document of each earlier day, checked without updating the index.
-        "2026-11-22": {"e": [record("late/001", perturb(originals[1]["text"], seed=11), date="2026-11-22"),
-                             record("late/fresh", perturb(fresh[7]["text"], seed=12), date="2026-11-22")]},
+        "2026-11-22": {
+            "e": [
+                record("late/001", perturb(originals[1]["text"], seed=11), date="2026-11-22"),
+                record("late/fresh", perturb(fresh[7]["text"], seed=12), date="2026-11-22"),
+            ]
+        },
     }
     urls = {day: write_dataset(tmp_path / "in" / day, parts) for day, parts in days.items()}
 
@@ -507,10 +566,14 @@ def test_a_spilled_nightly_plan_matches_the_index_and_writes_a_part_the_next_day
         assert nightly("disk", day, "index-disk") == nightly("memory", day, "index-memory")
     second = dropped_pairs(str(tmp_path / "disk-index-disk-2026-11-21"))
     assert second["fresh/003-copy"] == "fresh/003"
-    assert {k: v for k, v in second.items() if k != "fresh/003-copy"} == {c: expected[c] for c in second if c in expected}
+    assert {k: v for k, v in second.items() if k != "fresh/003-copy"} == {
+        c: expected[c] for c in second if c in expected
+    }
     # The spilled plan's index parts are a folder of files each, holding the same rows.
-    assert sorted(p.name for p in (tmp_path / "index-disk").iterdir() if not p.name.startswith("_")) \
-        == ["date=2026-11-20", "date=2026-11-21"]
+    assert sorted(p.name for p in (tmp_path / "index-disk").iterdir() if not p.name.startswith("_")) == [
+        "date=2026-11-20",
+        "date=2026-11-21",
+    ]
     assert index_table(str(tmp_path / "index-disk")).equals(index_table(str(tmp_path / "index-memory")))
     # The next day, either plan reads the spilled plan's parts as it reads its own.
     third = nightly("memory", "2026-11-22", "index-memory", update_index=False)

@@ -38,5 +38,7 @@ def test_prose_whitespace_collapses_while_code_indentation_survives():
 def test_text_that_normalizes_to_nothing_is_dropped_with_a_reason():
     result = normalize(["\u200b \t\x07\n", "kept"])
     assert result.kept.column("id").to_pylist() == ["d1"]
-    assert result.dropped.to_pylist() == [{"id": "d0", "source": "web", "reason": "empty_after_normalize", "detail": None}]
+    assert result.dropped.to_pylist() == [
+        {"id": "d0", "source": "web", "reason": "empty_after_normalize", "detail": None}
+    ]
     assert result.metrics["normalize.changed_docs"] == 1

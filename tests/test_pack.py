@@ -28,16 +28,21 @@ def docs_table(name: str, limit: int) -> pa.Table:
     rows = read_jsonl(path, limit)
     source = name.split("/")[0]
     return pa.table(
-        {"id": [f"{path.name}/{i}" for i in range(len(rows))], "source": [source] * len(rows), "text": [r["text"] for r in rows]}
+        {
+            "id": [f"{path.name}/{i}" for i in range(len(rows))],
+            "source": [source] * len(rows),
+            "text": [r["text"] for r in rows],
+        }
     )
-
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """(tokenizer path, tokenized dataset URL, its documents in dataset order)."""
     root = tmp_path_factory.mktemp("pack")
-    tokenizer = str(train_tokenizer(str(TEST_DATA / CORPUS[0][0]), str(root / "tokenizer.json"), vocab_size=2048, max_docs=40))
+    tokenizer = str(
+        train_tokenizer(str(TEST_DATA / CORPUS[0][0]), str(root / "tokenizer.json"), vocab_size=2048, max_docs=40)
+    )
     source = write_dataset(root / "normalized", [docs_table(name, n) for name, n in CORPUS])
     run_stage(Tokenize({"tokenizer": tokenizer}), source, str(root / "tokenized"))
     docs = Dataset(str(root / "tokenized")).read(["id", "input_ids", "token_count"])

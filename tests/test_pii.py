@@ -59,7 +59,6 @@ def records(texts: list, source: str = "web") -> pa.Table:
     )
 
 
-
 def gold_values(record: dict, label: str) -> list[str]:
     return [s["value"] for s in record["spans"] if s["label"] == label]
 
@@ -211,7 +210,9 @@ def test_detection_never_touches_the_network(tmp_path, synth):
     # would try to download the public suffix list here.
     env = {**os.environ, "TLDEXTRACT_CACHE": str(tmp_path / "tldextract"), "XDG_CACHE_HOME": str(tmp_path)}
     text = synth[SENTENCE_IDS["EMAIL_ADDRESS"]]["text"]
-    out = subprocess.run([sys.executable, "-c", NETWORK_PROBE, text], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", NETWORK_PROBE, text], env=env, capture_output=True, text=True, check=True
+    )
     found, attempts = out.stdout.split()
     assert (found, attempts) == ("1", "0")
 
@@ -265,7 +266,9 @@ def test_counts_reconcile_and_no_pii_value_leaks(tmp_path, synth, caplog, action
 
 
 def test_worker_processes_set_the_stage_up_themselves_and_mask_as_one_process_does(synth, tmp_path):
-    texts = [synth[SENTENCE_IDS[entity]]["text"] for entity in ("IBAN_CODE", "EMAIL_ADDRESS", "CREDIT_CARD", "PHONE_NUMBER")]
+    texts = [
+        synth[SENTENCE_IDS[entity]]["text"] for entity in ("IBAN_CODE", "EMAIL_ADDRESS", "CREDIT_CARD", "PHONE_NUMBER")
+    ]
     parts = {f"part_{i}": records([text]).set_column(0, "id", pa.array([f"web/{i}"])) for i, text in enumerate(texts)}
     source = write_dataset(tmp_path / "in", parts)
     one = run_stage(PiiMask(), source, str(tmp_path / "one"), workers=1)
@@ -365,7 +368,10 @@ def test_full_width_values_are_found_and_the_text_around_them_is_kept(masker):
     assert result.kept.column("text")[0].as_py() == "電話：<PHONE_NUMBER>　メール：<EMAIL_ADDRESS>　まで"
     flagged = PiiMask({"action": "flag"}).process_batch(records([text])).kept.to_pylist()[0]
     values = {s["entity"]: text[s["start"] : s["end"]] for s in flagged["pii_spans"]}
-    assert values == {"PHONE_NUMBER": "＋１ ４１５ ５５５ ２６７１", "EMAIL_ADDRESS": "ｙａｍａｄａ＠ｅｘａｍｐｌｅ．ｃｏｍ"}
+    assert values == {
+        "PHONE_NUMBER": "＋１ ４１５ ５５５ ２６７１",
+        "EMAIL_ADDRESS": "ｙａｍａｄａ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+    }
 
 
 def test_each_value_gets_its_own_mask_and_the_text_between_is_kept(masker):

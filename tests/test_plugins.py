@@ -27,8 +27,22 @@ TAMIS = [sys.executable, "-m", "tamis.cli"]
 def site(tmp_path_factory) -> Path:
     """The example package installed with pip, as a team would install theirs."""
     target = tmp_path_factory.mktemp("plugin_site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(PLUGIN)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(PLUGIN),
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert list(target.glob("tamis_example_filters-*.dist-info"))
     return target
 
@@ -42,16 +56,21 @@ def plugin_pipeline(tmp_path_factory) -> Path:
         "storage_root": str(root / "store"),
         "workers": 2,
         "execution": {"mode": "${TAMIS_EXECUTION:-local}"},
-        "sources": {"web": {"path": str(sample / "web"), "id_field": "id", "url_field": "url"},
-                    "udhr": {"path": str(sample / "udhr"), "format": "text"}},
+        "sources": {
+            "web": {"path": str(sample / "web"), "id_field": "id", "url_field": "url"},
+            "udhr": {"path": str(sample / "udhr"), "format": "text"},
+        },
         "stages": [
             {"name": "ingest", "type": "ingest"},
             {"name": "normalize", "type": "normalize"},
             {"name": "normalize_nfkc", "type": "normalize", "params": {"unicode_form": "NFKC"}},
             {"name": "quality", "type": "quality"},
             {"name": "min_length", "type": "min_length", "params": {"min_chars": 1500}},
-            {"name": "short_lines", "type": "tamis_example_filters:drop_short_lines",
-             "params": {"max_short_line_ratio": 0.2, "short_line_chars": 60}},
+            {
+                "name": "short_lines",
+                "type": "tamis_example_filters:drop_short_lines",
+                "params": {"max_short_line_ratio": 0.2, "short_line_chars": 60},
+            },
             {"name": "pii", "type": "pii"},
             {"name": "exact_dedup", "type": "exact_dedup"},
         ],
@@ -72,8 +91,13 @@ def manifest(root: Path, run: str, stage: str) -> dict:
 
 
 def test_tamis_build_runs_the_team_s_stages_and_a_built_in_twice(site, plugin_pipeline):
-    done = subprocess.run([*TAMIS, "build", "--pipeline", str(plugin_pipeline), "--run-id", "b"], env=env_with(site),
-                          capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [*TAMIS, "build", "--pipeline", str(plugin_pipeline), "--run-id", "b"],
+        env=env_with(site),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     root = plugin_pipeline.parent
     min_length, short_lines = manifest(root, "b", "min_length"), manifest(root, "b", "short_lines")
@@ -81,22 +105,34 @@ def test_tamis_build_runs_the_team_s_stages_and_a_built_in_twice(site, plugin_pi
     assert short_lines["type"] == "tamis.stage:FunctionStage" and short_lines["drop_reasons"]["mostly_short_lines"] > 0
     assert manifest(root, "b", "pii")["counts"]["in"] == short_lines["counts"]["kept"]
     nfkc = manifest(root, "b", "normalize_nfkc")
-    assert nfkc["params"]["unicode_form"] == "NFKC" and manifest(root, "b", "normalize")["params"]["unicode_form"] == "NFC"
+    assert (
+        nfkc["params"]["unicode_form"] == "NFKC" and manifest(root, "b", "normalize")["params"]["unicode_form"] == "NFC"
+    )
     for stage in ("min_length", "short_lines", "normalize_nfkc"):
         gate = json.loads((root / "store/runs/b" / stage / "_gates/result.json").read_text())
         assert gate["success"], stage
     from tamis.report import run_report
 
-    rows = {row["stage"]: row for row in run_report(str(root / "store/runs/b"), [
-        "ingest", "normalize", "normalize_nfkc", "quality", "min_length", "short_lines", "pii", "exact_dedup"])["stages"]}
+    rows = {
+        row["stage"]: row
+        for row in run_report(
+            str(root / "store/runs/b"),
+            ["ingest", "normalize", "normalize_nfkc", "quality", "min_length", "short_lines", "pii", "exact_dedup"],
+        )["stages"]
+    }
     assert rows["min_length"]["drop_reasons"] == min_length["drop_reasons"]
 
 
 def test_the_team_s_stages_are_dvc_stages_of_a_release(site, plugin_pipeline):
     env = env_with(site)
     for step in ("prepare", "repro"):
-        done = subprocess.run([*TAMIS, "release", step, "--pipeline", str(plugin_pipeline)], env=env,
-                              capture_output=True, text=True, timeout=1200)
+        done = subprocess.run(
+            [*TAMIS, "release", step, "--pipeline", str(plugin_pipeline)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
         assert done.returncode == 0, (step, done.stderr[-3000:])
     workspace = plugin_pipeline.parent / "workspace"
     stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
@@ -110,25 +146,39 @@ def test_corpus_build_runs_them_locally_and_as_rendered_pods(site, plugin_pipeli
     dags.mkdir()
     (dags / "team_build.py").write_text(
         "from tamis_airflow.corpus import build_corpus_dag\n"
-        f"dag = build_corpus_dag({str(plugin_pipeline)!r}, dag_id='team_build')\n")
+        f"dag = build_corpus_dag({str(plugin_pipeline)!r}, dag_id='team_build')\n"
+    )
     env = env_with(site, **{**airflow_env(tmp_path / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(dags)})
     for command in (["db", "migrate"], ["dags", "reserialize"]):
         subprocess.run([AIRFLOW, *command], env=env, check=True, capture_output=True)
-    done = subprocess.run([AIRFLOW, "dags", "test", "team_build"], env=env, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [AIRFLOW, "dags", "test", "team_build"], env=env, capture_output=True, text=True, timeout=1200
+    )
     assert done.returncode == 0 and "state=success" in done.stdout + done.stderr, (done.stdout + done.stderr)[-4000:]
 
     # Kubernetes mode: the team's stage fans out; one of its pods, as rendered, runs here.
     probe = tmp_path / "render.py"
     probe.write_text(RENDER_ONE_POD)
-    rendered = subprocess.run([sys.executable, str(probe), str(dags)], env={**env, "TAMIS_EXECUTION": "kubernetes"},
-                              capture_output=True, text=True, timeout=600)
+    rendered = subprocess.run(
+        [sys.executable, str(probe), str(dags)],
+        env={**env, "TAMIS_EXECUTION": "kubernetes"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rendered.returncode == 0, rendered.stderr[-3000:]
     argv = json.loads(rendered.stdout.strip().splitlines()[-1])
     assert argv[:2] == ["run", "min_length"] and "--shard" in argv
-    pod = subprocess.run(["tamis", *argv], cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env={**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    pod = subprocess.run(
+        ["tamis", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
     assert pod.returncode == 0, pod.stderr[-3000:]
-    assert json.loads(pod.stdout.strip().splitlines()[-1])["committed_shards"] == argv[argv.index("--shard") + 1::2]
+    assert json.loads(pod.stdout.strip().splitlines()[-1])["committed_shards"] == argv[argv.index("--shard") + 1 :: 2]
 
 
 # Runs in a subprocess with the plugin on the path: parses the DAG in kubernetes mode, runs the

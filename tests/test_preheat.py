@@ -30,15 +30,28 @@ def made(tmp_path_factory):
     root = tmp_path_factory.mktemp("preheat")
     web = root / "src/web/date=2026-11-20"
     web.mkdir(parents=True)
-    web.joinpath("speeches.jsonl").write_text("".join(
-        (SAMPLE / "web/date=2026-11-20/speeches.jsonl").read_text().splitlines(keepends=True)[:6]))
+    web.joinpath("speeches.jsonl").write_text(
+        "".join((SAMPLE / "web/date=2026-11-20/speeches.jsonl").read_text().splitlines(keepends=True)[:6])
+    )
     path = root / "small.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "small", "team": "data", "storage_root": str(root / "store"), "workers": 1,
-        "sources": {"web": {"path": str(root / "src/web"), "id_field": "id"}},
-        "stages": {"ingest": {}, "tokenize": {"tokenizer": str(TOKENIZER)},
-                   "pack": {"tokenizer": str(TOKENIZER), "seq_len": 128}, "index": {"documents": "tokenize"}},
-    }, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "small",
+                "team": "data",
+                "storage_root": str(root / "store"),
+                "workers": 1,
+                "sources": {"web": {"path": str(root / "src/web"), "id_field": "id"}},
+                "stages": {
+                    "ingest": {},
+                    "tokenize": {"tokenizer": str(TOKENIZER)},
+                    "pack": {"tokenizer": str(TOKENIZER), "seq_len": 128},
+                    "index": {"documents": "tokenize"},
+                },
+            },
+            sort_keys=False,
+        )
+    )
     pipeline = load_pipeline(str(path))
     config = release_config(pipeline)
     manifest = release(pipeline, config)
@@ -54,8 +67,12 @@ def test_the_release_lists_its_contents_with_the_store_object_of_each_file(made)
     contents = manifest["contents"]
     assert contents["datasets"] == ["index", "tokenize"]
     paths = {f["path"] for f in contents["files"]}
-    assert {"data/index/_index/tokens.bin", "data/index/_index/tokens.idx", "data/index/_index/metadata.parquet",
-            "data/tokenize/_manifest.json"} <= paths
+    assert {
+        "data/index/_index/tokens.bin",
+        "data/index/_index/tokens.idx",
+        "data/index/_index/metadata.parquet",
+        "data/tokenize/_manifest.json",
+    } <= paths
     assert not any(p.startswith(("data/ingest/", "data/pack/")) for p in paths)
     for entry in contents["files"]:
         stored = Path(store_object_url(made["config"].remote, entry["md5"])).read_bytes()
@@ -102,23 +119,33 @@ def test_the_loader_reads_the_hot_copy_and_never_a_partial_one(made, tmp_path):
     config = fresh_hot(made, tmp_path)
     version = made["manifest"]["version"]
     expected = sequences(PackedSequenceDataset(str(made["config"].workspace) + "/data/index/_index/tokens"))
-    cold = PackedSequenceDataset.from_release(version, store=config.remote, hot=config.hot, cache=str(tmp_path / "cache"))
+    cold = PackedSequenceDataset.from_release(
+        version, store=config.remote, hot=config.hot, cache=str(tmp_path / "cache")
+    )
     assert cold.release["read_from"] == "store" and sequences(cold) == expected
     # A copy without its ready file, as a copy stopped half way leaves it, is not read.
     partial = Path(config.hot) / version
     shutil.copytree(Path(made["config"].workspace) / "data/index", partial / "data/index")
-    assert PackedSequenceDataset.from_release(version, store=config.remote, hot=config.hot,
-                                              cache=str(tmp_path / "cache")).release["read_from"] == "store"
+    assert (
+        PackedSequenceDataset.from_release(
+            version, store=config.remote, hot=config.hot, cache=str(tmp_path / "cache")
+        ).release["read_from"]
+        == "store"
+    )
     shutil.rmtree(partial)
     preheat(config, version)
-    hot = PackedSequenceDataset.from_release(version, store=config.remote, hot=config.hot, cache=str(tmp_path / "cache"))
+    hot = PackedSequenceDataset.from_release(
+        version, store=config.remote, hot=config.hot, cache=str(tmp_path / "cache")
+    )
     assert hot.release["read_from"] == "hot" and hot.binary.prefix.startswith(config.hot)
     assert sequences(hot) == expected
     # A ready copy whose file lost bytes is not read either.
     binary = partial / "data/index/_index/tokens.bin"
     binary.write_bytes(binary.read_bytes()[:-2])
     assert hot_copy(config.hot, version) is None
-    again = PackedSequenceDataset.from_release(version, store=config.remote, hot=config.hot, cache=str(tmp_path / "cache"))
+    again = PackedSequenceDataset.from_release(
+        version, store=config.remote, hot=config.hot, cache=str(tmp_path / "cache")
+    )
     assert again.release["read_from"] == "store" and sequences(again) == expected
 
 
@@ -134,15 +161,21 @@ def test_the_loader_downloads_and_verifies_from_an_s3_store(made, moto_s3, monke
         manifest = write_release(made["pipeline"], config)
     finally:
         prepare_workspace(made["pipeline"], made["config"])  # the workspace's remote is the local one again
-    dataset = PackedSequenceDataset.from_release(manifest["version"], store=config.remote, cache=str(tmp_path / "cache"))
+    dataset = PackedSequenceDataset.from_release(
+        manifest["version"], store=config.remote, cache=str(tmp_path / "cache")
+    )
     assert dataset.release["read_from"] == "store" and not Path(dataset.binary.prefix + ".bin").is_symlink()
     expected = TokenBinary(str(made["config"].workspace) + "/data/index/_index/tokens")
-    assert len(dataset.binary) == len(expected) and all(np.array_equal(dataset.binary[i], expected[i]) for i in range(len(expected)))
+    assert len(dataset.binary) == len(expected) and all(
+        np.array_equal(dataset.binary[i], expected[i]) for i in range(len(expected))
+    )
 
 
 def test_who_may_read_a_release():
     team, public, nobody = {"team": "data"}, {"team": "data", "public": True}, {"team": None}
-    assert catalog.readable(team, {"data"}) and not catalog.readable(team, {"other"}) and not catalog.readable(team, set())
+    assert (
+        catalog.readable(team, {"data"}) and not catalog.readable(team, {"other"}) and not catalog.readable(team, set())
+    )
     assert catalog.readable(public, set()) and catalog.readable(nobody, {"other"})
     assert catalog.readable(team, None)  # Airflow without teams: every signed-in user
 
@@ -150,10 +183,13 @@ def test_who_may_read_a_release():
 def test_a_filter_is_a_checked_literal_never_sql():
     schema = pa.schema([("source", pa.string()), ("token_count", pa.int32()), ("lang_score", pa.float64())])
     assert catalog.filter_predicate(schema, {"source": "it's"}) == "\"source\" = 'it''s'"
-    assert catalog.filter_predicate(schema, {"token_count": "12"}) == "\"token_count\" = 12"
+    assert catalog.filter_predicate(schema, {"token_count": "12"}) == '"token_count" = 12'
     assert catalog.filter_predicate(schema, {}) == "TRUE"
-    for filters, message in (({"token_count": "1 OR 1=1"}, "whole number"), ({"nope": "x"}, "no column"),
-                             ({"lang_score": "0.5"}, "cannot be filtered")):
+    for filters, message in (
+        ({"token_count": "1 OR 1=1"}, "whole number"),
+        ({"nope": "x"}, "no column"),
+        ({"lang_score": "0.5"}, "cannot be filtered"),
+    ):
         with pytest.raises(ValueError, match=message):
             catalog.filter_predicate(schema, filters)
 

@@ -39,8 +39,14 @@ USUAL_DAY, JUMP_DAY, ONE_DOC_DAY, EMPTY_DAY = "2026-11-21", "2026-11-23", "2026-
 # Runs in the order they happen. The first run in a process pays the imports and the PII
 # model's load that later runs skip; in production every stage runs in a process of its
 # own, all alike, so the usual nights are the runs after it.
-RUNS = [("first", USUAL_DAY), ("usual_a", USUAL_DAY), ("usual_b", USUAL_DAY),
-        ("jump", JUMP_DAY), ("one_doc", ONE_DOC_DAY), ("empty", EMPTY_DAY)]
+RUNS = [
+    ("first", USUAL_DAY),
+    ("usual_a", USUAL_DAY),
+    ("usual_b", USUAL_DAY),
+    ("jump", JUMP_DAY),
+    ("one_doc", ONE_DOC_DAY),
+    ("empty", EMPTY_DAY),
+]
 
 STEP_MIN = 5  # scrape and rule evaluation interval of the unit tests
 SAMPLES_PER_DAY = 24 * 60 // STEP_MIN
@@ -48,7 +54,9 @@ USUAL_NIGHTS = 8  # the 7-day baseline (offset 1d) and the day before the night 
 EVAL_MIN = USUAL_NIGHTS * 24 * 60 + 40  # 40 minutes into the night under test: past every `for`
 # The collector's own labels on every series it exposes.
 COLLECTOR = {"job": "node", "instance": "worker-1:9100"}
-SAMPLE_LINE = re.compile(r'^(?P<name>tamis_\w+)\{stage="(?P<stage>[^"]*)",pipeline="(?P<pipeline>[^"]*)"\} (?P<value>\S+)$')
+SAMPLE_LINE = re.compile(
+    r'^(?P<name>tamis_\w+)\{stage="(?P<stage>[^"]*)",pipeline="(?P<pipeline>[^"]*)"\} (?P<value>\S+)$'
+)
 
 
 def _promtool() -> str:
@@ -67,7 +75,7 @@ def runs(tmp_path_factory):
     with gzip.open(TEST_DATA / "pii" / "presidio_synth_v2.jsonl.gz", "rt", encoding="utf-8") as f:
         labelled = [json.loads(line) for line in f]
     dense = [r["text"] for r in labelled if len(r["spans"]) >= 2]
-    texts = [" ".join(dense[i:i + 4]) for i in range(0, 240, 4)]
+    texts = [" ".join(dense[i : i + 4]) for i in range(0, 240, 4)]
     lines = [json.dumps({"id": f"leak-{i}-{copy}", "text": t}) for copy in range(4) for i, t in enumerate(texts)]
     lines += [f'{{"id": "broken-{i}", "text": "cut off' for i in range(10)]
     (web / f"date={JUMP_DAY}").mkdir()
@@ -75,9 +83,13 @@ def runs(tmp_path_factory):
     first_article = (SAMPLE_WEB / "date=2026-11-20" / "wikipedia.jsonl").read_text().splitlines()[0]
     (web / f"date={ONE_DOC_DAY}").mkdir()
     (web / f"date={ONE_DOC_DAY}" / "one.jsonl").write_text(first_article + "\n")
-    config = {"name": PIPELINE, "storage_root": str(root / "store"), "workers": 1,
-              "sources": {"web": {"path": str(web), "id_field": "id", "url_field": "url"}},
-              "stages": {stage: {} for stage in STAGES}}
+    config = {
+        "name": PIPELINE,
+        "storage_root": str(root / "store"),
+        "workers": 1,
+        "sources": {"web": {"path": str(web), "id_field": "id", "url_field": "url"}},
+        "stages": {stage: {} for stage in STAGES},
+    }
     (root / "alerts.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     pipeline = load_pipeline(str(root / "alerts.yaml"))
     textfiles = root / "textfiles"
@@ -144,8 +156,10 @@ def test_the_nights_differ_as_meant(runs):
 
     assert rate(jump["exact_dedup"], "dropped") >= 0.5 > rate(usual["exact_dedup"], "dropped") + 0.3
     assert rate(jump["ingest"], "quarantined") > 0.02 and usual["ingest"]["counts"]["quarantined"] == 0
-    findings = {n: runs[n]["manifests"]["pii"]["metrics"]["pii.findings"] / runs[n]["manifests"]["pii"]["counts"]["in"]
-                for n in ("usual_a", "jump")}
+    findings = {
+        n: runs[n]["manifests"]["pii"]["metrics"]["pii.findings"] / runs[n]["manifests"]["pii"]["counts"]["in"]
+        for n in ("usual_a", "jump")
+    }
     assert findings["jump"] > 10 * findings["usual_a"] + 1
     assert {m["counts"]["in"] for m in one_doc.values()} == {1}
     assert {m["counts"]["in"] for m in empty.values()} == {0}
@@ -196,16 +210,25 @@ def _volume_series(available_gib: list[float]) -> list[dict]:
     gib = 1 << 30
     samples = (USUAL_NIGHTS + 1) * SAMPLES_PER_DAY
     values = [available_gib[min(i, len(available_gib) - 1)] for i in range(samples)]
-    return [{"series": f"kubelet_volume_stats_capacity_bytes{{{labels}}}", "values": f"{100 * gib}x{samples - 1}"},
-            {"series": f"kubelet_volume_stats_available_bytes{{{labels}}}",
-             "values": " ".join(str(int(v * gib)) for v in values)}]
+    return [
+        {"series": f"kubelet_volume_stats_capacity_bytes{{{labels}}}", "values": f"{100 * gib}x{samples - 1}"},
+        {
+            "series": f"kubelet_volume_stats_available_bytes{{{labels}}}",
+            "values": " ".join(str(int(v * gib)) for v in values),
+        },
+    ]
 
 
 def _expected(alerts: dict[str, list[dict]], at_min: int = EVAL_MIN) -> list[dict]:
     severity = {r["alert"]: r["labels"]["severity"] for r in _alert_rules()}
-    return [{"eval_time": f"{at_min}m", "alertname": alert,
-             "exp_alerts": [{"exp_labels": {**labels, "severity": severity[alert]}} for labels in fired]}
-            for alert, fired in alerts.items()]
+    return [
+        {
+            "eval_time": f"{at_min}m",
+            "alertname": alert,
+            "exp_alerts": [{"exp_labels": {**labels, "severity": severity[alert]}} for labels in fired],
+        }
+        for alert, fired in alerts.items()
+    ]
 
 
 def _stages(*stages: str) -> list[dict]:
@@ -220,34 +243,49 @@ def _scenarios(runs) -> list[dict]:
     filling = [60.0] * (EVAL_MIN // STEP_MIN - 144) + [60.0 - 0.3 * i for i in range(150)]  # 36 GiB in 12 hours
     pvc = [{"namespace": "tamis", "persistentvolumeclaim": "tamis-scratch"}]
     return [
-        {"name": "usual nights: nothing fires",
-         "input_series": _night_series(runs, _usual_nights("usual_a")) + _volume_series(steady_usage),
-         "alert_rule_test": _expected({**quiet, **dict.fromkeys(VOLUME_ALERTS, [])})
-         + _expected(quiet, at_min=EVAL_MIN + 6 * 60) + _expected(quiet, at_min=end)},
-        {"name": "a night of leaked, resent PII and broken lines",
-         "input_series": _night_series(runs, _usual_nights("jump")) + _volume_series(half_full),
-         "alert_rule_test": _expected({
-             "TamisDropRateHigh": _stages("exact_dedup"),
-             "TamisDropRateJump": _stages("exact_dedup"),
-             "TamisDuplicateRateJump": _stages("exact_dedup"),
-             "TamisPiiDetectionRateJump": _stages("pii"),
-             "TamisErrorRateHigh": _stages("ingest"),
-             "TamisDriftBreach": _stages("drift"),
-         })
-         # The error alert covers the runs of the last hour, then resolves.
-         + _expected({"TamisErrorRateHigh": []}, at_min=EVAL_MIN + 2 * 60)},
-        {"name": "a night of one document",
-         "input_series": _night_series(runs, _usual_nights("one_doc")) + _volume_series(half_full),
-         "alert_rule_test": _expected({"TamisThroughputLow": _stages(*STAGES)})},
-        {"name": "a night with no data",
-         "input_series": _night_series(runs, _usual_nights("empty")) + _volume_series(half_full),
-         "alert_rule_test": _expected(quiet)},
-        {"name": "a volume nearly full",
-         "input_series": _volume_series([5.0]),
-         "alert_rule_test": _expected({"TamisStorageNearFull": pvc, "TamisStorageFillingUp": []})},
-        {"name": "a volume filling up",
-         "input_series": _volume_series(filling),
-         "alert_rule_test": _expected({"TamisStorageFillingUp": pvc, "TamisStorageNearFull": []})},
+        {
+            "name": "usual nights: nothing fires",
+            "input_series": _night_series(runs, _usual_nights("usual_a")) + _volume_series(steady_usage),
+            "alert_rule_test": _expected({**quiet, **dict.fromkeys(VOLUME_ALERTS, [])})
+            + _expected(quiet, at_min=EVAL_MIN + 6 * 60)
+            + _expected(quiet, at_min=end),
+        },
+        {
+            "name": "a night of leaked, resent PII and broken lines",
+            "input_series": _night_series(runs, _usual_nights("jump")) + _volume_series(half_full),
+            "alert_rule_test": _expected(
+                {
+                    "TamisDropRateHigh": _stages("exact_dedup"),
+                    "TamisDropRateJump": _stages("exact_dedup"),
+                    "TamisDuplicateRateJump": _stages("exact_dedup"),
+                    "TamisPiiDetectionRateJump": _stages("pii"),
+                    "TamisErrorRateHigh": _stages("ingest"),
+                    "TamisDriftBreach": _stages("drift"),
+                }
+            )
+            # The error alert covers the runs of the last hour, then resolves.
+            + _expected({"TamisErrorRateHigh": []}, at_min=EVAL_MIN + 2 * 60),
+        },
+        {
+            "name": "a night of one document",
+            "input_series": _night_series(runs, _usual_nights("one_doc")) + _volume_series(half_full),
+            "alert_rule_test": _expected({"TamisThroughputLow": _stages(*STAGES)}),
+        },
+        {
+            "name": "a night with no data",
+            "input_series": _night_series(runs, _usual_nights("empty")) + _volume_series(half_full),
+            "alert_rule_test": _expected(quiet),
+        },
+        {
+            "name": "a volume nearly full",
+            "input_series": _volume_series([5.0]),
+            "alert_rule_test": _expected({"TamisStorageNearFull": pvc, "TamisStorageFillingUp": []}),
+        },
+        {
+            "name": "a volume filling up",
+            "input_series": _volume_series(filling),
+            "alert_rule_test": _expected({"TamisStorageFillingUp": pvc, "TamisStorageNearFull": []}),
+        },
     ]
 
 
@@ -255,15 +293,24 @@ def _rule_file(path, with_annotations: bool) -> None:
     """The PrometheusRule's groups as a plain Prometheus rule file. promtool's unit tests
     compare annotations too; they are templates that decide nothing, so the unit tests
     read the rules without them (``promtool check rules`` checks them)."""
-    groups = [{**group, "rules": [rule if with_annotations else {k: v for k, v in rule.items() if k != "annotations"}
-                                  for rule in group["rules"]]}
-              for group in next(d for d in yaml.safe_load_all(RULES.read_text()) if d)["spec"]["groups"]]
+    groups = [
+        {
+            **group,
+            "rules": [
+                rule if with_annotations else {k: v for k, v in rule.items() if k != "annotations"}
+                for rule in group["rules"]
+            ],
+        }
+        for group in next(d for d in yaml.safe_load_all(RULES.read_text()) if d)["spec"]["groups"]
+    ]
     path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
 
 
 def test_promtool_accepts_the_rules(tmp_path):
     _rule_file(tmp_path / "rules.yaml", with_annotations=True)
-    result = subprocess.run([_promtool(), "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
+    result = subprocess.run(
+        [_promtool(), "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(_alert_rules())} rules found" in result.stdout + result.stderr
 
@@ -274,11 +321,16 @@ def test_every_alert_fires_on_its_night_and_stays_quiet_on_usual_ones(runs, tmp_
     quiet = {t["alertname"] for t in scenarios[0]["alert_rule_test"] if not t["exp_alerts"]}
     every_alert = set(TAMIS_ALERTS) | set(VOLUME_ALERTS)
     assert fired == quiet == every_alert, "every rule needs a night that trips it and usual nights that do not"
-    assert set(TAMIS_ALERTS) and {m for r in _alert_rules() for m in re.findall(r"\btamis_\w+", r["expr"])} == set(METRICS)
+    assert set(TAMIS_ALERTS) and {m for r in _alert_rules() for m in re.findall(r"\btamis_\w+", r["expr"])} == set(
+        METRICS
+    )
 
     _rule_file(tmp_path / "rules.yaml", with_annotations=False)
-    tests = {"rule_files": ["rules.yaml"], "evaluation_interval": f"{STEP_MIN}m",
-             "tests": [{"interval": f"{STEP_MIN}m", **s} for s in scenarios]}
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": f"{STEP_MIN}m",
+        "tests": [{"interval": f"{STEP_MIN}m", **s} for s in scenarios],
+    }
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
     result = subprocess.run([_promtool(), "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]

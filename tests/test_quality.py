@@ -86,9 +86,14 @@ PROSE_CASES = {
     "c4_lorem_ipsum": (ARTICLE + "\n\nLorem ipsum dolor sit amet, consectetur adipiscing elit.", {}),
     "c4_curly_bracket": (ARTICLE + "\n\nvar config = {debug: true};", {"c4": {"curly_bracket": True}}),
     "c4_boilerplate_lines": (
-        "\n".join(SENTENCES[:6] + ["This site uses cookies to improve your experience.",
-                                    "Please enable JavaScript to view the comments.",
-                                    "By using this site you agree to our Terms of Use and Privacy Policy."]),
+        "\n".join(
+            SENTENCES[:6]
+            + [
+                "This site uses cookies to improve your experience.",
+                "Please enable JavaScript to view the comments.",
+                "By using this site you agree to our Terms of Use and Privacy Policy.",
+            ]
+        ),
         {},
     ),
     "c4_min_sentences": (" ".join(SENTENCES[:2]) + " " + " ".join(w.strip(".?!") for w in WORDS[:60]), {}),
@@ -152,8 +157,14 @@ def test_stop_words_follow_the_lang_column():
 def test_chinese_and_japanese_are_not_dropped_by_word_rules():
     texts = [(SAMPLE / "udhr" / "date=2026-11-20" / f"{c}.txt").read_text()[:4000] for c in ("cmn_hans", "jpn")]
     result = QualityFilter().process_batch(records(texts, lang=["zh", "ja"]))
-    word_rules = {"gopher_min_words", "gopher_min_mean_word_length", "gopher_max_mean_word_length",
-                  "gopher_stop_words", "fineweb_list_ratio", "gopher_alpha_words"}
+    word_rules = {
+        "gopher_min_words",
+        "gopher_min_mean_word_length",
+        "gopher_max_mean_word_length",
+        "gopher_stop_words",
+        "fineweb_list_ratio",
+        "gopher_alpha_words",
+    }
     assert not (hits(result) & word_rules)
 
 
@@ -186,7 +197,6 @@ def test_missing_model_file_fails_before_any_work(tmp_path):
     stage = QualityFilter({"model": {"path": str(tmp_path / "quality.bin"), "min_score": 0.5}})
     with pytest.raises(FileNotFoundError, match="quality.bin"):
         stage.check_ready()
-
 
 
 def test_counts_reconcile_through_the_runner(tmp_path):

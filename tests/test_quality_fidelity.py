@@ -21,9 +21,14 @@ from tamis.stages.quality import GROUPS, QualityFilter, QualityParams
 from tamis.text_stats import words
 
 FIXTURE = TEST_DATA / "rule_fidelity"
-INPUTS = ["web_en/wikipedia_en_sample.jsonl.gz", "web_en/us_presidential_speeches.jsonl.gz",
-          "web_en/movie_reviews_polarity_2000.jsonl.gz", "web_en/cc_c4_pile_fixtures_by_source.jsonl.gz",
-          "code/code_03.jsonl.gz", "rule_fidelity/udhr_sample.jsonl.gz"]
+INPUTS = [
+    "web_en/wikipedia_en_sample.jsonl.gz",
+    "web_en/us_presidential_speeches.jsonl.gz",
+    "web_en/movie_reviews_polarity_2000.jsonl.gz",
+    "web_en/cc_c4_pile_fixtures_by_source.jsonl.gz",
+    "code/code_03.jsonl.gz",
+    "rule_fidelity/udhr_sample.jsonl.gz",
+]
 
 
 def _read(path):
@@ -57,13 +62,18 @@ def test_the_fixture_exercises_every_group():
         assert 10 < dropped < len(DOCS) - 10, group
 
 
-@pytest.mark.parametrize("name", list(GROUPS) + [r for rules in GROUPS.values() for r in rules if r != "c4_boilerplate_lines"])
+@pytest.mark.parametrize(
+    "name", list(GROUPS) + [r for rules in GROUPS.values() for r in rules if r != "c4_boilerplate_lines"]
+)
 def test_each_group_and_rule_decides_as_the_reference(name, reference_keeps):
     """The raw text (no normalize before the stage) against the reference on normalize's output."""
     keeps = reference_keeps[name]
     where = "groups" if name in GROUPS else "rules"
-    differ = [doc_id for (doc_id, _), ours in zip(DOCS, keeps)
-              if REFERENCE[doc_id][where][name] is not None and bool(ours) != REFERENCE[doc_id][where][name]]
+    differ = [
+        doc_id
+        for (doc_id, _), ours in zip(DOCS, keeps)
+        if REFERENCE[doc_id][where][name] is not None and bool(ours) != REFERENCE[doc_id][where][name]
+    ]
     assert differ == []
 
 
@@ -89,15 +99,57 @@ def test_decisions_are_the_same_with_or_without_normalize():
 def test_words_are_split_as_the_reference_splits_them():
     # datatrove's split_into_words (spaCy 3.8's English tokenizer) on the same sentences.
     assert words("I can't go to the U.S. today, it's 5km away... See www.example.com/page or e-mail me:)") == [
-        "I", "ca", "n't", "go", "to", "the", "U.S.", "today", ",", "it", "'s", "5", "km", "away", "...",
-        "See", "www.example.com/page", "or", "e", "-", "mail", "me", ":)"]
+        "I",
+        "ca",
+        "n't",
+        "go",
+        "to",
+        "the",
+        "U.S.",
+        "today",
+        ",",
+        "it",
+        "'s",
+        "5",
+        "km",
+        "away",
+        "...",
+        "See",
+        "www.example.com/page",
+        "or",
+        "e",
+        "-",
+        "mail",
+        "me",
+        ":)",
+    ]
     assert words('Mr. Smith paid $20 (twenty dollars) for well-known "things".') == [
-        "Mr.", "Smith", "paid", "$", "20", "(", "twenty", "dollars", ")", "for", "well", "-", "known", '"',
-        "things", '"', "."]
+        "Mr.",
+        "Smith",
+        "paid",
+        "$",
+        "20",
+        "(",
+        "twenty",
+        "dollars",
+        ")",
+        "for",
+        "well",
+        "-",
+        "known",
+        '"',
+        "things",
+        '"',
+        ".",
+    ]
 
 
 def test_the_default_profile_differs_from_the_reference_only_where_documented(reference_keeps):
     defaults, reference = _keeps([t for _, t in DOCS], QualityParams()), reference_keeps
-    changed = {rule for rule in reference if rule not in GROUPS and not np.array_equal(defaults.get(rule, True), reference[rule])}
+    changed = {
+        rule
+        for rule in reference
+        if rule not in GROUPS and not np.array_equal(defaults.get(rule, True), reference[rule])
+    }
     assert changed <= {"c4_curly_bracket"}
     assert "c4_boilerplate_lines" in defaults and "c4_boilerplate_lines" not in reference

@@ -20,16 +20,35 @@ WIKI = read_jsonl(TEST_DATA / "web_en/wikipedia_en_sample.jsonl.gz")
 SPEECHES = read_jsonl(TEST_DATA / "web_en/us_presidential_speeches.jsonl.gz")
 WEB = read_jsonl(TEST_DATA / "web_en/cc_c4_pile_fixtures_by_source.jsonl.gz")
 # Rules off, so that only the model decides in these tests.
-NO_RULES = {"gopher": {k: None for k in ("min_words", "min_mean_word_length", "min_stop_words", "min_alpha_words_ratio",
-                                         "max_dup_line_frac", "max_dup_para_frac", "max_dup_line_char_frac",
-                                         "max_dup_para_char_frac", "max_hash_word_ratio", "max_ellipsis_word_ratio",
-                                         "max_bullet_lines_ratio", "max_ellipsis_lines_ratio", "max_mean_word_length",
-                                         "max_words")} | {"max_top_ngram_char_frac": {}, "max_dup_ngram_char_frac": {}},
-            "c4": {"lorem_ipsum": False, "min_sentences": None, "max_boilerplate_lines_ratio": None},
-            "fineweb": {"min_line_punct_ratio": None, "max_short_line_ratio": None, "max_char_dup_ratio": None,
-                        "max_list_ratio": None}}
-
-
+NO_RULES = {
+    "gopher": {
+        k: None
+        for k in (
+            "min_words",
+            "min_mean_word_length",
+            "min_stop_words",
+            "min_alpha_words_ratio",
+            "max_dup_line_frac",
+            "max_dup_para_frac",
+            "max_dup_line_char_frac",
+            "max_dup_para_char_frac",
+            "max_hash_word_ratio",
+            "max_ellipsis_word_ratio",
+            "max_bullet_lines_ratio",
+            "max_ellipsis_lines_ratio",
+            "max_mean_word_length",
+            "max_words",
+        )
+    }
+    | {"max_top_ngram_char_frac": {}, "max_dup_ngram_char_frac": {}},
+    "c4": {"lorem_ipsum": False, "min_sentences": None, "max_boilerplate_lines_ratio": None},
+    "fineweb": {
+        "min_line_punct_ratio": None,
+        "max_short_line_ratio": None,
+        "max_char_dup_ratio": None,
+        "max_list_ratio": None,
+    },
+}
 
 
 def train_part(rows: list[dict]) -> list[dict]:
@@ -48,20 +67,46 @@ def model(tmp_path_factory):
     positive = write_jsonl(folder / "curated.jsonl", train_part(WIKI) + train_part(SPEECHES))
     negative = write_jsonl(folder / "web.jsonl", train_part(WEB))
     path = folder / "quality.bin"
-    assert main(["train-quality", str(path), "--positive", str(positive), "--negative", str(negative),
-                 "--epoch", "25", "--lr", "1.0", "--dim", "16", "--bucket", "20000"]) == 0
+    assert (
+        main(
+            [
+                "train-quality",
+                str(path),
+                "--positive",
+                str(positive),
+                "--negative",
+                str(negative),
+                "--epoch",
+                "25",
+                "--lr",
+                "1.0",
+                "--dim",
+                "16",
+                "--bucket",
+                "20000",
+            ]
+        )
+        == 0
+    )
     return path
 
 
 def table(rows: list[dict], source: str) -> pa.Table:
-    return pa.table({"id": [f"{source}/{i}" for i in range(len(rows))], "source": [source] * len(rows),
-                     "text": [r["text"] for r in rows]})
+    return pa.table(
+        {
+            "id": [f"{source}/{i}" for i in range(len(rows))],
+            "source": [source] * len(rows),
+            "text": [r["text"] for r in rows],
+        }
+    )
 
 
 def test_held_out_curated_text_scores_above_held_out_web_text(model):
     stage = QualityFilter({**NO_RULES, "model": {"path": str(model)}})
     stage.setup()
-    curated = stage.process_batch(table(held_out(WIKI) + held_out(SPEECHES), "curated")).kept.column("quality_model_score")
+    curated = stage.process_batch(table(held_out(WIKI) + held_out(SPEECHES), "curated")).kept.column(
+        "quality_model_score"
+    )
     web = stage.process_batch(table(held_out(WEB), "web")).kept.column("quality_model_score")
     curated, web = np.array(curated.to_pylist()), np.array(web.to_pylist())
     assert len(curated) == 30 and len(web) == 20
@@ -99,8 +144,25 @@ def test_rules_run_first_and_the_model_scores_what_they_keep(model):
 def test_a_label_column_trains_one_label_per_value_with_provenance(tmp_path):
     labelled = write_jsonl(tmp_path / "web.jsonl", WEB)
     path = tmp_path / "origin.bin"
-    assert main(["train-quality", str(path), "--labelled", str(labelled), "--label-column", "source",
-                 "--valid-fraction", "0.25", "--dim", "16", "--bucket", "20000"]) == 0
+    assert (
+        main(
+            [
+                "train-quality",
+                str(path),
+                "--labelled",
+                str(labelled),
+                "--label-column",
+                "source",
+                "--valid-fraction",
+                "0.25",
+                "--dim",
+                "16",
+                "--bucket",
+                "20000",
+            ]
+        )
+        == 0
+    )
     provenance = json.loads((tmp_path / "origin.bin.json").read_text())
     counts = {}
     for r in WEB:
@@ -116,10 +178,15 @@ def test_a_label_column_trains_one_label_per_value_with_provenance(tmp_path):
 
 
 def test_high_values_make_a_quality_model_from_a_label_column(tmp_path, model):
-    rows = [{"text": r["text"], "label": "1"} for r in WIKI[:40]] + [{"text": r["text"], "label": "0"} for r in WEB[:40]]
+    rows = [{"text": r["text"], "label": "1"} for r in WIKI[:40]] + [
+        {"text": r["text"], "label": "0"} for r in WEB[:40]
+    ]
     labelled = write_jsonl(tmp_path / "labelled.jsonl", rows)
     path = tmp_path / "q.bin"
-    assert main(["train-quality", str(path), "--labelled", str(labelled), "--high", "1", "--dim", "8", "--bucket", "1000"]) == 0
+    assert (
+        main(["train-quality", str(path), "--labelled", str(labelled), "--high", "1", "--dim", "8", "--bucket", "1000"])
+        == 0
+    )
     assert json.loads((tmp_path / "q.bin.json").read_text())["labels"] == {"__label__hq": 40, "__label__lq": 40}
     # A different model file is a different dependency: the output is never served stale.
     deps = [QualityFilter({"model": {"path": str(p)}}).dependencies("x")["quality_model"] for p in (path, model)]

@@ -55,8 +55,10 @@ def write_pipeline(root: Path, sources: Path, stages: dict, name: str = "tiny") 
         "name": name,
         "storage_root": str(root / "store"),
         "workers": 1,
-        "sources": {"web": {"path": str(sources / "web"), "id_field": "id"},
-                    "udhr": {"path": str(sources / "udhr"), "format": "text"}},
+        "sources": {
+            "web": {"path": str(sources / "web"), "id_field": "id"},
+            "udhr": {"path": str(sources / "udhr"), "format": "text"},
+        },
         "stages": stages,
     }
     path = root / f"{name}.yaml"
@@ -77,8 +79,16 @@ def released(tmp_path_factory):
     manifest = release(pipeline, config, source_run_id="corpus-1", run_id="manual__test")
     # Later tests change the workspace; the lock as released is kept here.
     lock_bytes = (Path(config.workspace) / LOCK_FILE).read_bytes()
-    return {"root": root, "sources": sources, "path": path, "pipeline": pipeline, "config": config,
-            "manifest": manifest, "workspace": Path(config.workspace), "lock_bytes": lock_bytes}
+    return {
+        "root": root,
+        "sources": sources,
+        "path": path,
+        "pipeline": pipeline,
+        "config": config,
+        "manifest": manifest,
+        "workspace": Path(config.workspace),
+        "lock_bytes": lock_bytes,
+    }
 
 
 def test_dvc_yaml_has_one_stage_per_pipeline_stage_chained_in_pipeline_order(tmp_path):
@@ -128,8 +138,10 @@ def test_push_sends_every_locked_object_to_the_local_remote(released):
     remote = Path(released["config"].remote) / "files/md5"
     lock = yaml.safe_load((released["workspace"] / LOCK_FILE).read_text())
     outs = [o["md5"] for s in lock["stages"].values() for o in s["outs"]]
-    outs += [yaml.safe_load((released["workspace"] / f"sources/{n}.dvc").read_text())["outs"][0]["md5"]
-             for n in ("web", "udhr")]
+    outs += [
+        yaml.safe_load((released["workspace"] / f"sources/{n}.dvc").read_text())["outs"][0]["md5"]
+        for n in ("web", "udhr")
+    ]
     for md5 in outs:
         listing = remote / md5[:2] / md5[2:]
         assert listing.exists(), f"{md5} is not on the remote"
@@ -146,7 +158,9 @@ def test_release_manifest_traces_the_final_files_back_to_the_raw_files(released)
     # The release's dvc repro rebuilt the same bytes as the corpus run it follows.
     assert manifest["source_run"]["identical_parts"] == {"ingest": True, "normalize": True, "exact_dedup": True}
     raw = {f["path"]: f for s in manifest["sources"].values() for f in s["files"]}
-    originals = {p.relative_to(released["sources"]).as_posix(): p for p in released["sources"].rglob("*") if p.is_file()}
+    originals = {
+        p.relative_to(released["sources"]).as_posix(): p for p in released["sources"].rglob("*") if p.is_file()
+    }
     assert {f"sources/{k}" for k in originals} == set(raw)
     for rel, path in originals.items():
         assert raw[f"sources/{rel}"]["sha256"] == sha256(path)
@@ -155,8 +169,9 @@ def test_release_manifest_traces_the_final_files_back_to_the_raw_files(released)
     assert {p["input"] for p in stages[0]["parts"]} == set(raw)
     for upstream, downstream in zip(stages, stages[1:]):
         assert downstream["input_manifest_sha256"] == upstream["manifest_sha256"]
-        assert {p["input"] for p in downstream["parts"]} == {f"{upstream['output']}/{p['name']}.parquet"
-                                                              for p in upstream["parts"]}
+        assert {p["input"] for p in downstream["parts"]} == {
+            f"{upstream['output']}/{p['name']}.parquet" for p in upstream["parts"]
+        }
     assert stages[-1]["counts"] == {"in": 8, "kept": 7, "dropped": 1, "quarantined": 0}
     workspace = released["workspace"]
     final = {f["path"]: f["sha256"] for f in manifest["final"]["files"]}
@@ -198,12 +213,15 @@ def test_a_fresh_workspace_reproduces_byte_identical_outputs(released, tmp_path)
     assert (second / LOCK_FILE).read_bytes() == (first / LOCK_FILE).read_bytes()
 
 
-def test_push_to_an_s3_remote_uses_the_configured_endpoint_and_the_environment_credentials(released, moto_s3, monkeypatch):
+def test_push_to_an_s3_remote_uses_the_configured_endpoint_and_the_environment_credentials(
+    released, moto_s3, monkeypatch
+):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_s3["key"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_s3["secret"])
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    config = released["config"].model_copy(update={"remote": f"s3://{moto_s3['bucket']}/releases/tiny",
-                                                   "endpoint_url": moto_s3["endpoint"]})
+    config = released["config"].model_copy(
+        update={"remote": f"s3://{moto_s3['bucket']}/releases/tiny", "endpoint_url": moto_s3["endpoint"]}
+    )
     prepare_workspace(released["pipeline"], config)
     push(released["workspace"], config)
     manifest = write_release(released["pipeline"], config)

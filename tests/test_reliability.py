@@ -37,19 +37,28 @@ def tamis(*args: str, env: dict | None = None, timeout: float = 300) -> subproce
 
 
 def write_pipeline(tmp_path: Path, stages: dict | list | None = None, **extra) -> Path:
-    config = {"name": "rel", "storage_root": str(tmp_path / "store"), "workers": 1,
-              "sources": {"web": {"path": str(tmp_path / "web")}},
-              "stages": stages or {"ingest": {}, "normalize": {}}, **extra}
+    config = {
+        "name": "rel",
+        "storage_root": str(tmp_path / "store"),
+        "workers": 1,
+        "sources": {"web": {"path": str(tmp_path / "web")}},
+        "stages": stages or {"ingest": {}, "normalize": {}},
+        **extra,
+    }
     path = tmp_path / "rel.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
 def many_shards(root: Path, files: int, docs: int = 200) -> None:
-    paragraphs = [p for line in WIKI.read_text().splitlines() for p in json.loads(line)["text"].split("\n\n") if len(p) > 200]
+    paragraphs = [
+        p for line in WIKI.read_text().splitlines() for p in json.loads(line)["text"].split("\n\n") if len(p) > 200
+    ]
     for f in range(files):
-        write_jsonl(root / f"part{f:03d}.jsonl", [{"text": f"{paragraphs[(f * docs + i) % len(paragraphs)]} ({f}.{i})"}
-                                                  for i in range(docs)])
+        write_jsonl(
+            root / f"part{f:03d}.jsonl",
+            [{"text": f"{paragraphs[(f * docs + i) % len(paragraphs)]} ({f}.{i})"} for i in range(docs)],
+        )
 
 
 # --- one writer per dataset ---------------------------------------------------------------
@@ -73,9 +82,16 @@ def test_two_runs_started_together_never_leave_a_broken_dataset(tmp_path):
     many_shards(tmp_path / "web", files=30, docs=50)
     config = write_pipeline(tmp_path)
     for attempt in range(3):
-        runs = [subprocess.Popen([*TAMIS, "run", "ingest", "--pipeline", str(config), "--run-id", f"same{attempt}"],
-                                 env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for _ in range(2)]
+        runs = [
+            subprocess.Popen(
+                [*TAMIS, "run", "ingest", "--pipeline", str(config), "--run-id", f"same{attempt}"],
+                env=clean_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         outcomes = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
         assert sorted(code for code, _ in outcomes)[0] == 0
         for code, err in outcomes:
@@ -97,7 +113,13 @@ def test_the_lease_of_a_dead_writer_is_taken_over_and_a_live_one_is_not(tmp_path
     (tmp_path / "dataset/_lease.json").write_text(json.dumps(record))
     with Lease(url, owner="me", shared=False):
         assert json.loads((tmp_path / "dataset/_lease.json").read_text())["owner"] == "me"
-    elsewhere = {"owner": "them", "host": "another-host", "pid": 1, "expires_at": time.time() + 3600, "expires": "later"}
+    elsewhere = {
+        "owner": "them",
+        "host": "another-host",
+        "pid": 1,
+        "expires_at": time.time() + 3600,
+        "expires": "later",
+    }
     (tmp_path / "dataset/_lease.json").write_text(json.dumps(elsewhere))
     with pytest.raises(LeaseHeld, match="them, host another-host"):
         Lease(url, owner="me", shared=False).acquire()
@@ -127,7 +149,9 @@ def test_changed_parameters_never_reuse_or_resume_an_output(tmp_path):
     changed = tamis("run", "ingest", "--pipeline", str(config), "--run-id", "r", "--param", "max_doc_bytes=10")
     assert changed.returncode == 2
     assert "params.max_doc_bytes: 10000000 -> 10" in changed.stderr and "--rebuild" in changed.stderr
-    rebuilt = tamis("run", "ingest", "--pipeline", str(config), "--run-id", "r", "--param", "max_doc_bytes=10", "--rebuild")
+    rebuilt = tamis(
+        "run", "ingest", "--pipeline", str(config), "--run-id", "r", "--param", "max_doc_bytes=10", "--rebuild"
+    )
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     manifest = Dataset(str(tmp_path / "store/runs/r/ingest")).manifest()
     assert manifest["params"]["max_doc_bytes"] == 10
@@ -171,13 +195,22 @@ def test_a_misspelt_section_is_an_error(tmp_path):
 TOKENIZER = str(REPO / "include/sample/tokenizer.json")
 
 
-@pytest.mark.parametrize("stages, gates, message", [
-    ({"ingest": {}, "tokenize": {"tokenizer": TOKENIZER}, "mix": {"weights": {"web": 0.5, "books": 0.5}}}, None,
-     "mix weights name sources the pipeline does not define: ['books']"),
-    ({"ingest": {}, "tokenize": {"tokenizer": "./no/such/tokenizer.json"}}, None, "no/such/tokenizer.json"),
-    ({"ingest": {}, "normalize": {}}, {"normalize": {"expectations": [{"expect_column_values_to_be_purple": {"column": "text"}}]}},
-     "unknown expectations ['expect_column_values_to_be_purple']"),
-])
+@pytest.mark.parametrize(
+    "stages, gates, message",
+    [
+        (
+            {"ingest": {}, "tokenize": {"tokenizer": TOKENIZER}, "mix": {"weights": {"web": 0.5, "books": 0.5}}},
+            None,
+            "mix weights name sources the pipeline does not define: ['books']",
+        ),
+        ({"ingest": {}, "tokenize": {"tokenizer": "./no/such/tokenizer.json"}}, None, "no/such/tokenizer.json"),
+        (
+            {"ingest": {}, "normalize": {}},
+            {"normalize": {"expectations": [{"expect_column_values_to_be_purple": {"column": "text"}}]}},
+            "unknown expectations ['expect_column_values_to_be_purple']",
+        ),
+    ],
+)
 def test_config_errors_are_found_before_any_stage_runs(tmp_path, stages, gates, message):
     many_shards(tmp_path / "web", files=1, docs=3)
     config = write_pipeline(tmp_path, stages, **({"gates": gates} if gates else {}))
@@ -191,8 +224,9 @@ def test_config_errors_are_found_before_any_stage_runs(tmp_path, stages, gates, 
 def test_a_pipeline_without_gates_uses_each_stage_s_own_default_gate(tmp_path):
     """pack's output has no text column: the default gate of pack must not ask for one."""
     many_shards(tmp_path / "web", files=2, docs=30)
-    config = write_pipeline(tmp_path, {"ingest": {}, "tokenize": {"tokenizer": TOKENIZER},
-                                       "pack": {"tokenizer": TOKENIZER, "seq_len": 256}})
+    config = write_pipeline(
+        tmp_path, {"ingest": {}, "tokenize": {"tokenizer": TOKENIZER}, "pack": {"tokenizer": TOKENIZER, "seq_len": 256}}
+    )
     done = tamis("build", "--pipeline", str(config), "--run-id", "r")
     assert done.returncode == 0, done.stderr[-3000:]
     result = Dataset(str(tmp_path / "store/runs/r/pack")).gate_result()
@@ -212,19 +246,37 @@ def test_user_mistakes_are_one_line_not_a_traceback(tmp_path):
         (TAMIS + ["run", "nosuchstage", "--pipeline", str(config)], "has no stage 'nosuchstage'"),
         (TAMIS + ["run", "ingest", "--pipeline", str(filed)], "a-file"),
         (TAMIS + ["summary", "--pipeline", str(config), "--run-id", "never"], None),
-        ([sys.executable, "-m", "tamis.tokenizer", str(tmp_path / "web/part000.jsonl"), str(tmp_path / "t.json"),
-          "--vocab-size", "0"], "vocab_size 0"),
+        (
+            [
+                sys.executable,
+                "-m",
+                "tamis.tokenizer",
+                str(tmp_path / "web/part000.jsonl"),
+                str(tmp_path / "t.json"),
+                "--vocab-size",
+                "0",
+            ],
+            "vocab_size 0",
+        ),
     ]
     for argv, message in cases:
         done = subprocess.run(argv, env=clean_env(), capture_output=True, text=True, timeout=300)
         assert "Traceback" not in done.stderr, argv
         if message is not None:
-            assert done.returncode == 2 and "tamis: error:" in done.stderr and message in done.stderr, (argv, done.stderr[-500:])
+            assert done.returncode == 2 and "tamis: error:" in done.stderr and message in done.stderr, (
+                argv,
+                done.stderr[-500:],
+            )
 
 
 def test_wrong_s3_credentials_are_one_line_for_validate_and_summary(moto_s3, tmp_path):
-    env = clean_env(TAMIS_DATA_ROOT=f"s3://{moto_s3['bucket']}/wrong", TAMIS_S3_ENDPOINT_URL=moto_s3["endpoint"],
-                    AWS_ACCESS_KEY_ID=moto_s3["key"], AWS_SECRET_ACCESS_KEY="not-the-secret", AWS_DEFAULT_REGION="us-east-1")
+    env = clean_env(
+        TAMIS_DATA_ROOT=f"s3://{moto_s3['bucket']}/wrong",
+        TAMIS_S3_ENDPOINT_URL=moto_s3["endpoint"],
+        AWS_ACCESS_KEY_ID=moto_s3["key"],
+        AWS_SECRET_ACCESS_KEY="not-the-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     for command in (["validate", "ingest", "--run-id", "r"], ["summary", "--run-id", "r"]):
         done = tamis(*command, env=env)
         assert done.returncode == 2 and "tamis: error:" in done.stderr and "Traceback" not in done.stderr, command
@@ -248,8 +300,13 @@ def test_an_s3_endpoint_that_never_answers_fails_the_stage_in_bounded_time(tmp_p
     threading.Thread(target=swallow, daemon=True).start()
     many_shards(tmp_path / "web", files=1, docs=3)
     config = write_pipeline(tmp_path, storage_root="s3://silent/prefix")
-    env = clean_env(TAMIS_S3_ENDPOINT_URL=f"http://127.0.0.1:{server.getsockname()[1]}", AWS_ACCESS_KEY_ID="k",
-                    AWS_SECRET_ACCESS_KEY="s", AWS_DEFAULT_REGION="us-east-1", TAMIS_S3_READ_TIMEOUT_S="2")
+    env = clean_env(
+        TAMIS_S3_ENDPOINT_URL=f"http://127.0.0.1:{server.getsockname()[1]}",
+        AWS_ACCESS_KEY_ID="k",
+        AWS_SECRET_ACCESS_KEY="s",
+        AWS_DEFAULT_REGION="us-east-1",
+        TAMIS_S3_READ_TIMEOUT_S="2",
+    )
     started = time.time()
     done = tamis("run", "ingest", "--pipeline", str(config), env=env, timeout=120)
     elapsed = time.time() - started
@@ -268,8 +325,12 @@ def test_pool_workers_die_with_their_parent(tmp_path):
     config = write_pipeline(tmp_path, workers=2)
     assert tamis("run", "ingest", "--pipeline", str(config), "--run-id", "r").returncode == 0
     out = tmp_path / "store/runs/r/normalize"
-    parent = subprocess.Popen([*TAMIS, "run", "normalize", "--pipeline", str(config), "--run-id", "r", "--workers", "2"],
-                              env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(
+        [*TAMIS, "run", "normalize", "--pipeline", str(config), "--run-id", "r", "--workers", "2"],
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while len(list((out / "_commits").glob("*.json")) if (out / "_commits").exists() else []) < 3:
         assert time.time() < deadline and parent.poll() is None
@@ -289,8 +350,14 @@ def test_pool_workers_die_with_their_parent(tmp_path):
 
 
 def test_run_ids_map_to_distinct_safe_folders():
-    ids = ["manual__2026-11-23T08:20:10+00:00", "manual__2026-11-23T08_20_10_00_00", "manual__2026-11-23T08+20+10+00+00",
-           "try1", "a b", "a_b"]
+    ids = [
+        "manual__2026-11-23T08:20:10+00:00",
+        "manual__2026-11-23T08_20_10_00_00",
+        "manual__2026-11-23T08+20+10+00+00",
+        "try1",
+        "a b",
+        "a_b",
+    ]
     folders = [safe_run_id(i) for i in ids]
     assert len(set(folders)) == len(ids)
     assert safe_run_id("try1") == "try1"
@@ -310,8 +377,15 @@ def test_three_nightly_days_run_in_reverse_and_at_once_give_the_in_order_corpus(
     racing_env = clean_env(TAMIS_DATA_ROOT=str(tmp_path / "racing"), TAMIS_WORKERS="1")
     racers = []
     for day in reversed(DAYS):  # the last day first, all at once
-        racers.append(subprocess.Popen([*TAMIS, "nightly", "run", "--date", day, "--run-id", f"n-{day}", "--wait-s", "900"],
-                                       env=racing_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        racers.append(
+            subprocess.Popen(
+                [*TAMIS, "nightly", "run", "--date", day, "--run-id", f"n-{day}", "--wait-s", "900"],
+                env=racing_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
         time.sleep(0.5)
     for racer in racers:
         _, err = racer.communicate(timeout=1800)
@@ -320,7 +394,9 @@ def test_three_nightly_days_run_in_reverse_and_at_once_give_the_in_order_corpus(
     for day in DAYS:
         ordered = Dataset(str(local_nightly / f"date={day}"))
         racing = Dataset(str(tmp_path / f"racing/corpus/default/date={day}"))
-        assert [p["sha256"] for p in racing.manifest()["parts"]] == [p["sha256"] for p in ordered.manifest()["parts"]], day
+        assert [p["sha256"] for p in racing.manifest()["parts"]] == [
+            p["sha256"] for p in ordered.manifest()["parts"]
+        ], day
         table = racing.read(columns=["id", "text"])
         ids += table.column("id").to_pylist()
         texts += table.column("text").to_pylist()
@@ -330,8 +406,11 @@ def test_three_nightly_days_run_in_reverse_and_at_once_give_the_in_order_corpus(
 def test_leases_on_s3_are_conditional_writes_with_the_same_rules(moto_s3, monkeypatch):
     from tamis.lease import Lease, LeaseHeld
 
-    for name, value in (("TAMIS_S3_ENDPOINT_URL", moto_s3["endpoint"]), ("AWS_ACCESS_KEY_ID", moto_s3["key"]),
-                        ("AWS_SECRET_ACCESS_KEY", moto_s3["secret"])):
+    for name, value in (
+        ("TAMIS_S3_ENDPOINT_URL", moto_s3["endpoint"]),
+        ("AWS_ACCESS_KEY_ID", moto_s3["key"]),
+        ("AWS_SECRET_ACCESS_KEY", moto_s3["secret"]),
+    ):
         monkeypatch.setenv(name, value)
     url = f"s3://{moto_s3['bucket']}/leases/dataset"
     first = Lease(url, owner="run-a/ingest", shared=True).acquire()
@@ -340,7 +419,10 @@ def test_leases_on_s3_are_conditional_writes_with_the_same_rules(moto_s3, monkey
         Lease(url, owner="run-b/ingest", shared=False).acquire()
     second.release()
     first.release()
-    moto_s3["client"].put_object(Bucket=moto_s3["bucket"], Key="leases/dataset/_lease.json",
-                                 Body=json.dumps({"owner": "run-a/ingest", "host": "h", "pid": 1, "expires_at": 0}))
+    moto_s3["client"].put_object(
+        Bucket=moto_s3["bucket"],
+        Key="leases/dataset/_lease.json",
+        Body=json.dumps({"owner": "run-a/ingest", "host": "h", "pid": 1, "expires_at": 0}),
+    )
     with Lease(url, owner="run-b/ingest", shared=False):  # an expired lease is taken over
         pass

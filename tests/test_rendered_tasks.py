@@ -44,8 +44,13 @@ def cluster(moto_s3, spark_cluster, tmp_path_factory, monkeypatch_module):
     from tamis_airflow.kubernetes import connection_env
 
     root = tmp_path_factory.mktemp("rendered")
-    conn = Connection(conn_id="aws_default", conn_type="aws", login=moto_s3["key"], password=moto_s3["secret"],
-                      extra=json.dumps({"endpoint_url": moto_s3["endpoint"], "region_name": "us-east-1"}))
+    conn = Connection(
+        conn_id="aws_default",
+        conn_type="aws",
+        login=moto_s3["key"],
+        password=moto_s3["secret"],
+        extra=json.dumps({"endpoint_url": moto_s3["endpoint"], "region_name": "us-east-1"}),
+    )
     storage = {
         "TAMIS_DATA_ROOT": f"s3://{moto_s3['bucket']}/k8s",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -54,13 +59,18 @@ def cluster(moto_s3, spark_cluster, tmp_path_factory, monkeypatch_module):
         "TAMIS_NIGHTLY_END_DATE": DAY,
     }
     parse_env = {
-        **airflow_env(root / "airflow"), **storage, "TAMIS_EXECUTION": "kubernetes",
+        **airflow_env(root / "airflow"),
+        **storage,
+        "TAMIS_EXECUTION": "kubernetes",
         "AIRFLOW_CONN_AWS_DEFAULT": conn.get_uri(),
         # Sized for the two one-core workers of the test cluster; two pods a per-batch stage;
         # one global step of each kind (a dedup, the index) as a SparkApplication, the others
         # as pods, so that both paths of a whole-dataset stage run.
-        "TAMIS_SPARK_EXECUTOR_CORES": "1", "TAMIS_SPARK_EXECUTOR_MEMORY": "1g", "TAMIS_SPARK_EXECUTORS": "2",
-        "TAMIS_SHARDS_PER_POD": "24", "TAMIS_SPARK_APPLICATIONS": "[near_dedup, index]",
+        "TAMIS_SPARK_EXECUTOR_CORES": "1",
+        "TAMIS_SPARK_EXECUTOR_MEMORY": "1g",
+        "TAMIS_SPARK_EXECUTORS": "2",
+        "TAMIS_SHARDS_PER_POD": "24",
+        "TAMIS_SPARK_APPLICATIONS": "[near_dedup, index]",
     }
     for name in list(os.environ):
         if name.startswith(("TAMIS_", "AWS_", "AIRFLOW_CONN_")):
@@ -104,8 +114,14 @@ class Executor:
         self.lock = threading.Lock()
 
     def context(self, task) -> dict:
-        return {"dag": self.dag, "task": task, "run_id": self.run_id, "ds": self.ds, "params": self.dag.params.dump(),
-                "triggering_asset_events": {}}
+        return {
+            "dag": self.dag,
+            "task": task,
+            "run_id": self.run_id,
+            "ds": self.ds,
+            "params": self.dag.params.dump(),
+            "triggering_asset_events": {},
+        }
 
     def run(self) -> None:
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -118,8 +134,12 @@ class Executor:
                 pods = [task.unmap({"arguments": arguments}) for arguments in self.xcom[source]]
                 # Mapped pods run side by side, as the cluster runs them.
                 with ThreadPoolExecutor(max_workers=2) as pool:
-                    list(pool.map(lambda item, task_id=task.task_id: self.pod(item[1], label=f"{task_id}[{item[0]}]"),
-                                  enumerate(pods)))
+                    list(
+                        pool.map(
+                            lambda item, task_id=task.task_id: self.pod(item[1], label=f"{task_id}[{item[0]}]"),
+                            enumerate(pods),
+                        )
+                    )
             elif isinstance(task, SparkKubernetesOperator):
                 self.spark_application(task)
             elif isinstance(task, KubernetesPodOperator):
@@ -149,11 +169,23 @@ class Executor:
         spec = op.template_spec["spark"]["spec"]
         main = spec["mainApplicationFile"].removeprefix("local://").replace(IMAGE_ROOT, str(REPO), 1)
         driver, executor = spec["driver"], spec["executor"]
-        submit = [str(Path(pyspark.__file__).parent / "bin" / "spark-submit"), "--master", self.cluster["spark"]["master"],
-                  "--deploy-mode", "client", "--name", op.template_spec["spark"]["metadata"]["name"],
-                  "--driver-memory", driver["memory"], "--executor-memory", executor["memory"],
-                  "--executor-cores", str(executor["cores"]),
-                  "--total-executor-cores", str(executor["cores"] * executor["instances"])]
+        submit = [
+            str(Path(pyspark.__file__).parent / "bin" / "spark-submit"),
+            "--master",
+            self.cluster["spark"]["master"],
+            "--deploy-mode",
+            "client",
+            "--name",
+            op.template_spec["spark"]["metadata"]["name"],
+            "--driver-memory",
+            driver["memory"],
+            "--executor-memory",
+            executor["memory"],
+            "--executor-cores",
+            str(executor["cores"]),
+            "--total-executor-cores",
+            str(executor["cores"] * executor["instances"]),
+        ]
         for key, value in spec.get("sparkConf", {}).items():
             submit += ["--conf", f"{key}={value}"]
         # The operator gives executor pods their env and envFrom; on a standalone cluster
@@ -179,17 +211,22 @@ class Executor:
     def mapped(value: str, mounts: dict[str, str]) -> str:
         for path, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
             if value == path or value.startswith(path + "/"):
-                return local + value[len(path):]
+                return local + value[len(path) :]
         return value
 
     def execute(self, argv: list[str], container_env: dict[str, str], label: str) -> None:
         # The image's PATH leads to its Python and tamis; the venv is that Python here.
-        image_env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable,
-                     "LANG": "C.UTF-8", "GX_ANALYTICS_ENABLED": "False"}
+        image_env = {
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "PYSPARK_PYTHON": sys.executable,
+            "LANG": "C.UTF-8",
+            "GX_ANALYTICS_ENABLED": "False",
+        }
         if "PYTHONPATH" in os.environ:  # the checkout under test, when the venv has another installed
             image_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        done = subprocess.run(argv, cwd=REPO, env={**image_env, **container_env}, capture_output=True, text=True,
-                              timeout=900)
+        done = subprocess.run(
+            argv, cwd=REPO, env={**image_env, **container_env}, capture_output=True, text=True, timeout=900
+        )
         with self.lock, self.log.open("a") as log:
             log.write(f"\n===== {label}: {argv}\n{done.stdout}\n{done.stderr}\n")
             self.ran.append(label)
@@ -200,8 +237,11 @@ class Executor:
 def executed(cluster):
     dags = parse_dags()
     runs = {}
-    for dag_id, run_id, day in (("corpus_build", CORPUS_RUN, "2026-11-23"), ("nightly_ingest", NIGHTLY_RUN, DAY),
-                                ("dataset_release", "asset_triggered__2026-11-23T09:00:00+00:00", "2026-11-23")):
+    for dag_id, run_id, day in (
+        ("corpus_build", CORPUS_RUN, "2026-11-23"),
+        ("nightly_ingest", NIGHTLY_RUN, DAY),
+        ("dataset_release", "asset_triggered__2026-11-23T09:00:00+00:00", "2026-11-23"),
+    ):
         executor = Executor(cluster, dags[dag_id], run_id, day)
         executor.run()
         runs[dag_id] = executor
@@ -233,8 +273,13 @@ def test_corpus_build_on_pods_and_spark_applications_writes_the_local_build(exec
 
 def test_a_nightly_day_on_the_cluster_appends_what_a_local_nightly_appends(executed, moto_s3, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAMIS_", "AWS_", "AIRFLOW_CONN_"))}
-    done = subprocess.run([sys.executable, "-m", "tamis.cli", "nightly", "run", "--date", DAY, "--run-id", "local"],
-                          env={**env, "TAMIS_DATA_ROOT": str(tmp_path)}, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "tamis.cli", "nightly", "run", "--date", DAY, "--run-id", "local"],
+        env={**env, "TAMIS_DATA_ROOT": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     remote = json.loads(S3Tree(moto_s3, "k8s/corpus/default").read(f"date={DAY}/_manifest.json"))
     local = json.loads((tmp_path / f"corpus/default/date={DAY}/_manifest.json").read_text())

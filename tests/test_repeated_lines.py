@@ -16,8 +16,9 @@ from tamis.dataset import Dataset
 from tamis.runner import run_stage
 from tamis.stages.repeated_lines import RepeatedLines, top_lines
 
-DOCS = [r["text"] for r in read_jsonl(TEST_DATA / "web_en/wikipedia_en_sample.jsonl.gz")] + \
-       [r["text"] for r in read_jsonl(TEST_DATA / "web_en/us_presidential_speeches.jsonl.gz")]
+DOCS = [r["text"] for r in read_jsonl(TEST_DATA / "web_en/wikipedia_en_sample.jsonl.gz")] + [
+    r["text"] for r in read_jsonl(TEST_DATA / "web_en/us_presidential_speeches.jsonl.gz")
+]
 
 
 def norm(line: str) -> str:
@@ -32,11 +33,21 @@ def documents_per_line(docs: list[str], min_chars: int = 10) -> Counter:
 
 
 def run(tmp_path, name="out", workers=1, **params):
-    parts = [pa.table({"id": [f"d{i}" for i in range(k, len(DOCS), 3)], "source": ["web"] * len(range(k, len(DOCS), 3)),
-                       "text": DOCS[k::3]}) for k in range(3)]
+    parts = [
+        pa.table(
+            {
+                "id": [f"d{i}" for i in range(k, len(DOCS), 3)],
+                "source": ["web"] * len(range(k, len(DOCS), 3)),
+                "text": DOCS[k::3],
+            }
+        )
+        for k in range(3)
+    ]
     if not (tmp_path / "in").exists():
         write_dataset(tmp_path / "in", parts)
-    manifest = run_stage(RepeatedLines({"buckets": 8, **params}), str(tmp_path / "in"), str(tmp_path / name), workers=workers)
+    manifest = run_stage(
+        RepeatedLines({"buckets": 8, **params}), str(tmp_path / "in"), str(tmp_path / name), workers=workers
+    )
     out = Dataset(str(tmp_path / name)).read()
     return manifest, dict(zip(out.column("id").to_pylist(), out.column("text").to_pylist()))
 

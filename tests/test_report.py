@@ -34,8 +34,10 @@ def run(tmp_path_factory):
         "name": "report_test",
         "storage_root": str(root / "store"),
         "workers": 1,
-        "sources": {"web": {"path": str(SAMPLE / "web"), "id_field": "id", "url_field": "url"},
-                    "udhr": {"path": str(SAMPLE / "udhr"), "format": "text"}},
+        "sources": {
+            "web": {"path": str(SAMPLE / "web"), "id_field": "id", "url_field": "url"},
+            "udhr": {"path": str(SAMPLE / "udhr"), "format": "text"},
+        },
         "stages": {"ingest": {}, "normalize": {}, "language": {}, "near_dedup": {}},
     }
     path = root / "report_test.yaml"
@@ -59,7 +61,9 @@ def test_funnel_rows_equal_each_stage_manifest(run):
         for key in ("in", "kept", "dropped", "quarantined"):
             assert rows[stage][key] == manifest["counts"][key], (stage, key)
     reasons = {(r["stage"], r["rule"]): r["count"] for r in report.reasons_by_rule(data)}
-    assert reasons[("near_dedup", "near_duplicate")] == manifests(run_url)["near_dedup"]["drop_reasons"]["near_duplicate"]
+    assert (
+        reasons[("near_dedup", "near_duplicate")] == manifests(run_url)["near_dedup"]["drop_reasons"]["near_duplicate"]
+    )
 
 
 def test_stage_without_manifest_is_incomplete_and_missing_stage_is_not_run(run, tmp_path):
@@ -120,7 +124,9 @@ def test_records_by_id_and_by_source(run):
     found = report.find_records(url, record_id=wanted["id"])
     assert [r["id"] for r in found["rows"]] == [wanted["id"]]
     assert found["rows"][0]["text_chars"] == len(wanted["text"])
-    udhr = report.find_records(url, source="udhr", lang=wanted["lang"] if wanted["source"] == "udhr" else None, limit=500)
+    udhr = report.find_records(
+        url, source="udhr", lang=wanted["lang"] if wanted["source"] == "udhr" else None, limit=500
+    )
     assert udhr["rows"] and {r["source"] for r in udhr["rows"]} == {"udhr"}
     assert len(udhr["rows"]) <= pc.sum(pc.equal(table.column("source"), "udhr")).as_py()
     assert report.find_records(url, record_id="web/does-not-exist")["rows"] == []
@@ -141,7 +147,9 @@ def test_cluster_samples_account_for_every_near_duplicate(run):
 def test_gate_result_keeps_counts_but_no_record_values(run):
     _, run_url = run
     url = f"{run_url}/normalize"
-    config = GateConfig(expectations=[{"expect_column_values_to_not_match_regex": {"column": "text", "regex": "Article 1"}}])
+    config = GateConfig(
+        expectations=[{"expect_column_values_to_not_match_regex": {"column": "text", "regex": "Article 1"}}]
+    )
     validate(url, "normalize", config)
     gate = report.gate_result(url)
     failed = [e for e in gate["expectations"] if not e["success"]]
@@ -205,7 +213,8 @@ def test_a_language_drop_names_the_span_the_detector_read():
     english = (REPO / "include/sample/udhr/date=2026-11-20/eng.txt").read_text()
     texts = ["\n\t  " + english, "  " + english[:120]]
     result = LanguageFilter({"allowed_languages": ["fr"], "max_chars": 400}).process_batch(
-        pa.table({"id": ["long", "short"], "source": ["web", "web"], "text": texts}))
+        pa.table({"id": ["long", "short"], "source": ["web", "web"], "text": texts})
+    )
     assert result.dropped.column("reason").to_pylist() == ["lang_not_allowed"] * 2
     for text, detail in zip(texts, result.dropped.column("detail").to_pylist()):
         detail, (start, end) = report.parse_detail(detail)
@@ -220,10 +229,11 @@ def test_a_marker_rule_names_the_span_of_its_marker():
     text = (REPO / "include/sample/udhr/date=2026-11-20/eng.txt").read_text()
     marked = text[:900] + " {placeholder} " + text[900:]
     result = QualityFilter({"c4": {"curly_bracket": True}}).process_batch(
-        pa.table({"id": ["a", "b"], "source": ["web", "web"], "text": [text, marked]}))
+        pa.table({"id": ["a", "b"], "source": ["web", "web"], "text": [text, marked]})
+    )
     assert result.dropped.column("reason").to_pylist() == ["c4_curly_bracket"]
     detail, span = report.parse_detail(result.dropped.column("detail")[0].as_py())
-    assert marked[span[0]:span[1]] == "{" and detail == "marker found"
+    assert marked[span[0] : span[1]] == "{" and detail == "marker found"
 
 
 def test_changed_examples_show_what_normalize_changed(run):
@@ -270,7 +280,11 @@ def test_a_document_journey_ends_at_the_rule_that_dropped_it(run):
     journey = report.document_journey(run_url, STAGES, doc["id"])  # no part given: found by id
     assert journey["part"] == doc["part"]
     assert [(s["stage"], s["status"]) for s in journey["steps"]] == [
-        ("ingest", "kept"), ("normalize", "kept"), ("language", "kept"), ("near_dedup", "dropped")]
+        ("ingest", "kept"),
+        ("normalize", "kept"),
+        ("language", "kept"),
+        ("near_dedup", "dropped"),
+    ]
     assert journey["steps"][-1]["reason"] == "near_duplicate" and journey["steps"][-1]["duplicate_of"] == doc["detail"]
     assert journey["steps"][2]["record"]["lang"]
     assert report.document_journey(run_url, STAGES, "web/no-such-document")["found"] is False
@@ -289,7 +303,8 @@ def test_compare_shows_counts_params_and_documents_one_run_kept_and_the_other_dr
     assert rows[("near_dedup", "kept")]["difference"] == b["counts"]["kept"] - a["counts"]["kept"] < 0
     assert rows[("ingest", "kept")]["b"] is None  # the second run did not run ingest
     assert {(p["stage"], p["param"], p["a"], p["b"]) for p in data["params"] if p["stage"] == "near_dedup"} == {
-        ("near_dedup", "threshold", "0.8", "0.3")}
+        ("near_dedup", "threshold", "0.8", "0.3")
+    }
     samples = data["kept_by_a_dropped_by_b"]
     assert samples and not data["kept_by_b_dropped_by_a"]
     kept_a = set(Dataset(f"{run_url}/near_dedup").read(columns=["id"]).column("id").to_pylist())
@@ -335,10 +350,17 @@ def pii_run(tmp_path_factory):
     emails = [s["value"] for r in records for s in r["spans"] if s["label"] == "EMAIL_ADDRESS"]
     urls = {}
     for action in ("mask", "remove"):
-        config = {"name": f"pii_{action}", "storage_root": str(root / "store"), "workers": 1,
-                  "sources": {"synth": {"path": str(root / "src"), "id_field": "id"}},
-                  "stages": {"ingest": {}, "normalize": {},
-                             "pii": {"entities": ["EMAIL_ADDRESS", "PHONE_NUMBER"], "action": action}}}
+        config = {
+            "name": f"pii_{action}",
+            "storage_root": str(root / "store"),
+            "workers": 1,
+            "sources": {"synth": {"path": str(root / "src"), "id_field": "id"}},
+            "stages": {
+                "ingest": {},
+                "normalize": {},
+                "pii": {"entities": ["EMAIL_ADDRESS", "PHONE_NUMBER"], "action": action},
+            },
+        }
         path = root / f"{action}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         pipeline = load_pipeline(str(path))
@@ -356,7 +378,8 @@ def test_pii_examples_show_masks_never_values(pii_run):
     for row in page["rows"]:
         assert not any(e in row["text"] for e in emails)
         assert [row["text"][a:b] for a, b in row["marks"]] and all(
-            row["text"][a:b].startswith("<") for a, b in row["marks"])
+            row["text"][a:b].startswith("<") for a, b in row["marks"]
+        )
         assert "<EMAIL_ADDRESS>" in row["text"]
 
 

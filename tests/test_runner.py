@@ -25,7 +25,9 @@ WIKI = REPO / "include/sample/web/date=2026-11-20/wikipedia.jsonl"
 
 def build_corpus(root: Path, files: int, docs_per_file: int) -> None:
     """Real Wikipedia paragraphs spread over many files, so a stage has many shards."""
-    paragraphs = [p for line in WIKI.read_text().splitlines() for p in json.loads(line)["text"].split("\n\n") if len(p) > 200]
+    paragraphs = [
+        p for line in WIKI.read_text().splitlines() for p in json.loads(line)["text"].split("\n\n") if len(p) > 200
+    ]
     k = 0
     for f in range(files):
         rows = []
@@ -36,17 +38,27 @@ def build_corpus(root: Path, files: int, docs_per_file: int) -> None:
 
 
 def write_pipeline(path: Path, source: Path, store: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": "resume", "storage_root": str(store), "workers": 2,
-        "sources": {"web": {"path": str(source)}},
-        "stages": {"ingest": {}, "normalize": {}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "resume",
+                "storage_root": str(store),
+                "workers": 2,
+                "sources": {"web": {"path": str(source)}},
+                "stages": {"ingest": {}, "normalize": {}},
+            }
+        )
+    )
     return path
 
 
 def tamis(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tamis.cli", *args], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tamis.cli", *args],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def parts(dataset_dir: Path) -> dict[str, bytes]:
@@ -57,12 +69,30 @@ def test_resume_after_sigkill_gives_byte_identical_output_and_never_shows_a_part
     build_corpus(tmp_path / "web", files=40, docs_per_file=250)
     config = write_pipeline(tmp_path / "p.yaml", tmp_path / "web", tmp_path / "store")
     ingest = ["run", "ingest", "--pipeline", str(config)]
-    assert subprocess.run([sys.executable, "-m", "tamis.cli", *ingest, "--run-id", "base"], capture_output=True).returncode == 0
+    assert (
+        subprocess.run([sys.executable, "-m", "tamis.cli", *ingest, "--run-id", "base"], capture_output=True).returncode
+        == 0
+    )
     base_input = str(tmp_path / "store/runs/base/ingest")
 
     clean = tmp_path / "clean"
-    subprocess.run([sys.executable, "-m", "tamis.cli", "run", "normalize", "--pipeline", str(config),
-                    "--input", base_input, "--output", str(clean)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tamis.cli",
+            "run",
+            "normalize",
+            "--pipeline",
+            str(config),
+            "--input",
+            base_input,
+            "--output",
+            str(clean),
+        ],
+        check=True,
+        capture_output=True,
+    )
 
     killed = tmp_path / "killed"
     normalize = ["run", "normalize", "--pipeline", str(config), "--input", base_input, "--output", str(killed)]
@@ -93,7 +123,11 @@ def test_resume_after_sigkill_gives_byte_identical_output_and_never_shows_a_part
     assert parts(killed) == parts(clean)
     assert len(parts(clean)) == 40
     manifest = Dataset(str(killed)).manifest()
-    assert manifest["counts"] == Dataset(str(clean)).manifest()["counts"] == {"in": 10000, "kept": 10000, "dropped": 0, "quarantined": 0}
+    assert (
+        manifest["counts"]
+        == Dataset(str(clean)).manifest()["counts"]
+        == {"in": 10000, "kept": 10000, "dropped": 0, "quarantined": 0}
+    )
     assert not (killed / "_tmp").exists()
 
 

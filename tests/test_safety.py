@@ -62,7 +62,11 @@ def test_flag_keeps_everything_and_a_category_threshold_overrides_the_default():
     texts = labelled("sexual", 1)[:30]
     flagged = ContentSafety({"action": "flag"}).process_batch(table(texts))
     assert flagged.dropped.num_rows == 0 and flagged.kept.num_rows == 30
-    assert flagged.metrics["safety.flagged"] == int((np.array(flagged.kept.column("safety_sexual").to_pylist()) >= 0.5).sum()) > 0
+    assert (
+        flagged.metrics["safety.flagged"]
+        == int((np.array(flagged.kept.column("safety_sexual").to_pylist()) >= 0.5).sum())
+        > 0
+    )
     strict = ContentSafety({"thresholds": {"sexual": 1.0}}).process_batch(table(texts))
     assert "safety.sexual" not in strict.dropped.column("reason").to_pylist()
 
@@ -82,10 +86,34 @@ def test_a_pipeline_list_adds_terms_and_only_chosen_categories_are_scored(tmp_pa
 def test_a_trained_one_vs_all_model_scores_its_categories(tmp_path):
     rows = [{"text": r["prompt"], "categories": [c for c, code in CODES.items() if r.get(code) == 1]} for r in LABELLED]
     path = tmp_path / "safety.bin"
-    assert main(["train-quality", str(path), "--labelled", str(write_jsonl(tmp_path / "l.jsonl", rows[::2])),
-                 "--label-column", "categories", "--loss", "ova", "--lr", "0.5", "--epoch", "25", "--dim", "16",
-                 "--bucket", "50000", "--min-count", "1"]) == 0
-    assert set(json.loads((tmp_path / "safety.bin.json").read_text())["labels"]) == {f"__label__{c}" for c in [*CATEGORIES, "none"]}
+    assert (
+        main(
+            [
+                "train-quality",
+                str(path),
+                "--labelled",
+                str(write_jsonl(tmp_path / "l.jsonl", rows[::2])),
+                "--label-column",
+                "categories",
+                "--loss",
+                "ova",
+                "--lr",
+                "0.5",
+                "--epoch",
+                "25",
+                "--dim",
+                "16",
+                "--bucket",
+                "50000",
+                "--min-count",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert set(json.loads((tmp_path / "safety.bin.json").read_text())["labels"]) == {
+        f"__label__{c}" for c in [*CATEGORIES, "none"]
+    }
     stage = ContentSafety({"model": str(path), "default_lists": False})
     stage.check_ready()
     held = rows[1::2]
@@ -100,8 +128,25 @@ def test_a_trained_one_vs_all_model_scores_its_categories(tmp_path):
 def test_a_model_without_a_category_or_no_scorer_at_all_fails_before_any_work(tmp_path):
     rows = [{"text": r["text"], "categories": ["sexual"] if i % 2 else []} for i, r in enumerate(WIKI[:20])]
     path = tmp_path / "m.bin"
-    assert main(["train-quality", str(path), "--labelled", str(write_jsonl(tmp_path / "l.jsonl", rows)),
-                 "--label-column", "categories", "--loss", "ova", "--dim", "4", "--bucket", "100"]) == 0
+    assert (
+        main(
+            [
+                "train-quality",
+                str(path),
+                "--labelled",
+                str(write_jsonl(tmp_path / "l.jsonl", rows)),
+                "--label-column",
+                "categories",
+                "--loss",
+                "ova",
+                "--dim",
+                "4",
+                "--bucket",
+                "100",
+            ]
+        )
+        == 0
+    )
     with pytest.raises(ValueError, match="no label for"):
         ContentSafety({"model": str(path)}).check_ready()
     with pytest.raises(ValueError, match="nothing scores"):

@@ -39,11 +39,31 @@ def postgres():
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     data, port = os.path.join(root, "data"), free_port()
-    subprocess.run(_as_postgres([f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"]), check=True, capture_output=True)
-    subprocess.run(_as_postgres([f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "start",
-                                 "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1"]), check=True, capture_output=True)
-    subprocess.run([f"{bindir}/psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE airflow"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres([f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"]), check=True, capture_output=True
+    )
+    subprocess.run(
+        _as_postgres(
+            [
+                f"{bindir}/pg_ctl",
+                "-D",
+                data,
+                "-l",
+                os.path.join(root, "log"),
+                "-w",
+                "start",
+                "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [f"{bindir}/psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE airflow"],
+        check=True,
+        capture_output=True,
+    )
     yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/airflow"
     subprocess.run(_as_postgres([f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "stop"]), capture_output=True)
     shutil.rmtree(root, ignore_errors=True)
@@ -55,7 +75,8 @@ def airflow(postgres, tmp_path_factory):
     data = tmp_path_factory.mktemp("pg_data")
     port = free_port()
     env = {
-        **os.environ, **airflow_env(home, data),
+        **os.environ,
+        **airflow_env(home, data),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres,
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "2",
@@ -72,7 +93,9 @@ def airflow(postgres, tmp_path_factory):
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     services = [
-        subprocess.Popen([AIRFLOW, *command], env=env, stdout=(logs / f"{command[0]}.out").open("w"), stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [AIRFLOW, *command], env=env, stdout=(logs / f"{command[0]}.out").open("w"), stderr=subprocess.STDOUT
+        )
         for command in (["api-server", "--port", str(port), "--host", "127.0.0.1"], ["scheduler"], ["dag-processor"])
     ]
 
@@ -154,7 +177,9 @@ def test_a_three_day_backfill_builds_the_corpus_and_a_rerun_day_changes_nothing(
     assert recrawled
     assert not {f"web/{i}" for i in recrawled} & set(ids)
     assert len({f"web/{i.removeprefix('recrawl-')}" for i in recrawled} & set(ids)) >= 3
-    texts = [t for url in partitions(corpus).values() for t in Dataset(url).read(columns=["text"]).column("text").to_pylist()]
+    texts = [
+        t for url in partitions(corpus).values() for t in Dataset(url).read(columns=["text"]).column("text").to_pylist()
+    ]
     assert len(ids) == len(set(ids)) and len(texts) == len(set(texts))
 
     before = Dataset(partitions(corpus)["2026-11-21"]).manifest()["parts"]
@@ -163,7 +188,9 @@ def test_a_three_day_backfill_builds_the_corpus_and_a_rerun_day_changes_nothing(
     time.sleep(5)
     wait_for_runs(cli, "nightly_ingest", 3)
     after = Dataset(partitions(corpus)["2026-11-21"]).manifest()
-    assert (Path(partitions(corpus)["2026-11-21"]) / "_manifest.json").stat().st_mtime > appended_at, "the day was not re-run"
+    assert (Path(partitions(corpus)["2026-11-21"]) / "_manifest.json").stat().st_mtime > appended_at, (
+        "the day was not re-run"
+    )
     assert [p["sha256"] for p in after["parts"]] == [p["sha256"] for p in before]
     all_ids = pc.count_distinct(Dataset(partitions(corpus)["2026-11-21"]).read(columns=["id"]).column("id")).as_py()
     assert all_ids == after["counts"]["kept"]

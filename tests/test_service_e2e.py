@@ -40,7 +40,7 @@ BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
 TOKENIZER = REPO / "include/sample/tokenizer.json"
 USERS = {"alice": ("viewer:data", "alice-pw"), "bob": ("viewer:other", "bob-pw")}
-DAGS = '''
+DAGS = """
 import os
 
 from tamis_airflow.corpus import build_corpus_dag
@@ -48,12 +48,14 @@ from tamis_airflow.release import build_release_dag
 
 build = build_corpus_dag(os.environ["SVC_PIPELINE"], dag_id="svc_build")
 release = build_release_dag(os.environ["SVC_PIPELINE"], dag_id="svc_release")
-'''
+"""
 
 
 def _airflow(env: dict, *args: str, timeout: int = 600) -> str:
     result = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"airflow {' '.join(args[:3])} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"airflow {' '.join(args[:3])} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
     return result.stdout + result.stderr
 
 
@@ -67,12 +69,14 @@ def _dag_test(env: dict, dag_id: str) -> tuple[str, str, str]:
 
 def _ready_events(env: dict) -> int:
     """Asset events Airflow recorded for the svc pipeline's ready asset."""
-    code = ("from sqlalchemy import select, func\n"
-            "from airflow.models.asset import AssetEvent, AssetModel\n"
-            "from airflow.utils.session import create_session\n"
-            "with create_session() as s:\n"
-            "    print(s.scalar(select(func.count()).select_from(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)"
-            ".where(AssetModel.uri == 'tamis://release-ready/svc')))\n")
+    code = (
+        "from sqlalchemy import select, func\n"
+        "from airflow.models.asset import AssetEvent, AssetModel\n"
+        "from airflow.utils.session import create_session\n"
+        "with create_session() as s:\n"
+        "    print(s.scalar(select(func.count()).select_from(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)"
+        ".where(AssetModel.uri == 'tamis://release-ready/svc')))\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return int(result.stdout.strip().splitlines()[-1])
@@ -80,7 +84,13 @@ def _ready_events(env: dict) -> int:
 
 def _clean_environment() -> dict[str, str]:
     """No credential reaches a task except through Airflow's connections."""
-    drop = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "TAMIS_S3_ENDPOINT_URL", "AWS_SESSION_TOKEN")
+    drop = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+        "TAMIS_S3_ENDPOINT_URL",
+        "AWS_SESSION_TOKEN",
+    )
     return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))}
 
 
@@ -93,58 +103,139 @@ def service(tmp_path_factory, moto_s3):
     checksums = review_files(root / "files")
     file_server = FileServer(root / "files", token="tok-123")
     speeches = write_jsonl(root / "speeches.jsonl", wiki_rows(4, start=20))
-    moto_s3["client"].put_object(Bucket=moto_s3["bucket"], Key="teams/data/speeches/date=2026-11-20/part.jsonl",
-                                 Body=speeches.read_bytes())
+    moto_s3["client"].put_object(
+        Bucket=moto_s3["bucket"], Key="teams/data/speeches/date=2026-11-20/part.jsonl", Body=speeches.read_bytes()
+    )
     pipeline_path = root / "svc.yaml"
-    pipeline_path.write_text(yaml.safe_dump({
-        "name": "svc", "team": "data", "storage_root": str(root / "store"), "workers": 1,
-        "sources": {
-            "wiki": {"kind": "git", "url": f"{git_server.url}/repo.git", "revision": "v1", "subdir": "corpus",
-                     "connection": "src_git", "id_field": "id"},
-            "reviews": {"kind": "http", "url": f"{file_server.url}/", "checksums": checksums, "connection": "src_http",
-                        "id_field": "id"},
-            "lake": {"path": f"s3://{moto_s3['bucket']}/teams/data/speeches", "connection": "src_s3", "id_field": "id"},
-        },
-        "stages": {"ingest": {}, "normalize": {}, "tokenize": {"tokenizer": str(TOKENIZER)},
-                   "pack": {"tokenizer": str(TOKENIZER), "seq_len": 256}, "index": {"documents": "tokenize"}},
-        "orchestration": {"retries": 0},
-        "release": {"workspace": str(root / "workspace"), "remote": str(root / "store/releases/svc"),
-                    "hot": str(root / "hot")},
-    }, sort_keys=False))
+    pipeline_path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "svc",
+                "team": "data",
+                "storage_root": str(root / "store"),
+                "workers": 1,
+                "sources": {
+                    "wiki": {
+                        "kind": "git",
+                        "url": f"{git_server.url}/repo.git",
+                        "revision": "v1",
+                        "subdir": "corpus",
+                        "connection": "src_git",
+                        "id_field": "id",
+                    },
+                    "reviews": {
+                        "kind": "http",
+                        "url": f"{file_server.url}/",
+                        "checksums": checksums,
+                        "connection": "src_http",
+                        "id_field": "id",
+                    },
+                    "lake": {
+                        "path": f"s3://{moto_s3['bucket']}/teams/data/speeches",
+                        "connection": "src_s3",
+                        "id_field": "id",
+                    },
+                },
+                "stages": {
+                    "ingest": {},
+                    "normalize": {},
+                    "tokenize": {"tokenizer": str(TOKENIZER)},
+                    "pack": {"tokenizer": str(TOKENIZER), "seq_len": 256},
+                    "index": {"documents": "tokenize"},
+                },
+                "orchestration": {"retries": 0},
+                "release": {
+                    "workspace": str(root / "workspace"),
+                    "remote": str(root / "store/releases/svc"),
+                    "hot": str(root / "hot"),
+                },
+            },
+            sort_keys=False,
+        )
+    )
     public_sources = root / "public_src/date=2026-11-20"
     public_sources.mkdir(parents=True)
     shutil.copyfile(REPO / "include/sample/udhr/date=2026-11-20/eng.txt", public_sources / "eng.txt")
     public_path = root / "udhr.yaml"
-    public_path.write_text(yaml.safe_dump({
-        "name": "udhr", "team": "other", "storage_root": str(root / "store_public"), "workers": 1,
-        "sources": {"udhr": {"path": str(root / "public_src"), "format": "text"}}, "stages": {"ingest": {}},
-        "release": {"public": True, "hot": str(root / "hot")},
-    }, sort_keys=False))
+    public_path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "udhr",
+                "team": "other",
+                "storage_root": str(root / "store_public"),
+                "workers": 1,
+                "sources": {"udhr": {"path": str(root / "public_src"), "format": "text"}},
+                "stages": {"ingest": {}},
+                "release": {"public": True, "hot": str(root / "hot")},
+            },
+            sort_keys=False,
+        )
+    )
 
     home = root / "airflow"
     dags = root / "dags"
     dags.mkdir()
     (dags / "svc_dags.py").write_text(DAGS)
-    env = {**_clean_environment(), **airflow_env(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-           "SVC_PIPELINE": str(pipeline_path), "TAMIS_SOURCE_CACHE": str(root / "source-cache"),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    public = subprocess.run([str(BIN / "tamis"), "release", "all", "--pipeline", str(public_path)], env=env,
-                            capture_output=True, text=True, timeout=300)
+    env = {
+        **_clean_environment(),
+        **airflow_env(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "SVC_PIPELINE": str(pipeline_path),
+        "TAMIS_SOURCE_CACHE": str(root / "source-cache"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    public = subprocess.run(
+        [str(BIN / "tamis"), "release", "all", "--pipeline", str(public_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert public.returncode == 0, public.stderr[-3000:]
     _airflow(env, "db", "migrate")
-    _airflow(env, "connections", "add", "src_git", "--conn-type", "http", "--conn-login", "reader",
-             "--conn-password", "s3cr3t/pw")
+    _airflow(
+        env,
+        "connections",
+        "add",
+        "src_git",
+        "--conn-type",
+        "http",
+        "--conn-login",
+        "reader",
+        "--conn-password",
+        "s3cr3t/pw",
+    )
     _airflow(env, "connections", "add", "src_http", "--conn-type", "http", "--conn-password", "tok-123")
-    _airflow(env, "connections", "add", "src_s3", "--conn-type", "aws", "--conn-login", moto_s3["key"],
-             "--conn-password", moto_s3["secret"],
-             "--conn-extra", json.dumps({"endpoint_url": moto_s3["endpoint"], "region_name": "us-east-1"}))
+    _airflow(
+        env,
+        "connections",
+        "add",
+        "src_s3",
+        "--conn-type",
+        "aws",
+        "--conn-login",
+        moto_s3["key"],
+        "--conn-password",
+        moto_s3["secret"],
+        "--conn-extra",
+        json.dumps({"endpoint_url": moto_s3["endpoint"], "region_name": "us-east-1"}),
+    )
     _airflow(env, "dags", "reserialize")
     build_run, build_state, build_log = _dag_test(env, "svc_build")
     release_run, release_state, release_log = _dag_test(env, "svc_release")
-    yield {"root": root, "env": env, "repository": repository, "checksums": checksums, "git_server": git_server,
-           "file_server": file_server, "pipeline_path": pipeline_path, "public_path": public_path,
-           "build": (build_run, build_state, build_log), "release": (release_run, release_state, release_log),
-           "moto": moto_s3}
+    yield {
+        "root": root,
+        "env": env,
+        "repository": repository,
+        "checksums": checksums,
+        "git_server": git_server,
+        "file_server": file_server,
+        "pipeline_path": pipeline_path,
+        "public_path": public_path,
+        "build": (build_run, build_state, build_log),
+        "release": (release_run, release_state, release_log),
+        "moto": moto_s3,
+    }
     git_server.close()
     file_server.close()
 
@@ -167,7 +258,9 @@ def test_one_run_ingests_git_http_and_s3_with_credentials_from_connections(servi
     inputs = [p["input"] for p in manifest["parts"]]
     commit = service["repository"]["v1"]
     assert f"git+{service['git_server'].url}/repo.git@{commit}#corpus/date=2026-11-20/wiki.jsonl" in inputs
-    assert {f"{service['file_server'].url}/{path}#sha256={digest}" for path, digest in service["checksums"].items()} <= set(inputs)
+    assert {
+        f"{service['file_server'].url}/{path}#sha256={digest}" for path, digest in service["checksums"].items()
+    } <= set(inputs)
     assert f"s3://{service['moto']['bucket']}/teams/data/speeches/date=2026-11-20/part.jsonl" in inputs
     sources = Dataset(manifest["output"]).read(columns=["source"]).column("source").to_pylist()
     assert {s: sources.count(s) for s in set(sources)} == {"wiki": 6, "reviews": 10, "lake": 4}
@@ -203,21 +296,35 @@ def catalog_site(service):
     passwords = root / "passwords.json"
     passwords.write_text(json.dumps({name: pw for name, (_, pw) in USERS.items()}))
     port = free_port()
-    env = {**service["env"],
-           "AIRFLOW__CORE__MULTI_TEAM": "True",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{n}:{r}" for n, (r, _) in USERS.items()),
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-           "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
-               "name": "svc", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-               "kwargs": {"path": str(root / "dags")}, "team_name": "data"}]),
-           "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-           "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-           "TAMIS_CATALOG_PIPELINES": os.pathsep.join([str(service["pipeline_path"]), str(service["public_path"])])}
+    env = {
+        **service["env"],
+        "AIRFLOW__CORE__MULTI_TEAM": "True",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{n}:{r}" for n, (r, _) in USERS.items()),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(
+            [
+                {
+                    "name": "svc",
+                    "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                    "kwargs": {"path": str(root / "dags")},
+                    "team_name": "data",
+                }
+            ]
+        ),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "TAMIS_CATALOG_PIPELINES": os.pathsep.join([str(service["pipeline_path"]), str(service["public_path"])]),
+    }
     _airflow(env, "teams", "create", "data")
     _airflow(env, "teams", "create", "other")
     log = root / "api-server.log"
-    server = subprocess.Popen([AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_for(f"{base}/api/v2/monitor/health", server, log)
@@ -278,7 +385,8 @@ def test_the_page_previews_records_samples_through_the_index_and_shows_loading_c
     assert re.search(r'<table id="preview">.*?<tr class="record">', page, re.S)
     sample = re.search(r'<table id="sample">(.*?)</table>', page, re.S).group(1)
     assert re.findall(r'<td class="source">([^<]*)</td>', sample) and set(
-        re.findall(r'<td class="source">([^<]*)</td>', sample)) == {"wiki"}
+        re.findall(r'<td class="source">([^<]*)</td>', sample)
+    ) == {"wiki"}
     for kind in ("datasets", "pytorch", "megatron", "numpy"):
         assert f'data-kind="{kind}"' in page
     status, found = api(catalog_site, "alice", f"/api/releases/{version}/sample?source=reviews&limit=50")
@@ -301,7 +409,10 @@ def test_the_loading_code_shown_loads_the_release(service, catalog_site, tmp_pat
     exec(code["datasets"], namespace)
     assert len(namespace["records"]) == manifest["stages"][2]["counts"]["kept"]
     exec(code["pytorch"], namespace)
-    assert namespace["dataset"].release["read_from"] == "hot" and len(namespace["dataset"]) == manifest["stages"][3]["counts"]["kept"]
+    assert (
+        namespace["dataset"].release["read_from"] == "hot"
+        and len(namespace["dataset"]) == manifest["stages"][3]["counts"]["kept"]
+    )
     exec(code["numpy"], namespace)
     binary = TokenBinary(str(hot / "data/index/_index/tokens"))
     assert np.array_equal(np.asarray(namespace["first"]), binary[0])

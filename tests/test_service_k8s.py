@@ -64,19 +64,36 @@ def test_a_team_name_that_cannot_name_kubernetes_objects_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def team_clients(moto_s3):
     """An S3 client per team, signed with a key of an IAM user holding only the team's policy."""
-    iam = boto3.client("iam", endpoint_url=moto_s3["endpoint"], region_name="us-east-1",
-                       aws_access_key_id=moto_s3["key"], aws_secret_access_key=moto_s3["secret"])
+    iam = boto3.client(
+        "iam",
+        endpoint_url=moto_s3["endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id=moto_s3["key"],
+        aws_secret_access_key=moto_s3["secret"],
+    )
     clients = {}
     for team in ("data", "research"):
         user = f"policy-{team}"
         iam.create_user(UserName=user)
-        iam.put_user_policy(UserName=user, PolicyName="team",
-                            PolicyDocument=json.dumps(teams.s3_policy(team, bucket=moto_s3["bucket"], prefix="tamis")))
+        iam.put_user_policy(
+            UserName=user,
+            PolicyName="team",
+            PolicyDocument=json.dumps(teams.s3_policy(team, bucket=moto_s3["bucket"], prefix="tamis")),
+        )
         key = iam.create_access_key(UserName=user)["AccessKey"]
-        clients[team] = boto3.client("s3", endpoint_url=moto_s3["endpoint"], region_name="us-east-1",
-                                     aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        clients[team] = boto3.client(
+            "s3",
+            endpoint_url=moto_s3["endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+        )
     admin = moto_s3["client"]
-    for key in ("tamis/teams/data/runs/a.parquet", "tamis/teams/research/runs/b.parquet", "tamis/public/research/r.json"):
+    for key in (
+        "tamis/teams/data/runs/a.parquet",
+        "tamis/teams/research/runs/b.parquet",
+        "tamis/public/research/r.json",
+    ):
         admin.put_object(Bucket=moto_s3["bucket"], Key=key, Body=b"x")
     return clients
 
@@ -109,7 +126,11 @@ def test_listing_is_limited_to_the_teams_and_the_public_prefixes():
     # moto does not evaluate conditions, so the listing condition is checked as written.
     (listing,) = [s for s in teams.s3_policy("data")["Statement"] if s["Action"] == "s3:ListBucket"]
     assert listing["Condition"]["StringLike"]["s3:prefix"] == [
-        "tamis/teams/data", "tamis/teams/data/*", "tamis/public", "tamis/public/*"]
+        "tamis/teams/data",
+        "tamis/teams/data/*",
+        "tamis/public",
+        "tamis/public/*",
+    ]
 
 
 def release_dag(monkeypatch, hot: str | None):
@@ -151,9 +172,13 @@ def test_the_preheat_pod_mounts_the_hot_volume_at_the_hot_location(monkeypatch, 
 
 @pytest.fixture
 def sourced(make_pipeline):
-    return make_pipeline({"wiki": {"kind": "git", "url": "https://git.example.org/wiki.git", "connection": "src_git"},
-                          "lake": {"path": "s3://lake/wiki", "connection": "src_s3"}},
-                         stages={"ingest": {}, "normalize": {}})
+    return make_pipeline(
+        {
+            "wiki": {"kind": "git", "url": "https://git.example.org/wiki.git", "connection": "src_git"},
+            "lake": {"path": "s3://lake/wiki", "connection": "src_s3"},
+        },
+        stages={"ingest": {}, "normalize": {}},
+    )
 
 
 def test_pods_get_the_secrets_of_the_connections_their_sources_name(sourced):
@@ -173,8 +198,9 @@ def test_pods_get_the_secrets_of_the_connections_their_sources_name(sourced):
 def test_a_sources_secret_holds_only_its_connection_so_the_store_keys_stay_the_stores():
     from airflow.sdk import Connection
 
-    conn = Connection.from_uri("aws://AKIASOURCE:source%2Fsecret@/?endpoint_url=http%3A%2F%2Fminio%3A9000",
-                               conn_id="src_s3")
+    conn = Connection.from_uri(
+        "aws://AKIASOURCE:source%2Fsecret@/?endpoint_url=http%3A%2F%2Fminio%3A9000", conn_id="src_s3"
+    )
     secret = tk.connection_secret_manifest(conn, "tamis", source_only=True)
     kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
     assert set(secret["stringData"]) == {"AIRFLOW_CONN_SRC_S3"}

@@ -100,11 +100,22 @@ def test_entries_that_are_not_readable_files_are_counted_with_a_reason(odd_sourc
     assert counts["in"] == counts["kept"] + counts["dropped"] + counts["quarantined"]
     assert counts["kept"] == 2
     assert manifest["quarantine_reasons"] == {
-        "dangling_symlink": 1, "not_a_regular_file": 2, "symlink_loop": 2, "unsupported_format": 1}
-    entries = {q["source_file"].rsplit("/", 1)[-1]: q for q in Dataset(manifest["output"]).read_side("quarantine").to_pylist()}
+        "dangling_symlink": 1,
+        "not_a_regular_file": 2,
+        "symlink_loop": 2,
+        "unsupported_format": 1,
+    }
+    entries = {
+        q["source_file"].rsplit("/", 1)[-1]: q for q in Dataset(manifest["output"]).read_side("quarantine").to_pylist()
+    }
     assert {name: q["reason"] for name, q in entries.items()} == {
-        "pipe.jsonl": "not_a_regular_file", "folder.jsonl": "not_a_regular_file", "dangling.jsonl": "dangling_symlink",
-        "loop_a.jsonl": "symlink_loop", "loop_b.jsonl": "symlink_loop", "notes.csv": "unsupported_format"}
+        "pipe.jsonl": "not_a_regular_file",
+        "folder.jsonl": "not_a_regular_file",
+        "dangling.jsonl": "dangling_symlink",
+        "loop_a.jsonl": "symlink_loop",
+        "loop_b.jsonl": "symlink_loop",
+        "notes.csv": "unsupported_format",
+    }
     assert "FIFO" in entries["pipe.jsonl"]["detail"]
     assert "nowhere.jsonl" in entries["dangling.jsonl"]["detail"]
 
@@ -144,16 +155,23 @@ def test_an_object_store_source_is_listed_by_date_with_its_unreadable_objects(tm
     import fsspec
 
     store = fsspec.filesystem("memory")
-    for path in ("web/date=2026-11-20/a.jsonl", "web/date=2026-11-20/_SUCCESS", "web/date=2026-11-21/b.jsonl.gz",
-                 "web/loose.parquet", "web/date=2026-11-21/notes.md"):
+    for path in (
+        "web/date=2026-11-20/a.jsonl",
+        "web/date=2026-11-20/_SUCCESS",
+        "web/date=2026-11-21/b.jsonl.gz",
+        "web/loose.parquet",
+        "web/date=2026-11-21/notes.md",
+    ):
         store.pipe(f"/{tmp_path.name}/{path}", b"{}\n")
     root = f"memory://{tmp_path.name}/web"
 
     listing = list_source(root)
 
     assert [(f.relpath, f.date, f.format) for f in listing.files] == [
-        ("date=2026-11-20/a.jsonl", "2026-11-20", "jsonl"), ("date=2026-11-21/b.jsonl.gz", "2026-11-21", "jsonl.gz"),
-        ("loose.parquet", "undated", "parquet")]
+        ("date=2026-11-20/a.jsonl", "2026-11-20", "jsonl"),
+        ("date=2026-11-21/b.jsonl.gz", "2026-11-21", "jsonl.gz"),
+        ("loose.parquet", "undated", "parquet"),
+    ]
     assert all(storage.read_bytes(f.url) == b"{}\n" for f in listing.files)
     assert [(s.relpath, s.reason) for s in listing.skipped] == [("date=2026-11-21/notes.md", "unsupported_format")]
     assert [f.relpath for f in list_source(root, date="2026-11-21").files] == ["date=2026-11-21/b.jsonl.gz"]

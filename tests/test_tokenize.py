@@ -22,9 +22,12 @@ WIKI = TEST_DATA / "web_en" / "wikipedia_en_sample.jsonl.gz"
 def docs_table(path: Path, limit: int, source: str) -> pa.Table:
     rows = read_jsonl(path, limit)
     return pa.table(
-        {"id": [f"{source}/{i}" for i in range(len(rows))], "source": [source] * len(rows), "text": [r["text"] for r in rows]}
+        {
+            "id": [f"{source}/{i}" for i in range(len(rows))],
+            "source": [source] * len(rows),
+            "text": [r["text"] for r in rows],
+        }
     )
-
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +130,8 @@ def test_counts_reconcile_through_the_runner(tmp_path, tokenizer_path):
     with_empty = docs_table(WIKI, 4, "wiki")
     with_empty = pa.concat_tables([with_empty, pa.table({"id": ["wiki/empty"], "source": ["wiki"], "text": [""]})])
     url = write_dataset(
-        tmp_path / "in", [with_empty, docs_table(TEST_DATA / "web_en" / "movie_reviews_polarity_2000.jsonl.gz", 30, "reviews")]
+        tmp_path / "in",
+        [with_empty, docs_table(TEST_DATA / "web_en" / "movie_reviews_polarity_2000.jsonl.gz", 30, "reviews")],
     )
     stage = Tokenize({"tokenizer": tokenizer_path})
     manifest = run_stage(stage, url, str(tmp_path / "out"), workers=2)

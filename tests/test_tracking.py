@@ -34,9 +34,13 @@ def build(tmp_path_factory):
     web = root / "src" / "web" / "date=2026-11-20"
     web.mkdir(parents=True)
     shutil.copyfile(SAMPLE / "web/date=2026-11-20/speeches.jsonl", web / "speeches.jsonl")
-    config = {"name": "tracked", "storage_root": str(root / "store"), "workers": 1,
-              "sources": {"web": {"path": str(root / "src" / "web"), "id_field": "id", "url_field": "url"}},
-              "stages": {"ingest": {}, "normalize": {}, "exact_dedup": {"key": "text"}}}
+    config = {
+        "name": "tracked",
+        "storage_root": str(root / "store"),
+        "workers": 1,
+        "sources": {"web": {"path": str(root / "src" / "web"), "id_field": "id", "url_field": "url"}},
+        "stages": {"ingest": {}, "normalize": {}, "exact_dedup": {"key": "text"}},
+    }
     path = root / "tracked.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     pipeline = load_pipeline(str(path))
@@ -47,8 +51,14 @@ def build(tmp_path_factory):
         assert main(["summary", "--pipeline", str(path), "--run-id", RUN_ID]) == 0
         pointer = storage.read_json(storage.join(pipeline.run_url(RUN_ID), POINTER))
         client = mlflow.MlflowClient(tracking_uri=pointer["tracking_uri"])
-        return {"root": root, "path": path, "pipeline": pipeline, "pointer": pointer, "client": client,
-                "run": client.get_run(pointer["run_id"])}
+        return {
+            "root": root,
+            "path": path,
+            "pipeline": pipeline,
+            "pointer": pointer,
+            "client": client,
+            "run": client.get_run(pointer["run_id"]),
+        }
     finally:
         for key in AIRFLOW:
             del os.environ[key]
@@ -142,8 +152,23 @@ def test_an_unreachable_tracking_server_does_not_fail_the_run(build, tmp_path, c
 
 def test_a_nightly_run_logs_its_day_in_and_the_corpus_partition_out(build):
     pipeline = build["pipeline"]
-    assert main(["nightly", "run", "--pipeline", str(build["path"]), "--run-id", "night-1", "--date", "2026-11-20",
-                 "--wait-s", "5"]) == 0
+    assert (
+        main(
+            [
+                "nightly",
+                "run",
+                "--pipeline",
+                str(build["path"]),
+                "--run-id",
+                "night-1",
+                "--date",
+                "2026-11-20",
+                "--wait-s",
+                "5",
+            ]
+        )
+        == 0
+    )
     pointer = storage.read_json(storage.join(pipeline.run_url("night-1"), POINTER))
     run = build["client"].get_run(pointer["run_id"])
     assert run.data.tags["tamis.kind"] == "nightly" and run.data.tags["tamis.date"] == "2026-11-20"

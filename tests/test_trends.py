@@ -48,8 +48,12 @@ def nights(tmp_path_factory):
     prom = root / "prom"
     os.environ["TAMIS_PROMETHEUS_TEXTFILE_DIR"] = str(prom)
     try:
-        codes = [main(["nightly", "run", "--pipeline", str(path), "--run-id", f"night_{day}", "--date", day,
-                       "--wait-s", "5"]) for day in DAYS]
+        codes = [
+            main(
+                ["nightly", "run", "--pipeline", str(path), "--run-id", f"night_{day}", "--date", day, "--wait-s", "5"]
+            )
+            for day in DAYS
+        ]
     finally:
         del os.environ["TAMIS_PROMETHEUS_TEXTFILE_DIR"]
     return load_pipeline(str(path)), codes, prom
@@ -84,8 +88,11 @@ def test_the_first_nights_have_too_little_history_to_judge(nights):
 def test_runs_over_time_are_the_nights_in_date_order_with_their_manifest_rates(nights):
     pipeline, _, _ = nights
     runs = pipeline_runs(pipeline)
-    assert [(r.date, r.kind, r.appended) for r in runs] == [(DAYS[0], "nightly", True), (DAYS[1], "nightly", True),
-                                                            (DAYS[2], "nightly", False)]
+    assert [(r.date, r.kind, r.appended) for r in runs] == [
+        (DAYS[0], "nightly", True),
+        (DAYS[1], "nightly", True),
+        (DAYS[2], "nightly", False),
+    ]
     ingest = Dataset(pipeline.stage_url("night_2026-11-20", "ingest")).manifest()
     assert runs[0].stages["ingest"]["counts"] == ingest["counts"]
     assert runs[2].drift["status"] == "breach"
@@ -93,11 +100,18 @@ def test_runs_over_time_are_the_nights_in_date_order_with_their_manifest_rates(n
 
 def test_rates_come_from_counts_declarations_and_metrics():
     stages = {
-        "dedup": {"counts": {"in": 200, "kept": 150, "dropped": 50, "quarantined": 0},
-                  "drop_reasons": {"copy": 40, "other": 10}, "quarantine_reasons": {},
-                  "metrics": {"language.detected.en": 30, "language.detected.fr": 10, "pii.entity.EMAIL_ADDRESS": 20,
-                              "pii.findings": 20},
-                  "declares": {"duplicate_reasons": ["copy"]}},
+        "dedup": {
+            "counts": {"in": 200, "kept": 150, "dropped": 50, "quarantined": 0},
+            "drop_reasons": {"copy": 40, "other": 10},
+            "quarantine_reasons": {},
+            "metrics": {
+                "language.detected.en": 30,
+                "language.detected.fr": 10,
+                "pii.entity.EMAIL_ADDRESS": 20,
+                "pii.findings": 20,
+            },
+            "declares": {"duplicate_reasons": ["copy"]},
+        },
     }
     rates = run_rates(stages)
     assert rates["drop_rate/dedup/copy"] == 0.2 and rates["duplicate_rate/dedup"] == 0.2

@@ -49,8 +49,11 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 RUN_ID = "manual__2026-11-22T09:00:00+00:00"
 STOPPED_RUN_ID = "manual__2026-11-22T10:00:00+00:00"
 NIGHTS = ["2026-11-20", "2026-11-21", "2026-11-22"]
-USERS = {"analyst": ("viewer:data", "analyst-pw"), "outsider": ("viewer:other", "outsider-pw"),
-         "operator": ("user:data", "operator-pw")}
+USERS = {
+    "analyst": ("viewer:data", "analyst-pw"),
+    "outsider": ("viewer:other", "outsider-pw"),
+    "operator": ("user:data", "operator-pw"),
+}
 
 
 def night_run(day: str) -> str:
@@ -77,29 +80,54 @@ def serve(root: Path):
     passwords.write_text(json.dumps({name: pw for name, (_, pw) in USERS.items()}))
     port = _free_port()
     env = {
-        **os.environ, **airflow_env(home, data),
+        **os.environ,
+        **airflow_env(home, data),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW__CORE__MULTI_TEAM": "True",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{n}:{r}" for n, (r, _) in USERS.items()),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
-            "name": "tamis", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-            "kwargs": {"path": str(REPO / "dags")}, "team_name": "data"}]),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(
+            [
+                {
+                    "name": "tamis",
+                    "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                    "kwargs": {"path": str(REPO / "dags")},
+                    "team_name": "data",
+                }
+            ]
+        ),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
     }
     # The data and Airflow's database are prepared side by side: neither needs the other.
-    build = subprocess.Popen([str(BIN / "tamis"), "build", "--run-id", RUN_ID, "--workers", "1"], env=env,
-                             stdout=(root / "build.log").open("w"), stderr=subprocess.STDOUT)
-    nights = subprocess.Popen(["bash", "-c", " && ".join(
-        f"{BIN / 'tamis'} nightly run --run-id {night_run(day)} --date {day} --workers 1" for day in NIGHTS)],
-        env=env, stdout=(root / "nightly.log").open("w"), stderr=subprocess.STDOUT)
+    build = subprocess.Popen(
+        [str(BIN / "tamis"), "build", "--run-id", RUN_ID, "--workers", "1"],
+        env=env,
+        stdout=(root / "build.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    nights = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            " && ".join(
+                f"{BIN / 'tamis'} nightly run --run-id {night_run(day)} --date {day} --workers 1" for day in NIGHTS
+            ),
+        ],
+        env=env,
+        stdout=(root / "nightly.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
     _airflow(env, "db", "migrate")
     _airflow(env, "teams", "create", "data")  # the auth manager refuses to start with users of unknown teams
     _airflow(env, "teams", "create", "other")
-    server = subprocess.Popen([str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=(root / "api-server.log").open("w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=(root / "api-server.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         _airflow(env, "dags", "reserialize")
         for process, log in ((build, "build.log"), (nights, "nightly.log")):
@@ -122,10 +150,16 @@ def serve(root: Path):
         tokens = {name: _token(base, name, pw) for name, (_, pw) in USERS.items()}
         runs = f"{base}/api/v2/dags/corpus_build/dagRuns"
         for run_id in (RUN_ID, STOPPED_RUN_ID):
-            status, answer = _request(runs, tokens["operator"], method="POST", body={"dag_run_id": run_id, "logical_date": None})
+            status, answer = _request(
+                runs, tokens["operator"], method="POST", body={"dag_run_id": run_id, "logical_date": None}
+            )
             assert status == 200, answer
-        status, answer = _request(f"{runs}/{urllib.parse.quote(RUN_ID, safe='')}", tokens["operator"], method="PATCH",
-                                  body={"state": "success"})
+        status, answer = _request(
+            f"{runs}/{urllib.parse.quote(RUN_ID, safe='')}",
+            tokens["operator"],
+            method="PATCH",
+            body={"state": "success"},
+        )
         assert status == 200, answer
         yield {"base": base, "pipeline": pipeline, "tokens": tokens, "log": root / "api-server.log"}
     finally:
@@ -157,7 +191,9 @@ def _wait_for(url: str, server: subprocess.Popen, log: Path, timeout: float = 90
 
 
 def _token(base: str, username: str, password: str) -> str:
-    return _request(f"{base}/auth/token", None, method="POST", body={"username": username, "password": password})[1]["access_token"]
+    return _request(f"{base}/auth/token", None, method="POST", body={"username": username, "password": password})[1][
+        "access_token"
+    ]
 
 
 def _request(url: str, token: str | None, method: str = "GET", body: dict | None = None, cookie: bool = False):
@@ -165,8 +201,9 @@ def _request(url: str, token: str | None, method: str = "GET", body: dict | None
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Cookie" if cookie else "Authorization"] = f"_token={token}" if cookie else f"Bearer {token}"
-    request = urllib.request.Request(url, method=method, headers=headers,
-                                     data=json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(
+        url, method=method, headers=headers, data=json.dumps(body).encode() if body is not None else None
+    )
     opener = urllib.request.build_opener(_NoRedirect)
     try:
         with opener.open(request, timeout=60) as response:
@@ -192,11 +229,25 @@ class Chromium:
     def __init__(self, width: int = 1200, height: int = 800):
         self.profile = tempfile.mkdtemp(prefix="tamis-chromium-")
         self.process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
-             f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={self.profile}",
+                "--remote-debugging-port=0",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file = Path(self.profile) / "DevToolsActivePort"
         end = time.time() + 30
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -303,11 +354,15 @@ def test_pages_forbid_scripts_and_foreign_content_yet_keep_their_style(site, bro
 
 def test_runs_page_lists_both_runs_with_their_state(site, browser):
     browser.open(site["base"] + "/tamis/")
-    rows = browser.js("Array.from(document.querySelectorAll('#runs tbody tr')).map(r => [r.dataset.run, r.children[2].textContent])")
+    rows = browser.js(
+        "Array.from(document.querySelectorAll('#runs tbody tr')).map(r => [r.dataset.run, r.children[2].textContent])"
+    )
     assert dict(rows) == {RUN_ID: "success", STOPPED_RUN_ID: "queued"}
     browser.open(site["base"] + "/plugin/tamis_reports")  # the nav entry: the page inside the Airflow UI
-    browser.wait("document.querySelector('iframe') && document.querySelector('iframe').contentDocument"
-                 " && document.querySelector('iframe').contentDocument.querySelector('#runs')")
+    browser.wait(
+        "document.querySelector('iframe') && document.querySelector('iframe').contentDocument"
+        " && document.querySelector('iframe').contentDocument.querySelector('#runs')"
+    )
 
 
 def test_run_report_funnel_equals_the_manifests(site, browser):
@@ -324,8 +379,12 @@ def test_run_report_funnel_equals_the_manifests(site, browser):
     histogram = browser.js("Array.from(document.querySelectorAll('#lengths svg rect title')).map(t => t.textContent)")
     final = Dataset(document_stage_url(pipeline)).manifest()["counts"]["kept"]
     assert sum(int(t.rsplit(": ", 1)[1].replace(",", "")) for t in histogram) == final
-    gates = browser.js("Object.fromEntries(Array.from(document.querySelectorAll('#gates details.gate')).map(d => [d.dataset.stage, d.dataset.success]))")
-    assert gates == {s: str(Dataset(pipeline.stage_url(RUN_ID, s)).gate_result()["success"]).lower() for s in pipeline.stage_names}
+    gates = browser.js(
+        "Object.fromEntries(Array.from(document.querySelectorAll('#gates details.gate')).map(d => [d.dataset.stage, d.dataset.success]))"
+    )
+    assert gates == {
+        s: str(Dataset(pipeline.stage_url(RUN_ID, s)).gate_result()["success"]).lower() for s in pipeline.stage_names
+    }
 
 
 def test_run_report_is_a_tab_of_the_dag_run_in_the_airflow_ui(site, browser):
@@ -348,28 +407,38 @@ def test_record_browser_finds_a_record_by_id(site, browser):
     wanted = Dataset(document_stage_url(pipeline)).read(columns=["id", "source"]).slice(3, 1).to_pylist()[0]
     query = urllib.parse.urlencode({"id": wanted["id"]})
     browser.open(f"{site['base']}{run_href(RUN_ID)}/records?{query}")
-    assert browser.js("Array.from(document.querySelectorAll('#records td.id')).map(c => c.textContent)") == [wanted["id"]]
+    assert browser.js("Array.from(document.querySelectorAll('#records td.id')).map(c => c.textContent)") == [
+        wanted["id"]
+    ]
     browser.open(f"{site['base']}{run_href(RUN_ID)}/records?source=web")
     sources = browser.js("Array.from(document.querySelectorAll('#records td.source')).map(c => c.textContent)")
     assert sources and set(sources) == {"web"}
     assert "through the index" in browser.js("document.querySelector('.meta').textContent")
     stage = pipeline.stage_names[3]  # a filter that drops documents
     browser.open(f"{site['base']}{run_href(RUN_ID)}/records?stage={stage}&status=dropped")
-    shown = browser.js("Array.from(document.querySelectorAll('#records tbody tr')).map(r => [r.querySelector('td.id').textContent, r.querySelector('td.reason').textContent])")
-    dropped = {r["id"]: r["reason"] for r in Dataset(pipeline.stage_url(RUN_ID, stage)).read_side("dropped").to_pylist()}
+    shown = browser.js(
+        "Array.from(document.querySelectorAll('#records tbody tr')).map(r => [r.querySelector('td.id').textContent, r.querySelector('td.reason').textContent])"
+    )
+    dropped = {
+        r["id"]: r["reason"] for r in Dataset(pipeline.stage_url(RUN_ID, stage)).read_side("dropped").to_pylist()
+    }
     assert shown and all(dropped[i] == reason for i, reason in shown)
 
 
 def test_stopped_run_shows_which_stages_finished(site, browser):
     names = site["pipeline"].stage_names
     browser.open(site["base"] + run_href(STOPPED_RUN_ID))
-    status = browser.js("Object.fromEntries(Array.from(document.querySelectorAll('#funnel tbody tr')).map(r => [r.dataset.stage, r.dataset.status]))")
+    status = browser.js(
+        "Object.fromEntries(Array.from(document.querySelectorAll('#funnel tbody tr')).map(r => [r.dataset.stage, r.dataset.status]))"
+    )
     assert status == {names[0]: "done", names[1]: "incomplete", **{n: "not run" for n in names[2:]}}
     assert "no _manifest.json yet" in browser.js("document.querySelector('#funnel').innerText")
 
 
 def test_unknown_run_is_a_clear_404(site, browser):
-    status, body = _request(site["base"] + run_href("manual__1999-01-01T00:00:00+00:00"), site["tokens"]["analyst"], cookie=True)
+    status, body = _request(
+        site["base"] + run_href("manual__1999-01-01T00:00:00+00:00"), site["tokens"]["analyst"], cookie=True
+    )
     assert status == 404 and "has no run" in body and "Traceback" not in body
     browser.open(site["base"] + run_href("manual__1999-01-01T00:00:00+00:00"))
     assert "has no run" in browser.js("document.querySelector('.error').textContent")
@@ -398,10 +467,17 @@ def biggest_jump(pipeline) -> tuple[str, str, float]:
     """(stage, rule, change) of the drop rate of the last night furthest from the mean of the nights before."""
     rates = []
     for day in NIGHTS:
-        rates.append({(stage, rule): count / m["counts"]["in"]
-                      for stage, m in night_manifests(pipeline, day).items() for rule, count in m["drop_reasons"].items()})
-    jumps = {key: rates[-1].get(key, 0.0) - sum(r.get(key, 0.0) for r in rates[:-1]) / (len(rates) - 1)
-             for key in set().union(*rates)}
+        rates.append(
+            {
+                (stage, rule): count / m["counts"]["in"]
+                for stage, m in night_manifests(pipeline, day).items()
+                for rule, count in m["drop_reasons"].items()
+            }
+        )
+    jumps = {
+        key: rates[-1].get(key, 0.0) - sum(r.get(key, 0.0) for r in rates[:-1]) / (len(rates) - 1)
+        for key in set().union(*rates)
+    }
     (stage, rule), change = max(jumps.items(), key=lambda kv: abs(kv[1]))
     return stage, rule, change
 
@@ -412,7 +488,9 @@ def test_walk_from_a_spike_on_the_trends_page_to_the_documents_behind_it(site, b
     assert change > pipeline.reports.drift.tolerance  # the third night's spike
     browser.open(site["base"] + trends_href())
     assert browser.js("document.querySelector('#drift-status').dataset.status") == "breach"
-    flagged = browser.js("Array.from(document.querySelectorAll('#drift tr.breach')).map(r => [r.dataset.run, r.dataset.series])")
+    flagged = browser.js(
+        "Array.from(document.querySelectorAll('#drift tr.breach')).map(r => [r.dataset.run, r.dataset.series])"
+    )
     assert [night_run(NIGHTS[-1]), f"drop_rate/{stage}/{rule}"] in flagged
     # The spike is the red point of the rule's line; a person clicks it.
     point = f"document.querySelector('#rules-{stage} circle.breach[data-series={json.dumps(rule)}]')"
@@ -428,7 +506,9 @@ def test_walk_from_a_spike_on_the_trends_page_to_the_documents_behind_it(site, b
     browser.js("document.querySelector('.example a.document').click()")
     browser.wait("document.querySelector('#journey')")
     assert browser.js("document.querySelector('#document-id').textContent") == shown[0]
-    steps = browser.js("Array.from(document.querySelectorAll('#journey tbody tr')).map(r => [r.dataset.stage, r.dataset.status])")
+    steps = browser.js(
+        "Array.from(document.querySelectorAll('#journey tbody tr')).map(r => [r.dataset.stage, r.dataset.status])"
+    )
     names = pipeline.corpus_stages
     assert steps == [[s, "kept"] for s in names[: names.index(stage)]] + [[stage, "dropped"]]
     assert browser.js("document.querySelector('#journey tr[data-status=dropped] .reason').textContent") == rule
@@ -454,18 +534,26 @@ def test_compare_two_nights_counts_and_parameters_side_by_side(site, browser):
         for rule in set(ma[stage]["drop_reasons"]) | set(mb[stage]["drop_reasons"]):
             x, y = ma[stage]["drop_reasons"].get(rule, 0), mb[stage]["drop_reasons"].get(rule, 0)
             assert shown[(stage, rule, "dropped")] == (x, y, y - x), (stage, rule)
-    params = browser.js("Array.from(document.querySelectorAll('#compare-params tbody tr')).map(r => [r.dataset.stage, r.dataset.param])")
-    expected = sorted([s, k] for s in pipeline.corpus_stages for k in ma[s]["params"]
-                      if ma[s]["params"][k] != mb[s]["params"][k])
+    params = browser.js(
+        "Array.from(document.querySelectorAll('#compare-params tbody tr')).map(r => [r.dataset.stage, r.dataset.param])"
+    )
+    expected = sorted(
+        [s, k] for s in pipeline.corpus_stages for k in ma[s]["params"] if ma[s]["params"][k] != mb[s]["params"][k]
+    )
     assert sorted(params) == expected and ["ingest", "date"] in expected  # each night reads its own day
 
 
 def test_run_report_counts_link_to_the_documents_behind_them(site, browser):
     browser.open(site["base"] + run_href(RUN_ID))
     link = browser.js("document.querySelector('#reasons tbody tr a').getAttribute('href')")
-    row = browser.js("[document.querySelector('#reasons tbody tr').dataset.stage, document.querySelector('#reasons tbody tr').dataset.rule]")
+    row = browser.js(
+        "[document.querySelector('#reasons tbody tr').dataset.stage, document.querySelector('#reasons tbody tr').dataset.rule]"
+    )
     browser.open(site["base"] + link)
-    assert browser.js("document.querySelector('#examples-title').textContent") == f"{row[0]}: documents dropped by {row[1]}"
+    assert (
+        browser.js("document.querySelector('#examples-title').textContent")
+        == f"{row[0]}: documents dropped by {row[1]}"
+    )
     total = Dataset(site["pipeline"].stage_url(RUN_ID, row[0])).manifest()["drop_reasons"][row[1]]
     assert browser.js("document.querySelectorAll('.example').length") == min(total, 20)
 
@@ -473,6 +561,9 @@ def test_run_report_counts_link_to_the_documents_behind_them(site, browser):
 def test_a_user_without_access_gets_no_trends(site):
     status, body = _request(site["base"] + trends_href(), site["tokens"]["outsider"], cookie=True)
     assert status == 403 and "Drift" not in body
-    status, body = _request(site["base"] + f"/tamis/pipelines/default/runs/{night_run(NIGHTS[0])}/documents?id=x",
-                            site["tokens"]["outsider"], cookie=True)
+    status, body = _request(
+        site["base"] + f"/tamis/pipelines/default/runs/{night_run(NIGHTS[0])}/documents?id=x",
+        site["tokens"]["outsider"],
+        cookie=True,
+    )
     assert status == 403

@@ -26,8 +26,14 @@ PAGES = urls("page_urls")
 
 def table(url_list: list[str | None], source: str = "web") -> pa.Table:
     n = len(url_list)
-    return pa.table({"id": [f"{source}/{i}" for i in range(n)], "source": [source] * n,
-                     "text": ["page text"] * n, "url": pa.array(url_list, pa.string())})
+    return pa.table(
+        {
+            "id": [f"{source}/{i}" for i in range(n)],
+            "source": [source] * n,
+            "text": ["page text"] * n,
+            "url": pa.array(url_list, pa.string()),
+        }
+    )
 
 
 def stage(**params) -> UrlFilter:
@@ -53,7 +59,11 @@ def test_default_lists_drop_adult_urls_and_keep_article_urls():
     assert pages.dropped.num_rows == 0
     assert adult.dropped.num_rows >= 40  # the word lists alone; whole-domain lists catch the rest
     assert {r.rsplit(".", 1)[0] for r in reasons(adult).values()} <= {
-        "url_filter.word", "url_filter.soft_words", "url_filter.subword", "url_filter.domain"}
+        "url_filter.word",
+        "url_filter.soft_words",
+        "url_filter.subword",
+        "url_filter.domain",
+    }
 
 
 def test_a_listed_domain_blocks_its_subdomains_and_the_reason_names_the_list(tmp_path):
@@ -62,9 +72,14 @@ def test_a_listed_domain_blocks_its_subdomains_and_the_reason_names_the_list(tmp
     blocked = [u for u in PAGES if u.split("/")[2].endswith(".wordpress.com") or u.split("/")[2] == "wordpress.com"]
     assert blocked and len(reasons(result)) == len(blocked)
     assert set(reasons(result).values()) == {"url_filter.domain.mine"}
-    assert result.dropped.column("detail")[0].as_py().startswith("host ") and "under wordpress.com" in result.dropped.column("detail")[0].as_py()
+    assert (
+        result.dropped.column("detail")[0].as_py().startswith("host ")
+        and "under wordpress.com" in result.dropped.column("detail")[0].as_py()
+    )
     # The domain's name inside another host is not that domain.
-    kept = stage(lists=str(lists), default_lists=False).process_batch(table(["https://notwordpress.com/a", "https://wordpress.com.evil.org/"]))
+    kept = stage(lists=str(lists), default_lists=False).process_batch(
+        table(["https://notwordpress.com/a", "https://wordpress.com.evil.org/"])
+    )
     assert kept.dropped.num_rows == 0
 
 
@@ -110,7 +125,9 @@ def test_domain_cap_keeps_the_first_documents_of_each_domain_across_shards(tmp_p
     rows = [u for u in PAGES if "::" not in u] * 2  # a few page ids of the eval set are not URLs
     parts = {f"p{k}": table(rows[k::3], f"s{k}") for k in range(3)}
     write_dataset(tmp_path / "in", parts)
-    manifest = run_stage(DomainCap({"max_per_domain": 2, "key": "host"}), str(tmp_path / "in"), str(tmp_path / "out"), workers=2)
+    manifest = run_stage(
+        DomainCap({"max_per_domain": 2, "key": "host"}), str(tmp_path / "in"), str(tmp_path / "out"), workers=2
+    )
     out = Dataset(str(tmp_path / "out")).read()
     hosts = [u.split("/")[2].removeprefix("www.") for u in out.column("url").to_pylist()]
     counts = {h: hosts.count(h) for h in hosts}
@@ -134,8 +151,15 @@ def test_domain_cap_keeps_the_first_documents_of_each_domain_across_shards(tmp_p
 
 
 def test_registered_domains_group_hosts_and_documents_without_a_url_are_never_capped(tmp_path):
-    url_list = ["https://en.wikipedia.org/wiki/Albedo", "https://de.wikipedia.org/wiki/Albedo",
-                "https://www.bbc.co.uk/news/a", "https://bbc.co.uk/news/b", None, None, None]
+    url_list = [
+        "https://en.wikipedia.org/wiki/Albedo",
+        "https://de.wikipedia.org/wiki/Albedo",
+        "https://www.bbc.co.uk/news/a",
+        "https://bbc.co.uk/news/b",
+        None,
+        None,
+        None,
+    ]
     write_dataset(tmp_path / "in", table(url_list))
     manifest = run_stage(DomainCap({"max_per_domain": 1}), str(tmp_path / "in"), str(tmp_path / "out"))
     kept = Dataset(str(tmp_path / "out")).read().column("url").to_pylist()

@@ -42,7 +42,11 @@ def test_pages_become_main_text_with_url_date_and_content_type(tmp_path, make_pi
         "http://rueda.wikidot.com/enchufla",
     }
     page = by_url["https://en.wikipedia.org/wiki/T-distributed_stochastic_neighbor_embedding"]
-    assert "stochastic neighbor embedding" in page["text"] and "<div" not in page["text"] and "function(" not in page["text"]
+    assert (
+        "stochastic neighbor embedding" in page["text"]
+        and "<div" not in page["text"]
+        and "function(" not in page["text"]
+    )
     assert page["content_type"] == "text/html" and page["fetch_date"].startswith("2026-11-20T08:")
     assert page["id"].startswith("crawl/urn:uuid:") and page["source"] == "crawl" and page["date"] == "2026-11-20"
     assert manifest["counts"] == {"in": 7, "kept": 4, "dropped": 0, "quarantined": 3}
@@ -67,7 +71,8 @@ def test_a_declared_legacy_charset_is_decoded(tmp_path, make_pipeline):
     html = body[: body.rindex(b"\r\n\r\n")].decode("utf-8")
     latin = html.replace('charset="UTF-8"', 'charset="windows-1252"').encode("cp1252", "replace")
     http_head = http_head.replace(b"charset=utf-8", b"charset=windows-1252").replace(
-        f"Content-Length: {len(html.encode())}".encode(), f"Content-Length: {len(latin)}".encode())
+        f"Content-Length: {len(html.encode())}".encode(), f"Content-Length: {len(latin)}".encode()
+    )
     block = http_head + b"\r\n\r\n" + latin
     head = head.replace(f"Content-Length: {len(rest) - 4}".encode(), f"Content-Length: {len(block)}".encode())
     (tmp_path / "crawl").mkdir()

@@ -123,13 +123,24 @@ def detail(release: Release) -> dict[str, Any]:
     return {
         **summary(release),
         "pipeline": {"config": m.get("config"), "source_path": m.get("pipeline_config")},
-        "stages": [{"stage": s["stage"], "counts": s["counts"], "drop_reasons": s["drop_reasons"],
-                    "quarantine_reasons": s["quarantine_reasons"], "params": s["params"],
-                    "bytes": sum(p.get("bytes", 0) for p in s["parts"]), "dvc_md5": s["dvc_md5"]} for s in m["stages"]],
+        "stages": [
+            {
+                "stage": s["stage"],
+                "counts": s["counts"],
+                "drop_reasons": s["drop_reasons"],
+                "quarantine_reasons": s["quarantine_reasons"],
+                "params": s["params"],
+                "bytes": sum(p.get("bytes", 0) for p in s["parts"]),
+                "dvc_md5": s["dvc_md5"],
+            }
+            for s in m["stages"]
+        ],
         "gates": m.get("gates") or {},
         "lineage": lineage(m),
-        "contents": {"datasets": (m.get("contents") or {}).get("datasets", []),
-                     "files": len((m.get("contents") or {}).get("files", []))},
+        "contents": {
+            "datasets": (m.get("contents") or {}).get("datasets", []),
+            "files": len((m.get("contents") or {}).get("files", [])),
+        },
         "source_run": m.get("source_run"),
         "loading": loading_code(release),
     }
@@ -148,12 +159,19 @@ def token_counts(manifest: dict[str, Any]) -> dict[str, int]:
 def mixture(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """Tokens per source after the last stage that counted them, with the weights it was given."""
     for stage in reversed(manifest["stages"]):
-        by_source = {k.split(".", 2)[2]: v for k, v in stage.get("metrics", {}).items()
-                     if k.count(".") >= 2 and k.split(".")[1] == "tokens"}
+        by_source = {
+            k.split(".", 2)[2]: v
+            for k, v in stage.get("metrics", {}).items()
+            if k.count(".") >= 2 and k.split(".")[1] == "tokens"
+        }
         if by_source:
             total = sum(by_source.values()) or 1
-            return {"stage": stage["stage"], "weights": stage["params"].get("weights"),
-                    "tokens": by_source, "shares": {k: round(v / total, 4) for k, v in sorted(by_source.items())}}
+            return {
+                "stage": stage["stage"],
+                "weights": stage["params"].get("weights"),
+                "tokens": by_source,
+                "shares": {k: round(v / total, 4) for k, v in sorted(by_source.items())},
+            }
     return None
 
 
@@ -162,12 +180,25 @@ def lineage(manifest: dict[str, Any]) -> dict[str, Any]:
     sources = {}
     for name, source in manifest["sources"].items():
         origin = source.get("lineage") or {"location": source["origin"]}
-        sources[name] = {"kind": source.get("kind", "local"), "origin": source["origin"],
-                         "commit": origin.get("commit"), "revision": origin.get("revision"),
-                         "rejected": origin.get("rejected", []), "files": len(source["files"]),
-                         "bytes": sum(f["bytes"] for f in source["files"]), "dvc_md5": source["dvc_md5"]}
-    chain = [{"stage": s["stage"], "input_manifest_sha256": s["input_manifest_sha256"],
-              "manifest_sha256": s["manifest_sha256"], "dvc_md5": s["dvc_md5"]} for s in manifest["stages"]]
+        sources[name] = {
+            "kind": source.get("kind", "local"),
+            "origin": source["origin"],
+            "commit": origin.get("commit"),
+            "revision": origin.get("revision"),
+            "rejected": origin.get("rejected", []),
+            "files": len(source["files"]),
+            "bytes": sum(f["bytes"] for f in source["files"]),
+            "dvc_md5": source["dvc_md5"],
+        }
+    chain = [
+        {
+            "stage": s["stage"],
+            "input_manifest_sha256": s["input_manifest_sha256"],
+            "manifest_sha256": s["manifest_sha256"],
+            "dvc_md5": s["dvc_md5"],
+        }
+        for s in manifest["stages"]
+    ]
     return {"sources": sources, "stages": chain, "final": manifest["final"]["path"]}
 
 
@@ -252,8 +283,13 @@ def sample(release: Release, filters: dict[str, str], limit: int = 10) -> dict[s
         record = lookup.get(indexed, entry["id"]) or entry
         rows.append(_shown({k: v for k, v in record.items() if k not in HEAVY}))
     columns = list(dict.fromkeys(c for r in rows for c in r))
-    return {"rows": rows, "columns": columns, "where": predicate, "read_from": read_from,
-            "filterable": [f.name for f in schema if _literal_kind(f.type) is not None]}
+    return {
+        "rows": rows,
+        "columns": columns,
+        "where": predicate,
+        "read_from": read_from,
+        "filterable": [f.name for f in schema if _literal_kind(f.type) is not None],
+    }
 
 
 def filter_predicate(schema, filters: dict[str, str]) -> str:
@@ -294,8 +330,10 @@ def _shown(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _not_readable(release: Release) -> str:
-    return (f"release {release.version} is neither preheated nor in its workspace any more; "
-            f"run `tamis release preheat --version {release.version}` to read its records here")
+    return (
+        f"release {release.version} is neither preheated nor in its workspace any more; "
+        f"run `tamis release preheat --version {release.version}` to read its records here"
+    )
 
 
 # --------------------------------------------------------------------------- using a release
@@ -306,9 +344,12 @@ def loading_code(release: Release) -> dict[str, str]:
     loader, and the Megatron ``.bin``/``.idx`` pair (Megatron itself, or numpy alone)."""
     m = release.manifest
     hot = Path(release.config.hot or "<release.hot>") / release.version
-    code = {"datasets": (
-        "from datasets import load_dataset\n\n"
-        f"records = load_dataset(\"parquet\", data_files={str(hot / documents_dataset(m) / '*.parquet')!r}, split=\"train\")\n")}
+    code = {
+        "datasets": (
+            "from datasets import load_dataset\n\n"
+            f'records = load_dataset("parquet", data_files={str(hot / documents_dataset(m) / "*.parquet")!r}, split="train")\n'
+        )
+    }
     try:
         prefix = binary_prefix(m)
     except FileNotFoundError:
@@ -318,20 +359,23 @@ def loading_code(release: Release) -> dict[str, str]:
         "from tamis.loader import PackedSequenceDataset\n\n"
         f"dataset = PackedSequenceDataset.from_release({release.version!r}, store={release.config.remote!r},\n"
         f"                                            hot={release.config.hot!r}, seed=0, batch_size=8)\n"
-        "loader = DataLoader(dataset, batch_size=8, num_workers=2)\n")
+        "loader = DataLoader(dataset, batch_size=8, num_workers=2)\n"
+    )
     code["megatron"] = (
         "from megatron.core.datasets.indexed_dataset import IndexedDataset\n\n"
-        f"sequences = IndexedDataset({str(hot / prefix)!r})\n")
+        f"sequences = IndexedDataset({str(hot / prefix)!r})\n"
+    )
     code["numpy"] = (
         "import numpy as np\n\n"
         f"prefix = {str(hot / prefix)!r}\n"
-        "idx = np.memmap(prefix + \".idx\", mode=\"r\", dtype=np.uint8)\n"
+        'idx = np.memmap(prefix + ".idx", mode="r", dtype=np.uint8)\n'
         "count = int(idx[18:26].view(np.uint64)[0])\n"
         "dtype = {4: np.int32, 8: np.uint16}[int(idx[17])]\n"
         "sizes = idx[34:34 + 4 * count].view(np.int32)\n"
         "pointers = idx[34 + 4 * count:34 + 12 * count].view(np.int64)\n"
-        "tokens = np.memmap(prefix + \".bin\", mode=\"r\", dtype=dtype)\n"
-        "first = tokens[pointers[0] // np.dtype(dtype).itemsize:][:sizes[0]]\n")
+        'tokens = np.memmap(prefix + ".bin", mode="r", dtype=dtype)\n'
+        "first = tokens[pointers[0] // np.dtype(dtype).itemsize:][:sizes[0]]\n"
+    )
     return code
 
 
@@ -342,7 +386,9 @@ def clone_yaml(release: Release, name: str) -> str:
     config = release.manifest.get("config")
     if not config:
         raise ValueError(f"release {release.version} does not record its pipeline config (made by an older tamis)")
-    head = (f"# A new pipeline cloned from release {release.version} of pipeline {release.manifest['pipeline']}\n"
-            f"# (DVC revision {release.manifest['dvc']['lock_sha256'][:12]}): its sources, Git ones pinned to the\n"
-            "# commit that release read, and every stage with its effective parameters.\n")
+    head = (
+        f"# A new pipeline cloned from release {release.version} of pipeline {release.manifest['pipeline']}\n"
+        f"# (DVC revision {release.manifest['dvc']['lock_sha256'][:12]}): its sources, Git ones pinned to the\n"
+        "# commit that release read, and every stage with its effective parameters.\n"
+    )
     return head + yaml.safe_dump({**config, "name": name}, sort_keys=False, allow_unicode=True)

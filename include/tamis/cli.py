@@ -48,11 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     _pipeline_args(run)
     run.add_argument("--input", help="input dataset URL (default: the previous stage of this run)")
     run.add_argument("--output", help="output dataset URL (default: <storage_root>/runs/<run-id>/<stage>)")
-    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="override a stage parameter (YAML value)")
-    run.add_argument("--shard", action="append", metavar="NAME", help="process and commit only these input shards (no manifest)")
+    run.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="override a stage parameter (YAML value)"
+    )
+    run.add_argument(
+        "--shard", action="append", metavar="NAME", help="process and commit only these input shards (no manifest)"
+    )
     steps = run.add_mutually_exclusive_group()
-    steps.add_argument("--plan-only", action="store_true", help="a whole-dataset stage: write its plan, process no shard")
-    steps.add_argument("--manifest-only", action="store_true", help="write the manifest of shards committed by --shard runs")
+    steps.add_argument(
+        "--plan-only", action="store_true", help="a whole-dataset stage: write its plan, process no shard"
+    )
+    steps.add_argument(
+        "--manifest-only", action="store_true", help="write the manifest of shards committed by --shard runs"
+    )
     run.add_argument("--rebuild", action="store_true", help="replace an output made by other parameters, input or code")
     run.set_defaults(func=_cmd_run)
 
@@ -63,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_cmd_build)
 
     check = sub.add_parser("check", help="validate a pipeline config and everything its stages need, running nothing")
-    check.add_argument("pipeline", nargs="?", default="default", help="pipeline name under include/pipelines or a YAML path")
+    check.add_argument(
+        "pipeline", nargs="?", default="default", help="pipeline name under include/pipelines or a YAML path"
+    )
     check.set_defaults(func=_cmd_check)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of a pipeline config (for editors)")
@@ -121,8 +131,9 @@ def _pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="default", help="pipeline name under include/pipelines or a YAML path")
     parser.add_argument("--run-id", default="local", help="names the run's folder under the storage root")
     parser.add_argument("--workers", type=int, help="worker processes of the local engine (default: the pipeline's)")
-    parser.add_argument("--engine", choices=["local", "spark"],
-                        help="where the stage runs (default: the pipeline's execution.mode)")
+    parser.add_argument(
+        "--engine", choices=["local", "spark"], help="where the stage runs (default: the pipeline's execution.mode)"
+    )
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -159,30 +170,57 @@ class Engines:
         return make_engine("local", self.workers)
 
 
-def stage_io(pipeline: Pipeline, stage: str, run_id: str, input_url: str | None = None,
-             output_url: str | None = None) -> tuple[str | None, str]:
+def stage_io(
+    pipeline: Pipeline, stage: str, run_id: str, input_url: str | None = None, output_url: str | None = None
+) -> tuple[str | None, str]:
     """Where a stage of a run reads and writes by default: the previous stage's output."""
     if input_url is None and (previous := pipeline.previous_stage(stage)) is not None:
         input_url = pipeline.stage_url(run_id, previous)
     return input_url, output_url or pipeline.stage_url(run_id, stage)
 
 
-def run_one(pipeline: Pipeline, stage: str, run_id: str, input_url: str | None = None, output_url: str | None = None,
-            workers: int | None = None, overrides: dict[str, Any] | None = None,
-            only_shards: list[str] | None = None, engines: Engines | None = None, step: str = "all",
-            rebuild: bool = False) -> dict[str, Any] | None:
+def run_one(
+    pipeline: Pipeline,
+    stage: str,
+    run_id: str,
+    input_url: str | None = None,
+    output_url: str | None = None,
+    workers: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    only_shards: list[str] | None = None,
+    engines: Engines | None = None,
+    step: str = "all",
+    rebuild: bool = False,
+) -> dict[str, Any] | None:
     input_url, output_url = stage_io(pipeline, stage, run_id, input_url, output_url)
     engines = engines or Engines(pipeline, workers=workers)
-    return run_stage(pipeline.stage(stage, overrides), input_url, output_url, engine=engines.for_stage(stage),
-                     only_shards=only_shards, step=step, rebuild=rebuild)
+    return run_stage(
+        pipeline.stage(stage, overrides),
+        input_url,
+        output_url,
+        engine=engines.for_stage(stage),
+        only_shards=only_shards,
+        step=step,
+        rebuild=rebuild,
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline)
     step = "plan" if args.plan_only else "manifest" if args.manifest_only else "all"
     engines = Engines(pipeline, args.engine, args.workers)
-    manifest = run_one(pipeline, args.stage, args.run_id, args.input, args.output, overrides=parse_params(args.param),
-                       only_shards=args.shard, engines=engines, step=step, rebuild=args.rebuild)
+    manifest = run_one(
+        pipeline,
+        args.stage,
+        args.run_id,
+        args.input,
+        args.output,
+        overrides=parse_params(args.param),
+        only_shards=args.shard,
+        engines=engines,
+        step=step,
+        rebuild=args.rebuild,
+    )
     if manifest is None:
         done = {"committed_shards": args.shard} if args.shard else {"planned": True}
         print(json.dumps({"stage": args.stage, **done}))
@@ -216,8 +254,9 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
-def validate_one(pipeline: Pipeline, stage: str, run_id: str, dataset_url: str | None = None,
-                 allow_empty: bool = False) -> dict[str, Any]:
+def validate_one(
+    pipeline: Pipeline, stage: str, run_id: str, dataset_url: str | None = None, allow_empty: bool = False
+) -> dict[str, Any]:
     storage.check_reachable(pipeline.storage_root)
     config = pipeline.gate(stage)
     if allow_empty:
@@ -333,14 +372,25 @@ def stage_groups(pipeline: Pipeline, engines: Engines, stages: list[str]) -> lis
     return [group for group, _ in groups]
 
 
-def run_group(pipeline: Pipeline, group: list[str], run_id: str, engines: Engines,
-              overrides: dict[str, dict[str, Any]], rebuild: bool = False) -> None:
+def run_group(
+    pipeline: Pipeline,
+    group: list[str],
+    run_id: str,
+    engines: Engines,
+    overrides: dict[str, dict[str, Any]],
+    rebuild: bool = False,
+) -> None:
     if len(group) == 1:
         run_one(pipeline, group[0], run_id, overrides=overrides.get(group[0]), engines=engines, rebuild=rebuild)
         return
     input_url, _ = stage_io(pipeline, group[0], run_id)
-    run_fused([pipeline.stage(s, overrides.get(s)) for s in group], input_url,
-              [pipeline.stage_url(run_id, s) for s in group], engine=engines.for_stage(group[0]), rebuild=rebuild)
+    run_fused(
+        [pipeline.stage(s, overrides.get(s)) for s in group],
+        input_url,
+        [pipeline.stage_url(run_id, s) for s in group],
+        engine=engines.for_stage(group[0]),
+        rebuild=rebuild,
+    )
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -368,8 +418,16 @@ def run_summary(pipeline: Pipeline, run_id: str) -> dict[str, Any]:
             stages.append({"stage": name, "status": "not run"})
             continue
         manifest = dataset.manifest()
-        stages.append({"stage": name, "status": "done", **manifest["counts"], "elapsed_s": manifest["elapsed_s"],
-                       "drop_reasons": manifest["drop_reasons"], "quarantine_reasons": manifest["quarantine_reasons"]})
+        stages.append(
+            {
+                "stage": name,
+                "status": "done",
+                **manifest["counts"],
+                "elapsed_s": manifest["elapsed_s"],
+                "drop_reasons": manifest["drop_reasons"],
+                "quarantine_reasons": manifest["quarantine_reasons"],
+            }
+        )
     done = [s for s in stages if s["status"] == "done"]
     return {
         "pipeline": pipeline.name,
@@ -382,16 +440,20 @@ def run_summary(pipeline: Pipeline, run_id: str) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     width = max([14, *(len(s["stage"]) + 2 for s in summary["stages"])])
-    lines = [f"pipeline {summary['pipeline']}: {summary['run']}",
-             f"{'stage':<{width}}{'in':>10}{'kept':>10}{'dropped':>10}{'quarant.':>10}{'seconds':>10}  top reasons"]
+    lines = [
+        f"pipeline {summary['pipeline']}: {summary['run']}",
+        f"{'stage':<{width}}{'in':>10}{'kept':>10}{'dropped':>10}{'quarant.':>10}{'seconds':>10}  top reasons",
+    ]
     for s in summary["stages"]:
         if s["status"] != "done":
             lines.append(f"{s['stage']:<{width}}{'(' + s['status'] + ')':>10}")
             continue
         reasons = {**s["drop_reasons"], **s["quarantine_reasons"]}
         top = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-        lines.append(f"{s['stage']:<{width}}{s['in']:>10}{s['kept']:>10}{s['dropped']:>10}{s['quarantined']:>10}"
-                     f"{s['elapsed_s']:>10.1f}  {top}")
+        lines.append(
+            f"{s['stage']:<{width}}{s['in']:>10}{s['kept']:>10}{s['dropped']:>10}{s['quarantined']:>10}"
+            f"{s['elapsed_s']:>10.1f}  {top}"
+        )
     lines.append(f"output: {summary['output']}")
     lines.append(f"elapsed (sum of stages): {summary['elapsed_s']:.1f}s")
     return "\n".join(lines)

@@ -59,8 +59,14 @@ def _count(manifest: dict | None, field: str, key: str) -> int | None:
 
 
 def _row(stage: str, name: str, kind: str, a: int | None, b: int | None) -> dict[str, Any]:
-    return {"stage": stage, "name": name, "kind": kind, "a": a, "b": b,
-            "difference": None if a is None or b is None else int(b) - int(a)}
+    return {
+        "stage": stage,
+        "name": name,
+        "kind": kind,
+        "a": a,
+        "b": b,
+        "difference": None if a is None or b is None else int(b) - int(a),
+    }
 
 
 def param_diff(a: dict[str, dict], b: dict[str, dict], stages: list[str]) -> list[dict[str, Any]]:
@@ -70,14 +76,21 @@ def param_diff(a: dict[str, dict], b: dict[str, dict], stages: list[str]) -> lis
         ma, mb = a.get(name), b.get(name)
         if ma is None or mb is None:
             if ma is not None or mb is not None:
-                rows.append({"stage": name, "param": "(stage)", "a": "ran" if ma else "not run", "b": "ran" if mb else "not run"})
+                rows.append(
+                    {
+                        "stage": name,
+                        "param": "(stage)",
+                        "a": "ran" if ma else "not run",
+                        "b": "ran" if mb else "not run",
+                    }
+                )
             continue
         if ma.get("type") != mb.get("type"):
             rows.append({"stage": name, "param": "(type)", "a": ma.get("type"), "b": mb.get("type")})
         fa, fb = flatten(ma.get("params") or {}, name), flatten(mb.get("params") or {}, name)
         for key in sorted(set(fa) | set(fb)):
             if fa.get(key) != fb.get(key):
-                rows.append({"stage": name, "param": key[len(name) + 1:], "a": fa.get(key), "b": fb.get(key)})
+                rows.append({"stage": name, "param": key[len(name) + 1 :], "a": fa.get(key), "b": fb.get(key)})
     return rows
 
 
@@ -93,15 +106,31 @@ def _drops(run_url: str, manifests: dict[str, dict]) -> pa.Table:
                 continue
             table = pq.read_table(path, filesystem=fs, columns=["id", "reason", "detail"])
             n = table.num_rows
-            tables.append(table.append_column("stage", pa.array([name] * n, pa.string()))
-                          .append_column("part", pa.array([part["name"]] * n, pa.string())))
-    schema = pa.schema([("id", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
-                        ("stage", pa.string()), ("part", pa.string())])
+            tables.append(
+                table.append_column("stage", pa.array([name] * n, pa.string())).append_column(
+                    "part", pa.array([part["name"]] * n, pa.string())
+                )
+            )
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("reason", pa.string()),
+            ("detail", pa.string()),
+            ("stage", pa.string()),
+            ("part", pa.string()),
+        ]
+    )
     return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
-def kept_by_one(run_keeps: str, keeps: dict[str, dict], drops_other: pa.Table, drops_self: pa.Table,
-                limit: int = SAMPLES, candidates: int = 500) -> list[dict[str, Any]]:
+def kept_by_one(
+    run_keeps: str,
+    keeps: dict[str, dict],
+    drops_other: pa.Table,
+    drops_self: pa.Table,
+    limit: int = SAMPLES,
+    candidates: int = 500,
+) -> list[dict[str, Any]]:
     """Documents the other run dropped and ``run_keeps`` kept at that same stage (the first
     ``candidates`` drops of the other run only are looked up, a part read per stage and part)."""
     only_other = drops_other.filter(pc.invert(pc.is_in(drops_other.column("id"), drops_self.column("id"))))
@@ -125,7 +154,8 @@ def compare_runs(run_a: str, run_b: str, stages: list[str], samples: int = SAMPL
     a, b = _manifests(run_a, stages), _manifests(run_b, stages)
     drops_a, drops_b = _drops(run_a, a), _drops(run_b, b)
     return {
-        "a": run_a, "b": run_b,
+        "a": run_a,
+        "b": run_b,
         "stages": [s for s in stages if s in a or s in b],
         "counts": count_rows(a, b, stages),
         "params": param_diff(a, b, stages),

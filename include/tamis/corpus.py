@@ -66,14 +66,24 @@ def append(dataset_url: str, corpus_url: str, date: str, hash_key: str) -> dict[
         hashes.append(content_hashes(table.column("text"), hash_key))
         ids.append(table.column("id"))
     digests = np.concatenate(hashes) if hashes else np.empty((0, 16), np.uint8)
-    hash_table = pa.table({
-        "id": pa.chunked_array(ids, pa.string()) if ids else pa.array([], pa.string()),
-        "hash": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(digests), [None, pa.py_buffer(digests.tobytes())]),
-    })
+    hash_table = pa.table(
+        {
+            "id": pa.chunked_array(ids, pa.string()) if ids else pa.array([], pa.string()),
+            "hash": pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(16), len(digests), [None, pa.py_buffer(digests.tobytes())]
+            ),
+        }
+    )
     sink = pa.BufferOutputStream()
     pq.write_table(hash_table, sink, compression="zstd")
     storage.write_bytes_atomic(storage.join(target, HASHES), sink.getvalue().to_pybytes(), target)
-    partition_manifest = {**manifest, "output": target, "appended_from": dataset_url, "date": date, "hash_key": hash_key}
+    partition_manifest = {
+        **manifest,
+        "output": target,
+        "appended_from": dataset_url,
+        "date": date,
+        "hash_key": hash_key,
+    }
     storage.write_json_atomic(storage.join(target, MANIFEST), partition_manifest, target)
     storage.remove_tree(storage.join(target, "_tmp"))
     log.info("corpus %s: partition %s now holds %d documents", corpus_url, date, hash_table.num_rows)
@@ -113,6 +123,6 @@ def known_hashes(corpus_url: str, exclude_date: str | None) -> tuple[np.ndarray,
             table = pq.read_table(f)
         column = table.column("hash").combine_chunks()
         raw = np.frombuffer(column.buffers()[1], np.uint8)
-        digests.append(raw[column.offset * 16:(column.offset + len(column)) * 16].reshape(-1, 16))
+        digests.append(raw[column.offset * 16 : (column.offset + len(column)) * 16].reshape(-1, 16))
         ids.extend(table.column("id").to_pylist())
     return (np.concatenate(digests) if digests else np.empty((0, 16), np.uint8)), ids

@@ -69,7 +69,11 @@ def _known_expectations() -> frozenset[str]:
 
 def dataset_facts(dataset: Dataset, manifest: dict[str, Any]) -> dict[str, float]:
     counts = manifest["counts"]
-    ids = dataset.read(columns=["id"]).column("id") if "id" in dataset.column_names() else pa.chunked_array([], pa.string())
+    ids = (
+        dataset.read(columns=["id"]).column("id")
+        if "id" in dataset.column_names()
+        else pa.chunked_array([], pa.string())
+    )
     lost = counts["dropped"] + counts["quarantined"]
     return {
         "rows": float(counts["kept"]),
@@ -114,8 +118,11 @@ def validate(dataset_url: str, stage: str, config: GateConfig) -> dict[str, Any]
     if "text" in config.required_columns:
         record_suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column="text"))
         if config.min_text_chars is not None or config.max_text_chars is not None:
-            record_suite.add_expectation(gxe.ExpectColumnValueLengthsToBeBetween(
-                column="text", min_value=config.min_text_chars, max_value=config.max_text_chars))
+            record_suite.add_expectation(
+                gxe.ExpectColumnValueLengthsToBeBetween(
+                    column="text", min_value=config.min_text_chars, max_value=config.max_text_chars
+                )
+            )
     for item in config.expectations:
         for name, kwargs in item.items():
             record_suite.add_expectation(getattr(gxe, expectation_class_name(name))(**kwargs))
@@ -123,7 +130,9 @@ def validate(dataset_url: str, stage: str, config: GateConfig) -> dict[str, Any]
     fact_suite = gx.ExpectationSuite(name=f"{stage}.dataset")
     fact_suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="rows", min_value=config.min_rows))
     fact_suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="drop_rate", max_value=config.max_drop_rate))
-    fact_suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="reconcile_difference", min_value=0, max_value=0))
+    fact_suite.add_expectation(
+        gxe.ExpectColumnValuesToBeBetween(column="reconcile_difference", min_value=0, max_value=0)
+    )
     if config.unique_ids:
         fact_suite.add_expectation(gxe.ExpectColumnPairValuesToBeEqual(column_A="distinct_ids", column_B="id_rows"))
 
@@ -133,7 +142,9 @@ def validate(dataset_url: str, stage: str, config: GateConfig) -> dict[str, Any]
     results = []
     for suite, batch, frame in checks:
         suite = context.suites.add(suite)
-        definition = context.validation_definitions.add(gx.ValidationDefinition(name=suite.name, data=batch, suite=suite))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=suite.name, data=batch, suite=suite)
+        )
         results.append(definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY"))
 
     failed = []
@@ -142,7 +153,9 @@ def validate(dataset_url: str, stage: str, config: GateConfig) -> dict[str, Any]
             if not e.success:
                 expectation = e.expectation_config
                 assert expectation is not None, "a validation result names the expectation it checked"
-                failed.append({"suite": r.suite_name, "expectation": expectation.type, "kwargs": _plain(expectation.kwargs)})
+                failed.append(
+                    {"suite": r.suite_name, "expectation": expectation.type, "kwargs": _plain(expectation.kwargs)}
+                )
     summary = {
         "stage": stage,
         "dataset": dataset_url,

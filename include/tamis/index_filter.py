@@ -210,22 +210,27 @@ class _Parser:
         if token.kind == "name" and token.text.upper() not in _KEYWORDS:
             self.pos += 1
             if self.token.kind == "op" and self.token.text == "(":
-                raise FilterError(f"--where: {token.text}(...): functions are not allowed, only columns, "
-                                  f"literals, comparisons, IN, BETWEEN, LIKE, IS NULL, AND, OR, NOT")
+                raise FilterError(
+                    f"--where: {token.text}(...): functions are not allowed, only columns, "
+                    f"literals, comparisons, IN, BETWEEN, LIKE, IS NULL, AND, OR, NOT"
+                )
             return self._column(token.text, token)
         return self._literal()
 
     def _column(self, name: str, token: _Token) -> str:
         if name not in self.columns:
-            raise FilterError(f"--where: unknown column {name!r} at character {token.at + 1}; "
-                              f"the index has {', '.join(self.columns)}")
+            raise FilterError(
+                f"--where: unknown column {name!r} at character {token.at + 1}; the index has {', '.join(self.columns)}"
+            )
         return '"' + name.replace('"', '""') + '"'
 
     def _literal(self) -> str:
         token = self.token
         if token.kind == "string":
             value: Any = token.text[1:-1].replace("''", "'")
-        elif token.kind == "number" or (token.kind == "op" and token.text == "-" and self.tokens[self.pos + 1].kind == "number"):
+        elif token.kind == "number" or (
+            token.kind == "op" and token.text == "-" and self.tokens[self.pos + 1].kind == "number"
+        ):
             if token.kind == "op":
                 self.pos += 1
             text = ("-" if token.kind == "op" else "") + self.token.text

@@ -48,7 +48,9 @@ def owner_token() -> tuple[str, bool]:
 class Lease:
     """``with Lease(dataset_url):`` holds the dataset for the block."""
 
-    def __init__(self, dataset_url: str, ttl_s: float = DEFAULT_TTL_S, owner: str | None = None, shared: bool | None = None):
+    def __init__(
+        self, dataset_url: str, ttl_s: float = DEFAULT_TTL_S, owner: str | None = None, shared: bool | None = None
+    ):
         self.url = storage.join(dataset_url, LEASE_FILE)
         self.dataset_url = dataset_url
         self.ttl_s = ttl_s
@@ -61,11 +63,16 @@ class Lease:
     # -- the record -----------------------------------------------------------------------
 
     def _record(self) -> bytes:
-        return json.dumps({
-            "owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
-            "expires_at": time.time() + self.ttl_s,
-            "expires": datetime.fromtimestamp(time.time() + self.ttl_s, UTC).isoformat(timespec="seconds"),
-        }, sort_keys=True).encode()
+        return json.dumps(
+            {
+                "owner": self.owner,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "expires_at": time.time() + self.ttl_s,
+                "expires": datetime.fromtimestamp(time.time() + self.ttl_s, UTC).isoformat(timespec="seconds"),
+            },
+            sort_keys=True,
+        ).encode()
 
     def _read(self) -> tuple[dict[str, Any] | None, str | None]:
         """The current lease and its version (ETag or mtime), or (None, None)."""
@@ -153,7 +160,8 @@ class Lease:
                 raise LeaseHeld(
                     f"{self.dataset_url} is being written by another run ({current.get('owner')}, host "
                     f"{current.get('host')}, pid {current.get('pid')}) until {current.get('expires')}; "
-                    "wait for it to finish, or write to another --run-id or --output")
+                    "wait for it to finish, or write to another --run-id or --output"
+                )
             log.warning("taking over the expired lease of %s on %s", current.get("owner"), self.dataset_url)
             if self._replace(version or ""):
                 break
@@ -211,6 +219,12 @@ def _precondition_failed(exc: Exception) -> bool:
     """A conditional write lost (S3 412, or 409 when two conditional writes race); s3fs
     hands these on as OSErrors carrying S3's message."""
     text = f"{type(exc).__name__} {exc} {exc.__cause__ or ''}"
-    return any(marker in text for marker in ("PreconditionFailed", "412", "ConditionalRequestConflict",
-                                             "pre-conditions you specified did not hold"))
-
+    return any(
+        marker in text
+        for marker in (
+            "PreconditionFailed",
+            "412",
+            "ConditionalRequestConflict",
+            "pre-conditions you specified did not hold",
+        )
+    )

@@ -71,8 +71,9 @@ class PackedSequenceDataset(IterableDataset):
         self.release: dict[str, Any] | None = None  # version and where it was read from, when opened as a release
 
     @classmethod
-    def from_release(cls, version: str, store: str, hot: str | None = None, cache: str | None = None,
-                     **kwargs: Any) -> PackedSequenceDataset:
+    def from_release(
+        cls, version: str, store: str, hot: str | None = None, cache: str | None = None, **kwargs: Any
+    ) -> PackedSequenceDataset:
         """The packed sequences of release ``version``: from the verified hot copy under ``hot``
         when it is ready, else from ``store`` (the release's DVC remote). ``cache``: where an
         object store's files are downloaded (default: TAMIS_RELEASE_CACHE or the temporary folder)."""
@@ -91,7 +92,7 @@ class PackedSequenceDataset(IterableDataset):
             order = np.random.default_rng([self.seed, epoch]).permutation(n)
         else:
             order = np.arange(n)
-        return order[self.rank::self.world_size]
+        return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
         n = len(self.binary)
@@ -141,8 +142,13 @@ class PackedSequenceDataset(IterableDataset):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mismatched = {
             k: (state[k], v)
-            for k, v in (("seed", self.seed), ("shuffle", self.shuffle), ("rank", self.rank),
-                         ("world_size", self.world_size), ("sequences", len(self.binary)))
+            for k, v in (
+                ("seed", self.seed),
+                ("shuffle", self.shuffle),
+                ("rank", self.rank),
+                ("world_size", self.world_size),
+                ("sequences", len(self.binary)),
+            )
             if k in state and state[k] != v
         }
         if mismatched:

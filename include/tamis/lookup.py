@@ -171,7 +171,7 @@ def document_tokens(dataset_url: str, doc_id: str) -> np.ndarray | None:
 
     binary = TokenBinary(storage.join(dataset_url, INDEX_DIR, BINARY_PREFIX))
     start = int(entry["seq_offset"])
-    return np.array(binary[int(entry["seq"])][start:start + int(entry["token_count"])])
+    return np.array(binary[int(entry["seq"])][start : start + int(entry["token_count"])])
 
 
 def _row_groups_holding(parquet: pq.ParquetFile, doc_id: str) -> list[int]:
@@ -212,6 +212,7 @@ def _quote(column: str) -> str:
 
 # --------------------------------------------------------------------------- commands
 
+
 def add_lookup_commands(sub: argparse._SubParsersAction) -> None:
     """``tamis get`` and ``tamis query``, on the index a dataset's index stage wrote."""
     get_cmd = sub.add_parser("get", help="print one document of an indexed dataset by id (JSON)")
@@ -222,8 +223,11 @@ def add_lookup_commands(sub: argparse._SubParsersAction) -> None:
 
     query_cmd = sub.add_parser("query", help="print the index rows matching a filter (JSON Lines)")
     query_cmd.add_argument("dataset", help="URL of the dataset the index stage wrote (holds _index/)")
-    query_cmd.add_argument("--where", help="filter over the index columns: comparisons, IN, BETWEEN, LIKE, IS NULL, "
-                                           "AND, OR, NOT, e.g. \"source = 'code' and token_count > 500\" (default: every row)")
+    query_cmd.add_argument(
+        "--where",
+        help="filter over the index columns: comparisons, IN, BETWEEN, LIKE, IS NULL, "
+        "AND, OR, NOT, e.g. \"source = 'code' and token_count > 500\" (default: every row)",
+    )
     query_cmd.add_argument("--columns", help="comma-separated index columns to print (default: all)")
     query_cmd.add_argument("--limit", type=int, help="at most this many rows")
     query_cmd.set_defaults(func=_cmd_query)

@@ -51,8 +51,14 @@ METRICS = {
     "tamis_drop_rate": ("gauge", "Share of the documents read that the stage's last run dropped."),
     "tamis_duplicate_rate": ("gauge", "Share of the documents read that the stage's last run dropped as duplicates."),
     "tamis_pii_detection_rate": ("gauge", "PII entities found per document read in the stage's last run."),
-    "tamis_drift_breaches": ("gauge", "Rates of the last nightly run further from their trailing mean than the tolerance."),
-    "tamis_drift_max_change": ("gauge", "The largest distance of a rate of the last nightly run from its trailing mean."),
+    "tamis_drift_breaches": (
+        "gauge",
+        "Rates of the last nightly run further from their trailing mean than the tolerance.",
+    ),
+    "tamis_drift_max_change": (
+        "gauge",
+        "The largest distance of a rate of the last nightly run from its trailing mean.",
+    ),
 }
 COUNTERS = tuple(name for name, (kind, _) in METRICS.items() if kind == "counter")
 PII_ENTITY_PREFIX = "pii.entity."
@@ -106,8 +112,9 @@ def statsd_lines(figures: dict[str, float], stage: str, pipeline: str) -> list[s
     return [f"{name}:{_number(value)}|{'c' if name in COUNTERS else 'g'}|{tags}" for name, value in figures.items()]
 
 
-def prometheus_text(figures: dict[str, float], stage: str, pipeline: str,
-                    previous: dict[str, float] | None = None) -> str:
+def prometheus_text(
+    figures: dict[str, float], stage: str, pipeline: str, previous: dict[str, float] | None = None
+) -> str:
     """The textfile of a stage; counters add this run's figure to ``previous`` (the values
     the file held: see :func:`read_prometheus_counters`)."""
     labels = f'stage="{_label(stage)}",pipeline="{_label(pipeline)}"'

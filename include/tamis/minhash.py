@@ -59,7 +59,7 @@ _WORD_BYTE[0x80:] = True
 # Words are case-folded by an ASCII table lookup on their bytes: a full Unicode lowering
 # pass would cost more than the rest of the hashing (the char path does fold all of Unicode).
 _LOWER = np.arange(256, dtype=np.uint8)
-_LOWER[ord("A"): ord("Z") + 1] += 32
+_LOWER[ord("A") : ord("Z") + 1] += 32
 EMPTY_SLOT = np.uint32(0xFFFFFFFF)
 # Text is hashed in chunks of about this many bytes (whole documents), bounding memory.
 CHUNK_BYTES = 8 << 20
@@ -85,18 +85,27 @@ class MinHashConfig:
 
     def fingerprint(self) -> dict:
         """What an index must match to be reused."""
-        return {"version": SIGNATURE_VERSION, "shingle": self.shingle, "ngram": self.ngram, "num_perm": self.num_perm,
-                "bands": self.bands, "rows": self.rows, "seed": self.seed, "lowercase": self.lowercase}
+        return {
+            "version": SIGNATURE_VERSION,
+            "shingle": self.shingle,
+            "ngram": self.ngram,
+            "num_perm": self.num_perm,
+            "bands": self.bands,
+            "rows": self.rows,
+            "seed": self.seed,
+            "lowercase": self.lowercase,
+        }
 
 
 # --------------------------------------------------------------------------- LSH parameters
+
 
 def candidate_probability(similarity, bands: int, rows: int) -> np.ndarray:
     """Probability that two documents of this Jaccard similarity share at least one band
     key: 1 - (1 - s^rows)^bands, the LSH S-curve."""
     s = np.asarray(similarity, dtype=np.float64)
     with np.errstate(divide="ignore"):  # log1p(-1) = -inf at s = 1 gives probability 1
-        return -np.expm1(bands * np.log1p(-(s ** rows)))  # accurate where s^rows is tiny
+        return -np.expm1(bands * np.log1p(-(s**rows)))  # accurate where s^rows is tiny
 
 
 def bands_for_recall(threshold: float, num_perm: int, candidate_recall: float) -> tuple[int, int]:
@@ -117,7 +126,7 @@ def _bands_for_recall(threshold: float, num_perm: int, candidate_recall: float) 
     best, best_area = None, math.inf
     for rows in range(1, num_perm + 1):
         # More bands only raise the curve everywhere: the fewest that reach the recall win.
-        at_threshold = threshold ** rows
+        at_threshold = threshold**rows
         if at_threshold <= 0.0:
             break
         bands = max(1, math.ceil(math.log1p(-candidate_recall) / math.log1p(-at_threshold))) if at_threshold < 1 else 1
@@ -129,8 +138,10 @@ def _bands_for_recall(threshold: float, num_perm: int, candidate_recall: float) 
         if area < best_area:
             best, best_area = (bands, rows), area
     if best is None:
-        raise ValueError(f"no banding of {num_perm} permutations makes a candidate of a pair at Jaccard {threshold} "
-                         f"with probability >= {candidate_recall}: raise num_perm or lower candidate_recall")
+        raise ValueError(
+            f"no banding of {num_perm} permutations makes a candidate of a pair at Jaccard {threshold} "
+            f"with probability >= {candidate_recall}: raise num_perm or lower candidate_recall"
+        )
     return best
 
 
@@ -148,11 +159,16 @@ def s_curve(bands: int, rows: int, start: float = 0.5, step: float = 0.05) -> SC
     """The candidate probability of the banding at J = start, start + step, ... 1.0."""
     grid = np.round(np.arange(start, 1.0 + step / 2, step), 4)
     probability = candidate_probability(grid, bands, rows)
-    return SCurve(bands, rows, float((1.0 / bands) ** (1.0 / rows)),
-                  tuple((float(j), float(p)) for j, p in zip(grid, probability)))
+    return SCurve(
+        bands,
+        rows,
+        float((1.0 / bands) ** (1.0 / rows)),
+        tuple((float(j), float(p)) for j, p in zip(grid, probability)),
+    )
 
 
 # --------------------------------------------------------------------------- hashing
+
 
 def sorted_unique(x: np.ndarray) -> np.ndarray:
     """np.unique by sort: numpy 2.3+ hashes integers in np.unique, tens of times slower
@@ -202,12 +218,12 @@ def _string_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(bytes, offsets) of a string array, offsets rebased to the first byte."""
     if not pa.types.is_large_binary(texts.type):
         texts = texts.cast(pa.large_binary())
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset: texts.offset + len(texts) + 1]
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
     data_buffer = texts.buffers()[2]
     base = int(offsets[0])
     if data_buffer is None or offsets[-1] == base:
         return np.empty(0, dtype=np.uint8), np.zeros(len(texts) + 1, dtype=np.int64)
-    data = np.frombuffer(data_buffer, dtype=np.uint8)[base: int(offsets[-1])]
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[base : int(offsets[-1])]
     return data, offsets - base
 
 
@@ -260,7 +276,9 @@ def _word_shingles(data, offsets, n_docs, n, lowercase: bool) -> tuple[np.ndarra
     word_offsets = np.zeros(len(starts) + 1, dtype=np.int64)
     np.cumsum(ends - starts, out=word_offsets[1:])
     word_bytes = _LOWER[data[word]] if lowercase else data[word]
-    words = pa.Array.from_buffers(pa.large_binary(), len(starts), [None, pa.py_buffer(word_offsets), pa.py_buffer(word_bytes)])
+    words = pa.Array.from_buffers(
+        pa.large_binary(), len(starts), [None, pa.py_buffer(word_offsets), pa.py_buffer(word_bytes)]
+    )
     encoded = pc.dictionary_encode(words)
     vocab_data, vocab_offsets = _string_buffers(encoded.dictionary)
     vocab_hashes = _span_hashes(vocab_data, vocab_offsets[:-1], vocab_offsets[1:])
@@ -278,8 +296,8 @@ def _ngrams_of_units(units: np.ndarray, unit_doc: np.ndarray, n_docs: int, n: in
     full = max(m - n + 1, 0)
     acc = np.zeros(full, dtype=np.uint64)
     for j in range(n):
-        acc += units[j: j + full] * _COMBINE[j]
-    valid = unit_doc[:full] == unit_doc[n - 1: n - 1 + full] if full else np.zeros(0, dtype=bool)
+        acc += units[j : j + full] * _COMBINE[j]
+    valid = unit_doc[:full] == unit_doc[n - 1 : n - 1 + full] if full else np.zeros(0, dtype=bool)
     shingles = _mix(acc[valid])
     shingle_doc = unit_doc[:full][valid]
     short_docs = np.flatnonzero((units_per_doc > 0) & (units_per_doc < n))
@@ -307,9 +325,9 @@ def _char_shingles(data, offsets, n_docs, n) -> tuple[np.ndarray, np.ndarray]:
     chars_per_doc = np.bincount(cp_doc, minlength=n_docs)
     full = max(len(cp) - n + 1, 0)
     bounds = np.append(cp, len(data))
-    valid = cp_doc[:full] == cp_doc[n - 1: n - 1 + full] if full else np.zeros(0, dtype=bool)
+    valid = cp_doc[:full] == cp_doc[n - 1 : n - 1 + full] if full else np.zeros(0, dtype=bool)
     starts = cp[:full][valid]
-    ends = bounds[n: n + full][valid]
+    ends = bounds[n : n + full][valid]
     shingle_doc = cp_doc[:full][valid]
     short_docs = np.flatnonzero((chars_per_doc > 0) & (chars_per_doc < n))
     if len(short_docs):
@@ -322,6 +340,7 @@ def _char_shingles(data, offsets, n_docs, n) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- signatures
+
 
 def _chunks(texts: pa.Array, chunk_bytes: int):
     """Slices of whole documents holding about ``chunk_bytes`` of text each."""
@@ -349,10 +368,10 @@ def signatures(texts: pa.Array | pa.ChunkedArray, config: MinHashConfig) -> tupl
         row_offsets = np.concatenate([[0], np.cumsum(per_doc)]).astype(np.uint64)
         matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(hashes, row_offsets, config.num_perm, config.seed)
         rows = matrix.to_rows()
-        sig[start: start + len(chunk)] = np.fromiter(
+        sig[start : start + len(chunk)] = np.fromiter(
             itertools.chain.from_iterable(rows), dtype=np.uint32, count=len(chunk) * config.num_perm
         ).reshape(len(chunk), config.num_perm)
-        counts[start: start + len(chunk)] = per_doc
+        counts[start : start + len(chunk)] = per_doc
     return sig, counts
 
 
@@ -371,7 +390,7 @@ def similarity(sig_a: np.ndarray, sig_b: np.ndarray, chunk: int = 65536) -> np.n
     """Signature-estimated Jaccard of row pairs (sig_a[i], sig_b[i])."""
     out = np.empty(len(sig_a), dtype=np.float64)
     for s in range(0, len(sig_a), chunk):
-        out[s: s + chunk] = (sig_a[s: s + chunk] == sig_b[s: s + chunk]).mean(axis=1)
+        out[s : s + chunk] = (sig_a[s : s + chunk] == sig_b[s : s + chunk]).mean(axis=1)
     return out
 
 
@@ -380,11 +399,12 @@ def pair_similarity(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 
     pairs at a time: never two copies of the signatures of every pair."""
     out = np.empty(len(a), dtype=np.float64)
     for s in range(0, len(a), chunk):
-        out[s: s + chunk] = similarity(sig[a[s: s + chunk]], sig[b[s: s + chunk]], chunk)
+        out[s : s + chunk] = similarity(sig[a[s : s + chunk]], sig[b[s : s + chunk]], chunk)
     return out
 
 
 # --------------------------------------------------------------------------- exact Jaccard
+
 
 @dataclass
 class ShingleSets:
@@ -427,7 +447,9 @@ class ShingleSets:
         data = pa.py_buffer(np.ascontiguousarray(self.values, dtype="<u4").tobytes())
         byte_offsets = self.offsets * 4
         if byte_offsets[-1] < 2**31:
-            return pa.Array.from_buffers(pa.binary(), len(self), [None, pa.py_buffer(byte_offsets.astype(np.int32)), data])
+            return pa.Array.from_buffers(
+                pa.binary(), len(self), [None, pa.py_buffer(byte_offsets.astype(np.int32)), data]
+            )
         return pa.Array.from_buffers(pa.large_binary(), len(self), [None, pa.py_buffer(byte_offsets), data])
 
     @classmethod
@@ -466,7 +488,7 @@ def shingle_sets(texts: pa.Array | pa.ChunkedArray, config: MinHashConfig) -> Sh
         doc = np.repeat(np.arange(len(chunk), dtype=np.uint64), per_doc)
         keys = sorted_unique((doc << _U64(32)) | (hashes >> _U64(32)))  # sorted by document, then hash
         values.append((keys & _U64(0xFFFFFFFF)).astype(np.uint32))
-        sizes[start: start + len(chunk)] = np.bincount((keys >> _U64(32)).astype(np.int64), minlength=len(chunk))
+        sizes[start : start + len(chunk)] = np.bincount((keys >> _U64(32)).astype(np.int64), minlength=len(chunk))
     return ShingleSets(np.concatenate(values) if values else np.empty(0, np.uint32), _offsets_of(sizes))
 
 
@@ -542,19 +564,34 @@ def signature_verdicts(estimate: np.ndarray, threshold: float, num_perm: int) ->
 @lru_cache(maxsize=64)
 def _verdict_bounds(threshold: float, num_perm: int) -> tuple[int, int]:
     k = np.arange(num_perm + 1)
-    log_pmf = np.array([math.lgamma(num_perm + 1) - math.lgamma(i + 1) - math.lgamma(num_perm - i + 1)
-                        + i * math.log(threshold) + (num_perm - i) * math.log1p(-threshold) for i in k])
+    log_pmf = np.array(
+        [
+            math.lgamma(num_perm + 1)
+            - math.lgamma(i + 1)
+            - math.lgamma(num_perm - i + 1)
+            + i * math.log(threshold)
+            + (num_perm - i) * math.log1p(-threshold)
+            for i in k
+        ]
+    )
     pmf = np.exp(log_pmf)
     lower_tail = np.cumsum(pmf)  # P(K <= k) at J = threshold: the most a pair at or above it can have
     upper_tail = np.cumsum(pmf[::-1])[::-1]  # P(K >= k) at J = threshold: the most a pair below it can have
     low = int(k[lower_tail <= SIGNATURE_VERDICT_ERROR].max()) if (lower_tail <= SIGNATURE_VERDICT_ERROR).any() else -1
-    high = int(k[upper_tail <= SIGNATURE_VERDICT_ERROR].min()) if (upper_tail <= SIGNATURE_VERDICT_ERROR).any() else num_perm + 1
+    high = (
+        int(k[upper_tail <= SIGNATURE_VERDICT_ERROR].min())
+        if (upper_tail <= SIGNATURE_VERDICT_ERROR).any()
+        else num_perm + 1
+    )
     return low, high
 
 
 # --------------------------------------------------------------------------- clusters
 
-def candidate_edges(keys: np.ndarray, order: np.ndarray, active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+
+def candidate_edges(
+    keys: np.ndarray, order: np.ndarray, active: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Unique candidate pairs (a, b), a < b as document indices.
 
     Within every LSH bucket, members sorted by ``order`` (the rank of their id) are linked
@@ -585,8 +622,10 @@ def bucket_links(members: np.ndarray, first_of_bucket: np.ndarray) -> tuple[np.n
         return np.empty(0, np.int64), np.empty(0, np.int64)
     group_first = members[np.maximum.accumulate(np.where(first_of_bucket, np.arange(len(members)), 0))]
     member = ~first_of_bucket
-    return (np.concatenate([group_first[member], members[:-1][member[1:]]]).astype(np.int64),
-            np.concatenate([members[member], members[1:][member[1:]]]).astype(np.int64))
+    return (
+        np.concatenate([group_first[member], members[:-1][member[1:]]]).astype(np.int64),
+        np.concatenate([members[member], members[1:][member[1:]]]).astype(np.int64),
+    )
 
 
 def unique_pairs(a_parts: list[np.ndarray], b_parts: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -670,8 +709,9 @@ class Clusters:
         return int(np.count_nonzero(self.verified))
 
 
-def cluster(n: int, a: np.ndarray, b: np.ndarray, similarity: np.ndarray | None, threshold: float,
-            priority: np.ndarray) -> Clusters:
+def cluster(
+    n: int, a: np.ndarray, b: np.ndarray, similarity: np.ndarray | None, threshold: float, priority: np.ndarray
+) -> Clusters:
     """Candidate pairs (a, b) -> verification (similarity >= threshold; every pair when
     ``similarity`` is None) -> connected components -> one survivor per component."""
     verified = passes(similarity, threshold) if similarity is not None else np.ones(len(a), dtype=bool)
@@ -683,10 +723,17 @@ def cluster_table(ids: pa.Array, clusters: Clusters, sample_pairs: int, pair_sim
     """One row per duplicate cluster: survivor id, size, member ids, and a sample of
     (survivor, member) pairs with their similarity, from ``pair_similarity(a, b)``."""
     dup = np.flatnonzero(clusters.duplicate)
-    schema = pa.schema([
-        ("survivor_id", pa.string()), ("size", pa.int64()), ("duplicate_ids", pa.list_(pa.string())),
-        ("sample_pairs", pa.list_(pa.struct([("id_a", pa.string()), ("id_b", pa.string()), ("similarity", pa.float32())]))),
-    ])
+    schema = pa.schema(
+        [
+            ("survivor_id", pa.string()),
+            ("size", pa.int64()),
+            ("duplicate_ids", pa.list_(pa.string())),
+            (
+                "sample_pairs",
+                pa.list_(pa.struct([("id_a", pa.string()), ("id_b", pa.string()), ("similarity", pa.float32())])),
+            ),
+        ]
+    )
     if len(dup) == 0:
         return schema.empty_table()
     surv = clusters.survivor[dup]
@@ -701,16 +748,23 @@ def cluster_table(ids: pa.Array, clusters: Clusters, sample_pairs: int, pair_sim
     pair_mask = position < sample_pairs
     sims = pair_similarity(surv[pair_mask], dup[pair_mask])
     pairs = pa.StructArray.from_arrays(
-        [pc.take(ids, pa.array(surv[pair_mask])), pc.filter(member_ids, pa.array(pair_mask)), pa.array(sims, pa.float32())],
+        [
+            pc.take(ids, pa.array(surv[pair_mask])),
+            pc.filter(member_ids, pa.array(pair_mask)),
+            pa.array(sims, pa.float32()),
+        ],
         names=["id_a", "id_b", "similarity"],
     )
     pair_heads = np.r_[0, np.cumsum(np.minimum(sizes, sample_pairs))]
     member_heads = np.r_[heads, len(dup)]
     if isinstance(member_ids, pa.ChunkedArray):
         member_ids = member_ids.combine_chunks()
-    return pa.table({
-        "survivor_id": survivor_ids,
-        "size": pa.array(sizes + 1, pa.int64()),
-        "duplicate_ids": pa.ListArray.from_arrays(pa.array(member_heads, pa.int32()), member_ids),
-        "sample_pairs": pa.ListArray.from_arrays(pa.array(pair_heads, pa.int32()), pairs),
-    }, schema=schema)
+    return pa.table(
+        {
+            "survivor_id": survivor_ids,
+            "size": pa.array(sizes + 1, pa.int64()),
+            "duplicate_ids": pa.ListArray.from_arrays(pa.array(member_heads, pa.int32()), member_ids),
+            "sample_pairs": pa.ListArray.from_arrays(pa.array(pair_heads, pa.int32()), pairs),
+        },
+        schema=schema,
+    )

@@ -72,8 +72,10 @@ def try_claim(pipeline: Pipeline, day: str, owner: str) -> None:
         done = corpus.partitions(pipeline.corpus_url)
         missing = [d for d in earlier_days(pipeline, day) if d not in done]
         if missing:
-            raise DayNotReady(f"day {day} waits for earlier days to be appended: {', '.join(missing[:5])}"
-                              + (" ..." if len(missing) > 5 else ""))
+            raise DayNotReady(
+                f"day {day} waits for earlier days to be appended: {', '.join(missing[:5])}"
+                + (" ..." if len(missing) > 5 else "")
+            )
         now = time.time()
         for other_day, claim in _claims(pipeline).items():
             if claim.get("owner") == owner:
@@ -83,8 +85,9 @@ def try_claim(pipeline: Pipeline, day: str, owner: str) -> None:
                 storage.remove_tree(_claim_url(pipeline, other_day))
                 continue
             raise DayNotReady(f"day {day} waits: run {claim.get('owner')} is processing {other_day}")
-        storage.write_json_atomic(_claim_url(pipeline, day), {"owner": owner, "day": day, "claimed_at": now},
-                                  pipeline.corpus_url)
+        storage.write_json_atomic(
+            _claim_url(pipeline, day), {"owner": owner, "day": day, "claimed_at": now}, pipeline.corpus_url
+        )
     log.info("nightly: %s claimed %s", owner, day)
 
 
@@ -106,8 +109,10 @@ def check_claim(pipeline: Pipeline, day: str, owner: str) -> None:
     url = _claim_url(pipeline, day)
     held = storage.read_json(url) if storage.exists(url) else None
     if held is None or held.get("owner") != owner:
-        raise DayNotReady(f"day {day} is not claimed by {owner} (claim: {held and held.get('owner')}); "
-                          "a nightly run claims its day before its first stage")
+        raise DayNotReady(
+            f"day {day} is not claimed by {owner} (claim: {held and held.get('owner')}); "
+            "a nightly run claims its day before its first stage"
+        )
 
 
 def release(pipeline: Pipeline, day: str, owner: str) -> None:

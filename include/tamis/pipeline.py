@@ -84,7 +84,9 @@ class SourceConfig(_Strict):
     # The fields that say how files are read, whatever the kind of source.
     READ_FIELDS: ClassVar[tuple[str, ...]] = ("format", "text_field", "id_field", "url_field", "type")
     _FIELDS_OF_KIND: ClassVar[dict[str, set[str]]] = {
-        "local": {"path"}, "s3": {"path", "connection"}, "git": {"url", "revision", "subdir", "connection"},
+        "local": {"path"},
+        "s3": {"path", "connection"},
+        "git": {"url", "revision", "subdir", "connection"},
         "http": {"url", "checksums", "connection"},
     }
     _CONNECTION_ID: ClassVar[re.Pattern] = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,249}")
@@ -111,12 +113,17 @@ class SourceConfig(_Strict):
     @model_validator(mode="after")
     def _fits_its_kind(self) -> SourceConfig:
         kind = self.kind
-        given = {name for name in ("path", "url", "revision", "subdir", "checksums", "connection")
-                 if getattr(self, name) is not None}
+        given = {
+            name
+            for name in ("path", "url", "revision", "subdir", "checksums", "connection")
+            if getattr(self, name) is not None
+        }
         stray = sorted(given - self._FIELDS_OF_KIND[kind])
         if stray:
-            raise ValueError(f"a {kind} source takes no {', '.join(stray)} "
-                             f"(it takes {', '.join(sorted(self._FIELDS_OF_KIND[kind]))})")
+            raise ValueError(
+                f"a {kind} source takes no {', '.join(stray)} "
+                f"(it takes {', '.join(sorted(self._FIELDS_OF_KIND[kind]))})"
+            )
         if kind in ("local", "s3"):
             if not self.path:
                 raise ValueError(f"a {kind} source needs a path")
@@ -129,8 +136,10 @@ class SourceConfig(_Strict):
                 raise ValueError(f"a {kind} source needs a url")
             _check_remote_url(self.url, kind)
         if self.connection is not None and not self._CONNECTION_ID.fullmatch(self.connection):
-            raise ValueError(f"connection {self.connection!r} must be an Airflow connection id made of letters, "
-                             "digits and '_' (it becomes the variable AIRFLOW_CONN_<ID>)")
+            raise ValueError(
+                f"connection {self.connection!r} must be an Airflow connection id made of letters, "
+                "digits and '_' (it becomes the variable AIRFLOW_CONN_<ID>)"
+            )
         if kind == "git":
             revision = self.revision or "HEAD"
             if revision.startswith("-") or any(c.isspace() or ord(c) < 32 for c in revision) or ".." in revision:
@@ -178,10 +187,13 @@ def _check_remote_url(url: str, kind: str) -> None:
     if not scp_like:
         parts = urlsplit(url)
         if parts.scheme not in schemes:
-            raise ValueError(f"a {kind} source's url starts with {' or '.join(s + '://' for s in schemes)}, got {url!r}")
+            raise ValueError(
+                f"a {kind} source's url starts with {' or '.join(s + '://' for s in schemes)}, got {url!r}"
+            )
         if parts.password is not None or (parts.username is not None and parts.scheme in ("http", "https")):
-            raise ValueError(f"the url of a {kind} source holds credentials; name an Airflow connection "
-                             "(connection: <id>) instead")
+            raise ValueError(
+                f"the url of a {kind} source holds credentials; name an Airflow connection (connection: <id>) instead"
+            )
         if parts.query or parts.fragment:
             raise ValueError(f"a {kind} source's url takes no query or fragment, got {url!r}")
 
@@ -280,8 +292,10 @@ class Pipeline(_Strict):
     @classmethod
     def _team_name(cls, value: str | None) -> str | None:
         if value is not None and not _TEAM_NAME.match(value):
-            raise ValueError(f"team {value!r} must be 1 to 40 lower-case letters, digits and '-', starting with a letter "
-                             "(it names a Kubernetes service account and an S3 prefix)")
+            raise ValueError(
+                f"team {value!r} must be 1 to 40 lower-case letters, digits and '-', starting with a letter "
+                "(it names a Kubernetes service account and an S3 prefix)"
+            )
         return value
 
     @field_validator("sources")
@@ -309,8 +323,10 @@ class Pipeline(_Strict):
         stray = sorted(set(self.gates) - {"default", *names})
         if stray:
             raise ValueError(f"gates name stages the pipeline does not have: {stray}; stages: {names}")
-        for label, listed in (("execution.spark.stages", self.execution.spark.stages or []),
-                              ("execution.kubernetes.spark.stages", self.execution.kubernetes.spark.stages)):
+        for label, listed in (
+            ("execution.spark.stages", self.execution.spark.stages or []),
+            ("execution.kubernetes.spark.stages", self.execution.kubernetes.spark.stages),
+        ):
             unknown = sorted(set(listed) - set(names))
             if unknown:
                 raise ValueError(f"{label} names stages the pipeline does not have: {unknown}; stages: {names}")

@@ -116,13 +116,19 @@ def preheat(config: ReleaseConfig, version: str) -> dict[str, Any]:
                     out.write(block)
             size = target.stat().st_size
             if digest.hexdigest() != entry["sha256"] or size != entry["bytes"]:
-                raise PreheatError(f"preheat: {entry['path']} of release {version} read from {source_url} has sha256 "
-                                   f"{digest.hexdigest()} ({size} bytes), the manifest says {entry['sha256']} "
-                                   f"({entry['bytes']} bytes); the release is not made ready")
+                raise PreheatError(
+                    f"preheat: {entry['path']} of release {version} read from {source_url} has sha256 "
+                    f"{digest.hexdigest()} ({size} bytes), the manifest says {entry['sha256']} "
+                    f"({entry['bytes']} bytes); the release is not made ready"
+                )
             copied += size
         (staging / RELEASE_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        ready = {"version": version, "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                 "bytes": copied, "files": [{k: e[k] for k in ("path", "bytes", "sha256")} for e in contents["files"]]}
+        ready = {
+            "version": version,
+            "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "bytes": copied,
+            "files": [{k: e[k] for k in ("path", "bytes", "sha256")} for e in contents["files"]],
+        }
         (staging / READY_FILE).write_text(json.dumps(ready, indent=2))
         target = hot / version
         if target.exists():  # a copy left without its ready file: never used, now replaced
@@ -146,5 +152,10 @@ def _mark_latest(hot: Path, manifest: dict[str, Any], folder: Path, copied: bool
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     tmp.write_text(json.dumps(pointer))
     os.replace(tmp, path)
-    return {**pointer, "ready": True, "copied": copied,
-            "files": len(manifest["contents"]["files"]), "bytes": manifest["contents"]["bytes"]}
+    return {
+        **pointer,
+        "ready": True,
+        "copied": copied,
+        "files": len(manifest["contents"]["files"]),
+        "bytes": manifest["contents"]["bytes"],
+    }

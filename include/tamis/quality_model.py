@@ -70,7 +70,9 @@ def read_texts(path: str, text_column: str = "text", columns: tuple[str, ...] = 
         raise ValueError(f"train-quality: {path}: expected a dataset folder, .jsonl(.gz) or .parquet")
     missing = [c for c in wanted if c not in table.column_names]
     if missing:
-        raise ValueError(f"train-quality: {path} has no column {missing[0]!r} (columns: {', '.join(table.column_names)})")
+        raise ValueError(
+            f"train-quality: {path} has no column {missing[0]!r} (columns: {', '.join(table.column_names)})"
+        )
     return table.select(wanted)
 
 
@@ -140,13 +142,22 @@ def evaluate(model, texts: list[str], labels: list[str], label: str, threshold: 
     predicted = scores(model, texts, label) >= threshold
     actual = np.array([label in line.split() for line in labels])
     tp = int((predicted & actual).sum())
-    return {"documents": len(texts), "positives": int(actual.sum()), "threshold": threshold,
-            "precision": round(tp / max(int(predicted.sum()), 1), 4), "recall": round(tp / max(int(actual.sum()), 1), 4)}
+    return {
+        "documents": len(texts),
+        "positives": int(actual.sum()),
+        "threshold": threshold,
+        "precision": round(tp / max(int(predicted.sum()), 1), 4),
+        "recall": round(tp / max(int(actual.sum()), 1), 4),
+    }
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser("train-quality", help="train a fastText quality (or category) classifier from labelled documents",
-                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmd = sub.add_parser(
+        "train-quality",
+        help="train a fastText quality (or category) classifier from labelled documents",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cmd.add_argument("output", help="the model file to write (.bin); its provenance goes to <output>.json")
     cmd.add_argument("--labelled", help="a dataset or file with a label column")
     cmd.add_argument("--label-column", default="label")
@@ -156,15 +167,21 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--text-column", default="text")
     cmd.add_argument("--max-chars", type=int, default=10_000, help="as the quality stage's model.max_chars")
     cmd.add_argument("--valid-fraction", type=float, default=0.0, help="share held out for precision/recall")
-    cmd.add_argument("--threshold", type=float, default=0.5, help="score that counts as the label, for the held-out figures")
+    cmd.add_argument(
+        "--threshold", type=float, default=0.5, help="score that counts as the label, for the held-out figures"
+    )
     cmd.add_argument("--epoch", type=int, default=10)
     cmd.add_argument("--lr", type=float, default=0.1)
     cmd.add_argument("--word-ngrams", type=int, default=2)
     cmd.add_argument("--dim", type=int, default=64)
     cmd.add_argument("--min-count", type=int, default=2)
     cmd.add_argument("--bucket", type=int, default=200_000, help="hash buckets of the word n-grams (model size)")
-    cmd.add_argument("--loss", choices=["softmax", "ova", "hs"], default="softmax",
-                     help="ova: one-vs-all, each label scored on its own (several labels per document)")
+    cmd.add_argument(
+        "--loss",
+        choices=["softmax", "ova", "hs"],
+        default="softmax",
+        help="ova: one-vs-all, each label scored on its own (several labels per document)",
+    )
     cmd.add_argument("--seed", type=int, default=0)
     cmd.set_defaults(func=run_command)
 
@@ -178,8 +195,16 @@ def run_command(args: argparse.Namespace) -> int:
     distinct = {name for line in labels for name in line.split()}
     if len(distinct) < 2:
         raise ValueError(f"train-quality: the documents have {len(distinct)} label(s); a classifier needs two or more")
-    params = {"epoch": args.epoch, "lr": args.lr, "wordNgrams": args.word_ngrams, "dim": args.dim,
-              "minCount": args.min_count, "bucket": args.bucket, "seed": args.seed, "loss": args.loss}
+    params = {
+        "epoch": args.epoch,
+        "lr": args.lr,
+        "wordNgrams": args.word_ngrams,
+        "dim": args.dim,
+        "minCount": args.min_count,
+        "bucket": args.bucket,
+        "seed": args.seed,
+        "loss": args.loss,
+    }
     valid = held_out(texts, args.valid_fraction) if args.valid_fraction > 0 else np.zeros(len(texts), bool)
     train_idx, valid_idx = np.flatnonzero(~valid), np.flatnonzero(valid)
     model = train([texts[i] for i in train_idx], [labels[i] for i in train_idx], params)
@@ -196,8 +221,11 @@ def run_command(args: argparse.Namespace) -> int:
         "train_documents": len(train_idx),
     }
     if len(valid_idx):
-        report["held_out"] = evaluate(model, [texts[i] for i in valid_idx], [labels[i] for i in valid_idx],
-                                      label, args.threshold) | {"label": label}
+        report["held_out"] = evaluate(
+            model, [texts[i] for i in valid_idx], [labels[i] for i in valid_idx], label, args.threshold
+        ) | {"label": label}
     Path(args.output + ".json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("model", "sha256", "labels", "train_documents", "held_out") if k in report}))
+    print(
+        json.dumps({k: report[k] for k in ("model", "sha256", "labels", "train_documents", "held_out") if k in report})
+    )
     return 0

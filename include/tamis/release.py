@@ -102,6 +102,7 @@ class ReleaseConfig(BaseModel):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return value or None
+
     remote_name: str = "storage"
     push_jobs: int = Field(default=4, ge=1)
     # Readable by every team (stored once, under a prefix every team may read), not only the pipeline's.
@@ -155,8 +156,10 @@ def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) 
     workspace = config.workspace
     if workspace is None:
         if "://" in pipeline.storage_root:
-            raise ConfigError(f"{pipeline.path}: the storage root is {pipeline.storage_root}; "
-                              "set release.workspace to a local folder for the DVC repository")
+            raise ConfigError(
+                f"{pipeline.path}: the storage root is {pipeline.storage_root}; "
+                "set release.workspace to a local folder for the DVC repository"
+            )
         workspace = storage.join(default_root, "workspace")
     if "://" in workspace:
         raise ConfigError(f"{pipeline.path}: release.workspace must be a local folder, got {workspace}")
@@ -169,11 +172,13 @@ def release_config(pipeline: Pipeline, overrides: dict[str, Any] | None = None) 
         hot = storage.join(pipeline.storage_root, "releases", "hot")
     if hot is not None and "://" in hot:
         raise ConfigError(f"{pipeline.path}: release.hot must be a local folder or a mounted volume, got {hot}")
-    return config.model_copy(update={"workspace": workspace, "remote": config.remote or storage.join(default_root, "remote"),
-                                     "hot": hot})
+    return config.model_copy(
+        update={"workspace": workspace, "remote": config.remote or storage.join(default_root, "remote"), "hot": hot}
+    )
 
 
 # --- dvc.yaml --------------------------------------------------------------------------------
+
 
 def stage_out(stage: str) -> str:
     return f"{DATA_DIR}/{stage}"
@@ -217,11 +222,15 @@ def workspace_pipeline(pipeline: Pipeline) -> dict[str, Any]:
     config = pipeline.model_dump(mode="json", exclude={"release"})
     config["storage_root"] = DATA_DIR
     # Inside the workspace every source is its snapshot, a local folder read as before.
-    config["sources"] = {name: {"path": f"{SOURCES_DIR}/{name}", **{k: source[k] for k in source_read_fields()}}
-                         for name, source in sorted(config["sources"].items())}
+    config["sources"] = {
+        name: {"path": f"{SOURCES_DIR}/{name}", **{k: source[k] for k in source_read_fields()}}
+        for name, source in sorted(config["sources"].items())
+    }
     # Effective params, defaults included: dvc.lock then pins every value the stage used.
-    config["stages"] = [{"name": spec.name, "type": spec.type, "params": pipeline.stage(spec.name).params.model_dump(mode="json")}
-                        for spec in pipeline.stages]
+    config["stages"] = [
+        {"name": spec.name, "type": spec.type, "params": pipeline.stage(spec.name).params.model_dump(mode="json")}
+        for spec in pipeline.stages
+    ]
     config["execution"] = {"mode": "local"}
     return config
 
@@ -240,6 +249,7 @@ def _stage_position(pipeline: Pipeline, name: str) -> int:
 
 # --- the workspace ---------------------------------------------------------------------------
 
+
 def prepare_workspace(pipeline: Pipeline, config: ReleaseConfig) -> Path:
     """Create or update the workspace: DVC repo, remote, source snapshots, pipeline.yaml, dvc.yaml."""
     from tamis import storage
@@ -250,7 +260,9 @@ def prepare_workspace(pipeline: Pipeline, config: ReleaseConfig) -> Path:
     names = sorted(pipeline.sources)
     for name in names:
         origin = location(pipeline.sources[name]).snapshot(workspace / SOURCES_DIR / name)
-        _write_if_changed(workspace / SOURCES_DIR / f"{name}{ORIGIN_SUFFIX}", json.dumps(origin, indent=2, sort_keys=True))
+        _write_if_changed(
+            workspace / SOURCES_DIR / f"{name}{ORIGIN_SUFFIX}", json.dumps(origin, indent=2, sort_keys=True)
+        )
     _write_if_changed(workspace / PIPELINE_FILE, yaml.safe_dump(workspace_pipeline(pipeline), sort_keys=False))
     _write_if_changed(workspace / DVC_FILE, yaml.safe_dump(dvc_stages(pipeline), sort_keys=False))
     remote: dict[str, str] = {"url": _dvc_remote_url(config.remote_url)}
@@ -262,8 +274,13 @@ def prepare_workspace(pipeline: Pipeline, config: ReleaseConfig) -> Path:
             conf["remote"][config.remote_name] = remote
             conf["core"]["remote"] = config.remote_name
         repo.add([f"{SOURCES_DIR}/{name}" for name in names])
-    log.info("release workspace %s ready: %d sources, stages %s, remote %s",
-             workspace, len(names), ", ".join(pipeline.stage_names), config.remote)
+    log.info(
+        "release workspace %s ready: %d sources, stages %s, remote %s",
+        workspace,
+        len(names),
+        ", ".join(pipeline.stage_names),
+        config.remote,
+    )
     return workspace
 
 
@@ -316,7 +333,7 @@ def _dvc_repo(workspace: Path, step: str, create: bool = False) -> Iterator[Any]
 
 
 def _dvc_remote_url(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
+    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -326,6 +343,7 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 # --- sealing a stage's output ----------------------------------------------------------------
+
 
 def seal(dataset_dir: str | Path, workspace: str | Path = ".") -> dict[str, Any]:
     """Make a stage's output depend only on its inputs and params: move the run's timings from
@@ -342,8 +360,11 @@ def seal(dataset_dir: str | Path, workspace: str | Path = ".") -> dict[str, Any]
         raise FileNotFoundError(f"release: no {MANIFEST} in {dataset}; the stage did not finish")
     prefixes = [f"file://{workspace}/", f"{workspace}/"]
     manifest = json.loads(manifest_path.read_text())
-    timings: dict[str, Any] = {"stage": manifest.get("stage"),
-                               **{k: manifest.pop(k) for k in VOLATILE_MANIFEST_KEYS if k in manifest}, "parts": {}}
+    timings: dict[str, Any] = {
+        "stage": manifest.get("stage"),
+        **{k: manifest.pop(k) for k in VOLATILE_MANIFEST_KEYS if k in manifest},
+        "parts": {},
+    }
     for name in RUN_FILES:
         path = dataset / name
         if path.exists():
@@ -369,7 +390,7 @@ def _relative_paths(value: Any, prefixes: list[str]) -> Any:
     if isinstance(value, str):
         for prefix in prefixes:
             if value.startswith(prefix):
-                return value[len(prefix):]
+                return value[len(prefix) :]
         return value
     if isinstance(value, list):
         return [_relative_paths(v, prefixes) for v in value]
@@ -387,12 +408,18 @@ def _write_json(path: Path, obj: Any) -> None:
 
 # --- the release manifest --------------------------------------------------------------------
 
+
 def file_entries(root: Path, relative_to: Path) -> list[dict[str, Any]]:
     """Every file under ``root`` with its size and sha256, paths relative to ``relative_to``."""
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        entries.append({"path": path.relative_to(relative_to).as_posix(), "bytes": path.stat().st_size,
-                        "sha256": sha256_file(path)})
+        entries.append(
+            {
+                "path": path.relative_to(relative_to).as_posix(),
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+            }
+        )
     return entries
 
 
@@ -404,8 +431,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: str | None = None,
-                     run_id: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+def release_manifest(
+    pipeline: Pipeline,
+    config: ReleaseConfig,
+    source_run_id: str | None = None,
+    run_id: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """Lineage of the workspace's current state: raw files -> every stage -> the final files.
 
     Raises if the chain is broken: a stage whose recorded input manifest is not the previous
@@ -432,9 +464,14 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
         files = file_entries(workspace / SOURCES_DIR / name, workspace)
         tracked = yaml.safe_load((workspace / SOURCES_DIR / f"{name}.dvc").read_text())["outs"][0]
         origin_path = workspace / SOURCES_DIR / f"{name}{ORIGIN_SUFFIX}"
-        sources[name] = {"origin": pipeline.sources[name].location, "kind": pipeline.sources[name].kind,
-                         "lineage": json.loads(origin_path.read_text()) if origin_path.exists() else None,
-                         "path": f"{SOURCES_DIR}/{name}", "dvc_md5": tracked["md5"], "files": files}
+        sources[name] = {
+            "origin": pipeline.sources[name].location,
+            "kind": pipeline.sources[name].kind,
+            "lineage": json.loads(origin_path.read_text()) if origin_path.exists() else None,
+            "path": f"{SOURCES_DIR}/{name}",
+            "dvc_md5": tracked["md5"],
+            "files": files,
+        }
         raw_files.update({f["path"]: f for f in files})
 
     stages = []
@@ -448,31 +485,37 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
         manifest = json.loads(manifest_bytes)
         manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
         if index > 0 and manifest.get("input_manifest_sha256") != previous_manifest_sha:
-            raise ReleaseError(f"release: stage {name!r} read an input manifest "
-                               f"{manifest.get('input_manifest_sha256')} but {pipeline.stage_names[index - 1]!r} "
-                               f"has {previous_manifest_sha}")
+            raise ReleaseError(
+                f"release: stage {name!r} read an input manifest "
+                f"{manifest.get('input_manifest_sha256')} but {pipeline.stage_names[index - 1]!r} "
+                f"has {previous_manifest_sha}"
+            )
         if index == 0:
             unknown = [p["input"] for p in manifest["parts"] if p["input"] not in raw_files]
             if unknown:
-                raise ReleaseError(f"release: stage {name!r} read files that are not in the source snapshot: {unknown[:5]}")
+                raise ReleaseError(
+                    f"release: stage {name!r} read files that are not in the source snapshot: {unknown[:5]}"
+                )
         timings_path = workspace / TIMINGS_DIR / f"{name}.json"
-        stages.append({
-            "stage": name,
-            "cmd": locked["cmd"],
-            "deps": [{"path": d["path"], "md5": d["md5"]} for d in locked.get("deps", [])],
-            "params": manifest["params"],
-            "input": manifest["input"],
-            "input_manifest_sha256": manifest.get("input_manifest_sha256"),
-            "output": stage_out(name),
-            "dvc_md5": locked["outs"][0]["md5"],
-            "manifest_sha256": manifest_sha,
-            "counts": manifest["counts"],
-            "drop_reasons": manifest["drop_reasons"],
-            "quarantine_reasons": manifest["quarantine_reasons"],
-            "metrics": manifest.get("metrics", {}),
-            "parts": manifest["parts"],
-            "timings": json.loads(timings_path.read_text()) if timings_path.exists() else None,
-        })
+        stages.append(
+            {
+                "stage": name,
+                "cmd": locked["cmd"],
+                "deps": [{"path": d["path"], "md5": d["md5"]} for d in locked.get("deps", [])],
+                "params": manifest["params"],
+                "input": manifest["input"],
+                "input_manifest_sha256": manifest.get("input_manifest_sha256"),
+                "output": stage_out(name),
+                "dvc_md5": locked["outs"][0]["md5"],
+                "manifest_sha256": manifest_sha,
+                "counts": manifest["counts"],
+                "drop_reasons": manifest["drop_reasons"],
+                "quarantine_reasons": manifest["quarantine_reasons"],
+                "metrics": manifest.get("metrics", {}),
+                "parts": manifest["parts"],
+                "timings": json.loads(timings_path.read_text()) if timings_path.exists() else None,
+            }
+        )
         previous_manifest_sha = manifest_sha
 
     final = pipeline.stage_names[-1]
@@ -487,13 +530,21 @@ def release_manifest(pipeline: Pipeline, config: ReleaseConfig, source_run_id: s
         "tamis_version": __version__,
         "run_id": run_id,
         "source_run_id": source_run_id,
-        "dvc": {"remote": config.remote, "lock_sha256": lock_sha256, "lock": lock,
-                "pipeline_yaml_sha256": sha256_file(workspace / PIPELINE_FILE)},
+        "dvc": {
+            "remote": config.remote,
+            "lock_sha256": lock_sha256,
+            "lock": lock,
+            "pipeline_yaml_sha256": sha256_file(workspace / PIPELINE_FILE),
+        },
         "sources": sources,
         "stages": stages,
         "source_run": source_run,
         "gates": gate_results(workspace, pipeline.stage_names),
-        "final": {"stage": final, "path": stage_out(final), "files": file_entries(workspace / stage_out(final), workspace)},
+        "final": {
+            "stage": final,
+            "path": stage_out(final),
+            "files": file_entries(workspace / stage_out(final), workspace),
+        },
         "contents": release_contents(workspace, lock, final, pipeline.stage_names),
         "config": clone_config(pipeline, sources),
     }
@@ -509,11 +560,15 @@ def release_contents(workspace: Path, lock: dict[str, Any], final: str, stage_na
     files = []
     for stage in datasets:
         out = lock["stages"][stage]["outs"][0]
-        md5_of = {entry["relpath"]: entry["md5"] for entry in json.loads(_cache_object(workspace, out["md5"]).read_text())}
+        md5_of = {
+            entry["relpath"]: entry["md5"] for entry in json.loads(_cache_object(workspace, out["md5"]).read_text())
+        }
         for entry in file_entries(workspace / stage_out(stage), workspace):
-            relpath = entry["path"][len(stage_out(stage)) + 1:]
+            relpath = entry["path"][len(stage_out(stage)) + 1 :]
             if relpath not in md5_of:
-                raise ReleaseError(f"release: {entry['path']} is not in the DVC output of stage {stage!r}; run `dvc repro`")
+                raise ReleaseError(
+                    f"release: {entry['path']} is not in the DVC output of stage {stage!r}; run `dvc repro`"
+                )
             files.append({**entry, "md5": md5_of[relpath]})
     return {"datasets": datasets, "files": files, "bytes": sum(f["bytes"] for f in files)}
 
@@ -560,7 +615,9 @@ def gate_results(workspace: Path, stage_names: list[str]) -> dict[str, Any]:
     for stage in stage_names:
         path = workspace / GATES_DIR / f"{stage}.json"
         result = json.loads(path.read_text()) if path.exists() else None
-        results[stage] = None if result is None else {k: result.get(k) for k in ("success", "evaluated", "failed", "facts")}
+        results[stage] = (
+            None if result is None else {k: result.get(k) for k in ("success", "evaluated", "failed", "facts")}
+        )
     return results
 
 
@@ -577,8 +634,10 @@ def clone_config(pipeline: Pipeline, sources: dict[str, Any]) -> dict[str, Any]:
         if commit:
             entry["revision"] = commit
         config["sources"][name] = entry
-    config["stages"] = [{"name": spec.name, "type": spec.type, "params": pipeline.stage(spec.name).params.model_dump(mode="json")}
-                        for spec in pipeline.stages]
+    config["stages"] = [
+        {"name": spec.name, "type": spec.type, "params": pipeline.stage(spec.name).params.model_dump(mode="json")}
+        for spec in pipeline.stages
+    ]
     if pipeline.gates:
         config["gates"] = pipeline.gates
     return config
@@ -601,8 +660,9 @@ def compare_with_run(pipeline: Pipeline, run_id: str, stages: list[dict[str, Any
     return {"run": pipeline.run_url(run_id), "identical_parts": identical}
 
 
-def write_release(pipeline: Pipeline, config: ReleaseConfig, source_run_id: str | None = None,
-                  run_id: str | None = None) -> dict[str, Any]:
+def write_release(
+    pipeline: Pipeline, config: ReleaseConfig, source_run_id: str | None = None, run_id: str | None = None
+) -> dict[str, Any]:
     """Write the release manifest into the workspace and, with the files that restore the
     version, to ``<remote>/releases/<version>/``."""
     from tamis import storage
@@ -614,10 +674,20 @@ def write_release(pipeline: Pipeline, config: ReleaseConfig, source_run_id: str 
     target = storage.join(config.remote_url, "releases", manifest["version"])
     fs, root = remote_filesystem(config, target)
     fs.makedirs(root, exist_ok=True)
-    fs.pipe({f"{root}/{RELEASE_FILE}": body,
-             **{f"{root}/{name}": (workspace / name).read_bytes() for name in (DVC_FILE, LOCK_FILE, PIPELINE_FILE)}})
-    log.info("release %s: %d stages, final %s (%d files), manifest at %s", manifest["version"], len(manifest["stages"]),
-             manifest["final"]["path"], len(manifest["final"]["files"]), target)
+    fs.pipe(
+        {
+            f"{root}/{RELEASE_FILE}": body,
+            **{f"{root}/{name}": (workspace / name).read_bytes() for name in (DVC_FILE, LOCK_FILE, PIPELINE_FILE)},
+        }
+    )
+    log.info(
+        "release %s: %d stages, final %s (%d files), manifest at %s",
+        manifest["version"],
+        len(manifest["stages"]),
+        manifest["final"]["path"],
+        len(manifest["final"]["files"]),
+        target,
+    )
     return manifest
 
 
@@ -634,8 +704,13 @@ def remote_filesystem(config: ReleaseConfig, url: str):
     return url_to_fs(url, **options)
 
 
-def release(pipeline: Pipeline, config: ReleaseConfig, force: bool = False,
-            source_run_id: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+def release(
+    pipeline: Pipeline,
+    config: ReleaseConfig,
+    force: bool = False,
+    source_run_id: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     """Every step in order: prepare the workspace, ``dvc repro``, ``dvc push``, the manifest."""
     workspace = prepare_workspace(pipeline, config)
     repro(workspace, force=force)
@@ -645,16 +720,21 @@ def release(pipeline: Pipeline, config: ReleaseConfig, force: bool = False,
 
 # --- command line ------------------------------------------------------------------------------
 
+
 def add_release_commands(subparsers: argparse._SubParsersAction) -> None:
     """``tamis release <step>``: the steps of the dataset_release DAG, and ``all`` of them."""
-    parser = subparsers.add_parser("release", help="version a pipeline's datasets with DVC and write a release manifest")
+    parser = subparsers.add_parser(
+        "release", help="version a pipeline's datasets with DVC and write a release manifest"
+    )
     steps = parser.add_subparsers(required=True, dest="release_step")
-    for step, help_text in (("prepare", "create or update the DVC workspace: sources, pipeline.yaml, dvc.yaml"),
-                            ("repro", "dvc repro: rerun the stages whose inputs or params changed"),
-                            ("push", "dvc push to the release remote"),
-                            ("manifest", "write the release manifest (lineage, dvc.lock) to the workspace and remote"),
-                            ("all", "prepare, repro, push and manifest in one go"),
-                            ("preheat", "copy a release from the remote to the hot location, verify it, mark it ready")):
+    for step, help_text in (
+        ("prepare", "create or update the DVC workspace: sources, pipeline.yaml, dvc.yaml"),
+        ("repro", "dvc repro: rerun the stages whose inputs or params changed"),
+        ("push", "dvc push to the release remote"),
+        ("manifest", "write the release manifest (lineage, dvc.lock) to the workspace and remote"),
+        ("all", "prepare, repro, push and manifest in one go"),
+        ("preheat", "copy a release from the remote to the hot location, verify it, mark it ready"),
+    ):
         sub = steps.add_parser(step, help=help_text)
         sub.add_argument("--pipeline", default="default", help="pipeline name under include/pipelines or a YAML path")
         sub.add_argument("--workspace", help="local folder of the DVC repository (default: release.workspace)")
@@ -665,7 +745,9 @@ def add_release_commands(subparsers: argparse._SubParsersAction) -> None:
             sub.add_argument("--version", help="the release to preheat (default: the workspace's last release)")
             sub.add_argument("--hot", help="the hot location, a local folder or mounted volume (default: release.hot)")
         if step in ("manifest", "all"):
-            sub.add_argument("--source-run-id", help="the corpus run whose update triggered this release, for the record")
+            sub.add_argument(
+                "--source-run-id", help="the corpus run whose update triggered this release, for the record"
+            )
             sub.add_argument("--run-id", help="the orchestrator run making this release, for the record")
         sub.set_defaults(func=_cmd_release)
     seal_parser = steps.add_parser("seal", help="move a stage output's timings out of it (run by dvc.yaml)")
@@ -678,8 +760,9 @@ def _cmd_release(args: argparse.Namespace) -> int:
     from tamis.pipeline import load_pipeline
 
     pipeline = load_pipeline(args.pipeline)
-    config = release_config(pipeline, {"workspace": args.workspace, "remote": args.remote,
-                                       "hot": getattr(args, "hot", None)})
+    config = release_config(
+        pipeline, {"workspace": args.workspace, "remote": args.remote, "hot": getattr(args, "hot", None)}
+    )
     step = args.release_step
     try:
         _run_step(step, args, pipeline, config)
@@ -704,13 +787,22 @@ def _run_step(step: str, args: argparse.Namespace, pipeline: Pipeline, config: R
         print(json.dumps(preheat(config, version)))
     else:
         if step == "all":
-            manifest = release(pipeline, config, force=args.force, source_run_id=args.source_run_id or None,
-                               run_id=args.run_id or None)
+            manifest = release(
+                pipeline, config, force=args.force, source_run_id=args.source_run_id or None, run_id=args.run_id or None
+            )
         else:
             manifest = write_release(pipeline, config, args.source_run_id or None, args.run_id or None)
         track(pipeline, config, manifest)
-        print(json.dumps({"version": manifest["version"], "remote": config.remote,
-                          "final": manifest["final"]["path"], "lock_sha256": manifest["dvc"]["lock_sha256"]}))
+        print(
+            json.dumps(
+                {
+                    "version": manifest["version"],
+                    "remote": config.remote,
+                    "final": manifest["final"]["path"],
+                    "lock_sha256": manifest["dvc"]["lock_sha256"],
+                }
+            )
+        )
 
 
 def track(pipeline: Pipeline, config: ReleaseConfig, manifest: dict[str, Any]) -> None:

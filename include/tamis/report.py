@@ -51,8 +51,11 @@ def stage_status(stage_url: str) -> dict[str, Any]:
     commits = storage.join(stage_url, "_commits")
     _, commits_path = storage.filesystem(commits)
     committed = len([p for p in fs.glob(f"{commits_path}/*.json")]) if fs.exists(commits_path) else 0
-    return {"status": "incomplete", "committed_shards": committed,
-            "message": f"no {MANIFEST} yet: {committed} shard(s) committed (still running, or stopped before the end)"}
+    return {
+        "status": "incomplete",
+        "committed_shards": committed,
+        "message": f"no {MANIFEST} yet: {committed} shard(s) committed (still running, or stopped before the end)",
+    }
 
 
 def run_exists(run_url: str) -> bool:
@@ -73,15 +76,17 @@ def run_report(run_url: str, stage_names: list[str]) -> dict[str, Any]:
         if status["status"] == "done":
             m = status["manifest"]
             counts = m.get("counts", {})
-            entry.update({
-                "counts": {k: int(counts.get(k, 0)) for k in ("in", "kept", "dropped", "quarantined")},
-                "drop_reasons": dict(m.get("drop_reasons", {})),
-                "quarantine_reasons": dict(m.get("quarantine_reasons", {})),
-                "pii": pii_counts(m),
-                "elapsed_s": m.get("elapsed_s"),
-                "docs_per_s": m.get("docs_per_s"),
-                "finished_at": m.get("finished_at"),
-            })
+            entry.update(
+                {
+                    "counts": {k: int(counts.get(k, 0)) for k in ("in", "kept", "dropped", "quarantined")},
+                    "drop_reasons": dict(m.get("drop_reasons", {})),
+                    "quarantine_reasons": dict(m.get("quarantine_reasons", {})),
+                    "pii": pii_counts(m),
+                    "elapsed_s": m.get("elapsed_s"),
+                    "docs_per_s": m.get("docs_per_s"),
+                    "finished_at": m.get("finished_at"),
+                }
+            )
         entry["gate"] = gate_result(url)
         stages.append(entry)
     done = [s for s in stages if s["status"] == "done"]
@@ -101,8 +106,9 @@ def funnel(report: dict[str, Any]) -> list[dict[str, Any]]:
         if s["status"] != "done":
             continue
         c = s["counts"]
-        rows.append({"stage": s["stage"], **c,
-                     "drop_rate": (c["dropped"] + c["quarantined"]) / c["in"] if c["in"] else 0.0})
+        rows.append(
+            {"stage": s["stage"], **c, "drop_rate": (c["dropped"] + c["quarantined"]) / c["in"] if c["in"] else 0.0}
+        )
     return rows
 
 
@@ -137,14 +143,16 @@ def gate_result(stage_url: str) -> dict[str, Any] | None:
         for e in suite.get("expectations", []):
             kwargs = {k: v for k, v in (e.get("kwargs") or {}).items() if k != "batch_id"}
             result = e.get("result") or {}
-            expectations.append({
-                "suite": suite.get("expectation_suite_name") or suite.get("name") or "",
-                "expectation": e.get("expectation_type") or e.get("type") or "",
-                "kwargs": kwargs,
-                "success": bool(e.get("success")),
-                "unexpected_count": result.get("unexpected_count"),
-                "observed_value": _scalar(result.get("observed_value")),
-            })
+            expectations.append(
+                {
+                    "suite": suite.get("expectation_suite_name") or suite.get("name") or "",
+                    "expectation": e.get("expectation_type") or e.get("type") or "",
+                    "kwargs": kwargs,
+                    "success": bool(e.get("success")),
+                    "unexpected_count": result.get("unexpected_count"),
+                    "observed_value": _scalar(result.get("observed_value")),
+                }
+            )
     return {
         "success": bool(raw.get("success")),
         "evaluated": int(raw.get("evaluated", len(expectations))),
@@ -243,8 +251,15 @@ def _parts_dataset(stage_url: str) -> pads.Dataset:
     return pads.dataset([storage.filesystem(s.url)[1] for s in shards], format="parquet", filesystem=fs)
 
 
-def find_records(stage_url: str, record_id: str | None = None, source: str | None = None,
-                 lang: str | None = None, limit: int = 25, text_chars: int = 600, offset: int = 0) -> dict[str, Any]:
+def find_records(
+    stage_url: str,
+    record_id: str | None = None,
+    source: str | None = None,
+    lang: str | None = None,
+    limit: int = 25,
+    text_chars: int = 600,
+    offset: int = 0,
+) -> dict[str, Any]:
     """Records of a finished stage by id, or filtered by source and language, for a stage no
     index covers (:func:`indexed_records` reads through one).
 
@@ -270,8 +285,12 @@ def find_records(stage_url: str, record_id: str | None = None, source: str | Non
         if isinstance(text, str):
             row["text_chars"] = len(text)
             row["text"] = text if len(text) <= text_chars else text[:text_chars] + " …"
-    return {"columns": shown, "rows": rows, "message": None if rows else "no record matches",
-            "next_offset": offset + limit if table.num_rows > offset + limit else None}
+    return {
+        "columns": shown,
+        "rows": rows,
+        "message": None if rows else "no record matches",
+        "next_offset": offset + limit if table.num_rows > offset + limit else None,
+    }
 
 
 def texts_by_id(stage_url: str, ids: list[str], chars: int = 300) -> dict[str, str]:
@@ -309,13 +328,19 @@ def cluster_samples(stage_url: str, limit: int = 8, chars: int = 300) -> dict[st
     for r in rows:
         dup = r["duplicate_ids"][0] if r.get("duplicate_ids") else None
         pair = next((p for p in (r.get("sample_pairs") or []) if p.get("id_b") == dup), None)
-        out.append({
-            "survivor_id": r["survivor_id"], "size": int(r["size"]),
-            "duplicate_ids": list(r.get("duplicate_ids") or [])[:10],
-            "similarity": None if pair is None or pair.get("similarity") is None else round(float(pair["similarity"]), 3),
-            "survivor_text": texts.get(r["survivor_id"], ""),
-            "duplicate_id": dup, "duplicate_text": texts.get(dup, "") if dup else "",
-        })
+        out.append(
+            {
+                "survivor_id": r["survivor_id"],
+                "size": int(r["size"]),
+                "duplicate_ids": list(r.get("duplicate_ids") or [])[:10],
+                "similarity": None
+                if pair is None or pair.get("similarity") is None
+                else round(float(pair["similarity"]), 3),
+                "survivor_text": texts.get(r["survivor_id"], ""),
+                "duplicate_id": dup,
+                "duplicate_text": texts.get(dup, "") if dup else "",
+            }
+        )
     return {"clusters": out, "total_clusters": total, "duplicates": duplicates}
 
 
@@ -345,7 +370,7 @@ def parse_detail(detail: str | None) -> tuple[str, tuple[int, int] | None]:
     if match is None:
         return detail, None
     start, end = int(match.group(1)), int(match.group(2))
-    rest = (detail[: match.start()] + detail[match.end():]).strip(" ;,")
+    rest = (detail[: match.start()] + detail[match.end() :]).strip(" ;,")
     return rest, (start, end) if end >= start else None
 
 
@@ -364,8 +389,14 @@ def snippet(text: str, span: tuple[int, int] | None, chars: int = SNIPPET_CHARS)
     start, end = max(0, min(span[0], len(text))), max(0, min(span[1], len(text)))
     margin = max((chars - (end - start)) // 2, 80)
     lo, hi = max(0, start - margin), min(len(text), end + margin)
-    return {"before": text[lo:start], "match": text[start:end], "after": text[end:hi], "start": lo,
-            "cut_end": hi < len(text), "chars": len(text)}
+    return {
+        "before": text[lo:start],
+        "match": text[start:end],
+        "after": text[end:hi],
+        "start": lo,
+        "cut_end": hi < len(text),
+        "chars": len(text),
+    }
 
 
 def _side_files(stage_url: str, folder: str, parts: list[str]) -> list[tuple[str, str]]:
@@ -383,8 +414,9 @@ def _part_names(manifest: dict[str, Any]) -> list[str]:
     return [p["name"] for p in manifest.get("parts", [])]
 
 
-def _scan_side(stage_url: str, folder: str, columns: list[str], condition, offset: int, limit: int,
-               manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+def _scan_side(
+    stage_url: str, folder: str, columns: list[str], condition, offset: int, limit: int, manifest: dict[str, Any]
+) -> tuple[list[dict[str, Any]], bool]:
     """Rows of the ``_dropped`` or ``_quarantine`` tables matching ``condition``, part by part in
     manifest order, from ``offset``; reads no further than the page (and one row more) needs."""
     fs, _ = storage.filesystem(stage_url)
@@ -430,13 +462,17 @@ def _texts_by_part(dataset_url: str | None, rows: list[dict[str, Any]]) -> dict[
     return texts
 
 
-def dropped_examples(stage_url: str, rule: str | None, offset: int = 0, limit: int = EXAMPLES_PER_PAGE) -> dict[str, Any]:
+def dropped_examples(
+    stage_url: str, rule: str | None, offset: int = 0, limit: int = EXAMPLES_PER_PAGE
+) -> dict[str, Any]:
     """The documents ``rule`` (None: any rule) dropped in a finished stage, a page at a time,
     each with the rule's detail and its text as the stage read it (the triggering span
     marked). A PII stage's drops are listed without text."""
     manifest = Dataset(stage_url).manifest()
     condition = None if rule is None else pads.field("reason") == rule
-    rows, more = _scan_side(stage_url, "_dropped", ["id", "source", "reason", "detail"], condition, offset, limit, manifest)
+    rows, more = _scan_side(
+        stage_url, "_dropped", ["id", "source", "reason", "detail"], condition, offset, limit, manifest
+    )
     hidden = handles_pii(manifest)
     texts = {} if hidden else _texts_by_part(manifest.get("input"), rows)
     for row in rows:
@@ -444,20 +480,40 @@ def dropped_examples(stage_url: str, rule: str | None, offset: int = 0, limit: i
         text = texts.get(row["id"])
         row["snippet"] = snippet(text, span) if text is not None else None
         row["span"] = span
-    return {"stage": manifest.get("stage"), "rule": rule, "kind": "dropped",
-            "total": int(manifest["counts"]["dropped"] if rule is None else manifest.get("drop_reasons", {}).get(rule, 0)),
-            "offset": offset, "rows": rows, "next_offset": offset + limit if more else None, "text_hidden": hidden,
-            "duplicate": rule in ((manifest.get("declares") or {}).get("duplicate_reasons") or [])}
+    return {
+        "stage": manifest.get("stage"),
+        "rule": rule,
+        "kind": "dropped",
+        "total": int(manifest["counts"]["dropped"] if rule is None else manifest.get("drop_reasons", {}).get(rule, 0)),
+        "offset": offset,
+        "rows": rows,
+        "next_offset": offset + limit if more else None,
+        "text_hidden": hidden,
+        "duplicate": rule in ((manifest.get("declares") or {}).get("duplicate_reasons") or []),
+    }
 
 
 def quarantine_examples(stage_url: str, rule: str, offset: int = 0, limit: int = EXAMPLES_PER_PAGE) -> dict[str, Any]:
     """What a stage quarantined for ``rule``: file, line, detail and the short sample it kept."""
     manifest = Dataset(stage_url).manifest()
-    rows, more = _scan_side(stage_url, "_quarantine", ["source_file", "line", "id", "reason", "detail", "sample"],
-                            pads.field("reason") == rule, offset, limit, manifest)
-    return {"stage": manifest.get("stage"), "rule": rule, "kind": "quarantined",
-            "total": int(manifest.get("quarantine_reasons", {}).get(rule, 0)), "offset": offset, "rows": rows,
-            "next_offset": offset + limit if more else None}
+    rows, more = _scan_side(
+        stage_url,
+        "_quarantine",
+        ["source_file", "line", "id", "reason", "detail", "sample"],
+        pads.field("reason") == rule,
+        offset,
+        limit,
+        manifest,
+    )
+    return {
+        "stage": manifest.get("stage"),
+        "rule": rule,
+        "kind": "quarantined",
+        "total": int(manifest.get("quarantine_reasons", {}).get(rule, 0)),
+        "offset": offset,
+        "rows": rows,
+        "next_offset": offset + limit if more else None,
+    }
 
 
 def mask_pattern(manifest: dict[str, Any]) -> re.Pattern | None:
@@ -490,8 +546,15 @@ def pii_examples(stage_url: str, entity: str, offset: int = 0, limit: int = EXAM
     columns = dataset.column_names()
     total = int(manifest.get("metrics", {}).get(f"pii.entity.{entity}", 0))
     if "pii_types" not in columns or "text" not in columns:
-        return {"stage": manifest.get("stage"), "entity": entity, "total": total, "rows": [], "offset": offset,
-                "next_offset": None, "message": "this stage's records do not say which PII types they hold"}
+        return {
+            "stage": manifest.get("stage"),
+            "entity": entity,
+            "total": total,
+            "rows": [],
+            "offset": offset,
+            "next_offset": None,
+            "message": "this stage's records do not say which PII types they hold",
+        }
     pattern = mask_pattern(manifest)
     with_spans = "pii_spans" in columns
     wanted = [c for c in ("id", "source", "pii_count", "pii_types", "text", "pii_spans") if c in columns]
@@ -510,7 +573,9 @@ def pii_examples(stage_url: str, entity: str, offset: int = 0, limit: int = EXAM
             if len(rows) == limit:
                 more = True
                 break
-            text = redact_spans(row.pop("text") or "", row.pop("pii_spans", None)) if with_spans else row.pop("text") or ""
+            text = (
+                redact_spans(row.pop("text") or "", row.pop("pii_spans", None)) if with_spans else row.pop("text") or ""
+            )
             if not with_spans and pattern is None:
                 text = None  # neither masked nor flagged: the text may hold the values
             marks = [m.span() for m in pattern.finditer(text)] if text is not None and pattern else []
@@ -520,8 +585,15 @@ def pii_examples(stage_url: str, entity: str, offset: int = 0, limit: int = EXAM
             rows.append(row)
         if more:
             break
-    return {"stage": manifest.get("stage"), "entity": entity, "total": total, "rows": rows, "offset": offset,
-            "next_offset": offset + limit if more else None, "message": None}
+    return {
+        "stage": manifest.get("stage"),
+        "entity": entity,
+        "total": total,
+        "rows": rows,
+        "offset": offset,
+        "next_offset": offset + limit if more else None,
+        "message": None,
+    }
 
 
 _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
@@ -555,7 +627,7 @@ def _word_changes(a: str, b: str, window: int = 200, anchor: int = 3) -> list[tu
     anchors: dict[tuple[str, ...], list[int]] = {}
     for size in (anchor, 1):  # one word agreeing is the fallback near the end of a text
         for k in range(len(tb) - size + 1):
-            anchors.setdefault(tuple(tb[k:k + size]), []).append(k)
+            anchors.setdefault(tuple(tb[k : k + size]), []).append(k)
     out: list[tuple[str, str, str]] = []
     i = j = 0
     while i < len(ta) and j < len(tb):
@@ -570,7 +642,7 @@ def _word_changes(a: str, b: str, window: int = 200, anchor: int = 3) -> list[tu
         step = _resync(ta, i, j, anchors, window, anchor) or _resync(ta, i, j, anchors, window, 1)
         if step is None:
             break
-        out.append(_edit(ta[i:i + step[0]], tb[j:j + step[1]]))
+        out.append(_edit(ta[i : i + step[0]], tb[j : j + step[1]]))
         i, j = i + step[0], j + step[1]
     if i < len(ta) or j < len(tb):
         out.append(_edit(ta[i:], tb[j:]))
@@ -585,7 +657,7 @@ def _resync(ta: list[str], i: int, j: int, anchors: dict, window: int, anchor: i
     for di in range(min(window, len(ta) - i - anchor + 1)):
         if best is not None and di >= sum(best):
             break
-        places = anchors.get(tuple(ta[i + di:i + di + anchor]))
+        places = anchors.get(tuple(ta[i + di : i + di + anchor]))
         if not places:
             continue
         k = bisect_left(places, j)
@@ -599,8 +671,9 @@ def _edit(removed: list[str], added: list[str]) -> tuple[str, str, str]:
     return (op, "".join(removed), "".join(added))
 
 
-def text_diff(before: str, after: str, redact_changed: bool = False, context: int = DIFF_CONTEXT,
-              chars: int = DIFF_CHARS) -> dict[str, Any]:
+def text_diff(
+    before: str, after: str, redact_changed: bool = False, context: int = DIFF_CONTEXT, chars: int = DIFF_CHARS
+) -> dict[str, Any]:
     """What a stage changed in a text: both sides as runs of (same | changed, text), word by
     word, with long unchanged stretches cut to ``context`` characters around each change, and
     at most ``chars`` characters a side. With ``redact_changed`` the changed runs of
@@ -667,8 +740,13 @@ def changed_examples(stage_url: str, offset: int = 0, limit: int = 10) -> dict[s
     pii = handles_pii(manifest)
     rows: list[dict[str, Any]] = []
     if not input_url or not Dataset(input_url).is_complete():
-        return {"stage": manifest.get("stage"), "rows": [], "offset": offset, "next_offset": None,
-                "message": "this stage has no dataset as input"}
+        return {
+            "stage": manifest.get("stage"),
+            "rows": [],
+            "offset": offset,
+            "next_offset": None,
+            "message": "this stage has no dataset as input",
+        }
     seen = 0
     for part in _part_names(manifest):
         after = _read_texts(stage_url, part)
@@ -686,8 +764,14 @@ def changed_examples(stage_url: str, offset: int = 0, limit: int = 10) -> dict[s
         seen += differs.num_rows
         if len(rows) > limit:
             break
-    return {"stage": manifest.get("stage"), "rows": rows[:limit], "offset": offset,
-            "next_offset": offset + limit if len(rows) > limit else None, "message": None, "redacted": pii}
+    return {
+        "stage": manifest.get("stage"),
+        "rows": rows[:limit],
+        "offset": offset,
+        "next_offset": offset + limit if len(rows) > limit else None,
+        "message": None,
+        "redacted": pii,
+    }
 
 
 def _read_texts(dataset_url: str, part: str) -> pa.Table | None:
@@ -747,11 +831,21 @@ def cluster_members(stage_url: str, survivor_id: str, limit: int = 12, chars: in
     rows = []
     for i, member in enumerate(shown):
         similarity = estimated[i] if estimated is not None and estimated[i] is not None else sampled.get(member)
-        rows.append({"id": member, "part": located.get(member), "similarity": None if similarity is None else round(float(similarity), 3),
-                     "text": (texts.get(member) or "")[:chars]})
-    return {"stage": manifest.get("stage"), "survivor": {"id": survivor, "part": survivor_part,
-                                                         "text": (texts.get(survivor) or "")[:chars]},
-            "size": int(cluster["size"]), "members": rows, "more_members": max(len(members) - len(shown), 0)}
+        rows.append(
+            {
+                "id": member,
+                "part": located.get(member),
+                "similarity": None if similarity is None else round(float(similarity), 3),
+                "text": (texts.get(member) or "")[:chars],
+            }
+        )
+    return {
+        "stage": manifest.get("stage"),
+        "survivor": {"id": survivor, "part": survivor_part, "text": (texts.get(survivor) or "")[:chars]},
+        "size": int(cluster["size"]),
+        "members": rows,
+        "more_members": max(len(members) - len(shown), 0),
+    }
 
 
 def _dropped_parts(stage_url: str, manifest: dict[str, Any], ids: list[str]) -> dict[str, str]:
@@ -776,7 +870,9 @@ def _kept_part(stage_url: str, manifest: dict[str, Any], doc_id: str) -> str | N
     return None
 
 
-def _minhash_similarity(params: dict[str, Any], survivor: str | None, members: list[str | None]) -> list[float | None] | None:
+def _minhash_similarity(
+    params: dict[str, Any], survivor: str | None, members: list[str | None]
+) -> list[float | None] | None:
     """Estimated Jaccard of each member with the survivor, by the stage's own MinHash settings."""
     from tamis import minhash
 
@@ -784,9 +880,15 @@ def _minhash_similarity(params: dict[str, Any], survivor: str | None, members: l
     if survivor is None or not all(k in params for k in needed):
         return None
     try:
-        config = minhash.MinHashConfig(shingle=params["shingle"], ngram=int(params["ngram"]),
-                                       num_perm=int(params["num_perm"]), bands=1, rows=1, seed=int(params["seed"]),
-                                       lowercase=bool(params["lowercase"]))
+        config = minhash.MinHashConfig(
+            shingle=params["shingle"],
+            ngram=int(params["ngram"]),
+            num_perm=int(params["num_perm"]),
+            bands=1,
+            rows=1,
+            seed=int(params["seed"]),
+            lowercase=bool(params["lowercase"]),
+        )
     except (ValueError, TypeError):
         return None
     present = [i for i, m in enumerate(members) if m is not None]
@@ -861,9 +963,15 @@ def document_journey(run_url: str, stages: list[str], doc_id: str, part: str | N
             continue
         if kept is not None:
             text = kept.get("text") if isinstance(kept.get("text"), str) else None
-            step: dict[str, Any] = {"stage": name, "status": "kept", "record": {k: v for k, v in kept.items()
-                                                              if k not in ("text", "input_ids", "pii_spans")
-                                                              and not isinstance(v, (list, dict, bytes))}}
+            step: dict[str, Any] = {
+                "stage": name,
+                "status": "kept",
+                "record": {
+                    k: v
+                    for k, v in kept.items()
+                    if k not in ("text", "input_ids", "pii_spans") and not isinstance(v, (list, dict, bytes))
+                },
+            }
             if text is not None:
                 if "pii_spans" in kept:
                     text = redact_spans(text, kept.get("pii_spans"))
@@ -879,8 +987,16 @@ def document_journey(run_url: str, stages: list[str], doc_id: str, part: str | N
         dropped = read_part_rows(storage.join(url, "_dropped"), part, [doc_id]).get(doc_id)
         if dropped is not None:
             detail, span = parse_detail(dropped.get("detail"))
-            steps.append({"stage": name, "status": "dropped", "reason": dropped.get("reason"), "detail": detail,
-                          "span": span, "duplicate_of": _duplicate_of(manifest, dropped)})
+            steps.append(
+                {
+                    "stage": name,
+                    "status": "dropped",
+                    "reason": dropped.get("reason"),
+                    "detail": detail,
+                    "span": span,
+                    "duplicate_of": _duplicate_of(manifest, dropped),
+                }
+            )
             hide_all = hide_all or pii
             break
         steps.append({"stage": name, "status": "absent"})
@@ -896,8 +1012,13 @@ def document_journey(run_url: str, stages: list[str], doc_id: str, part: str | N
         if masked and step.get("text") is not None:
             step["text"] = redact_values(step["text"], masked)
         if masked and "diff" in step:
-            step["diff"] = {**step["diff"], **{side: [(kind, redact_values(t, masked)) for kind, t in step["diff"][side]]
-                                               for side in ("before", "after")}}
+            step["diff"] = {
+                **step["diff"],
+                **{
+                    side: [(kind, redact_values(t, masked)) for kind, t in step["diff"][side]]
+                    for side in ("before", "after")
+                },
+            }
     return {"id": doc_id, "part": part, "steps": steps, "found": bool(steps), "text_hidden": hide_all}
 
 
@@ -926,8 +1047,9 @@ def index_of(run_url: str, stages: list[str], stage: str) -> str | None:
     return None
 
 
-def indexed_records(index_url: str, filters: dict[str, str], offset: int = 0, limit: int = 25,
-                    text_chars: int = 600) -> dict[str, Any]:
+def indexed_records(
+    index_url: str, filters: dict[str, str], offset: int = 0, limit: int = 25, text_chars: int = 600
+) -> dict[str, Any]:
     """A page of records through an index: the filter runs on the index alone (DuckDB over
     ``metadata.parquet``), then the texts are read from the row groups the index points at,
     each row group once."""
@@ -945,7 +1067,9 @@ def indexed_records(index_url: str, filters: dict[str, str], offset: int = 0, li
         terms.append(f'"{column}" = \'' + value.replace("'", "''") + "'")
     shown = [c for c in ("id", "source", "date", "lang", "token_count", "url") if c in names]
     located = [c for c in LOCATION_COLUMNS if c in names]
-    found = lookup.query(index_url, " and ".join(terms) or "true", columns=shown + located, limit=limit + 1, offset=offset)
+    found = lookup.query(
+        index_url, " and ".join(terms) or "true", columns=shown + located, limit=limit + 1, offset=offset
+    )
     rows = found.slice(0, limit).to_pylist()
     texts = _texts_at(lookup.documents_url(index_url), rows) if len(located) == 3 else {}
     for row in rows:
@@ -956,8 +1080,12 @@ def indexed_records(index_url: str, filters: dict[str, str], offset: int = 0, li
             row["text_chars"] = len(text)
             row["text"] = text if len(text) <= text_chars else text[:text_chars] + " …"
     columns = shown + (["text"] if texts else [])
-    return {"columns": columns, "rows": rows, "next_offset": offset + limit if found.num_rows > limit else None,
-            "message": None if rows else "no record matches"}
+    return {
+        "columns": columns,
+        "rows": rows,
+        "next_offset": offset + limit if found.num_rows > limit else None,
+        "message": None if rows else "no record matches",
+    }
 
 
 def _texts_at(documents_url: str, rows: list[dict[str, Any]]) -> dict[str, str]:

@@ -109,15 +109,24 @@ def run_stage(
             pending = [s for s in pending if s.name in set(only_shards)]
         if step == "manifest":
             if pending:
-                raise StageError(f"{stage.name}: {len(pending)} shards are not committed yet, e.g. "
-                                 f"{', '.join(s.name for s in pending[:5])}; run them first")
+                raise StageError(
+                    f"{stage.name}: {len(pending)} shards are not committed yet, e.g. "
+                    f"{', '.join(s.name for s in pending[:5])}; run them first"
+                )
         work_url = storage.join(output_url, WORK_DIR)
         plan_metrics: dict[str, float] = {}
 
         with engine.running(stage) as run:
             if isinstance(stage, DatasetStage):
-                plan_metrics = _plan(stage, shards, work_url, engine, run, fingerprint,
-                                     may_plan=only_shards is None and step != "manifest")
+                plan_metrics = _plan(
+                    stage,
+                    shards,
+                    work_url,
+                    engine,
+                    run,
+                    fingerprint,
+                    may_plan=only_shards is None and step != "manifest",
+                )
                 if step == "plan":
                     return None
             elif step == "plan":
@@ -132,10 +141,14 @@ def run_stage(
                 shard = pending[failed.index]
                 if isinstance(failed.error, StageError):
                     raise failed.error from None
-                raise StageError(f"{stage.name}: shard {shard.name} ({shard.url}) failed: "
-                                 f"{type(failed.error).__name__}: {failed.error}") from failed.error
+                raise StageError(
+                    f"{stage.name}: shard {shard.name} ({shard.url}) failed: "
+                    f"{type(failed.error).__name__}: {failed.error}"
+                ) from failed.error
         if only_shards is not None:
-            log.info("%s: committed shards %s; the manifest is written by a run over all shards", stage.name, only_shards)
+            log.info(
+                "%s: committed shards %s; the manifest is written by a run over all shards", stage.name, only_shards
+            )
             return None
 
         manifest = _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics, fingerprint, started)
@@ -152,7 +165,9 @@ def _claim_output(stage: Stage, output_url: str, fingerprint: dict[str, Any], re
         # fingerprint between the two reads, and then the output is its, not a stranger's.
         found = _stored_fingerprint(output_url)
         if found is None and not rebuild:
-            raise StaleOutput(f"{stage.name}: {output_url} holds output without a fingerprint; use --rebuild to replace it")
+            raise StaleOutput(
+                f"{stage.name}: {output_url} holds output without a fingerprint; use --rebuild to replace it"
+            )
     if rebuild and found != fingerprint and _has_any_output(output_url):
         log.info("%s: %s was made by a different run; rebuilding it", stage.name, output_url)
         _clear_output(output_url)
@@ -160,7 +175,8 @@ def _claim_output(stage: Stage, output_url: str, fingerprint: dict[str, Any], re
     if found is not None and found != fingerprint:
         raise StaleOutput(
             f"{stage.name}: {output_url} was made by a different run ({describe_difference(found, fingerprint)}); "
-            "use a new --run-id or --output, or --rebuild to replace it")
+            "use a new --run-id or --output, or --rebuild to replace it"
+        )
     if found is None:
         storage.write_json_atomic(storage.join(output_url, FINGERPRINT), fingerprint, output_url)
     return Dataset(output_url).is_complete()
@@ -177,12 +193,18 @@ def _done(stage: Stage, manifest: dict[str, Any]) -> dict[str, Any]:
     c = manifest["counts"]
     log.info(
         "%s: done in %.1fs: in=%d kept=%d dropped=%d quarantined=%d",
-        stage.name, manifest["elapsed_s"], c["in"], c["kept"], c["dropped"], c["quarantined"],
+        stage.name,
+        manifest["elapsed_s"],
+        c["in"],
+        c["kept"],
+        c["dropped"],
+        c["quarantined"],
     )
     return manifest
 
 
 # --------------------------------------------------------------------------- fused stages
+
 
 class FusedStages(Stage):
     """Consecutive per-batch stages run in one pass over each shard: the first reads the
@@ -200,8 +222,15 @@ class FusedStages(Stage):
             stage.setup()
 
 
-def run_fused(stages: list[Stage], input_url: str | None, output_urls: list[str], engine: Engine | None = None,
-              workers: int = 1, rebuild: bool = False, progress_every_s: float = 10.0) -> list[dict[str, Any]]:
+def run_fused(
+    stages: list[Stage],
+    input_url: str | None,
+    output_urls: list[str],
+    engine: Engine | None = None,
+    workers: int = 1,
+    rebuild: bool = False,
+    progress_every_s: float = 10.0,
+) -> list[dict[str, Any]]:
     """Run per-batch ``stages`` (each reading the one before) fused: see :class:`FusedStages`.
     Returns their manifests, which are the ones separate runs would write."""
     if any(isinstance(stage, DatasetStage) for stage in stages):
@@ -243,8 +272,10 @@ def run_fused(stages: list[Stage], input_url: str | None, output_urls: list[str]
                     progress.shard_done(pending[index], commits[0])
             except TaskFailed as failed:
                 shard = pending[failed.index]
-                raise StageError(f"{fused.name}: shard {shard.name} ({shard.url}) failed: "
-                                 f"{type(failed.error).__name__}: {failed.error}") from failed.error
+                raise StageError(
+                    f"{fused.name}: shard {shard.name} ({shard.url}) failed: "
+                    f"{type(failed.error).__name__}: {failed.error}"
+                ) from failed.error
         manifests = []
         stage_input, stage_shards = input_url, shards
         for k, (stage, output_url) in enumerate(zip(stages, output_urls)):
@@ -254,13 +285,19 @@ def run_fused(stages: list[Stage], input_url: str | None, output_urls: list[str]
                 manifest_sha = hashlib.sha256(storage.read_bytes(previous.manifest_url)).hexdigest()
                 fingerprint = {**fingerprint, "input": {"manifest_sha256": manifest_sha}}
                 storage.write_json_atomic(storage.join(output_url, FINGERPRINT), fingerprint, output_url)
-            manifest = _manifest(stage, stage_input, output_url, stage_shards, stats[k], engine, {}, fingerprint, started)
+            manifest = _manifest(
+                stage, stage_input, output_url, stage_shards, stats[k], engine, {}, fingerprint, started
+            )
             manifest["fused_with"] = [s.name for s in stages]
             _finish(stage, output_url, manifest)
             manifests.append(manifest)
             stage_input = output_url
-            stage_shards = [InputShard(name=s.name, url=Dataset(output_url).part_url(s.name),
-                                       size_bytes=stats[k][s.name]["part"]["bytes"]) for s in shards]
+            stage_shards = [
+                InputShard(
+                    name=s.name, url=Dataset(output_url).part_url(s.name), size_bytes=stats[k][s.name]["part"]["bytes"]
+                )
+                for s in shards
+            ]
     return [_done(stage, manifest) for stage, manifest in zip(stages, manifests)]
 
 
@@ -290,6 +327,7 @@ def _fused_task(fused: FusedStages, task: tuple[InputShard, list[str]]) -> list[
 
 
 # --------------------------------------------------------------------------- fingerprints
+
 
 def stage_fingerprint(stage: Stage, input_url: str | None, output_url: str, shards: list[InputShard]) -> dict[str, Any]:
     """What made an output: the stage's type and code, its parameters, what else it depends
@@ -357,6 +395,7 @@ def _clear_output(output_url: str) -> None:
 
 # --------------------------------------------------------------------------- plan and shards
 
+
 def _plan(stage: DatasetStage, shards, work_url, engine, run, fingerprint, may_plan: bool) -> dict[str, float]:
     """The whole-dataset plan: reused when an earlier step of this run wrote it, else made."""
     marker = storage.join(work_url, PLAN_DONE)
@@ -366,8 +405,10 @@ def _plan(stage: DatasetStage, shards, work_url, engine, run, fingerprint, may_p
         if done.get("fingerprint") == key:
             return done.get("metrics", {})
     if not may_plan:
-        raise StageError(f"{stage.name}: a whole-dataset stage needs its plan before it runs shard by shard; "
-                         "run it with --plan-only first")
+        raise StageError(
+            f"{stage.name}: a whole-dataset stage needs its plan before it runs shard by shard; "
+            "run it with --plan-only first"
+        )
     started = time.time()
     planner = getattr(stage, "plan_spark", None) if engine.name == "spark" else None
     try:
@@ -375,8 +416,9 @@ def _plan(stage: DatasetStage, shards, work_url, engine, run, fingerprint, may_p
     except TaskFailed as failed:  # a map step of the plan: the stage's own error says what is wrong
         raise failed.error from None
     metrics = dict(sorted((metrics or {}).items()))
-    storage.write_json_atomic(marker, {"fingerprint": key, "metrics": metrics,
-                                       "elapsed_s": round(time.time() - started, 3)}, work_url)
+    storage.write_json_atomic(
+        marker, {"fingerprint": key, "metrics": metrics, "elapsed_s": round(time.time() - started, 3)}, work_url
+    )
     log.info("%s: planned in %.1fs", stage.name, time.time() - started)
     return metrics
 
@@ -430,7 +472,9 @@ class _ShardWriters:
         n_in = result.counted_in
         n_out = result.kept.num_rows + result.dropped.num_rows + result.quarantined.num_rows
         if n_in != n_out:
-            raise CountsDoNotReconcile(f"{stage.name}: shard {shard.name}: in={n_in} but kept+dropped+quarantined={n_out}")
+            raise CountsDoNotReconcile(
+                f"{stage.name}: shard {shard.name}: in={n_in} but kept+dropped+quarantined={n_out}"
+            )
         self.counts["in"] += n_in
         self.counts["kept"] += result.kept.num_rows
         self.counts["dropped"] += result.dropped.num_rows
@@ -452,8 +496,9 @@ class _ShardWriters:
         for writer in (self.kept, self.dropped, self.quarantined):
             writer.discard()
 
-    def commit(self, shard: InputShard, source_url: str, input_bytes: int, part: dict[str, Any] | None,
-               elapsed_s: float) -> dict[str, Any]:
+    def commit(
+        self, shard: InputShard, source_url: str, input_bytes: int, part: dict[str, Any] | None, elapsed_s: float
+    ) -> dict[str, Any]:
         commit = {
             "name": shard.name,
             "input": source_url,
@@ -548,7 +593,10 @@ def _value_counts(table: pa.Table, column: str) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- manifest
 
-def _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics, fingerprint, started) -> dict[str, Any]:
+
+def _manifest(
+    stage, input_url, output_url, shards, stats, engine, plan_metrics, fingerprint, started
+) -> dict[str, Any]:
     totals: Counter = Counter()
     drop_reasons: Counter = Counter()
     quarantine_reasons: Counter = Counter()
@@ -594,8 +642,12 @@ def _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics,
 
 def declarations(stage: Stage) -> dict[str, Any]:
     """What a stage declares about itself, recorded in its manifest for readers (metrics, report)."""
-    return {"kind": stage.kind, "reads_sources": stage.reads_sources, "joins_corpus": stage.joins_corpus,
-            "duplicate_reasons": list(stage.duplicate_reasons)}
+    return {
+        "kind": stage.kind,
+        "reads_sources": stage.reads_sources,
+        "joins_corpus": stage.joins_corpus,
+        "duplicate_reasons": list(stage.duplicate_reasons),
+    }
 
 
 class _Progress:
@@ -624,6 +676,11 @@ class _Progress:
         eta = (self.total_bytes - self.done_bytes) / rate_bytes if rate_bytes > 0 else 0.0
         log.info(
             "%s: %d/%d shards, %d docs, %.0f docs/s, %.1f MB/s, ETA %.0fs",
-            self.stage_name, self.done_shards, self.total_shards, self.docs,
-            self.docs / elapsed, rate_bytes / 1e6, eta,
+            self.stage_name,
+            self.done_shards,
+            self.total_shards,
+            self.docs,
+            self.docs / elapsed,
+            rate_bytes / 1e6,
+            eta,
         )

@@ -20,10 +20,12 @@ def pipeline_schema() -> dict[str, Any]:
         definitions.update(params.pop("$defs", {}))
         title = f"{type_name}_params"
         definitions[title] = params
-        variants.append({
-            "if": {"properties": {"type": {"const": type_name}}},
-            "then": {"properties": {"params": {"$ref": f"#/$defs/{title}"}}},
-        })
+        variants.append(
+            {
+                "if": {"properties": {"type": {"const": type_name}}},
+                "then": {"properties": {"params": {"$ref": f"#/$defs/{title}"}}},
+            }
+        )
     spec = definitions.get("StageSpec", {})
     spec["allOf"] = variants
     spec.setdefault("properties", {})["type"] = {

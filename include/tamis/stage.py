@@ -63,8 +63,11 @@ class PathParam:
 
     @staticmethod
     def looks_like_path(value: str) -> bool:
-        return value.startswith((".", "~", "/")) or value.endswith((".json", ".bin", ".ftz", ".txt", ".yaml")) \
+        return (
+            value.startswith((".", "~", "/"))
+            or value.endswith((".json", ".bin", ".ftz", ".txt", ".yaml"))
             or value.count("/") > 1
+        )
 
 
 LocalPath = Annotated[str, PathParam()]
@@ -104,7 +107,9 @@ class CorpusContext:
         return storage.join(self.url, "_index", stage_name)
 
 
-def split_by_reason(table: pa.Table, reasons: pa.Array | list, detail: pa.Array | list | None = None) -> tuple[pa.Table, pa.Table]:
+def split_by_reason(
+    table: pa.Table, reasons: pa.Array | list, detail: pa.Array | list | None = None
+) -> tuple[pa.Table, pa.Table]:
     """Split ``table`` into (kept, dropped): a null reason keeps the row."""
     reasons = pa.array(reasons, type=pa.string())
     drop_mask = pc.is_valid(reasons)
@@ -114,7 +119,11 @@ def split_by_reason(table: pa.Table, reasons: pa.Array | list, detail: pa.Array 
         details = pa.nulls(dropped_rows.num_rows, pa.string())
     else:
         details = pc.filter(pa.array(detail, type=pa.string()), drop_mask)
-    source = dropped_rows.column("source") if "source" in table.column_names else pa.nulls(dropped_rows.num_rows, pa.string())
+    source = (
+        dropped_rows.column("source")
+        if "source" in table.column_names
+        else pa.nulls(dropped_rows.num_rows, pa.string())
+    )
     dropped = pa.table(
         {
             "id": dropped_rows.column("id"),
@@ -127,7 +136,9 @@ def split_by_reason(table: pa.Table, reasons: pa.Array | list, detail: pa.Array 
     return kept, dropped
 
 
-def drop_listed_rows(shard: InputShard, rows: np.ndarray, details: list, reason: str) -> Iterator[tuple[pa.Table, BatchResult]]:
+def drop_listed_rows(
+    shard: InputShard, rows: np.ndarray, details: list, reason: str
+) -> Iterator[tuple[pa.Table, BatchResult]]:
     """Read ``shard`` batch by batch and drop the rows numbered ``rows`` (sorted, counted over
     the whole shard), each with its detail (e.g. the id of the copy that survives). Yields
     every input batch with its result; an empty shard yields one empty result."""
@@ -180,8 +191,12 @@ class Stage:
     # Default quality gate of its output, under the pipeline's gate settings.
     default_gate: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
-                 name: str | None = None):
+    def __init__(
+        self,
+        params: StageParams | dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        name: str | None = None,
+    ):
         if not isinstance(params, StageParams):
             params = self.Params(**(params or {}))
         self.params = params
@@ -266,8 +281,9 @@ def drop_plan_url(work_url: str, shard_name: str) -> str:
 
 def write_drop_plan(work_url: str, shard_name: str, rows: Any, details: Any) -> None:
     """The rows of a shard to drop (ascending row numbers) with each one's detail."""
-    plan = pa.table({"row": pa.array(rows, pa.int64()), "detail": pa.array(details, pa.string())},
-                    schema=DROP_PLAN_SCHEMA).sort_by("row")
+    plan = pa.table(
+        {"row": pa.array(rows, pa.int64()), "detail": pa.array(details, pa.string())}, schema=DROP_PLAN_SCHEMA
+    ).sort_by("row")
     sink = pa.BufferOutputStream()
     pq.write_table(plan, sink, compression="zstd")
     storage.write_bytes_atomic(drop_plan_url(work_url, shard_name), sink.getvalue().to_pybytes(), work_url)
@@ -295,8 +311,13 @@ class FunctionStage(Stage):
 
     Params = FunctionParams
 
-    def __init__(self, function: Callable[..., Any], params: dict[str, Any] | None = None,
-                 context: dict[str, Any] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        params: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        name: str | None = None,
+    ):
         import inspect
 
         super().__init__(params, context, name or function.__name__)
@@ -305,7 +326,9 @@ class FunctionStage(Stage):
         try:
             inspect.signature(function).bind(None, **kwargs)
         except TypeError as exc:
-            raise ValueError(f"{function.__module__}.{function.__qualname__} cannot take params {sorted(kwargs)}: {exc}") from None
+            raise ValueError(
+                f"{function.__module__}.{function.__qualname__} cannot take params {sorted(kwargs)}: {exc}"
+            ) from None
 
     def process_batch(self, table: pa.Table) -> BatchResult:
         reasons = self.function(table, **self.params.model_dump())
@@ -313,8 +336,10 @@ class FunctionStage(Stage):
             reasons = reasons.to_pylist()
         reasons = list(reasons)
         if len(reasons) != table.num_rows:
-            raise ValueError(f"stage {self.name!r}: {self.function.__qualname__} returned {len(reasons)} reasons "
-                             f"for {table.num_rows} rows")
+            raise ValueError(
+                f"stage {self.name!r}: {self.function.__qualname__} returned {len(reasons)} reasons "
+                f"for {table.num_rows} rows"
+            )
         bad = [r for r in reasons if r is not None and not isinstance(r, str)]
         if bad:
             raise ValueError(f"stage {self.name!r}: a reason must be a string or None, got {type(bad[0]).__name__}")

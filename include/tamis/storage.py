@@ -38,8 +38,11 @@ def storage_options(url: str) -> dict[str, Any]:
     # retries are off, so they do not multiply s3fs's).
     read_timeout = float(os.environ.get("TAMIS_S3_READ_TIMEOUT_S", "30"))
     options: dict[str, Any] = {
-        "config_kwargs": {"connect_timeout": min(5.0, read_timeout), "read_timeout": read_timeout,
-                          "retries": {"max_attempts": 1, "mode": "standard"}},
+        "config_kwargs": {
+            "connect_timeout": min(5.0, read_timeout),
+            "read_timeout": read_timeout,
+            "retries": {"max_attempts": 1, "mode": "standard"},
+        },
     }
     import s3fs
 
@@ -65,7 +68,7 @@ def check_reachable(url: str) -> None:
     is a clear error, so that no stage starts and nothing is half-published."""
     if not url.startswith("s3://"):
         return
-    bucket = url[len("s3://"):].split("/", 1)[0]
+    bucket = url[len("s3://") :].split("/", 1)[0]
     endpoint = s3_endpoint() or "the default AWS endpoint"
     fs, _ = filesystem(url)
     try:
@@ -73,7 +76,9 @@ def check_reachable(url: str) -> None:
     except FileNotFoundError:
         raise StorageError(f"S3 bucket {bucket!r} does not exist at {endpoint}") from None
     except PermissionError as exc:
-        raise StorageError(f"access to S3 bucket {bucket!r} at {endpoint} was denied; check the storage connection's credentials ({exc})") from None
+        raise StorageError(
+            f"access to S3 bucket {bucket!r} at {endpoint} was denied; check the storage connection's credentials ({exc})"
+        ) from None
     except Exception as exc:  # botocore's connection and credential errors share no base class worth naming
         raise StorageError(f"cannot use S3 bucket {bucket!r} at {endpoint}: {type(exc).__name__}: {exc}") from None
 

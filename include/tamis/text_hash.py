@@ -21,7 +21,9 @@ def string_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if len(values) == 0:
         return np.empty(0, np.uint64)
     sizes = pc.binary_length(values).to_numpy(zero_copy_only=False).astype(np.int64)
-    ends = np.searchsorted(np.cumsum(sizes), np.arange(CHUNK_BYTES, int(sizes.sum()) + CHUNK_BYTES, CHUNK_BYTES), side="right")
+    ends = np.searchsorted(
+        np.cumsum(sizes), np.arange(CHUNK_BYTES, int(sizes.sum()) + CHUNK_BYTES, CHUNK_BYTES), side="right"
+    )
     bounds = np.unique(np.concatenate([[0], np.minimum(ends, len(values)), [len(values)]]))
     out = []
     for start, end in pairwise(bounds):

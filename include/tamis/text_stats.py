@@ -24,16 +24,57 @@ import pyarrow.compute as pc
 NATIVE = Path(__file__).resolve().parent / "native"
 
 FLAG_NAMES = (
-    "space", "py_alpha", "unicode_punct", "letter", "word_char", "digit", "sentence_punct", "dt_punct",
-    "dt_terminal", "prefix", "suffix", "period_after", "alpha", "alpha_lower", "alpha_upper", "quote",
-    "icon", "unspaced", "nfc_unsafe",
+    "space",
+    "py_alpha",
+    "unicode_punct",
+    "letter",
+    "word_char",
+    "digit",
+    "sentence_punct",
+    "dt_punct",
+    "dt_terminal",
+    "prefix",
+    "suffix",
+    "period_after",
+    "alpha",
+    "alpha_lower",
+    "alpha_upper",
+    "quote",
+    "icon",
+    "unspaced",
+    "nfc_unsafe",
 )
 SIGNALS = (
-    "chars", "letters", "spaces", "unspaced_letters", "tokens", "words", "word_chars", "alpha_tokens",
-    "hashes", "ellipses", "gopher_lines", "bullet_lines", "ellipsis_lines", "stop_words",
-    "paragraphs", "dup_paragraphs", "dup_paragraph_chars", "lines", "dup_lines", "dup_line_chars",
-    "lorem_ipsum", "curly_bracket", "sentences", "notice_lines",
-    "fineweb_lines", "fineweb_punct_lines", "fineweb_short_lines", "fineweb_dup_chars", "newlines", "nfc_unsafe",
+    "chars",
+    "letters",
+    "spaces",
+    "unspaced_letters",
+    "tokens",
+    "words",
+    "word_chars",
+    "alpha_tokens",
+    "hashes",
+    "ellipses",
+    "gopher_lines",
+    "bullet_lines",
+    "ellipsis_lines",
+    "stop_words",
+    "paragraphs",
+    "dup_paragraphs",
+    "dup_paragraph_chars",
+    "lines",
+    "dup_lines",
+    "dup_line_chars",
+    "lorem_ipsum",
+    "curly_bracket",
+    "sentences",
+    "notice_lines",
+    "fineweb_lines",
+    "fineweb_punct_lines",
+    "fineweb_short_lines",
+    "fineweb_dup_chars",
+    "newlines",
+    "nfc_unsafe",
 )
 
 _p = ctypes.c_void_p
@@ -52,7 +93,26 @@ class _Native:
         lib = ctypes.CDLL(str(found[-1]))
         lib.tq_init.argtypes = [_p, _p, _p, _p, _p, _i64, _p, _p, _i64, _p, _p]
         lib.tq_init.restype = ctypes.c_int
-        lib.tq_signals.argtypes = [_i64, _p, _p, _p, _p, _p, _p, _p, _i32, _i32, _i32, _i32, _i32, _p, _i32, _p, _i32, _p]
+        lib.tq_signals.argtypes = [
+            _i64,
+            _p,
+            _p,
+            _p,
+            _p,
+            _p,
+            _p,
+            _p,
+            _i32,
+            _i32,
+            _i32,
+            _i32,
+            _i32,
+            _p,
+            _i32,
+            _p,
+            _i32,
+            _p,
+        ]
         lib.tq_signals.restype = _i64
         lib.tq_tokens.argtypes = [_p, _i64, ctypes.c_int, _p, _p, _p, _i64]
         lib.tq_tokens.restype = _i64
@@ -70,9 +130,19 @@ class _Native:
         patterns = [tables["matcher"].get(orth, []) for orth in specials]
         mt_pieces = np.array([n for p in patterns for n in p] or [0], np.int32)
         mt_off = np.concatenate([[0], np.cumsum([len(p) for p in patterns])]).astype(np.int64)
-        if lib.tq_init(flags.ctypes.data, sp_chars.ctypes.data, sp_off.ctypes.data, pieces.ctypes.data,
-                       piece_off.ctypes.data, len(specials), ad_chars.ctypes.data, ad_off.ctypes.data, len(ad_off) - 1,
-                       mt_pieces.ctypes.data, mt_off.ctypes.data):
+        if lib.tq_init(
+            flags.ctypes.data,
+            sp_chars.ctypes.data,
+            sp_off.ctypes.data,
+            pieces.ctypes.data,
+            piece_off.ctypes.data,
+            len(specials),
+            ad_chars.ctypes.data,
+            ad_off.ctypes.data,
+            len(ad_off) - 1,
+            mt_pieces.ctypes.data,
+            mt_off.ctypes.data,
+        ):
             raise MemoryError("tamis: error: the native text scanner could not allocate its tables")
         self.lib = lib
 
@@ -105,8 +175,18 @@ def scan(
     text = text.cast(pa.large_string())
     stops = _code_points([w for words in stop_lists for w in words])
     lang_first = np.concatenate([[0], np.cumsum([len(w) for w in stop_lists])]).astype(np.int64)
-    settings = (stops, lang_first, short_line_length, min_words_per_line, max_word_length, int(line_requires_terminal_punct),
-                np.array(top_ns or [0], np.int32), len(top_ns), np.array(dup_ns or [0], np.int32), len(dup_ns))
+    settings = (
+        stops,
+        lang_first,
+        short_line_length,
+        min_words_per_line,
+        max_word_length,
+        int(line_requires_terminal_punct),
+        np.array(top_ns or [0], np.int32),
+        len(top_ns),
+        np.array(dup_ns or [0], np.int32),
+        len(dup_ns),
+    )
     prose = np.ascontiguousarray(prose, dtype=np.uint8)
     stop_lang = np.ascontiguousarray(stop_lang, dtype=np.int32)
     out = _run(text, prose, stop_lang, settings)
@@ -134,9 +214,24 @@ def _run(text: pa.Array, prose: np.ndarray, stop_lang: np.ndarray, settings: tup
     data_address = data_buf.address if data_buf is not None and data_buf.size else np.zeros(1, np.uint8).ctypes.data
     out = np.zeros((len(SIGNALS) + n_top + n_dup, max(n, 1)), dtype=np.float64)
     status = native().lib.tq_signals(
-        n, offsets.ctypes.data, data_address, prose.ctypes.data, stop_lang.ctypes.data, stop_chars.ctypes.data,
-        stop_off.ctypes.data, lang_first.ctypes.data, len(lang_first) - 1, short_line, min_words, max_word, terminal,
-        tops.ctypes.data, n_top, dups.ctypes.data, n_dup, out.ctypes.data,
+        n,
+        offsets.ctypes.data,
+        data_address,
+        prose.ctypes.data,
+        stop_lang.ctypes.data,
+        stop_chars.ctypes.data,
+        stop_off.ctypes.data,
+        lang_first.ctypes.data,
+        len(lang_first) - 1,
+        short_line,
+        min_words,
+        max_word,
+        terminal,
+        tops.ctypes.data,
+        n_top,
+        dups.ctypes.data,
+        n_dup,
+        out.ctypes.data,
     )
     if status:
         raise MemoryError("tamis: error: the native text scanner ran out of memory")
@@ -150,7 +245,9 @@ def words(text: str, prose: bool = True) -> list[str]:
     points = np.zeros(len(data) + 1, np.uint32)
     length = np.zeros(1, np.int64)
     spans = np.zeros(2 * (len(data) + 1), np.int32)
-    count = lib.tq_tokens(data, len(data), int(prose), points.ctypes.data, length.ctypes.data, spans.ctypes.data, len(data) + 1)
+    count = lib.tq_tokens(
+        data, len(data), int(prose), points.ctypes.data, length.ctypes.data, spans.ctypes.data, len(data) + 1
+    )
     if count < 0:
         raise MemoryError("tamis: error: the native text scanner ran out of memory")
     canonical = points[: length[0]].tobytes().decode("utf-32-le")

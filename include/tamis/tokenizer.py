@@ -41,7 +41,9 @@ def load_tokenizer(spec: str) -> Tokenizer:
         return _load_local(spec, path)
     if _looks_like_path(spec):
         where = "" if Path(spec).expanduser().is_absolute() else f" (looked in {_pipelines_dir()} and {Path.cwd()})"
-        raise TokenizerError(f"tokenizer {spec!r}: no such file or directory{where}; expected a tokenizer.json file or a folder holding one")
+        raise TokenizerError(
+            f"tokenizer {spec!r}: no such file or directory{where}; expected a tokenizer.json file or a folder holding one"
+        )
     return _load_from_hub(spec)
 
 
@@ -60,12 +62,7 @@ def _pipelines_dir() -> Path:
 
 def _looks_like_path(spec: str) -> bool:
     # Hub names are "name" or "org/name"; anything else is meant as a local path.
-    return (
-        spec.startswith(("/", ".", "~"))
-        or spec.endswith(".json")
-        or spec.count("/") > 1
-        or "\\" in spec
-    )
+    return spec.startswith(("/", ".", "~")) or spec.endswith(".json") or spec.count("/") > 1 or "\\" in spec
 
 
 def _load_local(spec: str, path: Path) -> Tokenizer:
@@ -119,7 +116,9 @@ def special_token_id(tokenizer: Tokenizer, token: str | None, candidates: tuple[
         token_id = tokenizer.token_to_id(name)
         if token_id is not None:
             return token_id
-    raise TokenizerError(f"tokenizer {spec!r} has no {role} token (looked for {', '.join(names)}); name it in the stage params")
+    raise TokenizerError(
+        f"tokenizer {spec!r} has no {role} token (looked for {', '.join(names)}); name it in the stage params"
+    )
 
 
 def eos_id(tokenizer: Tokenizer, spec: str, token: str | None = None) -> int:
@@ -207,7 +206,9 @@ def _text_batches(url: str, column: str) -> Iterator[list[str]]:
     if not path.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
         raise ValueError(f"training text {url!r}: expected a tamis dataset, .parquet, .jsonl or .jsonl.gz")
     with fs.open(path, "rb") as raw:
-        lines = gzip.open(raw, "rt", encoding="utf-8") if path.endswith(".gz") else (line.decode("utf-8") for line in raw)
+        lines = (
+            gzip.open(raw, "rt", encoding="utf-8") if path.endswith(".gz") else (line.decode("utf-8") for line in raw)
+        )
         texts: list[str] = []
         for line in lines:
             if line.strip():

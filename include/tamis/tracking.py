@@ -46,8 +46,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("tamis.tracking")
 
 POINTER = "_mlflow.json"
-AIRFLOW_TAGS = {"airflow.dag_id": "AIRFLOW_CTX_DAG_ID", "airflow.run_id": "AIRFLOW_CTX_DAG_RUN_ID",
-                "airflow.task_id": "AIRFLOW_CTX_TASK_ID"}
+AIRFLOW_TAGS = {
+    "airflow.dag_id": "AIRFLOW_CTX_DAG_ID",
+    "airflow.run_id": "AIRFLOW_CTX_DAG_RUN_ID",
+    "airflow.task_id": "AIRFLOW_CTX_TASK_ID",
+}
 PARAM_VALUE_CHARS = 6000
 BATCH = 100
 
@@ -77,8 +80,10 @@ def store(pipeline: Pipeline) -> tuple[str, str | None] | None:
     if config.tracking_uri:
         return config.tracking_uri, None
     if "://" in pipeline.storage_root and not pipeline.storage_root.startswith("file://"):
-        log.warning("tracking: the storage root %s is not local; set reports.mlflow.tracking_uri to track runs",
-                    pipeline.storage_root)
+        log.warning(
+            "tracking: the storage root %s is not local; set reports.mlflow.tracking_uri to track runs",
+            pipeline.storage_root,
+        )
         return None
     root = Path(storage.filesystem(storage.join(pipeline.storage_root, "mlflow"))[1])
     root.mkdir(parents=True, exist_ok=True)
@@ -106,17 +111,22 @@ def flatten(value: Any, prefix: str) -> dict[str, str]:
 def pipeline_params(pipeline: Pipeline, manifests: dict[str, dict[str, Any]]) -> dict[str, str]:
     """The pipeline's settings and every stage's params: as the stage ran them when it finished
     (its manifest), else as configured."""
-    params = {"pipeline.name": pipeline.name, "pipeline.storage_root": pipeline.storage_root,
-              "pipeline.workers": str(pipeline.workers), "pipeline.execution.mode": pipeline.execution.mode,
-              "pipeline.stages": json.dumps(pipeline.stage_names)}
+    params = {
+        "pipeline.name": pipeline.name,
+        "pipeline.storage_root": pipeline.storage_root,
+        "pipeline.workers": str(pipeline.workers),
+        "pipeline.execution.mode": pipeline.execution.mode,
+        "pipeline.stages": json.dumps(pipeline.stage_names),
+    }
     for name, source in pipeline.sources.items():
         params.update(flatten(source.model_dump(mode="json"), f"source.{name}"))
     for name in pipeline.stage_names:
         spec = pipeline.spec(name)
         params[f"stage.{name}.type"] = spec.type
         ran = manifests.get(name, {}).get("params")
-        params.update(flatten(ran if ran is not None else pipeline.stage(name).params.model_dump(mode="json"),
-                              f"stage.{name}"))
+        params.update(
+            flatten(ran if ran is not None else pipeline.stage(name).params.model_dump(mode="json"), f"stage.{name}")
+        )
     return params
 
 
@@ -178,19 +188,34 @@ def airflow_tags() -> dict[str, str]:
 # --------------------------------------------------------------------------- logging a run
 
 
-def log_run(pipeline: Pipeline, kind: str, run_id: str, manifests: dict[str, dict[str, Any]],
-            datasets: list[dict[str, Any]], artifacts: dict[str, Any], extra_metrics: dict[str, float] | None = None,
-            extra_tags: dict[str, str] | None = None) -> dict[str, Any] | None:
+def log_run(
+    pipeline: Pipeline,
+    kind: str,
+    run_id: str,
+    manifests: dict[str, dict[str, Any]],
+    datasets: list[dict[str, Any]],
+    artifacts: dict[str, Any],
+    extra_metrics: dict[str, float] | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> dict[str, Any] | None:
     """Log one run to MLflow; returns the pointer (store, experiment, run id), or None when
     tracking is off or failed."""
     where = store(pipeline)
     if where is None:
         return None
     try:
-        return _log(pipeline, where, kind, run_id, manifests, datasets, artifacts, extra_metrics or {}, extra_tags or {})
+        return _log(
+            pipeline, where, kind, run_id, manifests, datasets, artifacts, extra_metrics or {}, extra_tags or {}
+        )
     except Exception as exc:  # the data run stands on its own; a tracking outage must not fail it
-        log.warning("tracking: could not log the %s run %s to MLflow at %s: %s: %s",
-                    kind, run_id, where[0], type(exc).__name__, exc)
+        log.warning(
+            "tracking: could not log the %s run %s to MLflow at %s: %s: %s",
+            kind,
+            run_id,
+            where[0],
+            type(exc).__name__,
+            exc,
+        )
         return None
 
 
@@ -204,12 +229,21 @@ def _log(pipeline, where, kind, run_id, manifests, datasets, artifacts, extra_me
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     name = experiment_name(pipeline)
     experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        name, artifact_location=artifact_location)
-    tags = {"tamis.kind": kind, "tamis.run_id": run_id, "tamis.pipeline": pipeline.name,
-            "mlflow.runName": f"{kind} {run_id}", **airflow_tags(), **extra_tags}
-    for earlier in client.search_runs([experiment_id], filter_string=(
-            f"tags.`tamis.kind` = '{_quote(kind)}' and tags.`tamis.run_id` = '{_quote(run_id)}'")):
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment(name, artifact_location=artifact_location)
+    )
+    tags = {
+        "tamis.kind": kind,
+        "tamis.run_id": run_id,
+        "tamis.pipeline": pipeline.name,
+        "mlflow.runName": f"{kind} {run_id}",
+        **airflow_tags(),
+        **extra_tags,
+    }
+    for earlier in client.search_runs(
+        [experiment_id],
+        filter_string=(f"tags.`tamis.kind` = '{_quote(kind)}' and tags.`tamis.run_id` = '{_quote(run_id)}'"),
+    ):
         client.delete_run(earlier.info.run_id)  # the same run logged again (a retried task, a rebuilt day)
     run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
     mlflow_run_id = run.info.run_id
@@ -217,9 +251,9 @@ def _log(pipeline, where, kind, run_id, manifests, datasets, artifacts, extra_me
         params = [Param(k, v) for k, v in pipeline_params(pipeline, manifests).items()]
         metrics = [Metric(k, v, 0, 0) for k, v in {**stage_metrics(manifests), **extra_metrics}.items()]
         for i in range(0, len(params), BATCH):
-            client.log_batch(mlflow_run_id, params=params[i:i + BATCH])
+            client.log_batch(mlflow_run_id, params=params[i : i + BATCH])
         for i in range(0, len(metrics), BATCH):
-            client.log_batch(mlflow_run_id, metrics=metrics[i:i + BATCH])
+            client.log_batch(mlflow_run_id, metrics=metrics[i : i + BATCH])
         inputs = []
         for entry in datasets:
             with warnings.catch_warnings():
@@ -227,8 +261,9 @@ def _log(pipeline, where, kind, run_id, manifests, datasets, artifacts, extra_me
                 source = resolve_dataset_source(entry["url"])
             # mlflow marks Dataset.profile abstract without ABCMeta, and MetaDataset leaves it out.
             dataset = MetaDataset(source=source, name=entry["name"], digest=entry["dvc_md5"])  # type: ignore[abstract]
-            inputs.append(DatasetInput(dataset._to_mlflow_entity(),
-                                       tags=[InputTag("mlflow.data.context", entry["context"])]))
+            inputs.append(
+                DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", entry["context"])])
+            )
         if inputs:
             client.log_inputs(mlflow_run_id, datasets=inputs)
         with tempfile.TemporaryDirectory() as folder:
@@ -244,10 +279,22 @@ def _log(pipeline, where, kind, run_id, manifests, datasets, artifacts, extra_me
     except Exception:
         client.set_terminated(mlflow_run_id, "FAILED")
         raise
-    pointer = {"tracking_uri": tracking_uri, "experiment": name, "experiment_id": experiment_id,
-               "run_id": mlflow_run_id, "kind": kind, "tamis_run_id": run_id}
-    log.info("tracking: %s run %s logged to MLflow as %s (experiment %s, %s)", kind, run_id, mlflow_run_id, name,
-             tracking_uri)
+    pointer = {
+        "tracking_uri": tracking_uri,
+        "experiment": name,
+        "experiment_id": experiment_id,
+        "run_id": mlflow_run_id,
+        "kind": kind,
+        "tamis_run_id": run_id,
+    }
+    log.info(
+        "tracking: %s run %s logged to MLflow as %s (experiment %s, %s)",
+        kind,
+        run_id,
+        mlflow_run_id,
+        name,
+        tracking_uri,
+    )
     return pointer
 
 
@@ -295,15 +342,19 @@ def track_corpus_build(pipeline: Pipeline, run_id: str, summary: dict[str, Any])
     artifacts["summary.json"] = summary
     datasets = [source_entry(name, source) for name, source in sorted(pipeline.sources.items())]
     if summary.get("output"):
-        datasets.append(dataset_entry(f"{pipeline.name}:{summary['output'].rstrip('/').rsplit('/', 1)[-1]}",
-                                      summary["output"], "output"))
+        datasets.append(
+            dataset_entry(
+                f"{pipeline.name}:{summary['output'].rstrip('/').rsplit('/', 1)[-1]}", summary["output"], "output"
+            )
+        )
     pointer = log_run(pipeline, "corpus_build", run_id, manifests, datasets, artifacts)
     _write_pointer(pipeline.run_url(run_id), pointer)
     return pointer
 
 
-def track_nightly(pipeline: Pipeline, run_id: str, date: str, partition: dict[str, Any],
-                  drift: dict[str, Any] | None) -> dict[str, Any] | None:
+def track_nightly(
+    pipeline: Pipeline, run_id: str, date: str, partition: dict[str, Any], drift: dict[str, Any] | None
+) -> dict[str, Any] | None:
     """A nightly run: its corpus stages, the day's source partitions in, the corpus partition out."""
     if store(pipeline) is None:
         return None
@@ -326,18 +377,24 @@ def track_nightly(pipeline: Pipeline, run_id: str, date: str, partition: dict[st
     return pointer
 
 
-def track_release(pipeline: Pipeline, manifest: dict[str, Any], workspace: str,
-                  remote_folder: tuple[Any, str] | None = None) -> dict[str, Any] | None:
+def track_release(
+    pipeline: Pipeline, manifest: dict[str, Any], workspace: str, remote_folder: tuple[Any, str] | None = None
+) -> dict[str, Any] | None:
     """A release: the stages as DVC reproduced them, the source snapshots in and the released
     data out with the hashes of dvc.lock, the release manifest as an artifact."""
     if store(pipeline) is None:
         return None
     manifests = {s["stage"]: s for s in manifest["stages"]}
-    datasets = [dataset_entry(f"source:{name}", str(Path(workspace) / s["path"]), "input", s["dvc_md5"])
-                for name, s in sorted(manifest["sources"].items())]
+    datasets = [
+        dataset_entry(f"source:{name}", str(Path(workspace) / s["path"]), "input", s["dvc_md5"])
+        for name, s in sorted(manifest["sources"].items())
+    ]
     final = manifest["stages"][-1]
-    datasets.append(dataset_entry(f"release:{manifest['version']}", str(Path(workspace) / final["output"]), "output",
-                                  final["dvc_md5"]))
+    datasets.append(
+        dataset_entry(
+            f"release:{manifest['version']}", str(Path(workspace) / final["output"]), "output", final["dvc_md5"]
+        )
+    )
     run_id = manifest.get("run_id") or manifest["version"]
     tags = {"tamis.release_version": manifest["version"], "dvc.lock_sha256": manifest["dvc"]["lock_sha256"]}
     if manifest.get("source_run_id"):

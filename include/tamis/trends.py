@@ -128,7 +128,7 @@ def run_rates(stages: dict[str, dict[str, Any]]) -> dict[str, float]:
                 rates[f"pii_rate/{name}/{entity}"] = count / n_in
         for key, value in s["metrics"].items():
             if key.startswith(LANGUAGE_METRIC):
-                code = key[len(LANGUAGE_METRIC):]
+                code = key[len(LANGUAGE_METRIC) :]
                 languages[code] = languages.get(code, 0) + int(value)
     total = sum(languages.values())
     for code, count in languages.items():
@@ -165,8 +165,9 @@ def _read_summary(stage_url: str) -> dict[str, Any] | None:
         return None
 
 
-def read_run(pipeline: Pipeline, folder: str, kind: str = "manual", date: str | None = None,
-             stages: list[str] | None = None) -> RunSummary | None:
+def read_run(
+    pipeline: Pipeline, folder: str, kind: str = "manual", date: str | None = None, stages: list[str] | None = None
+) -> RunSummary | None:
     """The finished stages of one run folder (None when it holds none of the pipeline's)."""
     url = storage.join(pipeline.storage_root, "runs", folder)
     found: dict[str, dict[str, Any]] = {}
@@ -184,8 +185,9 @@ def read_run(pipeline: Pipeline, folder: str, kind: str = "manual", date: str | 
     finished = max(s["finished_at"] for s in found.values())
     if drift is not None and kind == "manual":
         kind, date = "nightly", drift.get("date")
-    return RunSummary(folder=folder, url=url, kind=kind, date=date or finished[:10], finished_at=finished,
-                      stages=found, drift=drift)
+    return RunSummary(
+        folder=folder, url=url, kind=kind, date=date or finished[:10], finished_at=finished, stages=found, drift=drift
+    )
 
 
 def nightly_folders(pipeline: Pipeline) -> dict[str, str]:
@@ -237,8 +239,7 @@ def pipeline_runs(pipeline: Pipeline) -> list[RunSummary]:
     runs = []
     for folder in run_folders(pipeline):
         date = nightly.get(folder)
-        run = read_run(pipeline, folder, "nightly" if date else "manual", date,
-                       corpus_stages if date else None)
+        run = read_run(pipeline, folder, "nightly" if date else "manual", date, corpus_stages if date else None)
         if run is None:
             continue
         run.appended = date is not None
@@ -252,9 +253,14 @@ def pipeline_runs(pipeline: Pipeline) -> list[RunSummary]:
 def check_drift(rates: dict[str, float], history: list[dict[str, float]], config: DriftConfig) -> dict[str, Any]:
     """Each rate against the mean of the same rate over ``history`` (the runs before, oldest
     first; only the last ``window`` count). A rate a run does not have is 0 in that run."""
-    window = history[-config.window:]
-    result: dict[str, Any] = {"window": len(window), "tolerance": config.tolerance, "on_breach": config.on_breach,
-                              "checked": 0, "breaches": []}
+    window = history[-config.window :]
+    result: dict[str, Any] = {
+        "window": len(window),
+        "tolerance": config.tolerance,
+        "on_breach": config.on_breach,
+        "checked": 0,
+        "breaches": [],
+    }
     if len(window) < config.min_history:
         result["status"] = "not enough history"
         return result
@@ -266,8 +272,15 @@ def check_drift(rates: dict[str, float], history: list[dict[str, float]], config
         # Shares and drop rates lie in 0..1; PII entities per document may exceed 1, and
         # there the tolerance is relative to the baseline.
         if abs(value - baseline) > config.tolerance * max(1.0, baseline):
-            result["breaches"].append({"series": key, **split_key(key), "value": round(value, 6),
-                                       "baseline": round(baseline, 6), "change": round(value - baseline, 6)})
+            result["breaches"].append(
+                {
+                    "series": key,
+                    **split_key(key),
+                    "value": round(value, 6),
+                    "baseline": round(baseline, 6),
+                    "change": round(value - baseline, 6),
+                }
+            )
     result["breaches"].sort(key=lambda b: -abs(b["change"]))
     result["status"] = "breach" if result["breaches"] else "ok"
     return result
@@ -296,7 +309,7 @@ def drift_of_run(pipeline: Pipeline, run_id: str, date: str, config: DriftConfig
         raise LookupError(f"run {run_id!r} has no finished stage of pipeline {pipeline.name!r} to check for drift")
     earlier = [r for r in pipeline_runs(pipeline) if r.kind == "nightly" and r.appended and r.date < date]
     result = {"date": date, "run": run.url, **drift(run.stages, [r.rates for r in earlier], config)}
-    result["history"] = [r.date for r in earlier[-config.window:]]
+    result["history"] = [r.date for r in earlier[-config.window :]]
     storage.write_json_atomic(storage.join(run.url, DRIFT_FILE), result, run.url)
     return result
 
@@ -312,10 +325,19 @@ def apply_drift_check(pipeline: Pipeline, run_id: str, date: str) -> dict[str, A
     result = drift_of_run(pipeline, run_id, date, config)
     emit_drift_metrics(result, pipeline.name)
     for breach in result["breaches"]:
-        log.warning("drift on %s: %s is %.4f, the mean of the %d nights before is %.4f (tolerance %.4f)",
-                    date, breach["series"], breach["value"], result["window"], breach["baseline"], config.tolerance)
+        log.warning(
+            "drift on %s: %s is %.4f, the mean of the %d nights before is %.4f (tolerance %.4f)",
+            date,
+            breach["series"],
+            breach["value"],
+            result["window"],
+            breach["baseline"],
+            config.tolerance,
+        )
     if result["status"] == "breach" and config.on_breach == "fail":
         names = ", ".join(b["series"] for b in result["breaches"][:5])
-        raise DriftBreach(f"drift check of {date}: {len(result['breaches'])} rate(s) left their trailing window "
-                          f"({names}); the day was not appended (reports.drift.on_breach: fail)")
+        raise DriftBreach(
+            f"drift check of {date}: {len(result['breaches'])} rate(s) left their trailing window "
+            f"({names}); the day was not appended (reports.drift.on_breach: fail)"
+        )
     return result

@@ -75,9 +75,12 @@ def source_env(pipeline: Pipeline, argv: list[str]) -> dict[str, str]:
         return {}
     fields = ("conn_type", "host", "login", "password", "port", "schema")
     return {
-        f"AIRFLOW_CONN_{conn_id.upper()}": "{" + ", ".join(
+        f"AIRFLOW_CONN_{conn_id.upper()}": "{"
+        + ", ".join(
             [f'"{f}": {{{{ conn.{conn_id}.{f} | tojson }}}}' for f in fields]
-            + [f'"extra": {{{{ conn.{conn_id}.extra_dejson | tojson }}}}']) + "}"
+            + [f'"extra": {{{{ conn.{conn_id}.extra_dejson | tojson }}}}']
+        )
+        + "}"
         for conn_id in kubernetes.source_connections(pipeline)
     }
 
@@ -95,13 +98,15 @@ def stage_tasks(pipeline: Pipeline, stage: str, argv: list[str], pipeline_ref: s
     """The tasks that run ``stage`` (in order, to be chained): one task, or on Kubernetes
     a per-batch stage's fan-out (list shards -> mapped pods -> manifest pod)."""
     cfg = pipeline.execution
-    if (cfg.mode == "kubernetes" and stage not in cfg.kubernetes.spark.stages
-            and pipeline.stage_type(stage).kind == "batch"):
+    if (
+        cfg.mode == "kubernetes"
+        and stage not in cfg.kubernetes.spark.stages
+        and pipeline.stage_type(stage).kind == "batch"
+    ):
         batches = kubernetes.shard_batches_task(pipeline, stage, pipeline_ref, argv)
         mapped = kubernetes.mapped_shard_operator(pipeline, stage, batches)
         # A stage with no shards (a day without data) maps to nothing; its manifest is still written.
-        manifest = stage_operator(pipeline, f"{stage}_manifest", [*argv, "--manifest-only"],
-                                  trigger_rule="none_failed")
+        manifest = stage_operator(pipeline, f"{stage}_manifest", [*argv, "--manifest-only"], trigger_rule="none_failed")
         return [batches, mapped, manifest]
     return [stage_operator(pipeline, stage, argv)]
 
@@ -121,12 +126,25 @@ def build_corpus_dag(pipeline_name: str = "default", dag_id: str = "corpus_build
         default_args=default_args(pipeline),
         tags=["tamis", "corpus"],
         params={
-            "pipeline": Param(pipeline_name, type="string", enum=known,
-                              description="pipeline config under include/pipelines (same stages as this DAG)"),
-            "sources": Param([], type="array", items={"type": "string"},
-                             description="sources to ingest; empty means every source of the pipeline"),
-            "sample_fraction": Param(1.0, type="number", exclusiveMinimum=0, maximum=1,
-                                     description="keep this fraction of documents, chosen deterministically by id"),
+            "pipeline": Param(
+                pipeline_name,
+                type="string",
+                enum=known,
+                description="pipeline config under include/pipelines (same stages as this DAG)",
+            ),
+            "sources": Param(
+                [],
+                type="array",
+                items={"type": "string"},
+                description="sources to ingest; empty means every source of the pipeline",
+            ),
+            "sample_fraction": Param(
+                1.0,
+                type="number",
+                exclusiveMinimum=0,
+                maximum=1,
+                description="keep this fraction of documents, chosen deterministically by id",
+            ),
         },
         doc_md=(Path(__file__).with_name("corpus_build.md")).read_text(),
     ) as dag:
@@ -134,11 +152,16 @@ def build_corpus_dag(pipeline_name: str = "default", dag_id: str = "corpus_build
         for stage in pipeline.stage_names:
             extra = []
             if pipeline.stage_type(stage).reads_sources:
-                extra = ["--param", "sources={{ params.sources | tojson }}",
-                         "--param", "sample_fraction={{ params.sample_fraction }}"]
+                extra = [
+                    "--param",
+                    "sources={{ params.sources | tojson }}",
+                    "--param",
+                    "sample_fraction={{ params.sample_fraction }}",
+                ]
             tasks += stage_tasks(pipeline, stage, commands.stage_argv(stage, pipeline_ref, extra), pipeline_ref)
             tasks.append(stage_operator(pipeline, f"{stage}_gate", commands.gate_argv(stage, pipeline_ref)))
-        tasks.append(stage_operator(pipeline, "summary", commands.summary_argv(pipeline_ref),
-                                    outlets=[corpus_asset(pipeline)]))
+        tasks.append(
+            stage_operator(pipeline, "summary", commands.summary_argv(pipeline_ref), outlets=[corpus_asset(pipeline)])
+        )
         chain(*tasks)
     return dag

@@ -92,12 +92,14 @@ def _pod_kwargs(pipeline: Pipeline, cfg: KubernetesExecution) -> dict[str, Any]:
         "image_pull_policy": cfg.image_pull_policy,
         "service_account_name": cfg.service_account,
         "pod_template_file": str(K8S_DIR / cfg.pod_template),
-        "container_resources": k8s.V1ResourceRequirements(requests=dict(cfg.resources.requests),
-                                                          limits=dict(cfg.resources.limits)),
+        "container_resources": k8s.V1ResourceRequirements(
+            requests=dict(cfg.resources.requests), limits=dict(cfg.resources.limits)
+        ),
         "node_selector": dict(cfg.node_selector),
         "tolerations": [
-            k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect,
-                             toleration_seconds=t.toleration_seconds)
+            k8s.V1Toleration(
+                key=t.key, operator=t.operator, value=t.value, effect=t.effect, toleration_seconds=t.toleration_seconds
+            )
             for t in cfg.tolerations
         ],
         "labels": {"app.kubernetes.io/name": "tamis", "tamis/pipeline": pipeline.name, **cfg.labels},
@@ -136,9 +138,9 @@ def mapped_shard_operator(pipeline: Pipeline, task_id: str, argument_lists, **kw
     cfg = kubernetes_config(pipeline)
     options = {**_pod_kwargs(pipeline, cfg), **kwargs}
     options["env_vars"] = [*options["env_vars"], k8s.V1EnvVar(name="TAMIS_LEASE_OWNER", value=LEASE_OWNER)]
-    return (KubernetesPodOperator.partial(task_id=task_id, cmds=[TAMIS], max_active_tis_per_dagrun=cfg.fanout.max_active_tasks,
-                                          **options)
-            .expand(arguments=argument_lists))
+    return KubernetesPodOperator.partial(
+        task_id=task_id, cmds=[TAMIS], max_active_tis_per_dagrun=cfg.fanout.max_active_tasks, **options
+    ).expand(arguments=argument_lists)
 
 
 # Every task of one stage in one run shares it: mapped pods write disjoint shards together.
@@ -153,8 +155,10 @@ def shard_batches(pipeline_ref: str, stage: str, run_id: str, argv: list[str], s
     params = parse_params([argv[i + 1] for i, a in enumerate(argv) if a == "--param"])
     input_url, _ = stage_io(pipeline, stage, run_id)
     names = [shard.name for shard in pipeline.stage(stage, params).input_shards(input_url)]
-    return [[*argv, *[x for name in names[i:i + shards_per_task] for x in ("--shard", name)]]
-            for i in range(0, len(names), shards_per_task)]
+    return [
+        [*argv, *[x for name in names[i : i + shards_per_task] for x in ("--shard", name)]]
+        for i in range(0, len(names), shards_per_task)
+    ]
 
 
 def shard_batches_task(pipeline: Pipeline, stage: str, pipeline_ref: str, argv: list[str], **kwargs):
@@ -197,24 +201,42 @@ def spark_application(pipeline: Pipeline, stage: str, arguments: list[str]) -> d
     body = copy.deepcopy(body)
     name = check_dns_label(f"tamis-{stage.replace('_', '-')}")
     body["metadata"] = {**body.get("metadata", {}), "name": name, "namespace": cfg.namespace}
-    body["metadata"]["labels"] = {**body["metadata"].get("labels", {}), "tamis/pipeline": pipeline.name,
-                                  "tamis/stage": stage}
+    body["metadata"]["labels"] = {
+        **body["metadata"].get("labels", {}),
+        "tamis/pipeline": pipeline.name,
+        "tamis/stage": stage,
+    }
     spec = body["spec"]
-    spec.update({
-        "image": cfg.image,
-        "imagePullPolicy": cfg.image_pull_policy,
-        "sparkVersion": spark.spark_version,
-        "mainApplicationFile": f"local://{IMAGE_ROOT}/{SPARK_ENTRY}",
-        "arguments": list(arguments),
-        "sparkConf": {**spec.get("sparkConf", {}), **spark.conf},
-    })
+    spec.update(
+        {
+            "image": cfg.image,
+            "imagePullPolicy": cfg.image_pull_policy,
+            "sparkVersion": spark.spark_version,
+            "mainApplicationFile": f"local://{IMAGE_ROOT}/{SPARK_ENTRY}",
+            "arguments": list(arguments),
+            "sparkConf": {**spec.get("sparkConf", {}), **spark.conf},
+        }
+    )
     env = [{"name": k, "value": v} for k, v in cfg.env.items()]
-    env_from = ([{"configMapRef": {"name": n}} for n in cfg.config_maps]
-                + [{"secretRef": {"name": n}} for n in cfg.secrets]
-                + [{"secretRef": {"name": connection_secret_name(c)}} for c in pod_connections(pipeline)])
-    tolerations = [{k: v for k, v in {"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect,
-                                      "tolerationSeconds": t.toleration_seconds}.items() if v is not None}
-                   for t in cfg.tolerations]
+    env_from = (
+        [{"configMapRef": {"name": n}} for n in cfg.config_maps]
+        + [{"secretRef": {"name": n}} for n in cfg.secrets]
+        + [{"secretRef": {"name": connection_secret_name(c)}} for c in pod_connections(pipeline)]
+    )
+    tolerations = [
+        {
+            k: v
+            for k, v in {
+                "key": t.key,
+                "operator": t.operator,
+                "value": t.value,
+                "effect": t.effect,
+                "tolerationSeconds": t.toleration_seconds,
+            }.items()
+            if v is not None
+        }
+        for t in cfg.tolerations
+    ]
     for role, size in (("driver", spark.driver), ("executor", spark.executor)):
         part = spec.setdefault(role, {})
         part.update({"cores": size.cores, "memory": size.memory})
@@ -251,8 +273,9 @@ def spark_stage_operator(pipeline: Pipeline, task_id: str, stage: str, arguments
     }
     if cfg.in_cluster is not None:
         options.setdefault("in_cluster", cfg.in_cluster)
-    return SparkKubernetesOperator(task_id=task_id, name=body["metadata"]["name"],
-                                   template_spec={"spark": body}, **options)
+    return SparkKubernetesOperator(
+        task_id=task_id, name=body["metadata"]["name"], template_spec={"spark": body}, **options
+    )
 
 
 def execution_operator(pipeline: Pipeline, task_id: str, argv: list[str], **kwargs):
@@ -278,8 +301,8 @@ def connection_env(conn, source_only: bool = False) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": conn.password or extra.get("aws_secret_access_key"),
             "AWS_SESSION_TOKEN": extra.get("aws_session_token"),
             "AWS_DEFAULT_REGION": extra.get("region_name"),
-            "AWS_ENDPOINT_URL": extra.get("endpoint_url") or (extra.get("service_config") or {}).get(
-                "s3", {}).get("endpoint_url"),
+            "AWS_ENDPOINT_URL": extra.get("endpoint_url")
+            or (extra.get("service_config") or {}).get("s3", {}).get("endpoint_url"),
         }
         env.update({k: str(v) for k, v in values.items() if v})
     return env
@@ -290,8 +313,11 @@ def connection_secret_manifest(conn, namespace: str, source_only: bool = False) 
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": connection_secret_name(conn.conn_id), "namespace": namespace,
-                     "labels": {"app.kubernetes.io/name": "tamis", "tamis/connection": conn.conn_id}},
+        "metadata": {
+            "name": connection_secret_name(conn.conn_id),
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "tamis", "tamis/connection": conn.conn_id},
+        },
         "type": "Opaque",
         "stringData": connection_env(conn, source_only),
     }
@@ -311,8 +337,11 @@ def main(argv: list[str] | None = None) -> int:
 
     pipeline = load_pipeline(args.pipeline)
     cfg = kubernetes_config(pipeline)
-    source_only = (args.conn_id in source_connections(pipeline) and args.conn_id not in cfg.connections
-                   and args.conn_id != pipeline.storage_connection)
+    source_only = (
+        args.conn_id in source_connections(pipeline)
+        and args.conn_id not in cfg.connections
+        and args.conn_id != pipeline.storage_connection
+    )
     manifest = connection_secret_manifest(Connection.get(args.conn_id), cfg.namespace, source_only)
     print(json.dumps(manifest, indent=2))
     return 0

@@ -36,15 +36,24 @@ def build_nightly_dag(pipeline_name: str = "default", dag_id: str = "nightly_ing
     ) as dag:
         # Days are appended in order, one at a time, whatever runs them: each is deduplicated
         # against every day before it (tamis.nightly).
-        tasks = [stage_operator(pipeline, "claim_day", commands.claim_argv(pipeline.name, DATE, OWNER, max(wait_s, 60)))]
+        tasks = [
+            stage_operator(pipeline, "claim_day", commands.claim_argv(pipeline.name, DATE, OWNER, max(wait_s, 60)))
+        ]
         corpus = pipeline.corpus(DATE)
         for stage in pipeline.corpus_stages:
-            extra = [x for key, value in pipeline.stage(stage).corpus_params(corpus).items()
-                     for x in ("--param", f"{key}={value}")]
+            extra = [
+                x
+                for key, value in pipeline.stage(stage).corpus_params(corpus).items()
+                for x in ("--param", f"{key}={value}")
+            ]
             tasks += stage_tasks(pipeline, stage, commands.stage_argv(stage, pipeline.name, extra), pipeline.name)
-            tasks.append(stage_operator(pipeline, f"{stage}_gate",
-                                        [*commands.gate_argv(stage, pipeline.name), "--allow-empty"]))
-        tasks.append(stage_operator(pipeline, "append", commands.append_argv(pipeline.name, DATE, OWNER),
-                                    outlets=[corpus_asset(pipeline)]))
+            tasks.append(
+                stage_operator(pipeline, f"{stage}_gate", [*commands.gate_argv(stage, pipeline.name), "--allow-empty"])
+            )
+        tasks.append(
+            stage_operator(
+                pipeline, "append", commands.append_argv(pipeline.name, DATE, OWNER), outlets=[corpus_asset(pipeline)]
+            )
+        )
         chain(*tasks)
     return dag

@@ -22,8 +22,10 @@ from tamis.release import release_config
 from tamis_airflow.corpus import START_DATE, corpus_asset, default_args, stage_operator
 
 # The corpus run whose asset event triggered this run (empty when triggered by hand).
-SOURCE_RUN_ID = ("{% for events in triggering_asset_events.values() %}{% for event in events %}"
-                 "{% if loop.last and event.source_run_id %}{{ event.source_run_id }}{% endif %}{% endfor %}{% endfor %}")
+SOURCE_RUN_ID = (
+    "{% for events in triggering_asset_events.values() %}{% for event in events %}"
+    "{% if loop.last and event.source_run_id %}{{ event.source_run_id }}{% endif %}{% endfor %}{% endfor %}"
+)
 
 
 def release_asset(pipeline: Pipeline) -> Asset:
@@ -59,10 +61,16 @@ def hot_volume(pipeline: Pipeline) -> dict:
 
     config = release_config(pipeline)
     env = {**pipeline.execution.kubernetes.env, "TAMIS_HOT_ROOT": config.hot}
-    return {"volumes": [k8s.V1Volume(name="tamis-hot", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                claim_name=config.hot_volume_claim))],
-            "volume_mounts": [k8s.V1VolumeMount(name="tamis-hot", mount_path=config.hot)],
-            "env_vars": [k8s.V1EnvVar(name=k, value=v) for k, v in env.items()]}
+    return {
+        "volumes": [
+            k8s.V1Volume(
+                name="tamis-hot",
+                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=config.hot_volume_claim),
+            )
+        ],
+        "volume_mounts": [k8s.V1VolumeMount(name="tamis-hot", mount_path=config.hot)],
+        "env_vars": [k8s.V1EnvVar(name=k, value=v) for k, v in env.items()],
+    }
 
 
 def build_release_dag(pipeline_name: str = "default", dag_id: str = "dataset_release") -> DAG:
@@ -81,14 +89,22 @@ def build_release_dag(pipeline_name: str = "default", dag_id: str = "dataset_rel
         doc_md=__doc__,
     ) as dag:
         prepare = stage_operator(pipeline, "prepare_workspace", release_argv("prepare", pipeline))
-        reproduce = stage_operator(pipeline, "dvc_repro", release_argv("repro", pipeline),
-                                   execution_timeout=repro_timeout)
+        reproduce = stage_operator(
+            pipeline, "dvc_repro", release_argv("repro", pipeline), execution_timeout=repro_timeout
+        )
         push = stage_operator(pipeline, "dvc_push", release_argv("push", pipeline))
-        manifest = stage_operator(pipeline, "release_manifest",
-                                  release_argv("manifest", pipeline, "--run-id", "{{ run_id }}",
-                                               "--source-run-id", SOURCE_RUN_ID),
-                                  outlets=[release_asset(pipeline)])
-        preheat = stage_operator(pipeline, "preheat", release_argv("preheat", pipeline),
-                                 outlets=[release_ready_asset(pipeline)], **hot_volume(pipeline))
+        manifest = stage_operator(
+            pipeline,
+            "release_manifest",
+            release_argv("manifest", pipeline, "--run-id", "{{ run_id }}", "--source-run-id", SOURCE_RUN_ID),
+            outlets=[release_asset(pipeline)],
+        )
+        preheat = stage_operator(
+            pipeline,
+            "preheat",
+            release_argv("preheat", pipeline),
+            outlets=[release_ready_asset(pipeline)],
+            **hot_volume(pipeline),
+        )
         chain(prepare, reproduce, push, manifest, preheat)
     return dag

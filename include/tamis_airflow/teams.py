@@ -44,20 +44,40 @@ def storage_root(team: str, bucket: str = BUCKET, prefix: str = PREFIX) -> str:
     return f"s3://{bucket}/{prefix}/teams/{team}"
 
 
-def team_manifests(team: str, namespace: str = NAMESPACE, bucket: str = BUCKET, prefix: str = PREFIX,
-                   region: str = REGION, role_arn_prefix: str = ROLE_ARN_PREFIX) -> list[dict[str, Any]]:
+def team_manifests(
+    team: str,
+    namespace: str = NAMESPACE,
+    bucket: str = BUCKET,
+    prefix: str = PREFIX,
+    region: str = REGION,
+    role_arn_prefix: str = ROLE_ARN_PREFIX,
+) -> list[dict[str, Any]]:
     name = service_account_name(team)
     labels = {"app.kubernetes.io/name": "tamis", "tamis/team": team}
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": {"name": name, "namespace": namespace, "labels": labels,
-                      "annotations": {"eks.amazonaws.com/role-arn": f"{role_arn_prefix}{name}"}},
-         # Stage pods need no Kubernetes API; the cloud role's token is projected apart.
-         "automountServiceAccountToken": False},
-        {"apiVersion": "v1", "kind": "ConfigMap",
-         "metadata": {"name": f"{name}-storage", "namespace": namespace, "labels": labels},
-         "data": {"TAMIS_DATA_ROOT": storage_root(team, bucket, prefix), "TAMIS_TEAM": team,
-                  "TAMIS_PUBLIC_ROOT": f"s3://{bucket}/{prefix}/public/{team}", "AWS_DEFAULT_REGION": region}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": labels,
+                "annotations": {"eks.amazonaws.com/role-arn": f"{role_arn_prefix}{name}"},
+            },
+            # Stage pods need no Kubernetes API; the cloud role's token is projected apart.
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"{name}-storage", "namespace": namespace, "labels": labels},
+            "data": {
+                "TAMIS_DATA_ROOT": storage_root(team, bucket, prefix),
+                "TAMIS_TEAM": team,
+                "TAMIS_PUBLIC_ROOT": f"s3://{bucket}/{prefix}/public/{team}",
+                "AWS_DEFAULT_REGION": region,
+            },
+        },
     ]
 
 
@@ -67,14 +87,31 @@ def s3_policy(team: str, bucket: str = BUCKET, prefix: str = PREFIX) -> dict[str
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "ListOwnAndPublic", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
-             "Condition": {"StringLike": {"s3:prefix": [own, f"{own}/*", public, f"{public}/*"]}}},
-            {"Sid": "ReadWriteOwn", "Effect": "Allow",
-             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
-             "Resource": f"arn:aws:s3:::{bucket}/{own}/*"},
-            {"Sid": "ReadPublic", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/{public}/*"},
-            {"Sid": "PublishOwn", "Effect": "Allow", "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-             "Resource": f"arn:aws:s3:::{bucket}/{published}/*"},
+            {
+                "Sid": "ListOwnAndPublic",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": f"arn:aws:s3:::{bucket}",
+                "Condition": {"StringLike": {"s3:prefix": [own, f"{own}/*", public, f"{public}/*"]}},
+            },
+            {
+                "Sid": "ReadWriteOwn",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                "Resource": f"arn:aws:s3:::{bucket}/{own}/*",
+            },
+            {
+                "Sid": "ReadPublic",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{bucket}/{public}/*",
+            },
+            {
+                "Sid": "PublishOwn",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": f"arn:aws:s3:::{bucket}/{published}/*",
+            },
         ],
     }
 
@@ -87,16 +124,26 @@ def render(teams: list[str], out: Path = K8S_TEAMS, **options: str) -> list[Path
     for team in sorted(set(teams)):
         service_account_name(team)  # a team name that cannot name Kubernetes objects is refused
         manifest = out / f"{team}.yaml"
-        manifest.write_text(f"# Rendered by `python -m tamis_airflow.teams render`; team {team}.\n"
-                            + yaml.safe_dump_all(team_manifests(team, **options), sort_keys=False))
+        manifest.write_text(
+            f"# Rendered by `python -m tamis_airflow.teams render`; team {team}.\n"
+            + yaml.safe_dump_all(team_manifests(team, **options), sort_keys=False)
+        )
         policy = out / f"{team}.s3-policy.json"
         policy.write_text(json.dumps(s3_policy(team, **policy_options), indent=2) + "\n")
         written += [manifest, policy]
     kustomization = out / "kustomization.yaml"
-    kustomization.write_text("# kubectl apply -k k8s/teams/   (each <team>.s3-policy.json goes to the role named in the\n"
-                             "# team's service account: aws iam put-role-policy --policy-document file://...)\n"
-                             + yaml.safe_dump({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                                               "resources": [f"{t}.yaml" for t in sorted(set(teams))]}, sort_keys=False))
+    kustomization.write_text(
+        "# kubectl apply -k k8s/teams/   (each <team>.s3-policy.json goes to the role named in the\n"
+        "# team's service account: aws iam put-role-policy --policy-document file://...)\n"
+        + yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [f"{t}.yaml" for t in sorted(set(teams))],
+            },
+            sort_keys=False,
+        )
+    )
     return [*written, kustomization]
 
 
@@ -113,8 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--role-arn-prefix", default=ROLE_ARN_PREFIX)
     args = parser.parse_args(argv)
     try:
-        paths = render(args.team, args.out, namespace=args.namespace, bucket=args.bucket, prefix=args.prefix,
-                       region=args.region, role_arn_prefix=args.role_arn_prefix)
+        paths = render(
+            args.team,
+            args.out,
+            namespace=args.namespace,
+            bucket=args.bucket,
+            prefix=args.prefix,
+            region=args.region,
+            role_arn_prefix=args.role_arn_prefix,
+        )
     except ValueError as exc:
         print(f"tamis: error: {exc}", file=sys.stderr)
         return 2

@@ -69,7 +69,9 @@ async def _failure(request: Request, exc: Exception):
     message = f"{type(exc).__name__}: {str(exc)[:500]}"
     if _wants_json(request):
         return JSONResponse({"detail": message}, status_code=500)
-    return HTMLResponse(_page("500", f'<p class="error">The catalog could not answer: {escape(message)}</p>'), status_code=500)
+    return HTMLResponse(
+        _page("500", f'<p class="error">The catalog could not answer: {escape(message)}</p>'), status_code=500
+    )
 
 
 # --------------------------------------------------------------------------- who reads
@@ -155,8 +157,9 @@ def api_clone(version: str, name: str = "", user=Depends(_user)):
         text = catalog.clone_yaml(release, name)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
-    return PlainTextResponse(text, media_type="application/yaml",
-                             headers={"Content-Disposition": f'attachment; filename="{name}.yaml"'})
+    return PlainTextResponse(
+        text, media_type="application/yaml", headers={"Content-Disposition": f'attachment; filename="{name}.yaml"'}
+    )
 
 
 # --------------------------------------------------------------------------- pages
@@ -171,18 +174,21 @@ def releases_page(user=Depends(_user)):
         mix = ", ".join(f"{k} {v:.0%}" for k, v in (s["mixture"] or {}).get("shares", {}).items())
         rows.append(
             f'<tr class="release" data-version="{escape(s["version"])}"><td><a href="{_href(s["version"])}">'
-            f'{escape(s["version"])}</a></td><td>{escape(s["name"])}</td><td>{escape(s["team"] or "—")}'
-            f'{" (public)" if s["public"] else ""}</td><td>{escape(s["created_at"] or "")}</td>'
+            f"{escape(s['version'])}</a></td><td>{escape(s['name'])}</td><td>{escape(s['team'] or '—')}"
+            f"{' (public)' if s['public'] else ''}</td><td>{escape(s['created_at'] or '')}</td>"
             f'<td><code>{escape(s["dvc"]["revision"][:12])}</code></td><td class="num">{_number(s["documents"])}</td>'
             f'<td class="num">{_number(_total_tokens(s["tokens"]))}</td><td class="num">{_bytes(s["bytes"])}</td>'
-            f'<td>{escape(mix)}</td><td class="ready">{"ready" if s["ready"] else "not preheated"}</td></tr>')
+            f'<td>{escape(mix)}</td><td class="ready">{"ready" if s["ready"] else "not preheated"}</td></tr>'
+        )
     notes = "".join(f'<p class="error problem">{escape(p)}</p>' for p in problems)
     if not rows:
         body = '<p class="message" id="no-releases">No release that you may read.</p>'
     else:
-        body = ('<table id="releases"><thead><tr><th>version</th><th>pipeline</th><th>team</th><th>created</th>'
-                '<th>DVC revision</th><th>documents</th><th>tokens</th><th>size</th><th>mixture</th><th>hot copy</th>'
-                '</tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+        body = (
+            '<table id="releases"><thead><tr><th>version</th><th>pipeline</th><th>team</th><th>created</th>'
+            "<th>DVC revision</th><th>documents</th><th>tokens</th><th>size</th><th>mixture</th><th>hot copy</th>"
+            "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        )
     return _page("Releases", f"<h1>Dataset releases</h1>{notes}{body}")
 
 
@@ -190,13 +196,24 @@ def releases_page(user=Depends(_user)):
 def release_page(version: str, request: Request, limit: int = 10, user=Depends(_user)):
     release = _release(version, user)
     d = catalog.detail(release)
-    meta = (f'<p class="meta">pipeline <b>{escape(d["name"])}</b> · team <b>{escape(d["team"] or "—")}</b>'
-            f'{" · public" if d["public"] else ""} · created {escape(d["created_at"] or "")} · DVC revision '
-            f'<code id="dvc-revision">{escape(d["dvc"]["revision"])}</code> · remote <code>{escape(d["dvc"]["remote"])}</code>'
-            f' · hot copy <b id="ready">{"ready" if d["ready"] else "not preheated"}</b></p>')
-    sections = [f"<h1>{escape(version)}</h1>", meta, _figures(d), _stages_table(d), _gates_table(d), _lineage_section(d),
-                _records_section(release, limit), _sample_section(release, request, limit), _loading_section(d),
-                _clone_section(release)]
+    meta = (
+        f'<p class="meta">pipeline <b>{escape(d["name"])}</b> · team <b>{escape(d["team"] or "—")}</b>'
+        f"{' · public' if d['public'] else ''} · created {escape(d['created_at'] or '')} · DVC revision "
+        f'<code id="dvc-revision">{escape(d["dvc"]["revision"])}</code> · remote <code>{escape(d["dvc"]["remote"])}</code>'
+        f' · hot copy <b id="ready">{"ready" if d["ready"] else "not preheated"}</b></p>'
+    )
+    sections = [
+        f"<h1>{escape(version)}</h1>",
+        meta,
+        _figures(d),
+        _stages_table(d),
+        _gates_table(d),
+        _lineage_section(d),
+        _records_section(release, limit),
+        _sample_section(release, request, limit),
+        _loading_section(d),
+        _clone_section(release),
+    ]
     return _page(version, "".join(sections), crumbs=True)
 
 
@@ -210,64 +227,90 @@ def _figures(d: dict[str, Any]) -> str:
     mix = d["mixture"]
     mix_rows = ""
     if mix:
-        mix_rows = "".join(f'<tr data-source="{escape(k)}"><td>{escape(k)}</td><td class=num>{_number(mix["tokens"][k])}</td>'
-                           f'<td class=num>{v:.1%}</td><td class=num>{_weight(mix["weights"], k)}</td></tr>'
-                           for k, v in mix["shares"].items())
-        mix_rows = (f'<h3>Mixture ({escape(mix["stage"])})</h3><table id="mixture"><thead><tr><th>source</th><th>tokens</th>'
-                    f'<th>share</th><th>weight</th></tr></thead><tbody>{mix_rows}</tbody></table>')
-    return (f'<h2>Contents</h2><p class="meta">{_number(d["documents"])} documents · {_bytes(d["bytes"])} in '
-            f'{d["contents"]["files"]} files of {", ".join(escape(x) for x in d["contents"]["datasets"])}</p>'
-            f'<table id="tokens"><thead><tr><th>token count</th><th>value</th></tr></thead><tbody>{tokens}</tbody></table>{mix_rows}')
+        mix_rows = "".join(
+            f'<tr data-source="{escape(k)}"><td>{escape(k)}</td><td class=num>{_number(mix["tokens"][k])}</td>'
+            f"<td class=num>{v:.1%}</td><td class=num>{_weight(mix['weights'], k)}</td></tr>"
+            for k, v in mix["shares"].items()
+        )
+        mix_rows = (
+            f'<h3>Mixture ({escape(mix["stage"])})</h3><table id="mixture"><thead><tr><th>source</th><th>tokens</th>'
+            f"<th>share</th><th>weight</th></tr></thead><tbody>{mix_rows}</tbody></table>"
+        )
+    return (
+        f'<h2>Contents</h2><p class="meta">{_number(d["documents"])} documents · {_bytes(d["bytes"])} in '
+        f"{d['contents']['files']} files of {', '.join(escape(x) for x in d['contents']['datasets'])}</p>"
+        f'<table id="tokens"><thead><tr><th>token count</th><th>value</th></tr></thead><tbody>{tokens}</tbody></table>{mix_rows}'
+    )
 
 
 def _stages_table(d: dict[str, Any]) -> str:
     rows = "".join(
         f'<tr data-stage="{escape(s["stage"])}"><td>{escape(s["stage"])}</td>'
-        + "".join(f'<td class="num" data-count="{k}">{_number(s["counts"][k])}</td>' for k in ("in", "kept", "dropped", "quarantined"))
+        + "".join(
+            f'<td class="num" data-count="{k}">{_number(s["counts"][k])}</td>'
+            for k in ("in", "kept", "dropped", "quarantined")
+        )
         + f'<td class="num">{_bytes(s["bytes"])}</td><td><details><summary>params</summary><pre>'
-        f'{escape(json.dumps(s["params"], indent=1, sort_keys=True))}</pre></details></td></tr>' for s in d["stages"])
-    return ('<h2>How it was made</h2><table id="stages"><thead><tr><th>stage</th><th>in</th><th>kept</th><th>dropped</th>'
-            f'<th>quarantined</th><th>size</th><th>parameters</th></tr></thead><tbody>{rows}</tbody></table>')
+        f"{escape(json.dumps(s['params'], indent=1, sort_keys=True))}</pre></details></td></tr>"
+        for s in d["stages"]
+    )
+    return (
+        '<h2>How it was made</h2><table id="stages"><thead><tr><th>stage</th><th>in</th><th>kept</th><th>dropped</th>'
+        f"<th>quarantined</th><th>size</th><th>parameters</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def _gates_table(d: dict[str, Any]) -> str:
     rows = []
     for stage, gate in d["gates"].items():
-        verdict = "—" if gate is None else ("passed" if gate["success"] else f'FAILED ({len(gate["failed"])})')
+        verdict = "—" if gate is None else ("passed" if gate["success"] else f"FAILED ({len(gate['failed'])})")
         count = "" if gate is None else gate["evaluated"]
-        rows.append(f'<tr data-stage="{escape(stage)}"><td>{escape(stage)}</td><td class="gate">{verdict}</td>'
-                    f'<td class="num">{count}</td></tr>')
-    return ('<h2>Quality gates</h2><table id="gates"><thead><tr><th>stage</th><th>result</th><th>expectations</th></tr>'
-            f'</thead><tbody>{"".join(rows)}</tbody></table>')
+        rows.append(
+            f'<tr data-stage="{escape(stage)}"><td>{escape(stage)}</td><td class="gate">{verdict}</td>'
+            f'<td class="num">{count}</td></tr>'
+        )
+    return (
+        '<h2>Quality gates</h2><table id="gates"><thead><tr><th>stage</th><th>result</th><th>expectations</th></tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _lineage_section(d: dict[str, Any]) -> str:
     rows = []
     for name, s in d["lineage"]["sources"].items():
         pinned = f'commit <code class="commit">{escape(s["commit"])}</code>' if s["commit"] else ""
-        rejected = f' · {len(s["rejected"])} files refused' if s["rejected"] else ""
-        rows.append(f'<tr data-source="{escape(name)}"><td>{escape(name)}</td><td>{escape(s["kind"])}</td>'
-                    f'<td><code>{escape(s["origin"])}</code> {pinned}{rejected}</td><td class="num">{s["files"]}</td>'
-                    f'<td class="num">{_bytes(s["bytes"])}</td></tr>')
+        rejected = f" · {len(s['rejected'])} files refused" if s["rejected"] else ""
+        rows.append(
+            f'<tr data-source="{escape(name)}"><td>{escape(name)}</td><td>{escape(s["kind"])}</td>'
+            f'<td><code>{escape(s["origin"])}</code> {pinned}{rejected}</td><td class="num">{s["files"]}</td>'
+            f'<td class="num">{_bytes(s["bytes"])}</td></tr>'
+        )
     chain = " → ".join(escape(s["stage"]) for s in d["lineage"]["stages"])
-    return ('<h2>Lineage</h2><table id="lineage"><thead><tr><th>source</th><th>kind</th><th>origin</th><th>files</th>'
-            f'<th>size</th></tr></thead><tbody>{"".join(rows)}</tbody></table><p class="meta">raw files → {chain} → '
-            f'<code>{escape(d["lineage"]["final"])}</code></p>')
+    return (
+        '<h2>Lineage</h2><table id="lineage"><thead><tr><th>source</th><th>kind</th><th>origin</th><th>files</th>'
+        f'<th>size</th></tr></thead><tbody>{"".join(rows)}</tbody></table><p class="meta">raw files → {chain} → '
+        f"<code>{escape(d['lineage']['final'])}</code></p>"
+    )
 
 
 def _records_table(found: dict[str, Any], element_id: str) -> str:
     if not found["rows"]:
         return f'<p class="message" id="{element_id}-none">{escape(found.get("message") or "no record matches")}</p>'
     head = "".join(f"<th>{escape(c)}</th>" for c in found["columns"])
-    body = "".join("<tr class=\"record\">" + "".join(
-        f'<td class="{escape(c)}">{escape("" if r.get(c) is None else str(r[c]))}</td>' for c in found["columns"]) + "</tr>"
-        for r in found["rows"])
+    body = "".join(
+        '<tr class="record">'
+        + "".join(
+            f'<td class="{escape(c)}">{escape("" if r.get(c) is None else str(r[c]))}</td>' for c in found["columns"]
+        )
+        + "</tr>"
+        for r in found["rows"]
+    )
     return f'<table id="{element_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _records_section(release: catalog.Release, limit: int) -> str:
     found = catalog.preview(release, _limit(limit))
-    where = f' (read from the {found["read_from"]} copy)' if found.get("read_from") else ""
+    where = f" (read from the {found['read_from']} copy)" if found.get("read_from") else ""
     return f"<h2>Records{where}</h2>" + _records_table(found, "preview")
 
 
@@ -277,27 +320,45 @@ def _sample_section(release: catalog.Release, request: Request, limit: int) -> s
         found = catalog.sample(release, filters, _limit(limit))
     except ValueError as exc:
         found = {"rows": [], "columns": [], "message": str(exc), "filterable": list(filters)}
-    fields = "".join(f'<label>{escape(c)} <input name="{escape(c)}" value="{escape(filters.get(c, ""))}" size="14"></label> '
-                     for c in found.get("filterable", []))
+    fields = "".join(
+        f'<label>{escape(c)} <input name="{escape(c)}" value="{escape(filters.get(c, ""))}" size="14"></label> '
+        for c in found.get("filterable", [])
+    )
     form = f'<form method="get" id="sample-form">{fields}<button type="submit">Sample</button></form>' if fields else ""
-    where = f'<p class="meta">through the index: <code>{escape(found["where"])}</code></p>' if found.get("where") else ""
+    where = (
+        f'<p class="meta">through the index: <code>{escape(found["where"])}</code></p>' if found.get("where") else ""
+    )
     return "<h2>Sample by filter</h2>" + form + where + _records_table(found, "sample")
 
 
 def _loading_section(d: dict[str, Any]) -> str:
-    titles = {"datasets": "Hugging Face datasets", "pytorch": "PyTorch (tamis.loader)",
-              "megatron": "Megatron .bin/.idx", "numpy": "The .bin/.idx with numpy alone"}
-    blocks = "".join(f'<h3>{titles[k]}</h3><pre class="code" data-kind="{k}">{escape(v)}</pre>' for k, v in d["loading"].items())
-    note = "" if d["ready"] else ('<p class="message">The paths are those of the hot copy, there once the release is preheated; '
-                                 "the PyTorch loader reads the store until then.</p>")
+    titles = {
+        "datasets": "Hugging Face datasets",
+        "pytorch": "PyTorch (tamis.loader)",
+        "megatron": "Megatron .bin/.idx",
+        "numpy": "The .bin/.idx with numpy alone",
+    }
+    blocks = "".join(
+        f'<h3>{titles[k]}</h3><pre class="code" data-kind="{k}">{escape(v)}</pre>' for k, v in d["loading"].items()
+    )
+    note = (
+        ""
+        if d["ready"]
+        else (
+            '<p class="message">The paths are those of the hot copy, there once the release is preheated; '
+            "the PyTorch loader reads the store until then.</p>"
+        )
+    )
     return f'<h2>Load it</h2>{note}<div id="loading">{blocks}</div>'
 
 
 def _clone_section(release: catalog.Release) -> str:
     name = f"{release.manifest['pipeline']}-clone"
     action = f"{_href(release.version)}/pipeline.yaml"
-    return (f'<h2>Start a new pipeline from it</h2><form method="get" action="{action}" id="clone"><label>name '
-            f'<input name="name" value="{escape(name)}"></label> <button type="submit">Download pipeline YAML</button></form>')
+    return (
+        f'<h2>Start a new pipeline from it</h2><form method="get" action="{action}" id="clone"><label>name '
+        f'<input name="name" value="{escape(name)}"></label> <button type="submit">Download pipeline YAML</button></form>'
+    )
 
 
 # --------------------------------------------------------------------------- layout
@@ -316,8 +377,10 @@ nav{font-size:13px;margin-bottom:6px} form label{margin-right:10px;font-size:13p
 
 def _page(title: str, body: str, crumbs: bool = False) -> str:
     nav = f'<nav><a href="{URL_PREFIX}/">All releases</a></nav>' if crumbs else ""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} · tamis</title>'
-            f"<style>{STYLE}</style></head><body>{nav}{body}</body></html>")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} · tamis</title>'
+        f"<style>{STYLE}</style></head><body>{nav}{body}</body></html>"
+    )
 
 
 def _href(version: str) -> str:
@@ -346,4 +409,3 @@ def _total_tokens(tokens: dict[str, int]) -> int | None:
 
 def _weight(weights, source: str) -> str:
     return "" if not weights or source not in weights else f"{weights[source]:.2f}"
-

@@ -71,8 +71,10 @@ async def _error_page(request: Request, exc: StarletteHTTPException):
 async def _failure_page(request: Request, exc: Exception):
     # The details go to the api-server log; the reader gets what failed, not a stack trace.
     logging.getLogger(__name__).exception("report page %s failed", request.url.path)
-    body = (f'<p class="error">The report could not be built: {escape(type(exc).__name__)}: {escape(str(exc)[:500])}</p>'
-            f'<p><a href="{URL_PREFIX}/">All runs</a></p>')
+    body = (
+        f'<p class="error">The report could not be built: {escape(type(exc).__name__)}: {escape(str(exc)[:500])}</p>'
+        f'<p><a href="{URL_PREFIX}/">All runs</a></p>'
+    )
     return HTMLResponse(_page("500", body), status_code=500)
 
 
@@ -98,8 +100,10 @@ def _can_read_runs(user, dag_id: str) -> bool:
     from airflow.models.dag import DagModel
 
     return get_auth_manager().is_authorized_dag(
-        method="GET", access_entity=DagAccessEntity.RUN,
-        details=DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id)), user=user,
+        method="GET",
+        access_entity=DagAccessEntity.RUN,
+        details=DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id)),
+        user=user,
     )
 
 
@@ -136,9 +140,13 @@ def _dag_runs(dag_ids: list[str]) -> list[dict[str, Any]]:
 
 def _run_row(run) -> dict[str, Any]:
     return {
-        "dag_id": run.dag_id, "run_id": run.run_id, "state": str(run.state.value if hasattr(run.state, "value") else run.state),
+        "dag_id": run.dag_id,
+        "run_id": run.run_id,
+        "state": str(run.state.value if hasattr(run.state, "value") else run.state),
         # A queued run has not started yet; it is dated by when it may run.
-        "date": (run.start_date or run.run_after).isoformat(timespec="seconds") if (run.start_date or run.run_after) else "",
+        "date": (run.start_date or run.run_after).isoformat(timespec="seconds")
+        if (run.start_date or run.run_after)
+        else "",
         "pipeline": str((run.conf or {}).get("pipeline") or "default"),
     }
 
@@ -185,13 +193,17 @@ def runs_page(request: Request, user=Depends(_user)):
     elif not rows:
         body = f'<p class="message">No runs yet of {", ".join(dags)}.</p>'
     else:
-        body = ('<table id="runs"><thead><tr><th>DAG</th><th>run</th><th>state</th><th>date</th><th>pipeline</th>'
-                '<th>progress</th><th>documents out</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+        body = (
+            '<table id="runs"><thead><tr><th>DAG</th><th>run</th><th>state</th><th>date</th><th>pipeline</th>'
+            "<th>progress</th><th>documents out</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        )
     if dags:
         from tamis.pipeline import PIPELINES_DIR
 
-        trends = " · ".join(f'<a class="trends" href="{URL_PREFIX}/pipelines/{quote(p.stem, safe="")}/trends">{escape(p.stem)}</a>'
-                            for p in sorted(PIPELINES_DIR.glob("*.yaml")))
+        trends = " · ".join(
+            f'<a class="trends" href="{URL_PREFIX}/pipelines/{quote(p.stem, safe="")}/trends">{escape(p.stem)}</a>'
+            for p in sorted(PIPELINES_DIR.glob("*.yaml"))
+        )
         body = f'<p class="meta">Trends and drift across runs, by pipeline: {trends}</p>{body}'
     return _page("Runs", f"<h1>Data-quality reports</h1>{body}")
 
@@ -200,31 +212,58 @@ def runs_page(request: Request, user=Depends(_user)):
 def run_page(dag_id: str, run_id: str, user=Depends(_user)):
     run, stages, run_url = _resolve(dag_id, run_id, user)
     title = f"{dag_id} / {run_id}"
-    head = (f'<h1>{escape(title)}</h1><p class="meta">state <b>{escape(run["state"])}</b> · pipeline '
-            f'<b>{escape(run["pipeline"])}</b> · data <code>{escape(run_url)}</code></p>')
+    head = (
+        f'<h1>{escape(title)}</h1><p class="meta">state <b>{escape(run["state"])}</b> · pipeline '
+        f"<b>{escape(run['pipeline'])}</b> · data <code>{escape(run_url)}</code></p>"
+    )
     if not report.run_exists(run_url):
-        return _page(title, head + '<p class="message" id="no-data">This run has not written any dataset yet '
-                     f'(no folder at <code>{escape(run_url)}</code>).</p>', crumbs=True)
+        return _page(
+            title,
+            head + '<p class="message" id="no-data">This run has not written any dataset yet '
+            f"(no folder at <code>{escape(run_url)}</code>).</p>",
+            crumbs=True,
+        )
     data = report.run_report(run_url, stages)
     links = RunLinks(run["pipeline"], safe_run_id(run_id))
-    sections = [head, _run_facts(run_url, links), _stage_table(data, links), _funnel_section(data),
-                _reasons_section(data, links), _distributions(data), _clusters_section(data, links),
-                _pii_section(data, links), _gates_section(data),
-                f'<p><a id="browse" href="{_run_href(dag_id, run_id)}/records">Browse records</a></p>']
+    sections = [
+        head,
+        _run_facts(run_url, links),
+        _stage_table(data, links),
+        _funnel_section(data),
+        _reasons_section(data, links),
+        _distributions(data),
+        _clusters_section(data, links),
+        _pii_section(data, links),
+        _gates_section(data),
+        f'<p><a id="browse" href="{_run_href(dag_id, run_id)}/records">Browse records</a></p>',
+    ]
     return _page(title, "".join(sections), crumbs=True)
 
 
 @app.get("/dags/{dag_id}/runs/{run_id}/records", response_class=HTMLResponse)
-def records_page(dag_id: str, run_id: str, stage: str = "", id: str = "", source: str = "", lang: str = "",
-                 status: str = "kept", offset: int = Query(0, ge=0), user=Depends(_user)):
+def records_page(
+    dag_id: str,
+    run_id: str,
+    stage: str = "",
+    id: str = "",
+    source: str = "",
+    lang: str = "",
+    status: str = "kept",
+    offset: int = Query(0, ge=0),
+    user=Depends(_user),
+):
     run, stages, run_url = _resolve(dag_id, run_id, user)
     done = [s for s in stages if report.stage_status(storage.join(run_url, s))["status"] == "done"]
     if not done:
         raise HTTPException(404, f"run {run_id!r} of {dag_id} has no finished stage to browse yet")
     # By default the last documents with text: later stages (pack, index) hold sequences.
-    stage = stage or next((s for s in reversed(done) if "text" in report.dataset_columns(storage.join(run_url, s))), done[-1])
+    stage = stage or next(
+        (s for s in reversed(done) if "text" in report.dataset_columns(storage.join(run_url, s))), done[-1]
+    )
     if stage not in done:
-        raise HTTPException(404, f"stage {stage!r} has no finished dataset in run {run_id!r}; finished: {', '.join(done)}")
+        raise HTTPException(
+            404, f"stage {stage!r} has no finished dataset in run {run_id!r}; finished: {', '.join(done)}"
+        )
     if status not in ("kept", "dropped"):
         raise HTTPException(404, f"status {status!r}: kept or dropped")
     links = RunLinks(run["pipeline"], safe_run_id(run_id))
@@ -238,47 +277,83 @@ def records_page(dag_id: str, run_id: str, stage: str = "", id: str = "", source
     if status == "dropped":
         found = _dropped_records(stage_url, links, offset)
     elif index_url is not None and not id.strip():
-        found = report.indexed_records(index_url, {"source": source, "lang": lang}, offset, RECORDS_PER_PAGE, TEXT_CHARS)
+        found = report.indexed_records(
+            index_url, {"source": source, "lang": lang}, offset, RECORDS_PER_PAGE, TEXT_CHARS
+        )
         via = f" (through the index of {escape(index_url.rstrip('/').rsplit('/', 1)[-1])})"
     else:
-        found = report.find_records(stage_url, record_id=id.strip() or None, source=source or None, lang=lang or None,
-                                   limit=RECORDS_PER_PAGE, text_chars=TEXT_CHARS, offset=offset)
-    form = (f'<form method="get" id="filter"><label>stage {_select("stage", done, stage, empty=False)}</label> '
-            f'<label>records {_select("status", ["kept", "dropped"], status, empty=False)}</label> '
-            f'<label>id <input name="id" value="{escape(id)}" size="40"></label> '
-            f'<label>source {_select("source", sources, source)}</label> ')
+        found = report.find_records(
+            stage_url,
+            record_id=id.strip() or None,
+            source=source or None,
+            lang=lang or None,
+            limit=RECORDS_PER_PAGE,
+            text_chars=TEXT_CHARS,
+            offset=offset,
+        )
+    form = (
+        f'<form method="get" id="filter"><label>stage {_select("stage", done, stage, empty=False)}</label> '
+        f"<label>records {_select('status', ['kept', 'dropped'], status, empty=False)}</label> "
+        f'<label>id <input name="id" value="{escape(id)}" size="40"></label> '
+        f"<label>source {_select('source', sources, source)}</label> "
+    )
     if langs:
-        form += f'<label>language {_select("lang", langs, lang)}</label> '
+        form += f"<label>language {_select('lang', langs, lang)}</label> "
     form += '<button type="submit">Find</button></form>'
     if found["rows"]:
         head = "".join(f"<th>{escape(c)}</th>" for c in found["columns"])
         body = "".join(
-            "<tr class=\"record\">" + "".join(
-                f'<td class="{escape(c)}">{_record_cell(c, r, links)}</td>' for c in found["columns"]
-            ) + "</tr>" for r in found["rows"])
+            '<tr class="record">'
+            + "".join(f'<td class="{escape(c)}">{_record_cell(c, r, links)}</td>' for c in found["columns"])
+            + "</tr>"
+            for r in found["rows"]
+        )
         result = f'<table id="records"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
     else:
         result = f'<p class="message" id="no-records">{escape(found["message"] or "no record matches")}</p>'
     base = f"{_run_href(dag_id, run_id)}/records?" + urlencode(
-        {k: v for k, v in {"stage": stage, "status": status, "id": id, "source": source, "lang": lang}.items() if v})
+        {k: v for k, v in {"stage": stage, "status": status, "id": id, "source": source, "lang": lang}.items() if v}
+    )
     pager = ""
     if offset or found.get("next_offset") is not None:
-        pager = '<p class="pager">' + (f'<a id="previous" href="{escape(base)}&offset={max(offset - RECORDS_PER_PAGE, 0)}">'
-                                      "previous</a> " if offset else "")
-        pager += (f'<a id="next" href="{escape(base)}&offset={found["next_offset"]}">next</a>'
-                  if found.get("next_offset") is not None else "") + "</p>"
+        pager = '<p class="pager">' + (
+            f'<a id="previous" href="{escape(base)}&offset={max(offset - RECORDS_PER_PAGE, 0)}">previous</a> '
+            if offset
+            else ""
+        )
+        pager += (
+            f'<a id="next" href="{escape(base)}&offset={found["next_offset"]}">next</a>'
+            if found.get("next_offset") is not None
+            else ""
+        ) + "</p>"
     title = f"records of {dag_id} / {run_id}"
     back = f'<p><a href="{_run_href(dag_id, run_id)}">Back to the report</a></p>'
-    return _page(title, f"<h1>Records: {escape(stage)}</h1>{back}{form}<p class=\"meta\">{RECORDS_PER_PAGE} per page{via}; "
-                 f"texts cut at {TEXT_CHARS} characters</p>{result}{pager}", crumbs=True)
+    return _page(
+        title,
+        f'<h1>Records: {escape(stage)}</h1>{back}{form}<p class="meta">{RECORDS_PER_PAGE} per page{via}; '
+        f"texts cut at {TEXT_CHARS} characters</p>{result}{pager}",
+        crumbs=True,
+    )
 
 
 def _dropped_records(stage_url: str, links: RunLinks, offset: int) -> dict:
     data = report.dropped_examples(stage_url, None, offset, RECORDS_PER_PAGE)
-    rows = [{"id": r["id"], "source": r["source"], "reason": r["reason"], "detail": r["detail"],
-             "text": None if r["snippet"] is None else r["snippet"]["before"][:TEXT_CHARS]} for r in data["rows"]]
-    return {"columns": ["id", "source", "reason", "detail", "text"], "rows": rows, "next_offset": data["next_offset"],
-            "message": None if rows else "this stage dropped no document"}
+    rows = [
+        {
+            "id": r["id"],
+            "source": r["source"],
+            "reason": r["reason"],
+            "detail": r["detail"],
+            "text": None if r["snippet"] is None else r["snippet"]["before"][:TEXT_CHARS],
+        }
+        for r in data["rows"]
+    ]
+    return {
+        "columns": ["id", "source", "reason", "detail", "text"],
+        "rows": rows,
+        "next_offset": data["next_offset"],
+        "message": None if rows else "this stage dropped no document",
+    }
 
 
 def _record_cell(column: str, row: dict, links: RunLinks) -> str:
@@ -291,7 +366,9 @@ def _record_cell(column: str, row: dict, links: RunLinks) -> str:
 
 def _resolve(dag_id: str, run_id: str, user):
     if dag_id not in REPORTED_DAGS:
-        raise HTTPException(404, f"DAG {dag_id!r} has no data-quality report (reported DAGs: {', '.join(REPORTED_DAGS)})")
+        raise HTTPException(
+            404, f"DAG {dag_id!r} has no data-quality report (reported DAGs: {', '.join(REPORTED_DAGS)})"
+        )
     if not _can_read_runs(user, dag_id):
         raise HTTPException(403, f"you do not have access to the runs of DAG {dag_id!r}")
     run = _dag_run(dag_id, run_id)
@@ -342,18 +419,25 @@ def _run_facts(run_url: str, links: RunLinks) -> str:
     from tamis.tracking import read_pointer
     from tamis.trends import DRIFT_FILE
 
-    facts = [f'<a id="examples-index" href="{escape(links.examples())}">documents behind every number</a>',
-             f'<a id="trends" href="{escape(links.trends())}">trends of pipeline {escape(links.pipeline)}</a>',
-             f'<a id="compare" href="{escape(links.compare())}">compare with another run</a>']
+    facts = [
+        f'<a id="examples-index" href="{escape(links.examples())}">documents behind every number</a>',
+        f'<a id="trends" href="{escape(links.trends())}">trends of pipeline {escape(links.pipeline)}</a>',
+        f'<a id="compare" href="{escape(links.compare())}">compare with another run</a>',
+    ]
     pointer = read_pointer(run_url)
     if pointer:
-        facts.append(f'MLflow run <code id="mlflow-run" title="{escape(pointer.get("tracking_uri", ""))}">'
-                     f'{escape(pointer.get("run_id", ""))}</code> (experiment {escape(pointer.get("experiment", ""))})')
+        facts.append(
+            f'MLflow run <code id="mlflow-run" title="{escape(pointer.get("tracking_uri", ""))}">'
+            f"{escape(pointer.get('run_id', ''))}</code> (experiment {escape(pointer.get('experiment', ''))})"
+        )
     drift_url = storage.join(run_url, DRIFT_FILE)
     if storage.exists(drift_url):
         drift = storage.read_json(drift_url)
-        facts.append(f'drift check of {escape(str(drift.get("date")))}: <b id="drift" data-status="{escape(drift.get("status", ""))}">'
-                     f'{escape(drift.get("status", ""))}</b>' + (f' ({len(drift.get("breaches", []))} rates)' if drift.get("breaches") else ""))
+        facts.append(
+            f'drift check of {escape(str(drift.get("date")))}: <b id="drift" data-status="{escape(drift.get("status", ""))}">'
+            f"{escape(drift.get('status', ''))}</b>"
+            + (f" ({len(drift.get('breaches', []))} rates)" if drift.get("breaches") else "")
+        )
     return '<p class="meta">' + " · ".join(facts) + "</p>"
 
 
@@ -364,20 +448,30 @@ def _stage_table(data: dict, links: RunLinks) -> str:
         gate_cell = "—" if gate is None else ("passed" if gate["success"] else "FAILED")
         if s["status"] == "done":
             c = s["counts"]
-            targets = {"dropped": links.examples(s["stage"], kind="dropped"),
-                       "quarantined": links.examples(s["stage"], kind="quarantined",
-                                                     rule=next(iter(s["quarantine_reasons"]), ""))}
-            cells = "".join(f'<td class="num" data-count="{k}">{_count_link(c[k], targets.get(k))}</td>'
-                            for k in ("in", "kept", "dropped", "quarantined"))
+            targets = {
+                "dropped": links.examples(s["stage"], kind="dropped"),
+                "quarantined": links.examples(
+                    s["stage"], kind="quarantined", rule=next(iter(s["quarantine_reasons"]), "")
+                ),
+            }
+            cells = "".join(
+                f'<td class="num" data-count="{k}">{_count_link(c[k], targets.get(k))}</td>'
+                for k in ("in", "kept", "dropped", "quarantined")
+            )
             rate = (c["dropped"] + c["quarantined"]) / c["in"] if c["in"] else 0.0
             cells += f'<td class="num">{rate:.1%}</td><td class="num">{s["elapsed_s"] or 0:.1f}</td>'
         else:
             cells = f'<td colspan="6" class="message">{escape(s["status"])}{": " + escape(s["message"]) if s.get("message") else ""}</td>'
-        rows.append(f'<tr data-stage="{escape(s["stage"])}" data-status="{escape(s["status"])}"><td>{escape(s["stage"])}</td>'
-                    f'{cells}<td class="gate">{gate_cell}</td></tr>')
-    return ('<h2>Stages</h2><table id="funnel"><thead><tr><th>stage</th><th>in</th><th>kept</th><th>dropped</th>'
-            '<th>quarantined</th><th>lost</th><th>seconds</th><th>gate</th></tr></thead><tbody>'
-            + "".join(rows) + "</tbody></table>")
+        rows.append(
+            f'<tr data-stage="{escape(s["stage"])}" data-status="{escape(s["status"])}"><td>{escape(s["stage"])}</td>'
+            f'{cells}<td class="gate">{gate_cell}</td></tr>'
+        )
+    return (
+        '<h2>Stages</h2><table id="funnel"><thead><tr><th>stage</th><th>in</th><th>kept</th><th>dropped</th>'
+        "<th>quarantined</th><th>lost</th><th>seconds</th><th>gate</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
 
 
 def _funnel_section(data: dict) -> str:
@@ -390,15 +484,19 @@ def _funnel_section(data: dict) -> str:
 def _reasons_section(data: dict, links: RunLinks) -> str:
     rows = report.reasons_by_rule(data)
     if not rows:
-        return "<h2>Drop reasons</h2><p class=\"message\">No document was dropped or quarantined.</p>"
-    items = [(f'{r["stage"]}: {r["rule"]}', r["count"]) for r in rows]
-    table = "".join(f'<tr data-stage="{escape(r["stage"])}" data-rule="{escape(r["rule"])}"><td>{escape(r["stage"])}</td>'
-                    f'<td>{escape(r["rule"])}</td><td>{r["kind"]}</td><td class="num">'
-                    f'{_count_link(r["count"], links.examples(r["stage"], kind=r["kind"], rule=r["rule"]))}</td></tr>'
-                    for r in rows)
-    return (f'<h2>Drop reasons</h2><div class="figure">{charts.hbars(items, "documents by drop rule", charts.DROPPED, 230)}</div>'
-            '<table id="reasons"><thead><tr><th>stage</th><th>rule</th><th>kind</th><th>documents</th></tr></thead>'
-            f"<tbody>{table}</tbody></table>")
+        return '<h2>Drop reasons</h2><p class="message">No document was dropped or quarantined.</p>'
+    items = [(f"{r['stage']}: {r['rule']}", r["count"]) for r in rows]
+    table = "".join(
+        f'<tr data-stage="{escape(r["stage"])}" data-rule="{escape(r["rule"])}"><td>{escape(r["stage"])}</td>'
+        f'<td>{escape(r["rule"])}</td><td>{r["kind"]}</td><td class="num">'
+        f"{_count_link(r['count'], links.examples(r['stage'], kind=r['kind'], rule=r['rule']))}</td></tr>"
+        for r in rows
+    )
+    return (
+        f'<h2>Drop reasons</h2><div class="figure">{charts.hbars(items, "documents by drop rule", charts.DROPPED, 230)}</div>'
+        '<table id="reasons"><thead><tr><th>stage</th><th>rule</th><th>kind</th><th>documents</th></tr></thead>'
+        f"<tbody>{table}</tbody></table>"
+    )
 
 
 def _distributions(data: dict) -> str:
@@ -408,16 +506,28 @@ def _distributions(data: dict) -> str:
         url = storage.join(data["run_url"], text_stage)
         columns = report.dataset_columns(url)
         if "lang" in columns:
-            parts.append(f"<h3>Languages ({escape(text_stage)})</h3><div class=\"figure\" id=\"languages\">"
-                         f"{charts.hbars(list(_value_counts(url, 'lang', _finished_at(url))), 'documents by language')}</div>")
+            parts.append(
+                f'<h3>Languages ({escape(text_stage)})</h3><div class="figure" id="languages">'
+                f"{charts.hbars(list(_value_counts(url, 'lang', _finished_at(url))), 'documents by language')}</div>"
+            )
         if "source" in columns:
-            parts.append(f"<h3>Sources ({escape(text_stage)})</h3><div class=\"figure\" id=\"sources\">"
-                         f"{charts.hbars(list(_value_counts(url, 'source', _finished_at(url))), 'documents by source')}</div>")
+            parts.append(
+                f'<h3>Sources ({escape(text_stage)})</h3><div class="figure" id="sources">'
+                f"{charts.hbars(list(_value_counts(url, 'source', _finished_at(url))), 'documents by source')}</div>"
+            )
         parts.append(_histogram_block(url, "text", text_stage, "document length", " chars", "lengths"))
     token_stage = report.records_stage(data, "token_count")
     if token_stage:
-        parts.append(_histogram_block(storage.join(data["run_url"], token_stage), "token_count", token_stage,
-                                      "tokens per document", " tokens", "tokens"))
+        parts.append(
+            _histogram_block(
+                storage.join(data["run_url"], token_stage),
+                "token_count",
+                token_stage,
+                "tokens per document",
+                " tokens",
+                "tokens",
+            )
+        )
     if not parts:
         return ""
     return "<h2>Distributions</h2>" + "".join(parts)
@@ -441,10 +551,14 @@ def _finished_at(url: str) -> str:
 def _histogram_block(url: str, column: str, stage: str, title: str, unit: str, element_id: str) -> str:
     h = _histogram(url, column, _finished_at(url))
     note = f" (first {charts.number(h['rows'])} of {charts.number(h['total_rows'])})" if h["sampled"] else ""
-    stats = (f"documents {charts.number(h['rows'])} · total {charts.number(h['sum'])} · median {charts.number(h['median'])}"
-             f" · mean {charts.number(round(h['mean'], 1))} · p99 {charts.number(round(h['p99']))} · max {charts.number(h['max'])}")
-    return (f"<h3>{escape(title)} ({escape(stage)}){note}</h3><div class=\"figure\" id=\"{element_id}\">"
-            f"{charts.histogram(h['edges'], h['counts'], title, unit)}<p class=\"meta\">{stats}</p></div>")
+    stats = (
+        f"documents {charts.number(h['rows'])} · total {charts.number(h['sum'])} · median {charts.number(h['median'])}"
+        f" · mean {charts.number(round(h['mean'], 1))} · p99 {charts.number(round(h['p99']))} · max {charts.number(h['max'])}"
+    )
+    return (
+        f'<h3>{escape(title)} ({escape(stage)}){note}</h3><div class="figure" id="{element_id}">'
+        f'{charts.histogram(h["edges"], h["counts"], title, unit)}<p class="meta">{stats}</p></div>'
+    )
 
 
 def _clusters_section(data: dict, links: RunLinks) -> str:
@@ -457,12 +571,15 @@ def _clusters_section(data: dict, links: RunLinks) -> str:
             continue
         items = "".join(
             f'<div class="cluster"><p><b><a class="cluster-link" href="{escape(links.cluster(s["stage"], c["survivor_id"]))}">'
-            f'{c["size"]} documents</a></b>{_similarity(c["similarity"])}</p>'
+            f"{c['size']} documents</a></b>{_similarity(c['similarity'])}</p>"
             f'<p class="doc"><span class="id">{escape(c["survivor_id"])} (kept)</span>{escape(c["survivor_text"])}</p>'
             f'<p class="doc"><span class="id">{escape(c["duplicate_id"] or "")} (dropped)</span>{escape(c["duplicate_text"])}</p></div>'
-            for c in samples["clusters"])
-        blocks.append(f"<h3>{escape(s['stage'])}: {charts.number(samples['total_clusters'])} clusters, "
-                      f"{charts.number(samples['duplicates'])} duplicates</h3>{items or '<p class=message>No clusters.</p>'}")
+            for c in samples["clusters"]
+        )
+        blocks.append(
+            f"<h3>{escape(s['stage'])}: {charts.number(samples['total_clusters'])} clusters, "
+            f"{charts.number(samples['duplicates'])} duplicates</h3>{items or '<p class=message>No clusters.</p>'}"
+        )
     return ("<h2>Duplicate clusters</h2>" + "".join(blocks)) if blocks else ""
 
 
@@ -474,11 +591,16 @@ def _pii_section(data: dict, links: RunLinks) -> str:
     blocks = []
     for s in data["stages"]:
         if s["status"] == "done" and s["pii"]:
-            types = " · ".join(f'<a href="{escape(links.examples(s["stage"], kind="pii", entity=t))}">{escape(t)} '
-                               f'({charts.number(c)})</a>' for t, c in s["pii"].items())
-            blocks.append(f'<h3>{escape(s["stage"])}</h3><div class="figure" id="pii">'
-                          f'{charts.hbars(list(s["pii"].items()), "PII entities found by type")}</div>'
-                          f'<p class="meta pii-types">documents with: {types}</p>')
+            types = " · ".join(
+                f'<a href="{escape(links.examples(s["stage"], kind="pii", entity=t))}">{escape(t)} '
+                f"({charts.number(c)})</a>"
+                for t, c in s["pii"].items()
+            )
+            blocks.append(
+                f'<h3>{escape(s["stage"])}</h3><div class="figure" id="pii">'
+                f"{charts.hbars(list(s['pii'].items()), 'PII entities found by type')}</div>"
+                f'<p class="meta pii-types">documents with: {types}</p>'
+            )
     return ("<h2>PII found (counts by entity type)</h2>" + "".join(blocks)) if blocks else ""
 
 
@@ -489,23 +611,28 @@ def _gates_section(data: dict) -> str:
         if gate is None:
             continue
         if gate.get("error"):
-            blocks.append(f'<p class="error" data-stage="{escape(s["stage"])}">{escape(s["stage"])}: {escape(gate["error"])}</p>')
+            blocks.append(
+                f'<p class="error" data-stage="{escape(s["stage"])}">{escape(s["stage"])}: {escape(gate["error"])}</p>'
+            )
             continue
         rows = []
         for e in gate["expectations"]:
             args = ", ".join(f"{k}={v}" for k, v in e["kwargs"].items())
-            detail = "" if e["unexpected_count"] is None else f'{charts.number(e["unexpected_count"])} unexpected'
+            detail = "" if e["unexpected_count"] is None else f"{charts.number(e['unexpected_count'])} unexpected"
             if e["observed_value"] is not None:
-                detail = f'observed {e["observed_value"]}'
-            rows.append(f'<tr class="{"passed" if e["success"] else "failed"}"><td>{escape(e["expectation"])}</td>'
-                        f'<td>{escape(args)}</td><td>{"passed" if e["success"] else "FAILED"}</td><td>{escape(detail)}</td></tr>')
-        verdict = "passed" if gate["success"] else f'FAILED ({gate["failed"]} failed)'
+                detail = f"observed {e['observed_value']}"
+            rows.append(
+                f'<tr class="{"passed" if e["success"] else "failed"}"><td>{escape(e["expectation"])}</td>'
+                f"<td>{escape(args)}</td><td>{'passed' if e['success'] else 'FAILED'}</td><td>{escape(detail)}</td></tr>"
+            )
+        verdict = "passed" if gate["success"] else f"FAILED ({gate['failed']} failed)"
         # A failed gate opens by itself: that is what a reader came for.
         blocks.append(
             f'<details class="gate" data-stage="{escape(s["stage"])}" data-success="{str(gate["success"]).lower()}"'
-            f'{"" if gate["success"] else " open"}><summary><b>{escape(s["stage"])}</b>: {verdict}, '
-            f'{gate["evaluated"]} expectations</summary><table><thead><tr><th>expectation</th><th>arguments</th>'
-            f'<th>result</th><th>detail</th></tr></thead><tbody>{"".join(rows)}</tbody></table></details>')
+            f"{'' if gate['success'] else ' open'}><summary><b>{escape(s['stage'])}</b>: {verdict}, "
+            f"{gate['evaluated']} expectations</summary><table><thead><tr><th>expectation</th><th>arguments</th>"
+            f"<th>result</th><th>detail</th></tr></thead><tbody>{''.join(rows)}</tbody></table></details>"
+        )
     return ('<h2>Great Expectations</h2><div id="gates">' + "".join(blocks) + "</div>") if blocks else ""
 
 
@@ -543,8 +670,10 @@ CONTENT_SECURITY_POLICY = (
 
 def _page(title: str, body: str, crumbs: bool = False) -> str:
     nav = f'<nav><a href="{URL_PREFIX}/">All runs</a></nav>' if crumbs else ""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} · tamis</title>'
-            f"<style>{STYLE}</style></head><body>{nav}{body}</body></html>")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} · tamis</title>'
+        f"<style>{STYLE}</style></head><body>{nav}{body}</body></html>"
+    )
 
 
 def _run_href(dag_id: str, run_id: str) -> str:

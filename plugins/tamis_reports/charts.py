@@ -29,9 +29,11 @@ def short(value: float) -> str:
 
 
 def _svg(height: int, body: list[str], label: str, css_class: str) -> str:
-    return (f'<svg class="chart {css_class}" role="img" aria-label="{escape(label)}" width="{WIDTH}" height="{height}" '
-            f'viewBox="0 0 {WIDTH} {height}" xmlns="http://www.w3.org/2000/svg" {FONT}>'
-            f"<title>{escape(label)}</title>{''.join(body)}</svg>")
+    return (
+        f'<svg class="chart {css_class}" role="img" aria-label="{escape(label)}" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" xmlns="http://www.w3.org/2000/svg" {FONT}>'
+        f"<title>{escape(label)}</title>{''.join(body)}</svg>"
+    )
 
 
 def hbars(items: list[tuple[str, float]], label: str, color: str = BAR, label_width: int = 170) -> str:
@@ -64,7 +66,9 @@ def funnel(rows: list[dict], label: str = "documents per stage") -> str:
     body = []
     for i, (name, color) in enumerate((("kept", KEPT), ("dropped", DROPPED), ("quarantined", QUARANTINED))):
         x: float = label_width + i * 110
-        body.append(f'<rect x="{x}" y="4" width="12" height="12" fill="{color}"/><text x="{x + 17}" y="14">{name}</text>')
+        body.append(
+            f'<rect x="{x}" y="4" width="12" height="12" fill="{color}"/><text x="{x + 17}" y="14">{name}</text>'
+        )
     for i, r in enumerate(rows):
         y = top + i * row
         body.append(f'<text x="{label_width - 8}" y="{y + 17}" text-anchor="end">{escape(r["stage"])}</text>')
@@ -73,8 +77,10 @@ def funnel(rows: list[dict], label: str = "documents per stage") -> str:
             w = r[key] / peak * span
             if r[key]:
                 w = max(w, 2.0)
-                body.append(f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{row - 8}" fill="{color}">'
-                            f'<title>{escape(r["stage"])} {key}: {number(r[key])}</title></rect>')
+                body.append(
+                    f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{row - 8}" fill="{color}">'
+                    f"<title>{escape(r['stage'])} {key}: {number(r[key])}</title></rect>"
+                )
             x += w
         body.append(f'<text x="{x + 6:.1f}" y="{y + 17}">{number(r["in"])} in</text>')
     return _svg(height, body, label, "funnel")
@@ -91,18 +97,26 @@ def histogram(edges: list[float], counts: list[int], label: str, unit: str = "")
     body = [f'<line x1="{left}" y1="{top + plot_h}" x2="{WIDTH - 10}" y2="{top + plot_h}" stroke="#999"/>']
     for frac in (0.5, 1.0):
         y = top + plot_h - frac * plot_h
-        body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{WIDTH - 10}" y2="{y:.1f}" stroke="#eee"/>'
-                    f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{short(peak * frac)}</text>')
+        body.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{WIDTH - 10}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{short(peak * frac)}</text>'
+        )
     for i, count in enumerate(counts):
         lo, hi = edges[i], edges[i + 1]
         h = count / peak * plot_h
         x = left + i * slot
-        body.append(f'<rect x="{x + 1:.1f}" y="{top + plot_h - h:.1f}" width="{max(slot - 2, 1):.1f}" height="{h:.1f}" '
-                    f'fill="{BAR}"><title>{short(lo)}–{short(hi)}{unit}: {number(count)}</title></rect>')
-        body.append(f'<text x="{x + slot / 2:.1f}" y="{top + plot_h + 14}" text-anchor="middle" font-size="10">'
-                    f"{short(lo)}</text>")
-    body.append(f'<text x="{(left + WIDTH) / 2:.0f}" y="{height - 6}" text-anchor="middle" fill="#555">'
-                f"{escape(unit.strip() or 'value')} (bin start; log-spaced bins)</text>")
+        body.append(
+            f'<rect x="{x + 1:.1f}" y="{top + plot_h - h:.1f}" width="{max(slot - 2, 1):.1f}" height="{h:.1f}" '
+            f'fill="{BAR}"><title>{short(lo)}–{short(hi)}{unit}: {number(count)}</title></rect>'
+        )
+        body.append(
+            f'<text x="{x + slot / 2:.1f}" y="{top + plot_h + 14}" text-anchor="middle" font-size="10">'
+            f"{short(lo)}</text>"
+        )
+    body.append(
+        f'<text x="{(left + WIDTH) / 2:.0f}" y="{height - 6}" text-anchor="middle" fill="#555">'
+        f"{escape(unit.strip() or 'value')} (bin start; log-spaced bins)</text>"
+    )
     return _svg(height, body, label, "histogram")
 
 
@@ -114,8 +128,14 @@ PALETTE = ("#3182ce", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#319795", "#b
 BREACH = "#c53030"
 
 
-def lines(labels: list[str], series: list[dict], label: str, percent: bool = False, height: int = 160,
-          titles: list[str] | None = None) -> str:
+def lines(
+    labels: list[str],
+    series: list[dict],
+    label: str,
+    percent: bool = False,
+    height: int = 160,
+    titles: list[str] | None = None,
+) -> str:
     """Values over runs: one line per series (``name``, ``values`` with None for a run without
     it, optional ``links`` and ``breaches`` per run), ``labels`` under the axis and ``titles``
     (default: the labels) in each point's tooltip. Each point is a link when it has one, and
@@ -139,13 +159,17 @@ def lines(labels: list[str], series: list[dict], label: str, percent: bool = Fal
 
     body = [f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#999"/>']
     for frac in (0.5, 1.0):
-        body.append(f'<line x1="{left}" y1="{y(peak * frac):.1f}" x2="{left + plot_w}" y2="{y(peak * frac):.1f}" stroke="#eee"/>'
-                    f'<text x="{left - 6}" y="{y(peak * frac) + 4:.1f}" text-anchor="end">'
-                    f'{f"{peak * frac:.0%}" if percent and peak * frac >= 0.1 else fmt(peak * frac) if percent else short(peak * frac)}</text>')
+        body.append(
+            f'<line x1="{left}" y1="{y(peak * frac):.1f}" x2="{left + plot_w}" y2="{y(peak * frac):.1f}" stroke="#eee"/>'
+            f'<text x="{left - 6}" y="{y(peak * frac) + 4:.1f}" text-anchor="end">'
+            f"{f'{peak * frac:.0%}' if percent and peak * frac >= 0.1 else fmt(peak * frac) if percent else short(peak * frac)}</text>"
+        )
     every = max(1, (n + 7) // 8)
     for i, text in enumerate(labels):
         if i % every == 0 or i == n - 1:
-            body.append(f'<text x="{x(i):.1f}" y="{height - 10}" text-anchor="middle" font-size="10">{escape(text)}</text>')
+            body.append(
+                f'<text x="{x(i):.1f}" y="{height - 10}" text-anchor="middle" font-size="10">{escape(text)}</text>'
+            )
     for k, s in enumerate(series):
         color = PALETTE[k % len(PALETTE)]
         points = [(x(i), y(v)) for i, v in enumerate(s["values"]) if v is not None]
@@ -158,14 +182,18 @@ def lines(labels: list[str], series: list[dict], label: str, percent: bool = Fal
             if v is None:
                 continue
             hot = bool(breaches[i])
-            dot = (f'<circle class="point{" breach" if hot else ""}" cx="{x(i):.1f}" cy="{y(v):.1f}" r="{5 if hot else 3}" '
-                   f'fill="{BREACH if hot else color}" data-series="{escape(s["name"])}" data-run="{escape(labels[i])}" '
-                   f'data-value="{v:.6g}"><title>{escape(s["name"])} · {escape(titles[i])}: {fmt(v)}'
-                   f'{" (drift)" if hot else ""}</title></circle>')
+            dot = (
+                f'<circle class="point{" breach" if hot else ""}" cx="{x(i):.1f}" cy="{y(v):.1f}" r="{5 if hot else 3}" '
+                f'fill="{BREACH if hot else color}" data-series="{escape(s["name"])}" data-run="{escape(labels[i])}" '
+                f'data-value="{v:.6g}"><title>{escape(s["name"])} · {escape(titles[i])}: {fmt(v)}'
+                f"{' (drift)' if hot else ''}</title></circle>"
+            )
             body.append(f'<a href="{escape(links[i])}">{dot}</a>' if links[i] else dot)
         legend_y = top + 12 + k * 15
-        body.append(f'<rect x="{left + plot_w + 12}" y="{legend_y - 9}" width="10" height="10" fill="{color}"/>'
-                    f'<text x="{left + plot_w + 26}" y="{legend_y}">{escape(_clip(s["name"], 20))}</text>')
+        body.append(
+            f'<rect x="{left + plot_w + 12}" y="{legend_y - 9}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{left + plot_w + 26}" y="{legend_y}">{escape(_clip(s["name"], 20))}</text>'
+        )
     if not series:
         body.append(f'<text x="{left}" y="{top + 20}">nothing to show</text>')
     return _svg(height, body, label, "lines")

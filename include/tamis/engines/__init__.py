@@ -47,8 +47,9 @@ class Engine(Protocol):
     def running(self, stage: Stage) -> AbstractContextManager[EngineRun]: ...
 
 
-def make_engine(name: str, workers: int = 1, spark_master: str | None = None,
-                spark_conf: dict[str, str] | None = None) -> Engine:
+def make_engine(
+    name: str, workers: int = 1, spark_master: str | None = None, spark_conf: dict[str, str] | None = None
+) -> Engine:
     """The engine a ``tamis`` command runs stages on."""
     if name == "local":
         from tamis.engines.local import LocalEngine

@@ -112,8 +112,11 @@ class _Run:
         if self._pool is None:
             threads = max(1, available_cores() // self.workers)
             self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=process_context(), initializer=_init_worker,
-                initargs=(pickle.dumps(self.stage), os.getpid(), threads))
+                max_workers=self.workers,
+                mp_context=process_context(),
+                initializer=_init_worker,
+                initargs=(pickle.dumps(self.stage), os.getpid(), threads),
+            )
         return self._pool
 
     def map(self, fn: TaskFn, items: Sequence[Any]) -> list[Any]:

@@ -15,6 +15,15 @@ from tamis.sources.text import read_text
 from tamis.sources.warc import read_warc
 
 __all__ = [
-    "Chunk", "Fields", "Listing", "SkippedEntry", "SourceFile",
-    "list_source", "read_jsonl", "read_parquet", "read_text", "read_warc", "reject",
+    "Chunk",
+    "Fields",
+    "Listing",
+    "SkippedEntry",
+    "SourceFile",
+    "list_source",
+    "read_jsonl",
+    "read_parquet",
+    "read_text",
+    "read_warc",
+    "reject",
 ]

@@ -58,8 +58,9 @@ def rejected(rows: Sequence[tuple[int | None, str | None, str, str, str | None]]
     return pa.table([pa.array(c, type=f.type) for c, f in zip(columns, REJECTED_SCHEMA)], schema=REJECTED_SCHEMA)
 
 
-def reject(reason: str, detail: str, line: int | None = None, record_id: str | None = None,
-                  sample: str | None = None) -> Chunk:
+def reject(
+    reason: str, detail: str, line: int | None = None, record_id: str | None = None, sample: str | None = None
+) -> Chunk:
     """One entry of rejected input: a line, a row group, a whole file or the rest of one."""
     return Chunk(rejected=rejected([(line, record_id, reason, detail, sample)]))
 

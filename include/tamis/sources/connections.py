@@ -50,7 +50,11 @@ class Connection:
         """fsspec/s3fs options of an ``aws`` connection: keys, session token, endpoint, region."""
         extra = self.extra
         options: dict[str, Any] = {
-            "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2, "mode": "standard"}},
+            "config_kwargs": {
+                "connect_timeout": 5,
+                "read_timeout": 60,
+                "retries": {"max_attempts": 2, "mode": "standard"},
+            },
         }
         key = self.login or extra.get("aws_access_key_id")
         secret = self.password or extra.get("aws_secret_access_key")
@@ -81,12 +85,14 @@ def get_connection(conn_id: str, environ: Mapping[str, str] | None = None) -> Co
         raise MissingConnection(
             f"connection {conn_id!r} is not available: {name} is not set (an Airflow task sets it from the "
             f"connection; a pod gets it from the Secret tamis-conn-{conn_id.lower().replace('_', '-')}; "
-            "by hand, export it as the connection's URI or JSON)")
+            "by hand, export it as the connection's URI or JSON)"
+        )
     try:
         return parse_json(conn_id, value) if value.lstrip().startswith("{") else parse_uri(conn_id, value)
     except (ValueError, TypeError) as exc:
-        raise MissingConnection(f"connection {conn_id!r}: {name} is neither an Airflow connection URI nor its JSON "
-                                f"({type(exc).__name__})") from None
+        raise MissingConnection(
+            f"connection {conn_id!r}: {name} is neither an Airflow connection URI nor its JSON ({type(exc).__name__})"
+        ) from None
 
 
 def parse_json(conn_id: str, value: str) -> Connection:
@@ -95,8 +101,16 @@ def parse_json(conn_id: str, value: str) -> Connection:
     if isinstance(extra, str):
         extra = json.loads(extra) if extra.strip() else {}
     port = data.get("port")
-    return Connection(conn_id, data.get("conn_type"), data.get("host"), data.get("login"), data.get("password"),
-                      int(port) if port not in (None, "") else None, data.get("schema"), dict(extra))
+    return Connection(
+        conn_id,
+        data.get("conn_type"),
+        data.get("host"),
+        data.get("login"),
+        data.get("password"),
+        int(port) if port not in (None, "") else None,
+        data.get("schema"),
+        dict(extra),
+    )
 
 
 def parse_uri(conn_id: str, uri: str) -> Connection:

@@ -23,8 +23,16 @@ from fsspec.implementations.local import LocalFileSystem
 
 from tamis.sources.chunk import open_target
 
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz", ".parquet": "parquet", ".txt": "text",
-           ".warc": "warc", ".warc.gz": "warc"}
+FORMATS = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".jsonl.gz": "jsonl.gz",
+    ".json.gz": "jsonl.gz",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".warc": "warc",
+    ".warc.gz": "warc",
+}
 DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
@@ -62,8 +70,9 @@ def file_format(name: str, configured: str = "auto") -> str | None:
     return None
 
 
-def list_source(url: str, configured_format: str = "auto", undated: str = "undated", date: str | None = None,
-                fs=None) -> Listing:
+def list_source(
+    url: str, configured_format: str = "auto", undated: str = "undated", date: str | None = None, fs=None
+) -> Listing:
     """The files of the source at ``url`` and its skipped entries, in path order; with
     ``date``, only that partition's. ``fs``: the filesystem to list it through (an object store
     reached with the source's own credentials)."""
@@ -85,8 +94,15 @@ def list_source(url: str, configured_format: str = "auto", undated: str = "undat
             listing.files.append(SourceFile(entry_url, relpath, entry_date, size, fmt))
         elif kind == "file":
             known = ", ".join(FORMATS)
-            listing.skipped.append(SkippedEntry(entry_url, relpath, entry_date, "unsupported_format",
-                                                f"no reader for this file name (known: {known}; or set the source's format)"))
+            listing.skipped.append(
+                SkippedEntry(
+                    entry_url,
+                    relpath,
+                    entry_date,
+                    "unsupported_format",
+                    f"no reader for this file name (known: {known}; or set the source's format)",
+                )
+            )
         else:
             assert detail is not None, "the walk says why it skips an entry"
             listing.skipped.append(SkippedEntry(entry_url, relpath, entry_date, kind, detail))
@@ -137,7 +153,12 @@ def _walk_folder(folder: str, relfolder: str, above: frozenset) -> Generator[Ent
             yield relpath, "file", info.st_size, None
         else:
             count += 1
-            yield relpath, "not_a_regular_file", 0, f"a {_KINDS.get(stat.S_IFMT(info.st_mode), 'special file')}, not a regular file"
+            yield (
+                relpath,
+                "not_a_regular_file",
+                0,
+                f"a {_KINDS.get(stat.S_IFMT(info.st_mode), 'special file')}, not a regular file",
+            )
     return count
 
 

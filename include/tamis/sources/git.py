@@ -55,7 +55,7 @@ def lineage_url(url: str, commit: str, path: str) -> str:
 
 def parse_lineage_url(value: str) -> tuple[str, str, str]:
     """(repository url, commit, path in the repository) of :func:`lineage_url`."""
-    head, _, path = value[len("git+"):].partition("#")
+    head, _, path = value[len("git+") :].partition("#")
     url, _, commit = head.rpartition("@")
     if not value.startswith("git+") or not COMMIT.match(commit):
         raise GitError(f"{value!r} does not name a file of a git commit")
@@ -75,8 +75,12 @@ def resolve(url: str, revision: str, connection: Connection | None = None) -> st
             if not COMMIT.match(revision):
                 raise
         # A commit the server does not hand out by name: fetch every branch and tag, then look.
-        _git(["fetch", "--quiet", "--force", "--", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-             mirror, url, connection)
+        _git(
+            ["fetch", "--quiet", "--force", "--", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            mirror,
+            url,
+            connection,
+        )
         if not _has_commit(mirror, revision):
             raise GitError(f"git: {url} has no commit {revision}")
         return revision
@@ -124,8 +128,13 @@ def _export(mirror: Path, url: str, commit: str, dest: Path) -> list[list[str]]:
             skipped.append([member.name, "unsafe_entry", f"{type(exc).__name__}: {exc}"])
             return None
 
-    process = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=mirror, env=_env(None, url),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        ["git", "archive", "--format=tar", commit],
+        cwd=mirror,
+        env=_env(None, url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert process.stdout is not None and process.stderr is not None, "both are pipes"
     try:
         with tarfile.open(fileobj=process.stdout, mode="r|") as archive:
@@ -145,8 +154,9 @@ def _mirror(url: str) -> Path:
     if not (mirror / "HEAD").exists():
         mirror.parent.mkdir(parents=True, exist_ok=True)
         staging = mirror.with_name(f".{mirror.name}.{uuid.uuid4().hex}")
-        subprocess.run(["git", "init", "--quiet", "--bare", str(staging)], check=True, capture_output=True,
-                       env=_env(None, url))
+        subprocess.run(
+            ["git", "init", "--quiet", "--bare", str(staging)], check=True, capture_output=True, env=_env(None, url)
+        )
         try:
             os.rename(staging, mirror)
         except OSError:  # another process made it first
@@ -166,13 +176,18 @@ def _locked(mirror: Path) -> Iterator[None]:
 
 
 def _has_commit(mirror: Path, commit: str) -> bool:
-    return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=mirror, capture_output=True,
-                          env=_env(None, "")).returncode == 0
+    return (
+        subprocess.run(
+            ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=mirror, capture_output=True, env=_env(None, "")
+        ).returncode
+        == 0
+    )
 
 
 def _git(args: list[str], mirror: Path, url: str, connection: Connection | None = None) -> str:
-    result = subprocess.run(["git", *args], cwd=mirror, env=_env(connection, url), capture_output=True, text=True,
-                            timeout=GIT_TIMEOUT_S)
+    result = subprocess.run(
+        ["git", *args], cwd=mirror, env=_env(connection, url), capture_output=True, text=True, timeout=GIT_TIMEOUT_S
+    )
     if result.returncode != 0:
         message = result.stderr.strip().splitlines()
         raise GitError(f"git {args[0]} of {url} failed: {' / '.join(message[-3:]) or f'exit {result.returncode}'}")

@@ -31,8 +31,9 @@ HEAD_BYTES = 64 << 10
 _DAMAGED_GZIP = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
-def read_jsonl(url: str, fields: Fields, compressed: bool, block_bytes: int, max_doc_bytes: int,
-               fs=None) -> Iterator[Chunk]:
+def read_jsonl(
+    url: str, fields: Fields, compressed: bool, block_bytes: int, max_doc_bytes: int, fs=None
+) -> Iterator[Chunk]:
     fs, path = open_target(url, fs)
     with fs.open(path, "rb") as raw:
         stream = gzip.GzipFile(fileobj=raw) if compressed else raw
@@ -155,8 +156,13 @@ class _Parser:
 
     def long_line(self, line: LongLine) -> Chunk:
         self.ordinal += 1  # an unread record still takes its place, so later generated ids do not move
-        return reject("doc_too_large", f"a line of {line.size} bytes > max_doc_bytes {self.max_doc_bytes}",
-                             line=line.line, record_id=given_id(line.head, self.fields.id), sample=sample_of(line.head))
+        return reject(
+            "doc_too_large",
+            f"a line of {line.size} bytes > max_doc_bytes {self.max_doc_bytes}",
+            line=line.line,
+            record_id=given_id(line.head, self.fields.id),
+            sample=sample_of(line.head),
+        )
 
     def _line_by_line(self, block: Block) -> Chunk:
         text_field, id_field, url_field = self.fields
@@ -177,7 +183,9 @@ class _Parser:
                 bad.append((number, None, "malformed_json", str(exc), sample_of(line)))
                 continue
             if not isinstance(record, dict):
-                bad.append((number, None, "not_an_object", f"a JSON {type(record).__name__}, not an object", sample_of(line)))
+                bad.append(
+                    (number, None, "not_an_object", f"a JSON {type(record).__name__}, not an object", sample_of(line))
+                )
                 continue
             text = record.get(text_field)
             if text is not None and not isinstance(text, str):
@@ -188,8 +196,12 @@ class _Parser:
             ids.append(_as_str(record.get(id_field)) if id_field else None)
             urls.append(_as_str(record.get(url_field)) if url_field else None)
             lines.append(number)
-        records = self._records(pa.array(texts, pa.string()), pa.array(ids, pa.string()), pa.array(urls, pa.string()),
-                                pa.array(lines, pa.int64()))
+        records = self._records(
+            pa.array(texts, pa.string()),
+            pa.array(ids, pa.string()),
+            pa.array(urls, pa.string()),
+            pa.array(lines, pa.int64()),
+        )
         return Chunk(records=records, rejected=rejected(bad))
 
     def _records(self, text, ids, urls, lines) -> pa.Table:
@@ -197,8 +209,10 @@ class _Parser:
         ordinals = pa.array(np.arange(self.ordinal, self.ordinal + n))
         self.ordinal += n
         nulls = pa.nulls(n, pa.string())
-        return pa.table([text, nulls if ids is None else ids, nulls if urls is None else urls, lines, ordinals],
-                        schema=SOURCE_RECORD_SCHEMA)
+        return pa.table(
+            [text, nulls if ids is None else ids, nulls if urls is None else urls, lines, ordinals],
+            schema=SOURCE_RECORD_SCHEMA,
+        )
 
 
 def is_utf8(data: bytes) -> bool:

@@ -149,12 +149,14 @@ class GitLocation(SourceLocation):
         def named(relpath: str) -> str:
             return git.lineage_url(self.url, commit, self._in_repository(relpath))
 
-        listing = Listing(files=[replace(f, url=named(f.relpath)) for f in found.files],
-                          skipped=[replace(s, url=named(s.relpath)) for s in found.skipped])
+        listing = Listing(
+            files=[replace(f, url=named(f.relpath)) for f in found.files],
+            skipped=[replace(s, url=named(s.relpath)) for s in found.skipped],
+        )
         prefix = f"{self.config.subdir}/" if self.config.subdir else ""
         for path, reason, detail in git.skipped_entries(tree):
             if path.startswith(prefix):
-                relpath = path[len(prefix):]
+                relpath = path[len(prefix) :]
                 entry_date = partition_date(relpath, undated)
                 if not date or entry_date == date:
                     listing.skipped.append(SkippedEntry(named(relpath), relpath, entry_date, reason, detail))
@@ -166,8 +168,13 @@ class GitLocation(SourceLocation):
         return Opened(*storage.filesystem(str(local)), listed_size)
 
     def origin(self) -> dict[str, Any]:
-        return {**super().origin(), "url": self.url, "revision": self.config.revision or "HEAD",
-                "subdir": self.config.subdir, "commit": self.resolve()}
+        return {
+            **super().origin(),
+            "url": self.url,
+            "revision": self.config.revision or "HEAD",
+            "subdir": self.config.subdir,
+            "commit": self.resolve(),
+        }
 
     def snapshot(self, dest: Path) -> dict[str, Any]:
         commit = self.resolve()
@@ -189,7 +196,9 @@ class HttpLocation(SourceLocation):
 
     def _files(self, undated: str, date: str | None) -> list[tuple[str, str, str]]:
         """(path under the url, its sha256, its date) of the listed files, in path order."""
-        rows = [(relpath, digest, partition_date(relpath, undated)) for relpath, digest in sorted(self.checksums.items())]
+        rows = [
+            (relpath, digest, partition_date(relpath, undated)) for relpath, digest in sorted(self.checksums.items())
+        ]
         return [row for row in rows if not date or row[2] == date]
 
     def list(self, undated: str = "undated", date: str | None = None) -> Listing:
@@ -198,9 +207,15 @@ class HttpLocation(SourceLocation):
             url = http.lineage_url(self.url, relpath, digest)
             fmt = file_format(relpath, self.config.format)
             if fmt is None:
-                listing.skipped.append(SkippedEntry(url, relpath, entry_date, "unsupported_format",
-                                                    f"no reader for this file name (known: {', '.join(FORMATS)}; "
-                                                    "or set the source's format)"))
+                listing.skipped.append(
+                    SkippedEntry(
+                        url,
+                        relpath,
+                        entry_date,
+                        "unsupported_format",
+                        f"no reader for this file name (known: {', '.join(FORMATS)}; or set the source's format)",
+                    )
+                )
                 continue
             try:
                 size = http.size(http.file_url(self.url, relpath), self.connection)
@@ -237,8 +252,13 @@ class HttpLocation(SourceLocation):
             try:
                 local = http.download(http.file_url(self.url, relpath), digest, self.connection)
             except (http.ChecksumMismatch, http.FileGone) as exc:
-                rejected.append({"path": relpath, "reason": "checksum_mismatch" if isinstance(exc, http.ChecksumMismatch)
-                                 else "missing_file", "detail": str(exc)})
+                rejected.append(
+                    {
+                        "path": relpath,
+                        "reason": "checksum_mismatch" if isinstance(exc, http.ChecksumMismatch) else "missing_file",
+                        "detail": str(exc),
+                    }
+                )
                 if target.exists():
                     target.unlink()
                 continue
@@ -249,8 +269,12 @@ class HttpLocation(SourceLocation):
         return {**self.origin(), "rejected": rejected}
 
 
-_KINDS: dict[str, type[SourceLocation]] = {"local": FolderLocation, "s3": FolderLocation, "git": GitLocation,
-                                           "http": HttpLocation}
+_KINDS: dict[str, type[SourceLocation]] = {
+    "local": FolderLocation,
+    "s3": FolderLocation,
+    "git": GitLocation,
+    "http": HttpLocation,
+}
 
 
 def partition_date(relpath: str, undated: str) -> str:
@@ -266,7 +290,7 @@ def mirror(fs, root: str, dest: Path, exclude: AbstractSet[str] = frozenset()) -
     root = root.rstrip("/")
     wanted: dict[str, dict[str, Any]] = {}
     for path, info in fs.find(root, detail=True).items():
-        rel = path[len(root) + 1:]
+        rel = path[len(root) + 1 :]
         if info["type"] == "file" and rel not in exclude:
             wanted[rel] = info
     _remove_unwanted(dest, set(wanted))

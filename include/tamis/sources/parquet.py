@@ -79,8 +79,17 @@ def schema_problem(schema: pa.Schema, fields: Fields) -> str | None:
 def _is_text(kind: pa.DataType) -> bool:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
-                                          pa.types.is_large_binary, pa.types.is_string_view, pa.types.is_binary_view))
+    return any(
+        check(kind)
+        for check in (
+            pa.types.is_string,
+            pa.types.is_large_string,
+            pa.types.is_binary,
+            pa.types.is_large_binary,
+            pa.types.is_string_view,
+            pa.types.is_binary_view,
+        )
+    )
 
 
 def _castable_to_string(kind: pa.DataType) -> bool:
@@ -108,14 +117,19 @@ def _chunk(batch: pa.RecordBatch, fields: Fields, first: int) -> Chunk:
         bad[invalid] = True
         columns[role] = values
     ordinals = np.arange(first, first + n)
-    records = pa.table([columns["text"], columns["id"], columns["url"], pa.array(ordinals + 1), pa.array(ordinals)],
-                       schema=SOURCE_RECORD_SCHEMA)
+    records = pa.table(
+        [columns["text"], columns["id"], columns["url"], pa.array(ordinals + 1), pa.array(ordinals)],
+        schema=SOURCE_RECORD_SCHEMA,
+    )
     if not bad.any():
         return Chunk(records=records)
     good_rows = records.filter(pa.array(~bad))
     rows = np.flatnonzero(bad).tolist()
     ids, texts = columns["id"].to_pylist(), columns["text"].to_pylist()
-    entries = [(first + row + 1, ids[row], "invalid_utf8", reasons[row], texts[row] and texts[row][:SAMPLE_CHARS]) for row in rows]
+    entries = [
+        (first + row + 1, ids[row], "invalid_utf8", reasons[row], texts[row] and texts[row][:SAMPLE_CHARS])
+        for row in rows
+    ]
     return Chunk(records=good_rows, rejected=rejected(entries))
 
 
@@ -130,7 +144,11 @@ def _as_strings(column: pa.Array) -> tuple[pa.Array, list[int]]:
         return strings, []
     except pa.ArrowInvalid:
         pass
-    raw = column.cast(pa.large_binary() if pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type) else pa.binary())
+    raw = column.cast(
+        pa.large_binary()
+        if pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type)
+        else pa.binary()
+    )
     values: list[str | None] = []
     invalid: list[int] = []
     for row, value in enumerate(raw.to_pylist()):

@@ -14,8 +14,12 @@ def read_text(url: str, size: int, record_id: str, max_doc_bytes: int, fs=None) 
     if size > max_doc_bytes:  # judged by its size, so a huge file is never loaded
         with fs.open(path, "rb") as f:
             head = f.read(SAMPLE_CHARS * 4)
-        yield reject("doc_too_large", f"{size} bytes > max_doc_bytes {max_doc_bytes}", record_id=record_id,
-                            sample=sample_of(head))
+        yield reject(
+            "doc_too_large",
+            f"{size} bytes > max_doc_bytes {max_doc_bytes}",
+            record_id=record_id,
+            sample=sample_of(head),
+        )
         return
     with fs.open(path, "rb") as f:
         data = f.read()
@@ -24,5 +28,15 @@ def read_text(url: str, size: int, record_id: str, max_doc_bytes: int, fs=None) 
     except UnicodeDecodeError as exc:
         yield reject("invalid_utf8", f"byte {exc.start}: {exc.reason}")
         return
-    yield Chunk(records=pa.table([pa.array([text]), pa.array([record_id]), pa.nulls(1, pa.string()),
-                                  pa.nulls(1, pa.int64()), pa.array([0], pa.int64())], schema=SOURCE_RECORD_SCHEMA))
+    yield Chunk(
+        records=pa.table(
+            [
+                pa.array([text]),
+                pa.array([record_id]),
+                pa.nulls(1, pa.string()),
+                pa.nulls(1, pa.int64()),
+                pa.array([0], pa.int64()),
+            ],
+            schema=SOURCE_RECORD_SCHEMA,
+        )
+    )

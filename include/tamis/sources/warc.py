@@ -43,8 +43,16 @@ def extract_resiliparse(html: str) -> str:
     from resiliparse.extract.html2text import extract_plain_text
 
     # Post meta (bylines, dates), captions and navigation are not the page's text.
-    return extract_plain_text(html, main_content=True, preserve_formatting=True, alt_texts=False, list_bullets=True,
-                              comments=False, post_meta=False, skip_elements=_SKIPPED_ELEMENTS)
+    return extract_plain_text(
+        html,
+        main_content=True,
+        preserve_formatting=True,
+        alt_texts=False,
+        list_bullets=True,
+        comments=False,
+        post_meta=False,
+        skip_elements=_SKIPPED_ELEMENTS,
+    )
 
 
 def extract_trafilatura(html: str) -> str:
@@ -85,8 +93,9 @@ def _encodings(data: bytes, declared: str | None) -> Iterator[str | None]:
     yield "utf-8"
 
 
-def read_warc(url: str, max_doc_bytes: int, extractor: str = "resiliparse",
-              batch_records: int = BATCH_RECORDS, fs=None) -> Iterator[Chunk]:
+def read_warc(
+    url: str, max_doc_bytes: int, extractor: str = "resiliparse", batch_records: int = BATCH_RECORDS, fs=None
+) -> Iterator[Chunk]:
     from fastwarc.warc import ArchiveIterator
 
     fs, path = open_target(url, fs)
@@ -109,7 +118,9 @@ def read_warc(url: str, max_doc_bytes: int, extractor: str = "resiliparse",
         except _Truncated as exc:
             batch.bad.append((ordinal, None, "unreadable_file", str(exc), None))
         except Exception as exc:  # a damaged archive: what was read before the damage is kept
-            batch.bad.append((None, None, "unreadable_file", f"after record {ordinal}: {type(exc).__name__}: {exc}", None))
+            batch.bad.append(
+                (None, None, "unreadable_file", f"after record {ordinal}: {type(exc).__name__}: {exc}", None)
+            )
         yield batch.chunk()
 
 
@@ -133,8 +144,15 @@ class _Batch:
         target = record.headers.get("WARC-Target-URI")
         fetched = record.headers.get("WARC-Date")
         if record.content_length > max_doc_bytes:
-            self.bad.append((ordinal, record_id, "doc_too_large",
-                             f"a record of {record.content_length} bytes > max_doc_bytes {max_doc_bytes}", target))
+            self.bad.append(
+                (
+                    ordinal,
+                    record_id,
+                    "doc_too_large",
+                    f"a record of {record.content_length} bytes > max_doc_bytes {max_doc_bytes}",
+                    target,
+                )
+            )
             return
         http = record.is_http
         status = record.http_headers.status_code if http else None
@@ -155,20 +173,38 @@ class _Batch:
 
             mime = detect_mime(data[:4096])
         if mime not in HTML_TYPES:
-            self.bad.append((ordinal, record_id, "warc.not_html", f"content type {mime or 'unknown'} at {target}", None))
+            self.bad.append(
+                (ordinal, record_id, "warc.not_html", f"content type {mime or 'unknown'} at {target}", None)
+            )
             return
         charset = record.http_charset if http else None
         html = decode_html(data, charset)
         if html is None:
-            self.bad.append((ordinal, record_id, "warc.undecodable",
-                             f"no encoding (declared {charset or 'none'}) decodes it into text", None))
+            self.bad.append(
+                (
+                    ordinal,
+                    record_id,
+                    "warc.undecodable",
+                    f"no encoding (declared {charset or 'none'}) decodes it into text",
+                    None,
+                )
+            )
             return
         self.rows.append((self.extract(html), record_id, target, ordinal, ordinal - 1, fetched, mime))
 
     def chunk(self) -> Chunk:
         columns = list(zip(*self.rows)) or [()] * 7
         text, ids, urls, lines, ordinals, fetched, mimes = columns
-        records = pa.table([pa.array(text, pa.string()), pa.array(ids, pa.string()), pa.array(urls, pa.string()),
-                            pa.array(lines, pa.int64()), pa.array(ordinals, pa.int64()),
-                            pa.array(fetched, pa.string()), pa.array(mimes, pa.string())], schema=RECORD_SCHEMA)
+        records = pa.table(
+            [
+                pa.array(text, pa.string()),
+                pa.array(ids, pa.string()),
+                pa.array(urls, pa.string()),
+                pa.array(lines, pa.int64()),
+                pa.array(ordinals, pa.int64()),
+                pa.array(fetched, pa.string()),
+                pa.array(mimes, pa.string()),
+            ],
+            schema=RECORD_SCHEMA,
+        )
         return Chunk(records=records, rejected=rejected(self.bad), metrics=self.metrics)

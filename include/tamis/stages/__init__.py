@@ -60,9 +60,11 @@ def resolve(type_name: str) -> type[Stage] | Callable[..., Any]:
     target = BUILT_IN.get(type_name) or registered().get(type_name)
     if target is None:
         if ":" not in type_name:
-            raise UnknownStage(f"unknown stage type {type_name!r}: not a built-in ({', '.join(sorted(BUILT_IN))}), "
-                               f"not registered by an installed package (entry points {ENTRY_POINT_GROUP!r}), "
-                               "and not an import path 'package.module:Name'")
+            raise UnknownStage(
+                f"unknown stage type {type_name!r}: not a built-in ({', '.join(sorted(BUILT_IN))}), "
+                f"not registered by an installed package (entry points {ENTRY_POINT_GROUP!r}), "
+                "and not an import path 'package.module:Name'"
+            )
         target = type_name
     module_name, _, attr = target.partition(":")
     try:

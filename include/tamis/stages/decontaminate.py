@@ -57,11 +57,15 @@ class Decontaminate(Stage):
     def check_ready(self) -> None:
         files = eval_files(self.params.eval_sets)
         if not files:
-            raise FileNotFoundError(f"decontaminate: no evaluation set ({', '.join(SUFFIXES)}) at {self.params.eval_sets}")
+            raise FileNotFoundError(
+                f"decontaminate: no evaluation set ({', '.join(SUFFIXES)}) at {self.params.eval_sets}"
+            )
 
     def dependencies(self, output_url: str) -> dict[str, str]:
-        return {f"eval_set.{path.name}": hashlib.sha256(path.read_bytes()).hexdigest()
-                for path in eval_files(self.params.eval_sets)}
+        return {
+            f"eval_set.{path.name}": hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in eval_files(self.params.eval_sets)
+        }
 
     def setup(self) -> None:
         self._index()
@@ -85,8 +89,10 @@ class Decontaminate(Stage):
         sets_of = np.full(n, None, dtype=object)
         metrics: Counter = Counter()
         for doc, found in matches.items():
-            details[doc] = "; ".join(f"{index.set_names[s]} item {item} ({count} shared {self.params.ngram}-grams)"
-                                     for s, (item, count) in sorted(found.items()))
+            details[doc] = "; ".join(
+                f"{index.set_names[s]} item {item} ({count} shared {self.params.ngram}-grams)"
+                for s, (item, count) in sorted(found.items())
+            )
             sets_of[doc] = ",".join(index.set_names[s] for s in sorted(found))
             for s in found:
                 metrics[f"decontaminate.docs.{index.set_names[s]}"] += 1
@@ -105,7 +111,9 @@ def eval_files(path: str) -> list[Path]:
         return [root]
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(SUFFIXES) and not p.name.startswith((".", "_")))
+    return sorted(
+        p for p in root.iterdir() if p.is_file() and p.name.endswith(SUFFIXES) and not p.name.startswith((".", "_"))
+    )
 
 
 def set_name(path: Path) -> str:
@@ -175,7 +183,9 @@ class NgramIndex:
             return cls(np.empty(0, np.uint64), np.empty(0, np.int32), np.empty(0, np.int64), names, params.ngram)
         hashes_all = np.concatenate(hashes)
         order = np.argsort(hashes_all, kind="stable")
-        return cls(hashes_all[order], np.concatenate(set_of)[order], np.concatenate(item_of)[order], names, params.ngram)
+        return cls(
+            hashes_all[order], np.concatenate(set_of)[order], np.concatenate(item_of)[order], names, params.ngram
+        )
 
     def lookup(self, text: pa.Array) -> dict[int, dict[int, tuple[int, int]]]:
         """document -> {set: (first item matched, shared n-grams)} for the documents that overlap."""

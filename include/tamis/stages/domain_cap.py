@@ -84,7 +84,9 @@ class DomainCap(DatasetStage):
                 if count > left:
                     allowed[domain] = left
                     capped_domains.add(domain)
-            storage.write_bytes_atomic(_plan_url(work_url, shard.name), json.dumps(allowed, sort_keys=True).encode(), work_url)
+            storage.write_bytes_atomic(
+                _plan_url(work_url, shard.name), json.dumps(allowed, sort_keys=True).encode(), work_url
+            )
         return {"domain_cap.domains": len(quota), "domain_cap.domains_capped": len(capped_domains)}
 
     def apply(self, shard: InputShard, work_url: str) -> Iterator[BatchResult]:

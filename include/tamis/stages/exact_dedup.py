@@ -95,7 +95,9 @@ class ExactDedup(DropListStage):
         # the in-memory plan must report what Spark's does.
         return {"exact_dedup.corpus_documents": len(hashed[0][1]) if self.params.corpus_url else 0}
 
-    def _plan_on_disk(self, shards: list[InputShard], files: list[str], work_url: str, run, partitions: int) -> dict[str, int]:
+    def _plan_on_disk(
+        self, shards: list[InputShard], files: list[str], work_url: str, run, partitions: int
+    ) -> dict[str, int]:
         """The same plan with bounded memory: every row's (shard, row, id, hash) is written to
         the partition its hash falls in, each partition is sorted and deduplicated alone
         (a hash lives in one partition, so its first copy is found there), and each shard's
@@ -103,8 +105,9 @@ class ExactDedup(DropListStage):
         -n..-1, so they come first, as in memory."""
         folder = storage.join(work_url, "hashes")
         run.map(_partition_rows, [(i, s.url, partitions, folder, False) for i, s in enumerate(shards)])
-        corpus_rows = sum(run.map(_partition_rows, [(j - len(files), url, partitions, folder, True)
-                                                    for j, url in enumerate(files)]))
+        corpus_rows = sum(
+            run.map(_partition_rows, [(j - len(files), url, partitions, folder, True) for j, url in enumerate(files)])
+        )
         run.map(_deduplicate_partition, [(p, folder) for p in range(partitions)])
         for i, shard in enumerate(shards):
             found = _read_tables(storage.join(folder, "duplicates", f"s{i:06d}"))
@@ -130,12 +133,12 @@ class ExactDedup(DropListStage):
             corpus_documents = corpus.count()
             frames = corpus.unionByName(frames)
         first = Window.partitionBy("hash").orderBy("shard", "row")
-        ranked = frames.withColumn("survivor", F.first("id").over(first)) \
-            .withColumn("rank", F.row_number().over(first))
+        ranked = frames.withColumn("survivor", F.first("id").over(first)).withColumn("rank", F.row_number().over(first))
         duplicates = ranked.where((F.col("rank") > 1) & (F.col("shard") >= 0)).select("shard", "row", "survivor")
         names = [s.name for s in shards]
         duplicates.groupBy("shard").applyInArrow(
-            lambda table: _write_shard_plan(table, names, work_url), "shard int, rows long").collect()
+            lambda table: _write_shard_plan(table, names, work_url), "shard int, rows long"
+        ).collect()
         return {"exact_dedup.corpus_documents": corpus_documents}
 
 
@@ -153,7 +156,7 @@ def _partition_rows(stage: ExactDedup, job: tuple[int, str, int, str, bool]) -> 
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
         digests = table.column("hash").combine_chunks()
-        hashes = np.frombuffer(digests.buffers()[1], np.uint8)[digests.offset * _HASH_BYTES:]
+        hashes = np.frombuffer(digests.buffers()[1], np.uint8)[digests.offset * _HASH_BYTES :]
         hashes = hashes[: len(digests) * _HASH_BYTES].reshape(-1, _HASH_BYTES)
         table = _hashed_table(shard, hashes, table.column("id").to_pylist())
     else:
@@ -161,7 +164,9 @@ def _partition_rows(stage: ExactDedup, job: tuple[int, str, int, str, bool]) -> 
         table = _hashed_table(shard, hashes, ids)
     part_of = (hashes[:, 0].astype(np.int64) << 8 | hashes[:, 1]) % partitions if len(hashes) else np.zeros(0, np.int64)
     for p in np.unique(part_of):
-        _write_table(table.filter(pa.array(part_of == p)), storage.join(folder, f"p{p:06d}", f"{shard + 10**6:07d}.parquet"))
+        _write_table(
+            table.filter(pa.array(part_of == p)), storage.join(folder, f"p{p:06d}", f"{shard + 10**6:07d}.parquet")
+        )
     return table.num_rows
 
 
@@ -179,9 +184,13 @@ def _deduplicate_partition(stage: ExactDedup, job: tuple[int, str]) -> None:
     head = np.maximum.accumulate(np.where(first, np.arange(table.num_rows), 0))
     shard = table.column("shard").to_numpy()
     repeat = ~first & (shard >= 0)
-    found = pa.table({"shard": table.column("shard").filter(pa.array(repeat)),
-                      "row": table.column("row").filter(pa.array(repeat)),
-                      "survivor": table.column("id").take(pa.array(head[repeat], pa.int64()))})
+    found = pa.table(
+        {
+            "shard": table.column("shard").filter(pa.array(repeat)),
+            "row": table.column("row").filter(pa.array(repeat)),
+            "survivor": table.column("id").take(pa.array(head[repeat], pa.int64())),
+        }
+    )
     for s in np.unique(found.column("shard").to_numpy()):
         part = found.filter(pc.equal(found.column("shard"), int(s)))
         _write_table(part, storage.join(folder, "duplicates", f"s{s:06d}", f"p{p:06d}.parquet"))
@@ -223,16 +232,30 @@ def _corpus_rows(stage: ExactDedup, item: tuple[int, str]) -> Iterator[pa.Table]
     with fs.open(path, "rb") as f:
         table = pq.read_table(f)
     n = table.num_rows
-    yield pa.table({"shard": pa.array(np.full(n, shard, np.int32)), "row": pa.array(np.arange(n, dtype=np.int64)),
-                    "id": table.column("id"), "hash": table.column("hash").cast(pa.binary())}, schema=_HASHED_SCHEMA)
+    yield pa.table(
+        {
+            "shard": pa.array(np.full(n, shard, np.int32)),
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+            "id": table.column("id"),
+            "hash": table.column("hash").cast(pa.binary()),
+        },
+        schema=_HASHED_SCHEMA,
+    )
 
 
 def _hashed_table(shard: int, hashes: np.ndarray, ids: list[str]) -> pa.Table:
     n = len(ids)
     offsets = np.arange(n + 1, dtype=np.int32) * _HASH_BYTES
     column = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(hashes.tobytes())])
-    return pa.table({"shard": pa.array(np.full(n, shard, np.int32)), "row": pa.array(np.arange(n, dtype=np.int64)),
-                     "id": pa.array(ids, pa.string()), "hash": column}, schema=_HASHED_SCHEMA)
+    return pa.table(
+        {
+            "shard": pa.array(np.full(n, shard, np.int32)),
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+            "id": pa.array(ids, pa.string()),
+            "hash": column,
+        },
+        schema=_HASHED_SCHEMA,
+    )
 
 
 def _write_shard_plan(table: pa.Table, names: list[str], work_url: str) -> pa.Table:
@@ -241,7 +264,9 @@ def _write_shard_plan(table: pa.Table, names: list[str], work_url: str) -> pa.Ta
     return pa.table({"shard": pa.array([shard], pa.int32()), "rows": pa.array([table.num_rows], pa.int64())})
 
 
-def find_duplicates(names: list[str], hashed: list[tuple[np.ndarray, list[str]]]) -> dict[str, tuple[np.ndarray, list[str]]]:
+def find_duplicates(
+    names: list[str], hashed: list[tuple[np.ndarray, list[str]]]
+) -> dict[str, tuple[np.ndarray, list[str]]]:
     """For each shard: the row numbers that repeat an earlier document, and that document's id."""
     sizes = [len(ids) for _, ids in hashed]
     if sum(sizes) == 0:

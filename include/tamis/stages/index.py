@@ -76,8 +76,12 @@ class IndexStage(DatasetStage):
     joins_corpus = False
     default_gate = {"required_columns": ["id", "input_ids", "doc_ids", "doc_offsets", "n_pad"], "min_text_chars": None}
 
-    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        params: StageParams | dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(params, context, name)
         self._input_url: str | None = None
 
@@ -96,7 +100,9 @@ class IndexStage(DatasetStage):
             tables = run.map(_document_rows, [(s, self.params.columns) for s in doc_shards])
             metadata = _concat_metadata(tables)
             if packed:
-                locations = _locations(run.map(_packed_pieces, _piece_jobs(shards, with_lengths=False)), with_lengths=False)
+                locations = _locations(
+                    run.map(_packed_pieces, _piece_jobs(shards, with_lengths=False)), with_lengths=False
+                )
                 metadata = metadata.join(locations, "id", join_type="left outer")
         metadata = metadata.sort_by("id")
         duplicated = _first_duplicate(metadata.column("id"))
@@ -124,8 +130,9 @@ class IndexStage(DatasetStage):
             raise IndexBuildError(f"index: document id {repeated[0]['id']!r} appears more than once in {documents_url}")
         folder = storage.join(work_url, "index")
         columns = frame.columns
-        frame.orderBy("id").mapInArrow(lambda batches: _write_sorted_partition(batches, folder), "rows long") \
-            .agg(F.sum("rows")).collect()
+        frame.orderBy("id").mapInArrow(lambda batches: _write_sorted_partition(batches, folder), "rows long").agg(
+            F.sum("rows")
+        ).collect()
         metadata = _read_sorted_partitions(folder, columns)
         return self._write(metadata, output_url, input_url, packed, documents_url, documents_name)
 
@@ -145,8 +152,15 @@ class IndexStage(DatasetStage):
                 )
         return output_url, input_url, packed, documents_url, documents_name
 
-    def _write(self, metadata: pa.Table, output_url: str, input_url: str, packed: bool, documents_url: str,
-               documents_name: str | None) -> dict[str, int]:
+    def _write(
+        self,
+        metadata: pa.Table,
+        output_url: str,
+        input_url: str,
+        packed: bool,
+        documents_url: str,
+        documents_name: str | None,
+    ) -> dict[str, int]:
         index_url = storage.join(output_url, INDEX_DIR)
         key_values = {DOCUMENTS_KEY: documents_url.encode()}
         if documents_name:
@@ -192,7 +206,8 @@ def _index_columns(schema: pa.Schema, requested: list[str] | None, source_url: s
         columns = list(requested)
     else:
         columns = [
-            f.name for f in schema
+            f.name
+            for f in schema
             if f.name not in HEAVY_COLUMNS and not pa.types.is_nested(f.type) and not pa.types.is_binary(f.type)
         ]
     for required in ("id", "source"):
@@ -259,8 +274,15 @@ def _typed(table: pa.Table) -> pa.Table:
     return table
 
 
-_PIECES = pa.schema([("id", pa.string()), ("seq", pa.int64()), ("seq_offset", pa.int32()),
-                     ("source", pa.string()), ("token_count", pa.int64())])
+_PIECES = pa.schema(
+    [
+        ("id", pa.string()),
+        ("seq", pa.int64()),
+        ("seq_offset", pa.int32()),
+        ("source", pa.string()),
+        ("token_count", pa.int64()),
+    ]
+)
 
 
 def _piece_jobs(shards: list[InputShard], with_lengths: bool) -> list[tuple[InputShard, int, bool]]:
@@ -311,13 +333,16 @@ def _packed_pieces(stage: IndexStage, job: tuple[InputShard, int, bool]) -> pa.T
                     sources.append(pa.array(np.repeat(source.to_numpy(zero_copy_only=False), per_row), pa.string()))
             base += batch.num_rows
     n = sum(len(s) for s in seqs)
-    return pa.table({
-        "id": pa.concat_arrays(ids) if ids else pa.array([], pa.string()),
-        "seq": pa.array(np.concatenate(seqs) if seqs else np.zeros(0, np.int64)),
-        "seq_offset": pa.array(np.concatenate(offsets) if offsets else np.zeros(0, np.int32)),
-        "source": pa.concat_arrays(sources) if sources else pa.nulls(n, pa.string()),
-        "token_count": pa.array(np.concatenate(lengths) if lengths else np.zeros(n, np.int64)),
-    }, schema=_PIECES)
+    return pa.table(
+        {
+            "id": pa.concat_arrays(ids) if ids else pa.array([], pa.string()),
+            "seq": pa.array(np.concatenate(seqs) if seqs else np.zeros(0, np.int64)),
+            "seq_offset": pa.array(np.concatenate(offsets) if offsets else np.zeros(0, np.int32)),
+            "source": pa.concat_arrays(sources) if sources else pa.nulls(n, pa.string()),
+            "token_count": pa.array(np.concatenate(lengths) if lengths else np.zeros(n, np.int64)),
+        },
+        schema=_PIECES,
+    )
 
 
 def _packed_pieces_frame(stage: IndexStage, job) -> Iterator[pa.Table]:
@@ -328,13 +353,18 @@ def _locations(tables: list[pa.Table], with_lengths: bool) -> pa.Table:
     """Per document id: its first piece (lowest sequence, then offset), how many pieces
     packing cut it into and (with lengths) its source and total length."""
     table = pa.concat_tables(tables) if tables else _PIECES.empty_table()
-    totals = table.group_by("id").aggregate([("token_count", "sum"), ([], "count_all")]) \
+    totals = (
+        table.group_by("id")
+        .aggregate([("token_count", "sum"), ([], "count_all")])
         .rename_columns(["id", "token_count", "n_pieces"])
+    )
     table = table.sort_by([("id", "ascending"), ("seq", "ascending"), ("seq_offset", "ascending")])
     if table.num_rows:
         id_values = table.column("id").combine_chunks()
         first = np.ones(table.num_rows, bool)
-        first[1:] = pc.not_equal(id_values.slice(1), id_values.slice(0, table.num_rows - 1)).to_numpy(zero_copy_only=False)
+        first[1:] = pc.not_equal(id_values.slice(1), id_values.slice(0, table.num_rows - 1)).to_numpy(
+            zero_copy_only=False
+        )
         table = table.filter(pa.array(first))
     table = table.drop_columns(["token_count"]).join(totals, "id")
     if with_lengths:
@@ -347,10 +377,17 @@ def _spark_locations(run, shards: list[InputShard], with_lengths: bool):
 
     pieces = run.frame(_packed_pieces_frame, _piece_jobs(shards, with_lengths), _PIECES)
     first = F.min(F.struct("seq", "seq_offset", "source"))
-    grouped = pieces.groupBy("id").agg(first.alias("first"), F.sum("token_count").alias("token_count"),
-                                       F.count("*").alias("n_pieces"))
-    located = grouped.select("id", F.col("first.source").alias("source"), "token_count",
-                             F.col("first.seq").alias("seq"), F.col("first.seq_offset").alias("seq_offset"), "n_pieces")
+    grouped = pieces.groupBy("id").agg(
+        first.alias("first"), F.sum("token_count").alias("token_count"), F.count("*").alias("n_pieces")
+    )
+    located = grouped.select(
+        "id",
+        F.col("first.source").alias("source"),
+        "token_count",
+        F.col("first.seq").alias("seq"),
+        F.col("first.seq_offset").alias("seq_offset"),
+        "n_pieces",
+    )
     if with_lengths:
         return located
     return located.select("id", "seq", "seq_offset", "n_pieces")
@@ -367,7 +404,9 @@ def _write_sorted_partition(batches, folder: str):
         task = TaskContext.get()
         assert task is not None, "mapInArrow runs this inside a Spark task"
         partition = task.partitionId()
-        storage.write_bytes_atomic(storage.join(folder, f"{partition:06d}.parquet"), sink.getvalue().to_pybytes(), folder)
+        storage.write_bytes_atomic(
+            storage.join(folder, f"{partition:06d}.parquet"), sink.getvalue().to_pybytes(), folder
+        )
     yield pa.RecordBatch.from_arrays([pa.array([rows], pa.int64())], names=["rows"])
 
 
@@ -400,7 +439,11 @@ def _write_parquet(table: pa.Table, url: str, dataset_url: str, row_group_rows: 
     with fs.open(path, "wb") as f:
         # Page statistics and small row groups let readers skip all but the matching group.
         pq.write_table(
-            table, f, row_group_size=row_group_rows, compression="zstd", write_statistics=True,
+            table,
+            f,
+            row_group_size=row_group_rows,
+            compression="zstd",
+            write_statistics=True,
             write_page_index=True,
         )
     storage.publish(tmp, url)
@@ -413,5 +456,8 @@ def index_summary(dataset_url: str) -> dict[str, Any]:
     with fs.open(path, "rb") as f:
         meta = pq.ParquetFile(f).metadata
     kv = meta.metadata or {}
-    return {"documents": meta.num_rows, "row_groups": meta.num_row_groups,
-            "documents_url": kv.get(DOCUMENTS_KEY, b"").decode() or None}
+    return {
+        "documents": meta.num_rows,
+        "row_groups": meta.num_row_groups,
+        "documents_url": kv.get(DOCUMENTS_KEY, b"").decode() or None,
+    }

@@ -111,14 +111,21 @@ class Ingest(Stage):
                 skipped.setdefault(entry.date, []).append(entry)
             for date in sorted(files.keys() | skipped.keys()):
                 for k, f in enumerate(files.get(date, [])):
-                    attrs: tuple[tuple[str, str], ...] = (("source", source_name), ("date", date), ("relpath", f.relpath),
-                                                          ("format", f.format))
-                    shards.append(InputShard(name=f"{date}_{source_name}_{k:05d}", url=f.url, size_bytes=f.size, attrs=attrs))
+                    attrs: tuple[tuple[str, str], ...] = (
+                        ("source", source_name),
+                        ("date", date),
+                        ("relpath", f.relpath),
+                        ("format", f.format),
+                    )
+                    shards.append(
+                        InputShard(name=f"{date}_{source_name}_{k:05d}", url=f.url, size_bytes=f.size, attrs=attrs)
+                    )
                 if date in skipped:
                     entries = json.dumps([[e.url, e.reason, e.detail] for e in skipped[date]])
                     attrs = (("source", source_name), ("date", date), ("skipped", entries))
-                    shards.append(InputShard(name=f"{date}_{source_name}_skipped", url=source.location, size_bytes=0,
-                                             attrs=attrs))
+                    shards.append(
+                        InputShard(name=f"{date}_{source_name}_skipped", url=source.location, size_bytes=0, attrs=attrs)
+                    )
         return shards
 
     def run_shard(self, shard: InputShard) -> Iterator[BatchResult]:
@@ -149,8 +156,9 @@ class Ingest(Stage):
             assert relpath is not None, "input_shards gives every source file its relpath"
             chunks = read_text(opened.path, opened.size, relpath, self.params.max_doc_bytes, fs=opened.fs)
         else:
-            chunks = read_jsonl(opened.path, fields, fmt == "jsonl.gz", self.params.block_bytes, self.params.max_doc_bytes,
-                                fs=opened.fs)
+            chunks = read_jsonl(
+                opened.path, fields, fmt == "jsonl.gz", self.params.block_bytes, self.params.max_doc_bytes, fs=opened.fs
+            )
         for chunk in chunks:
             yield records.result(chunk)
 
@@ -195,20 +203,30 @@ class _Records:
                 "date": pa.array([self.date] * n, pa.string()),
                 "url": read.column("url"),
                 "text": text,
-                **{name: read.column(name) if name in read.column_names else pa.nulls(n, kind) for name, kind in WARC_COLUMNS},
+                **{
+                    name: read.column(name) if name in read.column_names else pa.nulls(n, kind)
+                    for name, kind in WARC_COLUMNS
+                },
             },
             schema=RECORD_SCHEMA,
         )
         missing = pc.is_null(text)
         too_large = pc.fill_null(pc.greater(pc.binary_length(text), self.params.max_doc_bytes), False)
         to_quarantine = pc.or_(missing, too_large)
-        quarantined = pa.concat_tables([
-            self._quarantine_records(records.filter(to_quarantine), pc.filter(missing, to_quarantine),
-                                     pc.filter(read.column("line"), to_quarantine)),
-            self._quarantine_rejected(chunk.rejected),
-        ])
+        quarantined = pa.concat_tables(
+            [
+                self._quarantine_records(
+                    records.filter(to_quarantine),
+                    pc.filter(missing, to_quarantine),
+                    pc.filter(read.column("line"), to_quarantine),
+                ),
+                self._quarantine_rejected(chunk.rejected),
+            ]
+        )
         records = records.filter(pc.invert(to_quarantine))
-        reasons = pc.if_else(pc.equal(pc.utf8_trim_whitespace(records.column("text")), ""), "empty_text", pa.scalar(None, pa.string()))
+        reasons = pc.if_else(
+            pc.equal(pc.utf8_trim_whitespace(records.column("text")), ""), "empty_text", pa.scalar(None, pa.string())
+        )
         if self.params.sample_fraction < 1.0:
             reasons = pc.coalesce(reasons, _sampled_out(records.column("id"), self.params.sample_fraction))
         kept, dropped = split_by_reason(records, reasons)
@@ -225,7 +243,9 @@ class _Records:
             f"{self.source_name}/" + hashlib.blake2b(f"{self.relpath}\x00{ordinal}".encode(), digest_size=8).hexdigest()
             for ordinal in pc.filter(read.column("ordinal"), pc.is_null(ids)).to_pylist()
         ]
-        return pc.replace_with_mask(ids.combine_chunks(), pc.is_null(ids).combine_chunks(), pa.array(generated, pa.string()))
+        return pc.replace_with_mask(
+            ids.combine_chunks(), pc.is_null(ids).combine_chunks(), pa.array(generated, pa.string())
+        )
 
     def _quarantine_records(self, records: pa.Table, missing: pa.ChunkedArray, lines: pa.ChunkedArray) -> pa.Table:
         if records.num_rows == 0:
@@ -272,5 +292,7 @@ class _Records:
 def _sampled_out(ids: pa.ChunkedArray, fraction: float) -> pa.Array:
     """Deterministic sampling by id: the same fraction keeps the same documents on every run."""
     threshold = int(fraction * 2**32)
-    keep = [int.from_bytes(hashlib.blake2b(i.encode(), digest_size=4).digest(), "big") < threshold for i in ids.to_pylist()]
+    keep = [
+        int.from_bytes(hashlib.blake2b(i.encode(), digest_size=4).digest(), "big") < threshold for i in ids.to_pylist()
+    ]
     return pa.array([None if k else "sampled_out" for k in keep], pa.string())

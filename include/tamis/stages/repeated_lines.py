@@ -74,18 +74,30 @@ class RepeatedLines(DatasetStage):
         run.map(_count_shard, [(s.name, s.url, work_url) for s in shards])
         reduced = run.map(_reduce_bucket, [(b, [s.name for s in shards], work_url) for b in range(self.params.buckets)])
         repeated = sum(n for n, _ in reduced)
-        top = heapq.nlargest(self.params.top_lines, (pair for _, pairs in reduced for pair in pairs), key=lambda p: (p[1], p[0]))
+        top = heapq.nlargest(
+            self.params.top_lines, (pair for _, pairs in reduced for pair in pairs), key=lambda p: (p[1], p[0])
+        )
         if top:
             wanted = {h for h, _ in top}
             texts: dict[int, str] = {}
             for found in run.map(_find_texts, [(s.url, sorted(wanted)) for s in shards]):
                 for h, text in found.items():
                     texts.setdefault(h, text)
-            table = pa.table({"line": [texts.get(h) for h, _ in top], "documents": [c for _, c in top],
-                              "hash": pa.array([h for h, _ in top], pa.uint64())})
+            table = pa.table(
+                {
+                    "line": [texts.get(h) for h, _ in top],
+                    "documents": [c for _, c in top],
+                    "hash": pa.array([h for h, _ in top], pa.uint64()),
+                }
+            )
         else:
-            table = pa.table({"line": pa.array([], pa.string()), "documents": pa.array([], pa.int64()),
-                              "hash": pa.array([], pa.uint64())})
+            table = pa.table(
+                {
+                    "line": pa.array([], pa.string()),
+                    "documents": pa.array([], pa.int64()),
+                    "hash": pa.array([], pa.uint64()),
+                }
+            )
         _write_parquet(storage.join(_output_url(work_url), SIDE_DIR, TOP_LINES), table, _output_url(work_url))
         return {"repeated_lines.distinct_repeated": repeated}
 
@@ -111,7 +123,9 @@ class RepeatedLines(DatasetStage):
             kept_pieces = pieces.values.filter(pa.array(keep))
             per_doc = np.bincount(pieces.doc[keep], minlength=n)
             offsets = np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int32)
-            joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), kept_pieces), "\n" if p.unit == "line" else "\n\n")
+            joined = pc.binary_join(
+                pa.ListArray.from_arrays(pa.array(offsets), kept_pieces), "\n" if p.unit == "line" else "\n\n"
+            )
             new_text = pc.if_else(pa.array(changed), joined, text)
             metrics["repeated_lines.lines_removed"] += int(remove.sum())
             metrics["repeated_lines.chars_removed"] += int(lengths(pieces.values.filter(pa.array(remove))).sum())

@@ -59,7 +59,9 @@ class ContentSafety(Stage):
     default_gate = {"max_drop_rate": 0.3}
 
     def _list_files(self) -> dict[str, list[Path]]:
-        folders = ([DEFAULT_LISTS] if self.params.default_lists else []) + ([Path(self.params.lists)] if self.params.lists else [])
+        folders = ([DEFAULT_LISTS] if self.params.default_lists else []) + (
+            [Path(self.params.lists)] if self.params.lists else []
+        )
         return {c: [f / f"{c}.txt" for f in folders if (f / f"{c}.txt").is_file()] for c in self.params.categories}
 
     def check_ready(self) -> None:
@@ -71,14 +73,19 @@ class ContentSafety(Stage):
             labels = set(_load_model(self.params.model).get_labels())
             missing = [c for c in self.params.categories if f"__label__{c}" not in labels]
             if missing:
-                raise ValueError(f"safety: the model at {self.params.model} has no label for {missing} (labels: {sorted(labels)})")
+                raise ValueError(
+                    f"safety: the model at {self.params.model} has no label for {missing} (labels: {sorted(labels)})"
+                )
         uncovered = [c for c, files in self._list_files().items() if not files] if not self.params.model else []
         if uncovered:
             raise ValueError(f"safety: nothing scores {uncovered}: no term list and no model")
 
     def dependencies(self, output_url: str) -> dict[str, str]:
-        deps = {f"safety_list.{p.parent.name}.{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
-                for files in self._list_files().values() for p in files}
+        deps = {
+            f"safety_list.{p.parent.name}.{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
+            for files in self._list_files().values()
+            for p in files
+        }
         if self.params.model and Path(self.params.model).is_file():
             deps["safety_model"] = hashlib.sha256(Path(self.params.model).read_bytes()).hexdigest()
         return deps
@@ -141,8 +148,11 @@ class ContentSafety(Stage):
 
 
 def _read_terms(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line.strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 @lru_cache(maxsize=2)

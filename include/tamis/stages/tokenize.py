@@ -45,8 +45,12 @@ class Tokenize(Stage):
     joins_corpus = False
     default_gate = {"required_columns": ["id", "source", "text", "input_ids", "token_count"]}
 
-    def __init__(self, params: StageParams | dict[str, Any] | None = None, context: dict[str, Any] | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        params: StageParams | dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(params, context, name)
         self._tokenizer: Tokenizer | None = None
         self._eos_id: int | None = None
@@ -111,7 +115,6 @@ class Tokenize(Stage):
             {"tokenize.tokens": int(counts[kept_mask].sum()), "tokenize.chars": int(chars[kept_mask].sum())}
         )
         return BatchResult(kept=kept, dropped=dropped, metrics=metrics)
-
 
 
 def tokenizer_dependency(spec: str) -> dict[str, str]:

@@ -126,19 +126,27 @@ class UrlFilter(Stage):
     default_gate = {"required_columns": ["id", "source", "text", "url"]}
 
     def _folders(self) -> list[Path]:
-        return ([DEFAULT_LISTS] if self.params.default_lists else []) + ([Path(self.params.lists)] if self.params.lists else [])
+        return ([DEFAULT_LISTS] if self.params.default_lists else []) + (
+            [Path(self.params.lists)] if self.params.lists else []
+        )
 
     def check_ready(self) -> None:
         if self.params.lists and not Path(self.params.lists).is_dir():
             raise FileNotFoundError(f"url_filter: lists folder {self.params.lists} does not exist")
         files = [p for f in self._folders() for kind in KINDS for p in (f / kind).glob("*.txt")]
         if not files:
-            raise ValueError(f"url_filter: no list (<kind>/<name>.txt with kind one of {', '.join(KINDS)}) "
-                             f"in {', '.join(map(str, self._folders())) or 'any folder: default_lists is off and lists is null'}")
+            raise ValueError(
+                f"url_filter: no list (<kind>/<name>.txt with kind one of {', '.join(KINDS)}) "
+                f"in {', '.join(map(str, self._folders())) or 'any folder: default_lists is off and lists is null'}"
+            )
 
     def dependencies(self, output_url: str) -> dict[str, str]:
-        return {f"url_list.{f.name}.{kind}.{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
-                for f in self._folders() for kind in KINDS for p in sorted((f / kind).glob("*.txt"))}
+        return {
+            f"url_list.{f.name}.{kind}.{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
+            for f in self._folders()
+            for kind in KINDS
+            for p in sorted((f / kind).glob("*.txt"))
+        }
 
     def setup(self) -> None:
         self._lists()
@@ -184,7 +192,9 @@ class UrlFilter(Stage):
             has_parent = pc.fill_null(pc.match_substring(suffix, "."), False)
             if not pc.any(has_parent).as_py():
                 break
-            suffix = pc.if_else(has_parent, pc.replace_substring_regex(suffix, r"^[^.]*\.", ""), pa.scalar(None, pa.string()))
+            suffix = pc.if_else(
+                has_parent, pc.replace_substring_regex(suffix, r"^[^.]*\.", ""), pa.scalar(None, pa.string())
+            )
 
         normalized = normalize_url(url)
         mark("urls", lists.find("urls", normalized), lambda i: f"url {normalized[i].as_py()}")
@@ -211,7 +221,13 @@ class UrlFilter(Stage):
         squeezed = normalize_words(pc.fill_null(url, ""))
         for index, pattern in lists.subwords:
             hit = np.where(pc.match_substring_regex(squeezed, pattern).to_numpy(zero_copy_only=False), index, -1)
-            mark("subwords", hit, lambda i, p=pattern: f"subword {pc.extract_regex(squeezed[i:i + 1], f'(?P<w>{p})')[0]['w'].as_py()!r}")
+            mark(
+                "subwords",
+                hit,
+                lambda i, p=pattern: (
+                    f"subword {pc.extract_regex(squeezed[i : i + 1], f'(?P<w>{p})')[0]['w'].as_py()!r}"
+                ),
+            )
 
         kept, dropped = split_by_reason(table, reasons.tolist(), details.tolist())
         return BatchResult(kept=kept, dropped=dropped, metrics=metrics)

@@ -27,8 +27,9 @@ class MinLength(Stage):
         chars = pc.utf8_length(table.column("text"))
         short = pc.less(chars, self.params.min_chars)
         reasons = pc.if_else(short, "too_short", pa.scalar(None, pa.string()))
-        detail = pc.if_else(short, pc.binary_join_element_wise(pc.cast(chars, pa.string()), " chars", ""),
-                            pa.scalar(None, pa.string()))
+        detail = pc.if_else(
+            short, pc.binary_join_element_wise(pc.cast(chars, pa.string()), " chars", ""), pa.scalar(None, pa.string())
+        )
         kept, dropped = split_by_reason(table, reasons, detail)
         return BatchResult(kept=kept, dropped=dropped)
 
