@@ -137,7 +137,8 @@ def create_backfill(cli, *args: str, timeout: float = 120) -> None:
             time.sleep(5)
 
 
-def wait_for_runs(cli, dag_id: str, count: int, timeout: float = 600) -> list[dict]:
+def wait_for_runs(cli, dag_id: str, count: int, timeout: float = 600, until=lambda runs: True) -> list[dict]:
+    """Wait until at least ``count`` runs exist, all finished, and ``until(runs)`` holds."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         # The JSON is the one line that is a list; warnings may come before it, and
@@ -145,7 +146,7 @@ def wait_for_runs(cli, dag_id: str, count: int, timeout: float = 600) -> list[di
         lines = [line for line in cli("dags", "list-runs", dag_id, "-o", "json").splitlines() if line.startswith("[")]
         runs = json.loads(lines[-1]) if lines else []
         finished = [r for r in runs if r["state"] in ("success", "failed")]
-        if len(finished) >= count and len(finished) == len(runs):
+        if len(finished) >= count and len(finished) == len(runs) and until(runs):
             return runs
         time.sleep(5)
     raise AssertionError(f"{dag_id}: runs did not finish in {timeout}s: {runs}")
@@ -184,9 +185,17 @@ def test_a_three_day_backfill_builds_the_corpus_and_a_rerun_day_changes_nothing(
 
     before = Dataset(partitions(corpus)["2026-11-21"]).manifest()["parts"]
     appended_at = (Path(partitions(corpus)["2026-11-21"]) / "_manifest.json").stat().st_mtime
+    first_end = next(r["end_date"] for r in runs if r["logical_date"].startswith(DAYS[1]))
     create_backfill(cli, "--from-date", DAYS[1], "--to-date", DAYS[1], "--reprocess-behavior", "completed")
-    time.sleep(5)
-    wait_for_runs(cli, "nightly_ingest", 3)
+    # The reprocessed run is the same run cleared: it is done when it ends again, later.
+    wait_for_runs(
+        cli,
+        "nightly_ingest",
+        3,
+        until=lambda rs: any(
+            r["logical_date"].startswith(DAYS[1]) and r["end_date"] and r["end_date"] > first_end for r in rs
+        ),
+    )
     after = Dataset(partitions(corpus)["2026-11-21"]).manifest()
     assert (Path(partitions(corpus)["2026-11-21"]) / "_manifest.json").stat().st_mtime > appended_at, (
         "the day was not re-run"
