@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,9 @@ TAMIS = [sys.executable, "-m", "tamis.cli"]
 def site(tmp_path_factory) -> Path:
     """The example package installed with pip, as a team would install theirs."""
     target = tmp_path_factory.mktemp("plugin_site")
+    # pip builds a local folder in place (build/, *.egg-info): build a copy, never the repository.
+    source = tmp_path_factory.mktemp("plugin_source") / PLUGIN.name
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
         [
             sys.executable,
@@ -38,7 +42,7 @@ def site(tmp_path_factory) -> Path:
             "--no-build-isolation",
             "--target",
             str(target),
-            str(PLUGIN),
+            str(source),
         ],
         check=True,
         capture_output=True,

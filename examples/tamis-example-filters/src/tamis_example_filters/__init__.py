@@ -22,6 +22,7 @@ class MinLength(Stage):
     """Drops documents shorter than ``min_chars`` characters."""
 
     Params = MinLengthParams
+    params: MinLengthParams  # what self.params holds, for type checkers
 
     def process_batch(self, table: pa.Table) -> BatchResult:
         chars = pc.utf8_length(table.column("text"))
