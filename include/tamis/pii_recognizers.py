@@ -68,20 +68,19 @@ import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
 from phonenumbers import PhoneMetadata
-from presidio_analyzer import (
-    EntityRecognizer,
-    Pattern,
-    PatternRecognizer,
-)
-from presidio_analyzer.predefined_recognizers import (
+
+from tamis.presidio import (
+    ENGLISH_STOP_WORDS,
     CreditCardRecognizer,
     EmailRecognizer,
+    EntityRecognizer,
     IbanRecognizer,
     IpRecognizer,
+    Pattern,
+    PatternRecognizer,
     PhoneRecognizer,
     UsSsnRecognizer,
 )
-from spacy.lang.en.stop_words import STOP_WORDS
 
 CN_RESIDENT_ID = "CN_RESIDENT_ID"
 PERSON = "PERSON"
@@ -767,7 +766,7 @@ _TITLES = (
 )
 # Function words are never names, whatever the name lists hold ("You" and "Will" are
 # surnames in the census list).
-_STOP_WORDS = frozenset(STOP_WORDS) | {"apt", "suite", "unit", "flat", "floor", "room", "box"}
+_STOP_WORDS = frozenset(ENGLISH_STOP_WORDS) | {"apt", "suite", "unit", "flat", "floor", "room", "box"}
 _ORG_WORDS = frozenset(
     [
         "inc",
