@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -16,7 +18,7 @@ from pydantic import ValidationError
 from conftest import TEST_DATA, read_jsonl, write_dataset
 from tamis import metrics, report
 from tamis.dataset import Dataset
-from tamis.pii_recognizers import cn_resident_id_is_valid
+from tamis.pii_recognizers import at_stretches, cn_resident_id_is_valid
 from tamis.runner import run_stage
 from tamis.stages import stage_class
 from tamis.stages.pii import PiiMask
@@ -455,3 +457,12 @@ def test_entity_metrics_feed_the_report_and_the_detection_rate(tmp_path, synth, 
     (prom,) = (tmp_path / "prom").glob("*.prom")
     line = next(x for x in prom.read_text().splitlines() if x.startswith("tamis_pii_detection_rate{"))
     assert float(line.split()[-1]) == pytest.approx(rate, rel=1e-5)
+
+
+def test_the_stretches_around_at_signs_are_the_whitespace_free_runs_a_pattern_scan_finds():
+    pattern = re.compile(r"[^\s@]*@\S*")
+    rng = random.Random(7)
+    texts = ["", "@", "a@b c@d", "x@@y", " @ ", "mail me at ann@example.com, or bob@x.org\tnow"]
+    texts += ["".join(rng.choice("ab@ \n\t.x") for _ in range(rng.randint(0, 40))) for _ in range(5000)]
+    for text in texts:
+        assert list(at_stretches(text)) == [m.span() for m in pattern.finditer(text)], text

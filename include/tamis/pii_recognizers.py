@@ -57,6 +57,7 @@ import ipaddress
 import json
 import re
 import unicodedata
+from collections.abc import Iterator
 from datetime import date
 from functools import cache, lru_cache
 from operator import itemgetter
@@ -114,9 +115,22 @@ class _Screened:
         return super().analyze(text, entities, nlp_artifacts, regex_flags)
 
 
-# A whitespace-free stretch around an "@": Presidio's e-mail pattern matches no
-# whitespace, so each of its matches lies inside one such stretch.
-_AT_STRETCH = re.compile(r"[^\s@]*@[^\s]*")
+_NON_SPACE_RUN = re.compile(r"\S*")
+
+
+def at_stretches(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each whitespace-free stretch of ``text`` that holds an "@".
+    Presidio's e-mail pattern matches no whitespace, so each of its matches lies inside one.
+    Found from the "@"s outward: a pattern scan would try every position of a long text."""
+    end = 0
+    at = text.find("@")
+    while at >= 0:
+        start = at
+        while start > end and not text[start - 1].isspace():
+            start -= 1
+        end = _NON_SPACE_RUN.match(text, at).end()
+        yield start, end
+        at = text.find("@", end)
 
 
 class OfflineEmailRecognizer(_Screened, EmailRecognizer):
@@ -129,10 +143,10 @@ class OfflineEmailRecognizer(_Screened, EmailRecognizer):
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
         found = []
-        for stretch in _AT_STRETCH.finditer(text):
-            for r in super().analyze(stretch.group(), entities, nlp_artifacts, regex_flags):
-                r.start += stretch.start()
-                r.end += stretch.start()
+        for start, end in at_stretches(text):
+            for r in super().analyze(text[start:end], entities, nlp_artifacts, regex_flags):
+                r.start += start
+                r.end += start
                 found.append(r)
         return found
 
