@@ -466,3 +466,42 @@ def test_the_stretches_around_at_signs_are_the_whitespace_free_runs_a_pattern_sc
     texts += ["".join(rng.choice("ab@ \n\t.x") for _ in range(rng.randint(0, 40))) for _ in range(5000)]
     for text in texts:
         assert list(at_stretches(text)) == [m.span() for m in pattern.finditer(text)], text
+
+
+def test_ip_addresses_found_in_the_runs_around_screen_hits_are_those_of_the_whole_text():
+    from tamis.pii_recognizers import _VERSION_BEFORE, ScreenedIpRecognizer
+
+    recognizer = ScreenedIpRecognizer(public_only=True)
+    pieces = [
+        "8.8.8.8",
+        "192.168.1.1",
+        "2001:db8::1",
+        "2606:4700:4700::1111",
+        "::",
+        "::ffff:1.2.3.4",
+        "fe80::1",
+        "std::vector",
+        "a:b:",
+        "1.2.3.4/24",
+        "version ",
+        "v",
+        "x",
+        "=",
+        " ",
+        "\n",
+        "\t",
+        "(",
+        ")",
+        ",",
+        ":",
+    ]
+    rng = random.Random(11)
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 30))) for _ in range(3000)]
+    found_any = 0
+    for text in texts:
+        whole = super(ScreenedIpRecognizer, recognizer).analyze(text, ["IP_ADDRESS"])
+        whole = [r for r in whole if not _VERSION_BEFORE.search(text, max(0, r.start - 40), r.start)]
+        runs = recognizer.analyze(text, ["IP_ADDRESS"])
+        assert [(r.start, r.end, r.score) for r in runs] == [(r.start, r.end, r.score) for r in whole], text
+        found_any += bool(runs)
+    assert found_any > 100
