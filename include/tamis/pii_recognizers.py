@@ -130,7 +130,7 @@ def whitespace_free_runs(text: str, hits: Iterable[int]) -> Iterator[tuple[int, 
         start = at
         while start > end and not text[start - 1].isspace():
             start -= 1
-        end = _NON_SPACE_RUN.match(text, at).end()
+        end = _NON_SPACE_RUN.match(text, at).end()  # type: ignore[union-attr]  # \S* matches everywhere
         yield start, end
 
 
