@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -401,6 +402,22 @@ def test_three_nightly_days_run_in_reverse_and_at_once_give_the_in_order_corpus(
         ids += table.column("id").to_pylist()
         texts += table.column("text").to_pylist()
     assert len(ids) == len(set(ids)) and len(texts) == len(set(texts))
+
+    # A day run again once later days are appended compares with the days before it only,
+    # as its first run did: its dedup outputs are still its own, and the partition is the same.
+    middle = tmp_path / f"racing/corpus/default/date={DAYS[1]}"
+    before = [p["sha256"] for p in Dataset(str(middle)).manifest()["parts"]]
+    again = subprocess.run(
+        [*TAMIS, "nightly", "run", "--date", DAYS[1], "--run-id", f"n-{DAYS[1]}"],
+        env=racing_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("exact_dedup", "near_dedup"):
+        assert re.search(rf"{stage}: \S+ is already complete", again.stderr), again.stderr[-3000:]
+    assert [p["sha256"] for p in Dataset(str(middle)).manifest()["parts"]] == before
 
 
 def test_leases_on_s3_are_conditional_writes_with_the_same_rules(moto_s3, monkeypatch):

@@ -100,24 +100,32 @@ def content_hashes(text: pa.ChunkedArray | pa.Array, key: str = "normalized") ->
     return np.frombuffer(digests, dtype=np.uint8).reshape(-1, 16)
 
 
-def hash_files(corpus_url: str, exclude_date: str | None) -> list[str]:
-    """The content-hash files of every complete partition except ``exclude_date``, in date order."""
-    return [storage.join(url, HASHES) for date, url in partitions(corpus_url).items() if date != exclude_date]
+def earlier(date: str, day: str | None) -> bool:
+    """Whether partition ``date`` counts for a run that builds ``day`` (None: every one
+    counts). A day is deduplicated against the days before it only, so re-running it once
+    later days are appended gives what its first run gave."""
+    return day is None or date < day
 
 
-def corpus_state(corpus_url: str, exclude_date: str | None) -> str:
-    """A version of the corpus as a nightly stage sees it: the hash of its partitions' manifests."""
+def hash_files(corpus_url: str, day: str | None) -> list[str]:
+    """The content-hash files of every complete partition before ``day``, in date order."""
+    return [storage.join(url, HASHES) for date, url in partitions(corpus_url).items() if earlier(date, day)]
+
+
+def corpus_state(corpus_url: str, day: str | None) -> str:
+    """A version of the corpus as a nightly stage building ``day`` sees it: the hash of the
+    manifests of the partitions before it."""
     digest = hashlib.sha256()
     for date, url in partitions(corpus_url).items():
-        if date != exclude_date:
+        if earlier(date, day):
             digest.update(date.encode() + b"\0" + storage.read_bytes(Dataset(url).manifest_url))
     return digest.hexdigest()
 
 
-def known_hashes(corpus_url: str, exclude_date: str | None) -> tuple[np.ndarray, list[str]]:
-    """Content hashes and ids of every complete partition except ``exclude_date``."""
+def known_hashes(corpus_url: str, day: str | None) -> tuple[np.ndarray, list[str]]:
+    """Content hashes and ids of every complete partition before ``day``."""
     digests, ids = [], []
-    for url in hash_files(corpus_url, exclude_date):
+    for url in hash_files(corpus_url, day):
         fs, path = storage.filesystem(url)
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)

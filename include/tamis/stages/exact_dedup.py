@@ -47,8 +47,8 @@ class ExactDedupParams(StageParams):
     key: Literal["text", "normalized"] = "normalized"
     # Incremental: documents already in this corpus (tamis.corpus) count as earlier copies.
     corpus_url: str | None = None
-    # The partition being replaced by this run is not compared against itself.
-    exclude_partition: str | None = None
+    # The corpus partition (date) this run builds: only the partitions before it count.
+    partition: str | None = None
     # Plan state held at once (hashes, ids and positions, about STATE_BYTES_PER_ROW a
     # document); beyond it the hashes are partitioned on disk and each partition is
     # deduplicated alone, so the memory does not grow with the corpus.
@@ -67,17 +67,17 @@ class ExactDedup(DropListStage):
         return self.params.key
 
     def corpus_params(self, corpus: CorpusContext) -> dict[str, Any]:
-        return {"corpus_url": corpus.url, "exclude_partition": corpus.date}
+        return {"corpus_url": corpus.url, "partition": corpus.date}
 
     def dependencies(self, output_url: str) -> dict[str, str]:
         if not self.params.corpus_url:
             return {}
-        return {"corpus": corpus_state(self.params.corpus_url, self.params.exclude_partition)}
+        return {"corpus": corpus_state(self.params.corpus_url, self.params.partition)}
 
     # -- plan ----------------------------------------------------------------------------
 
     def plan(self, shards: list[InputShard], work_url: str, engine) -> dict[str, int]:
-        files = hash_files(self.params.corpus_url, self.params.exclude_partition) if self.params.corpus_url else []
+        files = hash_files(self.params.corpus_url, self.params.partition) if self.params.corpus_url else []
         total_rows = sum(_footer_rows(s.url) for s in shards) + sum(_footer_rows(url) for url in files)
         partitions = max(1, math.ceil(total_rows * STATE_BYTES_PER_ROW / (self.params.memory_budget_mb << 20)))
         if partitions > 1:
@@ -86,7 +86,7 @@ class ExactDedup(DropListStage):
         names = [s.name for s in shards]
         if self.params.corpus_url:
             # The corpus goes first: a document it already holds is the survivor.
-            hashed.insert(0, known_hashes(self.params.corpus_url, self.params.exclude_partition))
+            hashed.insert(0, known_hashes(self.params.corpus_url, self.params.partition))
             names.insert(0, "_corpus")
         duplicates = find_duplicates(names, hashed)
         for name, (rows, survivors) in duplicates.items():
@@ -127,7 +127,7 @@ class ExactDedup(DropListStage):
         frames = run.frame(_hashed_rows, items, _HASHED_SCHEMA)
         corpus_documents = 0
         if self.params.corpus_url:
-            files = hash_files(self.params.corpus_url, self.params.exclude_partition)
+            files = hash_files(self.params.corpus_url, self.params.partition)
             # Corpus files get shard numbers -n..-1 in date order: all before the new shards.
             corpus = run.frame(_corpus_rows, [(i - len(files), url) for i, url in enumerate(files)], _HASHED_SCHEMA)
             corpus_documents = corpus.count()

@@ -702,7 +702,7 @@ def plan_on_disk(
     starts = np.cumsum(sizes) - sizes
     index = stage.index() if params.index_url else None
     index_files = (
-        [url for name, files in index.part_files().items() if name != part for url in files]
+        [url for name, files in index.part_files().items() if compared_part(name, part) for url in files]
         if index is not None and index._check()
         else []
     )
@@ -989,6 +989,17 @@ def _fixed_sig(sig: np.ndarray) -> pa.Array:
 # --------------------------------------------------------------------------- incremental index
 
 
+def compared_part(name: str, part: str | None) -> bool:
+    """Whether index part ``name`` is compared with a run that writes part ``part``: never
+    the run's own, and for a nightly day (parts ``date=YYYY-MM-DD``) only the days before
+    it, so re-running a day once later days are indexed gives what its first run gave."""
+    if name == part:
+        return False
+    if part is not None and part.startswith("date=") and name.startswith("date="):
+        return name < part
+    return True
+
+
 class IndexMismatch(ValueError):
     pass
 
@@ -1043,10 +1054,10 @@ class SignatureIndex:
         return list(self.part_files())
 
     def state(self, exclude: str | None) -> str:
-        """A version of the index without part ``exclude``: what an incremental run compares against."""
+        """A version of the parts a run writing part ``exclude`` compares against (``compared_part``)."""
         digest = hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode())
         for name, files in self.part_files().items():
-            if name == exclude:
+            if not compared_part(name, exclude):
                 continue
             for url in files:
                 fs, path = storage.filesystem(url)
@@ -1067,7 +1078,7 @@ class SignatureIndex:
         metas, sigs, found_keys, sets = [], [], [], []
         columns = ["id", "source", "date", "sig"] + (["shingles"] if self.shingle_sets else [])
         for name, files in self.part_files().items():
-            if name == exclude:
+            if not compared_part(name, exclude):
                 continue
             for url in files:
                 fs, path = storage.filesystem(url)
@@ -1227,7 +1238,7 @@ def plan_on_spark(stage: NearDedup, shards: list[InputShard], work_url: str, run
     pool = new
     index = stage.index() if params.index_url else None
     if index is not None and index._check():
-        files = [url for name, urls in index.part_files().items() if name != part for url in urls]
+        files = [url for name, urls in index.part_files().items() if compared_part(name, part) for url in urls]
         indexed = run.frame(_indexed_rows, [(i - len(files), url) for i, url in enumerate(files)], _SPARK_ROWS)
         new_keys = new.select(F.posexplode("keys").alias("band", "key")).distinct()
         matched_ids = (
