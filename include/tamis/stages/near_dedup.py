@@ -1196,16 +1196,12 @@ def write_parquet_atomic(table: pa.Table, url: str, dataset_url: str, row_group_
 
 # --------------------------------------------------------------------------- on Spark
 
+# A document on Spark: where it is, its metadata (the local plan's columns), its signature data.
 _SPARK_ROWS = pa.schema(
     [
         ("shard", pa.int32()),
         ("row", pa.int64()),
-        ("tier", pa.int8()),
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("date", pa.string()),
-        ("length", pa.int64()),
-        ("quality", pa.float64()),
+        *_META_SCHEMA,
         ("shingles", pa.int64()),
         ("keys", pa.list_(pa.int64())),
         ("sig", pa.binary()),
