@@ -76,6 +76,28 @@ def build_corpus(
     return total_bytes, total_docs
 
 
+def write_committed_dataset(rows: list[dict], root: Path, parts: int) -> None:
+    """``rows`` as a committed tamis dataset of ``parts`` Parquet parts, in row groups of one
+    read batch (as the runner writes the stages' outputs), with its manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tamis.stage import READ_BATCH_ROWS
+
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    per = -(-len(rows) // parts)
+    for k in range(parts):
+        name = f"part{k:02d}"
+        pq.write_table(
+            pa.Table.from_pylist(rows[k * per : (k + 1) * per]),
+            root / f"{name}.parquet",
+            row_group_size=READ_BATCH_ROWS,
+        )
+        manifest.append({"name": name, "bytes": (root / f"{name}.parquet").stat().st_size})
+    (root / "_manifest.json").write_text(json.dumps({"parts": manifest}))
+
+
 def pipeline_yaml(corpus: Path, store: Path, stages: list[str], workers: int, execution: dict | None = None) -> str:
     """A pipeline over the benchmark corpus with the default pipeline's parameters for ``stages``."""
     import yaml

@@ -57,11 +57,6 @@ def web_texts(data: Path) -> list[str]:
 
 def build_corpus(root: Path, data: Path, target_mb: float, part_mb: float, seed: int = 0) -> tuple[str, int, int]:
     """A committed dataset of >= target_mb MB: the real texts, then edited copies."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from tamis.stage import READ_BATCH_ROWS
-
     rng = random.Random(seed)
     base = web_texts(data)
     rng.shuffle(base)  # every size gets the same mix of sources
@@ -81,19 +76,9 @@ def build_corpus(root: Path, data: Path, target_mb: float, part_mb: float, seed:
                 break
         copy += 1
     rng.shuffle(rows)
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = []
-    parts = max(1, round(size / (part_mb * 1e6)))
-    per = -(-len(rows) // parts)
-    for k in range(parts):
-        name = f"part{k:02d}"
-        pq.write_table(
-            pa.Table.from_pylist(rows[k * per : (k + 1) * per]),
-            root / f"{name}.parquet",
-            row_group_size=READ_BATCH_ROWS,
-        )
-        manifest.append({"name": name, "bytes": (root / f"{name}.parquet").stat().st_size})
-    (root / "_manifest.json").write_text(json.dumps({"parts": manifest}))
+    from bench_corpus import write_committed_dataset  # on the path once web_texts ran
+
+    write_committed_dataset(rows, root, max(1, round(size / (part_mb * 1e6))))
     return str(root), len(rows), size
 
 

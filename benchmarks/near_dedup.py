@@ -648,21 +648,9 @@ def build_corpus(root: Path, target_mb: float, seed: int = 0, parts: int = 8) ->
             if size >= target_mb * 1e6:
                 break
     rng.shuffle(rows)
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = []
-    per = -(-len(rows) // parts)
-    for k in range(parts):
-        name = f"part{k:02d}"
-        # Row groups of one read batch, as the runner writes the stages' outputs.
-        from tamis.stage import READ_BATCH_ROWS
+    from bench_corpus import write_committed_dataset
 
-        pq.write_table(
-            pa.Table.from_pylist(rows[k * per : (k + 1) * per]),
-            root / f"{name}.parquet",
-            row_group_size=READ_BATCH_ROWS,
-        )
-        manifest.append({"name": name, "bytes": (root / f"{name}.parquet").stat().st_size})
-    (root / "_manifest.json").write_text(json.dumps({"parts": manifest}))
+    write_committed_dataset(rows, root, parts)
     return str(root), len(rows), size
 
 
