@@ -1,8 +1,10 @@
 """Tokenize: add ``input_ids`` and ``token_count`` to every document.
 
-Encoding runs in the tokenizer's Rust code (``encode_batch_fast``, threaded); the ids
-of a batch are flattened into one numpy array and the Arrow list column is built from
-offsets, so no Python code runs per token. The end-of-text token, when asked for, is
+Encoding runs in native code: tiktoken where it gives exactly the tokenizer's ids
+(``fast_bpe``, byte-level BPE tokenizers; see :mod:`tamis.ranked_bpe`), the tokenizer's
+own Rust code (``encode_batch_fast``) for the rest. Both use the threads the runner gives
+the worker. The ids of a batch are flattened into one numpy array and the Arrow list
+column is built from offsets, so no Python code runs per token. The end-of-text token, when asked for, is
 inserted with numpy on the flat values. Documents that produce no tokens, and
 documents longer than ``max_chars`` (a guard against a pathological input stalling a
 worker), are dropped with their reason.
@@ -10,9 +12,8 @@ worker), are dropped with their reason.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from itertools import chain
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,11 @@ from pydantic import Field
 from tokenizers import Tokenizer
 
 from tamis import storage
+from tamis.ranked_bpe import RankedBpe, thread_budget
 from tamis.stage import BatchResult, PathOrName, Stage, StageParams, split_by_reason
 from tamis.tokenizer import TokenizerError, eos_id, load_tokenizer, resolve_local_path
 
-_IDS = attrgetter("ids")
+log = logging.getLogger("tamis.stages.tokenize")
 
 
 class TokenizeParams(StageParams):
@@ -36,6 +38,9 @@ class TokenizeParams(StageParams):
     add_special_tokens: bool = False  # the tokenizer's own post-processor (BOS, [CLS]...); off for pretraining text
     max_chars: int = Field(default=1_000_000, ge=1)
     batch_size: int = Field(default=1024, ge=1)  # documents per encode call
+    # Encode with tiktoken where it provably gives the tokenizer's ids (about 4.5x faster);
+    # tokenizers that do not qualify, and documents holding an added token, use the tokenizer itself.
+    fast_bpe: bool = True
 
 
 class Tokenize(Stage):
@@ -53,12 +58,19 @@ class Tokenize(Stage):
     ) -> None:
         super().__init__(params, context, name)
         self._tokenizer: Tokenizer | None = None
+        self._ranked: RankedBpe | None = None
         self._eos_id: int | None = None
 
     def setup(self) -> None:
         tokenizer = load_tokenizer(self.params.tokenizer)
         if self.params.add_eos:
             self._eos_id = eos_id(tokenizer, self.params.tokenizer, self.params.eos_token)
+        if self.params.fast_bpe and not self.params.add_special_tokens:
+            self._ranked, why = RankedBpe.of(tokenizer)
+            if self._ranked is None:
+                log.info(
+                    "tokenize: %s; every document goes through the tokenizer itself (%s)", why, self.params.tokenizer
+                )
         self._tokenizer = tokenizer
 
     def check_ready(self) -> None:
@@ -84,17 +96,7 @@ class Tokenize(Stage):
         texts = text.to_pylist()
         for i in np.flatnonzero(too_long):
             texts[i] = ""  # not encoded; dropped below
-        flat_parts, count_parts = [], []
-        for start in range(0, len(texts), self.params.batch_size):
-            encodings = tokenizer.encode_batch_fast(
-                texts[start : start + self.params.batch_size], add_special_tokens=self.params.add_special_tokens
-            )
-            ids = list(map(_IDS, encodings))
-            counts = np.fromiter(map(len, ids), np.int64, len(ids))
-            flat_parts.append(np.fromiter(chain.from_iterable(ids), np.int32, int(counts.sum())))
-            count_parts.append(counts)
-        flat = np.concatenate(flat_parts) if flat_parts else np.empty(0, np.int32)
-        counts = np.concatenate(count_parts) if count_parts else np.empty(0, np.int64)
+        flat, counts, by_tokenizer = self._encode(tokenizer, texts, text)
         if self.params.add_eos:
             assert self._eos_id is not None, "setup finds the end-of-text token whenever add_eos is on"
             flat = np.insert(flat, np.cumsum(counts)[counts > 0], np.int32(self._eos_id))
@@ -112,9 +114,38 @@ class Tokenize(Stage):
         kept, dropped = split_by_reason(table, reasons.tolist(), detail.tolist())
         kept_mask = ~(no_tokens | too_long)
         metrics = Counter(
-            {"tokenize.tokens": int(counts[kept_mask].sum()), "tokenize.chars": int(chars[kept_mask].sum())}
+            {
+                "tokenize.tokens": int(counts[kept_mask].sum()),
+                "tokenize.chars": int(chars[kept_mask].sum()),
+                "tokenize.docs_by_tokenizer": by_tokenizer,
+            }
         )
         return BatchResult(kept=kept, dropped=dropped, metrics=metrics)
+
+    def _encode(
+        self, tokenizer: Tokenizer, texts: list[str], text: pa.ChunkedArray
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every text's ids, flat, their counts per text, and how many texts the tokenizer
+        itself encoded."""
+        if self._ranked is not None:
+            flat, counts, left = self._ranked.encode(texts, self._ranked.holds_added_token(text), thread_budget())
+        else:
+            flat, counts, left = np.empty(0, np.int32), np.zeros(len(texts), np.int64), np.ones(len(texts), bool)
+        rows = np.flatnonzero(left)
+        if not len(rows):
+            return flat, counts, 0
+        per_text = np.split(flat, np.cumsum(counts)[:-1]) if len(texts) else []
+        size = self.params.batch_size
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            encodings = tokenizer.encode_batch_fast(
+                [texts[i] for i in chunk], add_special_tokens=self.params.add_special_tokens
+            )
+            for i, encoding in zip(chunk, encodings):
+                per_text[i] = np.asarray(encoding.ids, np.int32)
+        counts = np.fromiter(map(len, per_text), np.int64, len(per_text))
+        flat = np.concatenate(per_text) if per_text else np.empty(0, np.int32)
+        return flat, counts, len(rows)
 
 
 def tokenizer_dependency(spec: str) -> dict[str, str]:
