@@ -178,6 +178,21 @@ def test_code_is_labelled_but_not_filtered_by_default():
     assert prose.kept.num_rows == 0
 
 
+def test_the_fallback_is_asked_only_where_the_answer_filters_a_document():
+    # fastText is unsure of a short Zulu text; as code the stage keeps it whatever its
+    # language, so only the prose copy is worth the fallback's time.
+    context = {"sources": {"repo": SourceConfig(path="x", type="code")}}
+    zulu = udhr("zul", 300)
+    table = pa.concat_tables([records([zulu], "repo"), records([zulu], "web")])
+    result = LanguageFilter(context=context).process_batch(table)
+    assert result.metrics["language.fallback.asked"] == 1
+    langs = dict(zip(result.kept.column("source").to_pylist(), result.kept.column("lang").to_pylist()))
+    assert langs["web"] == "zu" and langs["repo"] != "zu"
+    as_prose = LanguageFilter({"filter_code": True}, context=context).process_batch(table)
+    assert as_prose.metrics["language.fallback.asked"] == 2
+    assert as_prose.kept.column("lang").to_pylist() == ["zu", "zu"]
+
+
 def test_unknown_language_codes_are_rejected_per_detector():
     with pytest.raises(ValueError, match="xx"):
         LanguageFilter({"allowed_languages": ["en", "xx"]})

@@ -105,7 +105,8 @@ class LanguageParams(StageParams):
     candidate_languages: list[str] = Field(default_factory=list)
     # Letters in scripts the detector knows must be at least this share of all letters.
     min_known_script_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
-    # Code is mostly identifiers and keywords: record its language but do not filter it.
+    # Code is mostly identifiers and keywords: record the detector's guess (the fallback is
+    # not asked) but do not filter it.
     filter_code: bool = False
     # lingua only: the slower, more accurate mode (loads quadgram..fivegram models too).
     high_accuracy: bool = False
@@ -223,11 +224,14 @@ class LanguageFilter(Stage):
         langs = np.full(n, "und", dtype=object)
         scores = np.zeros(n, dtype=np.float64)
         threshold = np.full(n, p.confidence_threshold)
+        filtered = np.ones(n, dtype=bool) if p.filter_code else ~self._is_code(table)
         metrics: Counter[str] = Counter()
         if len(to_detect):
             langs[to_detect], scores[to_detect] = self._detector(p.detector)(sample.take(pa.array(to_detect)))
         if p.fallback is not None:
-            unsure = to_detect[scores[to_detect] < p.confidence_threshold]
+            # Only where the answer decides a document's fate: code the stage does not filter
+            # keeps the detector's guess (the fallback costs milliseconds a document).
+            unsure = to_detect[(scores[to_detect] < p.confidence_threshold) & filtered[to_detect]]
             if len(unsure) and _KNOWN_SCRIPTS[p.fallback] != _KNOWN_SCRIPTS[p.detector]:
                 # Only what is mostly in scripts the fallback knows: it would guess at the rest.
                 fallback_known = _known_letters(only_letters.take(pa.array(unsure)), p.fallback, letters[unsure])
@@ -246,7 +250,6 @@ class LanguageFilter(Stage):
         lang = pa.array(langs, pa.string())
         score = pa.array(np.round(scores, 4), pa.float64())
         reasons = np.full(n, None, dtype=object)
-        filtered = np.ones(n, dtype=bool) if p.filter_code else ~self._is_code(table)
         reasons[no_text] = "no_text"
         reasons[unknown_script & filtered] = "lang_unknown_script"
         decided = filtered & ~no_text & ~unknown_script
