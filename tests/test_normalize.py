@@ -42,3 +42,10 @@ def test_text_that_normalizes_to_nothing_is_dropped_with_a_reason():
         {"id": "d0", "source": "web", "reason": "empty_after_normalize", "detail": None}
     ]
     assert result.metrics["normalize.changed_docs"] == 1
+
+
+def test_single_blanks_become_spaces_and_ascii_documents_keep_their_bytes():
+    texts = ["a\tb\u00a0c\u3000d e", "plain ascii text", "Cafe\u0301", None, "x\u2009 \u2009y"]
+    result = normalize(texts, unicode_form="NFKC")
+    out = dict(zip(result.kept.column("id").to_pylist(), result.kept.column("text").to_pylist()))
+    assert out == {"d0": "a b c d e", "d1": "plain ascii text", "d2": "Café", "d3": None, "d4": "x y"}
