@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -262,3 +263,20 @@ def test_fused_stages_write_what_separate_runs_write(tmp_path, make_pipeline):
     # A later run of one stage alone finds the fused output complete, not stale.
     again = run_stage(_Halver(), fused[1], fused[2])
     assert again == manifests[2] | {"fused_with": manifests[2]["fused_with"]}
+
+
+def test_a_batch_of_long_documents_is_read_in_slices_of_bounded_size(tmp_path):
+    from conftest import write_dataset
+    from tamis.stage import READ_BATCH_BYTES, READ_BATCH_ROWS, iter_shard_batches
+
+    # One row group of long documents and short ones mixed: read whole, it would hold
+    # 26 MB.
+    lengths = [100_000 if i % 8 == 0 else 200 for i in range(READ_BATCH_ROWS)]
+    table = pa.table({"id": [f"d{i}" for i in range(len(lengths))], "text": ["x" * n for n in lengths]})
+    url = write_dataset(tmp_path / "long", table, row_group_size=READ_BATCH_ROWS)
+    (shard,) = Dataset(url).shards()
+    batches = list(iter_shard_batches(shard))
+    assert all(t.nbytes <= READ_BATCH_BYTES + 100_000 for _, t in batches)
+    assert len(batches) > 1
+    assert [offset for offset, _ in batches] == list(np.cumsum([0] + [t.num_rows for _, t in batches[:-1]]))
+    assert pa.concat_tables([t for _, t in batches]).equals(table)

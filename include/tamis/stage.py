@@ -52,6 +52,9 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 READ_BATCH_ROWS = 2048
+# A read batch also stops at about this many bytes of data: a stage holds several
+# intermediate copies of a batch's text, so 2,048 long documents would cost hundreds of MB.
+READ_BATCH_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -160,13 +163,29 @@ def iter_shard_batches(shard: InputShard, columns: list[str] | None = None) -> I
         parquet = pq.ParquetFile(f)
         offset = 0
         for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
-            table = pa.Table.from_batches([batch])
-            yield offset, table
-            offset += table.num_rows
+            for table in _bounded(pa.Table.from_batches([batch])):
+                yield offset, table
+                offset += table.num_rows
         if offset == 0:
             schema = parquet.schema_arrow
             empty = schema.empty_table()
             yield 0, empty if columns is None else empty.select(columns)
+
+
+def _bounded(table: pa.Table) -> Iterator[pa.Table]:
+    """``table`` in consecutive slices of about READ_BATCH_BYTES each (a row is never cut)."""
+    if table.nbytes <= READ_BATCH_BYTES or table.num_rows < 2:
+        yield table
+        return
+    if "text" in table.column_names:  # documents differ in length by orders of magnitude
+        row_bytes = pc.fill_null(pc.binary_length(table.column("text")), 0).to_numpy(zero_copy_only=False)
+        ends = np.cumsum(row_bytes.astype(np.int64) + (table.nbytes - int(row_bytes.sum())) // table.num_rows)
+    else:
+        ends = np.arange(1, table.num_rows + 1, dtype=np.int64) * (table.nbytes // table.num_rows + 1)
+    cuts = np.searchsorted(ends, np.arange(READ_BATCH_BYTES, int(ends[-1]), READ_BATCH_BYTES), side="right")
+    bounds = [0, *sorted({int(c) for c in cuts if 0 < c < table.num_rows}), table.num_rows]
+    for start, stop in zip(bounds, bounds[1:]):
+        yield table.slice(start, stop - start)
 
 
 class Stage:
