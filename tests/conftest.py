@@ -163,6 +163,16 @@ def moto_s3(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def spark():
+    """The Spark engine on a local master in this process (one JVM for the session)."""
+    from tamis.engines.spark import SparkEngine
+
+    engine = SparkEngine.connect("local[2]", {"spark.sql.shuffle.partitions": "2"})
+    yield engine
+    engine.session.stop()
+
+
+@pytest.fixture(scope="session")
 def spark_cluster(tmp_path_factory):
     """A real Spark standalone cluster on loopback: a master and two one-core workers started
     from pyspark's own distribution (its bin/spark-class and jars). Stops all it started."""

@@ -339,6 +339,13 @@ def test_duplicate_ids_are_refused(tmp_path, documents):
         run_stage(IndexStage({"documents": None}), docs_url, str(tmp_path / "index"))
 
 
+def test_duplicate_ids_are_refused_on_spark_too(tmp_path, documents, spark):
+    # Two parts, the repeated ids one in each: the Spark sort brings them together.
+    docs_url = write_parts(tmp_path / "tokenize", pa.concat_tables([documents.slice(0, 5), documents.slice(3, 5)]))
+    with pytest.raises(IndexBuildError, match="'[^']+' appears more than once"):
+        run_stage(IndexStage({"documents": None}), docs_url, str(tmp_path / "index"), engine=spark)
+
+
 @pytest.fixture
 def s3(monkeypatch):
     """An S3 endpoint of our own (moto), reached through the same environment as production."""

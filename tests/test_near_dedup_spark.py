@@ -30,15 +30,6 @@ def perturb(text: str, seed: int, rate: float = 0.004) -> str:
     return " ".join(words)
 
 
-@pytest.fixture(scope="module")
-def spark():
-    from tamis.engines.spark import SparkEngine
-
-    engine = SparkEngine.connect("local[2]", {"spark.sql.shuffle.partitions": "2"})
-    yield engine
-    engine.session.stop()
-
-
 def on_spark(spark, params: dict, input_url: str, output_url: str) -> dict:
     return run_stage(NearDedup(params), input_url, output_url, engine=spark)
 

@@ -60,13 +60,11 @@ def s3_manifest(moto_s3, key: str) -> dict:
     return json.loads(moto_s3["client"].get_object(Bucket=moto_s3["bucket"], Key=key)["Body"].read())
 
 
-def test_corpus_build_on_s3_writes_the_same_bytes_as_a_local_build(s3_run, moto_s3, tmp_path):
-    local_env = clean_env(TAMIS_DATA_ROOT=str(tmp_path / "local"))
-    subprocess.run([*TAMIS, "build", "--run-id", "local"], env=local_env, check=True, capture_output=True)
+def test_corpus_build_on_s3_writes_the_same_bytes_as_a_local_build(s3_run, moto_s3, local_build):
     prefix = f"tamis/runs/{safe_run_id(s3_run['run_id'])}"
     for stage in load_pipeline("default").stage_names:
         remote = s3_manifest(moto_s3, f"{prefix}/{stage}/_manifest.json")
-        local = json.loads((tmp_path / "local/runs/local" / stage / "_manifest.json").read_text())
+        local = json.loads((local_build / stage / "_manifest.json").read_text())
         assert remote["counts"] == local["counts"], stage
         assert [(p["name"], p["sha256"]) for p in remote["parts"]] == [
             (p["name"], p["sha256"]) for p in local["parts"]

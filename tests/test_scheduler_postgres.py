@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
+from servers import request, token, wait_for
 
 from conftest import REPO, airflow_env, free_port
 from tamis.corpus import partitions
@@ -74,6 +75,8 @@ def airflow(postgres, tmp_path_factory):
     home = tmp_path_factory.mktemp("pg_airflow")
     data = tmp_path_factory.mktemp("pg_data")
     port = free_port()
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps({"observer": "observer-password"}))
     env = {
         **os.environ,
         **airflow_env(home, data),
@@ -82,8 +85,13 @@ def airflow(postgres, tmp_path_factory):
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "observer:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        # The DAG files do not change during the test: parsed once, not every 30 s, they
+        # leave the two cores to the tasks.
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
         "TAMIS_WORKERS": "1",
         # The sample's days only: catch-up must not depend on today's date.
         "TAMIS_NIGHTLY_END_DATE": DAYS[-1],
@@ -105,11 +113,21 @@ def airflow(postgres, tmp_path_factory):
             raise CliFailed(f"airflow {' '.join(args)}: {done.stderr[-2000:]}")
         return done.stdout
 
+    # The runs are watched through the api-server's REST API, as a client would: a request
+    # costs the tasks nothing, where each `airflow` command is a new Python loading Airflow.
+    base = f"http://127.0.0.1:{port}"
+    wait_for(f"{base}/api/v2/monitor/health", services[0], logs / "api-server.out")
+    bearer = token(base, "observer", "observer-password")
+
+    def api(path: str):
+        status, body = request(f"{base}/api/v2/{path}", bearer)
+        return status, body
+
     deadline = time.time() + 180
-    while "nightly_ingest" not in cli("dags", "list", "-o", "plain"):
+    while api("dags/nightly_ingest")[0] != 200:
         assert time.time() < deadline, "the dag-processor did not parse the DAGs"
-        time.sleep(3)
-    yield {"cli": cli, "data": data, "logs": logs}
+        time.sleep(1)
+    yield {"cli": cli, "api": api, "data": data, "logs": logs}
     for service in services:
         service.terminate()
     for service in services:
@@ -137,18 +155,18 @@ def create_backfill(cli, *args: str, timeout: float = 120) -> None:
             time.sleep(5)
 
 
-def wait_for_runs(cli, dag_id: str, count: int, timeout: float = 600, until=lambda runs: True) -> list[dict]:
+def wait_for_runs(api, dag_id: str, count: int, timeout: float = 600, until=lambda runs: True) -> list[dict]:
     """Wait until at least ``count`` runs exist, all finished, and ``until(runs)`` holds."""
     deadline = time.time() + timeout
+    runs: list[dict] = []
     while time.time() < deadline:
-        # The JSON is the one line that is a list; warnings may come before it, and
-        # "No data found" comes instead of it before the first run.
-        lines = [line for line in cli("dags", "list-runs", dag_id, "-o", "json").splitlines() if line.startswith("[")]
-        runs = json.loads(lines[-1]) if lines else []
+        status, body = api(f"dags/{dag_id}/dagRuns?limit=100")
+        assert status == 200, body
+        runs = body["dag_runs"]
         finished = [r for r in runs if r["state"] in ("success", "failed")]
         if len(finished) >= count and len(finished) == len(runs) and until(runs):
             return runs
-        time.sleep(5)
+        time.sleep(2)
     raise AssertionError(f"{dag_id}: runs did not finish in {timeout}s: {runs}")
 
 
@@ -156,7 +174,7 @@ def test_corpus_build_completes_under_the_scheduler_on_postgres(airflow):
     cli = airflow["cli"]
     cli("dags", "unpause", "corpus_build")
     cli("dags", "trigger", "corpus_build")
-    (run,) = wait_for_runs(cli, "corpus_build", 1)
+    (run,) = wait_for_runs(airflow["api"], "corpus_build", 1)
     assert run["state"] == "success", (airflow["logs"] / "scheduler.out").read_text()[-3000:]
 
 
@@ -165,7 +183,7 @@ def test_a_three_day_backfill_builds_the_corpus_and_a_rerun_day_changes_nothing(
     # The backfill's runs exist before the DAG is unpaused, so catchup finds those days taken.
     create_backfill(cli, "--from-date", DAYS[0], "--to-date", DAYS[-1])
     cli("dags", "unpause", "nightly_ingest")
-    runs = wait_for_runs(cli, "nightly_ingest", 3)
+    runs = wait_for_runs(airflow["api"], "nightly_ingest", 3)
     assert sorted(r["logical_date"][:10] for r in runs) == DAYS
     assert {r["state"] for r in runs} == {"success"}
 
@@ -189,7 +207,7 @@ def test_a_three_day_backfill_builds_the_corpus_and_a_rerun_day_changes_nothing(
     create_backfill(cli, "--from-date", DAYS[1], "--to-date", DAYS[1], "--reprocess-behavior", "completed")
     # The reprocessed run is the same run cleared: it is done when it ends again, later.
     wait_for_runs(
-        cli,
+        airflow["api"],
         "nightly_ingest",
         3,
         until=lambda rs: any(

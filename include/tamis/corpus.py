@@ -59,10 +59,9 @@ def append(dataset_url: str, corpus_url: str, date: str, hash_key: str) -> dict[
         storage.remove_tree(target)
     hashes, ids = [], []
     for shard in source.shards():
-        storage.write_bytes_atomic(storage.join(target, f"{shard.name}.parquet"), storage.read_bytes(shard.url), target)
-        fs_part, part_path = storage.filesystem(shard.url)
-        with fs_part.open(part_path, "rb") as f:
-            table = pq.read_table(f, columns=["id", "text"])
+        data = storage.read_bytes(shard.url)
+        storage.write_bytes_atomic(storage.join(target, f"{shard.name}.parquet"), data, target)
+        table = pq.read_table(pa.BufferReader(data), columns=["id", "text"])  # the bytes just copied
         hashes.append(content_hashes(table.column("text"), hash_key))
         ids.append(table.column("id"))
     digests = np.concatenate(hashes) if hashes else np.empty((0, 16), np.uint8)

@@ -67,13 +67,13 @@ class Dataset:
         return storage.exists(self.manifest_url)
 
     def manifest(self) -> dict[str, Any]:
-        if not self.is_complete():
+        manifest = storage.read_json_if_exists(self.manifest_url)
+        if manifest is None:
             raise DatasetNotFound(f"no committed dataset at {self.url} (missing {MANIFEST})")
-        return storage.read_json(self.manifest_url)
+        return manifest
 
     def gate_result(self) -> dict[str, Any] | None:
-        url = storage.join(self.url, GATE_RESULT)
-        return storage.read_json(url) if storage.exists(url) else None
+        return storage.read_json_if_exists(storage.join(self.url, GATE_RESULT))
 
     def shards(self) -> list[InputShard]:
         """The committed parts, in manifest order: a stage only ever reads a finished dataset."""
@@ -84,22 +84,19 @@ class Dataset:
         ]
 
     def committed(self, name: str) -> dict[str, Any] | None:
-        url = self.commit_url(name)
-        return storage.read_json(url) if storage.exists(url) else None
+        return storage.read_json_if_exists(self.commit_url(name))
 
     def column_names(self) -> list[str]:
         """The columns of the parts (read from the first part's footer); none for an empty dataset."""
         shards = self.shards()
         if not shards:
             return []
-        fs, path = storage.filesystem(shards[0].url)
-        with fs.open(path, "rb") as f:
+        with open_part(shards[0]) as f:
             return pq.read_schema(f).names
 
     def iter_batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         for shard in self.shards():
-            fs, path = storage.filesystem(shard.url)
-            with fs.open(path, "rb") as f:
+            with open_part(shard) as f:
                 yield from pq.ParquetFile(f).iter_batches(columns=columns)
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
@@ -109,8 +106,7 @@ class Dataset:
         first = self.shards()
         if not first:
             return pa.table({})
-        fs, path = storage.filesystem(first[0].url)
-        with fs.open(path, "rb") as f:
+        with open_part(first[0]) as f:
             schema = pq.read_schema(f)
         return schema.empty_table() if columns is None else schema.empty_table().select(columns)
 
@@ -122,3 +118,10 @@ class Dataset:
             if storage.exists(url):
                 tables.append(pq.read_table(storage.filesystem(url)[1], filesystem=storage.filesystem(url)[0]))
         return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def open_part(shard: InputShard):
+    """A committed part, opened for reading. Its size is the manifest's, so that an object
+    store is not first asked for it."""
+    fs, path = storage.filesystem(shard.url)
+    return fs.open(path, "rb", size=shard.size_bytes)

@@ -524,7 +524,7 @@ class _PartWriter:
         self.schema = schema
         self.rows = 0
         self._tmp: str | None = None
-        self._file = None
+        self._file: storage.HashingWriter | None = None
         self._writer: pq.ParquetWriter | None = None
         self._last_empty: pa.Table | None = None
 
@@ -544,7 +544,7 @@ class _PartWriter:
         self._tmp = storage.tmp_url(self.dataset.url, self.final_url.rsplit("/", 1)[-1])
         fs, path = storage.filesystem(self._tmp)
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        self._file = fs.open(path, "wb")
+        self._file = storage.HashingWriter(fs.open(path, "wb"))
         self._writer = pq.ParquetWriter(self._file, schema, **PARQUET_OPTIONS)
         return self._writer
 
@@ -558,16 +558,10 @@ class _PartWriter:
         assert self._file is not None and self._tmp is not None, "_open opens the file that its writer writes"
         writer.close()
         self._file.close()
-        fs, path = storage.filesystem(self._tmp)
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        size = fs.size(path)
         storage.publish(self._tmp, self.final_url)
         self._tmp = None
         self._writer = None
-        return {"rows": self.rows, "bytes": size, "sha256": digest.hexdigest()}
+        return {"rows": self.rows, "bytes": self._file.size, "sha256": self._file.digest.hexdigest()}
 
     def discard(self) -> None:
         if self._tmp is None:

@@ -6,6 +6,8 @@ Every dataset write goes through :func:`publish`: bytes are written aside under
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import uuid
@@ -98,8 +100,10 @@ def exists(url: str) -> bool:
 
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
-    with fs.open(path, "rb") as f:
-        return f.read()
+    if is_s3(url):
+        # One GET: opening the file, or a download in parallel ranges, first asks for its size.
+        return fs.cat_file(path, max_concurrency=1)
+    return fs.cat_file(path)
 
 
 def sha256(url: str) -> str:
@@ -118,6 +122,15 @@ def read_json(url: str) -> Any:
     return json.loads(read_bytes(url))
 
 
+def read_json_if_exists(url: str) -> Any:
+    """The JSON document at ``url``, or None when there is none: one request, where asking
+    first whether it exists costs an object store two more (a HEAD, then a listing)."""
+    try:
+        return read_json(url)
+    except FileNotFoundError:
+        return None
+
+
 def tmp_url(dataset_url: str, name: str) -> str:
     """A private path inside the dataset where a file is written before it is published."""
     return join(dataset_url, "_tmp", f"{name}.{uuid.uuid4().hex}")
@@ -128,23 +141,58 @@ def publish(tmp: str, final: str) -> None:
     copy on object stores, which never expose a partially written object)."""
     fs, tmp_path = filesystem(tmp)
     _, final_path = filesystem(final)
+    if not _is_local(fs):
+        # An object store has no folders to make, and its copy replaces the object whole:
+        # a server-side copy and a delete, nothing asked beforehand.
+        fs.cp_file(tmp_path, final_path)
+        fs.rm_file(tmp_path)
+        return
     if fs.exists(final_path):
         fs.rm(final_path)
-    parent = final_path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    if _is_local(fs):
-        os.replace(tmp_path, final_path)
-    else:
-        fs.mv(tmp_path, final_path)
+    fs.makedirs(final_path.rsplit("/", 1)[0], exist_ok=True)
+    os.replace(tmp_path, final_path)
 
 
 def write_bytes_atomic(url: str, data: bytes, dataset_url: str) -> None:
+    fs, path = filesystem(url)
+    if not _is_local(fs):
+        # An object store shows an object only once its upload is complete: one PUT is atomic.
+        fs.pipe_file(path, data)
+        return
     tmp = tmp_url(dataset_url, url.rsplit("/", 1)[-1])
-    fs, tmp_path = filesystem(tmp)
+    _, tmp_path = filesystem(tmp)
     fs.makedirs(tmp_path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(tmp_path, "wb") as f:
         f.write(data)
     publish(tmp, url)
+
+
+class HashingWriter(io.RawIOBase):
+    """A writable file that passes its bytes on to ``raw`` and keeps their SHA-256 and count,
+    so that a file's digest needs no second read of what was just written."""
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.digest.update(view)
+        self.size += view.nbytes
+        self.raw.write(view)
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        if not self.closed:
+            self.raw.close()
+        super().close()
 
 
 def write_json_atomic(url: str, obj: Any, dataset_url: str) -> None:

@@ -125,15 +125,17 @@ class IndexStage(DatasetStage):
             frame = run.frame(_document_rows_frame, [(s, self.params.columns) for s in doc_shards], schema)
             if packed:
                 frame = frame.join(_spark_locations(run, shards, with_lengths=False), "id", "left_outer")
-        repeated = frame.groupBy("id").count().where("count > 1").limit(1).collect()
-        if repeated:
-            raise IndexBuildError(f"index: document id {repeated[0]['id']!r} appears more than once in {documents_url}")
         folder = storage.join(work_url, "index")
         columns = frame.columns
         frame.orderBy("id").mapInArrow(lambda batches: _write_sorted_partition(batches, folder), "rows long").agg(
             F.sum("rows")
         ).collect()
         metadata = _read_sorted_partitions(folder, columns)
+        # Sorted by id, a repeated id is two neighbours: checked here, as locally, rather than
+        # by a job of its own that read every row from the store once more.
+        duplicated = _first_duplicate(metadata.column("id"))
+        if duplicated is not None:
+            raise IndexBuildError(f"index: document id {duplicated!r} appears more than once in {documents_url}")
         return self._write(metadata, output_url, input_url, packed, documents_url, documents_name)
 
     def _sources(self, shards: list[InputShard], work_url: str) -> tuple[str, str, bool, str, str | None]:
