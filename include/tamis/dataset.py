@@ -122,6 +122,6 @@ class Dataset:
 
 def open_part(shard: InputShard):
     """A committed part, opened for reading. Its size is the manifest's, so that an object
-    store is not first asked for it."""
+    store is not first asked for it (a shard made from a bare URL has size 0: unknown)."""
     fs, path = storage.filesystem(shard.url)
-    return fs.open(path, "rb", size=shard.size_bytes)
+    return fs.open(path, "rb", size=shard.size_bytes or None)

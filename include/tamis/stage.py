@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from tamis import storage
-from tamis.dataset import Dataset, InputShard
+from tamis.dataset import Dataset, InputShard, open_part
 
 if TYPE_CHECKING:
     from tamis.engines import Engine
@@ -158,8 +158,7 @@ def drop_listed_rows(
 def iter_shard_batches(shard: InputShard, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
     """(first row number, table) for every batch of a committed part; an empty part yields
     one empty table, so that its schema carries over."""
-    fs, path = storage.filesystem(shard.url)
-    with fs.open(path, "rb") as f:
+    with open_part(shard) as f:
         parquet = pq.ParquetFile(f)
         offset = 0
         for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
