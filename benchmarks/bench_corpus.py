@@ -98,13 +98,16 @@ def write_committed_dataset(rows: list[dict], root: Path, parts: int) -> None:
     (root / "_manifest.json").write_text(json.dumps({"parts": manifest}))
 
 
-def pipeline_yaml(corpus: Path, store: Path, stages: list[str], workers: int, execution: dict | None = None) -> str:
-    """A pipeline over the benchmark corpus with the default pipeline's parameters for ``stages``."""
+def pipeline_yaml(
+    corpus: Path, store: Path, stages: list[str], workers: int, execution: dict | None = None, repo: Path = REPO
+) -> str:
+    """A pipeline over the benchmark corpus with the default pipeline's parameters for
+    ``stages`` (those of the checkout ``repo``)."""
     import yaml
 
-    default = yaml.safe_load((REPO / "include/pipelines/default.yaml").read_text())
+    default = yaml.safe_load((repo / "include/pipelines/default.yaml").read_text())
     params = default["stages"]
-    tokenizer = str(REPO / "include/sample/tokenizer.json")
+    tokenizer = str(repo / "include/sample/tokenizer.json")
     chosen = {}
     for name in stages:
         stage = dict(params.get(name) or {})

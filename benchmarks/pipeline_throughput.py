@@ -7,9 +7,12 @@ MB/s per core (corpus MB / seconds / workers), docs/s and the peak RSS of one wo
 the equivalent datatrove 0.10.1 pipeline (its Gopher quality, Gopher repetition, C4 and
 FineWeb filters, its PII formatter, its 4-step MinHash dedup and its tokenizer, one task
 and one worker) on the same input, in the peer virtualenv (benchmarks/peer_venv.sh), and
-the ratio. With --fused also the pipeline with ``execution.fuse_batch_stages`` on.
+the ratio. With --fused also the pipeline with ``execution.fuse_batch_stages`` on. With
+--tree, another checkout of tamis (an earlier commit) runs the same pipeline on one worker,
+interleaved with this one --repeats times, and the best times of each are compared.
 
     .venv/bin/python benchmarks/pipeline_throughput.py [--mb 200] [--peer-python PYTHON] [--fused]
+        [--tree OTHER_CHECKOUT [--repeats 2]]
 """
 
 from __future__ import annotations
@@ -140,6 +143,8 @@ def main() -> int:
     parser.add_argument("--peer-python", default=str(REPO / "benchmarks/.peer-venv/bin/python"))
     parser.add_argument("--fused", action="store_true", help="also run with consecutive per-batch stages fused")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--tree", type=Path, default=None, help="another tamis checkout to compare with")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each tree with --tree")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="tamis-pipeline-"))
     corpus = out / "corpus"
@@ -183,6 +188,9 @@ def main() -> int:
     if args.fused:
         print(f"fused per-batch stages: {totals['1 worker'] / totals['1 worker fused']:.2f}x the unfused pipeline")
 
+    if args.tree is not None:
+        compare_trees(args.tree, REPO, corpus, out, env, args.repeats, mb)
+
     peer = Path(args.peer_python)
     if not peer.exists():
         print(f"(no peer virtualenv at {peer}: run benchmarks/peer_venv.sh for the datatrove comparison)")
@@ -207,6 +215,26 @@ def main() -> int:
         f"the whole tamis pipeline: {mb / totals[labels[0]]:.2f} MB/s per core"
     )
     return 0
+
+
+def compare_trees(other: Path, this: Path, corpus: Path, out: Path, env: dict, repeats: int, mb: float) -> None:
+    """Both checkouts on one worker, interleaved so that both see the same load; best of each."""
+    best: dict[str, dict[str, float]] = {}
+    for rep in range(repeats):
+        for label, tree in (("other", other), ("this", this)):
+            config = out / f"tree-{label}-{rep}.yaml"
+            config.write_text(pipeline_yaml(corpus, out / f"store-tree-{label}-{rep}", STAGES, 1, repo=tree))
+            stages, _ = run_tamis(config, 1, {**env, "PYTHONPATH": str(tree / "include")})
+            for stage, figures in stages.items():
+                best.setdefault(label, {})[stage] = min(best.get(label, {}).get(stage, float("inf")), figures["s"])
+    print(f"\n{other} against this checkout, one worker, best of {repeats}, MB/s per core:")
+    print("| stage | other | this | ratio |\n|---|---|---|---|")
+    for stage in best["this"]:
+        before, after = best["other"].get(stage), best["this"][stage]
+        if before is not None:
+            print(f"| {stage} | {mb / before:.2f} | {mb / after:.2f} | {before / after:.2f}x |")
+    before, after = sum(best["other"].values()), sum(best["this"].values())
+    print(f"| whole pipeline | {mb / before:.2f} | {mb / after:.2f} | {before / after:.2f}x |")
 
 
 if __name__ == "__main__":
