@@ -124,6 +124,8 @@ def test_empty_and_oversized_documents_are_dropped_with_reasons(tokenizer_path):
     longest = ["a", "d", "e"][lengths.index(max(lengths))]
     assert reasons == {"b": "no_tokens", "c": "no_tokens", longest: "too_many_chars"}
     assert result.kept.num_rows == 2
+    unaided = Tokenize({"tokenizer": tokenizer_path, "max_chars": limit, "fast_bpe": False}).process_batch(table)
+    assert unaided.metrics["tokenize.docs_by_tokenizer"] == 4, "the document over max_chars is encoded by neither"
 
 
 def test_counts_reconcile_through_the_runner(tmp_path, tokenizer_path):

@@ -2,9 +2,10 @@
 
 Encoding runs in native code: tiktoken where it gives exactly the tokenizer's ids
 (``fast_bpe``, byte-level BPE tokenizers; see :mod:`tamis.ranked_bpe`), the tokenizer's
-own Rust code (``encode_batch_fast``) for the rest. Both use the threads the runner gives
-the worker. The ids of a batch are flattened into one numpy array and the Arrow list
-column is built from offsets, so no Python code runs per token. The end-of-text token, when asked for, is
+own Rust code (``encode_batch_fast``) for the rest. A pool worker's threads are sized by
+the runner (cores / workers); in the runner's own process tiktoken uses one thread. The
+ids of a batch are flattened into one numpy array and the Arrow list column is built from
+offsets, so no Python code runs per token. The end-of-text token, when asked for, is
 inserted with numpy on the flat values. Documents that produce no tokens, and
 documents longer than ``max_chars`` (a guard against a pathological input stalling a
 worker), are dropped with their reason.
@@ -96,7 +97,7 @@ class Tokenize(Stage):
         texts = text.to_pylist()
         for i in np.flatnonzero(too_long):
             texts[i] = ""  # not encoded; dropped below
-        flat, counts, by_tokenizer = self._encode(tokenizer, texts, text)
+        flat, counts, by_tokenizer = self._encode(tokenizer, texts, text, too_long)
         if self.params.add_eos:
             assert self._eos_id is not None, "setup finds the end-of-text token whenever add_eos is on"
             flat = np.insert(flat, np.cumsum(counts)[counts > 0], np.int32(self._eos_id))
@@ -123,15 +124,15 @@ class Tokenize(Stage):
         return BatchResult(kept=kept, dropped=dropped, metrics=metrics)
 
     def _encode(
-        self, tokenizer: Tokenizer, texts: list[str], text: pa.ChunkedArray
+        self, tokenizer: Tokenizer, texts: list[str], text: pa.ChunkedArray, too_long: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """Every text's ids, flat, their counts per text, and how many texts the tokenizer
-        itself encoded."""
+        itself encoded (``too_long`` ones are encoded by neither)."""
         if self._ranked is not None:
             flat, counts, left = self._ranked.encode(texts, self._ranked.holds_added_token(text), thread_budget())
         else:
             flat, counts, left = np.empty(0, np.int32), np.zeros(len(texts), np.int64), np.ones(len(texts), bool)
-        rows = np.flatnonzero(left)
+        rows = np.flatnonzero(left & ~too_long)
         if not len(rows):
             return flat, counts, 0
         per_text = np.split(flat, np.cumsum(counts)[:-1]) if len(texts) else []
