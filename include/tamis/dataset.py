@@ -121,7 +121,7 @@ class Dataset:
 
 
 def open_part(shard: InputShard):
-    """A committed part, opened for reading. Its size is the manifest's, so that an object
-    store is not first asked for it (a shard made from a bare URL has size 0: unknown)."""
+    """A committed part, opened for reading. (Handing s3fs the manifest's size saves no
+    request: it still asks for the object's ETag before its first read.)"""
     fs, path = storage.filesystem(shard.url)
-    return fs.open(path, "rb", size=shard.size_bytes or None)
+    return fs.open(path, "rb")
