@@ -14,7 +14,6 @@ import argparse
 import collections
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,13 +22,8 @@ import urllib.parse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SERVER = str(Path(sys.executable).with_name("moto_server"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_servers import start_moto  # noqa: E402
 
 
 def build(env: dict[str, str]) -> float:
@@ -66,30 +60,15 @@ def main() -> None:
         GX_ANALYTICS_ENABLED="False",
     )
     with tempfile.TemporaryDirectory(prefix="tamis-s3-bench-") as tmp:
-        port = free_port()
         log = Path(tmp) / "moto.log"
-        server = subprocess.Popen(
-            [SERVER, "-H", "127.0.0.1", "-p", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT
-        )
+        server, _, endpoint = start_moto("lake", "k", log)
         try:
-            import boto3
-
-            endpoint = f"http://127.0.0.1:{port}"
-            client = boto3.client(
-                "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s"
-            )
-            for _ in range(100):
-                try:
-                    client.create_bucket(Bucket="lake")
-                    break
-                except Exception:
-                    time.sleep(0.1)
             s3_env = {
                 **base,
                 "TAMIS_DATA_ROOT": "s3://lake/bench",
                 "TAMIS_S3_ENDPOINT_URL": endpoint,
                 "AWS_ACCESS_KEY_ID": "k",
-                "AWS_SECRET_ACCESS_KEY": "s",
+                "AWS_SECRET_ACCESS_KEY": "k",
                 "AWS_DEFAULT_REGION": "us-east-1",
             }
             s3_seconds = build(s3_env)

@@ -21,7 +21,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "include"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_servers import start_moto  # noqa: E402
 
 from tamis.pipeline import load_pipeline  # noqa: E402
 from tamis.preheat import preheat  # noqa: E402
@@ -42,12 +44,6 @@ DAY = "date=2026-11-20"
 
 def files_of(data: Path) -> list[Path]:
     return sorted([*(data / "web_en").glob("*.jsonl.gz"), *(data / "code").glob("*.jsonl.gz")])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def git(*args: str, cwd: Path) -> None:
@@ -76,27 +72,7 @@ def sources(root: Path, files: list[Path]) -> dict[str, dict]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(local)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     checksums = {f"{DAY}/{f.name}": hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-    port = free_port()
-    moto = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-    )
-    for _ in range(100):
-        try:
-            s3.create_bucket(Bucket="bench")
-            break
-        except Exception:
-            time.sleep(0.1)
+    moto, s3, endpoint = start_moto("bench", "bench")
     for f in files:
         s3.upload_file(str(f), "bench", f"corpus/{DAY}/{f.name}")
     os.environ["AIRFLOW_CONN_BENCH_S3"] = json.dumps(
@@ -104,7 +80,7 @@ def sources(root: Path, files: list[Path]) -> dict[str, dict]:
             "conn_type": "aws",
             "login": "bench",
             "password": "bench",
-            "extra": {"endpoint_url": f"http://127.0.0.1:{port}"},
+            "extra": {"endpoint_url": endpoint},
         }
     )
     return {
