@@ -1,5 +1,5 @@
-"""Builds the native text scanner of the quality rules (plain C, loaded with ctypes); the
-rest of the package metadata is in pyproject.toml."""
+"""Builds the native scanners (plain C, loaded with ctypes): the quality rules' text scanner
+and the PII name rules' word finder. The rest of the package metadata is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -7,7 +7,7 @@ setup(
     ext_modules=[
         Extension(
             "tamis.native._textscan",
-            sources=["include/tamis/native/textscan.c"],
+            sources=["include/tamis/native/textscan.c", "include/tamis/native/nametokens.c"],
             extra_compile_args=["-O3", "-std=c99"],
         )
     ]

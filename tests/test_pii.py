@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import TEST_DATA, read_jsonl, write_dataset
-from tamis import metrics, report
+from tamis import metrics, pii_recognizers, report
 from tamis.dataset import Dataset
 from tamis.pii_recognizers import at_stretches, cn_resident_id_is_valid
 from tamis.runner import run_stage
@@ -505,3 +505,70 @@ def test_ip_addresses_found_in_the_runs_around_screen_hits_are_those_of_the_whol
         assert [(r.start, r.end, r.score) for r in runs] == [(r.start, r.end, r.score) for r in whole], text
         found_any += bool(runs)
     assert found_any > 100
+
+
+# What a capitalised word is, as the regular expression the native word finder implements.
+_NAME_TOKEN = re.compile(
+    "{UP}{LO}+(?:(?:(?<=Mc)|(?<=Mac)|(?<=De)|(?<=Di)|(?<=Le)|(?<=La)){UP}{LO}+)?"
+    "(?:(?:['’](?!s(?![^\\W\\d_]))|-){UP}?{LO}+)*".replace("{UP}", "{0}")
+    .replace("{LO}", "{1}")
+    .format(pii_recognizers._UP, pii_recognizers._LO)
+)
+
+
+def test_the_native_word_finder_finds_the_matches_of_the_name_pattern():
+    import numpy as np
+
+    texts = [r["text"] for r in read_jsonl(TEST_DATA / "multilingual" / "udhr_unicode_388docs.jsonl.gz")]
+    texts += [r["text"] for r in read_jsonl(TEST_DATA / "web_en" / "wikipedia_en_sample.jsonl.gz", 300)]
+    texts += [r["text"] for r in read_jsonl(TEST_DATA / "code" / "code_00.jsonl.gz", 100)]
+    pieces = ["Mc", "Mac", "De", "Di", "Le", "La", "Donald", "O", "'", "’", "s", "-", "Smith", "x", "É", "é", "Ωμ",
+              "Жан", " ", "\n", "2", "_", "²", "ß", "A", "b", "s's", "'S", "Ǆ", "ǅ", "\U0001d400", "Ⅻ", "ⅻ"]  # fmt: skip
+    rng = random.Random(5)
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 25))) for _ in range(20000)]
+    texts += ["", "A", "Ab", "Smith's", "O'Brien's", "McDonald-Jones", "d'Artagnan", "MacAdam", "DeSantis's x"]
+    found = 0
+    for text in texts:
+        codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+        start, end = pii_recognizers.name_token_spans(codes)
+        expected = [m.span() for m in _NAME_TOKEN.finditer(text)]
+        assert list(zip(start.tolist(), end.tolist())) == expected, text
+        found += len(expected)
+    assert found > 50_000
+
+
+@pytest.mark.parametrize(
+    "recognizer", ["CardRecognizer", "ScreenedUsSsnRecognizer", "ScreenedIbanRecognizer", "CnResidentIdRecognizer"]
+)
+def test_the_lines_around_screen_hits_give_the_matches_of_the_whole_text(recognizer):
+    import presidio_analyzer
+
+    from tamis.pii_recognizers import _Screened
+
+    found = getattr(pii_recognizers, recognizer)()
+    presidios = [c for c in type(found).__mro__ if c.__module__.startswith("presidio_analyzer")]
+
+    def whole_text(text):  # the recognizer as it was, reading every line of the text
+        results = presidios[0].analyze(found, text, found.supported_entities)
+        if isinstance(found, pii_recognizers.CardRecognizer):
+            results = [r for r in results if not pii_recognizers._continues_token(text, r.start, r.end)]
+        if isinstance(found, pii_recognizers.ScreenedUsSsnRecognizer):
+            for r in results:
+                if r.end - r.start == 9 and pii_recognizers._SSN_CONTEXT.search(text, max(0, r.start - 40), r.start):
+                    r.score = max(r.score, found.CONTEXT_SCORE)
+        return results
+
+    assert issubclass(type(found), _Screened) and presidios[0] is not presidio_analyzer.EntityRecognizer
+    pieces = ["4111 1111 1111 1111", "4111111111111111", "5500-0000-0000-0004", "536-22-8726", "536228726",
+              "536 22 8726", "GB82 WEST 1234 5698 7654 32", "DE89370400440532013000", "11010519491231002X",
+              "ssn ", "SSN: ", "12", "3456", "-", "/", ":", " ", "\n", "\n\n", "\r\n", "x", "AB", "ID "]  # fmt: skip
+    rng = random.Random(13)
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 20))) for _ in range(3000)]
+    hits = 0
+    for text in texts:
+        expected = sorted((r.start, r.end, r.score) for r in whole_text(text))  # lines give them in text order
+        assert sorted((r.start, r.end, r.score) for r in found.analyze(text, found.supported_entities)) == expected, (
+            text
+        )
+        hits += bool(expected)
+    assert hits > 150

@@ -52,6 +52,7 @@ context rules.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import gzip
 import ipaddress
 import json
@@ -60,7 +61,6 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import date
 from functools import cache, lru_cache
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -99,7 +99,12 @@ class Finding(NamedTuple):
 
 
 class _Screened:
-    """Skips a recognizer's patterns on texts that do not contain its screen."""
+    """Runs a recognizer's patterns only on the lines holding its screen.
+
+    A subclass's patterns never match across a line break, every match holds a screen hit,
+    and what a match's lookarounds and validation see at a line's edge (a newline) reads
+    as the string's edge does: the matches of the lines are the matches of the whole text,
+    without a scan of its other lines (most of a long document)."""
 
     SCREEN: ClassVar[str]
     _screen: ClassVar[re.Pattern]
@@ -110,9 +115,25 @@ class _Screened:
             cls._screen = re.compile(cls.SCREEN)
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
-        if not self._screen.search(text):
-            return []
-        return super().analyze(text, entities, nlp_artifacts, regex_flags)
+        found = []
+        for start, end in lines_holding(text, self._screen):
+            for r in super().analyze(text[start:end], entities, nlp_artifacts, regex_flags):
+                r.start += start
+                r.end += start
+                found.append(r)
+        return found
+
+
+def lines_holding(text: str, screen: re.Pattern) -> Iterator[tuple[int, int]]:
+    """(start, end) of each line of ``text`` (without its newline) where ``screen`` matches."""
+    at = 0
+    while (hit := screen.search(text, at)) is not None:
+        start = text.rfind("\n", 0, hit.start()) + 1
+        end = text.find("\n", hit.start())
+        if end < 0:
+            end = len(text)
+        yield start, end
+        at = end + 1
 
 
 _NON_SPACE_RUN = re.compile(r"\S*")
@@ -787,13 +808,6 @@ def _letters(predicate) -> str:
 
 _UP = f"[{_letters(str.isupper)}]"
 _LO = f"[{_letters(str.islower)}]"
-# A capitalised word: "Smith", "O'Brien", "Jones-Smith", "McDowell", "DeSantis"; a
-# possessive "'s" is left out ("Smith" of "Smith's"), as the context rules read it.
-_NAME_TOKEN = (
-    rf"{_UP}{_LO}+(?:(?:(?<=Mc)|(?<=Mac)|(?<=De)|(?<=Di)|(?<=Le)|(?<=La)){_UP}{_LO}+)?"
-    rf"(?:(?:['’](?!s(?![^\W\d_]))|-){_UP}?{_LO}+)*"
-)
-_NAME_TOKEN_SPLIT = re.compile(f"({_NAME_TOKEN})")
 # The gap between two capitalised words of one run: blanks, or an initial between blanks.
 _JOIN_GAP = re.compile(rf"[ \t]+(?:({_UP})\.?[ \t]+)?")
 _TITLES = (
@@ -996,45 +1010,70 @@ def _lexicon_kinds(lex: Lexicon) -> dict[str, int]:
 
 
 _CHAR_WORD, _CHAR_AT, _CHAR_SLASH_DOT, _CHAR_BLANK, _CHAR_NONE = 1, 2, 4, 8, 16
-_WORD_CHAR = re.compile(r"\w")
+# For the native word finder (native/nametokens.c): _UP, _LO, and a letter as [^\W\d_] reads one.
+_CHAR_UP, _CHAR_LO, _CHAR_LETTER = 32, 64, 128
 
 
-class _CharClasses(dict):
-    """Bits describing one character (or "" for none), computed once per character."""
+@lru_cache(maxsize=1)
+def _char_classes() -> np.ndarray:
+    """The _CHAR_* bits of every code point, from the regular expressions that define them."""
+    every = "".join(map(chr, range(0x110000)))
+    classes = np.zeros(0x110000, np.uint8)
+    for pattern, bit in (
+        (r"\w+", _CHAR_WORD),
+        (r"@", _CHAR_AT),
+        (r"[/.]+", _CHAR_SLASH_DOT),
+        (r"[ \t]+", _CHAR_BLANK),
+        (f"{_UP}+", _CHAR_UP),
+        (f"{_LO}+", _CHAR_LO),
+        (r"[^\W\d_]+", _CHAR_LETTER),
+    ):
+        for m in re.finditer(pattern, every):
+            classes[m.start() : m.end()] |= bit
+    return classes
 
-    def __missing__(self, ch: str) -> int:
-        if ch == "":
-            bits = _CHAR_NONE
-        else:
-            bits = (_CHAR_WORD if _WORD_CHAR.match(ch) else 0) | (_CHAR_AT if ch == "@" else 0)
-            bits |= (_CHAR_SLASH_DOT if ch in "/." else 0) | (_CHAR_BLANK if ch in " \t" else 0)
-        self[ch] = bits
-        return bits
+
+@lru_cache(maxsize=1)
+def _name_token_finder():
+    from tamis.text_stats import native_library
+
+    find = native_library().tn_name_tokens
+    find.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    find.restype = ctypes.c_int64
+    return find
 
 
-_CHAR_CLASSES = _CharClasses()
-_FIRST_CHAR = itemgetter(slice(0, 1))
-_LAST_CHAR = itemgetter(slice(-1, None))
+def name_token_spans(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of the capitalised words in a text given as UTF-32 code points:
+    "Smith", "O'Brien", "Jones-Smith", "McDowell", "DeSantis"; a possessive "'s" is left out
+    ("Smith" of "Smith's"), as the context rules read it. See native/nametokens.c."""
+    find, classes = _name_token_finder(), _char_classes()
+    cap = len(codes) // 2 + 1  # a word takes two characters at least
+    start, end = np.empty(cap, np.int64), np.empty(cap, np.int64)
+    n = find(codes.ctypes.data, len(codes), classes.ctypes.data, start.ctypes.data, end.ctypes.data, cap)
+    return start[:n], end[:n]
 
 
 class CapitalisedWords:
-    """The capitalised words of a text (Upper-lower, with ' or - inside), found by one
-    regular-expression split, with what sits around each of them."""
+    """The capitalised words of a text (Upper-lower, with ' or - inside), with what sits
+    around each of them."""
 
     def __init__(self, text: str):
-        parts = _NAME_TOKEN_SPLIT.split(text)
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
         self.text = text
-        self.words: list[str] = parts[1::2]
-        n = self.n = len(self.words)
-        lengths = np.fromiter(map(len, parts), np.int64, len(parts))
-        ends = np.cumsum(lengths)
-        self.end = ends[1::2]
-        self.start = self.end - lengths[1::2]
-        gaps = parts[0::2]  # gaps[i] comes before word i; gaps[n] after the last
-        gap_length = lengths[0::2]
-        classes = _CHAR_CLASSES.__getitem__
-        first = np.fromiter(map(classes, map(_FIRST_CHAR, gaps)), np.uint8, n + 1)
-        last = np.fromiter(map(classes, map(_LAST_CHAR, gaps)), np.uint8, n + 1)
+        self.start, self.end = name_token_spans(codes)
+        n = self.n = len(self.start)
+        self.words: list[str] = list(map(text.__getitem__, map(slice, self.start.tolist(), self.end.tolist())))
+        # gap i comes before word i; gap n after the last
+        gap_start = np.concatenate([[0], self.end])
+        gap_end = np.concatenate([self.start, [len(text)]])
+        gap_length = gap_end - gap_start
+        classes = _char_classes()
+        first = np.full(n + 1, _CHAR_NONE, np.uint8)
+        last = np.full(n + 1, _CHAR_NONE, np.uint8)
+        gap = gap_length > 0
+        first[gap] = classes[codes[gap_start[gap]]]
+        last[gap] = classes[codes[gap_end[gap] - 1]]
         # A word starts a run only after a character that is not a letter, digit, "@", "/"
         # or "." (an empty gap means the previous word touches it); a word ends one only
         # before a character that is not a letter, digit or "@".
@@ -1050,7 +1089,7 @@ class CapitalisedWords:
         joined[(gap_length[:n] == 1) & blank] = True
         maybe = np.flatnonzero((gap_length[:n] > 1) & (gap_length[:n] <= 16) & blank)
         if maybe.size:
-            matches = [_JOIN_GAP.fullmatch(gaps[i]) for i in maybe.tolist()]
+            matches = [_JOIN_GAP.fullmatch(text, gap_start[i], gap_end[i]) for i in maybe.tolist()]
             hit = np.fromiter((m is not None for m in matches), bool, maybe.size)
             joined[maybe[hit]] = True
             initial[maybe[hit]] = [m.group(1) is not None for m in matches if m is not None]

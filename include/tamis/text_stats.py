@@ -82,15 +82,21 @@ _i64 = ctypes.c_int64
 _i32 = ctypes.c_int32
 
 
+@lru_cache(maxsize=1)
+def native_library() -> ctypes.CDLL:
+    """The compiled scanners (``native/*.c``, built into one library at install time)."""
+    found = sorted(NATIVE.glob("_textscan*.so"))
+    if not found:
+        raise RuntimeError(
+            f"tamis: error: the native text scanner is not built (no _textscan*.so in {NATIVE}); "
+            "run scripts/setup.sh (or: pip install -e .) on a machine with a C compiler"
+        )
+    return ctypes.CDLL(str(found[-1]))
+
+
 class _Native:
     def __init__(self) -> None:
-        found = sorted(NATIVE.glob("_textscan*.so"))
-        if not found:
-            raise RuntimeError(
-                f"tamis: error: the native text scanner is not built (no _textscan*.so in {NATIVE}); "
-                "run scripts/setup.sh (or: pip install -e .) on a machine with a C compiler"
-            )
-        lib = ctypes.CDLL(str(found[-1]))
+        lib = native_library()
         lib.tq_init.argtypes = [_p, _p, _p, _p, _p, _i64, _p, _p, _i64, _p, _p]
         lib.tq_init.restype = ctypes.c_int
         lib.tq_signals.argtypes = [
