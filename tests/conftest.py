@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,13 @@ from tamis.pipeline import load_pipeline
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"  # excerpts of the evaluation corpora (SOURCE.md)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+# A test process started by pytest-xdist runs with a bare __main__ (no __file__, no spec),
+# which pyspark.sql.connect (imported by Great Expectations) takes for a doctest run and
+# answers with sys.exit(0). Give it the file a test process really runs.
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = __file__
 
 
 @pytest.fixture

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -78,12 +80,17 @@ def cluster(moto_s3, spark_cluster, tmp_path_factory, monkeypatch_module):
             monkeypatch_module.delenv(name)
     for name, value in parse_env.items():
         monkeypatch_module.setenv(name, value)
-    return {
+    # The pods' volumes (TMPDIR among them) sit at a short path: multiprocessing's
+    # forkserver makes a Unix socket under TMPDIR, and its path may not pass 108 bytes.
+    volumes = Path(tempfile.mkdtemp(prefix="pods-"))
+    yield {
         "root": root,
+        "volumes": volumes,
         "config_maps": {"tamis-storage": storage},
         "secrets": {"tamis-conn-aws-default": connection_env(conn)},
         "spark": spark_cluster,
     }
+    shutil.rmtree(volumes, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +117,7 @@ class Executor:
         self.ds = logical_date
         self.xcom: dict[str, object] = {}
         self.ran: list[str] = []
-        self.scratch = cluster["root"] / "volumes" / dag.dag_id
+        self.scratch = cluster["volumes"] / dag.dag_id
         self.log = cluster["root"] / f"{dag.dag_id}.log"
         self.lock = threading.Lock()
 
