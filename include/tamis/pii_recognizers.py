@@ -273,7 +273,7 @@ _VERSION_BEFORE = re.compile(
 
 
 class ScreenedIbanRecognizer(_Screened, IbanRecognizer):
-    SCREEN = r"[A-Za-z]{2}[0-9]{2}"
+    SCREEN = r"[A-Z]{2}[0-9]{2}"  # Presidio's pattern is case-sensitive: "gb82 ..." is no IBAN to it
 
 
 class ScreenedUsSsnRecognizer(_Screened, UsSsnRecognizer):
@@ -1798,7 +1798,9 @@ class Detector:
         self.screens = screens
         self.any_screen = "|".join(f"(?:{s})" for s in screens.values())
         self.lower_case_screens = lower_case_screens  # read only in texts without capitals
-        _nfkc_changes()
+        _nfkc_changes()  # tables built once per worker, in setup rather than in the first batch
+        if self.per_batch:
+            _char_classes()
 
     def detect(self, texts: pa.Array, extra=None) -> tuple[list[list[Finding]], np.ndarray]:
         """Non-overlapping findings of each text of ``texts`` (a string array without
