@@ -280,3 +280,29 @@ def test_a_batch_of_long_documents_is_read_in_slices_of_bounded_size(tmp_path):
     assert len(batches) > 1
     assert [offset for offset, _ in batches] == list(np.cumsum([0] + [t.num_rows for _, t in batches[:-1]]))
     assert pa.concat_tables([t for _, t in batches]).equals(table)
+
+
+def test_a_temporary_folder_too_long_for_the_pool_s_socket_is_one_clear_line(tmp_path):
+    build_corpus(tmp_path / "src", files=2, docs_per_file=5)
+    config = write_pipeline(tmp_path / "p.yaml", tmp_path / "src", tmp_path / "store")
+    long_tmp = tmp_path / ("t" * 90)
+    long_tmp.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "tamis.cli", "run", "ingest", "--pipeline", str(config), "--run-id", "r"],
+        env={**os.environ, "TMPDIR": str(long_tmp)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"tamis: error: the temporary folder {long_tmp} is too long a path for the worker pool's socket "
+        "(at most 75 bytes): set TMPDIR to a shorter folder"
+    )
+    assert "Traceback" not in done.stderr
+    # A shorter TMPDIR works (the temporary folder of the test itself here).
+    short = subprocess.run(
+        [sys.executable, "-m", "tamis.cli", "run", "ingest", "--pipeline", str(config), "--run-id", "r"],
+        capture_output=True,
+        text=True,
+    )
+    assert short.returncode == 0, short.stderr[-2000:]

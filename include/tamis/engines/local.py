@@ -15,6 +15,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -47,7 +48,19 @@ def limit_threads(threads: int) -> None:
     pa.set_io_thread_count(max(threads, 2))
 
 
+# The forkserver listens on a Unix socket at TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX; the
+# kernel takes such a path up to 107 bytes.
+_SOCKET_PATH_MAX = 107
+_SOCKET_UNDER_TMPDIR = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
 def process_context() -> multiprocessing.context.BaseContext:
+    tmp = tempfile.gettempdir()
+    if len(os.fsencode(tmp)) + _SOCKET_UNDER_TMPDIR > _SOCKET_PATH_MAX:
+        raise OSError(
+            f"the temporary folder {tmp} is too long a path for the worker pool's socket "
+            f"(at most {_SOCKET_PATH_MAX - _SOCKET_UNDER_TMPDIR} bytes): set TMPDIR to a shorter folder"
+        )
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["tamis.engines.local", "tamis.runner", "pyarrow.parquet", "numpy"])
     return context
