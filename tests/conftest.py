@@ -22,6 +22,13 @@ if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
     _main.__file__ = __file__
 
 
+def pytest_collection_modifyitems(items):
+    """The slow (end-to-end) tests first: the two test processes of scripts/test.sh, which
+    take whole files, then start on the long files and the short ones fill in around them,
+    instead of one process running a ten-minute file alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def make_pipeline(tmp_path):
     """Write a pipeline YAML into tmp_path and load it; sources are {name: {path, ...}}."""

@@ -81,7 +81,7 @@ def cluster(moto_s3, spark_cluster, tmp_path_factory, monkeypatch_module):
     for name, value in parse_env.items():
         monkeypatch_module.setenv(name, value)
     # The pods' volumes (TMPDIR among them) sit at a short path: multiprocessing's
-    # forkserver makes a Unix socket under TMPDIR, and its path may not pass 108 bytes.
+    # forkserver makes a Unix socket under TMPDIR, and its path may not pass 107 bytes.
     volumes = Path(tempfile.mkdtemp(prefix="pods-"))
     yield {
         "root": root,
