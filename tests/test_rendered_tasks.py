@@ -67,13 +67,14 @@ def cluster(moto_s3, spark_cluster, tmp_path_factory, monkeypatch_module):
         "TAMIS_EXECUTION": "kubernetes",
         "AIRFLOW_CONN_AWS_DEFAULT": conn.get_uri(),
         # Sized for the two one-core workers of the test cluster; two pods a per-batch stage;
-        # one global step of each kind (a dedup, the index) as a SparkApplication, the others
-        # as pods, so that both paths of a whole-dataset stage run.
+        # one whole-dataset stage (near dedup) as a SparkApplication, the others as pods, so
+        # that both paths of a whole-dataset stage run. (Every stage on Spark, the index among
+        # them, is tests/test_spark_cluster.py's; a second SparkApplication here cost 80 s.)
         "TAMIS_SPARK_EXECUTOR_CORES": "1",
         "TAMIS_SPARK_EXECUTOR_MEMORY": "1g",
         "TAMIS_SPARK_EXECUTORS": "2",
         "TAMIS_SHARDS_PER_POD": "24",
-        "TAMIS_SPARK_APPLICATIONS": "[near_dedup, index]",
+        "TAMIS_SPARK_APPLICATIONS": "[near_dedup]",
     }
     for name in list(os.environ):
         if name.startswith(("TAMIS_", "AWS_", "AIRFLOW_CONN_")):
