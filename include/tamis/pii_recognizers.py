@@ -99,12 +99,14 @@ class Finding(NamedTuple):
 
 
 class _Screened:
-    """Runs a recognizer's patterns only on the lines holding its screen.
+    """Runs a recognizer's patterns only on the windows of the text that can hold a match:
+    by default the lines holding its screen.
 
     A subclass's patterns never match across a line break, every match holds a screen hit,
     and what a match's lookarounds and validation see at a line's edge (a newline) reads
     as the string's edge does: the matches of the lines are the matches of the whole text,
-    without a scan of its other lines (most of a long document)."""
+    without a scan of its other lines (most of a long document). A subclass whose matches
+    hold no whitespace reads narrower windows (:meth:`_windows`)."""
 
     SCREEN: ClassVar[str]
     _screen: ClassVar[re.Pattern]
@@ -114,9 +116,12 @@ class _Screened:
         if "SCREEN" in cls.__dict__:
             cls._screen = re.compile(cls.SCREEN)
 
+    def _windows(self, text: str) -> Iterator[tuple[int, int]]:
+        return lines_holding(text, self._screen)
+
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
         found = []
-        for start, end in lines_holding(text, self._screen):
+        for start, end in self._windows(text):
             for r in super().analyze(text[start:end], entities, nlp_artifacts, regex_flags):
                 r.start += start
                 r.end += start
@@ -176,14 +181,8 @@ class OfflineEmailRecognizer(_Screened, EmailRecognizer):
         super().__init__(**kwargs)
         _email_domain_is_valid("example.com")  # loads the bundled public suffix list once per worker
 
-    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
-        found = []
-        for start, end in at_stretches(text):
-            for r in super().analyze(text[start:end], entities, nlp_artifacts, regex_flags):
-                r.start += start
-                r.end += start
-                found.append(r)
-        return found
+    def _windows(self, text: str) -> Iterator[tuple[int, int]]:
+        return at_stretches(text)
 
     def validate_result(self, pattern_text: str) -> bool:
         return _email_domain_is_valid(pattern_text.rpartition("@")[2])
@@ -253,16 +252,14 @@ class ScreenedIpRecognizer(_Screened, IpRecognizer):
             return True
         return self.public_only and not address.is_global
 
-    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+    def _windows(self, text: str) -> Iterator[tuple[int, int]]:
         # Presidio's IPv6 pattern is slow on long texts, and code is full of "::": it reads
         # only the whitespace-free runs around a screen hit (its lookarounds see whitespace
         # or nothing at a run's edge alike).
-        found = []
-        for start, end in whitespace_free_runs(text, (m.start() for m in self._screen.finditer(text))):
-            for r in super().analyze(text[start:end], entities, nlp_artifacts, regex_flags):
-                r.start += start
-                r.end += start
-                found.append(r)
+        return whitespace_free_runs(text, (m.start() for m in self._screen.finditer(text)))
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+        found = super().analyze(text, entities, nlp_artifacts, regex_flags)
         return [r for r in found if not _VERSION_BEFORE.search(text, max(0, r.start - 40), r.start)]
 
 
