@@ -203,6 +203,31 @@ def test_reading_a_dataset_without_manifest_is_a_clear_error(tmp_path):
         run_stage(_Halver(), str(tmp_path / "nothing"), str(tmp_path / "out"))
 
 
+class _OrderRecorder(_Halver):
+    """Remembers the shards in the order it was handed them (one worker: this process)."""
+
+    name = "order_recorder"
+    seen: list[str] = []
+
+    def run_shard(self, shard):
+        self.seen.append(shard.name)
+        return super().run_shard(shard)
+
+
+def test_workers_are_handed_the_largest_shards_first(tmp_path, make_pipeline):
+    # A run that ends on one worker still busy with a large shard leaves the others idle.
+    for name, docs in [("a", 5), ("b", 400), ("c", 40), ("d", 4000)]:
+        write_jsonl(tmp_path / f"web/{name}.jsonl", [{"text": f"document {i} of {name}"} for i in range(docs)])
+    from tamis.cli import run_one
+
+    source = run_one(make_pipeline({"web": {"path": str(tmp_path / "web")}}), "ingest", "r")["output"]
+    sizes = {shard.name: shard.size_bytes for shard in Dataset(source).shards()}
+    _OrderRecorder.seen = []
+    run_stage(_OrderRecorder(), source, str(tmp_path / "out"))
+    assert _OrderRecorder.seen == sorted(sizes, key=sizes.get, reverse=True)
+    assert _OrderRecorder.seen != sorted(sizes)
+
+
 def test_shards_run_one_by_one_then_a_full_run_writes_the_manifest(tmp_path, make_pipeline):
     write_jsonl(tmp_path / "web/a.jsonl", [{"text": "first file"}])
     write_jsonl(tmp_path / "web/b.jsonl", [{"text": "second file"}, {"text": ""}])

@@ -99,7 +99,7 @@ def run_stage(
             log.info("%s: %s is already complete, nothing to do", stage.name, output_url)
             return output.manifest()
         stats = _committed(output, shards)
-        pending = [s for s in shards if s.name not in stats]
+        pending = _largest_first([s for s in shards if s.name not in stats])
         if stats and step == "all" and only_shards is None:
             log.info("%s: resuming, %d of %d shards already committed", stage.name, len(stats), len(shards))
         if only_shards is not None:
@@ -154,6 +154,12 @@ def run_stage(
         manifest = _manifest(stage, input_url, output_url, shards, stats, engine, plan_metrics, fingerprint, started)
         _finish(stage, output_url, manifest)
     return _done(stage, manifest)
+
+
+def _largest_first(shards: list[InputShard]) -> list[InputShard]:
+    """The shards in the order workers take them: the largest first, so that the run does
+    not end on one worker finishing a large shard while the others wait."""
+    return sorted(shards, key=lambda shard: shard.size_bytes, reverse=True)
 
 
 def _claim_output(stage: Stage, output_url: str, fingerprint: dict[str, Any], rebuild: bool) -> bool:
@@ -259,7 +265,7 @@ def run_fused(
         if all(complete):
             return [Dataset(url).manifest() for url in output_urls]
         committed = [_committed(Dataset(url), shards) for url in output_urls]
-        pending = [s for s in shards if not all(s.name in c for c in committed)]
+        pending = _largest_first([s for s in shards if not all(s.name in c for c in committed)])
         redo = {s.name for s in pending}  # a shard not committed by every stage is redone by all
         stats = [{k: v for k, v in c.items() if k not in redo} for c in committed]
         fused = FusedStages(stages)
