@@ -1,5 +1,6 @@
-"""Builds the native scanners (plain C, loaded with ctypes): the quality rules' text scanner
-and the PII name rules' word finder. The rest of the package metadata is in pyproject.toml."""
+"""Builds the native scanners (plain C, loaded with ctypes): the quality rules' text scanner,
+the PII name rules' word finder and the whitespace rewrites of normalize and exact dedup.
+The rest of the package metadata is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -7,7 +8,11 @@ setup(
     ext_modules=[
         Extension(
             "tamis.native._textscan",
-            sources=["include/tamis/native/textscan.c", "include/tamis/native/nametokens.c"],
+            sources=[
+                "include/tamis/native/textscan.c",
+                "include/tamis/native/nametokens.c",
+                "include/tamis/native/whitespace.c",
+            ],
             extra_compile_args=["-O3", "-std=c99"],
         )
     ]

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from tamis import storage
 from tamis.dataset import MANIFEST, Dataset
+from tamis.text_kernels import collapsed_spaces
 
 log = logging.getLogger("tamis.corpus")
 HASHES = "_hashes.parquet"
@@ -93,8 +94,7 @@ def content_hashes(text: pa.ChunkedArray | pa.Array, key: str = "normalized") ->
     """128-bit content hashes as an (n, 16) uint8 array. ``normalized`` ignores case and
     every whitespace difference; ``text`` hashes the bytes as they are."""
     if key == "normalized":
-        text = pc.replace_substring_regex(pc.utf8_lower(text), r"\s+", " ")
-        text = pc.utf8_trim_whitespace(text)
+        text = pc.utf8_trim_whitespace(collapsed_spaces(pc.utf8_lower(text)))
     digests = b"".join(hashlib.blake2b(t.encode(), digest_size=16).digest() for t in text.to_pylist())
     return np.frombuffer(digests, dtype=np.uint8).reshape(-1, 16)
 

@@ -1,7 +1,8 @@
 """Normalize: Unicode form, control characters, newlines and whitespace.
 
-All of it runs as Arrow compute kernels (RE2 and utf8proc in C++) over whole columns.
-Code keeps its indentation: only prose gets runs of spaces collapsed.
+The Unicode form runs as Arrow's utf8proc kernel; the rest as one C pass over the column
+(``text_kernels.normalized_blanks``, the exact result of the regex replacements it
+documents). Code keeps its indentation: only prose gets runs of spaces collapsed.
 """
 
 from __future__ import annotations
@@ -9,18 +10,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
 from tamis.stage import BatchResult, Stage, StageParams, split_by_reason
-
-# C0 and C1 control characters except tab and newline; zero-width characters and the BOM.
-_CONTROL = r"[\x{0}-\x{8}\x{b}\x{c}\x{e}-\x{1f}\x{7f}-\x{9f}\x{200b}\x{200c}\x{200d}\x{2060}\x{feff}]"
-_SPACES = r"\x{a0}\x{1680}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}"
-# Runs of inline blanks that collapsing changes: two or more, or one that is not a space.
-# (Matching every single space between words too made the replacement four times slower.)
-_INLINE_SPACE = rf"[ \t{_SPACES}]{{2,}}|[\t{_SPACES}]"
+from tamis.text_kernels import normalized_blanks
 
 
 class NormalizeParams(StageParams):
@@ -39,19 +35,15 @@ class Normalize(Stage):
     def process_batch(self, table: pa.Table) -> BatchResult:
         p = self.params
         text = table.column("text").combine_chunks()
-        text = pc.replace_substring(text, "\r\n", "\n")
-        text = pc.replace_substring(text, "\r", "\n")
+        # The form first: it neither makes nor takes "\r" or "\n", so the newlines can
+        # wait for the one pass below.
         if p.unicode_form != "none":
             text = _unicode_normalized(text, p.unicode_form)
-        if p.remove_control_chars:
-            text = pc.replace_substring_regex(text, _CONTROL, "")
         if p.collapse_spaces:
-            collapsed = pc.replace_substring_regex(text, _INLINE_SPACE, " ")
-            text = pc.if_else(self._is_prose(table), collapsed, text)
-        if p.strip_trailing_spaces:
-            text = pc.replace_substring_regex(text, r"(?m)[ \t]+$", "")
-        text = pc.replace_substring_regex(text, "\n{%d,}" % (p.max_blank_lines + 2), "\n" * (p.max_blank_lines + 1))
-        text = pc.utf8_trim(text, " \t\n")
+            prose = self._is_prose(table).to_numpy(zero_copy_only=False)
+        else:
+            prose = np.zeros(len(text), bool)
+        text = normalized_blanks(text, prose, p.remove_control_chars, p.strip_trailing_spaces, p.max_blank_lines)
         changed = pc.sum(pc.not_equal(text, table.column("text"))).as_py() or 0
         table = table.set_column(table.schema.get_field_index("text"), "text", text)
         reasons = pc.if_else(pc.equal(text, ""), "empty_after_normalize", pa.scalar(None, pa.string()))
