@@ -298,9 +298,27 @@ _SSN_CONTEXT = re.compile(
 # Digits with at most three separators between them: every phone candidate below holds
 # such a run of MIN_PHONE_DIGITS digits.
 _PHONE_SCREEN = r"[0-9](?:[ \t().\-/]{0,3}[0-9]){%d}" % (MIN_PHONE_DIGITS - 1)
-# The maximal runs of digits and separators that hold MIN_PHONE_DIGITS digits or more: the
-# regex skips shorter runs itself (code holds a great many), without a Python step each.
-_PHONE_RUN = re.compile(r"[0-9](?:[ \t]?[().\-/]?[ \t]?[0-9]){%d,}" % (MIN_PHONE_DIGITS - 1))
+
+
+@lru_cache(maxsize=1)
+def _phone_run_finder():
+    from tamis.text_stats import native_function
+
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    return native_function("tn_phone_runs", [p, i64, i64, p, p, i64])
+
+
+def phone_runs(text: str) -> list[tuple[int, int]]:
+    r"""The maximal runs of digits and separators that hold MIN_PHONE_DIGITS digits or more:
+    the matches of ``[0-9](?:[ \t]?[().\-/]?[ \t]?[0-9]){MIN_PHONE_DIGITS - 1,}``, found in
+    one pass (native/digitruns.c); Python's re tried every digit of every number as a start."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+    cap = len(codes) // MIN_PHONE_DIGITS + 1
+    start, end = np.empty(cap, np.int64), np.empty(cap, np.int64)
+    n = _phone_run_finder()(codes.ctypes.data, len(codes), MIN_PHONE_DIGITS, start.ctypes.data, end.ctypes.data, cap)
+    return list(zip(start[:n].tolist(), end[:n].tolist()))
+
+
 _PHONE_WINDOW_PAD = 3  # characters around a run: "+", "(" and the matcher's boundary checks
 _MAX_GROUPS_PER_NUMBER = 6  # digit groups in one number: "+44 (0) 20 7393 1500" has five
 
@@ -326,8 +344,7 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
     def analyze(self, text, entities, nlp_artifacts=None):
         results = []
         lines = _Lines(text)
-        for run in _PHONE_RUN.finditer(text):
-            start, end = run.span()
+        for start, end in phone_runs(text):
             groups = [m.span() for m in _DIGIT_GROUPS.finditer(text, start, end)]
             regions = self._regions_worth_trying(text, start, end, groups, lines)
             if not regions:
@@ -1032,12 +1049,10 @@ def _char_classes() -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _name_token_finder():
-    from tamis.text_stats import native_library
+    from tamis.text_stats import native_function
 
-    find = native_library().tn_name_tokens
-    find.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    find.restype = ctypes.c_int64
-    return find
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    return native_function("tn_name_tokens", [p, i64, p, p, p, i64])
 
 
 def name_token_spans(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

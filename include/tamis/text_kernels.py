@@ -14,20 +14,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tamis.text_stats import native_library
-
-_p = ctypes.c_void_p
-_i64 = ctypes.c_int64
+from tamis.text_stats import native_function
 
 
 @lru_cache(maxsize=1)
-def _lib() -> ctypes.CDLL:
-    lib = native_library()
-    lib.tn_normalize.argtypes = [_p, _p, _i64, _p, ctypes.c_int, ctypes.c_int, _i64, _p, _p]
-    lib.tn_normalize.restype = _i64
-    lib.tn_collapse_spaces.argtypes = [_p, _p, _i64, _p, _p]
-    lib.tn_collapse_spaces.restype = _i64
-    return lib
+def _normalize():
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    return native_function("tn_normalize", [p, p, i64, p, ctypes.c_int, ctypes.c_int, i64, p, p])
+
+
+@lru_cache(maxsize=1)
+def _collapse_spaces():
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    return native_function("tn_collapse_spaces", [p, p, i64, p, p])
 
 
 def _layout(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +78,7 @@ def normalized_blanks(
         raise ValueError(f"{len(flags)} prose flags for {len(text)} texts")
 
     def call(data, offsets, out, out_offsets):
-        return _lib().tn_normalize(
+        return _normalize()(
             data.ctypes.data,
             offsets.ctypes.data,
             len(offsets) - 1,
@@ -98,7 +97,7 @@ def collapsed_spaces(text: pa.Array) -> pa.Array:
     """``replace_substring_regex(text, r"\\s+", " ")``: RE2's ``\\s`` is ``[\\t\\n\\f\\r ]``."""
 
     def call(data, offsets, out, out_offsets):
-        return _lib().tn_collapse_spaces(
+        return _collapse_spaces()(
             data.ctypes.data, offsets.ctypes.data, len(offsets) - 1, out.ctypes.data, out_offsets.ctypes.data
         )
 

@@ -94,6 +94,14 @@ def native_library() -> ctypes.CDLL:
     return ctypes.CDLL(str(found[-1]))
 
 
+def native_function(name: str, argtypes: list, restype=ctypes.c_int64):
+    """One function of the native library, with its C signature declared."""
+    function = getattr(native_library(), name)
+    function.argtypes = argtypes
+    function.restype = restype
+    return function
+
+
 class _Native:
     def __init__(self) -> None:
         lib = native_library()
