@@ -129,16 +129,28 @@ class _Screened:
         return found
 
 
+def line_bounds(text: str, at: int) -> tuple[int, int]:
+    """(start, end) of the line of ``text`` holding position ``at``, without its newline."""
+    end = text.find("\n", at)
+    return text.rfind("\n", 0, at) + 1, (end if end >= 0 else len(text))
+
+
 def lines_holding(text: str, screen: re.Pattern) -> Iterator[tuple[int, int]]:
     """(start, end) of each line of ``text`` (without its newline) where ``screen`` matches."""
     at = 0
     while (hit := screen.search(text, at)) is not None:
-        start = text.rfind("\n", 0, hit.start()) + 1
-        end = text.find("\n", hit.start())
-        if end < 0:
-            end = len(text)
+        start, end = line_bounds(text, hit.start())
         yield start, end
         at = end + 1
+
+
+def lines_around(text: str, positions: Iterable[int]) -> Iterator[tuple[int, int]]:
+    """(start, end) of each line of ``text`` holding one of the ascending ``positions``."""
+    end = -1
+    for at in positions:
+        if at > end:
+            start, end = line_bounds(text, at)
+            yield start, end
 
 
 _NON_SPACE_RUN = re.compile(r"\S*")
@@ -419,14 +431,8 @@ class _Lines:
         self.text = text
         self._arithmetic: dict[int, bool] = {}
 
-    def bounds(self, at: int) -> tuple[int, int]:
-        text = self.text
-        line_start = text.rfind("\n", 0, at) + 1
-        line_end = text.find("\n", at)
-        return line_start, (line_end if line_end >= 0 else len(text))
-
     def arithmetic(self, at: int) -> bool:
-        line_start, line_end = self.bounds(at)
+        line_start, line_end = line_bounds(self.text, at)
         known = self._arithmetic.get(line_start)
         if known is None:
             known = self._arithmetic[line_start] = _ARITHMETIC.search(self.text, line_start, line_end) is not None
@@ -647,7 +653,7 @@ def accept_phone(text: str, start: int, end: int, lines: _Lines | None = None) -
     lines = lines or _Lines(text)
     if lines.arithmetic(start):
         return False
-    line_start = lines.bounds(start)[0]
+    line_start = line_bounds(text, start)[0]
     if _NOT_PHONE_BEFORE.search(text, max(line_start, start - 32), start):
         return False  # a label right before it names it as something else
     if _phone_word_before(text, start) or _PHONE_AFTER.match(text[end : end + 16]):
@@ -1495,8 +1501,12 @@ class StreetAddressRecognizer:
         text = batch.text
         anchors = np.fromiter(map(_ANCHOR_KINDS.__getitem__, words.words), np.uint8, words.n)
         doc_of = batch.doc_of
+        street_types: dict[int, list[int]] = {}  # document -> where its street-type words are
         for i in np.flatnonzero(anchors).tolist():
             kind, start, end = int(anchors[i]), int(words.start[i]), int(words.end[i])
+            if kind & _ANCHOR_STREET_TYPE:
+                doc = int(doc_of(start))
+                street_types.setdefault(doc, []).append(start - int(batch.starts[doc]))
             shape = 0
             if kind & _ANCHOR_STREET_TYPE and _numbered_street_before(text, start):
                 shape |= _SHAPE_NUMBERED
@@ -1511,16 +1521,24 @@ class StreetAddressRecognizer:
             if shape:
                 doc = int(doc_of(start))
                 shapes[doc] = shapes.get(doc, 0) | shape
-        found = [(doc, s, e) for doc in sorted(shapes) for s, e in self.spans(batch.views[doc], shapes[doc])]
+        found = [
+            (doc, s, e)
+            for doc in sorted(shapes)
+            for s, e in self.spans(batch.views[doc], shapes[doc], street_types.get(doc, []))
+        ]
         docs_, starts, ends = (np.array(c, np.int64) for c in zip(*found)) if found else (np.zeros(0, np.int64),) * 3
         return docs_, starts, ends, np.full(len(found), self.SCORE)
 
     @staticmethod
-    def spans(text: str, shapes: int = _SHAPE_ALL) -> list[tuple[int, int]]:
-        """Address spans in ``text``, reading only the given shapes."""
+    def spans(text: str, shapes: int = _SHAPE_ALL, street_types: list[int] | None = None) -> list[tuple[int, int]]:
+        """Address spans in ``text``, reading only the given shapes. ``street_types``,
+        where known, says where the text's capitalised street-type words are: a numbered
+        street never crosses a line and holds one, so only their lines are read for it."""
         spans = []
         if shapes & _SHAPE_NUMBERED:
-            spans += [m.span() for m in _NUMBERED_STREET.finditer(text) if _word_start(text, m.start())]
+            windows = [(0, len(text))] if street_types is None else lines_around(text, street_types)
+            for lo, hi in windows:
+                spans += [m.span() for m in _NUMBERED_STREET.finditer(text, lo, hi) if _word_start(text, m.start())]
         if shapes & _SHAPE_WORD_LED:
             spans += [m.span() for m in _WORD_LED_ADDRESS.finditer(text) if _word_start(text, m.start())]
         if shapes & _SHAPE_SUFFIX:
