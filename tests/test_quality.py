@@ -219,3 +219,15 @@ def test_prose_figures_count_the_rules_words_and_are_null_for_code():
     assert rows["web/0"]["word_count"] == len(spelled)
     assert rows["web/0"]["mean_word_length"] == pytest.approx(sum(map(len, spelled)) / len(spelled), abs=1e-3)
     assert rows["repo/0"]["word_count"] is None and rows["repo/0"]["alpha_ratio"] is None
+
+
+def test_the_code_alnum_fraction_counts_every_letter_and_digit_of_any_script():
+    import numpy as np
+
+    from tamis.stages.quality import CodeRules, _code_rules
+
+    texts = ["ab12 -- é中\n", "", "٣²Ⅻ_ǅ\u0301 !", "= = ="]
+    column = pa.array(texts)
+    rules = {name: value for name, _, value, _ in _code_rules(column, np.ones(len(texts), bool), CodeRules())}
+    # letters and digits: a b 1 2 é 中 of 11; ٣ ² Ⅻ ǅ of 8 (the combining accent and "_" are neither)
+    assert rules["code_alnum_fraction"].tolist() == [6 / 11, 0.0, 4 / 8, 0.0]

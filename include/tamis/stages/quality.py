@@ -471,7 +471,10 @@ def _code_rules(text: pa.Array, is_code: np.ndarray, c: CodeRules) -> list[Rule]
         value = spread(chars / np.maximum(np.bincount(parents, minlength=len(rows)), 1))
         rules.append(("code_mean_line_length", value > c.max_mean_line_length, value, c.max_mean_line_length))
     if c.min_alnum_fraction is not None:
-        alnum = pc.count_substring_regex(code, r"[\p{L}\p{N}]").to_numpy(zero_copy_only=False)
+        # The characters a removal of the letter and digit runs takes: RE2 counting one
+        # match per character ran at 18 MB/s.
+        kept = pc.utf8_length(pc.replace_substring_regex(code, r"[\p{L}\p{N}]+", "")).to_numpy(zero_copy_only=False)
+        alnum = chars - kept
         value = spread(alnum / np.maximum(chars, 1), fill=1.0)
         rules.append(("code_alnum_fraction", value < c.min_alnum_fraction, value, c.min_alnum_fraction))
     return rules
