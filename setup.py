@@ -12,6 +12,7 @@ setup(
                 "include/tamis/native/textscan.c",
                 "include/tamis/native/nametokens.c",
                 "include/tamis/native/digitruns.c",
+                "include/tamis/native/shingles.c",
                 "include/tamis/native/whitespace.c",
             ],
             extra_compile_args=["-O3", "-std=c99"],

@@ -250,6 +250,41 @@ def test_shingles_of_a_document_do_not_depend_on_its_neighbours_in_the_batch():
     assert hashes[0] == hashes[1]
 
 
+def _word_shingles_by_definition(text: str, n: int, lowercase: bool) -> list[int]:
+    """The word shingles as minhash documents them, one Python step at a time."""
+    mask = (1 << 64) - 1
+
+    def mix(x: int) -> int:
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    units = []
+    for word in re.findall(rb"[A-Za-z0-9_\x80-\xff]+", text.encode()):
+        if lowercase:
+            word = word.lower()  # bytes.lower folds ASCII only
+        h = sum(b * pow(int(minhash._Q), t, 1 << 64) for t, b in enumerate(word)) & mask
+        units.append(mix(h ^ ((len(word) * int(minhash._LEN_MIX)) & mask)))
+    combine = [int(c) for c in minhash._COMBINE]
+    if n == 1:
+        return units
+    if 0 < len(units) < n:
+        return [mix(sum(u * c for u, c in zip(units, combine)) & mask)]
+    return [mix(sum(u * c for u, c in zip(units[i : i + n], combine)) & mask) for i in range(len(units) - n + 1)]
+
+
+@pytest.mark.parametrize("ngram,lowercase", [(1, True), (2, True), (3, False), (5, True)])
+def test_word_shingles_are_the_documented_hashes(ngram, lowercase):
+    rng = random.Random(ngram)
+    pieces = ["a", "B", "é", "中", "_", "1", " ", "\n", "-", ".", "AbC", "x y", "\U0001f600", "Ünïcode"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(0, 25))) for _ in range(1500)]
+    texts += [d["text"] for d in sample_docs(limit=3)]
+    hashes, counts = minhash.shingle_hashes(pa.array(texts), minhash.MinHashConfig(ngram=ngram, lowercase=lowercase))
+    expected = [_word_shingles_by_definition(t, ngram, lowercase) for t in texts]
+    assert counts.tolist() == [len(e) for e in expected]
+    assert hashes.tolist() == [h for e in expected for h in e]
+
+
 def test_stage_drops_near_copies_and_names_the_survivor(corpus, tmp_path):
     input_url, expected = corpus
     manifest = run_stage(NearDedup({}), input_url, str(tmp_path / "out"))

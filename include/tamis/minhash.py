@@ -25,6 +25,7 @@ clusters for the same input and parameters.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import math
 from dataclasses import dataclass
@@ -50,16 +51,6 @@ _LEN_MIX = _U64(0xD6E8FEB86659FD93)
 _BAND_MIX = _U64(0xA0761D6478BD642F)
 # Multipliers that combine the hashes of n consecutive tokens (or r signature values).
 _COMBINE = np.random.default_rng(20261123).integers(1, 1 << 63, size=256, dtype=np.uint64) | _U64(1)
-# Bytes that belong to a word: ASCII letters, digits and '_', and every non-ASCII byte
-# (UTF-8 letters of other scripts); everything else separates words.
-_WORD_BYTE = np.zeros(256, dtype=bool)
-for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_":
-    _WORD_BYTE[_c] = True
-_WORD_BYTE[0x80:] = True
-# Words are case-folded by an ASCII table lookup on their bytes: a full Unicode lowering
-# pass would cost more than the rest of the hashing (the char path does fold all of Unicode).
-_LOWER = np.arange(256, dtype=np.uint8)
-_LOWER[ord("A") : ord("Z") + 1] += 32
 EMPTY_SLOT = np.uint32(0xFFFFFFFF)
 # Text is hashed in chunks of about this many bytes (whole documents), bounding memory.
 CHUNK_BYTES = 8 << 20
@@ -259,63 +250,34 @@ def _doc_of(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(offsets) - 1), per_doc)
 
 
+@lru_cache(maxsize=1)
+def _word_shingler():
+    from tamis.text_stats import native_function
+
+    p, i64, u64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64
+    return native_function("tn_word_shingles", [p, p, i64, i64, ctypes.c_int, u64, u64, p, p, p])
+
+
 def _word_shingles(data, offsets, n_docs, n, lowercase: bool) -> tuple[np.ndarray, np.ndarray]:
-    word = _WORD_BYTE[data]
-    edges = np.diff(word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
-    # A word never spans two documents: cut where one document ends and the next begins
-    # inside a run of word bytes.
-    inner = sorted_unique(offsets[1:-1])  # empty documents repeat an offset
-    inner = inner[(inner > 0) & (inner < len(data))]
-    cuts = inner[word[inner] & word[inner - 1]]
-    if len(cuts):
-        starts = np.insert(starts, np.searchsorted(starts, cuts), cuts)  # both sorted: a merge, not a sort
-        ends = np.insert(ends, np.searchsorted(ends, cuts), cuts)
-    # Hash each distinct word once: Arrow's hash table finds them, numpy hashes the few.
-    word_offsets = np.zeros(len(starts) + 1, dtype=np.int64)
-    np.cumsum(ends - starts, out=word_offsets[1:])
-    word_bytes = _LOWER[data[word]] if lowercase else data[word]
-    words = pa.Array.from_buffers(
-        pa.large_binary(), len(starts), [None, pa.py_buffer(word_offsets), pa.py_buffer(word_bytes)]
-    )
-    encoded = pc.dictionary_encode(words)
-    vocab_data, vocab_offsets = _string_buffers(encoded.dictionary)
-    vocab_hashes = _span_hashes(vocab_data, vocab_offsets[:-1], vocab_offsets[1:])
-    tokens = vocab_hashes[encoded.indices.to_numpy(zero_copy_only=False)]
-    token_doc = _doc_of(starts, offsets)
-    return _ngrams_of_units(tokens, token_doc, n_docs, n)
+    """Words and their n-grams hashed in one pass (native/shingles.c): one count pass
+    sizes the output, the second fills it."""
+    data = np.ascontiguousarray(data, np.uint8)
+    offsets = np.ascontiguousarray(offsets, np.int64)
+    counts = np.empty(n_docs, np.int64)
+    shingler = _word_shingler()
 
+    def run(out) -> int:
+        return shingler(
+            data.ctypes.data, offsets.ctypes.data, n_docs, n, int(lowercase), int(_Q), int(_LEN_MIX),
+            _COMBINE.ctypes.data, out, counts.ctypes.data,
+        )  # fmt: skip
 
-def _ngrams_of_units(units: np.ndarray, unit_doc: np.ndarray, n_docs: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shingles of n consecutive unit hashes within each document."""
-    units_per_doc = np.bincount(unit_doc, minlength=n_docs)
-    if n == 1:
-        return units, units_per_doc
-    m = len(units)
-    full = max(m - n + 1, 0)
-    acc = np.zeros(full, dtype=np.uint64)
-    for j in range(n):
-        acc += units[j : j + full] * _COMBINE[j]
-    valid = unit_doc[:full] == unit_doc[n - 1 : n - 1 + full] if full else np.zeros(0, dtype=bool)
-    shingles = _mix(acc[valid])
-    shingle_doc = unit_doc[:full][valid]
-    short_docs = np.flatnonzero((units_per_doc > 0) & (units_per_doc < n))
-    if len(short_docs):
-        first_unit = np.concatenate([[0], np.cumsum(units_per_doc)[:-1]])
-        is_short = np.zeros(n_docs, dtype=bool)
-        is_short[short_docs] = True
-        idx = np.flatnonzero(is_short[unit_doc])
-        position = idx - first_unit[unit_doc[idx]]
-        weighted = units[idx] * _COMBINE[position]
-        run_starts = first_unit[short_docs]
-        run_starts_in_idx = np.searchsorted(idx, run_starts)
-        whole = _mix(np.add.reduceat(weighted, run_starts_in_idx).astype(np.uint64))
-        shingles = np.concatenate([shingles, whole])
-        shingle_doc = np.concatenate([shingle_doc, short_docs])
-        order = np.argsort(shingle_doc, kind="stable")
-        shingles, shingle_doc = shingles[order], shingle_doc[order]
-    return shingles, np.bincount(shingle_doc, minlength=n_docs)
+    total = run(None)
+    if total < 0:
+        raise ValueError(f"an n-gram of {n} words is out of 1..{len(_COMBINE)}")
+    shingles = np.empty(total, np.uint64)
+    run(shingles.ctypes.data)
+    return shingles, counts
 
 
 def _char_shingles(data, offsets, n_docs, n) -> tuple[np.ndarray, np.ndarray]:
