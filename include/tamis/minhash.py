@@ -37,6 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import rensa
 
+from tamis.text_kernels import string_buffers
+
 # Bumped whenever signatures or band keys would change for the same text and settings:
 # a persisted index built by another version is refused rather than silently mismatched.
 SIGNATURE_VERSION = f"tamis-minhash-1/rensa-{rensa.RMinHash.ALGORITHM_VERSION}"
@@ -205,19 +207,6 @@ def _span_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
     return _mix(h ^ ((ends - starts).astype(np.uint64) * _LEN_MIX))
 
 
-def _string_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, offsets) of a string array, offsets rebased to the first byte."""
-    if not pa.types.is_large_binary(texts.type):
-        texts = texts.cast(pa.large_binary())
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
-    data_buffer = texts.buffers()[2]
-    base = int(offsets[0])
-    if data_buffer is None or offsets[-1] == base:
-        return np.empty(0, dtype=np.uint8), np.zeros(len(texts) + 1, dtype=np.int64)
-    data = np.frombuffer(data_buffer, dtype=np.uint8)[base : int(offsets[-1])]
-    return data, offsets - base
-
-
 def _normalise(texts: pa.Array, config: MinHashConfig) -> pa.Array:
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
@@ -236,7 +225,7 @@ def shingle_hashes(texts: pa.Array, config: MinHashConfig) -> tuple[np.ndarray, 
     """Flat uint64 shingle hashes of every document, in document order, and the number of
     shingles per document. A non-empty document shorter than ``ngram`` yields one shingle
     (all of it); a document without any token yields none."""
-    data, offsets = _string_buffers(_normalise(texts, config))
+    data, offsets = string_buffers(_normalise(texts, config))
     n_docs = len(offsets) - 1
     if config.shingle == "word":
         return _word_shingles(data, offsets, n_docs, config.ngram, config.lowercase)
@@ -418,7 +407,7 @@ class ShingleSets:
     def from_arrow(cls, column: pa.Array | pa.ChunkedArray) -> ShingleSets:
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks() if column.num_chunks else pa.array([], pa.large_binary())
-        data, offsets = _string_buffers(pc.fill_null(column.cast(pa.large_binary()), b""))
+        data, offsets = string_buffers(pc.fill_null(column.cast(pa.large_binary()), b""))
         if offsets[-1] % 4 or np.any(offsets % 4):
             raise ValueError("shingle sets must be whole uint32 arrays")
         return cls(data.view("<u4").astype(np.uint32, copy=False), offsets // 4)

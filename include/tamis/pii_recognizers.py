@@ -1504,8 +1504,8 @@ class StreetAddressRecognizer:
         street_types: dict[int, list[int]] = {}  # document -> where its street-type words are
         for i in np.flatnonzero(anchors).tolist():
             kind, start, end = int(anchors[i]), int(words.start[i]), int(words.end[i])
+            doc = int(doc_of(start))
             if kind & _ANCHOR_STREET_TYPE:
-                doc = int(doc_of(start))
                 street_types.setdefault(doc, []).append(start - int(batch.starts[doc]))
             shape = 0
             if kind & _ANCHOR_STREET_TYPE and _numbered_street_before(text, start):
@@ -1519,7 +1519,6 @@ class StreetAddressRecognizer:
             if kind & _ANCHOR_SUFFIX and _HOUSE_NUMBER_NEXT.match(text, end):
                 shape |= _SHAPE_SUFFIX
             if shape:
-                doc = int(doc_of(start))
                 shapes[doc] = shapes.get(doc, 0) | shape
         found = [
             (doc, s, e)

@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tamis.minhash import CHUNK_BYTES, _span_hashes, _string_buffers
+from tamis.minhash import CHUNK_BYTES, _span_hashes
+from tamis.text_kernels import string_buffers
 
 
 def string_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -27,7 +28,7 @@ def string_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     bounds = np.unique(np.concatenate([[0], np.minimum(ends, len(values)), [len(values)]]))
     out = []
     for start, end in pairwise(bounds):
-        data, offsets = _string_buffers(values.slice(int(start), int(end - start)))
+        data, offsets = string_buffers(values.slice(int(start), int(end - start)))
         # One spare byte: an empty string at the end starts where the data ends.
         out.append(_span_hashes(np.append(data, np.uint8(0)), offsets[:-1], offsets[1:]))
     return np.concatenate(out)

@@ -29,16 +29,17 @@ def _collapse_spaces():
     return native_function("tn_collapse_spaces", [p, p, i64, p, p])
 
 
-def _layout(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, int64 offsets from the first byte) of a string array."""
-    width = np.int64 if pa.types.is_large_string(text.type) else np.int32
-    offsets = np.frombuffer(text.buffers()[1], width)[text.offset : text.offset + len(text) + 1].astype(np.int64)
-    start = int(offsets[0])
-    offsets -= start
-    data = text.buffers()[2]
-    if data is None:
-        return np.empty(0, np.uint8), offsets
-    return np.frombuffer(data, np.uint8)[start : start + int(offsets[-1])], offsets
+def string_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, int64 offsets rebased to the first byte) of a string or binary array."""
+    if not pa.types.is_large_binary(texts.type):
+        texts = texts.cast(pa.large_binary())
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    data_buffer = texts.buffers()[2]
+    base = int(offsets[0])
+    if data_buffer is None or offsets[-1] == base:
+        return np.empty(0, dtype=np.uint8), np.zeros(len(texts) + 1, dtype=np.int64)
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[base : int(offsets[-1])]
+    return data, offsets - base
 
 
 def _rewritten(text: pa.Array, call) -> pa.Array:
@@ -48,7 +49,7 @@ def _rewritten(text: pa.Array, call) -> pa.Array:
         text = text.combine_chunks()
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
         raise TypeError(f"a string column is needed, not {text.type}")
-    data, offsets = _layout(text)
+    data, offsets = string_buffers(text)
     out = np.empty(max(len(data), 1), np.uint8)
     out_offsets = np.empty(len(text) + 1, np.int64)
     written = call(data, offsets, out, out_offsets)

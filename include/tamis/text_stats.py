@@ -105,31 +105,11 @@ def native_function(name: str, argtypes: list, restype=ctypes.c_int64):
 class _Native:
     def __init__(self) -> None:
         lib = native_library()
-        lib.tq_init.argtypes = [_p, _p, _p, _p, _p, _i64, _p, _p, _i64, _p, _p]
-        lib.tq_init.restype = ctypes.c_int
-        lib.tq_signals.argtypes = [
-            _i64,
-            _p,
-            _p,
-            _p,
-            _p,
-            _p,
-            _p,
-            _p,
-            _i32,
-            _i32,
-            _i32,
-            _i32,
-            _i32,
-            _p,
-            _i32,
-            _p,
-            _i32,
-            _p,
-        ]
-        lib.tq_signals.restype = _i64
-        lib.tq_tokens.argtypes = [_p, _i64, ctypes.c_int, _p, _p, _p, _i64]
-        lib.tq_tokens.restype = _i64
+        native_function("tq_init", [_p, _p, _p, _p, _p, _i64, _p, _p, _i64, _p, _p], ctypes.c_int)
+        native_function(
+            "tq_signals", [_i64, _p, _p, _p, _p, _p, _p, _p, _i32, _i32, _i32, _i32, _i32, _p, _i32, _p, _i32, _p]
+        )
+        native_function("tq_tokens", [_p, _i64, ctypes.c_int, _p, _p, _p, _i64])
         tables = json.loads((NATIVE / "text_tables.json").read_text(encoding="utf-8"))
         flags = np.zeros(0x110000, dtype=np.uint32)
         for bit, name in enumerate(FLAG_NAMES):
